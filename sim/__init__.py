@@ -1,0 +1,1 @@
+"""ditsim simulator: plans and predicts multi-GPU DiT inference. Imports no torch."""

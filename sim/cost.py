@@ -1,0 +1,106 @@
+"""Time of each compute op, in seconds, behind one interface.
+
+``RooflineCost`` is the analytic default: for each op the larger of FLOPs / (peak x efficiency)
+and bytes / memory bandwidth, and never less than the CPU time to launch its kernels (eager
+PyTorch issues kernels asynchronously, so launch time hides under GPU time until the GPU work
+gets small). Efficiency falls for small token counts because a small GEMM cannot fill every SM.
+
+Measured profiles (issue "measured profiles") plug in behind the same ``CostModel`` protocol.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Protocol
+
+from sim.config import Workload
+from sim.hardware import GPU
+from sim.models import DiTModel, text_encode_flops, vae_decode_flops
+from sim.schedule import Compute
+
+# A GEMM fills the machine when it has about one 128x128 output tile per parallel unit; with
+# x = tiles / units, efficiency is scaled by x / (x + FILL_HALF): half at a quarter wave.
+TILE = 128 * 128
+FILL_HALF = 0.25
+# Kernels of the non-block ops (embedding, final layer, one DPM-Solver step on a patch).
+OP_KERNELS = {"embed": 12, "final": 10, "scheduler_step": 25, "text_encode": 24 * 12,
+              "vae_decode": 120}
+
+
+class CostModel(Protocol):
+    """Anything that gives a compute op's duration in seconds and says where it came from."""
+
+    def compute_time(self, op: Compute) -> float: ...
+
+    def source(self, op: Compute) -> str: ...
+
+
+class RooflineCost:
+    """Analytic roofline for ``workload`` on ``gpu``; ``scale`` multiplies every compute time
+    (the single-GPU calibration factor, 1.0 when uncalibrated)."""
+
+    def __init__(self, wl: Workload, gpu: GPU, scale: float = 1.0) -> None:
+        self.wl = wl
+        self.model: DiTModel = wl.model
+        self.gpu = gpu
+        self.scale = scale
+        self._cached = lru_cache(maxsize=None)(self._compute_time)
+
+    def source(self, op: Compute) -> str:
+        return "roofline"
+
+    def efficiency(self, rows: float, width: int) -> float:
+        """Fraction of peak reached by kernels producing ``rows`` x ``width`` outputs."""
+        x = rows * width / (TILE * self.gpu.parallel_units)
+        return self.gpu.efficiency * x / (x + FILL_HALF)
+
+    def roofline(self, flops: float, nbytes: float, rows: float, kernels: int) -> float:
+        """Seconds for work of ``flops`` and ``nbytes`` over ``rows`` token rows."""
+        g = self.gpu
+        t_compute = flops / (g.peak_flops * self.efficiency(rows, self.model.hidden))
+        t_memory = nbytes / g.mem_bandwidth
+        return max(t_compute, t_memory, kernels * g.launch_overhead_s)
+
+    def block_time(self, index: int, q: int, kv: int, batch: int) -> float:
+        """Seconds of block ``index`` on ``q`` query tokens over ``kv`` tokens."""
+        m = self.model
+        b = self.wl.dtype_bytes
+        flops = batch * m.block_flops(index, q, kv)
+        nbytes = m.block_params(index) * b + batch * m.block_activation_elems(q, kv) * b
+        rows = batch * (q + (m.text_tokens if m.family in ("joint", "flux") else 0))
+        return self.roofline(flops, nbytes, rows, m.kernels_per_block)
+
+    def compute_time(self, op: Compute) -> float:
+        """Seconds of ``op`` (cached: pipelines repeat the same shapes many times)."""
+        return self._cached(op.kind, op.layers, op.q_tokens, op.kv_tokens, op.batch)
+
+    def _compute_time(self, kind: str, layers: tuple[int, int], q: int, kv: int,
+                      batch: int) -> float:
+        m = self.model
+        b = self.wl.dtype_bytes
+        if kind == "blocks":
+            t = sum(self.block_time(i, q, kv, batch) for i in range(layers[0], layers[1] + 1))
+        elif kind == "embed":
+            t = self.roofline(batch * m.embed_flops(q), m.outside_params * b / 4, batch * q,
+                              OP_KERNELS[kind])
+        elif kind == "final":
+            t = self.roofline(batch * m.final_flops(q), batch * q * m.hidden * b * 3, batch * q,
+                              OP_KERNELS[kind])
+        elif kind == "scheduler_step":
+            # Elementwise over the latent patch: a few reads and writes of fp32 values.
+            elems = q * m.patch_size**2 * m.latent_channels
+            t = self.roofline(20.0 * elems, 12 * elems * 4, 1, OP_KERNELS[kind])
+        elif kind == "text_encode":
+            prompts = batch
+            tokens = max(m.text_tokens, 77) * prompts
+            t = 0.0
+            if m.text_encoder_params:
+                t = self.roofline(text_encode_flops(m, prompts), m.text_encoder_params * b,
+                                  tokens, OP_KERNELS[kind])
+        elif kind == "vae_decode":
+            h, w = self.wl.height, self.wl.width
+            t = self.roofline(vae_decode_flops(h, w), m.vae_params * b + 40.0 * h * w * b,
+                              h * w / 64, OP_KERNELS[kind])
+        else:
+            raise ValueError(f"unknown compute kind {kind!r}")
+        return t * self.scale

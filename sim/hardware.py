@@ -1,0 +1,136 @@
+"""GPU and link registry: peak FLOP/s, memory, bandwidths, latencies, each with its source.
+
+Units: FLOP/s, bytes, bytes/s, seconds. Achieved (not spec) numbers are what predict, so links
+carry the bandwidth a transfer really gets, and GPUs carry the fraction of dense peak that whole
+DiT pipelines reach.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sim.errors import UserError
+
+GB = 1e9
+_DESIGN_GPU = "DESIGN.md section 5 (GPU table: vendor datasheets, dense BF16 tensor)"
+_DESIGN_EFF = "DESIGN.md section 5: end-to-end DiT pipelines reach 40-45 % of peak on A100, " \
+    "50-70 % on L40/L20, 30 % (eager) to 50 % (compiled) on H100"
+_SM = "vendor whitepapers (Ada, Ampere, Hopper, Volta, Turing): streaming multiprocessors"
+_LAUNCH = "eager PyTorch per-op CPU dispatch plus cudaLaunchKernel, commonly 5-20 us; 12 us taken"
+
+
+@dataclass(frozen=True)
+class GPU:
+    """One accelerator model. ``efficiency`` is the fraction of ``peak_flops`` that large DiT
+    kernels achieve; ``parallel_units`` is what small kernels must fill (SMs, or CPU cores)."""
+
+    name: str
+    peak_flops: float  # dense BF16 tensor FLOP/s (fp32 for the CPU)
+    memory_bytes: float
+    mem_bandwidth: float  # bytes/s
+    pcie: str  # link kind of its host connection
+    nvlink: str | None  # link kind through NVSwitch, or None for PCIe-only parts
+    efficiency: float
+    parallel_units: int
+    launch_overhead_s: float  # CPU time to issue one kernel in eager mode
+    p2p: bool = True  # peer-to-peer over PCIe (RTX 4090: no, transfers bounce through the host)
+    sources: tuple[tuple[str, str], ...] = ()
+
+
+def _gpu(name: str, tflops: float, gb: float, gbs: float, pcie: str, nvlink: str | None,
+         eff: float, eff_src: str, sms: int, p2p: bool = True) -> GPU:
+    return GPU(name, tflops * 1e12, gb * GB, gbs * GB, pcie, nvlink, eff, sms, 12e-6, p2p,
+               sources=(("peak/memory/bandwidth/interconnect", _DESIGN_GPU),
+                        ("efficiency", eff_src), ("parallel_units", _SM),
+                        ("launch_overhead_s", _LAUNCH)))
+
+
+_ADA = "assumed like L40/L20 (same Ada generation): " + _DESIGN_EFF
+_OLD = "assumption (no measurement at hand): 50 %, between the A100 and L40 figures"
+
+GPUS: dict[str, GPU] = {g.name: g for g in [
+    _gpu("l40", 181, 48, 864, "pcie-gen4", None, 0.60, _DESIGN_EFF, 142),
+    _gpu("l40s", 362, 48, 864, "pcie-gen4", None, 0.60, _ADA, 142),
+    _gpu("l20", 119.5, 48, 864, "pcie-gen4", None, 0.60, _DESIGN_EFF, 92),
+    _gpu("rtx4090", 165, 24, 1008, "pcie-gen4", None, 0.60, _ADA, 128, p2p=False),
+    _gpu("a100-pcie-80g", 312, 80, 1935, "pcie-gen4", None, 0.42, _DESIGN_EFF, 108),
+    _gpu("a100-sxm-80g", 312, 80, 2039, "pcie-gen4", "nvlink3", 0.42, _DESIGN_EFF, 108),
+    _gpu("h100-pcie", 756, 80, 2000, "pcie-gen5", None, 0.35, _DESIGN_EFF, 114),
+    _gpu("h100-sxm", 989, 80, 3350, "pcie-gen5", "nvlink4", 0.35, _DESIGN_EFF, 132),
+    _gpu("h200", 989, 141, 4800, "pcie-gen5", "nvlink4", 0.35, _DESIGN_EFF, 132),
+    _gpu("h20", 148, 96, 4000, "pcie-gen5", "nvlink4", 0.60, _ADA.replace("Ada", "compute-bound "
+         "Hopper; its low peak is easy to fill, like"), 78),
+    _gpu("v100-sxm2-32g", 125, 32, 900, "pcie-gen3", "nvlink2", 0.50, _OLD, 80),
+    _gpu("t4", 65, 16, 320, "pcie-gen3", None, 0.50, _OLD, 40),
+]}
+
+# The CPU entry describes a CPU process of the reference executor (gloo); use a measured
+# profile for real work. Peak: 2 cores x 3 GHz x 2 AVX-512 FMA x 16 fp32 x 2 FLOP.
+GPUS["cpu"] = GPU(
+    "cpu", 384e9, 24 * GB, 20 * GB, "loopback", None, 0.5, 2, 2e-6,
+    sources=(("peak", "this dev machine (2-core AMD EPYC, AVX-512): 2x3 GHz x 2 FMA x 16 x 2"),
+             ("memory", "this dev machine: 24 GB"),
+             ("mem_bandwidth", "assumption: 20 GB/s for a 2-core VM share"),
+             ("efficiency", "assumption: 50 % of AVX-512 peak for fp32 GEMMs"),
+             ("launch_overhead_s", "eager PyTorch per-op dispatch on CPU, ~2 us")),
+)
+
+
+@dataclass(frozen=True)
+class LinkKind:
+    """One kind of link: achieved bandwidth per direction (bytes/s) and one-way latency (s)."""
+
+    name: str
+    bandwidth: float
+    latency_s: float
+    source: str
+
+
+LINKS: dict[str, LinkKind] = {k.name: k for k in [
+    LinkKind("pcie-gen3", 11 * GB, 15e-6,
+             "x16 spec 15.75 GB/s; achieved ~70 % as for Gen4 (25 of 31.5 GB/s); "
+             "latency: DESIGN.md 'small messages cost a fixed 10-60 us'"),
+    LinkKind("pcie-gen4", 25 * GB, 15e-6,
+             "DESIGN.md: point-to-point over PCIe Gen4 measured 23-26 GB/s on A100 and L20 "
+             "boxes; latency: DESIGN.md 10-60 us per small message"),
+    LinkKind("pcie-gen5", 50 * GB, 15e-6,
+             "x16 spec 63 GB/s; achieved taken at the Gen4 ratio (~80 %); latency as Gen4"),
+    LinkKind("nvlink2", 120 * GB, 8e-6,
+             "V100 SXM2 NVLink2 spec 150 GB/s per direction; achieved assumed 80 %"),
+    LinkKind("nvlink3", 200 * GB, 8e-6,
+             "DESIGN.md: NCCL all-reduce bus bandwidth ~200 GB/s on 8 A100 SXM (300 spec)"),
+    LinkKind("nvlink4", 370 * GB, 8e-6,
+             "DESIGN.md: NCCL all-reduce bus bandwidth ~370 GB/s on 8 H100 SXM (450 spec)"),
+    LinkKind("upi", 20 * GB, 5e-6,
+             "DESIGN.md: GPU traffic collapses to about 20 GB/s once it crosses the CPU "
+             "socket link"),
+    LinkKind("ib-hdr", 23 * GB, 5e-6,
+             "InfiniBand HDR 200 Gb/s = 25 GB/s line rate; RDMA achieves ~92 % (assumption)"),
+    LinkKind("ib-ndr", 46 * GB, 5e-6,
+             "InfiniBand NDR 400 Gb/s = 50 GB/s line rate; RDMA achieves ~92 % (assumption)"),
+    LinkKind("eth-100g", 11 * GB, 12e-6,
+             "100 GbE = 12.5 GB/s line rate; RoCE achieves ~88 % (assumption)"),
+    LinkKind("eth-200g", 22 * GB, 12e-6,
+             "200 GbE = 25 GB/s line rate; RoCE achieves ~88 % (assumption)"),
+    LinkKind("loopback", 10 * GB, 30e-6,
+             "assumption for gloo between CPU processes on one host (use a link profile)"),
+]}
+
+# Default GPU per --link, as the planner's help says.
+DEFAULT_GPU = {"pcie": "l40", "nvlink": "a100-sxm-80g"}
+
+
+def get_gpu(name: str) -> GPU:
+    """Look a GPU up by name; raises ``UserError`` listing the known names."""
+    key = name.lower()
+    if key not in GPUS:
+        raise UserError(f"unknown GPU '{name}'; choose one of: {', '.join(GPUS)}")
+    return GPUS[key]
+
+
+def get_link(name: str) -> LinkKind:
+    """Look a link kind up by name; raises ``UserError`` listing the known names."""
+    key = name.lower()
+    if key not in LINKS:
+        raise UserError(f"unknown link kind '{name}'; choose one of: {', '.join(LINKS)}")
+    return LINKS[key]

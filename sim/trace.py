@@ -1,0 +1,80 @@
+"""The trace table shared by simulator and executor: one row per executed op.
+
+Columns (DESIGN.md): rank, op, step, patch, layer_first, layer_last, start_s, end_s, nbytes,
+peer, source, plus ``tag`` (what a message carried: hidden, text, skip, latent). Times are
+seconds from the start of the run. ``op`` is a compute kind, ``send`` or ``recv``; a send row
+lasts from its issue to the data's arrival, a receive row from its posting to the arrival.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COLUMNS = ("rank", "op", "step", "patch", "layer_first", "layer_last", "start_s", "end_s",
+           "nbytes", "peer", "source", "tag")
+_INT = {"rank", "step", "patch", "layer_first", "layer_last", "nbytes", "peer"}
+_FLOAT = {"start_s", "end_s"}
+
+
+@dataclass
+class Trace:
+    """Rows of the trace table, each a tuple in ``COLUMNS`` order."""
+
+    rows: list[tuple] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def dicts(self) -> list[dict]:
+        """Rows as dicts keyed by column name."""
+        return [dict(zip(COLUMNS, r)) for r in self.rows]
+
+    @property
+    def end_s(self) -> float:
+        """Time the last op ended, seconds."""
+        return max((r[7] for r in self.rows), default=0.0)
+
+    def write_csv(self, path: str | Path) -> None:
+        """Write the table as CSV with a header row."""
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(COLUMNS)
+            for r in sorted(self.rows, key=lambda r: (r[6], r[0])):
+                w.writerow(r)
+
+    @classmethod
+    def read_csv(cls, path: str | Path) -> Trace:
+        """Read a table written by ``write_csv`` (by the simulator or the executor)."""
+        rows = []
+        with open(path, newline="") as fh:
+            for d in csv.DictReader(fh):
+                rows.append(tuple(int(d[c]) if c in _INT else float(d[c]) if c in _FLOAT
+                                  else d.get(c, "") for c in COLUMNS))
+        return cls(rows)
+
+    def to_chrome(self) -> dict:
+        """Chrome / Perfetto trace events: pid = rank, tid = compute (0) or comm (1)."""
+        events = []
+        for d in self.dicts():
+            comm = d["op"] in ("send", "recv")
+            name = d["op"] if not comm else f"{d['op']} {d['tag']} {'->' if d['op'] == 'send' else '<-'} {d['peer']}"
+            events.append({
+                "name": name, "ph": "X", "pid": d["rank"], "tid": 1 if comm else 0,
+                "ts": d["start_s"] * 1e6, "dur": (d["end_s"] - d["start_s"]) * 1e6,
+                "args": {k: d[k] for k in ("step", "patch", "layer_first", "layer_last",
+                                           "nbytes", "peer", "source")},
+            })
+        for rank in sorted({d["rank"] for d in self.dicts()}):
+            events.append({"name": "process_name", "ph": "M", "pid": rank,
+                           "args": {"name": f"rank {rank}"}})
+            for tid, label in ((0, "compute"), (1, "comm")):
+                events.append({"name": "thread_name", "ph": "M", "pid": rank, "tid": tid,
+                               "args": {"name": label}})
+        return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+    def write_chrome(self, path: str | Path) -> None:
+        """Write the Chrome / Perfetto JSON trace."""
+        Path(path).write_text(json.dumps(self.to_chrome()))
