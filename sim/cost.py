@@ -99,8 +99,10 @@ class RooflineCost:
                                   tokens, OP_KERNELS[kind])
         elif kind == "vae_decode":
             h, w = self.wl.height, self.wl.width
-            t = self.roofline(vae_decode_flops(h, w), m.vae_params * b + 40.0 * h * w * b,
-                              h * w / 64, OP_KERNELS[kind])
+            t = 0.0
+            if m.vae_params:
+                t = self.roofline(vae_decode_flops(h, w), m.vae_params * b + 40.0 * h * w * b,
+                                  h * w / 64, OP_KERNELS[kind])
         else:
             raise ValueError(f"unknown compute kind {kind!r}")
         return t * self.scale

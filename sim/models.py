@@ -46,6 +46,7 @@ class DiTModel:
     double_blocks: int = 0  # Flux: how many of num_blocks are double-stream
     long_skips: bool = False  # HunyuanDiT: second-half blocks take a skip from their mirror
     kernels_per_block: int = 30  # kernel launches per block in eager PyTorch (see _KERNELS)
+    caption_channels: int = 0  # width of the text encoder's output (before caption projection)
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     # ---- tokens ---------------------------------------------------------------------------
@@ -134,7 +135,8 @@ class DiTModel:
     def embed_flops(self, q: int) -> float:
         """Patch embedding (a linear of ``patch²·C -> hidden``) plus time/text embeddings."""
         cin = self.patch_size**2 * self.latent_channels
-        return 2.0 * cin * self.hidden * q + 2.0 * self.text_tokens * (self.text_dim or self.hidden) * self.hidden
+        text = self.text_tokens * (self.caption_channels or self.text_dim or self.hidden)
+        return 2.0 * cin * self.hidden * q + 2.0 * text * self.hidden
 
     def final_flops(self, q: int) -> float:
         """Final norm and linear back to ``patch²·C_out`` channels."""
@@ -173,11 +175,13 @@ MODELS: dict[str, DiTModel] = {
         DiTModel(
             "pixart-alpha", "PixArtTransformer2DModel", "cross", 28, 1152, 16, 72, 120, 4,
             0.61e9, 20, True, _T5_XXL, _SD_VAE, text_dim=1152, kernels_per_block=_KERNELS["pixart"],
+            caption_channels=4096,
             sources=_src(text_encoder="T5-XXL, DESIGN.md section 5"),
         ),
         DiTModel(
             "pixart-sigma", "PixArtTransformer2DModel", "cross", 28, 1152, 16, 72, 300, 4,
             0.61e9, 20, True, _T5_XXL, _SD_VAE, text_dim=1152, kernels_per_block=_KERNELS["pixart"],
+            caption_channels=4096,
             sources=_src(text_encoder="T5-XXL, DESIGN.md section 5"),
         ),
         DiTModel(
@@ -208,6 +212,20 @@ MODELS: dict[str, DiTModel] = {
             long_skips=True, kernels_per_block=_KERNELS["hunyuan"],
             sources=_src(text_encoder="mT5-XL (~1.6 B) + bilingual CLIP (~0.35 B), HunyuanDiT "
                          "paper", mlp_ratio="HunyuanDiT config: mlp_ratio 4.3637"),
+        ),
+        # Small PixArt configurations for tests and CPU validation runs of the executor. Their
+        # parameter counts are those of the diffusers model built from the config (counted).
+        DiTModel(
+            "pixart-tiny", "PixArtTransformer2DModel", "cross", 4, 64, 2, 32, 8, 4,
+            324_192, 8, True, 0.0, 0.0, text_dim=64, caption_channels=64,
+            kernels_per_block=_KERNELS["pixart"],
+            sources={"all": "test configuration; params counted from the diffusers model"},
+        ),
+        DiTModel(
+            "pixart-small", "PixArtTransformer2DModel", "cross", 8, 384, 6, 64, 16, 4,
+            20_332_448, 8, True, 0.0, 0.0, text_dim=384, caption_channels=256,
+            kernels_per_block=_KERNELS["pixart"],
+            sources={"all": "test configuration; params counted from the diffusers model"},
         ),
     ]
 }

@@ -60,7 +60,8 @@ class Trace:
         events = []
         for d in self.dicts():
             comm = d["op"] in ("send", "recv")
-            name = d["op"] if not comm else f"{d['op']} {d['tag']} {'->' if d['op'] == 'send' else '<-'} {d['peer']}"
+            arrow = "->" if d["op"] == "send" else "<-"
+            name = f"{d['op']} {d['tag']} {arrow} {d['peer']}" if comm else d["op"]
             events.append({
                 "name": name, "ph": "X", "pid": d["rank"], "tid": 1 if comm else 0,
                 "ts": d["start_s"] * 1e6, "dur": (d["end_s"] - d["start_s"]) * 1e6,

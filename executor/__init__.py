@@ -1,0 +1,1 @@
+"""Reference executor: runs ``sim`` schedules for real with torch.distributed and diffusers."""

@@ -1,0 +1,83 @@
+"""Build registry models as real diffusers transformers from their configs, with seeded random
+weights (no download), or load real weights from a local folder.
+
+Shared by the executor and the profilers. Flux-size models do not fit on a laptop: pass
+``device="meta"`` to inspect them without allocating.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sim.models import DiTModel
+
+
+def diffusers_config(model: DiTModel, height: int = 1024) -> dict:
+    """Config dict of ``model``'s diffusers class; ``height`` (px) sets ``sample_size``."""
+    sample = height // model.vae_factor
+    if model.diffusers_class == "PixArtTransformer2DModel":
+        return dict(
+            num_attention_heads=model.heads, attention_head_dim=model.head_dim,
+            in_channels=model.latent_channels, out_channels=2 * model.latent_channels,
+            num_layers=model.num_blocks, cross_attention_dim=model.hidden,
+            sample_size=sample, patch_size=model.patch_size,
+            caption_channels=model.caption_channels or model.hidden,
+            # PixArt-alpha's resolution/aspect conditioning is off in the tiny configs; the
+            # 1024 px checkpoints use it (diffusers sets it when sample_size == 128).
+            use_additional_conditions=sample == 128 and model.name == "pixart-alpha",
+        )
+    if model.diffusers_class == "DiTTransformer2DModel":
+        return dict(num_attention_heads=model.heads, attention_head_dim=model.head_dim,
+                    in_channels=model.latent_channels, out_channels=2 * model.latent_channels,
+                    num_layers=model.num_blocks, sample_size=sample,
+                    patch_size=model.patch_size)
+    if model.diffusers_class == "SD3Transformer2DModel":
+        return dict(sample_size=sample, patch_size=model.patch_size,
+                    in_channels=model.latent_channels, num_layers=model.num_blocks,
+                    attention_head_dim=model.head_dim, num_attention_heads=model.heads,
+                    joint_attention_dim=4096, caption_projection_dim=model.hidden,
+                    pooled_projection_dim=2048, out_channels=model.latent_channels,
+                    pos_embed_max_size=max(192, sample // model.patch_size))
+    if model.diffusers_class == "FluxTransformer2DModel":
+        return dict(patch_size=1, in_channels=model.latent_channels * 4,
+                    num_layers=model.double_blocks,
+                    num_single_layers=model.num_blocks - model.double_blocks,
+                    attention_head_dim=model.head_dim, num_attention_heads=model.heads,
+                    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True)
+    if model.diffusers_class == "HunyuanDiT2DModel":
+        return dict(num_attention_heads=model.heads, attention_head_dim=model.head_dim,
+                    in_channels=model.latent_channels, patch_size=model.patch_size,
+                    sample_size=sample, num_layers=model.num_blocks,
+                    mlp_ratio=model.mlp_ratio, cross_attention_dim=1024)
+    raise ValueError(f"no diffusers builder for {model.diffusers_class}")
+
+
+def build_transformer(model: DiTModel, height: int = 1024, seed: int = 0,
+                      dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.nn.Module:
+    """The diffusers transformer of ``model`` with weights drawn from ``seed``, in eval mode."""
+    import diffusers
+
+    cls = getattr(diffusers, model.diffusers_class)
+    cfg = diffusers_config(model, height)
+    torch.manual_seed(seed)
+    if device == "meta":
+        with torch.device("meta"):
+            return cls(**cfg).eval()
+    net = cls(**cfg)
+    return net.to(device=device, dtype=dtype).eval()
+
+
+def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32,
+                     device: str = "cpu") -> torch.nn.Module:
+    """Real weights from a local folder: a transformer saved with ``save_pretrained`` or a
+    pipeline folder holding ``transformer/``."""
+    import diffusers
+
+    path = Path(path)
+    if (path / "transformer").is_dir():
+        path = path / "transformer"
+    cfg = diffusers.ConfigMixin.load_config(str(path))
+    cls = getattr(diffusers, cfg["_class_name"])
+    return cls.from_pretrained(str(path), torch_dtype=dtype).to(device).eval()
