@@ -1,0 +1,126 @@
+"""Pieces shared by the command-line entry points: common flags, input parsing, and the rule
+that user errors print one line and exit 2 with no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from sim.config import DTYPE_BYTES, Workload
+from sim.errors import UserError
+from sim.hardware import DEFAULT_GPU, GPU, get_gpu
+from sim.models import get_model
+from sim.topology import INTER_NODE, Topology, build_topology
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad flags as a ``UserError`` (one line, exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see --help)")
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser whose errors follow the one-line, exit-2 rule."""
+    return _Parser(prog=prog, description=description,
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_workload_args(p: argparse.ArgumentParser) -> None:
+    """Flags describing the model, image and cluster."""
+    p.add_argument("--model", required=True, help="model name or alias (pixart, sd3, flux, ...)")
+    p.add_argument("--gpu", default=None,
+                   help="GPU kind (default: l40 with --link pcie, a100-sxm-80g with nvlink)")
+    p.add_argument("--gpus", type=int, required=True, help="number of GPUs in all")
+    p.add_argument("--link", default="pcie", choices=["pcie", "nvlink"],
+                   help="GPU-to-GPU interconnect inside a node")
+    p.add_argument("--nodes", type=int, default=1, help="machines the GPUs are spread over")
+    p.add_argument("--inter-node", default="ib-ndr", choices=list(INTER_NODE),
+                   help="network between nodes")
+    p.add_argument("--resolution", default="1024",
+                   help="image size in pixels: N for NxN, or WIDTHxHEIGHT")
+    p.add_argument("--steps", type=int, default=None,
+                   help="diffusion steps (default: the model's usual count)")
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPE_BYTES))
+    p.add_argument("--no-text-encoder", action="store_true",
+                   help="leave text encoding out of latency and memory (it runs elsewhere)")
+    p.add_argument("--no-vae", action="store_true",
+                   help="leave the VAE decode out of latency and memory")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"1024"`` -> (1024, 1024); ``"2048x1024"`` (width x height) -> (1024, 2048) as
+    (height, width)."""
+    try:
+        if "x" in text.lower():
+            w, h = (int(v) for v in text.lower().split("x"))
+            return h, w
+        v = int(text)
+        return v, v
+    except ValueError:
+        raise UserError(f"--resolution must be N or WIDTHxHEIGHT in pixels, got '{text}'") from None
+
+
+def workload_from_args(args: argparse.Namespace) -> Workload:
+    """The ``Workload`` the flags describe."""
+    model = get_model(args.model)
+    h, w = parse_resolution(args.resolution)
+    steps = args.steps if args.steps is not None else model.default_steps
+    return Workload(model, h, w, steps, args.dtype, text_encoder=not args.no_text_encoder,
+                    vae=not args.no_vae)
+
+
+def cluster_from_args(args: argparse.Namespace) -> tuple[GPU, Topology]:
+    """The GPU kind (default per link) and the cluster graph the flags describe."""
+    gpu = get_gpu(args.gpu or DEFAULT_GPU[args.link])
+    return gpu, build_topology(gpu, args.gpus, args.link, args.nodes, args.inter_node)
+
+
+def parse_int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
+    """``"7,7,7,7"`` -> (7, 7, 7, 7); ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated integers, got '{text}'") from None
+
+
+def write_output(path: str, write: Callable[[Path], None]) -> None:
+    """Write a file atomically (temp file, then rename) so nothing half-written is left."""
+    target = Path(path)
+    if not target.parent.exists():
+        raise UserError(f"cannot write {path}: folder {target.parent} does not exist")
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        write(tmp)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def print_json(obj: object) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
+    """Run ``main``; a ``UserError`` becomes one line on stderr and exit status 2."""
+    try:
+        code = main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        # The reader (head, less) went away: not an error of ours; keep Python quiet at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(code)

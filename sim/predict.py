@@ -1,0 +1,135 @@
+"""``python -m sim.predict``: simulate one configuration and report latency, memory, comms.
+
+Example::
+
+    python -m sim.predict --model pixart --gpu l40 --gpus 8 --link pcie --resolution 1024 \\
+        --steps 20 --pipefusion 8 --patches 8 --warmup 1 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sim.cli import (
+    add_workload_args,
+    cluster_from_args,
+    parse_int_list,
+    parser,
+    print_json,
+    run_main,
+    workload_from_args,
+    write_output,
+)
+from sim.config import ParallelConfig, Workload, validate
+from sim.errors import UserError
+from sim.evaluate import Prediction, calibration_scale, evaluate
+from sim.hardware import GPU
+from sim.topology import Topology
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser("python -m sim.predict",
+               "Predict latency, memory and communication of one parallel configuration.")
+    add_workload_args(p)
+    p.add_argument("--pipefusion", type=int, default=None,
+                   help="PipeFusion degree (pipeline stages); default: all GPUs")
+    p.add_argument("--patches", default="auto",
+                   help="patches per image M, or 'auto' for the best M in 1..4N")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="synchronous warmup steps (full image, no stale context)")
+    p.add_argument("--stage-blocks", default=None,
+                   help="blocks per pipeline stage, comma-separated (default: even split)")
+    p.add_argument("--single-gpu-latency", type=float, default=None, metavar="SECONDS",
+                   help="your measured single-GPU end-to-end latency for this model, "
+                        "resolution and steps; compute costs are scaled to match it")
+    p.add_argument("--trace", default=None, metavar="FILE", help="write the trace as CSV")
+    p.add_argument("--chrome-trace", default=None, metavar="FILE",
+                   help="write a Chrome/Perfetto trace (open in ui.perfetto.dev)")
+    return p
+
+
+def best_patches(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
+                 scale: float) -> Prediction:
+    """The prediction with the lowest latency over M in 1..4N (fewest patches on ties)."""
+    n = cfg.pipefusion
+    rows, _ = wl.model.token_grid(wl.height, wl.width)
+    best = None
+    for m in range(1, min(4 * n, rows) + 1):
+        if n == 1 and m > 1:
+            break
+        pred = evaluate(wl, ParallelConfig(cfg.gpus, n, m, cfg.warmup, cfg.stage_blocks),
+                        gpu, topo, scale=scale)
+        if best is None or pred.latency_s < best.latency_s:
+            best = pred
+    assert best is not None
+    return best
+
+
+def predict(args: argparse.Namespace) -> Prediction:
+    """Prediction for parsed command-line ``args``."""
+    wl = workload_from_args(args)
+    gpu, topo = cluster_from_args(args)
+    degree = args.pipefusion if args.pipefusion is not None else args.gpus
+    scale = 1.0
+    if args.single_gpu_latency is not None:
+        if args.single_gpu_latency <= 0:
+            raise UserError("--single-gpu-latency must be a positive number of seconds")
+        scale = calibration_scale(wl, gpu, args.single_gpu_latency)
+    stage_blocks = parse_int_list(args.stage_blocks, "--stage-blocks")
+    if args.patches == "auto":
+        cfg = ParallelConfig(args.gpus, degree, 1, args.warmup, stage_blocks)
+        validate(wl, cfg)
+        return best_patches(wl, cfg, gpu, topo, scale)
+    try:
+        patches = int(args.patches)
+    except ValueError:
+        raise UserError(f"--patches must be a whole number or 'auto', "
+                        f"got '{args.patches}'") from None
+    cfg = ParallelConfig(args.gpus, degree, patches, args.warmup, stage_blocks)
+    return evaluate(wl, cfg, gpu, topo, scale=scale)
+
+
+def summary(pred: Prediction) -> str:
+    """A human-readable report of one prediction."""
+    d = pred.as_dict()
+    c = d["config"]
+    h, w = c["resolution"]
+    nodes = f", {c['nodes']} nodes" if c["nodes"] > 1 else ""
+    lines = [
+        f"{c['model']} at {w}x{h}, {c['steps']} steps, {c['dtype']} on {c['gpus']} x "
+        f"{c['gpu']} ({c['link']}{nodes})",
+        f"strategy: {c['strategy']}" + (f", {c['pipefusion']} stages, {c['patches']} patches, "
+                                        f"{c['warmup']} warmup steps"
+                                        if c["strategy"] == "pipefusion" else ""),
+        f"latency: {d['latency_s']:.3f} s  (text encode {d['text_encode_s']:.3f} s, "
+        f"denoising loop {d['loop_s']:.3f} s, VAE decode {d['vae_decode_s']:.3f} s)",
+        f"bubble fraction: {d['bubble_fraction']:.1%}   exposed communication: "
+        f"{d['exposed_comm_s']:.4f} s   busy: "
+        + " ".join(f"{b:.0%}" for b in d["busy_fraction"]),
+        f"communication per steady step (busiest rank): {d['comm_bytes_per_step'] / 1e6:.2f} MB",
+        f"memory (fullest rank): {d['memory_gb']:.2f} GB of {d['gpu_memory_gb']:.0f} GB"
+        + ("  ** OUT OF MEMORY **" if d["oom"] else ""),
+    ]
+    if pred.calibration_scale != 1.0:
+        lines.append(f"compute costs scaled by {pred.calibration_scale:.3f} to match the "
+                     f"measured single-GPU latency")
+    lines.append("cost source: analytic roofline (pass measured profiles for better numbers)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    pred = predict(args)
+    if args.trace:
+        write_output(args.trace, pred.trace.write_csv)
+    if args.chrome_trace:
+        write_output(args.chrome_trace, pred.trace.write_chrome)
+    if args.json:
+        print_json(pred.as_dict())
+    else:
+        print(summary(pred))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

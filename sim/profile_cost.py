@@ -1,0 +1,322 @@
+"""Cost model from measured profiles, and link profiles applied to a topology.
+
+``ProfileCost`` implements the ``CostModel`` protocol of ``sim.cost`` from a compute profile
+(``profiles/data/*.csv``, collected by ``python -m profiles.collect``):
+
+- A shape that was measured costs its measured median (source ``measured``).
+- Inside the measured range a block is interpolated (source ``interpolated``): along ``q`` at a
+  measured ``kv`` (the full sequence of a profiled resolution) by a monotone cubic in log-log
+  space through the measured block times; a ``kv`` between two measured ones shifts the block
+  time by the attention term, a monotone log-log fit of the measured attention core against
+  ``q·kv``, from each neighbouring ``kv`` and blends the two in log ``kv``. Embedding, final
+  layer and scheduler step are interpolated in log-log space over their tokens.
+- Outside the measured range (or for ops never measured) it falls back to the roofline of
+  ``sim.cost.RooflineCost`` scaled by the efficiency the profile implies: the ratio of measured
+  to roofline time at the nearest measured shape, so the two meet at the range's edge (source
+  ``roofline``, and a note in ``notes``).
+
+Token counts are taken per batch row: a call of batch ``b`` on ``q`` tokens costs like the
+profile's batch ``B`` on ``q·b/B`` tokens (the same GEMM rows and attention pairs).
+
+``apply_link_profile`` overrides the bandwidth and latency of one link kind of a ``Topology``
+with those fitted to a link profile (``python -m profiles.links``).
+
+Imports no torch: the loader and interpolation live in ``profiles.format`` and
+``profiles.interp``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+
+from profiles.format import ComputeProfile, LinkProfile, Sample
+from profiles.interp import MonotoneLogLog
+from sim.config import Workload
+from sim.cost import RooflineCost
+from sim.errors import UserError
+from sim.hardware import GPU
+from sim.schedule import Compute
+from sim.topology import Topology
+
+SOURCES = ("measured", "interpolated", "roofline")  # best to worst
+TOKEN_OPS = {"embed": "embed", "final": "final", "scheduler_step": "scheduler_step"}
+_REL = 1e-9
+
+
+def _worst(a: str, b: str) -> str:
+    return a if SOURCES.index(a) >= SOURCES.index(b) else b
+
+
+@dataclass
+class _BlockTable:
+    """Measured blocks of one family: per measured kv, block time against q (batch ``batch``),
+    and the attention core against q·kv."""
+
+    batch: int
+    exact: dict[tuple[int, int], float]
+    levels: dict[int, MonotoneLogLog]  # kv -> block seconds over q
+    attention: MonotoneLogLog | None  # seconds over q·kv (batch ``batch``, all heads)
+    samples: list[Sample]
+
+
+class ProfileCost:
+    """Compute-op durations (seconds) for ``wl`` from a measured profile, with the roofline of
+    ``gpu`` as the fallback outside the measured range; ``scale`` multiplies every time (1.0
+    unless calibrating, as for ``RooflineCost``)."""
+
+    def __init__(self, wl: Workload, gpu: GPU, profile: ComputeProfile | str | Path,
+                 scale: float = 1.0) -> None:
+        prof = profile if isinstance(profile, ComputeProfile) else ComputeProfile.read(profile)
+        where = prof.path or "the profile"
+        if prof.model != wl.model.name:
+            raise UserError(f"{where} was measured for model {prof.model}, not "
+                            f"{wl.model.name}; collect one with python -m profiles.collect "
+                            f"--model {wl.model.name}")
+        if prof.dtype != wl.dtype:
+            raise UserError(f"{where} was measured in {prof.dtype}, the workload runs "
+                            f"{wl.dtype}; pass --dtype {prof.dtype} or collect a {wl.dtype} "
+                            f"profile")
+        self.wl = wl
+        self.model = wl.model
+        self.gpu = gpu
+        self.profile = prof
+        self.scale = scale
+        self.roof = RooflineCost(wl, gpu)
+        self.notes: set[str] = set()
+        self._cache: dict[tuple, tuple[float, str]] = {}
+        self._blocks: dict[str, _BlockTable] = {}
+        for variant in sorted({s.variant for s in prof.select("block")}):
+            self._blocks[variant] = self._block_table(variant)
+        self._tokens: dict[str, tuple[MonotoneLogLog, dict[tuple[int, int], float], int]] = {}
+        for op in TOKEN_OPS.values():
+            samples = prof.select(op)
+            if samples:
+                batch = samples[0].batch
+                mine = [s for s in samples if s.batch == batch]
+                fn = MonotoneLogLog([s.q_tokens for s in mine], [s.median_s for s in mine])
+                exact = _pooled_exact(mine)
+                self._tokens[op] = (fn, exact, batch)
+
+    # ---- tables -------------------------------------------------------------------------
+    def _block_table(self, variant: str) -> _BlockTable:
+        samples = self.profile.select("block", variant)
+        batch = max(Counter(s.batch for s in samples).items(), key=lambda kv: kv[1])[0]
+        samples = [s for s in samples if s.batch == batch]
+        by_kv: dict[int, list[Sample]] = {}
+        for s in samples:
+            by_kv.setdefault(s.kv_tokens, []).append(s)
+        levels = {kv: MonotoneLogLog([s.q_tokens for s in ss], [s.median_s for s in ss])
+                  for kv, ss in by_kv.items()}
+        att = [s for s in self.profile.select("attention")
+               if s.batch == batch and s.heads == self.model.heads]
+        attention = (MonotoneLogLog([s.q_tokens * s.kv_tokens for s in att],
+                                    [s.median_s for s in att]) if att else None)
+        return _BlockTable(batch, _pooled_exact(samples), levels, attention, samples)
+
+    # ---- CostModel protocol -------------------------------------------------------------
+    def compute_time(self, op: Compute) -> float:
+        """Seconds of ``op``."""
+        return self.estimate(op)[0]
+
+    def source(self, op: Compute) -> str:
+        """``measured``, ``interpolated`` or ``roofline``: where ``op``'s time came from."""
+        return self.estimate(op)[1]
+
+    def estimate(self, op: Compute) -> tuple[float, str]:
+        """(seconds, source) of ``op``; cached, since pipelines repeat shapes many times."""
+        key = (op.kind, op.layers, op.q_tokens, op.kv_tokens, op.batch)
+        hit = self._cache.get(key)
+        if hit is None:
+            t, src = self._estimate(op)
+            hit = self._cache[key] = (t * self.scale, src)
+        return hit
+
+    def _estimate(self, op: Compute) -> tuple[float, str]:
+        if op.kind == "blocks":
+            total, src = 0.0, "measured"
+            for i in range(op.layers[0], op.layers[1] + 1):
+                t, s = self.block_time(i, op.q_tokens, op.kv_tokens, op.batch)
+                total += t
+                src = _worst(src, s)
+            return total, src
+        if op.kind in TOKEN_OPS and TOKEN_OPS[op.kind] in self._tokens:
+            return self._token_op(op)
+        # Never measured (text encoder, VAE decode, or an op missing from this profile): the
+        # roofline at the efficiency the most compute-bound measured block achieved.
+        t = self.roof.compute_time(op)
+        if t == 0.0:
+            return 0.0, "roofline"
+        ratio, what = self._reference_ratio()
+        self.notes.add(f"{op.kind}: not in the profile; roofline x {ratio:.3g} ({what})")
+        return t * ratio, "roofline"
+
+    # ---- blocks ---------------------------------------------------------------------------
+    def block_time(self, index: int, q: int, kv: int, batch: int) -> tuple[float, str]:
+        """(seconds, source) of block ``index`` on ``q`` query tokens over ``kv`` tokens."""
+        kind = self.model.block_kind(index)
+        table = self._blocks.get(kind)
+        if table is None:
+            t = self.roof.block_time(index, q, kv, batch)
+            ratio, what = self._reference_ratio()
+            self.notes.add(f"blocks: no {kind} blocks in the profile; roofline x {ratio:.3g} "
+                           f"({what})")
+            return t * ratio, "roofline"
+        if batch == table.batch and (q, kv) in table.exact:
+            return table.exact[(q, kv)], "measured"
+        qe = q * batch / table.batch
+        t = self._interpolate_block(table, qe, kv)
+        if t is not None:
+            return t, "interpolated"
+        # Outside: roofline scaled at the nearest measured shape (log distance in q and kv).
+        near = min(table.samples, key=lambda s: math.hypot(math.log(s.q_tokens / qe),
+                                                           math.log(s.kv_tokens / kv)))
+        ratio = near.median_s / self.roof.block_time(index, near.q_tokens, near.kv_tokens,
+                                                     near.batch)
+        self.notes.add(f"blocks: q={q} kv={kv} batch={batch} outside the measured range "
+                       f"({self._range_text(table)}); roofline x {ratio:.3g} from the measured "
+                       f"q={near.q_tokens} kv={near.kv_tokens}")
+        return self.roof.block_time(index, q, kv, batch) * ratio, "roofline"
+
+    def _interpolate_block(self, table: _BlockTable, q: float, kv: int) -> float | None:
+        """Block seconds at (q, kv) from the measured levels, or ``None`` outside them."""
+        kvs = sorted(table.levels)
+        if not kvs[0] * (1 - _REL) <= kv <= kvs[-1] * (1 + _REL):
+            return None
+        exact = [k for k in kvs if abs(k - kv) <= _REL * k]
+        if exact and table.levels[exact[0]].contains(q):
+            return table.levels[exact[0]](q)
+        lower = [k for k in kvs if k < kv and table.levels[k].contains(q)]
+        upper = [k for k in kvs if k > kv and table.levels[k].contains(q)]
+        picks = ([lower[-1]] if lower else []) + ([upper[0]] if upper else [])
+        estimates = []
+        for k in picks:
+            t = self._shift_kv(table, k, q, kv)
+            if t is not None:
+                estimates.append((k, t))
+        if not estimates:
+            return None
+        if len(estimates) == 1:
+            return estimates[0][1]
+        (k0, t0), (k1, t1) = estimates
+        w = math.log(kv / k0) / math.log(k1 / k0)
+        return math.exp((1 - w) * math.log(t0) + w * math.log(t1))
+
+    def _shift_kv(self, table: _BlockTable, level: int, q: float, kv: int) -> float | None:
+        """Block time at measured ``level`` moved to ``kv`` by the attention fit."""
+        att = table.attention
+        if att is None or not (att.contains(q * kv) and att.contains(q * level)):
+            return None
+        t = table.levels[level](q) + att(q * kv) - att(q * level)
+        return t if t > 0 else None
+
+    @staticmethod
+    def _range_text(table: _BlockTable) -> str:
+        kvs = sorted(table.levels)
+        qs = [s.q_tokens for s in table.samples]
+        return (f"q {min(qs)}..{max(qs)}, kv {kvs[0]}..{kvs[-1]} at batch {table.batch}")
+
+    # ---- token-level ops ------------------------------------------------------------------
+    def _token_op(self, op: Compute) -> tuple[float, str]:
+        name = TOKEN_OPS[op.kind]
+        fn, exact, batch = self._tokens[name]
+        if op.batch == batch and (op.q_tokens, 0) in exact:
+            return exact[(op.q_tokens, 0)], "measured"
+        qe = op.q_tokens * op.batch / batch
+        if fn.contains(qe):
+            return fn(qe), "interpolated"
+        near_q = min(fn.x, key=lambda x: abs(math.log(x / qe)))
+        ref = Compute(op.kind, op.step, op.patch, op.layers, int(near_q), op.kv_tokens, batch)
+        ratio = fn(near_q) / self.roof.compute_time(ref)
+        self.notes.add(f"{op.kind}: q={op.q_tokens} batch={op.batch} outside the measured "
+                       f"q {fn.lo:g}..{fn.hi:g}; roofline x {ratio:.3g}")
+        return self.roof.compute_time(op) * ratio, "roofline"
+
+    def _reference_ratio(self) -> tuple[float, str]:
+        """Measured / roofline time of the most compute-bound measured block (largest FLOPs):
+        the profile's efficiency relative to the roofline's assumption."""
+        best: tuple[float, float, Sample, int] | None = None
+        for kind, table in self._blocks.items():
+            index = next(i for i in range(self.model.num_blocks)
+                         if self.model.block_kind(i) == kind)
+            for s in table.samples:
+                flops = self.model.block_flops(index, s.q_tokens, s.kv_tokens) * s.batch
+                if best is None or flops > best[0]:
+                    roof = self.roof.block_time(index, s.q_tokens, s.kv_tokens, s.batch)
+                    best = (flops, s.median_s / roof, s, index)
+        if best is None:
+            return 1.0, "no measured blocks: unscaled"
+        s = best[2]
+        return best[1], f"efficiency of the measured block q={s.q_tokens} kv={s.kv_tokens}"
+
+    # ---- reporting ------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """What the cost model rests on, for JSON output: profile file, device, and notes."""
+        m = self.profile.meta
+        return {"profile": self.profile.path, "model": m.get("model"),
+                "device_name": m.get("device_name"), "dtype": m.get("dtype"),
+                "threads": m.get("threads"), "date": m.get("date"),
+                "notes": sorted(self.notes)}
+
+
+def _pooled_exact(samples: Iterable[Sample]) -> dict[tuple[int, int], float]:
+    """Measured median per (q, kv) (token ops: kv ignored, keyed 0); repeats of a shape are
+    pooled by their geometric mean."""
+    acc: dict[tuple[int, int], list[float]] = {}
+    for s in samples:
+        key = (s.q_tokens, s.kv_tokens if s.op == "block" else 0)
+        acc.setdefault(key, []).append(math.log(s.median_s))
+    return {k: math.exp(sum(v) / len(v)) for k, v in acc.items()}
+
+
+def source_summary(rows: Iterable) -> dict[str, dict[str, int]]:
+    """Per compute kind, how many ops took their time from each source, from a trace (a
+    ``sim.trace.Trace`` or its rows): e.g. ``{"blocks": {"measured": 8, "interpolated": 4}}``.
+    Communication rows are skipped."""
+    from sim.trace import Trace
+
+    if isinstance(rows, Trace):
+        rows = rows.rows
+    out: dict[str, Counter] = {}
+    for r in rows:
+        kind, source = r[1], r[10]
+        if kind in ("send", "recv") or source not in SOURCES:
+            continue
+        out.setdefault(kind, Counter())[source] += 1
+    return {k: dict(sorted(c.items(), key=lambda kv: SOURCES.index(kv[0])))
+            for k, c in sorted(out.items())}
+
+
+# ---- link profiles -----------------------------------------------------------------------------
+
+def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
+                       kind: str | None = None, nbytes: float | None = None) -> Topology:
+    """A copy of ``topo`` whose edges of link ``kind`` (default: the kind the profile was
+    measured on, e.g. ``loopback`` for gloo between processes of one host) take the profile's
+    fitted point-to-point latency (s) and bandwidth (bytes/s).
+
+    The engine models a message as one latency plus size over bandwidth, so one regime of the
+    piecewise fit is chosen: the one holding ``nbytes`` (the typical message size, bytes) when
+    given, else the fit over every measured size. Raises ``UserError`` when the topology has
+    no edge of that kind.
+    """
+    prof = profile if isinstance(profile, LinkProfile) else LinkProfile.read(profile)
+    kind = kind or prof.link_kind
+    fit = prof.fit("p2p", nbytes)
+    kinds = sorted({d["kind"] for _, _, d in topo.graph.edges(data=True)})
+    if kind not in kinds:
+        raise UserError(f"link profile {prof.path or ''} measures '{kind}' links but the "
+                        f"topology has only {', '.join(kinds)}; pick a matching --gpu/--link "
+                        f"or collect a profile on that link")
+    g: nx.DiGraph = topo.graph.copy()
+    for _, _, d in g.edges(data=True):
+        if d["kind"] == kind:
+            d["bandwidth"] = fit.bandwidth_Bps
+            d["latency"] = fit.latency_s
+            d["source"] = f"link profile {prof.path or prof.backend} ({fit.regime} regime)"
+    return Topology(g, list(topo.gpu_nodes), topo.link, topo.nodes)

@@ -1,0 +1,179 @@
+"""Command-line behaviour: output shapes, and every bad-input path exits 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sim import plan, predict
+from sim.cli import run_main
+
+
+def _run(main, argv: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        run_main(main, argv)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+BASE = ["--model", "pixart", "--gpus", "8", "--link", "pcie"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "nope", "--gpus", "2"], "unknown model 'nope'"),
+    (["--model", "pixart", "--gpus", "2", "--gpu", "gtx480"], "unknown GPU 'gtx480'"),
+    (["--model", "pixart", "--gpus", "2", "--link", "smoke"], "invalid choice: 'smoke'"),
+    (BASE + ["--pipefusion", "4"], "multiply to 4 but --gpus is 8"),
+    (BASE + ["--steps", "10", "--warmup", "11", "--patches", "8"], "--warmup must be between"),
+    (BASE + ["--patches", "0"], "--patches must be between 1 and 64"),
+    (BASE + ["--patches", "65"], "--patches must be between 1 and 64"),
+    (BASE + ["--patches", "many"], "--patches must be a whole number or 'auto'"),
+    (BASE + ["--resolution", "1000"], "not a multiple of 16 px"),
+    (BASE + ["--resolution", "big"], "--resolution must be N or WIDTHxHEIGHT"),
+    (["--model", "pixart", "--gpus", "32", "--patches", "4"], "exceed the 28 blocks"),
+    (["--model", "pixart", "--gpus", "2", "--link", "nvlink", "--gpu", "l40"], "has no NVLink"),
+    (BASE + ["--stage-blocks", "4,4", "--patches", "8"], "lists 2 stages"),
+    (BASE + ["--stage-blocks", "a,b", "--patches", "8"], "comma-separated integers"),
+    (BASE + ["--single-gpu-latency", "-1", "--patches", "8"], "positive number of seconds"),
+    (["--model", "pixart", "--gpus", "3", "--nodes", "2"], "does not split evenly"),
+    (["--gpus", "2"], "required: --model"),
+])
+def test_predict_bad_input_exits_2_with_one_line(argv, needle, capsys) -> None:
+    code, out, err = _run(predict.main, argv, capsys)
+    assert code == 2
+    assert needle in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert out == ""
+
+
+def test_plan_bad_input(capsys) -> None:
+    code, _, err = _run(plan.main, BASE + ["--top", "0"], capsys)
+    assert code == 2 and "--top must be at least 1" in err
+    code, _, err = _run(plan.main, BASE + ["--warmup", "a,b"], capsys)
+    assert code == 2 and "--warmup must be" in err
+
+
+def test_predict_json_fields(capsys) -> None:
+    code, out, _ = _run(predict.main, BASE + ["--gpu", "l40", "--resolution", "1024",
+                                             "--steps", "20", "--pipefusion", "8",
+                                             "--patches", "8", "--warmup", "1", "--json"],
+                        capsys)
+    assert code == 0
+    d = json.loads(out)
+    for key in ("latency_s", "memory_gb", "oom", "comm_bytes_per_step", "bubble_fraction",
+                "config"):
+        assert key in d
+    # One steady-state step sends B * p/M * hs * b bytes per patch, M patches: B*p*hs*b.
+    assert d["comm_bytes_per_step"] == 2 * 4096 * 1152 * 2
+    assert d["config"]["pipefusion"] == 8 and d["config"]["patches"] == 8
+    assert d["oom"] is False and 0 < d["memory_gb"] < 48
+    assert d["latency_s"] == pytest.approx(d["text_encode_s"] + d["loop_s"] + d["vae_decode_s"])
+
+
+def test_no_degree_flags_mean_all_gpus_pipefusion_and_one_gpu_serial(capsys) -> None:
+    _, out, _ = _run(predict.main, ["--model", "pixart", "--gpus", "4", "--patches", "4",
+                                    "--json"], capsys)
+    assert json.loads(out)["config"]["pipefusion"] == 4
+    _, out, _ = _run(predict.main, ["--model", "pixart", "--gpus", "1", "--json"], capsys)
+    d = json.loads(out)
+    assert d["config"]["strategy"] == "serial" and d["comm_bytes_per_step"] == 0
+
+
+def test_patches_auto_is_the_best_of_1_to_4n(capsys) -> None:
+    argv = ["--model", "pixart", "--gpus", "2", "--steps", "6", "--json"]
+    _, out, _ = _run(predict.main, argv + ["--patches", "auto"], capsys)
+    auto = json.loads(out)
+    lat = []
+    for m in range(1, 9):
+        _, out, _ = _run(predict.main, argv + ["--patches", str(m)], capsys)
+        lat.append(json.loads(out)["latency_s"])
+    assert auto["latency_s"] == pytest.approx(min(lat))
+    assert auto["config"]["patches"] == 1 + lat.index(min(lat))
+
+
+def test_single_gpu_latency_calibration(capsys) -> None:
+    argv = ["--model", "pixart", "--gpus", "1", "--gpu", "l20", "--json",
+            "--single-gpu-latency", "3.34"]
+    _, out, _ = _run(predict.main, argv, capsys)
+    d = json.loads(out)
+    assert d["latency_s"] == pytest.approx(3.34)
+    assert d["calibration_scale"] != 1.0
+
+
+def test_drop_text_encoder_and_vae(capsys) -> None:
+    argv = BASE + ["--patches", "8", "--json"]
+    _, out, _ = _run(predict.main, argv, capsys)
+    full = json.loads(out)
+    _, out, _ = _run(predict.main, argv + ["--no-text-encoder", "--no-vae"], capsys)
+    bare = json.loads(out)
+    assert bare["text_encode_s"] == 0 and bare["vae_decode_s"] == 0
+    assert bare["memory_gb"] < full["memory_gb"] - 9  # T5-XXL in bf16 is ~9.4 GB
+    assert bare["loop_s"] == pytest.approx(full["loop_s"])
+
+
+def test_trace_outputs(tmp_path, capsys) -> None:
+    csv_path, chrome = tmp_path / "t.csv", tmp_path / "t.json"
+    code, _, _ = _run(predict.main, BASE + ["--patches", "8", "--steps", "4", "--trace",
+                                           str(csv_path), "--chrome-trace", str(chrome)], capsys)
+    assert code == 0
+    header = csv_path.read_text().splitlines()[0].split(",")
+    assert header[:11] == ["rank", "op", "step", "patch", "layer_first", "layer_last",
+                           "start_s", "end_s", "nbytes", "peer", "source"]
+    events = json.loads(chrome.read_text())["traceEvents"]
+    assert {e["pid"] for e in events} == set(range(8))
+    code, _, err = _run(predict.main, BASE + ["--patches", "8", "--trace",
+                                             str(tmp_path / "missing" / "t.csv")], capsys)
+    assert code == 2 and "does not exist" in err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_plan_table_and_json(capsys) -> None:
+    code, out, _ = _run(plan.main, BASE + ["--steps", "8"], capsys)
+    assert code == 0
+    assert "recommended:" in out and "why:" in out and "GPU assumed" in out and "l40" in out
+    code, out, _ = _run(plan.main, BASE + ["--steps", "8", "--json"], capsys)
+    ranked = json.loads(out)
+    fits = [d for d in ranked if not d["oom"]]
+    assert [d["latency_s"] for d in fits] == sorted(d["latency_s"] for d in fits)
+    assert {d["config"]["strategy"] for d in ranked} == {"serial", "pipefusion"}
+    assert {d["config"]["warmup"] for d in ranked if d["config"]["strategy"] != "serial"} == \
+        {0, 1, 2}
+
+
+def test_plan_marks_oom_and_never_recommends_it(capsys) -> None:
+    # A 16 GB T4 cannot hold T5-XXL in fp32 (~19 GB): everything is out of memory.
+    code, out, _ = _run(plan.main, ["--model", "pixart", "--gpus", "2", "--gpu", "t4",
+                                    "--dtype", "fp32", "--steps", "4"], capsys)
+    assert code == 0 and "nothing fits in memory" in out and "OOM" in out
+    _, out, _ = _run(plan.main, ["--model", "pixart", "--gpus", "2", "--gpu", "t4",
+                                 "--dtype", "fp32", "--steps", "4", "--no-text-encoder",
+                                 "--json"], capsys)
+    assert json.loads(out)[0]["oom"] is False
+
+
+def test_nvlink_default_gpu(capsys) -> None:
+    _, out, _ = _run(plan.main, ["--model", "pixart", "--gpus", "4", "--link", "nvlink",
+                                 "--steps", "4"], capsys)
+    assert "a100-sxm-80g" in out
+
+
+def test_sim_runs_without_torch() -> None:
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None\n"
+            "from sim import plan\n"
+            "plan.main(['--model', 'pixart', '--gpus', '2', '--steps', '4', '--json'])\n"
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_module_entry_point_exit_code() -> None:
+    res = subprocess.run([sys.executable, "-m", "sim.predict", "--model", "pixart",
+                          "--gpus", "8", "--pipefusion", "3"], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+    res = subprocess.run([sys.executable, "-m", "sim.plan", "--help"], capture_output=True,
+                         text=True)
+    assert res.returncode == 0 and "--gpus" in res.stdout
