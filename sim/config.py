@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from sim.errors import UserError
 from sim.models import DiTModel
+from sim.schedule import split_even
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -36,18 +37,58 @@ class Workload:
 @dataclass(frozen=True)
 class ParallelConfig:
     """Degrees of each parallel strategy; their product is the GPU count. ``stage_blocks``
-    optionally lists the number of blocks of each PipeFusion stage."""
+    optionally lists the number of blocks of each PipeFusion stage. DistriFusion combines only
+    with CFG parallelism; the others combine freely (xDiT-style hybrids)."""
 
     gpus: int
     pipefusion: int = 1
     patches: int = 1
     warmup: int = 0
     stage_blocks: tuple[int, ...] | None = None
+    cfg: int = 1
+    ulysses: int = 1
+    ring: int = 1
+    tensor: int = 1
+    distrifusion: int = 1
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
+    def sp(self) -> int:
+        """Ranks sharing one pipeline stage's work: Ulysses x ring x tensor."""
+        return self.ulysses * self.ring * self.tensor
+
+    @property
+    def product(self) -> int:
+        return (self.cfg * self.pipefusion * self.ulysses * self.ring * self.tensor
+                * self.distrifusion)
+
+    @property
     def strategy(self) -> str:
-        return "serial" if self.gpus == 1 and self.pipefusion == 1 else "pipefusion"
+        """``serial``, the one strategy in use, or ``hybrid`` when several combine."""
+        used = [name for name in ("pipefusion", "ulysses", "ring", "tensor", "distrifusion",
+                                  "cfg") if getattr(self, name) > 1]
+        if not used:
+            return "serial"
+        return used[0] if len(used) == 1 else "hybrid"
+
+    @property
+    def stale(self) -> bool:
+        """Whether some step attends to K,V from the previous step (warmup matters)."""
+        return self.distrifusion > 1 or (self.pipefusion > 1 and self.patches > 1)
+
+    def label(self) -> str:
+        """Short description, e.g. ``cfg2 x pipefusion2(M=4,W=1) x ulysses2``."""
+        parts = []
+        for name in ("cfg", "pipefusion", "ulysses", "ring", "tensor", "distrifusion"):
+            d = getattr(self, name)
+            if d > 1:
+                extra = ""
+                if name == "pipefusion":
+                    extra = f"(M={self.patches},W={self.warmup})"
+                elif name == "distrifusion":
+                    extra = f"(W={self.warmup})"
+                parts.append(f"{name}{d}{extra}")
+        return " x ".join(parts) or "serial"
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -72,21 +113,46 @@ def validate(wl: Workload, cfg: ParallelConfig) -> None:
         raise UserError(f"--steps must be at least 1, got {wl.steps}")
     if cfg.gpus < 1:
         raise UserError(f"--gpus must be at least 1, got {cfg.gpus}")
-    if cfg.pipefusion < 1:
-        raise UserError(f"--pipefusion must be at least 1, got {cfg.pipefusion}")
-    if cfg.pipefusion != cfg.gpus:
-        raise UserError(f"parallel degrees multiply to {cfg.pipefusion} but --gpus is "
+    for name in ("pipefusion", "ulysses", "ring", "tensor", "distrifusion"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.cfg not in (1, 2):
+        raise UserError(f"--cfg must be 1 or 2 (the guidance batch has two halves), "
+                        f"got {cfg.cfg}")
+    if cfg.cfg == 2 and not m.cfg:
+        raise UserError(f"{m.name} has no classifier-free guidance batch to split "
+                        f"(guidance is embedded); use --cfg 1")
+    if cfg.product != cfg.gpus:
+        raise UserError(f"parallel degrees multiply to {cfg.product} but --gpus is "
                         f"{cfg.gpus}; the product of the degrees must equal the GPU count")
+    if cfg.distrifusion > 1 and cfg.pipefusion * cfg.sp > 1:
+        raise UserError("--distrifusion combines only with --cfg; set --pipefusion, "
+                        "--ulysses, --ring and --tensor to 1")
     if cfg.pipefusion > m.num_blocks:
         raise UserError(f"{cfg.pipefusion} pipeline stages exceed the {m.num_blocks} blocks of "
                         f"{m.name}; use at most {m.num_blocks}")
+    if m.heads % (cfg.ulysses * cfg.tensor):
+        what = "Ulysses degree" if cfg.tensor == 1 else "Ulysses x tensor degree"
+        raise UserError(f"the {what} {cfg.ulysses * cfg.tensor} does not divide the "
+                        f"{m.heads} attention heads of {m.name}")
     if cfg.warmup < 0 or cfg.warmup > wl.steps:
         raise UserError(f"--warmup must be between 0 and the step count {wl.steps}, "
                         f"got {cfg.warmup}")
-    rows, _ = m.token_grid(wl.height, wl.width)
+    rows, cols = m.token_grid(wl.height, wl.width)
     if cfg.patches < 1 or cfg.patches > rows:
         raise UserError(f"--patches must be between 1 and {rows} (the latent has {rows} rows "
                         f"of {m.patch_size}-row patches at {wl.height} px), got {cfg.patches}")
+    if cfg.patches > 1 and cfg.pipefusion == 1 and cfg.gpus > 1:
+        raise UserError("--patches applies to PipeFusion; with --pipefusion 1 use --patches 1")
+    if cfg.distrifusion > rows:
+        raise UserError(f"--distrifusion {cfg.distrifusion} exceeds the {rows} latent rows "
+                        f"at {wl.height} px")
+    seq = cfg.ulysses * cfg.ring
+    if seq > 1:
+        if any((r * cols) % seq for r in split_even(rows, cfg.patches)):
+            raise UserError(f"each patch's tokens must split evenly over Ulysses x ring = {seq} "
+                            f"ranks; at {wl.width}x{wl.height} with {cfg.patches} patches they "
+                            f"do not (the patch grid is {rows}x{cols} tokens)")
     if cfg.stage_blocks is not None:
         sb = cfg.stage_blocks
         if len(sb) != cfg.pipefusion:

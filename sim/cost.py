@@ -54,32 +54,45 @@ class RooflineCost:
         x = rows * width / (TILE * self.gpu.parallel_units)
         return self.gpu.efficiency * x / (x + FILL_HALF)
 
-    def roofline(self, flops: float, nbytes: float, rows: float, kernels: int) -> float:
-        """Seconds for work of ``flops`` and ``nbytes`` over ``rows`` token rows."""
+    def roofline(self, flops: float, nbytes: float, rows: float, kernels: int,
+                 width: int | None = None) -> float:
+        """Seconds for work of ``flops`` and ``nbytes`` over ``rows`` token rows of ``width``
+        outputs (default: the model's hidden size)."""
         g = self.gpu
-        t_compute = flops / (g.peak_flops * self.efficiency(rows, self.model.hidden))
+        width = width or self.model.hidden
+        t_compute = flops / (g.peak_flops * self.efficiency(rows, width))
         t_memory = nbytes / g.mem_bandwidth
         return max(t_compute, t_memory, kernels * g.launch_overhead_s)
 
-    def block_time(self, index: int, q: int, kv: int, batch: int) -> float:
-        """Seconds of block ``index`` on ``q`` query tokens over ``kv`` tokens."""
+    def block_time(self, index: int, q: int, kv: int, batch: int, part: str = "all",
+                   shard: int = 1) -> float:
+        """Seconds of block ``index`` on ``q`` query tokens over ``kv`` tokens; ``part`` is
+        ``all``, ``attn`` (attention core only) or ``proj`` (everything else); ``shard`` is the
+        tensor-parallel degree (1/shard of heads, MLP columns and weights)."""
         m = self.model
         b = self.wl.dtype_bytes
-        flops = batch * m.block_flops(index, q, kv)
-        nbytes = m.block_params(index) * b + batch * m.block_activation_elems(q, kv) * b
+        attn = m.block_attention_flops(index, q, kv)
+        flops = {"all": m.block_flops(index, q, kv), "attn": attn,
+                 "proj": m.block_flops(index, q, kv) - attn}[part] * batch / shard
+        weights = 0.0 if part == "attn" else m.block_params(index) * b / shard
+        act = batch * m.block_activation_elems(q, kv) * b / shard
         rows = batch * (q + (m.text_tokens if m.family in ("joint", "flux") else 0))
-        return self.roofline(flops, nbytes, rows, m.kernels_per_block)
+        # Attention is a handful of kernels; projections and MLP carry the rest of the launches.
+        kernels = {"all": m.kernels_per_block, "attn": 4, "proj": m.kernels_per_block - 4}[part]
+        return self.roofline(flops, weights + act, rows, kernels, m.hidden // shard)
 
     def compute_time(self, op: Compute) -> float:
         """Seconds of ``op`` (cached: pipelines repeat the same shapes many times)."""
-        return self._cached(op.kind, op.layers, op.q_tokens, op.kv_tokens, op.batch)
+        return self._cached(op.kind, op.layers, op.q_tokens, op.kv_tokens, op.batch, op.part,
+                            op.shard)
 
     def _compute_time(self, kind: str, layers: tuple[int, int], q: int, kv: int,
-                      batch: int) -> float:
+                      batch: int, part: str = "all", shard: int = 1) -> float:
         m = self.model
         b = self.wl.dtype_bytes
         if kind == "blocks":
-            t = sum(self.block_time(i, q, kv, batch) for i in range(layers[0], layers[1] + 1))
+            t = sum(self.block_time(i, q, kv, batch, part, shard)
+                    for i in range(layers[0], layers[1] + 1))
         elif kind == "embed":
             t = self.roofline(batch * m.embed_flops(q), m.outside_params * b / 4, batch * q,
                               OP_KERNELS[kind])

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import simpy
 
 from sim.cost import CostModel
-from sim.schedule import Collective, Compute, Recv, Schedule, Send
+from sim.schedule import Collective, Compute, Recv, Schedule, Send, Wait
 from sim.topology import Topology
 from sim.trace import Trace
 
@@ -53,6 +53,28 @@ class Network:
             self._reschedule()
 
         self.env.timeout(latency).callbacks.append(start)
+
+    def bundle(self, pairs: list[tuple[int, int]], nbytes: float, latency_s: float,
+               done: Callable[[], None]) -> None:
+        """Start one flow of ``nbytes`` per (src, dst) pair after ``latency_s``; call ``done``
+        once all have arrived (a collective's transfers, started together)."""
+        left = [len(pairs)]
+        if not pairs or nbytes <= 0:
+            self.env.timeout(latency_s).callbacks.append(lambda _: done())
+            return
+
+        def one_done() -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                done()
+
+        def start(_: object) -> None:
+            self._advance()
+            for a, b in pairs:
+                self.flows.append(_Flow(self.topo.route(a, b), nbytes, one_done))
+            self._reschedule()
+
+        self.env.timeout(latency_s).callbacks.append(start)
 
     def _advance(self) -> None:
         dt = self.env.now - self.last
@@ -115,6 +137,42 @@ class Network:
             f.done()
 
 
+# Ring algorithms (NCCL's default for these sizes) take n-1 steps per phase; all-to-all is a
+# direct exchange launched as one grouped step. A ring's steps move equal chunks over the same
+# routes, so the engine runs them as one flow of the summed bytes per ring edge and charges
+# the per-step latency once per step: identical under steady sharing, far fewer events.
+def collective_plan(kind: str, n: int, nbytes: float) -> tuple[str, float, int]:
+    """(pattern, bytes per flow, latency steps) of a collective over ``n`` ranks whose input
+    is ``nbytes`` per rank. Bytes per flow are also the bytes each rank sends."""
+    if kind == "all_reduce":  # reduce-scatter then all-gather, each n-1 steps of nbytes/n
+        return "ring", 2.0 * (n - 1) / n * nbytes, 2 * (n - 1)
+    if kind == "reduce_scatter":
+        return "ring", (n - 1) / n * nbytes, n - 1
+    if kind in ("all_gather", "ring_kv"):  # every rank's block travels n-1 hops
+        return "ring", (n - 1) * nbytes, n - 1
+    if kind == "all_to_all":  # each rank sends nbytes/n to every other rank
+        return "direct", nbytes / n, 1
+    raise ValueError(f"unknown collective {kind!r}")
+
+
+def collective_bytes_sent(kind: str, n: int, nbytes: float, count: int = 1) -> float:
+    """Bytes one member sends in ``count`` collectives of ``kind`` (input ``nbytes``)."""
+    if n <= 1:
+        return 0.0
+    pattern, per_flow, _ = collective_plan(kind, n, nbytes)
+    return count * per_flow * (n - 1 if pattern == "direct" else 1)
+
+
+class _Rendezvous:
+    __slots__ = ("arrived", "nbytes", "event", "start")
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.arrived = 0
+        self.nbytes = 0
+        self.event = env.event()
+        self.start = 0.0
+
+
 def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
              rank_offset: int = 0) -> Trace:
     """Run ``schedule`` with ranks placed on the topology's GPUs ``rank_offset..``; returns
@@ -132,6 +190,32 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
         if ev is None:
             ev = mailbox[key] = env.event()
         return ev
+
+    meetings: dict[tuple, _Rendezvous] = {}
+    pending: dict[tuple, _Rendezvous] = {}
+
+    def launch(op: Collective, rv: _Rendezvous) -> None:
+        """All members are in: run the collective's transfers on the topology."""
+        n = len(op.group)
+        rv.start = env.now
+        if n == 1:
+            rv.event.succeed()
+            return
+        pattern, per_flow, lat_steps = collective_plan(op.kind, n, rv.nbytes)
+        g = [r + rank_offset for r in op.group]
+        if pattern == "ring":
+            pairs = [(g[i], g[(i + 1) % n]) for i in range(n)]
+        else:
+            pairs = [(a, b) for a in g for b in g if a != b]
+        latency = max(topo.route_latency(a, b) for a, b in pairs) * lat_steps * op.count
+        net.bundle(pairs, per_flow * op.count, latency, lambda: rv.event.succeed())
+
+    def collective_row(rank: int, op: Collective, rv: _Rendezvous) -> None:
+        name = op.kind + ("_async" if op.asynchronous else "")
+        rows.append((rank, name, op.tag.step, op.tag.patch, op.tag.layer, op.tag.layer,
+                     rv.start, env.now,
+                     int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count)),
+                     -1, "model", op.tag.what))
 
     def rank_proc(rank: int):
         gpu = rank + rank_offset
@@ -159,7 +243,28 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                              op.tag.layer, start, env.now, op.nbytes, op.src, "model",
                              op.tag.what))
             elif isinstance(op, Collective):
-                raise NotImplementedError("collectives are not simulated yet (issue 3)")
+                key = (op.tag, op.group)
+                rv = meetings.get(key)
+                if rv is None:
+                    rv = meetings[key] = _Rendezvous(env)
+                rv.arrived += 1
+                rv.nbytes = max(rv.nbytes, op.nbytes)
+                if rv.arrived == len(op.group):
+                    del meetings[key]
+                    launch(op, rv)
+                if op.asynchronous:
+                    pending[(rank, op.tag)] = rv
+                    rv.event.callbacks.append(lambda _, op=op, rv=rv, rank=rank:
+                                              collective_row(rank, op, rv))
+                else:
+                    yield rv.event
+                    collective_row(rank, op, rv)
+            elif isinstance(op, Wait):
+                rv = pending.pop((rank, op.tag))
+                start = env.now
+                yield rv.event
+                rows.append((rank, "wait", op.tag.step, op.tag.patch, op.tag.layer,
+                             op.tag.layer, start, env.now, 0, -1, "model", op.tag.what))
             else:
                 raise TypeError(f"unknown op {op!r}")
 

@@ -9,10 +9,11 @@ from dataclasses import dataclass, replace
 
 from sim.config import ParallelConfig, Workload
 from sim.cost import CostModel, RooflineCost
-from sim.engine import simulate
+from sim.engine import collective_plan, simulate
 from sim.hardware import GPU
-from sim.memory import MemoryBreakdown, pipefusion_memory
+from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics
+from sim.schedule import Collective, Compute
 from sim.strategies import build_schedule
 from sim.topology import Topology, build_topology
 from sim.trace import Trace
@@ -30,6 +31,7 @@ class Prediction:
     memory: list[MemoryBreakdown]
     trace: Trace
     calibration_scale: float = 1.0
+    stage_layers: list[tuple[int, int]] | None = None
 
     @property
     def latency_s(self) -> float:
@@ -51,7 +53,8 @@ class Prediction:
         cfg.update(model=wl.model.name, gpu=self.gpu.name, link=self.topology.link,
                    nodes=self.topology.nodes, resolution=[wl.height, wl.width],
                    steps=wl.steps, dtype=wl.dtype, text_encoder=wl.text_encoder, vae=wl.vae,
-                   stage_layers=[list(s) for s in self._stage_layers()])
+                   label=self.config.label(),
+                   stage_layers=[list(s) for s in self.stage_layers or []])
         d = {"latency_s": self.latency_s, "memory_gb": self.memory_gb, "oom": self.oom,
              "gpu_memory_gb": self.gpu.memory_bytes / 1e9}
         d.update(self.metrics.as_dict())
@@ -61,20 +64,109 @@ class Prediction:
         d["config"] = cfg
         return d
 
-    def _stage_layers(self) -> list[tuple[int, int]]:
-        return [(r[4], r[5]) for r in self.trace.rows if r[1] == "blocks" and r[2] == 0
-                and r[3] in (-1, 0)] if self.trace.rows else []
+    def without_trace(self) -> Prediction:
+        """A copy without the trace (cheap to keep or send between processes)."""
+        return replace(self, trace=Trace([]))
 
 
 def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
-             cost: CostModel | None = None, scale: float = 1.0) -> Prediction:
-    """Simulate ``cfg`` for ``wl`` on ``topo`` (ranks on its first GPUs)."""
-    sched = build_schedule(wl, cfg)
+             cost: CostModel | None = None, scale: float = 1.0, fast: bool = False) -> Prediction:
+    """Simulate ``cfg`` for ``wl`` on ``topo`` (ranks on its first GPUs).
+
+    ``fast`` (the planner's mode) merges per-block communication into one op per stage and
+    simulates only ``W + 4`` steps; when the two middle steps are identical up to a time shift
+    the remaining steps are copies of them, and the full trace is assembled from shifted
+    copies. Otherwise it falls back to the full simulation.
+    """
     cost = cost or RooflineCost(wl, gpu, scale)
-    trace = simulate(sched, topo, cost)
-    metrics = compute_metrics(trace, sched.world_size, wl.steps, sched.warmup)
-    memory = pipefusion_memory(wl, cfg, sched, gpu)
-    return Prediction(wl, cfg, gpu, topo, metrics, memory, trace, scale)
+    trace = None
+    if fast and wl.steps > cfg.warmup + 4:
+        short = replace(wl, steps=cfg.warmup + 4)
+        sched = build_schedule(short, cfg, coarse=True)
+        trace = periodic_extension(simulate(sched, topo, cost), cfg.warmup + 1, wl.steps)
+    if trace is None:
+        sched = build_schedule(wl, cfg, coarse=fast)
+        trace = simulate(sched, topo, cost)
+    metrics = compute_metrics(trace, sched.world_size, wl.steps, cfg.warmup)
+    memory = memory_per_rank(wl, cfg, sched, gpu)
+    return Prediction(wl, cfg, gpu, topo, metrics, memory, trace, scale,
+                      stage_layers=list(sched.stage_layers))
+
+
+def _step_rows(trace: Trace) -> dict[int, list[tuple]]:
+    by_step: dict[int, list[tuple]] = {}
+    for r in trace.rows:
+        by_step.setdefault(r[2], []).append(r)
+    for rows in by_step.values():
+        rows.sort(key=lambda r: (r[0], r[6], r[1], r[3], r[4]))
+    return by_step
+
+
+def _shift(row: tuple, dt: float, step: int) -> tuple:
+    return row[:2] + (step,) + row[3:6] + (row[6] + dt, row[7] + dt) + row[8:]
+
+
+def periodic_extension(trace: Trace, first_middle: int, steps: int) -> Trace | None:
+    """Extend a trace of ``first_middle + 3`` steps (steps ``first_middle`` and
+    ``first_middle + 1`` are middle steps, the last is the final step) to ``steps`` steps by
+    repeating the second middle step, shifted by one step period each time. Returns ``None``
+    when the two middle steps are not identical up to a shift (then the run is not periodic
+    and must be simulated in full)."""
+    by_step = _step_rows(trace)
+    a, b = first_middle, first_middle + 1
+    short_last = first_middle + 2
+    if a not in by_step or b not in by_step or len(by_step[a]) != len(by_step[b]):
+        return None
+    ends = {t: max(r[7] for r in rows) for t, rows in by_step.items() if t >= 0}
+    period = ends[b] - ends[a]
+    tol = 1e-9 * max(1.0, trace.end_s)
+    for ra, rb in zip(by_step[a], by_step[b], strict=True):
+        if (ra[0], ra[1], ra[3], ra[4], ra[8]) != (rb[0], rb[1], rb[3], rb[4], rb[8]) or \
+                abs(ra[6] + period - rb[6]) > tol or abs(ra[7] + period - rb[7]) > tol:
+            return None
+    extra = steps - (short_last + 1)  # middle steps the short run lacks
+    rows = [r for r in trace.rows if 0 <= r[2] <= b or r[1] == "text_encode"]
+    for k in range(1, extra + 1):
+        rows.extend(_shift(r, k * period, b + k) for r in by_step[b])
+    rows.extend(_shift(r, extra * period, steps - 1) for r in by_step[short_last])
+    rows.extend(_shift(r, extra * period, -1) for r in by_step.get(-1, [])
+                if r[1] != "text_encode")
+    return Trace(rows)
+
+
+def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
+                        cost: CostModel | None = None, scale: float = 1.0
+                        ) -> tuple[float, list[MemoryBreakdown]]:
+    """A latency no simulation of ``cfg`` (planner mode) can beat, seconds, without running
+    the engine: the busiest rank's compute plus the uncontended time of its blocking
+    collectives (a rank can overlap neither with its own compute). Steps after the warmup
+    are identical but for the last, so a short schedule is summed and its middle step
+    repeated. Also returns the memory per rank (which needs no simulation)."""
+    cost = cost or RooflineCost(wl, gpu, scale)
+    short_steps = min(wl.steps, cfg.warmup + 2)
+    sched = build_schedule(replace(wl, steps=short_steps), cfg, coarse=True)
+    repeat = wl.steps - short_steps  # extra copies of the middle step (index cfg.warmup)
+    best = 0.0
+    for ops in sched.ranks:
+        total = 0.0
+        for op in ops:
+            if isinstance(op, Compute):
+                t = cost.compute_time(op)
+            elif isinstance(op, Collective) and not op.asynchronous and len(op.group) > 1:
+                n = len(op.group)
+                pattern, per_flow, lat_steps = collective_plan(op.kind, n, op.nbytes)
+                g = op.group
+                pairs = [(g[i], g[(i + 1) % n]) for i in range(n)] if pattern == "ring" else \
+                    [(a, b) for a in g for b in g if a != b]
+                t = op.count * (per_flow / min(topo.route_bandwidth(a, b) for a, b in pairs)
+                                + lat_steps * max(topo.route_latency(a, b) for a, b in pairs))
+            else:
+                continue
+            step = op.step if isinstance(op, Compute) else op.tag.step
+            total += t * (1 + repeat if step == cfg.warmup and short_steps - 1 > cfg.warmup
+                          else 1)
+        best = max(best, total)
+    return best, memory_per_rank(wl, cfg, sched, gpu)
 
 
 def calibration_scale(wl: Workload, gpu: GPU, single_gpu_latency_s: float) -> float:

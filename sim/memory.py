@@ -39,35 +39,78 @@ class MemoryBreakdown:
         return d
 
 
-def pipefusion_memory(wl: Workload, cfg: ParallelConfig, sched: Schedule,
-                      gpu: GPU) -> list[MemoryBreakdown]:
-    """Memory of each rank of a PipeFusion (or serial) schedule."""
+def memory_per_rank(wl: Workload, cfg: ParallelConfig, sched: Schedule,
+                    gpu: GPU) -> list[MemoryBreakdown]:
+    """Memory of each rank of ``sched`` (any strategy), bytes.
+
+    - weights: the rank's pipeline stage (all blocks without PipeFusion), 1/T of them under
+      tensor parallelism, plus what sits outside the blocks;
+    - stale K,V: PipeFusion keeps ``2·B·p·hs·b`` per layer of its stage (full sequence, 1/T of
+      the heads); DistriFusion keeps it for every layer of the model;
+    - activations: the largest op's working set on the rank's tokens, plus Ulysses' gathered
+      full-sequence Q,K,V for its heads and the ring's K,V blocks in flight;
+    - receive and communication buffers: a pipeline stage's incoming activations, the
+      asynchronous K,V all-gather in flight, collective staging buffers.
+    """
     m = wl.model
     b = wl.dtype_bytes
-    batch = sched.batch
+    batch = sched.batch  # per CFG group
     full = wl.tokens
-    stale = sched.patches > 1 and sched.warmup < sched.steps
-    # The largest op: a synchronous step runs the whole image, a pipelined one a patch.
-    q_max = full if (sched.warmup > 0 or not stale) else max(sched.patch_tokens(j)
-                                                            for j in range(sched.patches))
+    seq = cfg.ulysses * cfg.ring
+    T = cfg.tensor
+    h = m.hidden
     text = m.text_tokens if m.family in ("joint", "flux") else 0
-    act = batch * (q_max + text) * m.hidden * b * (ACT_ROWS + m.mlp_ratio)
-    latent = m.latent_channels * full * m.patch_size**2 * 4  # fp32 latent plus scheduler history
+    pipelined = cfg.pipefusion > 1 and sched.patches > 1 and sched.warmup < sched.steps
+    q_max = full if (sched.warmup > 0 or not pipelined) else max(
+        sched.patch_tokens(j) for j in range(sched.patches))
+    if cfg.distrifusion > 1:
+        q_max = max(sched.patch_tokens(j) for j in range(sched.patches))
+    qs = q_max // seq
+    act = batch * (qs + text) * h * b * (ACT_ROWS + m.mlp_ratio) / T
+    if cfg.ulysses > 1:
+        act += 3 * batch * (q_max // cfg.ring + text) * h * b / (cfg.ulysses * T)
+    if cfg.ring > 1:
+        act += 2 * 2 * batch * (qs + text) * h * b / T  # the block in hand and the next one
+    latent = m.latent_channels * full * m.patch_size**2 * 4  # fp32 latent
+    kv_layer = batch * m.stale_kv_elems(full) * b / T
     out = []
-    last = len(sched.stage_layers) - 1
-    for s, (first, lst) in enumerate(sched.stage_layers):
+    stage_of_rank = _stage_of_rank(cfg, len(sched.ranks))
+    n_stages = len(sched.stage_layers)
+    for rank in range(len(sched.ranks)):
+        first, lst = sched.stage_layers[stage_of_rank[rank]]
         n_layers = lst - first + 1
-        kv = n_layers * batch * m.stale_kv_elems(full) * b if stale else 0.0
-        recv = batch * (full + text) * m.hidden * b if len(sched.stage_layers) > 1 else 0.0
-        if s == last:
-            recv += latent * 3  # DPM-Solver multistep keeps two previous model outputs
+        kv = 0.0
+        comm = 0.0
+        if cfg.distrifusion > 1:
+            kv = m.num_blocks * kv_layer
+            comm = kv_layer  # one layer's asynchronous all-gather in flight
+        elif pipelined:
+            kv = n_layers * kv_layer
+        if n_stages > 1:
+            comm += batch * (full // seq + text) * h * b
+        if T > 1 or cfg.ulysses > 1:
+            comm += 2 * batch * (qs + text) * h * b / T  # collective staging buffers
+        if stage_of_rank[rank] == n_stages - 1:
+            comm += latent * 3  # DPM-Solver multistep keeps two previous model outputs
+        weights = (m.blocks_params(first, lst) / T + m.outside_params) * b
         out.append(MemoryBreakdown(
-            weights=(m.blocks_params(first, lst) + m.outside_params) * b,
+            weights=weights,
             text_encoder=m.text_encoder_params * b if wl.text_encoder else 0.0,
             vae=m.vae_params * b if wl.vae else 0.0,
             activations=act,
             kv_buffers=kv,
-            recv_buffers=recv,
+            recv_buffers=comm,
             runtime=RUNTIME_BYTES_GPU if gpu.name != "cpu" else 0.0,
         ))
     return out
+
+
+def _stage_of_rank(cfg: ParallelConfig, world: int) -> list[int]:
+    """Pipeline stage of each rank under the hybrid layout (stage 0 without PipeFusion)."""
+    if cfg.distrifusion > 1 or cfg.pipefusion == 1:
+        return [0] * world
+    return [(r // cfg.sp) % cfg.pipefusion for r in range(world)]
+
+
+# The executor (issue 5) was written against this name; same function.
+pipefusion_memory = memory_per_rank

@@ -1,11 +1,16 @@
 """Metrics derived from a trace: latency and its split, busy and bubble fractions, exposed
-communication, bytes per step. Works on simulated and measured traces alike (seconds, bytes)."""
+communication, bytes per step. Works on simulated and measured traces alike (seconds, bytes).
+
+Exposed communication is time a rank is held by data on the wire: the in-flight part of each
+receive, every blocking collective, and every wait on an asynchronous one. Bubbles are the
+rest of its idle time (waiting for work that has not been done yet)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
 
+from sim.schedule import COLLECTIVE_KINDS
 from sim.trace import Trace
 
 OUTSIDE_LOOP = ("text_encode", "vae_decode")
@@ -60,6 +65,14 @@ def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> M
         if op == "send":
             sends[(rank, r[9], r[2], r[3], r[4], r[11])] = r
             sent_by_step[(rank, r[2])] += r[8]
+        elif op.endswith("_async"):
+            sent_by_step[(rank, r[2])] += r[8]
+        elif op in COLLECTIVE_KINDS:
+            # A blocking collective holds its rank for as long as its data is on the wire.
+            sent_by_step[(rank, r[2])] += r[8]
+            exposed[rank] += r[7] - r[6]
+        elif op == "wait":
+            exposed[rank] += r[7] - r[6]
         elif op != "recv" and op not in OUTSIDE_LOOP:
             busy[rank] += r[7] - r[6]
     for r in trace.rows:

@@ -93,6 +93,18 @@ class DiTModel:
         nkv = kv + t
         return 24.0 * nq * h * h + 4.0 * nq * nkv * h
 
+    def block_attention_flops(self, index: int, q: int, kv: int) -> float:
+        """The attention-core part of ``block_flops`` (scores and weighted sum, self and
+        cross), the part that sequence parallelism distributes across heads or K,V blocks."""
+        h = self.hidden
+        kind = self.block_kind(index)
+        if kind == "cross":
+            return 4.0 * q * kv * h + 4.0 * q * self.text_tokens * h
+        if kind == "dit":
+            return 4.0 * q * kv * h
+        t = self.text_tokens
+        return 4.0 * (q + t) * (kv + t) * h
+
     def block_params(self, index: int) -> float:
         """Weights of block ``index`` in parameters."""
         h = self.hidden

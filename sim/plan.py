@@ -4,17 +4,24 @@ Example::
 
     python -m sim.plan --model pixart --gpus 8 --link pcie
 
-Configurations searched: serial on one GPU, and PipeFusion on N of the GPUs (N a divisor of
-the GPU count, so leftover GPUs could serve other requests) with patch counts M among powers of
-two and multiples of N up to 4N, and warmup steps 0..2. Configurations that do not fit in
-memory are listed last and never recommended.
+Configurations searched, on N of the GPUs for every divisor N of the GPU count (leftover GPUs
+could serve other requests): serial; every hybrid cfg x pipefusion x ulysses x ring x tensor
+whose degrees multiply to N (pure strategies included); DistriFusion (with and without CFG
+parallel). PipeFusion gets patch counts M among powers of two and multiples of its degree up
+to 4x; configurations with stale context (PipeFusion with M > 1, DistriFusion) get every
+warmup count asked for (default 0..2). Configurations that do not fit in memory are listed
+apart and never recommended.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 from sim.cli import (
     add_workload_args,
@@ -25,8 +32,9 @@ from sim.cli import (
     workload_from_args,
 )
 from sim.config import ParallelConfig, Workload, validate
+from sim.cost import RooflineCost
 from sim.errors import UserError
-from sim.evaluate import Prediction, calibration_scale, evaluate
+from sim.evaluate import Prediction, calibration_scale, evaluate, latency_lower_bound
 from sim.hardware import GPU
 from sim.topology import Topology
 
@@ -35,11 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = parser("python -m sim.plan",
                "Rank every valid parallel configuration by predicted latency.")
     add_workload_args(p)
-    p.add_argument("--top", type=int, default=10, help="rows of the table to print")
+    p.add_argument("--top", type=int, default=10, help="rows of the ranking to print")
+    p.add_argument("--per-family", type=int, default=2,
+                   help="best configurations shown for each strategy family")
     p.add_argument("--warmup", default="0,1,2",
                    help="warmup step counts to consider, comma-separated")
     p.add_argument("--single-gpu-latency", type=float, default=None, metavar="SECONDS",
                    help="your measured single-GPU end-to-end latency; scales compute costs")
+    p.add_argument("--exhaustive", action="store_true",
+                   help="simulate every candidate (--json always does)")
     return p
 
 
@@ -52,17 +64,46 @@ def patch_candidates(n: int, rows: int) -> list[int]:
     return sorted(m for m in ms if m <= rows)
 
 
-def candidates(wl: Workload, gpus: int, warmups: list[int]) -> list[ParallelConfig]:
-    """Every configuration the planner simulates for ``gpus`` GPUs."""
-    rows, _ = wl.model.token_grid(wl.height, wl.width)
+def _factorizations(n: int, parts: int) -> list[tuple[int, ...]]:
+    """Ordered ways to write ``n`` as a product of ``parts`` positive integers."""
+    if parts == 1:
+        return [(n,)]
+    return [(d, *rest) for d in range(1, n + 1) if n % d == 0
+            for rest in _factorizations(n // d, parts - 1)]
+
+
+def candidates(wl: Workload, gpus: int, warmups: list[int],
+               all_gpus: bool = False) -> list[ParallelConfig]:
+    """Every configuration the planner simulates for ``gpus`` GPUs (all valid); with
+    ``all_gpus`` only those using every GPU (and the serial baseline)."""
+    m = wl.model
+    rows, _ = m.token_grid(wl.height, wl.width)
+    w_any = min(warmups)  # warmup changes nothing without stale context; show the user's pick
     out = [ParallelConfig(1)]
-    for n in range(2, min(gpus, wl.model.num_blocks) + 1):
-        if gpus % n:
+    for n in range(2, gpus + 1):
+        if gpus % n or (all_gpus and n != gpus):
             continue
-        for m in patch_candidates(n, rows):
-            for w in warmups:
-                if w <= wl.steps:
-                    out.append(ParallelConfig(n, n, m, w))
+        for c in ((1, 2) if m.cfg else (1,)):
+            if n % c:
+                continue
+            raw = []
+            for p, u, r, t in _factorizations(n // c, 4):
+                if p > 1:
+                    raw += [ParallelConfig(n, p, mm, w, cfg=c, ulysses=u, ring=r, tensor=t)
+                            for mm in patch_candidates(p, rows) for w in
+                            (warmups if mm > 1 else [w_any])]
+                else:
+                    raw.append(ParallelConfig(n, 1, 1, w_any, cfg=c, ulysses=u, ring=r,
+                                              tensor=t))
+            if n // c > 1:
+                raw += [ParallelConfig(n, warmup=w, cfg=c, distrifusion=n // c)
+                        for w in warmups]
+            for cfg in raw:
+                try:
+                    validate(wl, cfg)
+                except UserError:
+                    continue  # e.g. Ulysses not dividing the heads: not a real option
+                out.append(cfg)
     return out
 
 
@@ -71,28 +112,124 @@ def rank(preds: list[Prediction]) -> list[Prediction]:
     return sorted(preds, key=lambda p: (p.oom, p.latency_s, p.config.gpus, p.config.patches))
 
 
-def plan(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int],
-         scale: float = 1.0, progress: bool = False) -> list[Prediction]:
-    """Simulate every candidate and return them ranked."""
-    cands = candidates(wl, topo.num_gpus, warmups)
-    preds = []
-    for i, cfg in enumerate(cands):
-        validate(wl, cfg)
-        preds.append(evaluate(wl, cfg, gpu, topo, scale=scale))
+def _evaluate_chunk(args: tuple) -> list[Prediction]:
+    wl, cfgs, gpu, topo, scale = args
+    cost = RooflineCost(wl, gpu, scale)  # one cache for the whole chunk
+    return [evaluate(wl, c, gpu, topo, cost, scale, fast=True).without_trace() for c in cfgs]
+
+
+def _bound_chunk(args: tuple) -> list[tuple[float, bool]]:
+    wl, cfgs, gpu, topo, scale = args
+    cost = RooflineCost(wl, gpu, scale)
+    out = []
+    for c in cfgs:
+        lb, mem = latency_lower_bound(wl, c, gpu, topo, cost, scale)
+        out.append((lb, max(m.total for m in mem) > gpu.memory_bytes))
+    return out
+
+
+@dataclass
+class PlanResult:
+    """Ranked predictions plus what the search skipped and why."""
+
+    ranked: list[Prediction]
+    candidates: int
+    pruned: int  # provably slower than every row shown, never simulated
+    oom_skipped: int  # do not fit in memory, never simulated
+
+
+class _Pool:
+    """Runs chunks of work in ``workers`` processes (inline when 1)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = None
+        if workers > 1:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+            self.pool = ProcessPoolExecutor(workers, mp_context=ctx)
+        self.workers = workers
+
+    def map(self, fn, wl, cfgs, gpu, topo, scale) -> list:
+        if not cfgs:
+            return []
+        n = max(1, min(len(cfgs), 4 * self.workers)) if self.pool else 1
+        jobs = [(wl, cfgs[i::n], gpu, topo, scale) for i in range(n)]
+        results = list(self.pool.map(fn, jobs)) if self.pool else [fn(j) for j in jobs]
+        out: list = [None] * len(cfgs)
+        for i, res in enumerate(results):
+            out[i::n] = res
+        return out
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown()
+
+
+def plan(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: float = 1.0,
+         top: int = 10, per_family: int = 2, exhaustive: bool = False,
+         progress: bool = False, workers: int | None = None,
+         all_gpus: bool = False) -> PlanResult:
+    """Simulate the candidates (planner mode: coarse communication, periodic steps) and rank
+    them. Unless ``exhaustive``, a candidate is skipped when a lower bound on its latency
+    (``latency_lower_bound``) already shows it cannot enter the ``top`` overall nor the best
+    ``per_family`` of its family, and candidates that do not fit in memory are not simulated
+    (unless nothing fits). The rows shown are therefore exactly those an exhaustive search
+    would show."""
+    cands = candidates(wl, topo.num_gpus, warmups, all_gpus)
+    workers = workers or (min(os.cpu_count() or 1, 8) if len(cands) > 40 else 1)
+    pool = _Pool(workers)
+    try:
+        if exhaustive:
+            preds = pool.map(_evaluate_chunk, wl, cands, gpu, topo, scale)
+            return PlanResult(rank(preds), len(cands), 0, 0)
+        bounds = pool.map(_bound_chunk, wl, cands, gpu, topo, scale)
+        order = sorted(range(len(cands)), key=lambda i: bounds[i][0])
+        fitting = [i for i in order if not bounds[i][1]]
+        oom = [i for i in order if bounds[i][1]]
+        todo = fitting if fitting else oom[:top]
+        preds: list[Prediction] = []
+        overall: list[float] = []
+        by_family: dict[str, list[float]] = {}
+        pruned = 0
+        batch = 4 * workers
+        pos = 0
+        while pos < len(todo):
+            keep = []
+            for i in todo[pos:pos + batch]:
+                lb, fam = bounds[i][0], cands[i].strategy
+                fam_best = by_family.get(fam, [])
+                if (len(overall) >= top and lb >= overall[top - 1] and
+                        len(fam_best) >= per_family and lb >= fam_best[per_family - 1]):
+                    pruned += 1
+                else:
+                    keep.append(cands[i])
+            pos += batch
+            for p in pool.map(_evaluate_chunk, wl, keep, gpu, topo, scale):
+                preds.append(p)
+                if not p.oom:
+                    overall = sorted(overall + [p.latency_s])[:top]
+                    fam = p.config.strategy
+                    by_family[fam] = sorted(by_family.get(fam, []) + [p.latency_s])[:per_family]
+            if progress:
+                frac = min(pos, len(todo)) / len(todo)
+                sys.stderr.write(f"\rsimulating [{'#' * int(30 * frac):<30}] "
+                                 f"{min(pos, len(todo))}/{len(todo)}")
+                sys.stderr.flush()
         if progress:
-            done = (i + 1) / len(cands)
-            sys.stderr.write(f"\rsimulating [{'#' * int(30 * done):<30}] {i + 1}/{len(cands)}")
-            sys.stderr.flush()
-    if progress:
-        sys.stderr.write("\r" + " " * 60 + "\r")
-    return rank(preds)
+            sys.stderr.write("\r" + " " * 60 + "\r")
+        return PlanResult(rank(preds), len(cands), pruned, len(oom) if fitting else 0)
+    finally:
+        pool.close()
+
+
+def family(p: Prediction) -> str:
+    return p.config.strategy
 
 
 def describe(p: Prediction) -> str:
     c = p.config
     if c.strategy == "serial":
         return "serial, 1 GPU"
-    return f"PipeFusion {c.pipefusion} GPUs, M={c.patches}, W={c.warmup}"
+    return f"{c.label()} on {c.gpus} GPUs"
 
 
 def why(ranked: list[Prediction]) -> str:
@@ -106,7 +243,7 @@ def why(ranked: list[Prediction]) -> str:
     if serial is not None and serial is not best:
         parts.append(f"{serial.latency_s / best.latency_s:.2f}x faster than one GPU")
     m = best.metrics
-    if best.config.strategy == "pipefusion":
+    if best.config.pipefusion > 1:
         parts.append(f"bubbles {m.bubble_fraction:.0%} of GPU time; of "
                      f"{m.comm_bytes_per_step / 1e6:.1f} MB sent per step only "
                      f"{max(m.exposed_comm_s) * 1e3:.1f} ms in all is not hidden by compute")
@@ -117,33 +254,44 @@ def why(ranked: list[Prediction]) -> str:
                      f"{o.config.gpus} GPU{'s' if o.config.gpus > 1 else ''} ({describe(o)})")
     same_n = [p for p in ranked[1:] if not p.oom and p.config.gpus == best.config.gpus
               and p.config.patches != best.config.patches]
-    if same_n and best.config.strategy == "pipefusion":
+    if same_n and best.config.pipefusion > 1:
         o = same_n[0]
         parts.append(f"M={best.config.patches} beats M={o.config.patches} by "
                      f"{o.latency_s / best.latency_s - 1:.0%}")
-    if best.config.strategy == "pipefusion" and best.config.warmup == 0:
+    if best.config.stale and best.config.warmup == 0:
         parts.append("note: W=0 starts from empty K,V buffers, which can hurt image quality; "
                      "--warmup 1,2 keeps the search to warmed-up runs")
     return "; ".join(parts)
 
 
 def table(ranked: list[Prediction], top: int) -> str:
-    """The ranked configurations as a fixed-width table."""
+    """The given configurations as a fixed-width table (speedups against serial)."""
     serial = next((p for p in ranked if p.config.strategy == "serial"), None)
-    head = (f"{'#':>3}  {'strategy':<11}{'gpus':>5}{'M':>4}{'W':>3}{'latency s':>11}"
-            f"{'speedup':>9}{'mem GB':>8}{'bubble':>8}{'exposed ms':>11}{'MB/step':>9}  fits")
+    width = max([len(p.config.label()) for p in ranked[:top]] + [8])
+    head = (f"{'#':>3}  {'configuration':<{width}}{'gpus':>5}{'latency s':>11}{'speedup':>9}"
+            f"{'mem GB':>8}{'bubble':>8}{'exposed ms':>11}{'MB/step':>10}  fits")
     lines = [head, "-" * len(head)]
-    shown = [p for p in ranked if not p.oom][:top] + [p for p in ranked if p.oom][:3]
-    for i, p in enumerate(shown, 1):
+    for i, p in enumerate(ranked[:top], 1):
         c = p.config
         speed = serial.latency_s / p.latency_s if serial else float("nan")
         m = p.metrics
         lines.append(
-            f"{i if not p.oom else '-':>3}  {c.strategy:<11}{c.gpus:>5}{c.patches:>4}"
-            f"{c.warmup:>3}{p.latency_s:>11.3f}{speed:>8.2f}x{p.memory_gb:>8.1f}"
-            f"{m.bubble_fraction:>8.1%}{max(m.exposed_comm_s) * 1e3:>11.2f}"
-            f"{m.comm_bytes_per_step / 1e6:>9.2f}  {'OOM' if p.oom else 'yes'}")
+            f"{i if not p.oom else '-':>3}  {c.label():<{width}}{c.gpus:>5}"
+            f"{p.latency_s:>11.3f}{speed:>8.2f}x{p.memory_gb:>8.1f}"
+            f"{m.bubble_fraction:>8.1%}{max(m.exposed_comm_s) * 1e3:>11.1f}"
+            f"{m.comm_bytes_per_step / 1e6:>10.1f}  {'OOM' if p.oom else 'yes'}")
     return "\n".join(lines)
+
+
+def best_per_family(ranked: list[Prediction], per_family: int) -> list[Prediction]:
+    """The best ``per_family`` configurations of each strategy family, families ordered by
+    their best latency (fitting ones first)."""
+    seen: dict[str, list[Prediction]] = {}
+    for p in ranked:
+        seen.setdefault(family(p), [])
+        if len(seen[family(p)]) < per_family:
+            seen[family(p)].append(p)
+    return [p for fam in seen.values() for p in fam]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.single_gpu_latency <= 0:
             raise UserError("--single-gpu-latency must be a positive number of seconds")
         scale = calibration_scale(wl, gpu, args.single_gpu_latency)
-    ranked = plan(wl, gpu, topo, warmups, scale, progress=not args.json and sys.stderr.isatty())
+    result = plan(wl, gpu, topo, warmups, scale, top=args.top, per_family=args.per_family,
+                  exhaustive=args.json or args.exhaustive,
+                  progress=not args.json and sys.stderr.isatty())
+    ranked = result.ranked
     elapsed = time.perf_counter() - t0
     if args.json:
         print_json([p.as_dict() for p in ranked])
@@ -180,11 +331,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{best.memory_gb:.1f} GB per GPU" + ("  (does NOT fit)" if best.oom else ""))
     print(f"why: {why(ranked)}")
     print()
-    print(table(ranked, args.top))
-    n_oom = sum(p.oom for p in ranked)
-    print(f"\n{len(ranked)} configurations simulated in {elapsed:.2f} s"
-          f"{f'; {n_oom} do not fit in memory' if n_oom else ''}. Costs: analytic roofline"
-          f"{f' scaled by {scale:.3f}' if scale != 1.0 else ''}.")
+    print(table([p for p in ranked if not p.oom] or ranked, args.top))
+    print("\nbest of each family (the trade-off, not only the winner):")
+    print(table(best_per_family(ranked, args.per_family), 10**6))
+    simulated = len(ranked)
+    print(f"\n{result.candidates} configurations searched in {elapsed:.2f} s: {simulated} "
+          f"simulated, {result.pruned} skipped by a latency lower bound (provably slower than "
+          f"every row shown), {result.oom_skipped} skipped as out of memory. Costs: analytic "
+          f"roofline{f' scaled by {scale:.3f}' if scale != 1.0 else ''}.")
     return 0
 
 

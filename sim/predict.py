@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from sim.cli import (
     add_workload_args,
@@ -32,7 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
                "Predict latency, memory and communication of one parallel configuration.")
     add_workload_args(p)
     p.add_argument("--pipefusion", type=int, default=None,
-                   help="PipeFusion degree (pipeline stages); default: all GPUs")
+                   help="PipeFusion degree (pipeline stages); default: the GPUs the other "
+                        "degrees leave (all of them when none is given)")
+    p.add_argument("--ulysses", type=int, default=1,
+                   help="Ulysses sequence-parallel degree (must divide the head count)")
+    p.add_argument("--ring", type=int, default=1, help="ring-attention degree")
+    p.add_argument("--tensor", type=int, default=1, help="tensor-parallel degree (Megatron)")
+    p.add_argument("--cfg", type=int, default=1, choices=[1, 2],
+                   help="2 runs the two guidance halves on two GPU groups")
+    p.add_argument("--distrifusion", type=int, default=1,
+                   help="DistriFusion degree (patch parallel; combines only with --cfg)")
     p.add_argument("--patches", default="auto",
                    help="patches per image M, or 'auto' for the best M in 1..4N")
     p.add_argument("--warmup", type=int, default=1,
@@ -57,11 +67,17 @@ def best_patches(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     for m in range(1, min(4 * n, rows) + 1):
         if n == 1 and m > 1:
             break
-        pred = evaluate(wl, ParallelConfig(cfg.gpus, n, m, cfg.warmup, cfg.stage_blocks),
-                        gpu, topo, scale=scale)
+        trial = replace(cfg, patches=m)
+        try:
+            validate(wl, trial)
+        except UserError:
+            continue  # e.g. this M leaves patches that do not split over the SP ranks
+        pred = evaluate(wl, trial, gpu, topo, scale=scale)
         if best is None or pred.latency_s < best.latency_s:
             best = pred
-    assert best is not None
+    if best is None:
+        raise UserError("no patch count in 1..4N splits evenly over the sequence-parallel "
+                        "ranks; give --patches explicitly")
     return best
 
 
@@ -69,7 +85,12 @@ def predict(args: argparse.Namespace) -> Prediction:
     """Prediction for parsed command-line ``args``."""
     wl = workload_from_args(args)
     gpu, topo = cluster_from_args(args)
-    degree = args.pipefusion if args.pipefusion is not None else args.gpus
+    others = args.ulysses * args.ring * args.tensor * args.cfg * args.distrifusion
+    degree = args.pipefusion
+    if degree is None:
+        degree = args.gpus // others if others > 0 and args.gpus % others == 0 else 1
+    degrees = dict(cfg=args.cfg, ulysses=args.ulysses, ring=args.ring, tensor=args.tensor,
+                   distrifusion=args.distrifusion)
     scale = 1.0
     if args.single_gpu_latency is not None:
         if args.single_gpu_latency <= 0:
@@ -77,7 +98,7 @@ def predict(args: argparse.Namespace) -> Prediction:
         scale = calibration_scale(wl, gpu, args.single_gpu_latency)
     stage_blocks = parse_int_list(args.stage_blocks, "--stage-blocks")
     if args.patches == "auto":
-        cfg = ParallelConfig(args.gpus, degree, 1, args.warmup, stage_blocks)
+        cfg = ParallelConfig(args.gpus, degree, 1, args.warmup, stage_blocks, **degrees)
         validate(wl, cfg)
         return best_patches(wl, cfg, gpu, topo, scale)
     try:
@@ -85,7 +106,7 @@ def predict(args: argparse.Namespace) -> Prediction:
     except ValueError:
         raise UserError(f"--patches must be a whole number or 'auto', "
                         f"got '{args.patches}'") from None
-    cfg = ParallelConfig(args.gpus, degree, patches, args.warmup, stage_blocks)
+    cfg = ParallelConfig(args.gpus, degree, patches, args.warmup, stage_blocks, **degrees)
     return evaluate(wl, cfg, gpu, topo, scale=scale)
 
 
@@ -98,9 +119,7 @@ def summary(pred: Prediction) -> str:
     lines = [
         f"{c['model']} at {w}x{h}, {c['steps']} steps, {c['dtype']} on {c['gpus']} x "
         f"{c['gpu']} ({c['link']}{nodes})",
-        f"strategy: {c['strategy']}" + (f", {c['pipefusion']} stages, {c['patches']} patches, "
-                                        f"{c['warmup']} warmup steps"
-                                        if c["strategy"] == "pipefusion" else ""),
+        f"strategy: {c['strategy']} ({c['label']})",
         f"latency: {d['latency_s']:.3f} s  (text encode {d['text_encode_s']:.3f} s, "
         f"denoising loop {d['loop_s']:.3f} s, VAE decode {d['vae_decode_s']:.3f} s)",
         f"bubble fraction: {d['bubble_fraction']:.1%}   exposed communication: "

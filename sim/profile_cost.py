@@ -1,25 +1,30 @@
 """Cost model from measured profiles, and link profiles applied to a topology.
 
 ``ProfileCost`` implements the ``CostModel`` protocol of ``sim.cost`` from a compute profile
-(``profiles/data/*.csv``, collected by ``python -m profiles.collect``):
+(``profiles/data/*.csv``, collected by ``python -m profiles.collect``). Each op's time has a
+source:
 
-- A shape that was measured costs its measured median (source ``measured``).
-- Inside the measured range a block is interpolated (source ``interpolated``): along ``q`` at a
-  measured ``kv`` (the full sequence of a profiled resolution) by a monotone cubic in log-log
-  space through the measured block times; a ``kv`` between two measured ones shifts the block
-  time by the attention term, a monotone log-log fit of the measured attention core against
-  ``q·kv``, from each neighbouring ``kv`` and blends the two in log ``kv``. Embedding, final
-  layer and scheduler step are interpolated in log-log space over their tokens.
-- Outside the measured range (or for ops never measured) it falls back to the roofline of
-  ``sim.cost.RooflineCost`` scaled by the efficiency the profile implies: the ratio of measured
-  to roofline time at the nearest measured shape, so the two meet at the range's edge (source
-  ``roofline``, and a note in ``notes``).
+- ``measured``: the shape was measured; its median.
+- ``interpolated``: inside the measured range. A PipeFusion patch (q < kv) at a profiled kv
+  interpolates that kv's measured blocks along q, monotone and in log-log space; at a kv
+  between two profiled ones, each neighbour's curve is moved to kv by the attention term
+  (a monotone log-log fit of the measured attention core against q·kv, scaled by how much
+  more attention costs inside a block, fitted from blocks measured at one q and several kv)
+  and the two are blended in log kv. A full image (q = kv) interpolates the measured
+  full-image blocks over n = q = kv. Embedding, final layer and scheduler step interpolate in
+  log-log space over their tokens.
+- ``roofline``: outside the measured range, or an op never measured (text encoder, VAE):
+  ``sim.cost.RooflineCost`` scaled by the efficiency the profile implies, the ratio of
+  measured to roofline time at the nearest measured shape (for unmeasured ops, at the most
+  compute-bound measured block), so the two meet at the edge of the range. Each fallback
+  leaves a line in ``notes``.
 
-Token counts are taken per batch row: a call of batch ``b`` on ``q`` tokens costs like the
-profile's batch ``B`` on ``q·b/B`` tokens (the same GEMM rows and attention pairs).
+Batch: a patch of batch ``b`` on ``q`` tokens costs like the profile's batch ``B`` on
+``q·b/B`` tokens (the same GEMM rows and attention pairs); a full image scales by ``b/B``.
 
 ``apply_link_profile`` overrides the bandwidth and latency of one link kind of a ``Topology``
-with those fitted to a link profile (``python -m profiles.links``).
+with those fitted to a link profile (``python -m profiles.links``); ``source_summary`` counts,
+per compute kind, which source a trace's ops took their time from.
 
 Imports no torch: the loader and interpolation live in ``profiles.format`` and
 ``profiles.interp``.
@@ -55,13 +60,16 @@ def _worst(a: str, b: str) -> str:
 
 @dataclass
 class _BlockTable:
-    """Measured blocks of one family: per measured kv, block time against q (batch ``batch``),
-    and the attention core against q·kv."""
+    """Measured blocks of one family at batch ``batch``, in two regimes: PipeFusion patches
+    (q < kv) attend over the stale K,V buffer, full-image calls (q = kv) over fresh K,V."""
 
     batch: int
     exact: dict[tuple[int, int], float]
-    levels: dict[int, MonotoneLogLog]  # kv -> block seconds over q
-    attention: MonotoneLogLog | None  # seconds over q·kv (batch ``batch``, all heads)
+    levels: dict[int, MonotoneLogLog]  # kv -> patch-block seconds over q (q < kv samples)
+    full: MonotoneLogLog | None  # full-image block seconds over n = q = kv
+    attention: MonotoneLogLog | None  # standalone attention core seconds over q·kv, q < kv
+    attention_scale: float  # in-block / standalone attention cost (see _attention_scale)
+    tokens: MonotoneLogLog | None  # patch block less its in-block attention, seconds over q
     samples: list[Sample]
 
 
@@ -108,16 +116,29 @@ class ProfileCost:
         samples = self.profile.select("block", variant)
         batch = max(Counter(s.batch for s in samples).items(), key=lambda kv: kv[1])[0]
         samples = [s for s in samples if s.batch == batch]
+        patches = [s for s in samples if s.q_tokens < s.kv_tokens]
+        fulls = [s for s in samples if s.q_tokens == s.kv_tokens]
         by_kv: dict[int, list[Sample]] = {}
-        for s in samples:
+        for s in patches:
             by_kv.setdefault(s.kv_tokens, []).append(s)
         levels = {kv: MonotoneLogLog([s.q_tokens for s in ss], [s.median_s for s in ss])
                   for kv, ss in by_kv.items()}
-        att = [s for s in self.profile.select("attention")
-               if s.batch == batch and s.heads == self.model.heads]
+        full = (MonotoneLogLog([s.kv_tokens for s in fulls], [s.median_s for s in fulls])
+                if fulls else None)
+        att = [s for s in self.profile.select("attention") if s.batch == batch
+               and s.heads == self.model.heads and s.q_tokens < s.kv_tokens]
         attention = (MonotoneLogLog([s.q_tokens * s.kv_tokens for s in att],
                                     [s.median_s for s in att]) if att else None)
-        return _BlockTable(batch, _pooled_exact(samples), levels, attention, samples)
+        usable = []  # (q, block seconds, standalone attention seconds)
+        if attention is not None:
+            usable = [(s.q_tokens, s.median_s, attention(s.q_tokens * s.kv_tokens))
+                      for s in patches if attention.contains(s.q_tokens * s.kv_tokens)]
+        scale = _attention_scale(usable)
+        # The token-level part of every patch block: its time less its in-block attention.
+        pts = [(q, t - scale * a) for q, t, a in usable if t > scale * a]
+        tokens = MonotoneLogLog([p[0] for p in pts], [p[1] for p in pts]) if pts else None
+        return _BlockTable(batch, _pooled_exact(samples), levels, full, attention, scale,
+                           tokens, samples)
 
     # ---- CostModel protocol -------------------------------------------------------------
     def compute_time(self, op: Compute) -> float:
@@ -170,7 +191,7 @@ class ProfileCost:
         if batch == table.batch and (q, kv) in table.exact:
             return table.exact[(q, kv)], "measured"
         qe = q * batch / table.batch
-        t = self._interpolate_block(table, qe, kv)
+        t = self._interpolate_block(table, q, kv, batch)
         if t is not None:
             return t, "interpolated"
         # Outside: roofline scaled at the nearest measured shape (log distance in q and kv).
@@ -183,10 +204,30 @@ class ProfileCost:
                        f"q={near.q_tokens} kv={near.kv_tokens}")
         return self.roof.block_time(index, q, kv, batch) * ratio, "roofline"
 
-    def _interpolate_block(self, table: _BlockTable, q: float, kv: int) -> float | None:
-        """Block seconds at (q, kv) from the measured levels, or ``None`` outside them."""
+    def _interpolate_block(self, table: _BlockTable, q: int, kv: int, batch: int
+                           ) -> float | None:
+        """Block seconds at (q, kv, batch) inside the measured range, or ``None`` outside it.
+
+        Full image (q = kv): the measured full blocks interpolated over n = q = kv, scaled by
+        batch. Patch: the measured patch blocks of its kv interpolated along q (batch folded
+        into q), or those of the neighbouring kv shifted by the attention fit; failing that
+        (a q no kv level spans), the token-level part at q plus the attention at q·kv."""
+        if q >= kv:
+            if table.full is None or not table.full.contains(kv):
+                return None
+            return table.full(kv) * batch / table.batch
+        qe = q * batch / table.batch
+        t = self._from_levels(table, qe, kv)
+        if t is not None:
+            return t
+        att, tok = table.attention, table.tokens
+        if att is None or tok is None or not (tok.contains(qe) and att.contains(qe * kv)):
+            return None
+        return tok(qe) + table.attention_scale * att(qe * kv)
+
+    def _from_levels(self, table: _BlockTable, q: float, kv: int) -> float | None:
         kvs = sorted(table.levels)
-        if not kvs[0] * (1 - _REL) <= kv <= kvs[-1] * (1 + _REL):
+        if not kvs or not kvs[0] * (1 - _REL) <= kv <= kvs[-1] * (1 + _REL):
             return None
         exact = [k for k in kvs if abs(k - kv) <= _REL * k]
         if exact and table.levels[exact[0]].contains(q):
@@ -208,11 +249,11 @@ class ProfileCost:
         return math.exp((1 - w) * math.log(t0) + w * math.log(t1))
 
     def _shift_kv(self, table: _BlockTable, level: int, q: float, kv: int) -> float | None:
-        """Block time at measured ``level`` moved to ``kv`` by the attention fit."""
+        """Patch-block time at measured ``level`` moved to ``kv`` by the attention fit."""
         att = table.attention
         if att is None or not (att.contains(q * kv) and att.contains(q * level)):
             return None
-        t = table.levels[level](q) + att(q * kv) - att(q * level)
+        t = table.levels[level](q) + table.attention_scale * (att(q * kv) - att(q * level))
         return t if t > 0 else None
 
     @staticmethod
@@ -256,12 +297,46 @@ class ProfileCost:
 
     # ---- reporting ------------------------------------------------------------------------
     def describe(self) -> dict:
-        """What the cost model rests on, for JSON output: profile file, device, and notes."""
+        """What the cost model rests on, for JSON output: the profile (file, device, dtype,
+        threads, date), the fitted in-block attention scale per block family, and the notes
+        left by every roofline fallback so far."""
         m = self.profile.meta
         return {"profile": self.profile.path, "model": m.get("model"),
                 "device_name": m.get("device_name"), "dtype": m.get("dtype"),
-                "threads": m.get("threads"), "date": m.get("date"),
+                "threads": m.get("threads"), "clock": m.get("clock"), "date": m.get("date"),
+                "attention_scale": {k: round(t.attention_scale, 4)
+                                    for k, t in self._blocks.items()},
                 "notes": sorted(self.notes)}
+
+
+def _attention_scale(usable: list[tuple[int, float, float]]) -> float:
+    """How much more attention costs inside a block than alone (dimensionless).
+
+    The standalone attention core runs with its K,V warm in cache; inside a block the GEMMs
+    between calls evict the stale buffer, so a block's time grows faster with kv than the
+    standalone core's (about 1.25x on the 2-core EPYC VM). Patch blocks measured at the same q
+    but different kv differ only in their attention, so ``block = tok(q) + s * attention`` is
+    fitted by least squares in relative error over such groups, ``tok(q)`` free per q.
+    ``usable`` holds (q, block seconds, standalone attention seconds). Without such groups
+    the scale is 1; it is clamped to [0.5, 2].
+    """
+    groups: dict[int, list[tuple[float, float]]] = {}
+    for q, t, a in usable:
+        groups.setdefault(q, []).append((t, a))
+    num = den = 0.0
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        w = [1.0 / (t * t) for t, _ in members]
+        sw = sum(w)
+        mean_t = sum(wi * t for wi, (t, _) in zip(w, members)) / sw
+        mean_a = sum(wi * a for wi, (_, a) in zip(w, members)) / sw
+        for wi, (t, a) in zip(w, members):
+            num += wi * (a - mean_a) * (t - mean_t)
+            den += wi * (a - mean_a) ** 2
+    if den <= 0:
+        return 1.0
+    return min(2.0, max(0.5, num / den))
 
 
 def _pooled_exact(samples: Iterable[Sample]) -> dict[tuple[int, int], float]:

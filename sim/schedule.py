@@ -10,7 +10,8 @@ Ops:
   (``embed``, ``final``, ``scheduler_step``, ``text_encode``, ``vae_decode``).
 - ``Send`` / ``Recv``: point-to-point; a send is asynchronous, a receive blocks until its data
   has arrived. Both ends carry the tensor shape, so no run-time handshake is needed.
-- ``Collective``: all-reduce, all-gather, all-to-all over a group of ranks.
+- ``Collective``: all-reduce, all-gather, all-to-all over a group of ranks (every member lists
+  it with the same tag); an asynchronous one returns at once and a later ``Wait`` blocks on it.
 
 Tags identify (what, step, patch, layer), so traces join op by op and every send has exactly
 one receive with the same tag.
@@ -49,6 +50,8 @@ class Compute:
     kv_tokens: int = 0
     batch: int = 1
     warmup: bool = False
+    part: str = "all"  # "all", or for sequence/tensor parallel blocks "proj" / "attn"
+    shard: int = 1  # tensor-parallel degree: this rank holds 1/shard of heads and MLP columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +79,23 @@ class Collective:
     """A collective over ``group`` (global ranks); ``nbytes`` is each rank's input size.
     Asynchronous collectives return at once and complete in the background."""
 
-    kind: str  # "all_reduce", "all_gather", "all_to_all", "reduce_scatter"
+    kind: str  # "all_reduce", "all_gather", "all_to_all", "reduce_scatter", "ring_kv"
     group: tuple[int, ...]
     nbytes: int
     tag: Tag
     asynchronous: bool = False
+    count: int = 1  # back-to-back collectives of this size this op stands for
 
 
-Op = Compute | Send | Recv | Collective
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Block until the asynchronous collective with ``tag`` (issued earlier) has completed."""
+
+    tag: Tag
+
+
+Op = Compute | Send | Recv | Collective | Wait
+COLLECTIVE_KINDS = ("all_reduce", "all_gather", "all_to_all", "reduce_scatter", "ring_kv")
 
 
 @dataclass

@@ -134,13 +134,16 @@ def test_plan_table_and_json(capsys) -> None:
     code, out, _ = _run(plan.main, BASE + ["--steps", "8"], capsys)
     assert code == 0
     assert "recommended:" in out and "why:" in out and "GPU assumed" in out and "l40" in out
-    code, out, _ = _run(plan.main, BASE + ["--steps", "8", "--json"], capsys)
+    code, out, _ = _run(plan.main, ["--model", "pixart", "--gpus", "4", "--steps", "8",
+                                    "--json"], capsys)
     ranked = json.loads(out)
     fits = [d for d in ranked if not d["oom"]]
     assert [d["latency_s"] for d in fits] == sorted(d["latency_s"] for d in fits)
-    assert {d["config"]["strategy"] for d in ranked} == {"serial", "pipefusion"}
-    assert {d["config"]["warmup"] for d in ranked if d["config"]["strategy"] != "serial"} == \
-        {0, 1, 2}
+    assert {d["config"]["strategy"] for d in ranked} == {
+        "serial", "pipefusion", "ulysses", "ring", "tensor", "distrifusion", "cfg", "hybrid"}
+    stale = [d for d in ranked if d["config"]["strategy"] == "pipefusion"
+             and d["config"]["patches"] > 1]
+    assert {d["config"]["warmup"] for d in stale} == {0, 1, 2}
 
 
 def test_plan_marks_oom_and_never_recommends_it(capsys) -> None:

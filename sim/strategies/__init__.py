@@ -1,16 +1,29 @@
-"""Strategies turn (workload, parallel config) into a schedule."""
+"""Strategies turn (workload, parallel config) into a schedule.
+
+- ``serial``: one GPU (``serial.py``);
+- ``pipefusion``, ``ulysses``, ``ring``, ``tensor``, ``cfg`` and their hybrids: one generator
+  (``hybrid.py``; ``pipefusion.py`` is its pure-PipeFusion entry);
+- ``distrifusion`` (optionally with ``cfg``): ``distrifusion.py``.
+"""
 
 from __future__ import annotations
 
 from sim.config import ParallelConfig, Workload, validate
 from sim.schedule import Schedule
 
+FAMILIES = ("serial", "pipefusion", "ulysses", "ring", "tensor", "distrifusion", "cfg", "hybrid")
 
-def build_schedule(wl: Workload, cfg: ParallelConfig) -> Schedule:
-    """Validate the request and build its schedule (raises ``UserError`` on a broken rule)."""
-    from sim.strategies import pipefusion, serial
+
+def build_schedule(wl: Workload, cfg: ParallelConfig, coarse: bool = False) -> Schedule:
+    """Validate the request and build its schedule (raises ``UserError`` on a broken rule).
+    ``coarse`` merges per-block communication into one op per stage (planner speed)."""
+    from sim.strategies import distrifusion, hybrid, serial
 
     validate(wl, cfg)
     if cfg.strategy == "serial":
         return serial.build(wl, cfg)
-    return pipefusion.build(wl, cfg)
+    if cfg.distrifusion > 1:
+        # Never coarse: each layer's asynchronous all-gather overlaps with the following layers
+        # and the next step's earlier ones, which one merged gather per step would not.
+        return distrifusion.build(wl, cfg)
+    return hybrid.build(wl, cfg, coarse)

@@ -1,0 +1,118 @@
+"""``python -m sim.compare``: strategies (rows) x resolutions (columns), like the comparison
+tables of DiT-parallelism papers: latency, speedup over one GPU, memory per GPU, OOM marks.
+
+Each cell is the best configuration of that strategy family using every GPU (serial: one
+GPU), with the best patch count for PipeFusion and the given warmup for stale strategies.
+
+Example::
+
+    python -m sim.compare --model pixart --gpu l40 --gpus 8 --link pcie \\
+        --resolutions 1024,2048,4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sim.cli import (
+    add_workload_args,
+    cluster_from_args,
+    parse_int_list,
+    parser,
+    print_json,
+    run_main,
+    workload_from_args,
+)
+from sim.config import ParallelConfig, validate
+from sim.errors import UserError
+from sim.evaluate import Prediction
+from sim.plan import plan
+from sim.strategies import FAMILIES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser("python -m sim.compare",
+               "Compare parallel strategies across resolutions on the same cluster.")
+    add_workload_args(p)
+    p.add_argument("--resolutions", default="1024,2048,4096",
+                   help="square resolutions in pixels, comma-separated")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="warmup steps for strategies with stale context")
+    return p
+
+
+def compare(args: argparse.Namespace) -> tuple[list[int], dict[str, dict[int, Prediction]],
+                                               dict[str, str]]:
+    """Best prediction per (family, resolution), and why a family has no entry."""
+    resolutions = parse_int_list(args.resolutions, "--resolutions") or ()
+    if not resolutions:
+        raise UserError("--resolutions needs at least one value")
+    gpu, topo = cluster_from_args(args)
+    cells: dict[str, dict[int, Prediction]] = {f: {} for f in FAMILIES}
+    for res in resolutions:
+        args.resolution = str(res)
+        wl = workload_from_args(args)
+        validate(wl, ParallelConfig(1))
+        if args.warmup < 0 or args.warmup > wl.steps:
+            raise UserError(f"--warmup must be between 0 and the step count {wl.steps}, "
+                            f"got {args.warmup}")
+        result = plan(wl, gpu, topo, [args.warmup], top=1, per_family=1, all_gpus=True,
+                      progress=not args.json and sys.stderr.isatty())
+        for p in result.ranked:
+            fam = p.config.strategy
+            if res not in cells[fam] or (cells[fam][res].oom, cells[fam][res].latency_s) > \
+                    (p.oom, p.latency_s):
+                cells[fam][res] = p
+    missing = {f: _why_missing(f, args, topo.num_gpus) for f in FAMILIES if not cells[f]}
+    return list(resolutions), cells, missing
+
+
+def _why_missing(family: str, args: argparse.Namespace, gpus: int) -> str:
+    if family == "cfg":
+        return "pure CFG parallelism uses exactly 2 GPUs" if gpus != 2 else \
+            "the model has no guidance batch"
+    if family == "serial":
+        return "no valid single-GPU configuration"
+    return f"no valid {family} configuration on {gpus} GPUs (degree rules, see sim.predict)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    resolutions, cells, missing = compare(args)
+    serial = cells["serial"]
+    if args.json:
+        print_json({"resolutions": resolutions,
+                    "rows": {f: {str(r): p.as_dict() for r, p in row.items()}
+                             for f, row in cells.items() if row},
+                    "missing": missing})
+        return 0
+    any_p = next(p for row in cells.values() for p in row.values())
+    gpu = any_p.gpu
+    print(f"{any_p.workload.model.name}, {any_p.workload.steps} steps, {args.gpus} x {gpu.name} "
+          f"({gpu.memory_bytes / 1e9:.0f} GB) over {args.link}; cell: latency s / speedup / "
+          f"GB per GPU")
+    col = 24
+    print(f"{'strategy':<14}" + "".join(f"{str(r) + ' px':>{col}}" for r in resolutions)
+          + "   best configuration at the largest size")
+    for fam, row in cells.items():
+        if not row:
+            print(f"{fam:<14}{'n/a: ' + missing[fam]}")
+            continue
+        out = f"{fam:<14}"
+        for r in resolutions:
+            p = row.get(r)
+            if p is None:
+                out += f"{'n/a':>{col}}"
+                continue
+            speed = serial[r].latency_s / p.latency_s if r in serial else float("nan")
+            cell = f"{p.latency_s:.2f} / {speed:.2f}x / {p.memory_gb:.0f}" + (" OOM" if p.oom
+                                                                              else "")
+            out += f"{cell:>{col}}"
+        last = row.get(resolutions[-1])
+        print(out + (f"   {last.config.label()}" if last else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

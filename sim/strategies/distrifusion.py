@@ -1,0 +1,76 @@
+"""DistriFusion: displaced patch parallelism (Li et al., 2024), optionally under CFG parallel.
+
+Each of ``D`` ranks owns one band of latent rows for the whole run. In every layer it computes
+its patch's fresh K,V and attends over the full sequence, whose other slices are one step old;
+it then all-gathers its fresh K,V asynchronously, overlapped with the rest of the step, for
+use by the same layer in the next step. The first ``W`` steps are synchronous: the all-gather
+is blocking and attention sees fresh K,V everywhere. Every rank holds all weights and the
+stale K,V of every layer for the full sequence.
+
+``rank = c * D + d``.
+"""
+
+from __future__ import annotations
+
+from sim.config import ParallelConfig, Workload
+from sim.schedule import Collective, Compute, Schedule, Tag, Wait, numel, split_even
+
+
+def build(wl: Workload, cfg: ParallelConfig) -> Schedule:
+    """Per-rank ops of DistriFusion with ``cfg.distrifusion`` patches (ranks) per CFG half."""
+    m = wl.model
+    C, D = cfg.cfg, cfg.distrifusion
+    steps, warmup = wl.steps, cfg.warmup
+    rows, cols = m.token_grid(wl.height, wl.width)
+    b = wl.dtype_bytes
+    batch = m.batch // C
+    patch_rows = split_even(rows, D)
+    full = rows * cols
+    sched = Schedule(
+        model=m.name, strategy=cfg.strategy, height=wl.height, width=wl.width, steps=steps,
+        warmup=warmup, patches=D, batch=batch, dtype_bytes=b,
+        stage_layers=[(0, m.num_blocks - 1)], patch_rows=patch_rows, token_cols=cols,
+        ranks=[[] for _ in range(C * D)], config=cfg.as_dict(),
+    )
+    units = [(i, i) for i in range(m.num_blocks)]
+    for c in range(C):
+        patch_group = tuple(c * D + k for k in range(D))
+        for d in range(D):
+            rank = c * D + d
+            ops = sched.ranks[rank]
+            q = patch_rows[d] * cols
+            kv_bytes = numel((2, batch, q, m.hidden)) * b
+            latent = numel((1, m.latent_channels, patch_rows[d] * m.patch_size,
+                            cols * m.patch_size)) * b
+            if wl.text_encoder:
+                ops.append(Compute("text_encode", -1, -1, batch=m.batch))
+            for t in range(steps):
+                warm = t < warmup
+                ops.append(Compute("embed", t, d, q_tokens=q, kv_tokens=full, batch=batch,
+                                   warmup=warm))
+                for lo, hi in units:
+                    n = hi - lo + 1
+                    ops.append(Compute("blocks", t, d, (lo, hi), q, full, batch, warm, "proj"))
+                    tag = Tag("kv", t, -1, lo)
+                    if warm:
+                        ops.append(Collective("all_gather", patch_group, kv_bytes, tag,
+                                              count=n))
+                    elif t - 1 >= warmup:
+                        # Attention uses the K,V gathered during the previous step.
+                        ops.append(Wait(Tag("kv", t - 1, -1, lo)))
+                    if not warm and t < steps - 1:  # the last step's K,V has no reader
+                        ops.append(Collective("all_gather", patch_group, kv_bytes, tag,
+                                              asynchronous=True, count=n))
+                    ops.append(Compute("blocks", t, d, (lo, hi), q, full, batch, warm, "attn"))
+                ops.append(Compute("final", t, d, q_tokens=q, kv_tokens=full, batch=batch,
+                                   warmup=warm))
+                if C > 1:
+                    ops.append(Collective("all_gather", (d, D + d), latent, Tag("cfg", t, d, -1)))
+                ops.append(Compute("scheduler_step", t, d, q_tokens=q, kv_tokens=full, batch=1,
+                                   warmup=warm))
+            if c == 0 and D > 1:
+                ops.append(Collective("all_gather", patch_group, latent,
+                                      Tag("latent", steps - 1, -1, -1)))
+    if wl.vae:
+        sched.ranks[0].append(Compute("vae_decode", -1, -1, batch=1))
+    return sched
