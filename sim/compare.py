@@ -23,6 +23,7 @@ from sim.cli import (
     print_json,
     run_main,
     workload_from_args,
+    write_output,
 )
 from sim.config import ParallelConfig, validate
 from sim.errors import UserError
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="square resolutions in pixels, comma-separated")
     p.add_argument("--warmup", type=int, default=1,
                    help="warmup steps for strategies with stale context")
+    p.add_argument("--report", default=None, metavar="FILE",
+                   help="write an interactive HTML report (Plotly, opens offline)")
     return p
 
 
@@ -81,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     resolutions, cells, missing = compare(args)
     serial = cells["serial"]
+    if args.report:
+        try:
+            from reports.compare_report import write_compare_report
+        except ImportError:
+            raise UserError("reports need plotly: pip install 'ditsim[reports]'") from None
+        any_p = next(p for row in cells.values() for p in row.values())
+        intro = (f"{any_p.workload.model.name}, {any_p.workload.steps} steps, {args.gpus} x "
+                 f"{any_p.gpu.name} over {args.link}; each cell is the best configuration of "
+                 f"the family using every GPU. Costs: analytic roofline.")
+        write_output(args.report, lambda p: write_compare_report(
+            p, "ditsim compare", intro, resolutions, cells, missing))
     if args.json:
         print_json({"resolutions": resolutions,
                     "rows": {f: {str(r): p.as_dict() for r, p in row.items()}

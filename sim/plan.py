@@ -30,13 +30,14 @@ from sim.cli import (
     print_json,
     run_main,
     workload_from_args,
+    write_output,
 )
 from sim.config import ParallelConfig, Workload, validate
 from sim.cost import RooflineCost
 from sim.errors import UserError
 from sim.evaluate import Prediction, calibration_scale, evaluate, latency_lower_bound
-from sim.hardware import GPU
-from sim.topology import Topology
+from sim.hardware import DEFAULT_GPU, GPU, get_gpu
+from sim.topology import Topology, build_topology
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="your measured single-GPU end-to-end latency; scales compute costs")
     p.add_argument("--exhaustive", action="store_true",
                    help="simulate every candidate (--json always does)")
+    p.add_argument("--report", default=None, metavar="FILE",
+                   help="write an interactive HTML report (Plotly, opens offline)")
+    p.add_argument("--chrome-trace", default=None, metavar="FILE",
+                   help="write the recommended configuration's Chrome/Perfetto trace")
     return p
 
 
@@ -73,15 +78,18 @@ def _factorizations(n: int, parts: int) -> list[tuple[int, ...]]:
 
 
 def candidates(wl: Workload, gpus: int, warmups: list[int],
-               all_gpus: bool = False) -> list[ParallelConfig]:
+               all_gpus: bool = False, only: int | None = None) -> list[ParallelConfig]:
     """Every configuration the planner simulates for ``gpus`` GPUs (all valid); with
-    ``all_gpus`` only those using every GPU (and the serial baseline)."""
+    ``all_gpus`` only those using every GPU, with ``only`` those using exactly that many
+    (the serial baseline is always included)."""
+    if all_gpus:
+        only = gpus
     m = wl.model
     rows, _ = m.token_grid(wl.height, wl.width)
     w_any = min(warmups)  # warmup changes nothing without stale context; show the user's pick
     out = [ParallelConfig(1)]
     for n in range(2, gpus + 1):
-        if gpus % n or (all_gpus and n != gpus):
+        if gpus % n or (only is not None and n != only):
             continue
         for c in ((1, 2) if m.cfg else (1,)):
             if n % c:
@@ -167,14 +175,14 @@ class _Pool:
 def plan(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: float = 1.0,
          top: int = 10, per_family: int = 2, exhaustive: bool = False,
          progress: bool = False, workers: int | None = None,
-         all_gpus: bool = False) -> PlanResult:
+         all_gpus: bool = False, only: int | None = None) -> PlanResult:
     """Simulate the candidates (planner mode: coarse communication, periodic steps) and rank
     them. Unless ``exhaustive``, a candidate is skipped when a lower bound on its latency
     (``latency_lower_bound``) already shows it cannot enter the ``top`` overall nor the best
     ``per_family`` of its family, and candidates that do not fit in memory are not simulated
     (unless nothing fits). The rows shown are therefore exactly those an exhaustive search
     would show."""
-    cands = candidates(wl, topo.num_gpus, warmups, all_gpus)
+    cands = candidates(wl, topo.num_gpus, warmups, all_gpus, only)
     workers = workers or (min(os.cpu_count() or 1, 8) if len(cands) > 40 else 1)
     pool = _Pool(workers)
     try:
@@ -294,6 +302,45 @@ def best_per_family(ranked: list[Prediction], per_family: int) -> list[Predictio
     return [p for fam in seen.values() for p in fam]
 
 
+def write_artifacts(args: argparse.Namespace, wl: Workload, gpu: GPU, topo: Topology,
+                    warmups: list[int], scale: float, result: PlanResult) -> None:
+    """The --report and --chrome-trace files: the recommendation is simulated again in full
+    (per-block schedule) for its timeline; the report adds the other link and GPU counts."""
+    best = result.ranked[0]
+    rec = evaluate(wl, best.config, gpu, topo, scale=scale)
+    if args.chrome_trace:
+        write_output(args.chrome_trace, rec.trace.write_chrome)
+    if not args.report:
+        return
+    try:
+        from reports.plan_report import write_plan_report
+    except ImportError:
+        raise UserError("reports need plotly: pip install 'ditsim[reports]'") from None
+    link_gpu = gpu if gpu.nvlink else get_gpu(DEFAULT_GPU["nvlink"])
+    links: dict[str, dict[str, float]] = {}
+    for link in ("pcie", "nvlink"):
+        lt = build_topology(link_gpu, args.gpus, link, args.nodes, args.inter_node)
+        res = result if (link == args.link and link_gpu is gpu) else plan(
+            wl, link_gpu, lt, warmups, scale, top=1, per_family=1)
+        links[f"{link_gpu.name} {link}"] = {p.config.strategy: p.latency_s
+                                            for p in best_per_family(res.ranked, 1) if not p.oom}
+    note = "same GPU" if link_gpu is gpu else \
+        f"{gpu.name} has no NVLink, so {link_gpu.name} is shown over both"
+    by_gpus: dict[str, dict[int, float]] = {}
+    for n in [d for d in range(1, topo.num_gpus + 1) if topo.num_gpus % d == 0]:
+        res = plan(wl, gpu, topo, warmups, scale, top=1, per_family=1, only=n)
+        for p in best_per_family(res.ranked, 1):
+            if not p.oom and (p.config.gpus == n):
+                by_gpus.setdefault(p.config.strategy, {})[n] = p.latency_s
+    intro = (f"{wl.model.name} at {wl.width}x{wl.height}, {wl.steps} steps, {wl.dtype}; "
+             f"{topo.num_gpus} x {gpu.name} over {args.link}. Costs: analytic roofline"
+             f"{f' scaled by {scale:.3f}' if scale != 1.0 else ''}. {result.candidates} "
+             f"configurations searched.")
+    write_output(args.report, lambda p: write_plan_report(
+        p, "ditsim plan", intro, result.ranked, rec, best_per_family(result.ranked, 1),
+        links, note, by_gpus))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
@@ -318,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                   progress=not args.json and sys.stderr.isatty())
     ranked = result.ranked
     elapsed = time.perf_counter() - t0
+    if args.report or args.chrome_trace:
+        write_artifacts(args, wl, gpu, topo, warmups, scale, result)
     if args.json:
         print_json([p.as_dict() for p in ranked])
         return 0

@@ -48,6 +48,7 @@ from sim.errors import UserError
 from sim.hardware import GPU
 from sim.schedule import Compute
 from sim.topology import Topology
+from sim.trace import Trace
 
 SOURCES = ("measured", "interpolated", "roofline")  # best to worst
 TOKEN_OPS = {"embed": "embed", "final": "final", "scheduler_step": "scheduler_step"}
@@ -353,8 +354,6 @@ def source_summary(rows: Iterable) -> dict[str, dict[str, int]]:
     """Per compute kind, how many ops took their time from each source, from a trace (a
     ``sim.trace.Trace`` or its rows): e.g. ``{"blocks": {"measured": 8, "interpolated": 4}}``.
     Communication rows are skipped."""
-    from sim.trace import Trace
-
     if isinstance(rows, Trace):
         rows = rows.rows
     out: dict[str, Counter] = {}

@@ -15,6 +15,14 @@ from pathlib import Path
 
 COLUMNS = ("rank", "op", "step", "patch", "layer_first", "layer_last", "start_s", "end_s",
            "nbytes", "peer", "source", "tag")
+COMM_OPS = ("send", "recv", "wait")
+
+
+def is_comm(op: str) -> bool:
+    """Whether a trace ``op`` is communication (point-to-point, collective or a wait)."""
+    return op in COMM_OPS or op.startswith(("all_", "reduce_", "ring_"))
+
+
 _INT = {"rank", "step", "patch", "layer_first", "layer_last", "nbytes", "peer"}
 _FLOAT = {"start_s", "end_s"}
 
@@ -59,9 +67,10 @@ class Trace:
         """Chrome / Perfetto trace events: pid = rank, tid = compute (0) or comm (1)."""
         events = []
         for d in self.dicts():
-            comm = d["op"] in ("send", "recv")
+            comm = is_comm(d["op"])
             arrow = "->" if d["op"] == "send" else "<-"
-            name = f"{d['op']} {d['tag']} {arrow} {d['peer']}" if comm else d["op"]
+            p2p = d["op"] in ("send", "recv")
+            name = f"{d['op']} {d['tag']} {arrow} {d['peer']}" if p2p else d["op"]
             events.append({
                 "name": name, "ph": "X", "pid": d["rank"], "tid": 1 if comm else 0,
                 "ts": d["start_s"] * 1e6, "dur": (d["end_s"] - d["start_s"]) * 1e6,

@@ -1,0 +1,95 @@
+"""Reports: each opens in headless Chromium with every Plotly figure drawn and no script
+error; Chrome traces load as JSON. Skipped (with the reason) where Chromium is missing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("plotly")
+
+from sim import compare, plan, predict  # noqa: E402
+from sim.cli import run_main  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (Debian package 'chromium'; .ci/run "
+    "installs it where apt-get works)")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=20000", "--dump-dom"]
+
+
+def render(path: Path) -> tuple[str, list[str]]:
+    """The DOM after scripts ran, and the script errors Chromium logged."""
+    with tempfile.TemporaryDirectory() as profile:
+        res = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}",
+                              path.resolve().as_uri()], capture_output=True, text=True,
+                             timeout=180)
+    errors = [ln for ln in res.stderr.splitlines() if "CONSOLE" in ln and
+              ("Uncaught" in ln or "Error" in ln)]
+    return res.stdout, errors
+
+
+def _figures(html: str) -> int:
+    return html.count('class="plotly-graph-div"')
+
+
+@needs_chromium
+def test_renderer_catches_script_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><div id=x>hi</div><script>undefinedFn()</script></body></html>")
+    dom, errors = render(bad)
+    assert 'id="x"' in dom
+    assert errors and "undefinedFn" in errors[0]
+
+
+def _run(main, argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run_main(main, argv)
+    assert exc.value.code == 0
+
+
+@needs_chromium
+def test_plan_report_draws_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "plan.html"
+    chrome = tmp_path / "plan.json"
+    _run(plan.main, ["--model", "pixart", "--gpus", "4", "--steps", "6", "--report", str(out),
+                     "--chrome-trace", str(chrome)])
+    html = out.read_text()
+    n = _figures(html)
+    assert n == 6  # timeline, latency by strategy, 2 memory, PCIe vs NVLink, GPU count
+    assert "<script src=" not in html and "Plotly.newPlot" in html  # plotly.js inlined
+    dom, errors = render(out)
+    assert errors == []
+    assert dom.count('class="main-svg"') >= n  # Plotly drew every figure
+    assert 'class="sortable"' in dom
+    events = json.loads(chrome.read_text())["traceEvents"]
+    assert {e["pid"] for e in events} >= {0}
+
+
+@needs_chromium
+def test_compare_report_draws_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "compare.html"
+    _run(compare.main, ["--model", "pixart", "--gpus", "4", "--resolutions", "512,1024",
+                        "--steps", "6", "--report", str(out)])
+    html = out.read_text()
+    assert _figures(html) == 3
+    dom, errors = render(out)
+    assert errors == []
+    assert dom.count('class="main-svg"') >= 3
+
+
+def test_predict_chrome_trace_of_a_hybrid(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    _run(predict.main, ["--model", "pixart", "--gpus", "4", "--cfg", "2", "--ulysses", "2",
+                        "--steps", "4", "--chrome-trace", str(out)])
+    events = json.loads(out.read_text())["traceEvents"]
+    names = {e["name"] for e in events}
+    assert "blocks" in names and any(n.startswith("all_to_all") for n in names)
+    assert {e["tid"] for e in events if e["ph"] == "X"} == {0, 1}
