@@ -44,29 +44,26 @@ class Topology:
         for i, (u, v) in enumerate(sorted(self.graph.edges)):
             self.edge_ids[(u, v)] = i
 
+    def _per_edge(self, attr: str) -> list:
+        values: list = [None] * len(self.edge_ids)
+        for (u, v), i in self.edge_ids.items():
+            values[i] = self.graph.edges[u, v][attr]
+        return values
+
     @cached_property
     def capacity(self) -> list[float]:
         """Bandwidth of each edge id, bytes/s."""
-        cap = [0.0] * len(self.edge_ids)
-        for (u, v), i in self.edge_ids.items():
-            cap[i] = self.graph.edges[u, v]["bandwidth"]
-        return cap
+        return self._per_edge("bandwidth")
 
     @cached_property
     def latency(self) -> list[float]:
         """Latency of each edge id, seconds."""
-        lat = [0.0] * len(self.edge_ids)
-        for (u, v), i in self.edge_ids.items():
-            lat[i] = self.graph.edges[u, v]["latency"]
-        return lat
+        return self._per_edge("latency")
 
     @cached_property
     def edge_kind(self) -> list[str]:
         """Link kind of each edge id."""
-        kinds = [""] * len(self.edge_ids)
-        for (u, v), i in self.edge_ids.items():
-            kinds[i] = self.graph.edges[u, v]["kind"]
-        return kinds
+        return self._per_edge("kind")
 
     @property
     def num_gpus(self) -> int:
