@@ -7,6 +7,7 @@ Shared by the executor and the profilers. Flux-size models do not fit on a lapto
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -78,6 +79,8 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32,
     path = Path(path)
     if (path / "transformer").is_dir():
         path = path / "transformer"
-    cfg = diffusers.ConfigMixin.load_config(str(path))
+    # ConfigMixin.load_config cannot be called on the mixin itself (it has no config_name);
+    # the class name is all that is needed before the class's own from_pretrained.
+    cfg = json.loads((path / "config.json").read_text())
     cls = getattr(diffusers, cfg["_class_name"])
     return cls.from_pretrained(str(path), torch_dtype=dtype).to(device).eval()

@@ -110,7 +110,3 @@ def _stage_of_rank(cfg: ParallelConfig, world: int) -> list[int]:
     if cfg.distrifusion > 1 or cfg.pipefusion == 1:
         return [0] * world
     return [(r // cfg.sp) % cfg.pipefusion for r in range(world)]
-
-
-# The executor (issue 5) was written against this name; same function.
-pipefusion_memory = memory_per_rank

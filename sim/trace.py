@@ -88,3 +88,38 @@ class Trace:
     def write_chrome(self, path: str | Path) -> None:
         """Write the Chrome / Perfetto JSON trace."""
         Path(path).write_text(json.dumps(self.to_chrome()))
+
+
+def join_traces(measured: Trace, predicted: Trace) -> list[dict]:
+    """Pair the rows of two traces of the same schedule on (rank, op, step, patch, layers,
+    tag); each pair gives both durations (s) and the relative error of the prediction."""
+    def key(r: tuple) -> tuple:
+        return (r[0], r[1], r[2], r[3], r[4], r[5], r[11])
+
+    pred = {}
+    for r in predicted.rows:
+        pred.setdefault(key(r), r)
+    out = []
+    for r in measured.rows:
+        p = pred.get(key(r))
+        if p is None:
+            continue
+        m_d, p_d = r[7] - r[6], p[7] - p[6]
+        out.append({"rank": r[0], "op": r[1], "step": r[2], "patch": r[3],
+                    "layer_first": r[4], "layer_last": r[5], "tag": r[11],
+                    "measured_s": m_d, "predicted_s": p_d,
+                    "rel_err": (p_d / m_d - 1) if m_d > 0 else float("nan")})
+    return out
+
+
+def op_error_summary(pairs: list[dict]) -> dict[str, dict[str, float]]:
+    """Per op kind: count, summed measured and predicted seconds, relative error of the sums."""
+    out: dict[str, dict[str, float]] = {}
+    for p in pairs:
+        d = out.setdefault(p["op"], {"count": 0, "measured_s": 0.0, "predicted_s": 0.0})
+        d["count"] += 1
+        d["measured_s"] += p["measured_s"]
+        d["predicted_s"] += p["predicted_s"]
+    for d in out.values():
+        d["rel_err"] = d["predicted_s"] / d["measured_s"] - 1 if d["measured_s"] > 0 else 0.0
+    return out

@@ -1,0 +1,131 @@
+"""Inputs of an executor run: which model (registry or local checkpoint), its prompt
+embeddings (from a file or drawn from a seed), and the parts of the transformer one stage keeps.
+
+Everything here that can fail on user input raises ``UserError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from executor.interpreter import PromptInputs
+from sim.errors import UserError
+from sim.models import DiTModel, get_model
+
+PROMPT_KEYS = ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
+               "negative_prompt_attention_mask")
+SUPPORTED_CLASS = "PixArtTransformer2DModel"
+# PixArt-alpha's T5 prompt length; used for local checkpoints when no embeddings are given.
+DEFAULT_TEXT_TOKENS = 120
+
+
+def registry_model(name: str) -> DiTModel:
+    """The registry model ``name``, if the executor can run it (PixArt family)."""
+    model = get_model(name)
+    if model.diffusers_class != SUPPORTED_CLASS:
+        raise UserError(f"the executor runs {SUPPORTED_CLASS} models (pixart-alpha, "
+                        f"pixart-sigma, pixart-tiny, pixart-small); {model.name} is a "
+                        f"{model.diffusers_class}")
+    return model
+
+
+def _transformer_dir(path: Path) -> Path:
+    return path / "transformer" if (path / "transformer").is_dir() else path
+
+
+def local_model(path: str | Path) -> DiTModel:
+    """A registry-style description of a local diffusers checkpoint (a folder written by
+    ``PixArtTransformer2DModel.save_pretrained`` or a pipeline folder), read from its
+    ``config.json`` without loading weights. ``params`` is filled in after loading."""
+    path = Path(path)
+    cfg_file = _transformer_dir(path) / "config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"--model-dir {path}: no config.json (expected a folder written by "
+                        f"save_pretrained, or a pipeline folder with transformer/)")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--model-dir {path}: cannot read {cfg_file.name}: {e}") from None
+    cls = cfg.get("_class_name", "")
+    if cls != SUPPORTED_CLASS:
+        raise UserError(f"--model-dir {path}: the executor runs {SUPPORTED_CLASS} checkpoints, "
+                        f"this one is '{cls}'")
+    heads = int(cfg.get("num_attention_heads", 16))
+    head_dim = int(cfg.get("attention_head_dim", 72))
+    hidden = heads * head_dim
+    return DiTModel(
+        name=f"local:{path.name}", diffusers_class=cls, family="cross",
+        num_blocks=int(cfg.get("num_layers", 28)), hidden=hidden, heads=heads,
+        head_dim=head_dim, text_tokens=DEFAULT_TEXT_TOKENS,
+        latent_channels=int(cfg.get("in_channels", 4)), params=0.0, default_steps=20,
+        cfg=True, text_encoder_params=0.0, vae_params=0.0,
+        patch_size=int(cfg.get("patch_size", 2)), text_dim=hidden,
+        caption_channels=int(cfg.get("caption_channels") or hidden),
+        sources={"all": f"read from {cfg_file}"},
+    )
+
+
+def with_counted_params(model: DiTModel, net: torch.nn.Module) -> DiTModel:
+    """``model`` with ``params`` set to the loaded transformer's parameter count."""
+    return replace(model, params=float(sum(p.numel() for p in net.parameters())))
+
+
+def random_prompts(model: DiTModel, seed: int, text_tokens: int | None = None) -> PromptInputs:
+    """Seeded random prompt embeddings (standard normal, ``(1, tokens, caption_channels)``)
+    with all-ones masks, for runs without a text encoder. The generator is seeded with
+    ``seed + 1`` so the embeddings do not repeat the initial noise drawn from ``seed``."""
+    tokens = text_tokens or model.text_tokens or DEFAULT_TEXT_TOKENS
+    width = model.caption_channels or model.hidden
+    gen = torch.Generator().manual_seed(seed + 1)
+    pe = torch.randn(1, tokens, width, generator=gen)
+    ne = torch.randn(1, tokens, width, generator=gen)
+    mask = torch.ones(1, tokens, dtype=torch.long)
+    return PromptInputs(pe, mask, ne, mask.clone())
+
+
+def load_prompts(path: str | Path, model: DiTModel) -> PromptInputs:
+    """Prompt embeddings from a ``torch.save``d dict with the keys of ``PROMPT_KEYS``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--prompt-embeds {path}: no such file")
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UserError(f"--prompt-embeds {path}: cannot load ({type(e).__name__})") from None
+    if not isinstance(d, dict) or any(k not in d for k in PROMPT_KEYS):
+        raise UserError(f"--prompt-embeds {path}: expected a dict with keys "
+                        f"{', '.join(PROMPT_KEYS)}")
+    width = model.caption_channels or model.hidden
+    for k in ("prompt_embeds", "negative_prompt_embeds"):
+        t = d[k]
+        if not isinstance(t, torch.Tensor) or t.ndim != 3 or t.shape[0] != 1 \
+                or t.shape[-1] != width:
+            raise UserError(f"--prompt-embeds {path}: {k} must have shape (1, tokens, {width}) "
+                            f"for {model.name}, got {tuple(getattr(t, 'shape', ()))}")
+    for k, e in (("prompt_attention_mask", "prompt_embeds"),
+                 ("negative_prompt_attention_mask", "negative_prompt_embeds")):
+        t = d[k]
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(d[e].shape[:2]):
+            raise UserError(f"--prompt-embeds {path}: {k} must have shape "
+                            f"{tuple(d[e].shape[:2])}, got {tuple(getattr(t, 'shape', ()))}")
+    return PromptInputs(*(d[k] for k in PROMPT_KEYS))
+
+
+def keep_stage(net: torch.nn.Module, first: int, last: int, is_first: bool,
+               is_last: bool) -> None:
+    """Drop the parts of ``net`` a stage holding blocks ``first..last`` never uses, so its
+    memory holds only its share of the weights (the conditioning embedders stay everywhere).
+    Block indices are kept: dropped blocks become ``Identity``."""
+    blocks = net.transformer_blocks
+    for i in range(len(blocks)):
+        if not first <= i <= last:
+            blocks[i] = torch.nn.Identity()
+    if not is_first:
+        net.pos_embed = None  # its positional table is tokens x hidden: large at high res
+    if not is_last:
+        net.proj_out = None
+        net.norm_out = None
