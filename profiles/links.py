@@ -1,0 +1,365 @@
+"""Measure point-to-point and collective times over message sizes: ``python -m profiles.links``.
+
+Run under torchrun, one process per device (CPU processes with gloo, GPUs with NCCL)::
+
+    torchrun --nproc_per_node 2 -m profiles.links --backend gloo
+    torchrun --nproc_per_node 8 -m profiles.links --backend nccl --link-kind nvlink4
+
+For each message size from ``--min-bytes`` (1 KiB) to ``--max-bytes`` (256 MiB) by factors of
+``--factor`` it times:
+
+- ``p2p``: a ping-pong between ranks 0 and 1; one way is half the round trip.
+- ``all_reduce``, ``all_gather``, ``all_to_all`` over all ranks, ``nbytes`` being each rank's
+  input. A call's time is the slowest rank's (each rank times its own call; the per-call
+  maximum over ranks is kept), as a collective has finished only when every rank has.
+
+Each size: warm-up calls, then timed samples (at least ``--repeats``, more for fast sizes),
+spread over interleaved passes over all sizes in shuffled orders (a slow spell of a shared
+machine then touches every size alike instead of a few); a sample is one call, or for calls
+under 2 ms a back-to-back run of calls lasting about 2 ms divided by its length (single short
+calls mostly measure the wake-up jitter of processes that share cores). The median sample is
+kept with its spread. Then, per op, ``time = latency + nbytes / bandwidth`` is fitted (least
+absolute relative error) over a small-message and a large-message regime (the split that fits
+best) and over all sizes.
+Rank 0 writes the link profile (format: ``profiles/format.py``, ``profiles/README.md``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import random
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from profiles.collect import OneLineParser, device_name, device_slug
+from profiles.format import DATA_DIR, LinkProfile, LinkSample
+from profiles.interp import fit_regimes
+from sim.errors import UserError
+from sim.hardware import LINKS
+
+OPS = ("p2p", "all_reduce", "all_gather", "all_to_all")
+KIB = 1024
+INNER_S = 2e-3  # a timed sample lasts at least this long (seconds), see _measure
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """What one link collection measures; sizes in bytes, times in seconds."""
+
+    backend: str
+    link_kind: str
+    ops: tuple[str, ...]
+    sizes: tuple[int, ...]
+    repeats: int
+    warmup: int
+    min_total_s: float
+    out: Path | None
+    progress: bool
+    passes: int = 3  # interleaved passes over all (op, size) pairs, sharing the repeats
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``1024``, ``64KiB``, ``16MiB``, ``1GiB`` (also K, M, G)."""
+    t = text.strip().lower().replace(" ", "")
+    num, mult = t, 1
+    for suffix, m in (("gib", 1024**3), ("mib", MIB), ("kib", KIB), ("g", 1024**3),
+                      ("m", MIB), ("k", KIB), ("b", 1)):
+        if t.endswith(suffix):
+            num, mult = t[: -len(suffix)], m
+            break
+    try:
+        value = float(num) * mult
+    except ValueError:
+        raise UserError(f"cannot read size '{text}' (use e.g. 1024, 64KiB, 256MiB)") from None
+    if value < 4:
+        raise UserError(f"message size must be at least 4 bytes, got '{text}'")
+    return int(value)
+
+
+def size_grid(lo: int, hi: int, factor: int) -> tuple[int, ...]:
+    """``lo, lo*factor, ...`` up to ``hi`` (``hi`` included), each a multiple of 4 bytes."""
+    out = []
+    n = lo
+    while n <= hi:
+        out.append(n - n % 4)
+        n *= factor
+    if out[-1] != hi - hi % 4:
+        out.append(hi - hi % 4)
+    return tuple(out)
+
+
+def parse(argv: list[str] | None) -> LinkSettings:
+    """Parse the command line (raises ``UserError`` for bad input)."""
+    ap = OneLineParser(prog="python -m profiles.links", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", required=True, help="gloo (CPU processes) or nccl (GPUs)")
+    ap.add_argument("--link-kind", help="registry link kind measured (default loopback for "
+                    "gloo; required for nccl, e.g. nvlink4, pcie-gen4)")
+    ap.add_argument("--ops", default=",".join(OPS), help=f"subset of {','.join(OPS)}")
+    ap.add_argument("--min-bytes", default="1KiB", help="smallest message (default 1KiB)")
+    ap.add_argument("--max-bytes", default="256MiB", help="largest message (default 256MiB)")
+    ap.add_argument("--factor", type=int, default=2, help="size step factor (default 2)")
+    ap.add_argument("--repeats", type=int, default=5, help="least timed calls per size")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls per size (at least "
+                    "3: their median sizes the timed runs)")
+    ap.add_argument("--min-time", type=float, default=0.2, help="keep timing a size until "
+                    "this many seconds are spent (at most 40x --repeats calls)")
+    ap.add_argument("--passes", type=int, default=3, help="interleaved passes over all sizes "
+                    "in shuffled orders (default 3; --quick 1)")
+    ap.add_argument("--quick", action="store_true", help="up to 16 MiB by factors of 4, "
+                    "3 repeats")
+    ap.add_argument("--out", help="output CSV (default profiles/data/links_<backend>_<kind>_"
+                    "w<world>_<device>.csv)")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    if a.backend not in ("gloo", "nccl"):
+        raise UserError(f"--backend must be gloo or nccl, got '{a.backend}'")
+    kind = a.link_kind or ("loopback" if a.backend == "gloo" else None)
+    if kind is None:
+        raise UserError("--backend nccl needs --link-kind (the registry link the GPUs use, "
+                        f"one of: {', '.join(LINKS)})")
+    if kind not in LINKS:
+        raise UserError(f"unknown --link-kind '{kind}'; choose one of: {', '.join(LINKS)}")
+    ops = tuple(o.strip() for o in a.ops.split(",") if o.strip())
+    bad = [o for o in ops if o not in OPS]
+    if bad or not ops:
+        raise UserError(f"--ops must name some of {', '.join(OPS)}, got '{a.ops}'")
+    lo, hi = parse_size(a.min_bytes), parse_size(a.max_bytes)
+    if a.quick:
+        hi = min(hi, 16 * MIB)
+    if hi < lo:
+        raise UserError(f"--max-bytes {hi} is below --min-bytes {lo}")
+    factor = 4 if a.quick else a.factor
+    if factor < 2:
+        raise UserError(f"--factor must be at least 2, got {factor}")
+    if a.repeats < 1 or a.warmup < 0 or a.min_time < 0 or a.passes < 1:
+        raise UserError("--repeats and --passes must be at least 1, --warmup and --min-time "
+                        "at least 0")
+    return LinkSettings(a.backend, kind, ops, size_grid(lo, hi, factor),
+                        3 if a.quick else a.repeats, 1 if a.quick else a.warmup,
+                        0.05 if a.quick else a.min_time, Path(a.out) if a.out else None,
+                        not a.no_progress, 1 if a.quick else a.passes)
+
+
+def bus_factor(op: str, world: int) -> float:
+    """nccl-tests bus-bandwidth factor: what each link carries relative to ``nbytes``."""
+    if op == "all_reduce":
+        return 2.0 * (world - 1) / world
+    if op in ("all_gather", "all_to_all"):
+        return (world - 1) / world
+    return 1.0
+
+
+def _pick(sorted_xs: list[float], p: float) -> float:
+    """The ``p`` quantile of sorted values (nearest rank)."""
+    return sorted_xs[min(len(sorted_xs) - 1, int(round(p * (len(sorted_xs) - 1))))]
+
+
+def _measure(s: LinkSettings) -> tuple[list[LinkSample], dict]:
+    import torch
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) \
+        if s.backend == "nccl" else torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+
+    red_dev = dev  # NCCL reduces only CUDA tensors; gloo CPU ones
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def run_op(op: str, n: int):
+        elems = n // 4
+        x = torch.ones(elems, dtype=torch.float32, device=dev)
+        if op == "p2p":
+            buf = torch.empty_like(x)
+
+            def ping() -> None:
+                if rank == 0:
+                    dist.send(x, 1)
+                    dist.recv(buf, 1)
+                elif rank == 1:
+                    dist.recv(buf, 0)
+                    dist.send(buf, 0)
+                sync()
+            return ping, 0.5  # one way is half the round trip
+        if op == "all_reduce":
+            return (lambda: (dist.all_reduce(x), sync())), 1.0
+        if op == "all_gather":
+            out = torch.empty(elems * world, dtype=x.dtype, device=dev)
+            gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+            return (lambda: (gather(out, x), sync())), 1.0
+        out = torch.empty(elems - elems % world, dtype=x.dtype, device=dev)
+        xa = x[: out.numel()]
+        return (lambda: (dist.all_to_all_single(out, xa), sync())), 1.0
+
+    tasks = [(op, n) for op in s.ops for n in s.sizes]
+    passes = max(1, s.passes)
+    bar = None
+    if rank == 0 and s.progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(tasks) * passes, desc=f"links {s.backend} x{world}",
+                       file=sys.stderr, unit="size")
+        except ImportError:
+            bar = None
+    inner_of: dict[tuple[str, int], int] = {}
+    times_of: dict[tuple[str, int], list[float]] = {t: [] for t in tasks}
+    per_pass = max(1, -(-s.repeats // passes))
+    for p in range(passes):
+        order = list(tasks)
+        if passes > 1:  # same seed on every rank: all ranks walk the same order
+            random.Random(1000 + p).shuffle(order)
+        for op, n in order:
+            if bar is not None:
+                bar.set_postfix_str(f"{op} {n} B")
+            fn, mult = run_op(op, n)
+            warm = []
+            for _ in range(max(3, s.warmup) if p == 0 else 1):
+                t0 = time.perf_counter()
+                fn()
+                warm.append(time.perf_counter() - t0)
+            if (op, n) not in inner_of:
+                # Calls shorter than INNER_S are timed in back-to-back runs of ``inner`` calls
+                # (the same count on every rank): one call of 50 us is dominated by the
+                # wake-up jitter of processes that share cores; a run of them measures the
+                # steady per-call time. The median warm-up call sizes the run (the first call
+                # may also open the connection).
+                est = torch.tensor([sorted(warm)[len(warm) // 2]], dtype=torch.float64,
+                                   device=red_dev)
+                dist.all_reduce(est, op=dist.ReduceOp.MAX)
+                inner_of[(op, n)] = max(1, min(1000, int(INNER_S / max(float(est), 1e-7))))
+            inner = inner_of[(op, n)]
+            times: list[float] = []
+            cap = 40 * per_pass
+            while True:
+                dist.barrier()
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    fn()
+                times.append((time.perf_counter() - t0) * mult / inner)
+                # All ranks must agree on when to stop: decide on the slowest rank's total.
+                flag = torch.tensor([sum(times) * inner], dtype=torch.float64, device=red_dev)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                enough = len(times) >= per_pass and float(flag) >= s.min_total_s / passes
+                if enough or len(times) >= cap:
+                    break
+            t = torch.tensor(times, dtype=torch.float64, device=red_dev)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)  # a collective is done when all ranks are
+            times_of[(op, n)].extend(t.cpu().tolist())
+            del fn
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    samples: list[LinkSample] = []
+    for op, n in tasks:
+        xs = sorted(times_of[(op, n)])
+        med = xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1]
+                                                          + xs[len(xs) // 2])
+        algbw = n / med
+        samples.append(LinkSample(op, world if op != "p2p" else 2, n, len(xs), med, xs[0],
+                                  _pick(xs, 0.25), _pick(xs, 0.75), xs[-1], algbw,
+                                  algbw * bus_factor(op, world)))
+    hosts: list = [None] * world
+    dist.all_gather_object(hosts, socket.gethostname())
+    info = {"world_size": world, "nodes": len(set(hosts)),
+            "device": dev.type,
+            "device_name": device_name("cuda" if dev.type == "cuda" else "cpu"),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return samples, info
+
+
+def collect_links(s: LinkSettings) -> LinkProfile | None:
+    """Measure under an initialised or torchrun-provided process group; returns the profile
+    on rank 0 and ``None`` elsewhere."""
+    import torch.distributed as dist
+
+    if "WORLD_SIZE" not in os.environ and not dist.is_initialized():
+        raise UserError("run under torchrun, e.g. torchrun --nproc_per_node 2 -m profiles."
+                        "links --backend gloo")
+    own = not dist.is_initialized()
+    if own:
+        if s.backend == "nccl":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError("--backend nccl but torch sees no CUDA device; use gloo")
+        dist.init_process_group(s.backend)
+    try:
+        if dist.get_world_size() < 2:
+            raise UserError("link profiles need at least 2 processes (torchrun "
+                            "--nproc_per_node 2 ...)")
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # all_gather_into_tensor's rename
+            samples, info = _measure(s)
+        rank = dist.get_rank()
+    finally:
+        if own:
+            dist.destroy_process_group()
+    if rank != 0:
+        return None
+    fits = {}
+    for op in s.ops:
+        pts = [x for x in samples if x.op == op]
+        fits[op] = fit_regimes([x.nbytes for x in pts], [x.median_s for x in pts], robust=True)
+    meta = {
+        "backend": s.backend, "link_kind": s.link_kind, **info,
+        "python": platform.python_version(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "sizes": list(s.sizes), "repeats": s.repeats, "warmup": s.warmup,
+        "min_total_s": s.min_total_s, "inner_s": INNER_S, "passes": s.passes,
+        "timing": "time.perf_counter around each sample after a barrier (CUDA synchronised "
+                  "after each call); a sample is one call or a run of calls lasting inner_s, "
+                  "divided by its length; max over ranks per sample; p2p = half a ping-pong "
+                  "round trip",
+        "fits": fits, "fit_model": "time_s = latency_s + nbytes / bandwidth_Bps, least "
+                                   "absolute relative error (robust to sizes caught in a slow "
+                                   "mode); rms_rel_err reports the scatter",
+        "units": "seconds, bytes, bytes/s",
+        "collect_s": round(time.perf_counter() - started, 2),
+        "command": "torchrun ... -m profiles.links " + " ".join(sys.argv[1:]),
+    }
+    return LinkProfile(meta, samples)
+
+
+def default_out(prof: LinkProfile) -> Path:
+    m = prof.meta
+    dev = device_slug(m["device"], m["device_name"], m["threads"])
+    return DATA_DIR / f"links_{m['backend']}_{m['link_kind']}_w{m['world_size']}_{dev}.csv"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad input, with one line on stderr)."""
+    rank0 = os.environ.get("RANK", "0") == "0"
+    try:
+        s = parse(argv)
+        prof = collect_links(s)
+    except UserError as e:
+        if rank0:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    if prof is None:
+        return 0
+    path = s.out or default_out(prof)
+    prof.write(path)
+    p2p = prof.fit("p2p") if "p2p" in s.ops else None
+    extra = (f"; p2p {p2p.latency_s * 1e6:.1f} us + {p2p.bandwidth_Bps / 1e9:.2f} GB/s"
+             if p2p else "")
+    print(f"wrote {path}: {len(prof.samples)} sizes in {prof.meta['collect_s']} s{extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The collectors: a --quick compute collection on a tiny config, and bad command lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from profiles.collect import block_grid, main
+from profiles.format import ComputeProfile, LinkProfile
+from sim.config import ParallelConfig, Workload
+from sim.evaluate import evaluate
+from sim.hardware import GPUS
+from sim.models import get_model
+from sim.profile_cost import ProfileCost, source_summary
+from sim.topology import build_topology
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_block_grid_is_patch_shapes() -> None:
+    m = get_model("pixart-tiny")
+    grid = block_grid(m, (256, 512), (1, 2, 3, 4, 64))
+    # 256 px: 16 x 16 tokens; M = 3 bands of ceil(16/3) = 6 rows; M = 64 > 16 rows: skipped.
+    assert grid[:4] == [(256, 256, 256), (256, 128, 256), (256, 96, 256), (256, 64, 256)]
+    assert (512, 1024, 1024) in grid and (512, 352, 1024) in grid and len(grid) == 8
+
+
+def test_quick_collection_on_a_tiny_config(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    threads = torch.get_num_threads()
+    out = tmp_path / "tiny.csv"
+    rc = main(["--model", "pixart-tiny", "--device", "cpu", "--quick", "--resolutions",
+               "256", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert torch.get_num_threads() == threads  # the collector restores the thread count
+    prof = ComputeProfile.read(out)
+    m = prof.meta
+    assert (m["model"], m["device"], m["dtype"], m["threads"], m["quick"]) == (
+        "pixart-tiny", "cpu", "fp32", 1, True)
+    assert m["torch"] == torch.__version__ and m["diffusers"] and m["date"]
+    assert "scaled_dot_product_attention" in m["attention_backend"]
+    shapes = {(s.op, s.q_tokens, s.kv_tokens) for s in prof.samples}
+    for q in (256, 128, 64, 32):  # M = 1, 2, 4, 8 patches of a 256-token image
+        assert ("block", q, 256) in shapes and ("attention", q, 256) in shapes
+        for op in ("embed", "final", "scheduler_step"):
+            assert (op, q, 256) in shapes
+    for s in prof.samples:
+        assert s.repeats == 3 and 0 < s.min_s <= s.median_s <= s.max_s
+        assert s.batch == (1 if s.op == "scheduler_step" else 2)
+    blocks = {s.q_tokens: s.median_s for s in prof.select("block")}
+    # More query tokens, more work: a full image costs more than an eighth of it.
+    assert blocks[256] > blocks[32]
+    # The fresh profile drives a prediction whose blocks are all measured shapes.
+    wl = Workload(get_model("pixart-tiny"), 256, 256, 3, "fp32")
+    cpu = GPUS["cpu"]
+    pred = evaluate(wl, ParallelConfig(gpus=2, pipefusion=2, patches=4, warmup=1), cpu,
+                    build_topology(cpu, 2, "pcie"), ProfileCost(wl, cpu, out))
+    assert set(source_summary(pred.trace)["blocks"]) == {"measured"}
+
+
+def test_link_collection_under_torchrun(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    out = tmp_path / "links.csv"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+         "profiles.links", "--backend", "gloo", "--ops", "p2p,all_reduce,all_to_all",
+         "--max-bytes", "16KiB", "--factor", "4", "--repeats", "3", "--min-time", "0",
+         "--out", str(out), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    prof = LinkProfile.read(out)
+    assert prof.link_kind == "loopback" and prof.backend == "gloo"
+    assert prof.meta["world_size"] == 2 and prof.meta["nodes"] == 1
+    assert [s.nbytes for s in prof.select("p2p")] == [1024, 4096, 16384]
+    for s in prof.samples:
+        assert 0 < s.min_s <= s.median_s <= s.max_s and s.algbw_Bps == pytest.approx(
+            s.nbytes / s.median_s, rel=1e-4)
+        if s.op == "all_reduce":
+            assert s.busbw_Bps == pytest.approx(s.algbw_Bps, rel=1e-4)  # 2(n-1)/n = 1 at n=2
+    fit = prof.fit("p2p")
+    assert fit.regime in ("all", "small") and fit.bandwidth_Bps > 0
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["profiles.collect", "--model", "nope"], "unknown model"),
+    (["profiles.collect", "--model", "pixart", "--device", "tpu"], "--device"),
+    (["profiles.collect", "--model", "pixart", "--dtype", "int8"], "--dtype"),
+    (["profiles.collect", "--model", "pixart", "--resolutions", "250"], "multiple of 16"),
+    (["profiles.collect", "--model", "pixart", "--resolutions", "a,b"], "integers"),
+    (["profiles.collect", "--model", "pixart", "--repeats", "0"], "--repeats"),
+    (["profiles.collect", "--model", "pixart", "--bogus"], "unrecognized"),
+    (["profiles.collect", "--model", "sd3", "--quick"], "supports"),
+    (["profiles.collect", "--model", "pixart", "--threads", "2", "--clock", "cpu"],
+     "--threads 1"),
+    (["profiles.collect", "--model", "pixart", "--clock", "sundial"], "--clock"),
+    (["profiles.links", "--backend", "mpi"], "--backend"),
+    (["profiles.links", "--backend", "nccl"], "--link-kind"),
+    (["profiles.links", "--backend", "gloo", "--max-bytes", "lots"], "cannot read size"),
+    (["profiles.links", "--backend", "gloo"], "torchrun"),
+])
+def test_bad_input_is_one_line_and_exit_2(args: list[str], match: str) -> None:
+    r = run_cli(*args)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and match in lines[0] and "Traceback" not in r.stderr

@@ -1,0 +1,100 @@
+"""The profile file format: round trips, bad files, shipped profiles, and no torch import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from profiles.format import (
+    HEADER_PREFIX,
+    ComputeProfile,
+    LinkProfile,
+    ProfileError,
+    Sample,
+    slug,
+)
+from sim.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "profiles" / "data"
+
+
+def small_profile() -> ComputeProfile:
+    rows = [Sample("block", "cross", 2, 128, 256, 2, 5, 1.5e-3, 1.4e-3, 1.45e-3, 1.55e-3,
+                   1.6e-3),
+            Sample("embed", "", 2, 128, 256, 2, 5, 2e-4, 1.9e-4, 1.95e-4, 2.05e-4, 2.1e-4)]
+    return ComputeProfile({"model": "pixart-tiny", "dtype": "fp32", "device": "cpu"}, rows)
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path = small_profile().write(tmp_path / "x.csv")
+    text = path.read_text().splitlines()
+    assert text[0].startswith(HEADER_PREFIX)
+    assert text[1].startswith("op,variant,batch,q_tokens,kv_tokens,heads,repeats,median_s")
+    back = ComputeProfile.read(path)
+    assert back.samples == small_profile().samples
+    assert back.meta["format"] == "ditsim-compute-profile/1"
+    assert back.select("block")[0].spread == pytest.approx(0.1 / 1.5)
+    assert back.ops() == [("block", "cross"), ("embed", "")]
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda t: "op,variant\nblock,cross\n", "not a ditsim profile"),
+    (lambda t: t.replace("ditsim-compute-profile/1", "other/9"), "format"),
+    (lambda t: t.replace("median_s", "middle_s"), "missing column 'median_s'"),
+    (lambda t: t.replace("0.0015,", "fast,"), "not a number"),
+    (lambda t: t.replace("0.0015,", "-0.0015,"), "non-positive"),
+    (lambda t: t.splitlines()[0] + "\n" + t.splitlines()[1] + "\n", "no measurements"),
+    (lambda t: t.replace('"model": ', '"modelname": '), "lacks 'model'"),
+])
+def test_bad_files_are_user_errors(tmp_path: Path, mutate, match: str) -> None:
+    path = small_profile().write(tmp_path / "x.csv")
+    path.write_text(mutate(path.read_text()))
+    with pytest.raises(ProfileError, match=match):
+        ComputeProfile.read(path)
+    assert issubclass(ProfileError, UserError)
+
+
+def test_missing_file_and_wrong_kind(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="cannot read"):
+        ComputeProfile.read(tmp_path / "nope.csv")
+    path = small_profile().write(tmp_path / "x.csv")
+    with pytest.raises(ProfileError, match="link profile"):
+        LinkProfile.read(path)
+
+
+def test_slug() -> None:
+    assert slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert slug("  AMD EPYC (tm) ") == "amd-epyc-tm"
+
+
+def test_loader_imports_no_torch() -> None:
+    code = ("import sys, profiles, profiles.format, profiles.interp, sim.profile_cost\n"
+            "bad = [m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.mark.parametrize("model", ["pixart-tiny", "pixart-small"])
+def test_shipped_cpu_profiles(model: str) -> None:
+    paths = sorted(DATA.glob(f"cpu-*-t1_{model}_fp32.csv"))
+    assert len(paths) == 1, paths
+    prof = ComputeProfile.read(paths[0])
+    m = prof.meta
+    assert (m["model"], m["dtype"], m["device"], m["threads"]) == (model, "fp32", "cpu", 1)
+    assert m["resolutions"] == [256, 384, 512] and not m["quick"] and m["clock"] == "thread"
+    for key in ("device_name", "torch", "diffusers", "attention_backend", "date"):
+        assert m[key]
+    ops = {s.op for s in prof.samples}
+    assert ops == {"block", "attention", "embed", "final", "scheduler_step"}
+    blocks = prof.select("block")
+    # Both full attention (q = kv) and PipeFusion patches (q = kv / M) at 256 and 1024 tokens.
+    assert {(256, 256), (128, 256), (576, 576), (144, 576), (1024, 1024), (256, 1024),
+            (32, 1024), (64, 64)} <= {(s.q_tokens, s.kv_tokens) for s in blocks}
+    # Head-sharded attention shapes (Ulysses) are there too.
+    assert any(s.heads < blocks[0].heads for s in prof.select("attention"))
+    for s in prof.samples:
+        assert 0 < s.min_s <= s.p25_s <= s.median_s <= s.p75_s <= s.max_s
