@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sim.config import DTYPE_BYTES, Workload
+from sim.cost import CostSpec
 from sim.errors import UserError
 from sim.hardware import DEFAULT_GPU, GPU, get_gpu
 from sim.models import get_model
@@ -50,6 +51,12 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
                    help="leave text encoding out of latency and memory (it runs elsewhere)")
     p.add_argument("--no-vae", action="store_true",
                    help="leave the VAE decode out of latency and memory")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="measured compute profile (python -m profiles.collect) instead of "
+                        "the analytic roofline")
+    p.add_argument("--link-profile", default=None, metavar="FILE",
+                   help="measured link profile (python -m profiles.links): its fitted "
+                        "point-to-point latency and bandwidth replace the registry's")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
@@ -76,9 +83,29 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
 
 
 def cluster_from_args(args: argparse.Namespace) -> tuple[GPU, Topology]:
-    """The GPU kind (default per link) and the cluster graph the flags describe."""
+    """The GPU kind (default per link) and the cluster graph the flags describe, with the
+    link profile applied when one is given."""
     gpu = get_gpu(args.gpu or DEFAULT_GPU[args.link])
-    return gpu, build_topology(gpu, args.gpus, args.link, args.nodes, args.inter_node)
+    topo = build_topology(gpu, args.gpus, args.link, args.nodes, args.inter_node)
+    if args.link_profile:
+        from sim.profile_cost import apply_link_profile
+
+        _exists(args.link_profile, "--link-profile")
+        topo = apply_link_profile(topo, args.link_profile)
+    return gpu, topo
+
+
+def cost_spec_from_args(args: argparse.Namespace) -> CostSpec:
+    """How to cost compute ops: the profile given with --profile, else the roofline."""
+    if args.profile:
+        _exists(args.profile, "--profile")
+    return CostSpec(args.profile)
+
+
+def _exists(path: str, flag: str) -> None:
+    if not Path(path).is_file():
+        raise UserError(f"{flag} {path}: no such file; collect one with python -m "
+                        f"profiles.{'links' if 'link' in flag else 'collect'}")
 
 
 def parse_int_list(text: str | None, flag: str) -> tuple[int, ...] | None:

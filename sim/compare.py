@@ -18,6 +18,7 @@ import sys
 from sim.cli import (
     add_workload_args,
     cluster_from_args,
+    cost_spec_from_args,
     parse_int_list,
     parser,
     print_json,
@@ -61,6 +62,7 @@ def compare(args: argparse.Namespace) -> tuple[list[int], dict[str, dict[int, Pr
             raise UserError(f"--warmup must be between 0 and the step count {wl.steps}, "
                             f"got {args.warmup}")
         result = plan(wl, gpu, topo, [args.warmup], top=1, per_family=1, all_gpus=True,
+                      spec=cost_spec_from_args(args),
                       progress=not args.json and sys.stderr.isatty())
         for p in result.ranked:
             fam = p.config.strategy
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         any_p = next(p for row in cells.values() for p in row.values())
         intro = (f"{any_p.workload.model.name}, {any_p.workload.steps} steps, {args.gpus} x "
                  f"{any_p.gpu.name} over {args.link}; each cell is the best configuration of "
-                 f"the family using every GPU. Costs: analytic roofline.")
+                 f"the family using every GPU. Costs: "
+                 f"{'profile ' + args.profile if args.profile else 'analytic roofline'}.")
         write_output(args.report, lambda p: write_compare_report(
             p, "ditsim compare", intro, resolutions, cells, missing))
     if args.json:

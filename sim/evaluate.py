@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from sim.config import ParallelConfig, Workload
-from sim.cost import CostModel, RooflineCost
+from sim.cost import CostModel, CostSpec
 from sim.engine import collective_plan, simulate
 from sim.hardware import GPU
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics
+from sim.profile_cost import source_summary
 from sim.schedule import Collective, Compute
 from sim.strategies import build_schedule
 from sim.topology import Topology, build_topology
@@ -32,6 +33,8 @@ class Prediction:
     trace: Trace
     calibration_scale: float = 1.0
     stage_layers: list[tuple[int, int]] | None = None
+    cost_sources: dict | None = None  # per compute kind: ops per source (measured, ...)
+    cost_model: dict | None = None  # what the cost model rests on
 
     @property
     def latency_s(self) -> float:
@@ -60,7 +63,8 @@ class Prediction:
         d.update(self.metrics.as_dict())
         d["memory_per_rank_gb"] = [m.as_dict() for m in self.memory]
         d["calibration_scale"] = self.calibration_scale
-        d["cost_source"] = "roofline"
+        d["cost_source"] = self.cost_sources or {}
+        d["cost_model"] = self.cost_model or {"kind": "roofline"}
         d["config"] = cfg
         return d
 
@@ -70,15 +74,20 @@ class Prediction:
 
 
 def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
-             cost: CostModel | None = None, scale: float = 1.0, fast: bool = False) -> Prediction:
+             cost: CostModel | None = None, scale: float = 1.0, fast: bool = False,
+             spec: CostSpec | None = None) -> Prediction:
     """Simulate ``cfg`` for ``wl`` on ``topo`` (ranks on its first GPUs).
 
     ``fast`` (the planner's mode) merges per-block communication into one op per stage and
     simulates only ``W + 4`` steps; when the two middle steps are identical up to a time shift
     the remaining steps are copies of them, and the full trace is assembled from shifted
     copies. Otherwise it falls back to the full simulation.
+
+    ``cost`` (already scaled) wins over ``spec``, which builds one scaled by ``scale``
+    (default: the roofline).
     """
-    cost = cost or RooflineCost(wl, gpu, scale)
+    spec = spec or CostSpec()
+    cost = cost or spec.build(wl, gpu, scale)
     trace = None
     if fast and wl.steps > cfg.warmup + 4:
         short = replace(wl, steps=cfg.warmup + 4)
@@ -90,7 +99,8 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     metrics = compute_metrics(trace, sched.world_size, wl.steps, cfg.warmup)
     memory = memory_per_rank(wl, cfg, sched, gpu)
     return Prediction(wl, cfg, gpu, topo, metrics, memory, trace, scale,
-                      stage_layers=list(sched.stage_layers))
+                      stage_layers=list(sched.stage_layers),
+                      cost_sources=source_summary(trace), cost_model=spec.describe(cost))
 
 
 def _step_rows(trace: Trace) -> dict[int, list[tuple]]:
@@ -135,14 +145,14 @@ def periodic_extension(trace: Trace, first_middle: int, steps: int) -> Trace | N
 
 
 def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
-                        cost: CostModel | None = None, scale: float = 1.0
-                        ) -> tuple[float, list[MemoryBreakdown]]:
+                        cost: CostModel | None = None, scale: float = 1.0,
+                        spec: CostSpec | None = None) -> tuple[float, list[MemoryBreakdown]]:
     """A latency no simulation of ``cfg`` (planner mode) can beat, seconds, without running
     the engine: the busiest rank's compute plus the uncontended time of its blocking
     collectives (a rank can overlap neither with its own compute). Steps after the warmup
     are identical but for the last, so a short schedule is summed and its middle step
     repeated. Also returns the memory per rank (which needs no simulation)."""
-    cost = cost or RooflineCost(wl, gpu, scale)
+    cost = cost or (spec or CostSpec()).build(wl, gpu, scale)
     short_steps = min(wl.steps, cfg.warmup + 2)
     sched = build_schedule(replace(wl, steps=short_steps), cfg, coarse=True)
     repeat = wl.steps - short_steps  # extra copies of the middle step (index cfg.warmup)
@@ -169,11 +179,12 @@ def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topol
     return best, memory_per_rank(wl, cfg, sched, gpu)
 
 
-def calibration_scale(wl: Workload, gpu: GPU, single_gpu_latency_s: float) -> float:
+def calibration_scale(wl: Workload, gpu: GPU, single_gpu_latency_s: float,
+                      spec: CostSpec | None = None) -> float:
     """Factor on every compute cost that makes the simulated single-GPU run of ``wl`` last
     ``single_gpu_latency_s`` seconds (a serial run has no communication, so it is exact)."""
     topo = build_topology(gpu, 1, "pcie")
-    base = evaluate(wl, ParallelConfig(gpus=1), gpu, topo).latency_s
+    base = evaluate(wl, ParallelConfig(gpus=1), gpu, topo, spec=spec).latency_s
     return single_gpu_latency_s / base
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from sim.cli import (
     add_workload_args,
     cluster_from_args,
+    cost_spec_from_args,
     parser,
     print_json,
     run_main,
@@ -33,7 +34,7 @@ from sim.cli import (
     write_output,
 )
 from sim.config import ParallelConfig, Workload, validate
-from sim.cost import RooflineCost
+from sim.cost import CostSpec
 from sim.errors import UserError
 from sim.evaluate import Prediction, calibration_scale, evaluate, latency_lower_bound
 from sim.hardware import DEFAULT_GPU, GPU, get_gpu
@@ -121,14 +122,15 @@ def rank(preds: list[Prediction]) -> list[Prediction]:
 
 
 def _evaluate_chunk(args: tuple) -> list[Prediction]:
-    wl, cfgs, gpu, topo, scale = args
-    cost = RooflineCost(wl, gpu, scale)  # one cache for the whole chunk
-    return [evaluate(wl, c, gpu, topo, cost, scale, fast=True).without_trace() for c in cfgs]
+    wl, cfgs, gpu, topo, scale, spec = args
+    cost = spec.build(wl, gpu, scale)  # one cache for the whole chunk
+    return [evaluate(wl, c, gpu, topo, cost, scale, fast=True, spec=spec).without_trace()
+            for c in cfgs]
 
 
 def _bound_chunk(args: tuple) -> list[tuple[float, bool]]:
-    wl, cfgs, gpu, topo, scale = args
-    cost = RooflineCost(wl, gpu, scale)
+    wl, cfgs, gpu, topo, scale, spec = args
+    cost = spec.build(wl, gpu, scale)
     out = []
     for c in cfgs:
         lb, mem = latency_lower_bound(wl, c, gpu, topo, cost, scale)
@@ -156,11 +158,11 @@ class _Pool:
             self.pool = ProcessPoolExecutor(workers, mp_context=ctx)
         self.workers = workers
 
-    def map(self, fn, wl, cfgs, gpu, topo, scale) -> list:
+    def map(self, fn, wl, cfgs, gpu, topo, scale, spec) -> list:
         if not cfgs:
             return []
         n = max(1, min(len(cfgs), 4 * self.workers)) if self.pool else 1
-        jobs = [(wl, cfgs[i::n], gpu, topo, scale) for i in range(n)]
+        jobs = [(wl, cfgs[i::n], gpu, topo, scale, spec) for i in range(n)]
         results = list(self.pool.map(fn, jobs)) if self.pool else [fn(j) for j in jobs]
         out: list = [None] * len(cfgs)
         for i, res in enumerate(results):
@@ -175,21 +177,23 @@ class _Pool:
 def plan(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: float = 1.0,
          top: int = 10, per_family: int = 2, exhaustive: bool = False,
          progress: bool = False, workers: int | None = None,
-         all_gpus: bool = False, only: int | None = None) -> PlanResult:
+         all_gpus: bool = False, only: int | None = None,
+         spec: CostSpec | None = None) -> PlanResult:
     """Simulate the candidates (planner mode: coarse communication, periodic steps) and rank
     them. Unless ``exhaustive``, a candidate is skipped when a lower bound on its latency
     (``latency_lower_bound``) already shows it cannot enter the ``top`` overall nor the best
     ``per_family`` of its family, and candidates that do not fit in memory are not simulated
     (unless nothing fits). The rows shown are therefore exactly those an exhaustive search
     would show."""
+    spec = spec or CostSpec()
     cands = candidates(wl, topo.num_gpus, warmups, all_gpus, only)
     workers = workers or (min(os.cpu_count() or 1, 8) if len(cands) > 40 else 1)
     pool = _Pool(workers)
     try:
         if exhaustive:
-            preds = pool.map(_evaluate_chunk, wl, cands, gpu, topo, scale)
+            preds = pool.map(_evaluate_chunk, wl, cands, gpu, topo, scale, spec)
             return PlanResult(rank(preds), len(cands), 0, 0)
-        bounds = pool.map(_bound_chunk, wl, cands, gpu, topo, scale)
+        bounds = pool.map(_bound_chunk, wl, cands, gpu, topo, scale, spec)
         order = sorted(range(len(cands)), key=lambda i: bounds[i][0])
         fitting = [i for i in order if not bounds[i][1]]
         oom = [i for i in order if bounds[i][1]]
@@ -211,7 +215,7 @@ def plan(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: floa
                 else:
                     keep.append(cands[i])
             pos += batch
-            for p in pool.map(_evaluate_chunk, wl, keep, gpu, topo, scale):
+            for p in pool.map(_evaluate_chunk, wl, keep, gpu, topo, scale, spec):
                 preds.append(p)
                 if not p.oom:
                     overall = sorted(overall + [p.latency_s])[:top]
@@ -303,11 +307,12 @@ def best_per_family(ranked: list[Prediction], per_family: int) -> list[Predictio
 
 
 def write_artifacts(args: argparse.Namespace, wl: Workload, gpu: GPU, topo: Topology,
-                    warmups: list[int], scale: float, result: PlanResult) -> None:
+                    warmups: list[int], scale: float, result: PlanResult,
+                    spec: CostSpec) -> None:
     """The --report and --chrome-trace files: the recommendation is simulated again in full
     (per-block schedule) for its timeline; the report adds the other link and GPU counts."""
     best = result.ranked[0]
-    rec = evaluate(wl, best.config, gpu, topo, scale=scale)
+    rec = evaluate(wl, best.config, gpu, topo, scale=scale, spec=spec)
     if args.chrome_trace:
         write_output(args.chrome_trace, rec.trace.write_chrome)
     if not args.report:
@@ -321,19 +326,20 @@ def write_artifacts(args: argparse.Namespace, wl: Workload, gpu: GPU, topo: Topo
     for link in ("pcie", "nvlink"):
         lt = build_topology(link_gpu, args.gpus, link, args.nodes, args.inter_node)
         res = result if (link == args.link and link_gpu is gpu) else plan(
-            wl, link_gpu, lt, warmups, scale, top=1, per_family=1)
+            wl, link_gpu, lt, warmups, scale, top=1, per_family=1, spec=spec)
         links[f"{link_gpu.name} {link}"] = {p.config.strategy: p.latency_s
                                             for p in best_per_family(res.ranked, 1) if not p.oom}
     note = "same GPU" if link_gpu is gpu else \
         f"{gpu.name} has no NVLink, so {link_gpu.name} is shown over both"
     by_gpus: dict[str, dict[int, float]] = {}
     for n in [d for d in range(1, topo.num_gpus + 1) if topo.num_gpus % d == 0]:
-        res = plan(wl, gpu, topo, warmups, scale, top=1, per_family=1, only=n)
+        res = plan(wl, gpu, topo, warmups, scale, top=1, per_family=1, only=n, spec=spec)
         for p in best_per_family(res.ranked, 1):
             if not p.oom and (p.config.gpus == n):
                 by_gpus.setdefault(p.config.strategy, {})[n] = p.latency_s
     intro = (f"{wl.model.name} at {wl.width}x{wl.height}, {wl.steps} steps, {wl.dtype}; "
-             f"{topo.num_gpus} x {gpu.name} over {args.link}. Costs: analytic roofline"
+             f"{topo.num_gpus} x {gpu.name} over {args.link}. Costs: "
+             f"{'profile ' + spec.profile if spec.profile else 'analytic roofline'}"
              f"{f' scaled by {scale:.3f}' if scale != 1.0 else ''}. {result.candidates} "
              f"configurations searched.")
     write_output(args.report, lambda p: write_plan_report(
@@ -355,18 +361,20 @@ def main(argv: list[str] | None = None) -> int:
     if any(w < 0 for w in warmups):
         raise UserError("--warmup values must be 0 or more")
     validate(wl, ParallelConfig(1))
+    spec = cost_spec_from_args(args)
     scale = 1.0
     if args.single_gpu_latency is not None:
         if args.single_gpu_latency <= 0:
             raise UserError("--single-gpu-latency must be a positive number of seconds")
-        scale = calibration_scale(wl, gpu, args.single_gpu_latency)
-    result = plan(wl, gpu, topo, warmups, scale, top=args.top, per_family=args.per_family,
+        scale = calibration_scale(wl, gpu, args.single_gpu_latency, spec)
+    result = plan(wl, gpu, topo, warmups, scale, spec=spec, top=args.top,
+                  per_family=args.per_family,
                   exhaustive=args.json or args.exhaustive,
                   progress=not args.json and sys.stderr.isatty())
     ranked = result.ranked
     elapsed = time.perf_counter() - t0
     if args.report or args.chrome_trace:
-        write_artifacts(args, wl, gpu, topo, warmups, scale, result)
+        write_artifacts(args, wl, gpu, topo, warmups, scale, result, spec)
     if args.json:
         print_json([p.as_dict() for p in ranked])
         return 0
@@ -386,8 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     simulated = len(ranked)
     print(f"\n{result.candidates} configurations searched in {elapsed:.2f} s: {simulated} "
           f"simulated, {result.pruned} skipped by a latency lower bound (provably slower than "
-          f"every row shown), {result.oom_skipped} skipped as out of memory. Costs: analytic "
-          f"roofline{f' scaled by {scale:.3f}' if scale != 1.0 else ''}.")
+          f"every row shown), {result.oom_skipped} skipped as out of memory. Costs: "
+          f"{'profile ' + spec.profile if spec.profile else 'analytic roofline'}"
+          f"{f' scaled by {scale:.3f}' if scale != 1.0 else ''}.")
     return 0
 
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from sim.cli import (
     add_workload_args,
     cluster_from_args,
+    cost_spec_from_args,
     parse_int_list,
     parser,
     print_json,
@@ -22,6 +23,7 @@ from sim.cli import (
     write_output,
 )
 from sim.config import ParallelConfig, Workload, validate
+from sim.cost import CostModel
 from sim.errors import UserError
 from sim.evaluate import Prediction, calibration_scale, evaluate
 from sim.hardware import GPU
@@ -59,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def best_patches(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
-                 scale: float) -> Prediction:
+                 cost: CostModel, scale: float) -> Prediction:
     """The prediction with the lowest latency over M in 1..4N (fewest patches on ties)."""
     n = cfg.pipefusion
     rows, _ = wl.model.token_grid(wl.height, wl.width)
@@ -72,7 +74,7 @@ def best_patches(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
             validate(wl, trial)
         except UserError:
             continue  # e.g. this M leaves patches that do not split over the SP ranks
-        pred = evaluate(wl, trial, gpu, topo, scale=scale)
+        pred = evaluate(wl, trial, gpu, topo, cost, scale)
         if best is None or pred.latency_s < best.latency_s:
             best = pred
     if best is None:
@@ -91,23 +93,25 @@ def predict(args: argparse.Namespace) -> Prediction:
         degree = args.gpus // others if others > 0 and args.gpus % others == 0 else 1
     degrees = dict(cfg=args.cfg, ulysses=args.ulysses, ring=args.ring, tensor=args.tensor,
                    distrifusion=args.distrifusion)
+    spec = cost_spec_from_args(args)
     scale = 1.0
     if args.single_gpu_latency is not None:
         if args.single_gpu_latency <= 0:
             raise UserError("--single-gpu-latency must be a positive number of seconds")
-        scale = calibration_scale(wl, gpu, args.single_gpu_latency)
+        scale = calibration_scale(wl, gpu, args.single_gpu_latency, spec)
+    cost = spec.build(wl, gpu, scale)
     stage_blocks = parse_int_list(args.stage_blocks, "--stage-blocks")
     if args.patches == "auto":
         cfg = ParallelConfig(args.gpus, degree, 1, args.warmup, stage_blocks, **degrees)
         validate(wl, cfg)
-        return best_patches(wl, cfg, gpu, topo, scale)
+        return best_patches(wl, cfg, gpu, topo, cost, scale)
     try:
         patches = int(args.patches)
     except ValueError:
         raise UserError(f"--patches must be a whole number or 'auto', "
                         f"got '{args.patches}'") from None
     cfg = ParallelConfig(args.gpus, degree, patches, args.warmup, stage_blocks, **degrees)
-    return evaluate(wl, cfg, gpu, topo, scale=scale)
+    return evaluate(wl, cfg, gpu, topo, cost, scale)
 
 
 def summary(pred: Prediction) -> str:
@@ -132,7 +136,14 @@ def summary(pred: Prediction) -> str:
     if pred.calibration_scale != 1.0:
         lines.append(f"compute costs scaled by {pred.calibration_scale:.3f} to match the "
                      f"measured single-GPU latency")
-    lines.append("cost source: analytic roofline (pass measured profiles for better numbers)")
+    if d["cost_model"]["kind"] == "roofline":
+        lines.append("cost source: analytic roofline (--profile FILE uses measured profiles)")
+    else:
+        src = ", ".join(f"{k} " + "/".join(f"{n} {s}" for s, n in v.items())
+                        for k, v in d["cost_source"].items())
+        lines.append(f"cost source: profile {d['cost_model'].get('profile')} ({src})")
+        for note in d["cost_model"].get("notes", []):
+            lines.append(f"  note: {note}")
     return "\n".join(lines)
 
 

@@ -152,7 +152,7 @@ class ProfileCost:
 
     def estimate(self, op: Compute) -> tuple[float, str]:
         """(seconds, source) of ``op``; cached, since pipelines repeat shapes many times."""
-        key = (op.kind, op.layers, op.q_tokens, op.kv_tokens, op.batch)
+        key = (op.kind, op.layers, op.q_tokens, op.kv_tokens, op.batch, op.part, op.shard)
         hit = self._cache.get(key)
         if hit is None:
             t, src = self._estimate(op)
@@ -166,6 +166,15 @@ class ProfileCost:
                 t, s = self.block_time(i, op.q_tokens, op.kv_tokens, op.batch)
                 total += t
                 src = _worst(src, s)
+            if op.part != "all" or op.shard != 1:
+                # Sequence/tensor-parallel pieces of a block (projections or attention core,
+                # 1/shard of the heads) were not profiled: split the profiled block in the
+                # proportions of the roofline's pieces.
+                roof = self.roof
+                part = roof.compute_time(op)
+                whole = roof.compute_time(Compute("blocks", op.step, op.patch, op.layers,
+                                                  op.q_tokens, op.kv_tokens, op.batch))
+                return total * part / whole, _worst(src, "interpolated")
             return total, src
         if op.kind in TOKEN_OPS and TOKEN_OPS[op.kind] in self._tokens:
             return self._token_op(op)

@@ -287,3 +287,53 @@ def test_shipped_link_profile_is_usable() -> None:
     assert fit.latency_s >= 0 and math.isfinite(fit.bandwidth_Bps) and fit.bandwidth_Bps > 0
     topo = apply_link_profile(build_topology(CPU, 2, "pcie"), path)
     assert topo.route_bandwidth(0, 1) == pytest.approx(fit.bandwidth_Bps)
+
+
+def test_predict_cli_with_profiles_reports_sources(capsys) -> None:
+    """--profile / --link-profile reach the engine, and the JSON says per op kind where each
+    time came from; a missing file is one line and exit 2."""
+    import json as _json
+
+    from sim import predict
+    from sim.cli import run_main
+
+    data = Path(__file__).resolve().parents[1] / "profiles" / "data"
+    prof = data / "cpu-amd-epyc-t1_pixart-small_fp32.csv"
+    link = data / "links_gloo_loopback_w2_cpu-amd-epyc-t1.csv"
+    argv = ["--model", "pixart-small", "--gpu", "cpu", "--gpus", "2", "--resolution", "512",
+            "--steps", "4", "--patches", "4", "--dtype", "fp32", "--no-text-encoder",
+            "--no-vae", "--json"]
+    with pytest.raises(SystemExit):
+        run_main(predict.main, argv)
+    roof = _json.loads(capsys.readouterr().out)
+    assert roof["cost_model"]["kind"] == "roofline"
+    assert set(roof["cost_source"]["blocks"]) == {"roofline"}
+    with pytest.raises(SystemExit):
+        run_main(predict.main, argv + ["--profile", str(prof), "--link-profile", str(link)])
+    got = _json.loads(capsys.readouterr().out)
+    assert got["cost_model"]["kind"] == "profile"
+    assert set(got["cost_source"]["blocks"]) <= {"measured", "interpolated"}
+    assert got["latency_s"] != roof["latency_s"]
+    with pytest.raises(SystemExit) as exc:
+        run_main(predict.main, argv + ["--profile", "nope.csv"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no such file" in err and err.count("\n") == 1
+
+
+def test_profile_cost_splits_sequence_parallel_blocks() -> None:
+    """Projection and attention pieces of a block add up to the profiled block."""
+    from sim.config import Workload
+    from sim.hardware import get_gpu
+    from sim.models import get_model
+    from sim.schedule import Compute
+
+    data = Path(__file__).resolve().parents[1] / "profiles" / "data"
+    wl = Workload(get_model("pixart-small"), 512, 512, 4, dtype="fp32")
+    cost = ProfileCost(wl, get_gpu("cpu"), data / "cpu-amd-epyc-t1_pixart-small_fp32.csv")
+    whole = Compute("blocks", 0, 0, (0, 3), 256, 1024, 2)
+    proj = Compute("blocks", 0, 0, (0, 3), 256, 1024, 2, part="proj")
+    attn = Compute("blocks", 0, 0, (0, 3), 256, 1024, 2, part="attn")
+    assert cost.compute_time(proj) + cost.compute_time(attn) == pytest.approx(
+        cost.compute_time(whole))
+    assert 0 < cost.compute_time(attn) < cost.compute_time(whole)
+    assert cost.source(proj) == "interpolated"
