@@ -1,0 +1,279 @@
+"""``python -m executor.validate``: predictions checked against measurements on this machine.
+
+For a grid of configurations (one and two processes, patches 1/2/4/8, warmup 0/1/2, two model
+sizes, two resolutions) it runs the executor under torchrun, simulates the same configuration
+with the profiles measured on this machine (collecting them first when missing), and writes
+``validation.csv`` (configuration, measured and predicted seconds, relative error, per-op
+error summary) and ``validation.html`` (predicted against measured, error by configuration,
+measured and simulated timelines one above the other, the ops that disagree most).
+
+Measured and predicted times are those of the denoising loop (the executor takes prompt
+embeddings and returns latents: no text encoder, no VAE). Each configuration is run
+``--repeats`` times and the median is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sim.cli import run_main
+from sim.config import ParallelConfig, Workload
+from sim.errors import UserError
+from sim.evaluate import Prediction, evaluate
+from sim.hardware import get_gpu
+from sim.models import get_model
+from sim.topology import build_topology
+from sim.trace import Trace, join_traces, op_error_summary
+
+GRIDS = {
+    # (models, resolutions, steps, 2-process (patches, warmup) pairs)
+    "smoke": (("pixart-tiny",), (256,), 4, ((2, 1),)),
+    "quick": (("pixart-tiny", "pixart-small"), (256, 512), 6,
+              ((1, 1), (2, 1), (4, 1), (8, 1), (4, 0), (4, 2))),
+    "full": (("pixart-tiny", "pixart-small"), (256, 384, 512), 8,
+             tuple((m, w) for m in (1, 2, 4, 8) for w in (0, 1, 2))),
+}
+
+
+@dataclass
+class Case:
+    """One configuration of the grid and what became of it."""
+
+    model: str
+    resolution: int
+    steps: int
+    nproc: int
+    patches: int
+    warmup: int
+    measured: list[float] = field(default_factory=list)
+    trace_path: Path | None = None
+    prediction: Prediction | None = None
+
+    @property
+    def name(self) -> str:
+        return (f"{self.model} {self.resolution}px n={self.nproc} M={self.patches} "
+                f"W={self.warmup}")
+
+    @property
+    def slug(self) -> str:
+        return (f"{self.model}-{self.resolution}-n{self.nproc}-m{self.patches}-"
+                f"w{self.warmup}")
+
+    def executor_args(self, out: Path, device: str, repeat: int) -> str:
+        trace = out / "traces" / f"{self.slug}-r{repeat}.csv"
+        return shlex.join(["--model", self.model, "--resolution", str(self.resolution),
+                           "--steps", str(self.steps), "--patches", str(self.patches),
+                           "--warmup", str(self.warmup), "--device", device, "--dtype", "fp32",
+                           "--trace", str(trace), "--json"])
+
+
+def grid_cases(grid: str, nproc: int) -> list[Case]:
+    """The configurations of ``grid``: every model and resolution on one process, and the
+    grid's (patches, warmup) pairs on ``nproc`` processes."""
+    models, resolutions, steps, pairs = GRIDS[grid]
+    cases = []
+    for model in models:
+        for res in resolutions:
+            cases.append(Case(model, res, steps, 1, 1, 0))
+            if nproc > 1:
+                cases += [Case(model, res, steps, nproc, m, w) for m, w in pairs]
+    return cases
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sim.cli import parser
+
+    p = parser("python -m executor.validate",
+               "Run the executor on a grid of configurations and compare with predictions.")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="quick",
+                   help="configurations to run (smoke: one tiny case, for tests)")
+    p.add_argument("--nproc", type=int, default=2, help="processes of the parallel runs")
+    p.add_argument("--out", default="validation", help="folder for the CSV, HTML and traces")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs of each configuration; the median is kept")
+    p.add_argument("--profile-dir", default=None,
+                   help="where profiles are looked for and collected (default profiles/data)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+# ---- profiles ---------------------------------------------------------------------------------
+def ensure_profiles(models: list[str], device: str, nproc: int, profile_dir: Path | None,
+                    progress: bool) -> tuple[dict[str, Path], Path | None]:
+    """The compute profile of each model and the link profile of ``nproc`` processes on this
+    device, collected first when missing (the executor's thread count: one per process)."""
+    from profiles import collect
+    from profiles.format import DATA_DIR
+
+    folder = profile_dir or DATA_DIR
+    name = collect.device_name(device)
+    dev = collect.device_slug(device, name, 1)
+    dtype = "fp32"
+    compute = {}
+    for model in models:
+        path = folder / f"{dev}_{model}_{dtype}.csv"
+        if not path.exists():
+            _say(f"no compute profile for {model} on this {device} ({path.name}): collecting",
+                 progress)
+            argv = ["--model", model, "--device", device, "--dtype", dtype, "--threads", "1",
+                    "--out", str(path)] + ([] if progress else ["--no-progress"])
+            if collect.main(argv) != 0:
+                raise UserError(f"profile collection for {model} failed")
+        compute[model] = path
+    link = None
+    if nproc > 1:
+        kind = "loopback" if device == "cpu" else "nvlink4"
+        link = folder / f"links_{'gloo' if device == 'cpu' else 'nccl'}_{kind}_w{nproc}_{dev}.csv"
+        if not link.exists():
+            _say(f"no link profile for {nproc} processes ({link.name}): collecting", progress)
+            _torchrun(nproc, ["-m", "profiles.links", "--backend",
+                              "gloo" if device == "cpu" else "nccl", "--quick",
+                              "--out", str(link)] +
+                      ([] if device == "cpu" else ["--link-kind", kind]))
+    return compute, link
+
+
+def _say(text: str, progress: bool) -> None:
+    if progress:
+        print(text, file=sys.stderr)
+
+
+def _torchrun(nproc: int, argv: list[str], timeout: float = 1800) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", *argv]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if res.returncode != 0:
+        lines = [ln for ln in (res.stderr + res.stdout).splitlines() if ln.strip()]
+        raise UserError(f"{' '.join(argv[:2])} under torchrun failed: "
+                        f"{lines[-1] if lines else 'no output'}")
+
+
+# ---- runs -------------------------------------------------------------------------------------
+def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress: bool) -> None:
+    """Run every case ``repeats`` times, one torchrun launch per process count and repeat
+    (start-up paid once per launch), interleaving repeats so drifts in machine load spread
+    over all cases."""
+    (out / "traces").mkdir(parents=True, exist_ok=True)
+    groups: dict[int, list[Case]] = {}
+    for c in cases:
+        groups.setdefault(c.nproc, []).append(c)
+    total = len(groups) * repeats
+    done = 0
+    for r in range(repeats):
+        for nproc, group in groups.items():
+            folder = out / "runs" / f"n{nproc}-r{r}"
+            args = [c.executor_args(out, device, r) for c in group]
+            t0 = time.perf_counter()
+            _torchrun(nproc, ["-m", "executor.batch", str(folder), *args])
+            for i, c in enumerate(group):
+                d = json.loads((folder / f"run-{i}.json").read_text())
+                c.measured.append(float(d["latency_s"]))
+                if r == repeats - 1 or c.trace_path is None:
+                    c.trace_path = out / "traces" / f"{c.slug}-r{r}.csv"
+            done += 1
+            _say(f"[{'#' * (30 * done // total):<30}] executor runs {done}/{total} "
+                 f"({len(group)} configurations on {nproc} process"
+                 f"{'es' if nproc > 1 else ''}, {time.perf_counter() - t0:.0f} s)", progress)
+
+
+def predict_case(c: Case, compute: dict[str, Path], link: Path | None, device: str
+                 ) -> Prediction:
+    """The simulator's prediction of ``c`` with this machine's profiles."""
+    from sim.profile_cost import ProfileCost, apply_link_profile
+
+    gpu = get_gpu("cpu" if device == "cpu" else "h100-sxm")
+    wl = Workload(get_model(c.model), c.resolution, c.resolution, c.steps, dtype="fp32",
+                  text_encoder=False, vae=False)
+    cfg = ParallelConfig(c.nproc, c.nproc, c.patches, c.warmup)
+    topo = build_topology(gpu, c.nproc, "pcie" if device == "cpu" else "nvlink")
+    if link is not None:
+        # The link fit of the regime holding this run's typical message: a patch's hidden
+        # states (batch x tokens/M x hidden, fp32).
+        m = wl.model
+        msg = m.batch * wl.tokens // c.patches * m.hidden * 4
+        topo = apply_link_profile(topo, link, nbytes=msg)
+    cost = ProfileCost(wl, gpu, compute[c.model])
+    return evaluate(wl, cfg, gpu, topo, cost)
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+CSV_COLUMNS = ("model", "resolution", "steps", "nproc", "patches", "warmup", "measured_s",
+               "measured_spread", "predicted_s", "rel_err", "op_errors", "cost_sources")
+
+
+def write_csv(path: Path, cases: list[Case]) -> list[dict]:
+    """validation.csv; returns its rows."""
+    rows = []
+    for c in cases:
+        meas = statistics.median(c.measured)
+        pred = c.prediction.latency_s
+        summary = op_error_summary(join_traces(Trace.read_csv(c.trace_path),
+                                               c.prediction.trace))
+        rows.append({
+            "model": c.model, "resolution": c.resolution, "steps": c.steps, "nproc": c.nproc,
+            "patches": c.patches, "warmup": c.warmup, "measured_s": meas,
+            "measured_spread": (max(c.measured) - min(c.measured)) / meas,
+            "predicted_s": pred, "rel_err": pred / meas - 1,
+            "op_errors": json.dumps({k: round(v["rel_err"], 4) for k, v in summary.items()}),
+            "cost_sources": json.dumps(c.prediction.cost_sources),
+        })
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.nproc < 1 or args.repeats < 1:
+        raise UserError("--nproc and --repeats must be at least 1")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device here; use --device cpu")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    progress = not args.no_progress
+    t0 = time.perf_counter()
+    cases = grid_cases(args.grid, args.nproc)
+    compute, link = ensure_profiles(sorted({c.model for c in cases}), args.device, args.nproc,
+                                    Path(args.profile_dir) if args.profile_dir else None,
+                                    progress)
+    run_cases(cases, out, args.device, args.repeats, progress)
+    for c in cases:
+        c.prediction = predict_case(c, compute, link, args.device)
+    rows = write_csv(out / "validation.csv", cases)
+    errs = [abs(r["rel_err"]) for r in rows]
+    elapsed = time.perf_counter() - t0
+    try:
+        from reports.validation_report import write_validation_report
+    except ImportError:
+        print("plotly is not installed: validation.html skipped (pip install "
+              "'ditsim[reports]')", file=sys.stderr)
+    else:
+        write_validation_report(out / "validation.html", cases, rows, elapsed, args)
+    print(f"{len(rows)} configurations ({args.grid} grid, {args.repeats} runs each) in "
+          f"{elapsed:.0f} s: median |error| {statistics.median(errs):.1%}, worst "
+          f"{max(errs):.1%} ({rows[errs.index(max(errs))]['model']} "
+          f"{rows[errs.index(max(errs))]['resolution']}px n={rows[errs.index(max(errs))]['nproc']}"
+          f" M={rows[errs.index(max(errs))]['patches']}); wrote {out / 'validation.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

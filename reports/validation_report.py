@@ -1,0 +1,62 @@
+"""The validation report: predicted against measured, error by configuration, and for the
+worst configuration the measured and simulated timelines one above the other with the ops
+whose durations disagree most."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from reports.figures import bars, gantt, predicted_vs_measured
+from reports.html import table_html, write_page
+from sim.trace import Trace, join_traces, op_error_summary
+
+
+def write_validation_report(path: str | Path, cases: list[Any], rows: list[dict],
+                            elapsed_s: float, args: Any) -> None:
+    """``cases`` carry ``name``, ``trace_path`` and ``prediction``; ``rows`` are the CSV rows."""
+    names = [c.name for c in cases]
+    meas = [r["measured_s"] for r in rows]
+    pred = [r["predicted_s"] for r in rows]
+    errs = [r["rel_err"] for r in rows]
+    worst = max(range(len(rows)), key=lambda i: abs(errs[i]))
+    c = cases[worst]
+    measured = Trace.read_csv(c.trace_path)
+    pairs = join_traces(measured, c.prediction.trace)
+    pairs.sort(key=lambda p: -abs(p["predicted_s"] - p["measured_s"]))
+    top = [[p["rank"], p["op"], p["step"], p["patch"], f"{p['layer_first']}-{p['layer_last']}",
+            p["tag"], 1e3 * p["measured_s"], 1e3 * p["predicted_s"], 100 * p["rel_err"]]
+           for p in pairs[:25]]
+    all_pairs = [p for case in cases for p in join_traces(Trace.read_csv(case.trace_path),
+                                                          case.prediction.trace)]
+    per_op = [[k, int(v["count"]), v["measured_s"], v["predicted_s"], 100 * v["rel_err"]]
+              for k, v in sorted(op_error_summary(all_pairs).items())]
+    cfg_rows = [[r["model"], r["resolution"], r["nproc"], r["patches"], r["warmup"],
+                 r["measured_s"], r["predicted_s"], 100 * r["rel_err"],
+                 100 * r["measured_spread"]] for r in rows]
+    abs_errs = [abs(e) for e in errs]
+    intro = (f"{len(rows)} configurations, {args.grid} grid, {args.repeats} runs each (median "
+             f"kept), device {args.device}, {elapsed_s:.0f} s in all. Median |error| "
+             f"{statistics.median(abs_errs):.1%}, worst {max(abs_errs):.1%}. Times are the "
+             f"denoising loop; predictions use this machine's measured profiles.")
+    warm = c.prediction.config.warmup
+    write_page(path, "ditsim validation: predicted against measured", [
+        ("Predicted against measured", predicted_vs_measured(meas, pred, names,
+                                                             "loop latency per configuration")),
+        ("Error by configuration", bars(names, [100 * e for e in errs],
+                                        "relative error of the prediction (%)", "%",
+                                        ["#c44" if abs(e) > 0.15 else "#4c78a8" for e in errs])),
+        ("Configurations (click a header to sort)",
+         table_html(["model", "px", "processes", "M", "W", "measured s", "predicted s",
+                     "error %", "run-to-run spread %"], cfg_rows)),
+        ("Error per op kind, all configurations (summed durations)",
+         table_html(["op", "count", "measured s", "predicted s", "error %"], per_op)),
+        (f"Measured timeline: {c.name} (largest error)",
+         gantt(measured, f"measured {statistics.median(c.measured):.3f} s", warm)),
+        (f"Simulated timeline: {c.name}",
+         gantt(c.prediction.trace, f"predicted {c.prediction.latency_s:.3f} s", warm)),
+        (f"Ops of {c.name} whose durations disagree most",
+         table_html(["rank", "op", "step", "patch", "layers", "tag", "measured ms",
+                     "predicted ms", "error %"], top)),
+    ], intro)
