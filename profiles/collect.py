@@ -79,6 +79,7 @@ class Settings:
     seed: int = 0
     clock: str = "wall"  # "wall" (perf_counter) or "thread" (the calling thread's CPU time)
     passes: int = 1  # interleaved passes over all shapes, sharing the repeats
+    runner: str = "executor"  # "executor": the executor's own ops; "block": modules alone
 
 
 # ---- shape grid (no torch) ------------------------------------------------------------------
@@ -508,7 +509,17 @@ def collect_with(s: Settings, extra: list[tuple] | tuple, progress: bool = True
         torch.set_num_threads(threads_before)  # library callers keep their own setting
 
 
-def measure_tasks(runner: PixArtRunner, s: Settings, tasks: list[tuple], bar=None
+def make_runner(s: Settings):
+    """The op timer: the executor's own ops (default, what ``executor.run`` performs) or the
+    diffusers modules alone."""
+    if s.runner == "executor":
+        from executor.op_runner import ExecutorRunner
+
+        return ExecutorRunner(s)
+    return PixArtRunner(s)
+
+
+def measure_tasks(runner, s: Settings, tasks: list[tuple], bar=None
                   ) -> list[list[float]]:
     """Seconds of every timed call of each task, measured in ``s.passes`` interleaved passes
     over the task list, each in its own seeded order (each pass: warm-up, then its share of
@@ -547,7 +558,7 @@ def _collect(s: Settings, progress: bool, extra: list[tuple] | tuple = ()
     import torch
 
     name = device_name(s.device)
-    runner = PixArtRunner(s)
+    runner = make_runner(s)
     tasks = plan(s)
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     every = tasks + list(extra)
@@ -569,7 +580,10 @@ def _collect(s: Settings, progress: bool, extra: list[tuple] | tuple = ()
         "python": platform.python_version(),
         "attention_backend": attention_backend(s.device),
         "attention_processor": "profiles.collect.StaleKVProcessor (layout of "
-                               "executor/kv_attention.py StaleKVAttnProcessor)",
+                               "executor/kv_attention.py StaleKVAttnProcessor)"
+                               if s.runner == "block" else
+                               "executor.kv_attention.StaleKVAttnProcessor",
+        "runner": s.runner,
         "threads": torch.get_num_threads() if s.device == "cpu" else None,
         "cpu_count": os.cpu_count(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -650,6 +664,9 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
     ap.add_argument("--clock", default="auto", help="cpu: the thread's CPU time (immune to "
                     "other processes on the cores; one thread only), wall: perf_counter; "
                     "default cpu for --device cpu --threads 1, else wall (CUDA: events)")
+    ap.add_argument("--runner", default="executor", choices=("executor", "block"),
+                    help="executor: time the reference executor's own ops (what executor.run "
+                         "performs, default); block: the diffusers modules alone")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     if a.device not in ("cpu", "cuda"):
@@ -679,6 +696,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
                          a.warmup, {"cpu": "thread"}.get(a.clock, a.clock))
     if a.patches:
         s = Settings(**{**s.__dict__, "patches": _ints(a.patches, "--patches")})
+    s = Settings(**{**s.__dict__, "runner": a.runner})
     return s, Path(a.out) if a.out else None, not a.no_progress
 
 

@@ -58,7 +58,8 @@ def build(wl: Workload, cfg: ParallelConfig, coarse: bool = False) -> Schedule:
     rows, cols = m.token_grid(wl.height, wl.width)
     b = wl.dtype_bytes
     batch = m.batch // C
-    patches = cfg.patches if P > 1 else 1
+    # Patches belong to PipeFusion; one rank may still run them (the profiler times such ops).
+    patches = cfg.patches if P > 1 or C * sp == 1 else 1
     stages = partition_layers(m.num_blocks, P, list(cfg.stage_blocks) if cfg.stage_blocks
                               else None)
     patch_rows = split_even(rows, patches)

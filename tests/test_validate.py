@@ -1,0 +1,44 @@
+"""executor.validate end to end on the smallest grid: runs, predictions, CSV and report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+
+def test_validate_smoke_grid(tmp_path: Path) -> None:
+    out = tmp_path / "val"
+    res = subprocess.run([sys.executable, "-m", "executor.validate", "--grid", "smoke",
+                          "--repeats", "1", "--out", str(out), "--no-progress"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "validation.csv")))
+    assert [(r["nproc"], r["patches"]) for r in rows] == [("1", "1"), ("2", "2")]
+    for r in rows:
+        meas, pred = float(r["measured_s"]), float(r["predicted_s"])
+        assert meas > 0 and pred > 0
+        assert float(r["rel_err"]) == pytest.approx(pred / meas - 1)
+        ops = json.loads(r["op_errors"])
+        assert {"blocks", "embed", "final", "scheduler_step"} <= set(ops)
+        # Every compute time of the prediction came from the measured profile.
+        sources = json.loads(r["cost_sources"])
+        assert set(sources["blocks"]) <= {"measured", "interpolated"}
+    html = (out / "validation.html").read_text()
+    assert html.count('class="plotly-graph-div"') == 4
+    assert "median |error|" in res.stdout
+    assert len(list((out / "traces").glob("*.csv"))) == 2
+
+
+def test_validate_bad_input() -> None:
+    res = subprocess.run([sys.executable, "-m", "executor.validate", "--grid", "huge"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "invalid choice" in res.stderr
+    assert "Traceback" not in res.stderr
