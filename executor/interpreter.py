@@ -293,7 +293,9 @@ class StageExecutor:
                     if fault is not None and fault[0] == rank and fault[1] == op.step:
                         _inject(fault[2], rank)
                     start = clock() - origin
-                    if op.kind == "embed":
+                    if op.kind == "condition":
+                        self._conditioning(op.step)
+                    elif op.kind == "embed":
                         self.embed(op.step, op.patch)
                     elif op.kind == "blocks":
                         self.run_blocks(op.step, op.patch, op.layers)
@@ -357,7 +359,7 @@ class StageExecutor:
 def unsupported_ops(sched: Schedule) -> str | None:
     """Why the executor cannot run ``sched`` (``None`` if it can): it performs PipeFusion's
     point-to-point ops and whole-block computes, not collectives or sharded blocks."""
-    kinds = {"embed", "blocks", "final", "scheduler_step"}
+    kinds = {"condition", "embed", "blocks", "final", "scheduler_step"}
     for rank, ops in enumerate(sched.ranks):
         for op in ops:
             if isinstance(op, Send | Recv):

@@ -111,6 +111,15 @@ class ExecutorRunner:
 
         return run
 
+    def condition(self, res: int, q: int) -> Callable[[], object]:
+        ex = self.executor(res, q)
+
+        def run() -> None:
+            ex._cond_step = -1  # force the recomputation a new step triggers
+            ex._conditioning(1)
+
+        return run
+
     def scheduler_step(self, res: int, q: int) -> Callable[[], object]:
         ex = self.executor(res, q)
         ex.h = self.base._randn(self.batch, q, self.m.hidden)

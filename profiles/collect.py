@@ -384,6 +384,11 @@ class PixArtRunner:
 
         return run
 
+    def condition(self, res: int, q: int) -> Callable[[], object]:
+        net = self.net(res)
+        ts, added, _, _, _, _ = self._conditioning(net, res)
+        return lambda: net.adaln_single(ts, added, batch_size=self.batch, hidden_dtype=self.dt)
+
     def scheduler_step(self, res: int, q: int) -> Callable[[], object]:
         from diffusers import DPMSolverMultistepScheduler
 
@@ -481,6 +486,9 @@ def plan(s: Settings) -> list[tuple]:
     for op in ("embed", "final", "scheduler_step"):
         for res, q, kv in grid:
             tasks.append((op, "", res, q, kv, m.heads))
+    for res in s.resolutions:  # the per-step timestep conditioning (no token dependence)
+        kv = m.image_tokens(res)
+        tasks.append(("condition", "", res, kv, kv, m.heads))
     return tasks
 
 

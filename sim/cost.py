@@ -24,8 +24,8 @@ from sim.schedule import Compute
 TILE = 128 * 128
 FILL_HALF = 0.25
 # Kernels of the non-block ops (embedding, final layer, one DPM-Solver step on a patch).
-OP_KERNELS = {"embed": 12, "final": 10, "scheduler_step": 25, "text_encode": 24 * 12,
-              "vae_decode": 120}
+OP_KERNELS = {"embed": 12, "final": 10, "scheduler_step": 25, "condition": 8,
+              "text_encode": 24 * 12, "vae_decode": 120}
 
 
 class CostModel(Protocol):
@@ -99,6 +99,9 @@ class RooflineCost:
                               OP_KERNELS[kind])
         elif kind == "final":
             t = self.roofline(batch * m.final_flops(q), batch * q * m.hidden * b * 3, batch * q,
+                              OP_KERNELS[kind])
+        elif kind == "condition":
+            t = self.roofline(batch * m.condition_flops(), 7 * m.hidden**2 * b, batch,
                               OP_KERNELS[kind])
         elif kind == "scheduler_step":
             # Elementwise over the latent patch: a few reads and writes of fp32 values.

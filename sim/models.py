@@ -150,6 +150,12 @@ class DiTModel:
         text = self.text_tokens * (self.caption_channels or self.text_dim or self.hidden)
         return 2.0 * cin * self.hidden * q + 2.0 * text * self.hidden
 
+    def condition_flops(self) -> float:
+        """One step's timestep conditioning, batch 1: the sinusoidal embedding's MLP
+        (256 -> h -> h) and the adaLN projection (h -> 6h)."""
+        h = self.hidden
+        return 2.0 * (256 * h + h * h + 6 * h * h)
+
     def final_flops(self, q: int) -> float:
         """Final norm and linear back to ``patch²·C_out`` channels."""
         cout = self.patch_size**2 * self.latent_channels * 2

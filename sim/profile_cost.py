@@ -51,7 +51,8 @@ from sim.topology import Topology
 from sim.trace import Trace
 
 SOURCES = ("measured", "interpolated", "roofline")  # best to worst
-TOKEN_OPS = {"embed": "embed", "final": "final", "scheduler_step": "scheduler_step"}
+TOKEN_OPS = {"embed": "embed", "final": "final", "scheduler_step": "scheduler_step",
+             "condition": "condition"}
 _REL = 1e-9
 
 
@@ -176,6 +177,11 @@ class ProfileCost:
                                                   op.q_tokens, op.kv_tokens, op.batch))
                 return total * part / whole, _worst(src, "interpolated")
             return total, src
+        if op.kind == "condition" and "condition" in self._tokens:
+            # Independent of the image: the median over the profiled resolutions.
+            _, exact, _ = self._tokens["condition"]
+            vals = sorted(exact.values())
+            return vals[len(vals) // 2], "measured"
         if op.kind in TOKEN_OPS and TOKEN_OPS[op.kind] in self._tokens:
             return self._token_op(op)
         # Never measured (text encoder, VAE decode, or an op missing from this profile): the

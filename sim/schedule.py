@@ -7,7 +7,8 @@ or simpy: both consumers read the same plain data.
 Ops:
 
 - ``Compute``: a run of transformer blocks on some tokens, or one of the ops around them
-  (``embed``, ``final``, ``scheduler_step``, ``text_encode``, ``vae_decode``).
+  (``condition``: the step's timestep conditioning, once per rank and step; ``embed``,
+  ``final``, ``scheduler_step``, ``text_encode``, ``vae_decode``).
 - ``Send`` / ``Recv``: point-to-point; a send is asynchronous, a receive blocks until its data
   has arrived. Both ends carry the tensor shape, so no run-time handshake is needed.
 - ``Collective``: all-reduce, all-gather, all-to-all over a group of ranks (every member lists
@@ -24,7 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-COMPUTE_KINDS = ("blocks", "embed", "final", "scheduler_step", "text_encode", "vae_decode")
+COMPUTE_KINDS = ("blocks", "embed", "final", "scheduler_step", "condition", "text_encode",
+                 "vae_decode")
 
 
 class Tag(NamedTuple):

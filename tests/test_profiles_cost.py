@@ -203,9 +203,10 @@ def test_engine_with_the_shipped_cpu_profile() -> None:
     summary = source_summary(pred.trace)
     # 256 px: kv = 256 tokens; warmup q = 256 and patches q = 128 are both on the grid.
     assert summary["blocks"] == {"measured": 2 * (1 + 3 * 2)}
-    assert set(summary) == {"blocks", "embed", "final", "scheduler_step", "text_encode",
-                            "vae_decode"}
+    assert set(summary) == {"blocks", "embed", "final", "scheduler_step", "condition",
+                            "text_encode", "vae_decode"}
     assert summary["text_encode"] == {"roofline": 2}
+    assert summary["condition"] == {"measured": 2 * 4}  # every rank, every step
     assert pred.latency_s > 0
     rows = [r for r in pred.trace.rows if r[1] == "blocks" and r[3] == 0 and r[0] == 0]
     assert rows[0][7] - rows[0][6] == pytest.approx(

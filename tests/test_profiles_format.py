@@ -89,7 +89,7 @@ def test_shipped_cpu_profiles(model: str) -> None:
     for key in ("device_name", "torch", "diffusers", "attention_backend", "date"):
         assert m[key]
     ops = {s.op for s in prof.samples}
-    assert ops == {"block", "attention", "embed", "final", "scheduler_step"}
+    assert ops == {"block", "attention", "embed", "final", "scheduler_step", "condition"}
     blocks = prof.select("block")
     # Both full attention (q = kv) and PipeFusion patches (q = kv / M) at 256 and 1024 tokens.
     assert {(256, 256), (128, 256), (576, 576), (144, 576), (1024, 1024), (256, 1024),

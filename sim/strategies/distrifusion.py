@@ -46,6 +46,7 @@ def build(wl: Workload, cfg: ParallelConfig) -> Schedule:
                 ops.append(Compute("text_encode", -1, -1, batch=m.batch))
             for t in range(steps):
                 warm = t < warmup
+                ops.append(Compute("condition", t, -1, batch=batch, warmup=warm))
                 ops.append(Compute("embed", t, d, q_tokens=q, kv_tokens=full, batch=batch,
                                    warmup=warm))
                 for lo, hi in units:

@@ -199,6 +199,8 @@ def build(wl: Workload, cfg: ParallelConfig, coarse: bool = False) -> Schedule:
                 for p, (first, lst) in enumerate(stages):
                     for s in range(sp):
                         ops = sched.ranks[rank_of(c, p, s)]
+                        if j <= 0:  # every rank computes the step's conditioning itself
+                            ops.append(Compute("condition", t, -1, batch=batch, warmup=warm))
                         stage_in(ops, t, j, p, first, q, qs, c, s, warm, prev_warm)
                         for lo, hi in _units(first, lst, coarse or sp == 1):
                             blocks(ops, t, j, lo, hi, qs, c, p, s, warm)
