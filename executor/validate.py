@@ -7,6 +7,10 @@ with the profiles measured on this machine (collecting them first when missing),
 error summary) and ``validation.html`` (predicted against measured, error by configuration,
 measured and simulated timelines one above the other, the ops that disagree most).
 
+Profiles: a run of N processes on one host is predicted from a profile collected with N-1
+processes computing beside the profiler (``profiles.collect --co-run N-1``), since the ranks
+share the host's caches and memory bandwidth; one process from an idle-host profile.
+
 Measured and predicted times are those of the denoising loop (the executor takes prompt
 embeddings and returns latents: no text encoder, no VAE). Each configuration is run
 ``--repeats`` times and the median is kept.
@@ -109,10 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---- profiles ---------------------------------------------------------------------------------
-def ensure_profiles(models: list[str], device: str, nproc: int, profile_dir: Path | None,
-                    progress: bool) -> tuple[dict[str, Path], Path | None]:
-    """The compute profile of each model and the link profile of ``nproc`` processes on this
-    device, collected first when missing (the executor's thread count: one per process)."""
+def ensure_profiles(models: list[str], device: str, nprocs: list[int],
+                    profile_dir: Path | None, progress: bool
+                    ) -> tuple[dict[tuple[str, int], Path], Path | None]:
+    """The compute profile of each model for runs of each process count (a run of N
+    processes is profiled with N-1 processes computing beside it: on one host they share
+    caches and memory bandwidth) and the link profile of the largest count, collected first
+    when missing (the executor's thread count: one per process)."""
     from profiles import collect
     from profiles.format import DATA_DIR
 
@@ -122,24 +129,29 @@ def ensure_profiles(models: list[str], device: str, nproc: int, profile_dir: Pat
     dtype = "fp32"
     compute = {}
     for model in models:
-        path = folder / f"{dev}_{model}_{dtype}.csv"
-        if not path.exists():
-            _say(f"no compute profile for {model} on this {device} ({path.name}): collecting",
-                 progress)
-            argv = ["--model", model, "--device", device, "--dtype", dtype, "--threads", "1",
-                    "--out", str(path)] + ([] if progress else ["--no-progress"])
-            if collect.main(argv) != 0:
-                raise UserError(f"profile collection for {model} failed")
-        compute[model] = path
+        for n in nprocs:
+            co = n - 1 if device == "cpu" else 0  # GPUs share no caches between ranks
+            path = folder / f"{dev}_{model}_{dtype}{f'_co{co}' if co else ''}.csv"
+            if not path.exists():
+                _say(f"no compute profile for {model} on this {device} ({path.name}): "
+                     "collecting", progress)
+                argv = ["--model", model, "--device", device, "--dtype", dtype, "--threads",
+                        "1", "--co-run", str(co), "--out", str(path)] + \
+                    ([] if progress else ["--no-progress"])
+                if collect.main(argv) != 0:
+                    raise UserError(f"profile collection for {model} failed")
+            compute[(model, n)] = path
+    nproc = max(nprocs)
     link = None
     if nproc > 1:
+        # Messages are timed while every rank computes, as in a run (--busy).
         kind = "loopback" if device == "cpu" else "nvlink4"
-        link = folder / f"links_{'gloo' if device == 'cpu' else 'nccl'}_{kind}_w{nproc}_{dev}.csv"
+        backend = "gloo" if device == "cpu" else "nccl"
+        link = folder / f"links_{backend}_{kind}_w{nproc}_busy_{dev}.csv"
         if not link.exists():
             _say(f"no link profile for {nproc} processes ({link.name}): collecting", progress)
-            _torchrun(nproc, ["-m", "profiles.links", "--backend",
-                              "gloo" if device == "cpu" else "nccl", "--quick",
-                              "--out", str(link)] +
+            _torchrun(nproc, ["-m", "profiles.links", "--backend", backend, "--quick",
+                              "--busy", "--out", str(link)] +
                       ([] if device == "cpu" else ["--link-kind", kind]))
     return compute, link
 
@@ -188,8 +200,8 @@ def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress:
                  f"{'es' if nproc > 1 else ''}, {time.perf_counter() - t0:.0f} s)", progress)
 
 
-def predict_case(c: Case, compute: dict[str, Path], link: Path | None, device: str
-                 ) -> Prediction:
+def predict_case(c: Case, compute: dict[tuple[str, int], Path], link: Path | None,
+                 device: str) -> Prediction:
     """The simulator's prediction of ``c`` with this machine's profiles."""
     from sim.profile_cost import ProfileCost, apply_link_profile
 
@@ -204,7 +216,7 @@ def predict_case(c: Case, compute: dict[str, Path], link: Path | None, device: s
         m = wl.model
         msg = m.batch * wl.tokens // c.patches * m.hidden * 4
         topo = apply_link_profile(topo, link, nbytes=msg)
-    cost = ProfileCost(wl, gpu, compute[c.model])
+    cost = ProfileCost(wl, gpu, compute[(c.model, c.nproc)])
     return evaluate(wl, cfg, gpu, topo, cost)
 
 
@@ -251,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
     t0 = time.perf_counter()
     cases = grid_cases(args.grid, args.nproc)
-    compute, link = ensure_profiles(sorted({c.model for c in cases}), args.device, args.nproc,
+    compute, link = ensure_profiles(sorted({c.model for c in cases}), args.device,
+                                    sorted({c.nproc for c in cases}),
                                     Path(args.profile_dir) if args.profile_dir else None,
                                     progress)
     run_cases(cases, out, args.device, args.repeats, progress)

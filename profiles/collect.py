@@ -80,6 +80,7 @@ class Settings:
     clock: str = "wall"  # "wall" (perf_counter) or "thread" (the calling thread's CPU time)
     passes: int = 1  # interleaved passes over all shapes, sharing the repeats
     runner: str = "executor"  # "executor": the executor's own ops; "block": modules alone
+    co_run: int = 0  # processes computing beside the measured one (the other ranks of a run)
 
 
 # ---- shape grid (no torch) ------------------------------------------------------------------
@@ -175,6 +176,9 @@ class Timer:
     def _once(self, fn: Callable[[], object]) -> float:
         torch = self.torch
         if self.device == "cuda":
+            prep = getattr(fn, "prep", None)
+            if prep is not None:
+                prep()
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
@@ -183,6 +187,9 @@ class Timer:
             end.record()
             end.synchronize()
             return start.elapsed_time(end) / 1e3  # events report milliseconds
+        prep = getattr(fn, "prep", None)
+        if prep is not None:  # untimed work that precedes the op in a real run
+            prep()
         t0 = self.clock()
         fn()
         return self.clock() - t0
@@ -442,7 +449,9 @@ def device_slug(device: str, name: str, threads: int) -> str:
 
 def default_out(s: Settings, name: str) -> Path:
     """``profiles/data/<device>_<model>_<dtype>.csv``: collections keyed by device and model."""
-    return DATA_DIR / f"{device_slug(s.device, name, s.threads)}_{s.model.name}_{s.dtype}.csv"
+    co = f"_co{s.co_run}" if s.co_run else ""
+    return DATA_DIR / (f"{device_slug(s.device, name, s.threads)}_{s.model.name}_{s.dtype}"
+                       f"{co}.csv")
 
 
 def attention_backend(device: str) -> str:
@@ -573,7 +582,12 @@ def _collect(s: Settings, progress: bool, extra: list[tuple] | tuple = ()
     bar = _progress(len(every) * max(1, s.passes), f"{s.model.name} {s.device} {s.dtype}",
                     progress)
     started = time.perf_counter()
-    all_times = measure_tasks(runner, s, every, bar)
+    stop = _co_runners(s, runner) if s.co_run else None
+    try:
+        all_times = measure_tasks(runner, s, every, bar)
+    finally:
+        if stop is not None:
+            stop()
     bar.close()
     times, extra_times = all_times[:len(tasks)], all_times[len(tasks):]
     samples = [summarise(op, variant, 1 if op == "scheduler_step" else runner.batch, q, kv,
@@ -591,7 +605,7 @@ def _collect(s: Settings, progress: bool, extra: list[tuple] | tuple = ()
                                "executor/kv_attention.py StaleKVAttnProcessor)"
                                if s.runner == "block" else
                                "executor.kv_attention.StaleKVAttnProcessor",
-        "runner": s.runner,
+        "runner": s.runner, "co_run": s.co_run,
         "threads": torch.get_num_threads() if s.device == "cpu" else None,
         "cpu_count": os.cpu_count(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -610,6 +624,34 @@ def _collect(s: Settings, progress: bool, extra: list[tuple] | tuple = ()
         "command": "python -m profiles.collect " + " ".join(sys.argv[1:]),
     }
     return ComputeProfile(meta, samples), extra_times
+
+
+def _co_runners(s: Settings, runner) -> Callable[[], None]:
+    """Fork ``s.co_run`` processes that run the model's largest full-image block in a loop,
+    as the other ranks of a multi-process run keep their cores (and the shared caches and
+    memory bandwidth) busy; returns the function that stops them."""
+    import signal
+
+    res = max(s.resolutions)
+    kv = s.model.image_tokens(res)
+    work = runner.block(res, kv, kv)
+    pids = []
+    for _ in range(s.co_run):
+        pid = os.fork()
+        if pid == 0:  # child: compute until killed, never return into the collector
+            try:
+                while True:
+                    work()
+            finally:
+                os._exit(0)
+        pids.append(pid)
+
+    def stop() -> None:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+    return stop
 
 
 class _NoBar:
@@ -675,8 +717,14 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
     ap.add_argument("--runner", default="executor", choices=("executor", "block"),
                     help="executor: time the reference executor's own ops (what executor.run "
                          "performs, default); block: the diffusers modules alone")
+    ap.add_argument("--co-run", type=int, default=0,
+                    help="processes computing beside the measured one while it is timed (use "
+                         "N-1 to profile for runs of N processes on one host, which share "
+                         "caches and memory bandwidth)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
+    if a.co_run < 0:
+        raise UserError(f"--co-run must be 0 or more, got {a.co_run}")
     if a.device not in ("cpu", "cuda"):
         raise UserError(f"--device must be cpu or cuda, got '{a.device}'")
     if a.dtype is not None and a.dtype not in DTYPES:
@@ -704,7 +752,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
                          a.warmup, {"cpu": "thread"}.get(a.clock, a.clock))
     if a.patches:
         s = Settings(**{**s.__dict__, "patches": _ints(a.patches, "--patches")})
-    s = Settings(**{**s.__dict__, "runner": a.runner})
+    s = Settings(**{**s.__dict__, "runner": a.runner, "co_run": a.co_run})
     return s, Path(a.out) if a.out else None, not a.no_progress
 
 

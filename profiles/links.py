@@ -63,6 +63,7 @@ class LinkSettings:
     out: Path | None
     progress: bool
     passes: int = 3  # interleaved passes over all (op, size) pairs, sharing the repeats
+    busy: bool = False  # a compute thread runs on every rank while messages are timed
 
 
 def parse_size(text: str) -> int:
@@ -116,6 +117,10 @@ def parse(argv: list[str] | None) -> LinkSettings:
                     "3 repeats")
     ap.add_argument("--out", help="output CSV (default profiles/data/links_<backend>_<kind>_"
                     "w<world>_<device>.csv)")
+    ap.add_argument("--busy", action="store_true",
+                    help="keep one compute thread busy on every rank while timing, as the "
+                         "executor's compute does: on CPU processes sharing few cores a "
+                         "message then waits for its receiver to be scheduled")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     if a.backend not in ("gloo", "nccl"):
@@ -144,7 +149,7 @@ def parse(argv: list[str] | None) -> LinkSettings:
     return LinkSettings(a.backend, kind, ops, size_grid(lo, hi, factor),
                         3 if a.quick else a.repeats, 1 if a.quick else a.warmup,
                         0.05 if a.quick else a.min_time, Path(a.out) if a.out else None,
-                        not a.no_progress, 1 if a.quick else a.passes)
+                        not a.no_progress, 1 if a.quick else a.passes, a.busy)
 
 
 def bus_factor(op: str, world: int) -> float:
@@ -280,6 +285,30 @@ def _measure(s: LinkSettings) -> tuple[list[LinkSample], dict]:
     return samples, info
 
 
+def _busy_thread():
+    """Start a thread that keeps computing (torch matmuls, which release the GIL) until the
+    returned function is called."""
+    import threading
+
+    import torch
+
+    done = threading.Event()
+    a = torch.randn(256, 256)
+
+    def spin() -> None:
+        while not done.is_set():
+            torch.mm(a, a)
+
+    t = threading.Thread(target=spin, daemon=True)
+    t.start()
+
+    def stop() -> None:
+        done.set()
+        t.join()
+
+    return stop
+
+
 def collect_links(s: LinkSettings) -> LinkProfile | None:
     """Measure under an initialised or torchrun-provided process group; returns the profile
     on rank 0 and ``None`` elsewhere."""
@@ -301,9 +330,14 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
             raise UserError("link profiles need at least 2 processes (torchrun "
                             "--nproc_per_node 2 ...)")
         started = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # all_gather_into_tensor's rename
-            samples, info = _measure(s)
+        stop = _busy_thread() if s.busy else None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # all_gather_into_tensor
+                samples, info = _measure(s)
+        finally:
+            if stop is not None:
+                stop()
         rank = dist.get_rank()
     finally:
         if own:
@@ -315,7 +349,7 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
         pts = [x for x in samples if x.op == op]
         fits[op] = fit_regimes([x.nbytes for x in pts], [x.median_s for x in pts], robust=True)
     meta = {
-        "backend": s.backend, "link_kind": s.link_kind, **info,
+        "backend": s.backend, "link_kind": s.link_kind, **info, "busy": s.busy,
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "sizes": list(s.sizes), "repeats": s.repeats, "warmup": s.warmup,
@@ -337,7 +371,9 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
 def default_out(prof: LinkProfile) -> Path:
     m = prof.meta
     dev = device_slug(m["device"], m["device_name"], m["threads"])
-    return DATA_DIR / f"links_{m['backend']}_{m['link_kind']}_w{m['world_size']}_{dev}.csv"
+    busy = "_busy" if m.get("busy") else ""
+    return DATA_DIR / (f"links_{m['backend']}_{m['link_kind']}_w{m['world_size']}{busy}_"
+                       f"{dev}.csv")
 
 
 def main(argv: list[str] | None = None) -> int:

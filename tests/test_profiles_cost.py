@@ -278,7 +278,7 @@ def test_link_regime_choice() -> None:
 
 
 def test_shipped_link_profile_is_usable() -> None:
-    path = next(DATA.glob("links_gloo_loopback_w2_*.csv"))
+    path = next(DATA.glob("links_gloo_loopback_w2_cpu-*.csv"))  # the full-range one
     prof = LinkProfile.read(path)
     assert prof.link_kind == "loopback" and prof.meta["world_size"] == 2
     assert {s.op for s in prof.samples} == {"p2p", "all_reduce", "all_gather", "all_to_all"}
