@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-latents", help="write the final latents (before the VAE) here "
                    "with torch.save")
     p.add_argument("--trace", help="write the measured trace as CSV (sim.trace columns)")
+    p.add_argument("--chrome-trace", help="write the measured trace as Chrome/Perfetto JSON "
+                   "(pid = rank, tid = compute / comm)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout (rank 0)")
     return p
@@ -338,6 +340,8 @@ def _summary(plan: RunPlan, model: DiTModel, args: argparse.Namespace, gathered:
         torch.save(latents, args.save_latents)
     if args.trace:
         trace.write_csv(args.trace)
+    if args.chrome_trace:
+        trace.write_chrome(args.chrome_trace)
     cfg = plan.config.as_dict()
     cfg.update(model=model.name, resolution=[wl.height, wl.width], steps=wl.steps,
                dtype=plan.dtype, device=plan.device, world_size=world,

@@ -120,9 +120,10 @@ def two_process(tmp_path_factory) -> dict[str, tuple[torch.Tensor, dict]]:
 # ---- correctness against diffusers ---------------------------------------------------------
 def test_one_process_cli_matches_diffusers(reference, tmp_path):
     lat_file, trace_file = tmp_path / "lat.pt", tmp_path / "trace.csv"
+    chrome = tmp_path / "trace.json"
     proc = subprocess.run(
         [sys.executable, "-m", "executor.run", *BASE.split(), "--json", "--save-latents",
-         str(lat_file), "--trace", str(trace_file)],
+         str(lat_file), "--trace", str(trace_file), "--chrome-trace", str(chrome)],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -135,6 +136,8 @@ def test_one_process_cli_matches_diffusers(reference, tmp_path):
     kinds = [r[1] for r in trace.rows]
     assert kinds.count("blocks") == STEPS and kinds.count("scheduler_step") == STEPS
     assert {r[10] for r in trace.rows} == {"measured"}
+    events = json.loads(chrome.read_text())["traceEvents"]
+    assert sum(e["name"] == "blocks" for e in events) == STEPS
 
 
 @pytest.mark.parametrize("name", ["m1", "m4_w8", "m3_w8"])
