@@ -255,7 +255,7 @@ def why(ranked: list[Prediction]) -> str:
     if serial is not None and serial is not best:
         parts.append(f"{serial.latency_s / best.latency_s:.2f}x faster than one GPU")
     m = best.metrics
-    if best.config.pipefusion > 1:
+    if best.config.gpus > 1:
         parts.append(f"bubbles {m.bubble_fraction:.0%} of GPU time; of "
                      f"{m.comm_bytes_per_step / 1e6:.1f} MB sent per step only "
                      f"{max(m.exposed_comm_s) * 1e3:.1f} ms in all is not hidden by compute")
