@@ -33,6 +33,11 @@ def test_validate_smoke_grid(tmp_path: Path) -> None:
         assert set(sources["blocks"]) <= {"measured", "interpolated"}
     html = (out / "validation.html").read_text()
     assert html.count('class="plotly-graph-div"') == 4
+    from tests.test_reports import CHROMIUM, render
+
+    if CHROMIUM is not None:  # Plotly drew every figure of the validation report
+        dom, errors = render(out / "validation.html")
+        assert errors == [] and dom.count('class="main-svg"') >= 4
     assert "median |error|" in res.stdout
     assert len(list((out / "traces").glob("*.csv"))) == 2
 
