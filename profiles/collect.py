@@ -224,46 +224,6 @@ def summarise(op: str, variant: str, batch: int, q: int, kv: int, heads: int,
 
 # ---- PixArt runner (torch) --------------------------------------------------------------------
 
-class StaleKVProcessor:
-    """PipeFusion self-attention for profiling, with the executor's memory layout
-    (``executor/kv_attention.py``): the patch's fresh K,V are written into a contiguous
-    (batch, heads, kv, head_dim) buffer at ``offset``, then the patch's queries attend over the
-    whole buffer. A full-image call (q = kv) also refreshes the buffer but attends over the
-    fresh tensors, exactly as diffusers' ``AttnProcessor2_0`` does."""
-
-    def __init__(self, kv: int) -> None:
-        self.kv = kv
-        self.k_buf = None
-        self.v_buf = None
-        self.offset = 0
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, *args, **kwargs):
-        import torch
-        import torch.nn.functional as F
-
-        b, q, _ = hidden_states.shape
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        d = key.shape[-1] // attn.heads
-        query = query.view(b, -1, attn.heads, d).transpose(1, 2)
-        key = key.view(b, -1, attn.heads, d).transpose(1, 2)
-        value = value.view(b, -1, attn.heads, d).transpose(1, 2)
-        if self.k_buf is None:
-            shape = (b, attn.heads, self.kv, d)
-            self.k_buf = torch.randn(shape, dtype=key.dtype, device=key.device)
-            self.v_buf = torch.randn(shape, dtype=key.dtype, device=key.device)
-        self.k_buf[:, :, self.offset:self.offset + q] = key
-        self.v_buf[:, :, self.offset:self.offset + q] = value
-        if q < self.kv:
-            key, value = self.k_buf, self.v_buf
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(b, -1, attn.heads * d).to(query.dtype)
-        out = attn.to_out[0](out)
-        return attn.to_out[1](out)
-
-
 class PixArtRunner:
     """Builds one-block PixArt transformers (one per resolution, as the executor builds them)
     and makes a zero-argument callable per measured shape."""
@@ -328,9 +288,21 @@ class PixArtRunner:
         net = self.net(res)
         blk = net.transformer_blocks[0]
         _, _, temb, _, _, enc = self._conditioning(net, res)
-        blk.attn1.set_processor(StaleKVProcessor(kv))
+        blk.attn1.set_processor(self._stale_processor(kv))
         x = self._randn(self.batch, q, self.m.hidden)
         return lambda: blk(x, encoder_hidden_states=enc, timestep=temb)
+
+    def _stale_processor(self, kv: int):
+        """The executor's stale-K,V processor (``executor/kv_attention.py``) with a buffer of
+        ``kv`` tokens already written, as after a warmup step: a patch writes its fresh K,V at
+        offset 0 and attends over the whole buffer; a full image attends over its fresh K,V."""
+        from executor.kv_attention import PatchWindow, StaleKVAttnProcessor
+
+        proc = StaleKVAttnProcessor(PatchWindow(0, kv))
+        shape = (self.batch, self.m.heads, kv, self.m.head_dim)
+        proc.k, proc.v = self._randn(*shape), self._randn(*shape)
+        proc.filled = kv
+        return proc
 
     def attention(self, q: int, kv: int, heads: int) -> Callable[[], object]:
         import torch.nn.functional as F
@@ -601,10 +573,7 @@ def _collect(s: Settings, progress: bool, extra: list[tuple] | tuple = ()
         "torch": torch.__version__, "diffusers": diffusers.__version__,
         "python": platform.python_version(),
         "attention_backend": attention_backend(s.device),
-        "attention_processor": "profiles.collect.StaleKVProcessor (layout of "
-                               "executor/kv_attention.py StaleKVAttnProcessor)"
-                               if s.runner == "block" else
-                               "executor.kv_attention.StaleKVAttnProcessor",
+        "attention_processor": "executor.kv_attention.StaleKVAttnProcessor",
         "runner": s.runner, "co_run": s.co_run,
         "threads": torch.get_num_threads() if s.device == "cpu" else None,
         "cpu_count": os.cpu_count(),
