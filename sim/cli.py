@@ -51,6 +51,9 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
                    help="leave text encoding out of latency and memory (it runs elsewhere)")
     p.add_argument("--no-vae", action="store_true",
                    help="leave the VAE decode out of latency and memory")
+    p.add_argument("--single-gpu-latency", type=float, default=None, metavar="SECONDS",
+                   help="your measured single-GPU end-to-end latency for this model, "
+                        "resolution and steps; compute costs are scaled to match it")
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="measured compute profile (python -m profiles.collect) instead of "
                         "the analytic roofline")
@@ -100,6 +103,18 @@ def cost_spec_from_args(args: argparse.Namespace) -> CostSpec:
     if args.profile:
         _exists(args.profile, "--profile")
     return CostSpec(args.profile)
+
+
+def calibration_from_args(args: argparse.Namespace, wl: Workload, gpu: GPU,
+                          spec: CostSpec) -> float:
+    """The factor on compute costs that --single-gpu-latency asks for (1.0 without it)."""
+    if args.single_gpu_latency is None:
+        return 1.0
+    if args.single_gpu_latency <= 0:
+        raise UserError("--single-gpu-latency must be a positive number of seconds")
+    from sim.evaluate import calibration_scale
+
+    return calibration_scale(wl, gpu, args.single_gpu_latency, spec)
 
 
 def _exists(path: str, flag: str) -> None:

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 def compare(args: argparse.Namespace) -> tuple[list[int], dict[str, dict[int, Prediction]],
                                                dict[str, str]]:
     """Best prediction per (family, resolution), and why a family has no entry."""
+    if args.single_gpu_latency is not None:
+        raise UserError("--single-gpu-latency is measured at one resolution; calibrate with "
+                        "sim.predict or sim.plan at that resolution")
     resolutions = parse_int_list(args.resolutions, "--resolutions") or ()
     if not resolutions:
         raise UserError("--resolutions needs at least one value")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from sim.cli import (
     add_workload_args,
+    calibration_from_args,
     cluster_from_args,
     cost_spec_from_args,
     parser,
@@ -36,7 +37,7 @@ from sim.cli import (
 from sim.config import ParallelConfig, Workload, validate
 from sim.cost import CostSpec
 from sim.errors import UserError
-from sim.evaluate import Prediction, calibration_scale, evaluate, latency_lower_bound
+from sim.evaluate import Prediction, evaluate, latency_lower_bound
 from sim.hardware import DEFAULT_GPU, GPU, get_gpu
 from sim.topology import Topology, build_topology
 
@@ -50,8 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="best configurations shown for each strategy family")
     p.add_argument("--warmup", default="0,1,2",
                    help="warmup step counts to consider, comma-separated")
-    p.add_argument("--single-gpu-latency", type=float, default=None, metavar="SECONDS",
-                   help="your measured single-GPU end-to-end latency; scales compute costs")
     p.add_argument("--exhaustive", action="store_true",
                    help="simulate every candidate (--json always does)")
     p.add_argument("--report", default=None, metavar="FILE",
@@ -362,11 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--warmup values must be 0 or more")
     validate(wl, ParallelConfig(1))
     spec = cost_spec_from_args(args)
-    scale = 1.0
-    if args.single_gpu_latency is not None:
-        if args.single_gpu_latency <= 0:
-            raise UserError("--single-gpu-latency must be a positive number of seconds")
-        scale = calibration_scale(wl, gpu, args.single_gpu_latency, spec)
+    scale = calibration_from_args(args, wl, gpu, spec)
     result = plan(wl, gpu, topo, warmups, scale, spec=spec, top=args.top,
                   per_family=args.per_family,
                   exhaustive=args.json or args.exhaustive,

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from sim.cli import (
     add_workload_args,
+    calibration_from_args,
     cluster_from_args,
     cost_spec_from_args,
     parse_int_list,
@@ -25,7 +26,7 @@ from sim.cli import (
 from sim.config import ParallelConfig, Workload, validate
 from sim.cost import CostModel
 from sim.errors import UserError
-from sim.evaluate import Prediction, calibration_scale, evaluate
+from sim.evaluate import Prediction, evaluate
 from sim.hardware import GPU
 from sim.topology import Topology
 
@@ -51,9 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synchronous warmup steps (full image, no stale context)")
     p.add_argument("--stage-blocks", default=None,
                    help="blocks per pipeline stage, comma-separated (default: even split)")
-    p.add_argument("--single-gpu-latency", type=float, default=None, metavar="SECONDS",
-                   help="your measured single-GPU end-to-end latency for this model, "
-                        "resolution and steps; compute costs are scaled to match it")
     p.add_argument("--trace", default=None, metavar="FILE", help="write the trace as CSV")
     p.add_argument("--chrome-trace", default=None, metavar="FILE",
                    help="write a Chrome/Perfetto trace (open in ui.perfetto.dev)")
@@ -94,11 +92,7 @@ def predict(args: argparse.Namespace) -> Prediction:
     degrees = dict(cfg=args.cfg, ulysses=args.ulysses, ring=args.ring, tensor=args.tensor,
                    distrifusion=args.distrifusion)
     spec = cost_spec_from_args(args)
-    scale = 1.0
-    if args.single_gpu_latency is not None:
-        if args.single_gpu_latency <= 0:
-            raise UserError("--single-gpu-latency must be a positive number of seconds")
-        scale = calibration_scale(wl, gpu, args.single_gpu_latency, spec)
+    scale = calibration_from_args(args, wl, gpu, spec)
     cost = spec.build(wl, gpu, scale)
     stage_blocks = parse_int_list(args.stage_blocks, "--stage-blocks")
     if args.patches == "auto":
