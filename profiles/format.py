@@ -38,6 +38,7 @@ import io
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 from sim.errors import UserError
 
@@ -166,12 +167,41 @@ def _write(path: str | Path, meta: dict, rows: list, row_cls: type) -> Path:
 
 
 @dataclass
-class ComputeProfile:
-    """Measured compute times of one model on one device (see the module docstring)."""
+class _Profile:
+    """Metadata and rows of one profile file; subclasses name the format, the row type and
+    the metadata keys a usable file must have."""
+
+    FORMAT: ClassVar[str]
+    ROW: ClassVar[type]
+    REQUIRED: ClassVar[tuple[str, ...]]
 
     meta: dict
-    samples: list[Sample] = field(default_factory=list)
+    samples: list = field(default_factory=list)
     path: str = ""
+
+    def write(self, path: str | Path) -> Path:
+        """Write the profile (metadata line + CSV); returns the path."""
+        return _write(path, dict(self.meta, format=self.FORMAT), self.samples, self.ROW)
+
+    @classmethod
+    def read(cls, path: str | Path):
+        """Read a profile of this kind; raises ``ProfileError`` (a ``UserError``) when
+        unusable."""
+        meta, rows = _read(path, cls.FORMAT, cls.ROW)
+        for key in cls.REQUIRED:
+            if not meta.get(key):
+                raise ProfileError(f"{path}: metadata lacks '{key}'")
+        return cls(meta, rows, str(path))
+
+
+@dataclass
+class ComputeProfile(_Profile):
+    """Measured compute times of one model on one device (see the module docstring)."""
+
+    FORMAT: ClassVar[str] = COMPUTE_FORMAT
+    ROW: ClassVar[type] = Sample
+    REQUIRED: ClassVar[tuple[str, ...]] = ("model", "dtype", "device")
+    samples: list[Sample] = field(default_factory=list)
 
     @property
     def model(self) -> str:
@@ -195,28 +225,16 @@ class ComputeProfile:
         """The distinct (op, variant) pairs measured."""
         return sorted({(s.op, s.variant) for s in self.samples})
 
-    def write(self, path: str | Path) -> Path:
-        """Write the profile (metadata line + CSV); returns the path."""
-        meta = dict(self.meta, format=COMPUTE_FORMAT)
-        return _write(path, meta, self.samples, Sample)
-
-    @classmethod
-    def read(cls, path: str | Path) -> ComputeProfile:
-        """Read a compute profile; raises ``ProfileError`` (a ``UserError``) when unusable."""
-        meta, rows = _read(path, COMPUTE_FORMAT, Sample)
-        for key in ("model", "dtype", "device"):
-            if not meta.get(key):
-                raise ProfileError(f"{path}: metadata lacks '{key}'")
-        return cls(meta, rows, str(path))
 
 
 @dataclass
-class LinkProfile:
+class LinkProfile(_Profile):
     """Measured communication times over one kind of link (see the module docstring)."""
 
-    meta: dict
+    FORMAT: ClassVar[str] = LINK_FORMAT
+    ROW: ClassVar[type] = LinkSample
+    REQUIRED: ClassVar[tuple[str, ...]] = ("link_kind",)
     samples: list[LinkSample] = field(default_factory=list)
-    path: str = ""
 
     @property
     def link_kind(self) -> str:
@@ -250,17 +268,6 @@ class LinkProfile:
         # Outside the measured sizes: the nearest regime's line extends the best.
         return parts[0] if nbytes < parts[0].lo_bytes else parts[-1]
 
-    def write(self, path: str | Path) -> Path:
-        meta = dict(self.meta, format=LINK_FORMAT)
-        return _write(path, meta, self.samples, LinkSample)
-
-    @classmethod
-    def read(cls, path: str | Path) -> LinkProfile:
-        """Read a link profile; raises ``ProfileError`` (a ``UserError``) when unusable."""
-        meta, rows = _read(path, LINK_FORMAT, LinkSample)
-        if not meta.get("link_kind"):
-            raise ProfileError(f"{path}: metadata lacks 'link_kind'")
-        return cls(meta, rows, str(path))
 
 
 def load_compute_profile(path: str | Path) -> ComputeProfile:

@@ -155,6 +155,20 @@ def collective_plan(kind: str, n: int, nbytes: float) -> tuple[str, float, int]:
     raise ValueError(f"unknown collective {kind!r}")
 
 
+def collective_flows(kind: str, group: tuple[int, ...] | list[int], nbytes: float
+                     ) -> tuple[list[tuple[int, int]], float, int]:
+    """The point-to-point flows (src, dst) a collective over ``group`` runs, the bytes each
+    carries and the number of latency steps (see ``collective_plan``)."""
+    g = list(group)
+    n = len(g)
+    pattern, per_flow, lat_steps = collective_plan(kind, n, nbytes)
+    if pattern == "ring":
+        pairs = [(g[i], g[(i + 1) % n]) for i in range(n)]
+    else:
+        pairs = [(a, b) for a in g for b in g if a != b]
+    return pairs, per_flow, lat_steps
+
+
 def collective_bytes_sent(kind: str, n: int, nbytes: float, count: int = 1) -> float:
     """Bytes one member sends in ``count`` collectives of ``kind`` (input ``nbytes``)."""
     if n <= 1:
@@ -201,12 +215,8 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
         if n == 1:
             rv.event.succeed()
             return
-        pattern, per_flow, lat_steps = collective_plan(op.kind, n, rv.nbytes)
-        g = [r + rank_offset for r in op.group]
-        if pattern == "ring":
-            pairs = [(g[i], g[(i + 1) % n]) for i in range(n)]
-        else:
-            pairs = [(a, b) for a in g for b in g if a != b]
+        pairs, per_flow, lat_steps = collective_flows(
+            op.kind, [r + rank_offset for r in op.group], rv.nbytes)
         latency = max(topo.route_latency(a, b) for a, b in pairs) * lat_steps * op.count
         net.bundle(pairs, per_flow * op.count, latency, lambda: rv.event.succeed())
 

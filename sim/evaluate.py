@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from sim.config import ParallelConfig, Workload
 from sim.cost import CostModel, CostSpec
-from sim.engine import collective_plan, simulate
+from sim.engine import collective_flows, simulate
 from sim.hardware import GPU
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics
@@ -163,11 +163,7 @@ def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topol
             if isinstance(op, Compute):
                 t = cost.compute_time(op)
             elif isinstance(op, Collective) and not op.asynchronous and len(op.group) > 1:
-                n = len(op.group)
-                pattern, per_flow, lat_steps = collective_plan(op.kind, n, op.nbytes)
-                g = op.group
-                pairs = [(g[i], g[(i + 1) % n]) for i in range(n)] if pattern == "ring" else \
-                    [(a, b) for a in g for b in g if a != b]
+                pairs, per_flow, lat_steps = collective_flows(op.kind, op.group, op.nbytes)
                 t = op.count * (per_flow / min(topo.route_bandwidth(a, b) for a, b in pairs)
                                 + lat_steps * max(topo.route_latency(a, b) for a, b in pairs))
             else:
@@ -186,8 +182,3 @@ def calibration_scale(wl: Workload, gpu: GPU, single_gpu_latency_s: float,
     topo = build_topology(gpu, 1, "pcie")
     base = evaluate(wl, ParallelConfig(gpus=1), gpu, topo, spec=spec).latency_s
     return single_gpu_latency_s / base
-
-
-def with_gpus(cfg: ParallelConfig, n: int) -> ParallelConfig:
-    """``cfg`` on ``n`` GPUs of PipeFusion."""
-    return replace(cfg, gpus=n, pipefusion=n)

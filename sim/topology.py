@@ -86,10 +86,6 @@ class Topology:
         """Bandwidth of an uncontended transfer, bytes/s: the narrowest edge on the route."""
         return min(self.capacity[e] for e in self.route(src, dst))
 
-    def crosses(self, src: int, dst: int, kind: str) -> bool:
-        """Whether the route from ``src`` to ``dst`` uses a link of ``kind``."""
-        return any(self.edge_kind[e] == kind for e in self.route(src, dst))
-
 
 def _connect(g: nx.DiGraph, a: str, b: str, kind: str) -> None:
     lk = LINKS[kind]
