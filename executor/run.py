@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", help="write the measured trace as CSV (sim.trace columns)")
     p.add_argument("--chrome-trace", help="write the measured trace as Chrome/Perfetto JSON "
                    "(pid = rank, tid = compute / comm)")
+    p.add_argument("--warmup-runs", type=int, default=0,
+                   help="untimed whole runs before the measured one (default 0): the first "
+                   "run of a process pays one-off costs (allocator growth, first-call kernel "
+                   "selection, cold caches) that a serving process pays once")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout (rank 0)")
     return p
@@ -125,6 +129,8 @@ def plan_run(args: argparse.Namespace, world_size: int) -> RunPlan:
         raise UserError(f"--timeout must be positive, got {args.timeout:g}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if args.warmup_runs < 0:
+        raise UserError(f"--warmup-runs must be 0 or more, got {args.warmup_runs}")
     steps = args.steps if args.steps is not None else model.default_steps
     wl = Workload(model, height, width, steps, dtype=dtype, text_encoder=False, vae=False)
     cfg = ParallelConfig(gpus=world_size,
@@ -175,6 +181,10 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     from executor.memory import PeakMemory
 
     dlogging.set_verbosity_error()  # the cast-with-.to() notice is noise for random weights
+    if plan.device == "cpu":
+        from executor.host import steady_heap
+
+        steady_heap()  # the allocator policy the profiler times under
     if args.threads:
         torch.set_num_threads(args.threads)
     tdtype = getattr(torch, _TORCH_DTYPES[plan.dtype])
@@ -214,16 +224,32 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     def clock() -> float:
         return time.perf_counter() - origin_box[0]
 
-    comm = None
-    if world > 1:
-        comm = Comm(rank, sched.patches, plan.model.num_blocks, args.timeout, clock, device,
-                    fwd=fwd, back=back)
-    stage = StageExecutor(net, sched, rank, prompts, args.seed, args.guidance_scale, scheduler,
-                          device, tdtype, comm=comm, fault=_fault())
+    def stage_executor():
+        comm = None
+        if world > 1:
+            comm = Comm(rank, sched.patches, plan.model.num_blocks, args.timeout, clock,
+                        device, fwd=fwd, back=back)
+        return comm, StageExecutor(net, sched, rank, prompts, args.seed, args.guidance_scale,
+                                   scheduler, device, tdtype, comm=comm, fault=_fault())
+
     sync = torch.cuda.synchronize if device.type == "cuda" else None
+    # Trimmed before the first run, not between runs: a trim hands the heap back to the OS and
+    # the next run would pay page faults on every large tensor, which a warm process does not.
+    _trim_heap()
+    for _ in range(args.warmup_runs):
+        # A fresh executor and message layer per run: the measured run starts from the same
+        # state (latents, scheduler history, stale buffers, tags) as without warm-up runs.
+        comm, stage = stage_executor()
+        if world > 1:
+            dist.barrier(group=ctl)
+        origin_box[0] = time.perf_counter()
+        stage.run(origin_box[0], sync=sync)
+        if comm is not None:
+            comm.close()
+        del stage
+    comm, stage = stage_executor()
     if sync:
         sync()
-    _trim_heap()
     probe.reset()
     if world > 1:
         dist.barrier(group=ctl)

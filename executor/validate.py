@@ -73,20 +73,23 @@ class Case:
         return (f"{self.model}-{self.resolution}-n{self.nproc}-m{self.patches}-"
                 f"w{self.warmup}")
 
-    def executor_args(self, out: Path, device: str, repeat: int) -> str:
+    def executor_args(self, out: Path, device: str, repeat: int, warmup_runs: int) -> str:
         trace = out / "traces" / f"{self.slug}-r{repeat}.csv"
-        return shlex.join(["--model", self.model, "--resolution", str(self.resolution),
+        return shlex.join(["--warmup-runs", str(warmup_runs),
+                           "--model", self.model, "--resolution", str(self.resolution),
                            "--steps", str(self.steps), "--patches", str(self.patches),
                            "--warmup", str(self.warmup), "--device", device, "--dtype", "fp32",
                            "--trace", str(trace), "--json"])
 
 
-def grid_cases(grid: str, nproc: int) -> list[Case]:
+def grid_cases(grid: str, nproc: int, only: tuple[str, ...] = ()) -> list[Case]:
     """The configurations of ``grid``: every model and resolution on one process, and the
-    grid's (patches, warmup) pairs on ``nproc`` processes."""
+    grid's (patches, warmup) pairs on ``nproc`` processes (``only``: these models alone)."""
     models, resolutions, steps, pairs = GRIDS[grid]
     cases = []
     for model in models:
+        if only and model not in only:
+            continue
         for res in resolutions:
             cases.append(Case(model, res, steps, 1, 1, 0))
             if nproc > 1:
@@ -107,36 +110,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of each configuration; the median is kept")
     p.add_argument("--profile-dir", default=None,
-                   help="where profiles are looked for and collected (default profiles/data)")
+                   help="reuse the profiles in this folder, collecting only missing ones "
+                        "(default: collect fresh ones into OUT/profiles before the runs)")
+    p.add_argument("--warmup-runs", type=int, default=1,
+                   help="untimed runs of each configuration before each measured one "
+                   "(default 1; serving latency is that of a warm process)")
+    p.add_argument("--models", default="",
+                   help="comma-separated subset of the grid's models (default: all)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 # ---- profiles ---------------------------------------------------------------------------------
-def ensure_profiles(models: list[str], device: str, nprocs: list[int],
-                    profile_dir: Path | None, progress: bool
-                    ) -> tuple[dict[tuple[str, int], Path], Path | None]:
+def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bool,
+                    progress: bool) -> tuple[dict[tuple[str, int], Path], Path | None]:
     """The compute profile of each model for runs of each process count (a run of N
     processes is profiled with N-1 processes computing beside it: on one host they share
-    caches and memory bandwidth) and the link profile of the largest count, collected first
-    when missing (the executor's thread count: one per process)."""
+    caches and memory bandwidth) and the link profile of the largest count, collected into
+    ``profile_dir`` first when missing (or always, with ``fresh``). Compute profiles cover the
+    grid's resolutions and patch counts and the ops the executor runs: a machine's speed drifts
+    by several percent within an hour (other tenants of a VM, clocks), so validation measures
+    what it needs right before the runs instead of trusting a profile from earlier."""
     from profiles import collect
-    from profiles.format import DATA_DIR
 
-    folder = profile_dir or DATA_DIR
     name = collect.device_name(device)
     dev = collect.device_slug(device, name, 1)
     dtype = "fp32"
+    models = sorted({c.model for c in cases})
+    nprocs = sorted({c.nproc for c in cases})
+    resolutions = ",".join(str(r) for r in sorted({c.resolution for c in cases}))
+    patches = ",".join(str(m) for m in sorted({c.patches for c in cases} | {1}))
+    profile_dir.mkdir(parents=True, exist_ok=True)
     compute = {}
     for model in models:
         for n in nprocs:
             co = n - 1 if device == "cpu" else 0  # GPUs share no caches between ranks
-            path = folder / f"{dev}_{model}_{dtype}{f'_co{co}' if co else ''}.csv"
-            if not path.exists():
-                _say(f"no compute profile for {model} on this {device} ({path.name}): "
-                     "collecting", progress)
+            path = profile_dir / f"{dev}_{model}_{dtype}{f'_co{co}' if co else ''}.csv"
+            if fresh or not path.exists():
+                _say(f"profiling {model} on this {device}"
+                     f"{f' with {co} process(es) computing beside it' if co else ''} "
+                     f"-> {path}", progress)
                 argv = ["--model", model, "--device", device, "--dtype", dtype, "--threads",
-                        "1", "--co-run", str(co), "--out", str(path)] + \
+                        "1", "--co-run", str(co), "--resolutions", resolutions, "--patches",
+                        patches, "--ops", "block,embed,final,scheduler_step,condition",
+                        "--no-curve", "--out", str(path)] + \
                     ([] if progress else ["--no-progress"])
                 if collect.main(argv) != 0:
                     raise UserError(f"profile collection for {model} failed")
@@ -147,9 +164,9 @@ def ensure_profiles(models: list[str], device: str, nprocs: list[int],
         # Messages are timed while every rank computes, as in a run (--busy).
         kind = "loopback" if device == "cpu" else "nvlink4"
         backend = "gloo" if device == "cpu" else "nccl"
-        link = folder / f"links_{backend}_{kind}_w{nproc}_busy_{dev}.csv"
-        if not link.exists():
-            _say(f"no link profile for {nproc} processes ({link.name}): collecting", progress)
+        link = profile_dir / f"links_{backend}_{kind}_w{nproc}_busy_{dev}.csv"
+        if fresh or not link.exists():
+            _say(f"timing messages between {nproc} processes -> {link}", progress)
             _torchrun(nproc, ["-m", "profiles.links", "--backend", backend, "--quick",
                               "--busy", "--out", str(link)] +
                       ([] if device == "cpu" else ["--link-kind", kind]))
@@ -173,7 +190,8 @@ def _torchrun(nproc: int, argv: list[str], timeout: float = 1800) -> None:
 
 
 # ---- runs -------------------------------------------------------------------------------------
-def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress: bool) -> None:
+def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress: bool,
+              warmup_runs: int = 1) -> None:
     """Run every case ``repeats`` times, one torchrun launch per process count and repeat
     (start-up paid once per launch), interleaving repeats so drifts in machine load spread
     over all cases."""
@@ -186,7 +204,7 @@ def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress:
     for r in range(repeats):
         for nproc, group in groups.items():
             folder = out / "runs" / f"n{nproc}-r{r}"
-            args = [c.executor_args(out, device, r) for c in group]
+            args = [c.executor_args(out, device, r, warmup_runs) for c in group]
             t0 = time.perf_counter()
             _torchrun(nproc, ["-m", "executor.batch", str(folder), *args])
             for i, c in enumerate(group):
@@ -252,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.nproc < 1 or args.repeats < 1:
         raise UserError("--nproc and --repeats must be at least 1")
+    if args.warmup_runs < 0:
+        raise UserError(f"--warmup-runs must be 0 or more, got {args.warmup_runs}")
+    only = tuple(m for m in args.models.split(",") if m)
+    unknown = [m for m in only if m not in GRIDS[args.grid][0]]
+    if unknown:
+        raise UserError(f"--models {','.join(unknown)}: not in the {args.grid} grid "
+                        f"(choose from {', '.join(GRIDS[args.grid][0])})")
     if args.device == "cuda":
         import torch
 
@@ -262,12 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--out {out} exists and is not a folder")
     progress = not args.no_progress
     t0 = time.perf_counter()
-    cases = grid_cases(args.grid, args.nproc)
-    compute, link = ensure_profiles(sorted({c.model for c in cases}), args.device,
-                                    sorted({c.nproc for c in cases}),
-                                    Path(args.profile_dir) if args.profile_dir else None,
-                                    progress)
-    run_cases(cases, out, args.device, args.repeats, progress)
+    cases = grid_cases(args.grid, args.nproc, only)
+    compute, link = ensure_profiles(
+        cases, args.device, Path(args.profile_dir) if args.profile_dir else out / "profiles",
+        fresh=args.profile_dir is None, progress=progress)
+    run_cases(cases, out, args.device, args.repeats, progress, args.warmup_runs)
     for c in cases:
         c.prediction = predict_case(c, compute, link, args.device)
     rows = write_csv(out / "validation.csv", cases)

@@ -52,6 +52,7 @@ from sim.errors import UserError
 from sim.models import DiTModel, get_model
 
 DTYPES = ("fp32", "bf16", "fp16")
+OPS = ("block", "attention", "embed", "final", "scheduler_step", "condition")
 CPU_RESOLUTIONS = (256, 384, 512)
 CUDA_RESOLUTIONS = (1024, 2048, 4096)
 PATCHES = (1, 2, 4, 8, 16, 32)
@@ -81,6 +82,8 @@ class Settings:
     passes: int = 1  # interleaved passes over all shapes, sharing the repeats
     runner: str = "executor"  # "executor": the executor's own ops; "block": modules alone
     co_run: int = 0  # processes computing beside the measured one (the other ranks of a run)
+    ops: tuple[str, ...] = OPS  # which op kinds to time
+    curve: bool = True  # full-image blocks between the grid's sizes (for other resolutions)
 
 
 # ---- shape grid (no torch) ------------------------------------------------------------------
@@ -199,10 +202,13 @@ class Timer:
         with self.torch.inference_mode():
             for _ in range(self.warmup):
                 self._once(fn)
+            began = time.perf_counter()
             times = [self._once(fn) for _ in range(self.repeats)]
-            # Fast ops get more calls (up to 10x) so their median rests on enough samples.
+            # Fast ops get more calls (up to 10x) so their median rests on enough samples;
+            # the budget counts the untimed preparation too (a small op prepared by a large
+            # block would otherwise take 10x the block's time).
             cap = self.repeats * 10
-            while sum(times) < self.min_total_s and len(times) < cap:
+            while time.perf_counter() - began < self.min_total_s and len(times) < cap:
                 times.append(self._once(fn))
         return times
 
@@ -453,7 +459,8 @@ def plan(s: Settings) -> list[tuple]:
     # Full-image blocks (q = kv) along a dense curve over n = q = kv too, for full images at
     # resolutions between the profiled ones.
     full = {kv for _, _, kv in grid}
-    extra_n = sorted(set(full_sizes(grid, 2.0 if s.quick else FULL_RATIO)) - full)
+    extra_n = sorted(set(full_sizes(grid, 2.0 if s.quick else FULL_RATIO)) - full) \
+        if s.curve else []
     for n in extra_n:
         tasks.append(("block", kind, min(s.resolutions), n, n, m.heads))
     for res, q, kv in grid:
@@ -470,7 +477,7 @@ def plan(s: Settings) -> list[tuple]:
     for res in s.resolutions:  # the per-step timestep conditioning (no token dependence)
         kv = m.image_tokens(res)
         tasks.append(("condition", "", res, kv, kv, m.heads))
-    return tasks
+    return [t for t in tasks if t[0] in s.ops]
 
 
 def collect(s: Settings, progress: bool = True) -> ComputeProfile:
@@ -491,6 +498,9 @@ def collect_with(s: Settings, extra: list[tuple] | tuple, progress: bool = True
         raise UserError("--device cuda but torch sees no CUDA device; use --device cpu")
     threads_before = torch.get_num_threads()
     if s.device == "cpu":
+        from executor.host import steady_heap
+
+        steady_heap()  # the executor's allocator policy (process-wide, like the threads)
         torch.set_num_threads(s.threads)
     try:
         return _collect(s, progress, extra)
@@ -574,7 +584,7 @@ def _collect(s: Settings, progress: bool, extra: list[tuple] | tuple = ()
         "python": platform.python_version(),
         "attention_backend": attention_backend(s.device),
         "attention_processor": "executor.kv_attention.StaleKVAttnProcessor",
-        "runner": s.runner, "co_run": s.co_run,
+        "runner": s.runner, "co_run": s.co_run, "ops": list(s.ops), "curve": s.curve,
         "threads": torch.get_num_threads() if s.device == "cpu" else None,
         "cpu_count": os.cpu_count(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -690,6 +700,11 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
                     help="processes computing beside the measured one while it is timed (use "
                          "N-1 to profile for runs of N processes on one host, which share "
                          "caches and memory bandwidth)")
+    ap.add_argument("--ops", help=f"op kinds to time, comma-separated (default all: "
+                    f"{','.join(OPS)})")
+    ap.add_argument("--no-curve", action="store_true",
+                    help="skip the full-image blocks between the grid's token counts (only "
+                         "the grid's resolutions will then be predicted from measurements)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     if a.co_run < 0:
@@ -721,7 +736,15 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
                          a.warmup, {"cpu": "thread"}.get(a.clock, a.clock))
     if a.patches:
         s = Settings(**{**s.__dict__, "patches": _ints(a.patches, "--patches")})
-    s = Settings(**{**s.__dict__, "runner": a.runner, "co_run": a.co_run})
+    ops = OPS
+    if a.ops:
+        ops = tuple(o.strip() for o in a.ops.split(",") if o.strip())
+        bad = [o for o in ops if o not in OPS]
+        if bad or not ops:
+            raise UserError(f"--ops: unknown op kind(s) {', '.join(bad) or '(none given)'}; "
+                            f"choose from {', '.join(OPS)}")
+    s = Settings(**{**s.__dict__, "runner": a.runner, "co_run": a.co_run, "ops": ops,
+                    "curve": not a.no_curve})
     return s, Path(a.out) if a.out else None, not a.no_progress
 
 

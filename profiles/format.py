@@ -268,6 +268,13 @@ class LinkProfile(_Profile):
         # Outside the measured sizes: the nearest regime's line extends the best.
         return parts[0] if nbytes < parts[0].lo_bytes else parts[-1]
 
+    def host_table(self) -> tuple[tuple[int, float], ...]:
+        """(message bytes, seconds) of host time one message costs each of its two ranks
+        (``host_msg`` rows, measured by ``profiles.links --busy`` on CPU ranks); empty when
+        the profile has none (GPU transports, older profiles). Negative measurements (noise
+        around zero) count as zero."""
+        return tuple((s.nbytes, max(0.0, s.median_s)) for s in self.select("host_msg"))
+
 
 
 def load_compute_profile(path: str | Path) -> ComputeProfile:

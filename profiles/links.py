@@ -309,6 +309,110 @@ def _busy_thread():
     return stop
 
 
+HOST_SIZES = (4 * 1024, 32 * 1024, 256 * 1024, 2 * MIB)  # bytes per message
+HOST_ROUNDS = 5  # alternating rounds with and without messages (drift hits both alike)
+HOST_ITERS = 40  # loop iterations per round
+
+
+def _reference_op():
+    """A fixed stand-in for a stage's compute between messages: two pre-norm transformer
+    layers (width 128, 2 heads, 256 tokens, batch 2) in plain torch, about a millisecond on
+    one core. Its Python-level op mix is that of a DiT block, so messages disturb it as they
+    disturb the executor's blocks (transport threads taking the core, caches refilled)."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    b, n, h, heads = 2, 256, 128, 2
+    x0 = torch.randn(b, n, h, generator=g)
+    layers = [(torch.randn(3 * h, h, generator=g) / h ** 0.5,
+               torch.randn(h, h, generator=g) / h ** 0.5,
+               torch.randn(4 * h, h, generator=g) / h ** 0.5,
+               torch.randn(h, 4 * h, generator=g) / (4 * h) ** 0.5) for _ in range(2)]
+
+    def run() -> None:
+        x = x0
+        with torch.inference_mode():
+            for qkv_w, o_w, up_w, down_w in layers:
+                y = F.layer_norm(x, (h,))
+                q, k, v = F.linear(y, qkv_w).view(b, n, 3, heads, h // heads).unbind(2)
+                a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                   v.transpose(1, 2))
+                x = x + F.linear(a.transpose(1, 2).reshape(b, n, h), o_w)
+                y = F.layer_norm(x, (h,))
+                x = x + F.linear(F.gelu(F.linear(y, up_w)), down_w)
+
+    return run
+
+
+def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES) -> list[LinkSample]:
+    """Host time one message costs its sender and its receiver (seconds), on CPU ranks.
+
+    Every rank runs the reference op in a loop, alone and then streaming: after each op it
+    sends a message to the next rank and takes the one the previous rank sent an iteration
+    earlier, through the executor's own message layer (``executor.comm``: isend, receives
+    posted ahead, watcher threads). The message is long there when it is taken, so the wire
+    latency is hidden, as in a pipeline's steady state; what remains is the CPU the transport
+    takes from the loop: issuing, posting, completing, the transport threads preempting the
+    compute thread, and the caches the op refills after them. Per message endpoint: the
+    difference of the medians of the loop's iteration time with and without messages, halved
+    (each iteration sends one message and takes one), averaged over ranks."""
+    import statistics
+
+    import torch
+    import torch.distributed as dist
+
+    from executor.comm import Comm
+    from sim.schedule import Tag
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    nxt, prv = (rank + 1) % world, (rank - 1) % world
+    op = _reference_op()
+    for _ in range(5):
+        op()
+    origin = time.perf_counter()
+    comm = Comm(rank, 1, 1, 300.0, lambda: time.perf_counter() - origin,
+                torch.device("cpu"), fwd=None, back=None)
+    samples = []
+    try:
+        for n in sizes:
+            msg = torch.ones(n // 4)
+            alone: list[float] = []
+            streaming: list[float] = []
+            serial = 0
+            for _ in range(HOST_ROUNDS):
+                dist.barrier()
+                for _ in range(HOST_ITERS):
+                    t0 = time.perf_counter()
+                    op()
+                    alone.append(time.perf_counter() - t0)
+                dist.barrier()
+                tags = [Tag("hidden", serial + i, 0, -1) for i in range(HOST_ITERS + 1)]
+                serial += HOST_ITERS + 1
+                comm.post_recv(prv, tags[0], tuple(msg.shape), msg.dtype)
+                comm.post_recv(prv, tags[1], tuple(msg.shape), msg.dtype)
+                comm.isend(nxt, tags[0], msg)
+                for i in range(1, HOST_ITERS + 1):
+                    t0 = time.perf_counter()
+                    op()
+                    comm.isend(nxt, tags[i], msg)
+                    comm.wait_recv(tags[i - 1])
+                    if i + 1 <= HOST_ITERS:
+                        comm.post_recv(prv, tags[i + 1], tuple(msg.shape), msg.dtype)
+                    streaming.append(time.perf_counter() - t0)
+                comm.wait_recv(tags[HOST_ITERS])
+                comm.wait_sends()
+            per = (statistics.median(streaming) - statistics.median(alone)) / 2
+            t = torch.tensor([per], dtype=torch.float64)
+            dist.all_reduce(t)
+            per = float(t) / world
+            samples.append(LinkSample("host_msg", world, n, len(streaming), per, per, per,
+                                      per, per, 0.0, 0.0))
+    finally:
+        comm.close()
+    return samples
+
+
 def collect_links(s: LinkSettings) -> LinkProfile | None:
     """Measure under an initialised or torchrun-provided process group; returns the profile
     on rank 0 and ``None`` elsewhere."""
@@ -338,6 +442,8 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
         finally:
             if stop is not None:
                 stop()
+        if s.busy and s.backend == "gloo":
+            samples += _host_overhead()
         rank = dist.get_rank()
     finally:
         if own:

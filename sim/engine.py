@@ -246,9 +246,15 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                     ev.succeed(start)
 
                 net.transfer(gpu, op.dst + rank_offset, op.nbytes, arrived)
+                host = topo.route_host(gpu, op.dst + rank_offset, op.nbytes)
+                if host:  # a CPU transport: issuing takes the sender's own time
+                    yield env.timeout(host)
             elif isinstance(op, Recv):
                 start = env.now
                 yield slot((op.src, rank, op.tag))
+                host = topo.route_host(op.src + rank_offset, gpu, op.nbytes)
+                if host:  # and completing it the receiver's
+                    yield env.timeout(host)
                 rows.append((rank, "recv", op.tag.step, op.tag.patch, op.tag.layer,
                              op.tag.layer, start, env.now, op.nbytes, op.src, "model",
                              op.tag.what))

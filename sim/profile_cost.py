@@ -387,7 +387,8 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
                        kind: str | None = None, nbytes: float | None = None) -> Topology:
     """A copy of ``topo`` whose edges of link ``kind`` (default: the kind the profile was
     measured on, e.g. ``loopback`` for gloo between processes of one host) take the profile's
-    fitted point-to-point latency (s) and bandwidth (bytes/s).
+    fitted point-to-point latency (s) and bandwidth (bytes/s), and, where the profile measured
+    it (CPU transports), the host time a message costs each of its two ranks.
 
     The engine models a message as one latency plus size over bandwidth, so one regime of the
     piecewise fit is chosen: the one holding ``nbytes`` (the typical message size, bytes) when
@@ -397,6 +398,7 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
     prof = profile if isinstance(profile, LinkProfile) else LinkProfile.read(profile)
     kind = kind or prof.link_kind
     fit = prof.fit("p2p", nbytes)
+    host = prof.host_table()
     kinds = sorted({d["kind"] for _, _, d in topo.graph.edges(data=True)})
     if kind not in kinds:
         raise UserError(f"link profile {prof.path or ''} measures '{kind}' links but the "
@@ -408,4 +410,6 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
             d["bandwidth"] = fit.bandwidth_Bps
             d["latency"] = fit.latency_s
             d["source"] = f"link profile {prof.path or prof.backend} ({fit.regime} regime)"
+            if host:
+                d["host"] = host
     return Topology(g, list(topo.gpu_nodes), topo.link, topo.nodes)

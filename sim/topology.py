@@ -16,6 +16,7 @@ Layouts:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -82,9 +83,37 @@ class Topology:
         so the largest edge latency counts once (not a sum over hops)."""
         return max((self.latency[e] for e in self.route(src, dst)), default=0.0)
 
+    @cached_property
+    def host(self) -> list[tuple[tuple[int, float], ...]]:
+        """Per edge id, the (message bytes, seconds) table of host time a message costs the
+        sending and the receiving rank each (CPU transports; empty elsewhere)."""
+        return [self.graph.edges[u, v].get("host", ()) for (u, v), _ in
+                sorted(self.edge_ids.items(), key=lambda kv: kv[1])]
+
+    def route_host(self, src: int, dst: int, nbytes: float) -> float:
+        """Seconds of its own time a rank spends on one message of ``nbytes`` it sends to or
+        receives from ``dst``/``src`` (issuing, completing, the transport threads taking its
+        core): interpolated in log size between measured sizes, clamped at the ends."""
+        return max((host_seconds(self.host[e], nbytes) for e in self.route(src, dst)),
+                   default=0.0)
+
     def route_bandwidth(self, src: int, dst: int) -> float:
         """Bandwidth of an uncontended transfer, bytes/s: the narrowest edge on the route."""
         return min(self.capacity[e] for e in self.route(src, dst))
+
+
+def host_seconds(table: tuple[tuple[int, float], ...], nbytes: float) -> float:
+    """Host seconds of a message of ``nbytes`` from a sorted (bytes, seconds) table: linear
+    in log size between points, the end values beyond them, 0 for an empty table."""
+    if not table:
+        return 0.0
+    if nbytes <= table[0][0]:
+        return table[0][1]
+    for (b0, s0), (b1, s1) in zip(table, table[1:]):
+        if nbytes <= b1:
+            w = math.log(nbytes / b0) / math.log(b1 / b0)
+            return s0 + w * (s1 - s0)
+    return table[-1][1]
 
 
 def _connect(g: nx.DiGraph, a: str, b: str, kind: str) -> None:

@@ -180,3 +180,44 @@ def test_rank_offset_and_partial_use_of_a_box(pixart_1024: Workload, l40_pcie8) 
     assert {r[0] for r in p4.trace.rows} == {0, 1, 2, 3}
     smaller = replace(pixart_1024, steps=10)
     assert evaluate(smaller, ParallelConfig(4, 4, 4, 1), gpu, l40_pcie8).latency_s < p4.latency_s
+
+
+def test_host_time_of_a_message_is_charged_to_both_ranks() -> None:
+    """A CPU transport's host time per message (profiles.links --busy, ``host_msg`` rows)
+    delays the sender after it issues and the receiver after the data arrived."""
+    from sim.schedule import Recv, Schedule, Send, Tag
+
+    topo = build_topology(get_gpu("cpu"), 2, "pcie")
+    host = 3e-4
+    for _, _, d in topo.graph.edges(data=True):
+        d["host"] = ((1024, host), (1 << 20, host))
+    topo = type(topo)(topo.graph, list(topo.gpu_nodes), topo.link, topo.nodes)
+    tag = Tag("hidden", 0, 0, 0)
+    work = Compute("blocks", 0, 0, (0, 0), 100, 100)
+    sched = Schedule("m", "test", 8, 8, 1, 0, 1, 1, 4, [(0, 0), (1, 1)], [1], 1,
+                     ranks=[[Send(1, 4096, tag), work], [Recv(0, 4096, tag), work]])
+
+    class Fixed:
+        def compute_time(self, op: Compute) -> float:
+            return 1e-3
+
+        def source(self, op: Compute) -> str:
+            return "test"
+
+    rows = {(r[0], r[1]): r for r in simulate(sched, topo, Fixed()).rows}
+    wire = topo.route_latency(0, 1) + 4096 / topo.route_bandwidth(0, 1)
+    assert rows[(0, "blocks")][6] == pytest.approx(host)  # the sender issued, then computed
+    assert rows[(1, "blocks")][6] == pytest.approx(wire + host)  # arrival, then completion
+    # Without the table (GPU transports) messages cost the ranks nothing.
+    plain = build_topology(get_gpu("cpu"), 2, "pcie")
+    rows = {(r[0], r[1]): r for r in simulate(sched, plain, Fixed()).rows}
+    assert rows[(0, "blocks")][6] == 0.0 and rows[(1, "blocks")][6] == pytest.approx(wire)
+
+
+def test_host_seconds_interpolate_in_log_size() -> None:
+    from sim.topology import host_seconds
+
+    table = ((1024, 1e-4), (4096, 3e-4))
+    assert host_seconds((), 5000) == 0.0
+    assert host_seconds(table, 10) == 1e-4 and host_seconds(table, 1 << 30) == 3e-4
+    assert host_seconds(table, 2048) == pytest.approx(2e-4)  # halfway in log size

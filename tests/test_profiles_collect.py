@@ -83,6 +83,23 @@ def test_link_collection_under_torchrun(tmp_path: Path) -> None:
             assert s.busbw_Bps == pytest.approx(s.algbw_Bps, rel=1e-4)  # 2(n-1)/n = 1 at n=2
     fit = prof.fit("p2p")
     assert fit.regime in ("all", "small") and fit.bandwidth_Bps > 0
+    assert prof.host_table() == ()  # host time per message is measured with --busy only
+
+
+def test_busy_link_collection_measures_host_time_per_message(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    out = tmp_path / "links.csv"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+         "profiles.links", "--backend", "gloo", "--ops", "p2p", "--max-bytes", "4KiB",
+         "--repeats", "3", "--min-time", "0", "--busy", "--out", str(out), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    prof = LinkProfile.read(out)
+    table = prof.host_table()
+    assert [n for n, _ in table] == [4096, 32768, 262144, 2 << 20]
+    # A message costs its ranks host time, well under the reference op's millisecond.
+    assert all(0 <= t < 5e-3 for _, t in table) and max(t for _, t in table) > 0
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -241,6 +241,18 @@ def test_link_profile_overrides_matching_edges() -> None:
         assert r[7] - r[6] == pytest.approx(40e-6 + r[8] / 3e9, rel=1e-6)
 
 
+def test_link_profile_host_rows_reach_the_topology() -> None:
+    prof = link_profile()
+    assert prof.host_table() == ()
+    assert apply_link_profile(build_topology(CPU, 2, "pcie"), prof).route_host(0, 1, 4096) == 0
+    prof.samples += [LinkSample("host_msg", 2, n, 9, t, t, t, t, t, 0.0, 0.0)
+                     for n, t in ((4096, 2e-4), (65536, -1e-5))]
+    assert prof.host_table() == ((4096, 2e-4), (65536, 0.0))  # noise below zero is zero
+    topo = apply_link_profile(build_topology(CPU, 2, "pcie"), prof)
+    assert topo.route_host(0, 1, 1024) == pytest.approx(2e-4)
+    assert topo.route_host(1, 0, 16384) == pytest.approx(1e-4)  # halfway in log size
+
+
 def test_link_profile_on_a_topology_without_that_link() -> None:
     topo = build_topology(GPUS["l40"], 4, "pcie")
     with pytest.raises(UserError, match="loopback"):
