@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed whole runs before the measured one (default 0): the first "
                    "run of a process pays one-off costs (allocator growth, first-call kernel "
                    "selection, cold caches) that a serving process pays once")
+    p.add_argument("--runs", type=int, default=1,
+                   help="measured runs after the warm-up runs (default 1): the latency is "
+                   "their median, the trace that of the last, the peak memory over all")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout (rank 0)")
     return p
@@ -131,6 +135,8 @@ def plan_run(args: argparse.Namespace, world_size: int) -> RunPlan:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.warmup_runs < 0:
         raise UserError(f"--warmup-runs must be 0 or more, got {args.warmup_runs}")
+    if args.runs < 1:
+        raise UserError(f"--runs must be at least 1, got {args.runs}")
     steps = args.steps if args.steps is not None else model.default_steps
     wl = Workload(model, height, width, steps, dtype=dtype, text_encoder=False, vae=False)
     cfg = ParallelConfig(gpus=world_size,
@@ -236,30 +242,30 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     # Trimmed before the first run, not between runs: a trim hands the heap back to the OS and
     # the next run would pay page faults on every large tensor, which a warm process does not.
     _trim_heap()
-    for _ in range(args.warmup_runs):
-        # A fresh executor and message layer per run: the measured run starts from the same
-        # state (latents, scheduler history, stale buffers, tags) as without warm-up runs.
+    def one_run():
+        # A fresh executor and message layer per run: every run starts from the same state
+        # (latents, scheduler history, stale buffers, tags).
         comm, stage = stage_executor()
+        if sync:
+            sync()
         if world > 1:
             dist.barrier(group=ctl)
         origin_box[0] = time.perf_counter()
-        stage.run(origin_box[0], sync=sync)
+        result = stage.run(origin_box[0], sync=sync)
         if comm is not None:
             comm.close()
-        del stage
-    comm, stage = stage_executor()
-    if sync:
-        sync()
-    probe.reset()
-    if world > 1:
-        dist.barrier(group=ctl)
-    origin_box[0] = time.perf_counter()
-    result = stage.run(origin_box[0], sync=sync)
-    peak = probe.peak_bytes()
-    if comm is not None:
-        comm.close()
+        return result
 
-    mine = {"rank": rank, "loop_s": result.loop_s, "rows": result.rows,
+    for _ in range(args.warmup_runs):
+        one_run()
+    probe.reset()
+    loops = []
+    for _ in range(args.runs):
+        result = one_run()
+        loops.append(result.loop_s)
+    peak = probe.peak_bytes()
+
+    mine = {"rank": rank, "loop_s": result.loop_s, "loops": loops, "rows": result.rows,
             "latents": result.latents, "peak": peak, "baseline": baseline,
             "kv": result.kv_buffer_bytes, "window_reset": probe.window_reset}
     if world > 1:
@@ -377,8 +383,11 @@ def _summary(plan: RunPlan, model: DiTModel, args: argparse.Namespace, gathered:
                backend=("nccl" if plan.device == "cuda" else "gloo") if world > 1 else "none",
                threads=torch.get_num_threads(), timeout_s=args.timeout,
                model_dir=plan.model_dir, prompt_embeds=args.prompt_embeds)
+    # A run lasts until its slowest rank is done; over several runs, the median run.
+    per_run = [max(g["loops"][i] for g in gathered) for i in range(args.runs)]
     out = {
-        "latency_s": max(r["loop_s"] for r in ranks),
+        "latency_s": statistics.median(per_run),
+        "latencies_s": per_run,
         "peak_memory_gb": max(r["peak_memory_gb"] for r in ranks),
         "predicted_memory_gb": max(r["predicted_memory_gb"] for r in ranks),
         "memory_kind": memory_kind,

@@ -7,13 +7,19 @@ with the profiles measured on this machine (collecting them first when missing),
 error summary) and ``validation.html`` (predicted against measured, error by configuration,
 measured and simulated timelines one above the other, the ops that disagree most).
 
-Profiles: a run of N processes on one host is predicted from a profile collected with N-1
-processes computing beside the profiler (``profiles.collect --co-run N-1``), since the ranks
-share the host's caches and memory bandwidth; one process from an idle-host profile.
+Profiles: by default collected fresh into ``OUT/profiles`` right before the runs (a shared
+machine's speed drifts by several percent within an hour), covering only the grid's shapes. A
+run of N processes on one host is predicted from a profile collected with N-1 processes
+computing beside the profiler (``profiles.collect --co-run N-1``), since the ranks share the
+host's caches and memory bandwidth; one process from an idle-host profile. Messages use a
+link profile timed while every rank computes (``profiles.links --busy``), which also measures
+the host time a message costs its two ranks on CPU.
 
 Measured and predicted times are those of the denoising loop (the executor takes prompt
-embeddings and returns latents: no text encoder, no VAE). Each configuration is run
-``--repeats`` times and the median is kept.
+embeddings and returns latents: no text encoder, no VAE). Each launch first performs an
+untimed run of the configuration (``--warmup-runs``: a serving process is warm), then as many
+measured runs as fill about half a second (at least one, at most ten); the launches repeat
+``--repeats`` times, interleaved over the grid, and the median of all measured runs is kept.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import shlex
 import statistics
@@ -38,6 +45,9 @@ from sim.hardware import get_gpu
 from sim.models import get_model
 from sim.topology import build_topology
 from sim.trace import Trace, join_traces, op_error_summary
+
+MIN_MEASURED_S = 0.5  # seconds of measured runs per configuration and launch (at least one)
+MAX_RUNS = 10
 
 GRIDS = {
     # (models, resolutions, steps, 2-process (patches, warmup) pairs)
@@ -59,6 +69,7 @@ class Case:
     nproc: int
     patches: int
     warmup: int
+    runs: int = 1  # measured runs per launch (short configurations get more)
     measured: list[float] = field(default_factory=list)
     trace_path: Path | None = None
     prediction: Prediction | None = None
@@ -75,7 +86,7 @@ class Case:
 
     def executor_args(self, out: Path, device: str, repeat: int, warmup_runs: int) -> str:
         trace = out / "traces" / f"{self.slug}-r{repeat}.csv"
-        return shlex.join(["--warmup-runs", str(warmup_runs),
+        return shlex.join(["--warmup-runs", str(warmup_runs), "--runs", str(self.runs),
                            "--model", self.model, "--resolution", str(self.resolution),
                            "--steps", str(self.steps), "--patches", str(self.patches),
                            "--warmup", str(self.warmup), "--device", device, "--dtype", "fp32",
@@ -209,7 +220,7 @@ def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress:
             _torchrun(nproc, ["-m", "executor.batch", str(folder), *args])
             for i, c in enumerate(group):
                 d = json.loads((folder / f"run-{i}.json").read_text())
-                c.measured.append(float(d["latency_s"]))
+                c.measured.extend(float(x) for x in d["latencies_s"])
                 if r == repeats - 1 or c.trace_path is None:
                     c.trace_path = out / "traces" / f"{c.slug}-r{r}.csv"
             done += 1
@@ -291,9 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     compute, link = ensure_profiles(
         cases, args.device, Path(args.profile_dir) if args.profile_dir else out / "profiles",
         fresh=args.profile_dir is None, progress=progress)
-    run_cases(cases, out, args.device, args.repeats, progress, args.warmup_runs)
     for c in cases:
         c.prediction = predict_case(c, compute, link, args.device)
+        # Short runs are at the mercy of scheduler and hypervisor hiccups of a few ms: give
+        # each configuration about MIN_MEASURED_S of measured runs per launch (sized by the
+        # prediction, which is all that is known before running), so its median is stable.
+        c.runs = max(1, min(MAX_RUNS, math.ceil(MIN_MEASURED_S / c.prediction.latency_s)))
+    run_cases(cases, out, args.device, args.repeats, progress, args.warmup_runs)
     rows = write_csv(out / "validation.csv", cases)
     errs = [abs(r["rel_err"]) for r in rows]
     elapsed = time.perf_counter() - t0
