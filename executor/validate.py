@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="validation", help="folder for the CSV, HTML and traces")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--repeats", type=int, default=3,
-                   help="runs of each configuration; the median is kept")
+                   help="launches of each configuration (each: warm-up runs, then measured "
+                        "runs filling about half a second); the median run is kept")
     p.add_argument("--profile-dir", default=None,
                    help="reuse the profiles in this folder, collecting only missing ones "
                         "(default: collect fresh ones into OUT/profiles before the runs)")
@@ -251,7 +252,8 @@ def predict_case(c: Case, compute: dict[tuple[str, int], Path], link: Path | Non
 
 # ---- outputs ----------------------------------------------------------------------------------
 CSV_COLUMNS = ("model", "resolution", "steps", "nproc", "patches", "warmup", "measured_s",
-               "measured_spread", "predicted_s", "rel_err", "op_errors", "cost_sources")
+               "measured_runs", "measured_iqr", "predicted_s", "rel_err", "op_errors",
+               "cost_sources")
 
 
 def write_csv(path: Path, cases: list[Case]) -> list[dict]:
@@ -259,13 +261,17 @@ def write_csv(path: Path, cases: list[Case]) -> list[dict]:
     rows = []
     for c in cases:
         meas = statistics.median(c.measured)
+        q = statistics.quantiles(c.measured, n=4) if len(c.measured) > 1 else [meas] * 3
         pred = c.prediction.latency_s
         summary = op_error_summary(join_traces(Trace.read_csv(c.trace_path),
                                                c.prediction.trace))
         rows.append({
             "model": c.model, "resolution": c.resolution, "steps": c.steps, "nproc": c.nproc,
             "patches": c.patches, "warmup": c.warmup, "measured_s": meas,
-            "measured_spread": (max(c.measured) - min(c.measured)) / meas,
+            "measured_runs": len(c.measured),
+            # Interquartile range of the measured runs over their median: how far apart the
+            # middle half of the runs lie (the extremes of 30 short runs say little).
+            "measured_iqr": (q[2] - q[0]) / meas,
             "predicted_s": pred, "rel_err": pred / meas - 1,
             "op_errors": json.dumps({k: round(v["rel_err"], 4) for k, v in summary.items()}),
             "cost_sources": json.dumps(c.prediction.cost_sources),
@@ -319,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
               "'ditsim[reports]')", file=sys.stderr)
     else:
         write_validation_report(out / "validation.html", cases, rows, elapsed, args)
-    print(f"{len(rows)} configurations ({args.grid} grid, {args.repeats} runs each) in "
+    print(f"{len(rows)} configurations ({args.grid} grid, {args.repeats} launches each) in "
           f"{elapsed:.0f} s: median |error| {statistics.median(errs):.1%}, worst "
           f"{max(errs):.1%} ({rows[errs.index(max(errs))]['model']} "
           f"{rows[errs.index(max(errs))]['resolution']}px n={rows[errs.index(max(errs))]['nproc']}"

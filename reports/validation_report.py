@@ -33,11 +33,12 @@ def write_validation_report(path: str | Path, cases: list[Any], rows: list[dict]
     per_op = [[k, int(v["count"]), v["measured_s"], v["predicted_s"], 100 * v["rel_err"]]
               for k, v in sorted(op_error_summary(all_pairs).items())]
     cfg_rows = [[r["model"], r["resolution"], r["nproc"], r["patches"], r["warmup"],
-                 r["measured_s"], r["predicted_s"], 100 * r["rel_err"],
-                 100 * r["measured_spread"]] for r in rows]
+                 r["measured_s"], r["predicted_s"], 100 * r["rel_err"], r["measured_runs"],
+                 100 * r["measured_iqr"]] for r in rows]
     abs_errs = [abs(e) for e in errs]
-    intro = (f"{len(rows)} configurations, {args.grid} grid, {args.repeats} runs each (median "
-             f"kept), device {args.device}, {elapsed_s:.0f} s in all. Median |error| "
+    intro = (f"{len(rows)} configurations, {args.grid} grid, {args.repeats} launches each "
+             f"(median of all measured runs kept), device {args.device}, {elapsed_s:.0f} s in "
+             f"all. Median |error| "
              f"{statistics.median(abs_errs):.1%}, worst {max(abs_errs):.1%}. Times are the "
              f"denoising loop; predictions use this machine's measured profiles.")
     warm = c.prediction.config.warmup
@@ -49,7 +50,7 @@ def write_validation_report(path: str | Path, cases: list[Any], rows: list[dict]
                                         ["#c44" if abs(e) > 0.15 else "#4c78a8" for e in errs])),
         ("Configurations (click a header to sort)",
          table_html(["model", "px", "processes", "M", "W", "measured s", "predicted s",
-                     "error %", "run-to-run spread %"], cfg_rows)),
+                     "error %", "runs", "run-to-run IQR %"], cfg_rows)),
         ("Error per op kind, all configurations (summed durations)",
          table_html(["op", "count", "measured s", "predicted s", "error %"], per_op)),
         (f"Measured timeline: {c.name} (largest error)",

@@ -26,6 +26,8 @@ def test_validate_smoke_grid(tmp_path: Path) -> None:
         meas, pred = float(r["measured_s"]), float(r["predicted_s"])
         assert meas > 0 and pred > 0
         assert float(r["rel_err"]) == pytest.approx(pred / meas - 1)
+        # Short configurations get several measured runs per launch, sized by the prediction.
+        assert int(r["measured_runs"]) >= 1 and float(r["measured_iqr"]) >= 0
         ops = json.loads(r["op_errors"])
         assert {"blocks", "embed", "final", "scheduler_step"} <= set(ops)
         # Every compute time of the prediction came from the measured profile.
@@ -40,6 +42,14 @@ def test_validate_smoke_grid(tmp_path: Path) -> None:
         assert errors == [] and dom.count('class="main-svg"') >= 4
     assert "median |error|" in res.stdout
     assert len(list((out / "traces").glob("*.csv"))) == 2
+    # Profiles were measured for this validation, next to its results: compute profiles for
+    # one and two processes, and messages with the host time they cost on CPU.
+    from profiles.format import LinkProfile
+
+    compute = sorted(p.name for p in (out / "profiles").glob("*pixart-tiny_fp32*.csv"))
+    assert len(compute) == 2 and compute[1].endswith("_co1.csv")
+    link = next(p for p in (out / "profiles").glob("links_*.csv"))
+    assert LinkProfile.read(link).host_table()
 
 
 def test_validate_bad_input() -> None:
