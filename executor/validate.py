@@ -8,7 +8,9 @@ error summary) and ``validation.html`` (predicted against measured, error by con
 measured and simulated timelines one above the other, the ops that disagree most).
 
 Profiles: by default collected fresh into ``OUT/profiles`` right before the runs (a shared
-machine's speed drifts by several percent within an hour), covering only the grid's shapes. A
+machine's speed drifts by several percent within an hour), covering only the grid's shapes;
+for the full grid (about 20 minutes) again before every launch, each launch predicted from its
+own profiles (``--profile-each-launch``), and the median of those predictions is compared. A
 run of N processes on one host is predicted from a profile collected with N-1 processes
 computing beside the profiler (``profiles.collect --co-run N-1``), since the ranks share the
 host's caches and memory bandwidth; one process from an idle-host profile. Messages use a
@@ -71,6 +73,7 @@ class Case:
     warmup: int
     runs: int = 1  # measured runs per launch (short configurations get more)
     measured: list[float] = field(default_factory=list)
+    predicted: list[float] = field(default_factory=list)  # per set of profiles (seconds)
     trace_path: Path | None = None
     prediction: Prediction | None = None
 
@@ -127,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-runs", type=int, default=1,
                    help="untimed runs of each configuration before each measured one "
                    "(default 1; serving latency is that of a warm process)")
+    p.add_argument("--profile-each-launch", action=argparse.BooleanOptionalAction,
+                   default=None,
+                   help="measure fresh profiles before every launch and predict each launch "
+                        "from its own (default: on for the full grid, whose 20 minutes see "
+                        "the machine's speed drift; off for the quick grid)")
     p.add_argument("--models", default="",
                    help="comma-separated subset of the grid's models (default: all)")
     p.add_argument("--no-progress", action="store_true")
@@ -203,10 +211,10 @@ def _torchrun(nproc: int, argv: list[str], timeout: float = 1800) -> None:
 
 # ---- runs -------------------------------------------------------------------------------------
 def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress: bool,
-              warmup_runs: int = 1) -> None:
+              warmup_runs: int = 1, before_repeat=None) -> None:
     """Run every case ``repeats`` times, one torchrun launch per process count and repeat
     (start-up paid once per launch), interleaving repeats so drifts in machine load spread
-    over all cases."""
+    over all cases; ``before_repeat(r)``, when given, is called before repeat ``r``."""
     (out / "traces").mkdir(parents=True, exist_ok=True)
     groups: dict[int, list[Case]] = {}
     for c in cases:
@@ -214,6 +222,8 @@ def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress:
     total = len(groups) * repeats
     done = 0
     for r in range(repeats):
+        if before_repeat is not None:
+            before_repeat(r)
         for nproc, group in groups.items():
             folder = out / "runs" / f"n{nproc}-r{r}"
             args = [c.executor_args(out, device, r, warmup_runs) for c in group]
@@ -262,7 +272,7 @@ def write_csv(path: Path, cases: list[Case]) -> list[dict]:
     for c in cases:
         meas = statistics.median(c.measured)
         q = statistics.quantiles(c.measured, n=4) if len(c.measured) > 1 else [meas] * 3
-        pred = c.prediction.latency_s
+        pred = statistics.median(c.predicted)
         summary = op_error_summary(join_traces(Trace.read_csv(c.trace_path),
                                                c.prediction.trace))
         rows.append({
@@ -305,16 +315,31 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
     t0 = time.perf_counter()
     cases = grid_cases(args.grid, args.nproc, only)
-    compute, link = ensure_profiles(
-        cases, args.device, Path(args.profile_dir) if args.profile_dir else out / "profiles",
-        fresh=args.profile_dir is None, progress=progress)
-    for c in cases:
-        c.prediction = predict_case(c, compute, link, args.device)
-        # Short runs are at the mercy of scheduler and hypervisor hiccups of a few ms: give
-        # each configuration about MIN_MEASURED_S of measured runs per launch (sized by the
-        # prediction, which is all that is known before running), so its median is stable.
-        c.runs = max(1, min(MAX_RUNS, math.ceil(MIN_MEASURED_S / c.prediction.latency_s)))
-    run_cases(cases, out, args.device, args.repeats, progress, args.warmup_runs)
+    each = args.profile_each_launch if args.profile_each_launch is not None \
+        else args.grid == "full"
+    if args.profile_dir and each:
+        raise UserError("--profile-each-launch measures fresh profiles; it does not go with "
+                        "--profile-dir")
+
+    def profile_and_predict(r: int) -> None:
+        if r > 0 and not each:
+            return
+        folder = Path(args.profile_dir) if args.profile_dir else \
+            out / "profiles" / (f"launch-{r}" if each else "")
+        compute, link = ensure_profiles(cases, args.device, folder,
+                                        fresh=args.profile_dir is None, progress=progress)
+        for c in cases:
+            c.prediction = predict_case(c, compute, link, args.device)
+            c.predicted.append(c.prediction.latency_s)
+            if r == 0:
+                # Short runs are at the mercy of scheduler and hypervisor hiccups of a few ms:
+                # give each configuration about MIN_MEASURED_S of measured runs per launch
+                # (sized by the prediction, all that is known before running).
+                c.runs = max(1, min(MAX_RUNS, math.ceil(MIN_MEASURED_S /
+                                                        c.prediction.latency_s)))
+
+    run_cases(cases, out, args.device, args.repeats, progress, args.warmup_runs,
+              before_repeat=profile_and_predict)
     rows = write_csv(out / "validation.csv", cases)
     errs = [abs(r["rel_err"]) for r in rows]
     elapsed = time.perf_counter() - t0

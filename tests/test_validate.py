@@ -57,3 +57,10 @@ def test_validate_bad_input() -> None:
                          capture_output=True, text=True)
     assert res.returncode == 2 and "invalid choice" in res.stderr
     assert "Traceback" not in res.stderr
+    res = subprocess.run([sys.executable, "-m", "executor.validate", "--grid", "smoke",
+                          "--profile-each-launch", "--profile-dir", "somewhere"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "does not go with --profile-dir" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "executor.validate", "--models", "flux-dev"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "not in the quick grid" in res.stderr
