@@ -187,9 +187,9 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     from executor.memory import PeakMemory
 
     dlogging.set_verbosity_error()  # the cast-with-.to() notice is noise for random weights
-    if plan.device == "cpu":
-        from executor.host import steady_heap
+    from executor.host import steady_heap, trim_heap
 
+    if plan.device == "cpu":
         steady_heap()  # the allocator policy the profiler times under
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -241,7 +241,7 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     # Trimmed before the first run, not between runs: a trim hands the heap back to the OS and
     # the next run would pay page faults on every large tensor, which a warm process does not.
-    _trim_heap()
+    trim_heap()
     def one_run():
         # A fresh executor and message layer per run: every run starts from the same state
         # (latents, scheduler history, stale buffers, tags).
@@ -305,19 +305,6 @@ def process_groups(rank: int, world: int, device, timeout_s: float) -> tuple:
                         dist.new_group(ranks, timeout=timeout),
                         dist.new_group(ranks, timeout=timeout, backend="gloo"))
     return _GROUPS[key]
-
-
-def _trim_heap() -> None:
-    """Hand freed heap memory back to the OS (glibc), so that the weights of the stages this
-    rank dropped do not stay in its resident set and inflate the measured peak."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass  # not glibc: nothing to trim, the peak just includes the slack
 
 
 def _scheduler(model_dir: str | None):

@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,7 +212,8 @@ def _torchrun(nproc: int, argv: list[str], timeout: float = 1800) -> None:
 
 # ---- runs -------------------------------------------------------------------------------------
 def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress: bool,
-              warmup_runs: int = 1, before_repeat=None) -> None:
+              warmup_runs: int = 1,
+              before_repeat: Callable[[int], None] | None = None) -> None:
     """Run every case ``repeats`` times, one torchrun launch per process count and repeat
     (start-up paid once per launch), interleaving repeats so drifts in machine load spread
     over all cases; ``before_repeat(r)``, when given, is called before repeat ``r``."""
