@@ -278,6 +278,9 @@ def test_rejected_config_fails_before_any_process_group_with_sim_message(rank):
     (["--model", "pixart-tiny", "--resolution", "abc"], "--resolution must be N or WIDTHx"),
     (["--model", "pixart-tiny", "--stage-blocks", "2,x"], "--stage-blocks must be comma"),
     (["--model", "pixart-tiny", "--steps", "x"], "invalid int value"),
+    (["--model", "pixart-tiny", "--resolution", "256", "--runs", "0"], "--runs must be at least"),
+    (["--model", "pixart-tiny", "--resolution", "256", "--warmup-runs", "-1"],
+     "--warmup-runs must be 0 or more"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys, monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
