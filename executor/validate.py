@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
               "'ditsim[reports]')", file=sys.stderr)
     else:
         write_validation_report(out / "validation.html", cases, rows, elapsed, args)
-    print(f"{len(rows)} configurations ({args.grid} grid, {args.repeats} launches each) in "
+    launches = f"{args.repeats} launch{'es' if args.repeats > 1 else ''}"
+    print(f"{len(rows)} configurations ({args.grid} grid, {launches} each) in "
           f"{elapsed:.0f} s: median |error| {statistics.median(errs):.1%}, worst "
           f"{max(errs):.1%} ({rows[errs.index(max(errs))]['model']} "
           f"{rows[errs.index(max(errs))]['resolution']}px n={rows[errs.index(max(errs))]['nproc']}"

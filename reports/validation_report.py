@@ -36,7 +36,8 @@ def write_validation_report(path: str | Path, cases: list[Any], rows: list[dict]
                  r["measured_s"], r["predicted_s"], 100 * r["rel_err"], r["measured_runs"],
                  100 * r["measured_iqr"]] for r in rows]
     abs_errs = [abs(e) for e in errs]
-    intro = (f"{len(rows)} configurations, {args.grid} grid, {args.repeats} launches each "
+    launches = f"{args.repeats} launch{'es' if args.repeats > 1 else ''}"
+    intro = (f"{len(rows)} configurations, {args.grid} grid, {launches} each "
              f"(median of all measured runs kept), device {args.device}, {elapsed_s:.0f} s in "
              f"all. Median |error| "
              f"{statistics.median(abs_errs):.1%}, worst {max(abs_errs):.1%}. Times are the "
