@@ -25,8 +25,36 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-COMPUTE_KINDS = ("blocks", "embed", "final", "scheduler_step", "condition", "text_encode",
-                 "vae_decode")
+
+
+class OpKind:
+    """Op kinds, defined once: strategies emit them, the engine and cost models price them,
+    the executor performs them, and trace rows carry them in their ``op`` column. Plain
+    strings (not an enum) so they print, compare and write to CSV as themselves."""
+
+    # compute (``Compute.kind``)
+    BLOCKS = "blocks"
+    EMBED = "embed"
+    FINAL = "final"
+    SCHEDULER_STEP = "scheduler_step"
+    CONDITION = "condition"
+    TEXT_ENCODE = "text_encode"
+    VAE_DECODE = "vae_decode"
+    # collectives (``Collective.kind``); an asynchronous one's trace row adds ``ASYNC_SUFFIX``
+    ALL_REDUCE = "all_reduce"
+    ALL_GATHER = "all_gather"
+    ALL_TO_ALL = "all_to_all"
+    REDUCE_SCATTER = "reduce_scatter"
+    RING_KV = "ring_kv"
+    ASYNC_SUFFIX = "_async"
+    # point to point and waits
+    SEND = "send"
+    RECV = "recv"
+    WAIT = "wait"
+
+    COMPUTE = (BLOCKS, EMBED, FINAL, SCHEDULER_STEP, CONDITION, TEXT_ENCODE, VAE_DECODE)
+    COLLECTIVES = (ALL_REDUCE, ALL_GATHER, ALL_TO_ALL, REDUCE_SCATTER, RING_KV)
+    OUTSIDE_LOOP = (TEXT_ENCODE, VAE_DECODE)  # once per image, before and after the loop
 
 
 class Tag(NamedTuple):
@@ -97,7 +125,7 @@ class Wait:
 
 
 Op = Compute | Send | Recv | Collective | Wait
-COLLECTIVE_KINDS = ("all_reduce", "all_gather", "all_to_all", "reduce_scatter", "ring_kv")
+COLLECTIVE_KINDS = OpKind.COLLECTIVES
 
 
 @dataclass
