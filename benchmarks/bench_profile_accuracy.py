@@ -4,7 +4,7 @@ Target (issue 4): inside the measured range, the predicted block time is within 
 measurement of the same shape. The script predicts block shapes that are *not* on the
 profile's grid (PipeFusion patch counts M = 3, 5, 6, 12 at the profiled resolutions, and
 resolutions a quarter, half and three quarters of the way between profiled ones with M = 1..4)
-with ``sim.profile_cost.ProfileCost`` and compares each with a fresh measurement taken with the
+with ``sim.cost.profile.ProfileCost`` and compares each with a fresh measurement taken with the
 collector's own harness (same clock, threads, warm-up, repeats and interleaved passes).
 
 Two modes:
@@ -45,12 +45,12 @@ from profiles.collect import (  # noqa: E402
     device_slug,
     measure_tasks,
 )
-from profiles.format import ComputeProfile  # noqa: E402
 from sim.config import Workload  # noqa: E402
+from sim.cost.profile import ProfileCost  # noqa: E402
+from sim.cost.profile_format import ComputeProfile  # noqa: E402
 from sim.errors import UserError  # noqa: E402
 from sim.hardware import GPUS  # noqa: E402
 from sim.models import DiTModel, get_model  # noqa: E402
-from sim.profile_cost import ProfileCost  # noqa: E402
 from sim.schedule import Compute  # noqa: E402
 
 TARGET = 0.05

@@ -1,18 +1,11 @@
-"""Measured per-layer and per-link profiles: the files under ``profiles/data/``, their loader,
-and the tools that collect them.
-
-The loader (``profiles.format``) and the interpolation helpers (``profiles.interp``) are plain
-Python: the simulator reads profiles without torch. Only the collectors (``python -m
-profiles.collect``, ``python -m profiles.links``) import torch, and only inside themselves.
+"""Profilers (torch): ``python -m profiles.collect`` times blocks and the ops around them,
+``python -m profiles.links`` times point-to-point and collective transfers. Both write the
+files under ``profiles/data/`` whose format, loader and interpolation live with the cost model
+that reads them (``sim.cost.profile_format``, ``sim.cost.interp``, ``sim.cost.profile``).
 """
 
-from profiles.format import (
-    ComputeProfile,
-    LinkProfile,
-    Sample,
-    load_compute_profile,
-    load_link_profile,
-)
+from pathlib import Path
 
-__all__ = ["ComputeProfile", "LinkProfile", "Sample", "load_compute_profile",
-           "load_link_profile"]
+DATA_DIR = Path(__file__).resolve().parent / "data"  # the shipped profiles
+
+__all__ = ["DATA_DIR"]

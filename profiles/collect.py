@@ -47,7 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from profiles.format import DATA_DIR, ComputeProfile, Sample, slug
+from profiles import DATA_DIR
+from sim.cost.profile_format import ComputeProfile, Sample, slug
 from sim.errors import UserError
 from sim.models import DiTModel, get_model
 

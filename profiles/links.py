@@ -21,7 +21,7 @@ calls mostly measure the wake-up jitter of processes that share cores). The medi
 kept with its spread. Then, per op, ``time = latency + nbytes / bandwidth`` is fitted (least
 absolute relative error) over a small-message and a large-message regime (the split that fits
 best) and over all sizes.
-Rank 0 writes the link profile (format: ``profiles/format.py``, ``profiles/README.md``).
+Rank 0 writes the link profile (format: ``sim/cost/profile_format.py``, ``profiles/README.md``).
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from profiles import DATA_DIR
 from profiles.collect import OneLineParser, device_name, device_slug
-from profiles.format import DATA_DIR, LinkProfile, LinkSample
-from profiles.interp import fit_regimes
+from sim.cost.interp import fit_regimes
+from sim.cost.profile_format import LinkProfile, LinkSample
 from sim.errors import UserError
 from sim.hardware import LINKS
 

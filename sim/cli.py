@@ -63,6 +63,18 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+def at_least(value: float, minimum: float, flag: str) -> None:
+    """Raise a ``UserError`` naming ``flag`` unless ``value >= minimum``."""
+    if value < minimum:
+        raise UserError(f"{flag} must be at least {minimum:g}, got {value:g}")
+
+
+def positive(value: float, flag: str) -> None:
+    """Raise a ``UserError`` naming ``flag`` unless ``value > 0``."""
+    if not value > 0:
+        raise UserError(f"{flag} must be positive, got {value:g}")
+
+
 def parse_resolution(text: str) -> tuple[int, int]:
     """``"1024"`` -> (1024, 1024); ``"2048x1024"`` (width x height) -> (1024, 2048) as
     (height, width)."""
@@ -91,7 +103,7 @@ def cluster_from_args(args: argparse.Namespace) -> tuple[GPU, Topology]:
     gpu = get_gpu(args.gpu or DEFAULT_GPU[args.link])
     topo = build_topology(gpu, args.gpus, args.link, args.nodes, args.inter_node)
     if args.link_profile:
-        from sim.profile_cost import apply_link_profile
+        from sim.cost.profile import apply_link_profile
 
         _exists(args.link_profile, "--link-profile")
         topo = apply_link_profile(topo, args.link_profile)

@@ -12,8 +12,7 @@ from sim.cost import CostModel, CostSpec
 from sim.engine import collective_flows, simulate
 from sim.hardware import GPU
 from sim.memory import MemoryBreakdown, memory_per_rank
-from sim.metrics import Metrics, compute_metrics
-from sim.profile_cost import source_summary
+from sim.metrics import Metrics, compute_metrics, source_summary
 from sim.schedule import Collective, Compute
 from sim.strategies import build_schedule
 from sim.topology import Topology, build_topology

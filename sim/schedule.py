@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 
-
 class OpKind:
     """Op kinds, defined once: strategies emit them, the engine and cost models price them,
     the executor performs them, and trace rows carry them in their ``op`` column. Plain

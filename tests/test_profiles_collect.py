@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from profiles.collect import block_grid, main
-from profiles.format import ComputeProfile, LinkProfile
 from sim.config import ParallelConfig, Workload
+from sim.cost.profile import ProfileCost
+from sim.cost.profile_format import ComputeProfile, LinkProfile
 from sim.evaluate import evaluate
 from sim.hardware import GPUS
+from sim.metrics import source_summary
 from sim.models import get_model
-from sim.profile_cost import ProfileCost, source_summary
 from sim.topology import build_topology
 
 ROOT = Path(__file__).resolve().parents[1]

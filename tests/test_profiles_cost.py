@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from profiles.format import ComputeProfile, LinkProfile, LinkSample, Sample
-from profiles.interp import fit_regimes
 from sim.config import ParallelConfig, Workload
+from sim.cost.interp import fit_regimes
+from sim.cost.profile import ProfileCost, apply_link_profile
+from sim.cost.profile_format import ComputeProfile, LinkProfile, LinkSample, Sample
 from sim.errors import UserError
 from sim.evaluate import evaluate
 from sim.hardware import GPUS, LINKS
+from sim.metrics import source_summary
 from sim.models import get_model
-from sim.profile_cost import ProfileCost, apply_link_profile, source_summary
 from sim.schedule import Compute
 from sim.topology import build_topology
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from profiles.format import (
+from sim.cost.profile_format import (
     HEADER_PREFIX,
     ComputeProfile,
     LinkProfile,
@@ -72,7 +72,7 @@ def test_slug() -> None:
 
 
 def test_loader_imports_no_torch() -> None:
-    code = ("import sys, profiles, profiles.format, profiles.interp, sim.profile_cost\n"
+    code = ("import sys, profiles, sim.cost.profile_format, sim.cost.interp, sim.cost.profile\n"
             "bad = [m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

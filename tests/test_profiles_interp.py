@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from profiles.interp import (
+from sim.cost.interp import (
     MonotoneLogLog,
     fit_latency_bandwidth,
     fit_regimes,

@@ -1,4 +1,4 @@
-"""executor.validate end to end on the smallest grid: runs, predictions, CSV and report."""
+"""validation end to end on the smallest grid: runs, predictions, CSV and report."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytest.importorskip("diffusers")
 
 def test_validate_smoke_grid(tmp_path: Path) -> None:
     out = tmp_path / "val"
-    res = subprocess.run([sys.executable, "-m", "executor.validate", "--grid", "smoke",
+    res = subprocess.run([sys.executable, "-m", "validation", "--grid", "smoke",
                           "--repeats", "1", "--out", str(out), "--no-progress"],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -47,7 +47,7 @@ def test_validate_smoke_grid(tmp_path: Path) -> None:
     assert len(list((out / "traces").glob("*.csv"))) == 2
     # Profiles were measured for this validation, next to its results: compute profiles for
     # one and two processes, and messages with the host time they cost on CPU.
-    from profiles.format import LinkProfile
+    from sim.cost.profile_format import LinkProfile
 
     compute = sorted(p.name for p in (out / "profiles").glob("*pixart-tiny_fp32*.csv"))
     assert len(compute) == 2 and compute[1].endswith("_co1.csv")
@@ -56,14 +56,14 @@ def test_validate_smoke_grid(tmp_path: Path) -> None:
 
 
 def test_validate_bad_input() -> None:
-    res = subprocess.run([sys.executable, "-m", "executor.validate", "--grid", "huge"],
+    res = subprocess.run([sys.executable, "-m", "validation", "--grid", "huge"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "invalid choice" in res.stderr
     assert "Traceback" not in res.stderr
-    res = subprocess.run([sys.executable, "-m", "executor.validate", "--grid", "smoke",
+    res = subprocess.run([sys.executable, "-m", "validation", "--grid", "smoke",
                           "--profile-each-launch", "--profile-dir", "somewhere"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "does not go with --profile-dir" in res.stderr
-    res = subprocess.run([sys.executable, "-m", "executor.validate", "--models", "flux-dev"],
+    res = subprocess.run([sys.executable, "-m", "validation", "--models", "flux-dev"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "not in the quick grid" in res.stderr

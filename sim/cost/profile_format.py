@@ -45,7 +45,6 @@ from sim.errors import UserError
 COMPUTE_FORMAT = "ditsim-compute-profile/1"
 LINK_FORMAT = "ditsim-link-profile/1"
 HEADER_PREFIX = "# ditsim-profile "
-DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 class ProfileError(UserError):

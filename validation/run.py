@@ -1,4 +1,4 @@
-"""``python -m executor.validate``: predictions checked against measurements on this machine.
+"""``python -m validation``: predictions checked against measurements on this machine.
 
 For a grid of configurations (one and two processes, patches 1/2/4/8, warmup 0/1/2, two model
 sizes, two resolutions) it runs the executor under torchrun, simulates the same configuration
@@ -115,7 +115,7 @@ def grid_cases(grid: str, nproc: int, only: tuple[str, ...] = ()) -> list[Case]:
 def build_parser() -> argparse.ArgumentParser:
     from sim.cli import parser
 
-    p = parser("python -m executor.validate",
+    p = parser("python -m validation",
                "Run the executor on a grid of configurations and compare with predictions.")
     p.add_argument("--grid", choices=sorted(GRIDS), default="quick",
                    help="configurations to run (smoke: one tiny case, for tests)")
@@ -245,7 +245,7 @@ def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress:
 def predict_case(c: Case, compute: dict[tuple[str, int], Path], link: Path | None,
                  device: str) -> Prediction:
     """The simulator's prediction of ``c`` with this machine's profiles."""
-    from sim.profile_cost import ProfileCost, apply_link_profile
+    from sim.cost.profile import ProfileCost, apply_link_profile
 
     gpu = get_gpu("cpu" if device == "cpu" else "h100-sxm")
     wl = Workload(get_model(c.model), c.resolution, c.resolution, c.steps, dtype="fp32",

@@ -23,11 +23,10 @@ Batch: a patch of batch ``b`` on ``q`` tokens costs like the profile's batch ``B
 ``q·b/B`` tokens (the same GEMM rows and attention pairs); a full image scales by ``b/B``.
 
 ``apply_link_profile`` overrides the bandwidth and latency of one link kind of a ``Topology``
-with those fitted to a link profile (``python -m profiles.links``); ``source_summary`` counts,
-per compute kind, which source a trace's ops took their time from.
+with those fitted to a link profile (``python -m profiles.links``);.
 
-Imports no torch: the loader and interpolation live in ``profiles.format`` and
-``profiles.interp``.
+Imports no torch: the loader and interpolation live in ``sim.cost.profile_format`` and
+``sim.cost.interp``.
 """
 
 from __future__ import annotations
@@ -40,15 +39,14 @@ from pathlib import Path
 
 import networkx as nx
 
-from profiles.format import ComputeProfile, LinkProfile, Sample
-from profiles.interp import MonotoneLogLog
 from sim.config import Workload
-from sim.cost import RooflineCost
+from sim.cost.interp import MonotoneLogLog
+from sim.cost.profile_format import ComputeProfile, LinkProfile, Sample
+from sim.cost.roofline import RooflineCost
 from sim.errors import UserError
 from sim.hardware import GPU
 from sim.schedule import Compute
 from sim.topology import Topology
-from sim.trace import Trace
 
 SOURCES = ("measured", "interpolated", "roofline")  # best to worst
 TOKEN_OPS = {"embed": "embed", "final": "final", "scheduler_step": "scheduler_step",
@@ -363,22 +361,6 @@ def _pooled_exact(samples: Iterable[Sample]) -> dict[tuple[int, int], float]:
         key = (s.q_tokens, s.kv_tokens if s.op == "block" else 0)
         acc.setdefault(key, []).append(math.log(s.median_s))
     return {k: math.exp(sum(v) / len(v)) for k, v in acc.items()}
-
-
-def source_summary(rows: Iterable) -> dict[str, dict[str, int]]:
-    """Per compute kind, how many ops took their time from each source, from a trace (a
-    ``sim.trace.Trace`` or its rows): e.g. ``{"blocks": {"measured": 8, "interpolated": 4}}``.
-    Communication rows are skipped."""
-    if isinstance(rows, Trace):
-        rows = rows.rows
-    out: dict[str, Counter] = {}
-    for r in rows:
-        kind, source = r[1], r[10]
-        if kind in ("send", "recv") or source not in SOURCES:
-            continue
-        out.setdefault(kind, Counter())[source] += 1
-    return {k: dict(sorted(c.items(), key=lambda kv: SOURCES.index(kv[0])))
-            for k, c in sorted(out.items())}
 
 
 # ---- link profiles -----------------------------------------------------------------------------

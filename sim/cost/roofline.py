@@ -10,7 +10,6 @@ Measured profiles (issue "measured profiles") plug in behind the same ``CostMode
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
@@ -123,26 +122,3 @@ class RooflineCost:
         else:
             raise ValueError(f"unknown compute kind {kind!r}")
         return t * self.scale
-
-
-@dataclass(frozen=True)
-class CostSpec:
-    """How compute ops are costed: a measured profile file, or the analytic roofline. Plain
-    data, so planner worker processes can build their own cost model from it."""
-
-    profile: str | None = None
-
-    def build(self, wl: Workload, gpu: GPU, scale: float = 1.0) -> CostModel:
-        """The cost model for ``wl`` on ``gpu`` with every time multiplied by ``scale``."""
-        if self.profile is None:
-            return RooflineCost(wl, gpu, scale)
-        from sim.profile_cost import ProfileCost
-
-        return ProfileCost(wl, gpu, self.profile, scale)
-
-    def describe(self, cost: CostModel) -> dict:
-        """What the cost model rests on, for JSON output."""
-        if hasattr(cost, "describe"):
-            return {"kind": "profile", **cost.describe()}
-        return {"kind": "roofline", "notes": ["analytic roofline: datasheet peaks and "
-                                              "efficiencies of sim/hardware.py"]}
