@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    p.add_argument("--guidance-scale", type=float, default=4.5)
+    p.add_argument("--guidance-scale", type=float,
+                   help="default: the model's pipeline default (sim.models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -64,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     model = get_model(a.model)
+    guidance = a.guidance_scale if a.guidance_scale is not None else model.guidance_scale
     net = build_transformer(model, a.resolution, seed=a.seed)
     prompts = random_prompts(model, a.seed)
     pipe = reference_pipeline(net)
-    args = (prompts, a.seed, a.steps, a.resolution, a.resolution, a.guidance_scale)
+    args = (prompts, a.seed, a.steps, a.resolution, a.resolution, guidance)
     # One untimed round of each: first calls allocate and pick kernels.
     ref, _ = timed_pipeline_loop(pipe, *args)
     executor_loop(net, model, *args)

@@ -35,16 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from profiles.collect import (  # noqa: E402
-    PixArtRunner,
-    Settings,
-    block_grid,
-    collect_with,
-    default_settings,
-    device_name,
-    device_slug,
-    measure_tasks,
-)
+from executor.op_runner import PixArtRunner  # noqa: E402
+from profiles.compute import collect_with  # noqa: E402
+from profiles.device import device_name, device_slug  # noqa: E402
+from profiles.grid import block_grid  # noqa: E402
+from profiles.settings import Settings, default_settings  # noqa: E402
+from profiles.timing import measure_tasks  # noqa: E402
 from sim.config import Workload  # noqa: E402
 from sim.cost.profile import ProfileCost  # noqa: E402
 from sim.cost.profile_format import ComputeProfile  # noqa: E402
@@ -111,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                       if kv == model.image_tokens(r)]
             shapes += off_grid(model, list(s.resolutions), grid)
             torch.set_num_threads(s.threads)
-            runner = PixArtRunner(s)
+            runner = PixArtRunner(model, s.device, s.dtype, s.resolutions, s.seed)
             times = measure_tasks(runner, s, [("block", "", r, q, kv, model.heads)
                                               for r, q, kv in shapes])
         else:

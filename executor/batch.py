@@ -13,24 +13,36 @@ import shlex
 import sys
 from pathlib import Path
 
-from executor.comm import abort
-from executor.run import _env_int, build_parser, execute, plan_run, process_groups
+import torch
+import torch.distributed as dist
+
+from executor.launch import abort_rank, env_int
+from executor.request import plan_run
+from executor.run import build_parser
+from executor.runtime import execute, process_groups
+from sim.cli import run_main
 from sim.errors import UserError
+
+USAGE = "usage: executor.batch OUTDIR 'ARGS' ['ARGS' ...]"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Run every request of ``argv`` (default: the command line) in this launch; returns 0, or
+    2 on bad input (one ``error:`` line from rank 0); a failed run exits the process with
+    status 1 and a line naming the rank."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) < 2 or argv[0] in ("-h", "--help"):
-        print(__doc__.strip().splitlines()[0], file=sys.stderr)
-        print("usage: executor.batch OUTDIR 'ARGS' ['ARGS' ...]", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    if len(argv) < 2:
+        raise UserError(f"give an output folder and at least one quoted executor.run argument "
+                        f"string ({USAGE})")
     out = Path(argv[0])
     rank = world = local_rank = 0
     try:
-        rank = _env_int("RANK", 0)
-        world = _env_int("WORLD_SIZE", 1)
-        local_rank = _env_int("LOCAL_RANK", 0)
+        rank = env_int("RANK", 0)
+        world = env_int("WORLD_SIZE", 1)
+        local_rank = env_int("LOCAL_RANK", 0)
         runs = []
         for text in argv[1:]:
             args = build_parser().parse_args(shlex.split(text))
@@ -40,12 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        import torch
-        import torch.distributed as dist
-
         if world > 1:
-            args0, plan0 = runs[0]
-            device = torch.device("cuda", local_rank) if plan0.device == "cuda" \
+            device = torch.device("cuda", local_rank) if runs[0][1].device == "cuda" \
                 else torch.device("cpu")
             process_groups(rank, world, device, max(a.timeout for a, _ in runs))
         if rank == 0:
@@ -57,12 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         if world > 1:
             dist.destroy_process_group()
     except BaseException as e:  # noqa: BLE001 - one line naming the rank, then a hard exit
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if not text.startswith(f"rank {rank}:"):
-            text = f"rank {rank}: {type(e).__name__}: {text}"
-        abort(text)
+        abort_rank(rank, e)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

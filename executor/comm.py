@@ -25,7 +25,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from sim.schedule import Tag
+from sim.schedule import OpKind, Tag
 
 SWITCH_INTERVAL_S = 2e-4  # seconds; bounds how late a watcher's completion stamp can be
 _WHAT = {"hidden": 0, "text": 1, "skip": 2, "latent": 3}
@@ -60,7 +60,7 @@ class Pending:
     """One outstanding message. Times are seconds on the rank's clock (``time.perf_counter``
     minus the run's origin)."""
 
-    kind: str  # "send" or "recv"
+    kind: str  # OpKind.SEND or OpKind.RECV
     peer: int
     tag: Tag
     nbytes: int
@@ -111,7 +111,7 @@ class _Watcher(threading.Thread):
                 p.done.set()
                 abort(self.describe(p))
             p.end_s = self.clock()
-            if p.kind == "send":
+            if p.kind == OpKind.SEND:
                 # Sent: let the tensor go now, not at the end of the run (a stage sends a full
                 # activation per step).
                 p.tensor = p.work = None
@@ -156,7 +156,8 @@ class Comm:
         start = self.clock()
         work = dist.isend(tensor, dst, group=self._group(tag),
                           tag=tag_number(tag, self.patches, self.blocks))
-        p = Pending("send", dst, tag, tensor.numel() * tensor.element_size(), tensor, work, start)
+        p = Pending(OpKind.SEND, dst, tag, tensor.numel() * tensor.element_size(), tensor, work,
+                    start)
         self.sends.append(p)
         self._send_w.q.put(p)
         return p
@@ -167,7 +168,7 @@ class Comm:
         start = self.clock()
         work = dist.irecv(buf, src, group=self._group(tag),
                           tag=tag_number(tag, self.patches, self.blocks))
-        p = Pending("recv", src, tag, buf.numel() * buf.element_size(), buf, work, start)
+        p = Pending(OpKind.RECV, src, tag, buf.numel() * buf.element_size(), buf, work, start)
         self.recvs[tag] = p
         self._recv_w.q.put(p)
 
@@ -204,7 +205,7 @@ class Comm:
 
     def describe(self, p: Pending) -> str:
         """One line naming this rank, the peer and the message that failed."""
-        verb = "send to" if p.kind == "send" else "receive from"
+        verb = "send to" if p.kind == OpKind.SEND else "receive from"
         reason = str(p.error).strip().splitlines()[0] if str(p.error).strip() else \
             type(p.error).__name__
         reason = reason.split(". This is typically")[0]  # gloo appends generic advice

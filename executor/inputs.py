@@ -63,6 +63,8 @@ def local_model(path: str | Path) -> DiTModel:
         head_dim=head_dim, text_tokens=DEFAULT_TEXT_TOKENS,
         latent_channels=int(cfg.get("in_channels", 4)), params=0.0, default_steps=20,
         cfg=True, text_encoder_params=0.0, vae_params=0.0,
+        # The PixArt pipelines share one default; a checkpoint's config does not record it.
+        guidance_scale=get_model("pixart-alpha").guidance_scale,
         patch_size=int(cfg.get("patch_size", 2)), text_dim=hidden,
         caption_channels=int(cfg.get("caption_channels") or hidden),
         sources={"all": f"read from {cfg_file}"},

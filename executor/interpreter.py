@@ -2,7 +2,7 @@
 transformer, exactly as ``PixArtAlphaPipeline.__call__`` would compute them, and records a trace
 row per op (the columns of ``sim.trace``, ``source = "measured"``).
 
-What each op does on its rank (DESIGN.md sections 3 and 4):
+What each op does on its rank (docs/design.md, sections PipeFusion and Executor):
 
 - ``embed`` (stage 0): patch embedding of the patch's band of latent rows. The embedding
   convolution's stride equals its kernel, so a band embeds to a contiguous slice of tokens; the
@@ -30,7 +30,8 @@ import torch
 
 from executor.comm import Comm
 from executor.kv_attention import PatchWindow, StaleKVAttnProcessor
-from sim.schedule import Compute, Recv, Schedule, Send
+from sim.schedule import Compute, OpKind, Recv, Schedule, Send
+from sim.trace import TraceRow
 
 
 @dataclass
@@ -56,7 +57,7 @@ class RankResult:
 
     rank: int
     loop_s: float
-    rows: list[tuple] = field(default_factory=list)
+    rows: list[TraceRow] = field(default_factory=list)
     latents: torch.Tensor | None = None  # final latents (last stage only), on CPU
     kv_buffer_bytes: int = 0
 
@@ -75,9 +76,10 @@ class StageExecutor:
         self.sched = sched
         self.rank = rank
         self.ops = sched.ranks[rank]
-        self.first_layer, self.last_layer = sched.stage_layers[rank]
-        self.is_first = rank == 0
-        self.is_last = rank == sched.world_size - 1
+        stage = sched.layout.stage(rank)
+        self.first_layer, self.last_layer = sched.stage_layers[stage]
+        self.is_first = stage == 0
+        self.is_last = stage == len(sched.stage_layers) - 1
         self.device = device
         self.dtype = dtype
         self.comm = comm
@@ -281,7 +283,7 @@ class StageExecutor:
         """Perform every op of this rank in order. ``origin`` is the ``perf_counter`` value of
         time zero; ``sync`` (CUDA) is called before a compute row is closed so that its end time
         is the device's."""
-        rows: list[tuple] = []
+        rows: list[TraceRow] = []
         rank = self.rank
         clock = time.perf_counter
         fault = self.fault
@@ -293,23 +295,23 @@ class StageExecutor:
                     if fault is not None and fault[0] == rank and fault[1] == op.step:
                         _inject(fault[2], rank)
                     start = clock() - origin
-                    if op.kind == "condition":
+                    if op.kind == OpKind.CONDITION:
                         self._conditioning(op.step)
-                    elif op.kind == "embed":
+                    elif op.kind == OpKind.EMBED:
                         self.embed(op.step, op.patch)
-                    elif op.kind == "blocks":
+                    elif op.kind == OpKind.BLOCKS:
                         self.run_blocks(op.step, op.patch, op.layers)
-                    elif op.kind == "final":
+                    elif op.kind == OpKind.FINAL:
                         self.final(op.step, op.patch)
-                    elif op.kind == "scheduler_step":
+                    elif op.kind == OpKind.SCHEDULER_STEP:
                         self.scheduler_step(op.step, op.patch)
                     else:
                         raise ValueError(f"op kind {op.kind!r} is outside the executor's loop; "
                                          "build the workload with text_encoder=False, vae=False")
                     if sync is not None:
                         sync()
-                    rows.append((rank, op.kind, op.step, op.patch, op.layers[0], op.layers[1],
-                                 start, clock() - origin, 0, -1, "measured", ""))
+                    rows.append(TraceRow.for_compute(rank, op, start, clock() - origin,
+                                                     "measured"))
                 elif isinstance(op, Send):
                     self._send(op)
                 elif isinstance(op, Recv):
@@ -323,9 +325,8 @@ class StageExecutor:
         loop_s = clock() - origin
         if self.comm is not None:
             for p in self.comm.finished:
-                t = p.tag
-                rows.append((rank, p.kind, t.step, t.patch, t.layer, t.layer, p.start_s,
-                             p.end_s, p.nbytes, p.peer, "measured", t.what))
+                rows.append(TraceRow.for_message(rank, p.kind, p.tag, p.start_s, p.end_s,
+                                                 p.nbytes, p.peer, "measured"))
         latents = self.latent.detach().to("cpu") if self.is_last else None
         return RankResult(rank, loop_s, rows, latents,
                           sum(p.nbytes for p in self.kv_procs))
@@ -356,17 +357,25 @@ class StageExecutor:
             raise NotImplementedError(f"messages of kind {what!r} are not supported")
 
 
+# What the interpreter's loop performs: every compute kind but those outside the loop.
+LOOP_KINDS = tuple(k for k in OpKind.COMPUTE if k not in OpKind.OUTSIDE_LOOP)
+
+
 def unsupported_ops(sched: Schedule) -> str | None:
     """Why the executor cannot run ``sched`` (``None`` if it can): it performs PipeFusion's
-    point-to-point ops and whole-block computes, not collectives or sharded blocks."""
-    kinds = {"condition", "embed", "blocks", "final", "scheduler_step"}
+    point-to-point ops and whole-block computes, not collectives or sharded blocks. First
+    checks the schedule contract as the engine does (matched messages, no deadlock), so a
+    broken schedule raises ``ScheduleError`` before any process starts instead of hanging
+    until the timeout."""
+    sched.validate()
+    sched.check_progress()
     for rank, ops in enumerate(sched.ranks):
         for op in ops:
             if isinstance(op, Send | Recv):
                 if op.tag.what not in ("hidden", "latent"):
                     return f"rank {rank} exchanges '{op.tag.what}' tensors (MM-DiT or skips)"
             elif isinstance(op, Compute):
-                if op.kind not in kinds:
+                if op.kind not in LOOP_KINDS:
                     return f"rank {rank} has a '{op.kind}' op outside the denoising loop"
                 if getattr(op, "part", "all") != "all" or getattr(op, "shard", 1) != 1:
                     return f"rank {rank} runs sharded blocks (sequence or tensor parallel)"

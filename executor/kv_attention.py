@@ -1,5 +1,5 @@
 """Displaced (stale) self-attention: a diffusers attention processor with a full-sequence K,V
-buffer (DESIGN.md section 3).
+buffer (docs/design.md#stale-kv-buffers).
 
 Processing a patch, the layer computes fresh K,V for the patch's tokens, overwrites that slice of
 its buffer, and attends with the patch's queries over the whole buffer: slices of patches

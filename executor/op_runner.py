@@ -1,15 +1,21 @@
-"""The executor's own ops as zero-argument callables, for ``profiles.collect --runner executor``.
+"""The runners that time the schedules' compute ops, shared by the profiler
+(``python -m profiles.collect``) and the benchmarks: each hands out zero-argument callables,
+one per measured shape, for a timer to call.
 
-A profile should time the code that runs: this runner builds a one-rank ``StageExecutor`` (a
-one-block PixArt transformer, a schedule whose first patch has the wanted token count) and
-hands out its ``run_blocks``, ``embed``, ``final`` and ``scheduler_step`` methods on that patch,
-so profiled durations include everything the executor does around each op (band slicing, the
-positional rows, the guidance combine, the per-patch scheduler copies), not only the diffusers
-module call. In a run the small ops (conditioning, embedding, final layer, scheduler step)
-follow a run of blocks, which has pushed their weights and buffers out of the caches; timed
-back to back they would look several times faster than they run, so each timed call of those
-is preceded by an untimed block call (``fn.prep``). Same interface as
-``profiles.collect.PixArtRunner``.
+- ``ExecutorRunner`` (the profiler's default, ``--runner executor``): a profile should time the
+  code that runs, so this runner builds a one-rank ``StageExecutor`` (a one-block PixArt
+  transformer, a schedule whose first patch has the wanted token count) and hands out its
+  ``run_blocks``, ``embed``, ``final`` and ``scheduler_step`` methods on that patch; profiled
+  durations then include everything the executor does around each op (band slicing, the
+  positional rows, the guidance combine, the per-patch scheduler copies), not only the
+  diffusers module call. In a run the small ops (conditioning, embedding, final layer,
+  scheduler step) follow a run of blocks, which has pushed their weights and buffers out of
+  the caches; timed back to back they would look several times faster than they run, so each
+  timed call of those is preceded by an untimed block call (``fn.prep``).
+- ``PixArtRunner`` (``--runner block``): the diffusers modules alone. A patch (q < kv) writes
+  its fresh K,V into a full-sequence buffer and attends over the whole buffer, as PipeFusion's
+  displaced-patch stages do (the executor's ``StaleKVAttnProcessor``); a full image (q = kv)
+  is the plain diffusers block.
 """
 
 from __future__ import annotations
@@ -19,28 +25,225 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
+import diffusers
 import torch
+import torch.nn.functional as F
+from diffusers import DPMSolverMultistepScheduler
+from diffusers.models.attention_processor import AttnProcessor2_0
 
+from executor.diffusers_models import diffusers_config
 from executor.inputs import random_prompts
 from executor.interpreter import StageExecutor
+from executor.kv_attention import PatchWindow, StaleKVAttnProcessor
+from executor.request import TORCH_DTYPES
 from sim.config import ParallelConfig, Workload, validate
+from sim.models import DiTModel
 from sim.strategies import pipefusion
 
-GUIDANCE = 4.5  # the PixArt pipeline's default
 COPIES = 4  # distinct block copies a block's timed calls go round (at most the model's blocks)
 
 
+class OpRunner(Protocol):
+    """What a timer needs of a runner: the batch its ops run at and one callable per op kind
+    and shape (``res`` px image, ``q`` query tokens, ``kv`` K,V tokens)."""
+
+    batch: int
+
+    def block(self, res: int, q: int, kv: int) -> Callable[[], object]: ...
+
+    def attention(self, q: int, kv: int, heads: int) -> Callable[[], object]: ...
+
+    def embed(self, res: int, q: int) -> Callable[[], object]: ...
+
+    def final(self, res: int, q: int) -> Callable[[], object]: ...
+
+    def condition(self, res: int, q: int) -> Callable[[], object]: ...
+
+    def scheduler_step(self, res: int, q: int) -> Callable[[], object]: ...
+
+
+class PixArtRunner:
+    """The diffusers modules alone: builds one-block PixArt transformers (one per resolution,
+    as the executor builds them) and makes a zero-argument callable per measured shape.
+    ``device`` is "cpu" or "cuda", ``dtype`` a ``--dtype`` name (fp32, bf16, fp16),
+    ``resolutions`` in px; ``seed`` seeds the weights and every input."""
+
+    def __init__(self, model: DiTModel, device: str, dtype: str,
+                 resolutions: tuple[int, ...], seed: int = 0) -> None:
+        self.m = model
+        self.dev = device
+        self.seed = seed
+        self.dt = TORCH_DTYPES[dtype]
+        self.batch = model.batch
+        self.nets: dict[int, diffusers.PixArtTransformer2DModel] = {}
+        for res in resolutions:
+            self.net(res)
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+
+    def net(self, res: int) -> diffusers.PixArtTransformer2DModel:
+        """The one-block transformer built for ``res`` px (built on first use)."""
+        if res not in self.nets:
+            cfg = diffusers_config(self.m, res)
+            cfg["num_layers"] = 1  # every block has the same shapes: one is enough to time
+            torch.manual_seed(self.seed)
+            verbosity = diffusers.utils.logging.get_verbosity()
+            # diffusers warns that .to(dtype) bypasses keep-in-fp32 lists; PixArt has none
+            # (the list it prints is empty), so the warning is noise on the terminal.
+            diffusers.utils.logging.set_verbosity_error()
+            try:
+                net = diffusers.PixArtTransformer2DModel(**cfg)
+                self.nets[res] = net.to(device=self.dev, dtype=self.dt).eval()
+            finally:
+                diffusers.utils.logging.set_verbosity(verbosity)
+        return self.nets[res]
+
+    def _randn(self, *shape: int) -> torch.Tensor:
+        # Drawn on the device itself: a 4096 px K,V buffer has ~10^8 elements, slow to make
+        # on the host and copy over.
+        return torch.randn(*shape, generator=self.gen, device=self.dev, dtype=self.dt)
+
+    def _conditioning(self, net: diffusers.PixArtTransformer2DModel, res: int) -> tuple:
+        """Timestep conditioning (B, 6h) and projected caption (B, t, h) as the model makes."""
+        b = self.batch
+        ts = torch.full((b,), 500, device=self.dev, dtype=torch.long)
+        added = None
+        if net.use_additional_conditions:
+            added = {"resolution": torch.tensor([[res, res]] * b, device=self.dev,
+                                                dtype=self.dt),
+                     "aspect_ratio": torch.tensor([[1.0]] * b, device=self.dev, dtype=self.dt)}
+        with torch.inference_mode():
+            temb, emb = net.adaln_single(ts, added, batch_size=b, hidden_dtype=self.dt)
+            caption = self._randn(b, self.m.text_tokens, net.config.caption_channels)
+            enc = net.caption_projection(caption)
+        return ts, added, temb, emb, caption, enc
+
+    def block(self, res: int, q: int, kv: int) -> Callable[[], object]:
+        """One transformer block on ``q`` query tokens against ``kv`` K,V tokens."""
+        net = self.net(res)
+        blk = net.transformer_blocks[0]
+        _, _, temb, _, _, enc = self._conditioning(net, res)
+        blk.attn1.set_processor(self._stale_processor(kv))
+        x = self._randn(self.batch, q, self.m.hidden)
+        return lambda: blk(x, encoder_hidden_states=enc, timestep=temb)
+
+    def _stale_processor(self, kv: int) -> StaleKVAttnProcessor:
+        """The executor's stale-K,V processor (``executor/kv_attention.py``) with a buffer of
+        ``kv`` tokens already written, as after a warmup step: a patch writes its fresh K,V at
+        offset 0 and attends over the whole buffer; a full image attends over its fresh K,V."""
+        proc = StaleKVAttnProcessor(PatchWindow(0, kv))
+        shape = (self.batch, self.m.heads, kv, self.m.head_dim)
+        proc.k, proc.v = self._randn(*shape), self._randn(*shape)
+        proc.filled = kv
+        return proc
+
+    def attention(self, q: int, kv: int, heads: int) -> Callable[[], object]:
+        """The self-attention core alone (``scaled_dot_product_attention``) on ``heads``."""
+        b, d = self.batch, self.m.head_dim
+        # Same memory layouts as inside the block: queries (B, L, heads*d) viewed as
+        # (B, heads, L, d); K,V the same for a full image, else the contiguous stale buffer.
+        query = self._randn(b, q, heads * d).view(b, q, heads, d).transpose(1, 2)
+        if q < kv:
+            key = self._randn(b, heads, kv, d)
+            value = self._randn(b, heads, kv, d)
+        else:
+            key = self._randn(b, kv, heads * d).view(b, kv, heads, d).transpose(1, 2)
+            value = self._randn(b, kv, heads * d).view(b, kv, heads, d).transpose(1, 2)
+        return lambda: F.scaled_dot_product_attention(query, key, value)
+
+    def embed(self, res: int, q: int) -> Callable[[], object]:
+        """Patch embedding of the first band, its positional rows, timestep and caption
+        embeddings."""
+        net = self.net(res)
+        rows, cols = self.m.token_grid(res, res)
+        band = q // cols
+        p = self.m.patch_size
+        latent = self._randn(self.batch, self.m.latent_channels, band * p, cols * p)
+        pos = net.pos_embed.pos_embed[:, :q]  # first band's rows of the positional table
+        ts, added, _, _, caption, _ = self._conditioning(net, res)
+
+        def run() -> tuple[torch.Tensor, tuple, torch.Tensor]:
+            h = net.pos_embed.proj(latent).flatten(2).transpose(1, 2)
+            h = (h + pos).to(self.dt)
+            temb = net.adaln_single(ts, added, batch_size=self.batch, hidden_dtype=self.dt)
+            enc = net.caption_projection(caption)
+            return h, temb, enc
+
+        return run
+
+    def final(self, res: int, q: int) -> Callable[[], object]:
+        """Final norm, modulation, projection, unpatchify and guidance combine of a band."""
+        net = self.net(res)
+        _, cols = self.m.token_grid(res, res)
+        band = q // cols
+        p = self.m.patch_size
+        out_c = net.out_channels
+        _, _, _, emb, _, _ = self._conditioning(net, res)
+        x = self._randn(self.batch, q, self.m.hidden)
+        c = self.m.latent_channels
+        cfg = self.m.cfg
+        guidance = self.m.guidance_scale
+
+        def run() -> torch.Tensor:
+            shift, scale = (net.scale_shift_table[None] + emb[:, None]).chunk(2, dim=1)
+            h = net.norm_out(x)
+            h = h * (1 + scale) + shift
+            h = net.proj_out(h)
+            h = h.reshape(-1, band, cols, p, p, out_c)
+            h = torch.einsum("nhwpqc->nchpwq", h).reshape(-1, out_c, band * p, cols * p)
+            if cfg:  # guidance combine, then keep the noise half (PixArt predicts variance too)
+                uncond, cond = h.chunk(2)
+                h = uncond + guidance * (cond - uncond)
+            return h[:, :c]
+
+        return run
+
+    def condition(self, res: int, q: int) -> Callable[[], object]:
+        """The per-step timestep conditioning (no token dependence)."""
+        net = self.net(res)
+        ts, added, _, _, _, _ = self._conditioning(net, res)
+        return lambda: net.adaln_single(ts, added, batch_size=self.batch, hidden_dtype=self.dt)
+
+    def scheduler_step(self, res: int, q: int) -> Callable[[], object]:
+        """One multistep DPM-Solver++ update of a band's latents, batch 1."""
+        _, cols = self.m.token_grid(res, res)
+        band = q // cols
+        p = self.m.patch_size
+        shape = (1, self.m.latent_channels, band * p, cols * p)
+        with warnings.catch_warnings():
+            # diffusers' own numpy-2 deprecation noise while building its sigma table
+            warnings.simplefilter("ignore", DeprecationWarning)
+            sched = DPMSolverMultistepScheduler()  # the PixArt pipelines' default scheduler
+            sched.set_timesteps(20)
+        sample = self._randn(*shape)
+        out = self._randn(*shape)
+        with torch.inference_mode():
+            for i in range(3):  # fill the multistep history: time the second-order update
+                sched.step(out, sched.timesteps[i], sample)
+        index = 5
+        t = sched.timesteps[index]
+
+        def run() -> torch.Tensor:
+            sched._step_index = index  # same step every call: steady-state multistep update
+            return sched.step(out, t, sample).prev_sample
+
+        return run
+
+
 class ExecutorRunner:
-    """Callables timing the executor's ops on ``q``-token patches of ``res``-px images."""
+    """Callables timing the executor's ops on ``q``-token patches of ``res``-px images; the
+    arguments are ``PixArtRunner``'s."""
 
-    def __init__(self, s) -> None:
-        from profiles.collect import PixArtRunner
-
-        self.s = s
-        self.base = PixArtRunner(s)  # one-block nets per resolution, and attention shapes
+    def __init__(self, model: DiTModel, device: str, dtype: str,
+                 resolutions: tuple[int, ...], seed: int = 0) -> None:
+        # One-block nets per resolution, and the attention shapes (no executor op of its own).
+        self.base = PixArtRunner(model, device, dtype, resolutions, seed)
         self.batch = self.base.batch
-        self.m = s.model
+        self.m = model
+        self.device = device
+        self.dtype = dtype
+        self.seed = seed
         self._executors: dict[tuple[int, int, int], StageExecutor] = {}
         self.copies = min(self.m.num_blocks, COPIES)
 
@@ -58,26 +261,22 @@ class ExecutorRunner:
         ``replica`` has its own weights and buffers."""
         key = (res, q, replica)
         if key not in self._executors:
-            from diffusers import DPMSolverMultistepScheduler
-
             one = replace(self.m, num_blocks=1)
-            wl = Workload(one, res, res, 8, dtype=self.s.dtype, text_encoder=False, vae=False)
+            wl = Workload(one, res, res, 8, dtype=self.dtype, text_encoder=False, vae=False)
             patches = self._patches_for(res, q)
             cfg = ParallelConfig(1, 1, patches, 1 if patches > 1 else 0)
             validate(wl, cfg)
             # PipeFusion's generator on one rank keeps the patches (the serial entry would not).
             sched = pipefusion.build(wl, cfg)
-            from diffusers.models.attention_processor import AttnProcessor2_0
-
             net = copy.deepcopy(self.base.net(res))
             for blk in net.transformer_blocks:  # the stock processor, as executor.run starts
                 blk.attn1.set_processor(AttnProcessor2_0())
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 template = DPMSolverMultistepScheduler()
-            dev = torch.device(self.s.device)
-            ex = StageExecutor(net, sched, 0, random_prompts(one, self.s.seed), self.s.seed,
-                               GUIDANCE, template, dev, self.base.dt)
+            dev = torch.device(self.device)
+            ex = StageExecutor(net, sched, 0, random_prompts(one, self.seed), self.seed,
+                               one.guidance_scale, template, dev, self.base.dt)
             with torch.no_grad():
                 ex._conditioning(1)
                 if patches > 1:  # fill the stale K,V buffers as a warmup step would
@@ -88,6 +287,7 @@ class ExecutorRunner:
         return self._executors[key]
 
     def block(self, res: int, q: int, kv: int) -> Callable[[], object]:
+        """``StageExecutor.run_blocks`` on patch 0 (``q`` tokens) of a ``res``-px image."""
         if kv != self.m.image_tokens(res):
             # Full-image curve points between resolutions have no image of their own: the
             # block module alone (a full-image executor step is that call and nothing else).
@@ -109,6 +309,7 @@ class ExecutorRunner:
         return run
 
     def attention(self, q: int, kv: int, heads: int) -> Callable[[], object]:
+        """The attention core alone, as ``PixArtRunner.attention``."""
         return self.base.attention(q, kv, heads)
 
     def _after_blocks(self, res: int, q: int, fn: Callable[[], object]) -> Callable[[], object]:
@@ -117,6 +318,7 @@ class ExecutorRunner:
         return fn
 
     def embed(self, res: int, q: int) -> Callable[[], object]:
+        """``StageExecutor.embed`` of patch 0."""
         ex = self.executor(res, q)
 
         def run() -> None:
@@ -125,6 +327,7 @@ class ExecutorRunner:
         return self._after_blocks(res, q, run)
 
     def final(self, res: int, q: int) -> Callable[[], object]:
+        """``StageExecutor.final`` of patch 0."""
         ex = self.executor(res, q)
         x = self.base._randn(self.batch, q, self.m.hidden)
 
@@ -135,6 +338,7 @@ class ExecutorRunner:
         return self._after_blocks(res, q, run)
 
     def condition(self, res: int, q: int) -> Callable[[], object]:
+        """The executor's per-step timestep conditioning."""
         ex = self.executor(res, q)
 
         def run() -> None:
@@ -144,6 +348,7 @@ class ExecutorRunner:
         return self._after_blocks(res, q, run)
 
     def scheduler_step(self, res: int, q: int) -> Callable[[], object]:
+        """``StageExecutor.scheduler_step`` of patch 0 in its steady (second-order) state."""
         ex = self.executor(res, q)
         ex.h = self.base._randn(self.batch, q, self.m.hidden)
         with torch.no_grad():

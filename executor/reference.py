@@ -36,18 +36,22 @@ def reference_pipeline(net: torch.nn.Module, scheduler=None):
 
 
 def reference_latents(pipe, prompts: PromptInputs, seed: int, steps: int, height: int,
-                      width: int, guidance_scale: float = 4.5) -> torch.Tensor:
-    """Final latents of the pipeline (before the VAE), ``(1, C, height/8, width/8)``."""
+                      width: int, guidance_scale: float | None = None) -> torch.Tensor:
+    """Final latents of the pipeline (before the VAE), ``(1, C, height/8, width/8)``;
+    ``guidance_scale`` None leaves the pipeline's own default (the registry's
+    ``DiTModel.guidance_scale`` of the PixArt models)."""
+    guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
     with torch.no_grad():
         out = pipe(prompt=None, negative_prompt=None, **prompts.as_dict(),
                    generator=torch.Generator().manual_seed(seed), output_type="latent",
                    use_resolution_binning=False, num_inference_steps=steps, height=height,
-                   width=width, guidance_scale=guidance_scale)
+                   width=width, **guidance)
     return out.images
 
 
 def timed_pipeline_loop(pipe, prompts: PromptInputs, seed: int, steps: int, height: int,
-                        width: int, guidance_scale: float = 4.5) -> tuple[torch.Tensor, float]:
+                        width: int, guidance_scale: float | None = None
+                        ) -> tuple[torch.Tensor, float]:
     """Final latents and the seconds of the pipeline's denoising loop alone: from the first
     transformer call to the return of the last scheduler step (hooks, so the pipeline's own
     code runs unchanged)."""

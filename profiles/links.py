@@ -31,18 +31,25 @@ import os
 import platform
 import random
 import socket
+import statistics
 import sys
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from profiles import DATA_DIR
-from profiles.collect import OneLineParser, device_name, device_slug
+from profiles.device import device_name, device_slug
+from profiles.progress import progress_bar
+from sim.cli import at_least, parser, run_main
 from sim.cost.interp import fit_regimes
 from sim.cost.profile_format import LinkProfile, LinkSample
 from sim.errors import UserError
 from sim.hardware import LINKS
+from sim.schedule import Tag
+from sim.stats import nearest_rank
 
 OPS = ("p2p", "all_reduce", "all_gather", "all_to_all")
 KIB = 1024
@@ -99,33 +106,32 @@ def size_grid(lo: int, hi: int, factor: int) -> tuple[int, ...]:
 
 def parse(argv: list[str] | None) -> LinkSettings:
     """Parse the command line (raises ``UserError`` for bad input)."""
-    ap = OneLineParser(prog="python -m profiles.links", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backend", required=True, help="gloo (CPU processes) or nccl (GPUs)")
-    ap.add_argument("--link-kind", help="registry link kind measured (default loopback for "
-                    "gloo; required for nccl, e.g. nvlink4, pcie-gen4)")
+    ap = parser("python -m profiles.links", __doc__.split("\n\n")[0])
+    ap.add_argument("--backend", required=True, choices=("gloo", "nccl"),
+                    help="gloo (CPU processes) or nccl (GPUs)")
+    ap.add_argument("--link-kind", help="registry link kind measured; unset: loopback for "
+                    "gloo; required for nccl, e.g. nvlink4, pcie-gen4")
     ap.add_argument("--ops", default=",".join(OPS), help=f"subset of {','.join(OPS)}")
-    ap.add_argument("--min-bytes", default="1KiB", help="smallest message (default 1KiB)")
-    ap.add_argument("--max-bytes", default="256MiB", help="largest message (default 256MiB)")
-    ap.add_argument("--factor", type=int, default=2, help="size step factor (default 2)")
+    ap.add_argument("--min-bytes", default="1KiB", help="smallest message")
+    ap.add_argument("--max-bytes", default="256MiB", help="largest message")
+    ap.add_argument("--factor", type=int, default=2, help="size step factor")
     ap.add_argument("--repeats", type=int, default=5, help="least timed calls per size")
     ap.add_argument("--warmup", type=int, default=3, help="untimed calls per size (at least "
                     "3: their median sizes the timed runs)")
     ap.add_argument("--min-time", type=float, default=0.2, help="keep timing a size until "
                     "this many seconds are spent (at most 40x --repeats calls)")
     ap.add_argument("--passes", type=int, default=3, help="interleaved passes over all sizes "
-                    "in shuffled orders (default 3; --quick 1)")
+                    "in shuffled orders (--quick: 1)")
     ap.add_argument("--quick", action="store_true", help="up to 16 MiB by factors of 4, "
                     "3 repeats")
-    ap.add_argument("--out", help="output CSV (default profiles/data/links_<backend>_<kind>_"
-                    "w<world>_<device>.csv)")
+    ap.add_argument("--out", help="output CSV; unset: profiles/data/links_<backend>_<kind>_"
+                    "w<world>_<device>.csv")
     ap.add_argument("--busy", action="store_true",
                     help="keep one compute thread busy on every rank while timing, as the "
                          "executor's compute does: on CPU processes sharing few cores a "
                          "message then waits for its receiver to be scheduled")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    if a.backend not in ("gloo", "nccl"):
-        raise UserError(f"--backend must be gloo or nccl, got '{a.backend}'")
     kind = a.link_kind or ("loopback" if a.backend == "gloo" else None)
     if kind is None:
         raise UserError("--backend nccl needs --link-kind (the registry link the GPUs use, "
@@ -142,11 +148,10 @@ def parse(argv: list[str] | None) -> LinkSettings:
     if hi < lo:
         raise UserError(f"--max-bytes {hi} is below --min-bytes {lo}")
     factor = 4 if a.quick else a.factor
-    if factor < 2:
-        raise UserError(f"--factor must be at least 2, got {factor}")
-    if a.repeats < 1 or a.warmup < 0 or a.min_time < 0 or a.passes < 1:
-        raise UserError("--repeats and --passes must be at least 1, --warmup and --min-time "
-                        "at least 0")
+    at_least(factor, 2, "--factor")
+    for flag, value, least in (("--repeats", a.repeats, 1), ("--passes", a.passes, 1),
+                               ("--warmup", a.warmup, 0), ("--min-time", a.min_time, 0)):
+        at_least(value, least, flag)
     return LinkSettings(a.backend, kind, ops, size_grid(lo, hi, factor),
                         3 if a.quick else a.repeats, 1 if a.quick else a.warmup,
                         0.05 if a.quick else a.min_time, Path(a.out) if a.out else None,
@@ -160,11 +165,6 @@ def bus_factor(op: str, world: int) -> float:
     if op in ("all_gather", "all_to_all"):
         return (world - 1) / world
     return 1.0
-
-
-def _pick(sorted_xs: list[float], p: float) -> float:
-    """The ``p`` quantile of sorted values (nearest rank)."""
-    return sorted_xs[min(len(sorted_xs) - 1, int(round(p * (len(sorted_xs) - 1))))]
 
 
 def _measure(s: LinkSettings) -> tuple[list[LinkSample], dict]:
@@ -183,7 +183,7 @@ def _measure(s: LinkSettings) -> tuple[list[LinkSample], dict]:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    def run_op(op: str, n: int):
+    def run_op(op: str, n: int) -> tuple[Callable[[], object], float]:
         elems = n // 4
         x = torch.ones(elems, dtype=torch.float32, device=dev)
         if op == "p2p":
@@ -210,15 +210,8 @@ def _measure(s: LinkSettings) -> tuple[list[LinkSample], dict]:
 
     tasks = [(op, n) for op in s.ops for n in s.sizes]
     passes = max(1, s.passes)
-    bar = None
-    if rank == 0 and s.progress:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(tasks) * passes, desc=f"links {s.backend} x{world}",
-                       file=sys.stderr, unit="size")
-        except ImportError:
-            bar = None
+    bar = progress_bar(len(tasks) * passes, f"links {s.backend} x{world}",
+                       rank == 0 and s.progress, unit="size")
     inner_of: dict[tuple[str, int], int] = {}
     times_of: dict[tuple[str, int], list[float]] = {t: [] for t in tasks}
     per_pass = max(1, -(-s.repeats // passes))
@@ -227,8 +220,7 @@ def _measure(s: LinkSettings) -> tuple[list[LinkSample], dict]:
         if passes > 1:  # same seed on every rank: all ranks walk the same order
             random.Random(1000 + p).shuffle(order)
         for op, n in order:
-            if bar is not None:
-                bar.set_postfix_str(f"{op} {n} B")
+            bar.set_postfix_str(f"{op} {n} B")
             fn, mult = run_op(op, n)
             warm = []
             for _ in range(max(3, s.warmup) if p == 0 else 1):
@@ -241,7 +233,7 @@ def _measure(s: LinkSettings) -> tuple[list[LinkSample], dict]:
                 # wake-up jitter of processes that share cores; a run of them measures the
                 # steady per-call time. The median warm-up call sizes the run (the first call
                 # may also open the connection).
-                est = torch.tensor([sorted(warm)[len(warm) // 2]], dtype=torch.float64,
+                est = torch.tensor([statistics.median_high(warm)], dtype=torch.float64,
                                    device=red_dev)
                 dist.all_reduce(est, op=dist.ReduceOp.MAX)
                 inner_of[(op, n)] = max(1, min(1000, int(INNER_S / max(float(est), 1e-7))))
@@ -264,18 +256,16 @@ def _measure(s: LinkSettings) -> tuple[list[LinkSample], dict]:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)  # a collective is done when all ranks are
             times_of[(op, n)].extend(t.cpu().tolist())
             del fn
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.update(1)
+    bar.close()
     samples: list[LinkSample] = []
     for op, n in tasks:
         xs = sorted(times_of[(op, n)])
-        med = xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1]
-                                                          + xs[len(xs) // 2])
+        med = statistics.median(xs)
         algbw = n / med
+        # Nearest-rank quartiles (not interpolated), as the shipped link profiles hold.
         samples.append(LinkSample(op, world if op != "p2p" else 2, n, len(xs), med, xs[0],
-                                  _pick(xs, 0.25), _pick(xs, 0.75), xs[-1], algbw,
+                                  nearest_rank(xs, 0.25), nearest_rank(xs, 0.75), xs[-1], algbw,
                                   algbw * bus_factor(op, world)))
     hosts: list = [None] * world
     dist.all_gather_object(hosts, socket.gethostname())
@@ -286,11 +276,9 @@ def _measure(s: LinkSettings) -> tuple[list[LinkSample], dict]:
     return samples, info
 
 
-def _busy_thread():
+def _busy_thread() -> Callable[[], None]:
     """Start a thread that keeps computing (torch matmuls, which release the GIL) until the
     returned function is called."""
-    import threading
-
     import torch
 
     done = threading.Event()
@@ -315,7 +303,7 @@ HOST_ROUNDS = 5  # alternating rounds with and without messages (drift hits both
 HOST_ITERS = 40  # loop iterations per round
 
 
-def _reference_op():
+def _reference_op() -> Callable[[], None]:
     """A fixed stand-in for a stage's compute between messages: two pre-norm transformer
     layers (width 128, 2 heads, 256 tokens, batch 2) in plain torch, about a millisecond on
     one core. Its Python-level op mix is that of a DiT block, so messages disturb it as they
@@ -358,13 +346,10 @@ def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES) -> list[LinkSample]:
     compute thread, and the caches the op refills after them. Per message endpoint: the
     difference of the medians of the loop's iteration time with and without messages, halved
     (each iteration sends one message and takes one), averaged over ranks."""
-    import statistics
-
     import torch
     import torch.distributed as dist
 
     from executor.comm import Comm
-    from sim.schedule import Tag
 
     rank, world = dist.get_rank(), dist.get_world_size()
     nxt, prv = (rank + 1) % world, (rank - 1) % world
@@ -476,6 +461,7 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
 
 
 def default_out(prof: LinkProfile) -> Path:
+    """``profiles/data/links_<backend>_<kind>_w<world>[_busy]_<device>.csv``."""
     m = prof.meta
     dev = device_slug(m["device"], m["device_name"], m["threads"])
     busy = "_busy" if m.get("busy") else ""
@@ -484,15 +470,15 @@ def default_out(prof: LinkProfile) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for bad input, with one line on stderr)."""
-    rank0 = os.environ.get("RANK", "0") == "0"
+    """Measure and write the link profile on rank 0; returns the exit status (bad input
+    raises ``UserError`` on rank 0 and returns 2 quietly elsewhere)."""
     try:
         s = parse(argv)
         prof = collect_links(s)
-    except UserError as e:
-        if rank0:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError:
+        if os.environ.get("RANK", "0") != "0":
+            return 2  # every rank sees the same bad input: rank 0 alone reports it
+        raise
     if prof is None:
         return 0
     path = s.out or default_out(prof)
@@ -505,4 +491,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

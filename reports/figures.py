@@ -11,14 +11,16 @@ from sim.trace import Trace, is_comm
 _COLORS = {"blocks": "#4c78a8", "embed": "#72b7b2", "final": "#54a24b",
            "scheduler_step": "#eeca3b", "text_encode": "#b279a2", "vae_decode": "#9d755d",
            "send": "#f58518", "recv": "#e45756", "wait": "#e45756"}
+
+
 def gantt(trace: Trace, title: str, warmup_steps: int = 0) -> go.Figure:
     """One lane per rank for compute and one for communication; warmup steps drawn lighter,
     pipelined steps solid; gaps in a compute lane are bubbles."""
     lanes: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    ranks = sorted({r[0] for r in trace.rows})
+    ranks = sorted({r.rank for r in trace.rows})
     for r in trace.rows:
-        rank, op, step, patch = r[0], r[1], r[2], r[3]
-        start, end = r[6], r[7]
+        rank, op, step, patch = r.rank, r.op, r.step, r.patch
+        start, end = r.start_s, r.end_s
         if end <= start:
             continue
         comm = is_comm(op)
@@ -30,8 +32,9 @@ def gantt(trace: Trace, title: str, warmup_steps: int = 0) -> go.Figure:
         d["y"].append(lane)
         d["x"].append((end - start) * 1e3)
         d["base"].append(start * 1e3)
-        d["text"].append(f"{op} step {step} patch {patch} layers {r[4]}-{r[5]}"
-                         f"{' ' + r[11] if r[11] else ''} {(end - start) * 1e3:.3f} ms")
+        d["text"].append(f"{op} step {step} patch {patch} layers {r.layer_first}-"
+                         f"{r.layer_last}{' ' + r.tag if r.tag else ''} "
+                         f"{(end - start) * 1e3:.3f} ms")
     fig = go.Figure()
     for key, d in sorted(lanes.items()):
         kind = key.split(" ")[0]
@@ -83,6 +86,7 @@ def grouped(categories: list[str], series: dict[str, list[float | None]], title:
 
 def lines(x: list, series: dict[str, list[float | None]], title: str, xtitle: str,
           ytitle: str) -> go.Figure:
+    """One line with markers per series over the shared ``x`` values (gaps where None)."""
     fig = go.Figure()
     for name, ys in series.items():
         fig.add_trace(go.Scatter(x=x, y=ys, mode="lines+markers", name=name))

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from sim.config import DTYPE_BYTES, Workload
 from sim.cost import CostSpec
+from sim.cost.link_profile import apply_link_profile
 from sim.errors import UserError
+from sim.evaluate import calibration_scale
 from sim.hardware import DEFAULT_GPU, GPU, get_gpu
 from sim.models import get_model
 from sim.topology import INTER_NODE, Topology, build_topology
@@ -103,8 +105,6 @@ def cluster_from_args(args: argparse.Namespace) -> tuple[GPU, Topology]:
     gpu = get_gpu(args.gpu or DEFAULT_GPU[args.link])
     topo = build_topology(gpu, args.gpus, args.link, args.nodes, args.inter_node)
     if args.link_profile:
-        from sim.cost.profile import apply_link_profile
-
         _exists(args.link_profile, "--link-profile")
         topo = apply_link_profile(topo, args.link_profile)
     return gpu, topo
@@ -122,10 +122,7 @@ def calibration_from_args(args: argparse.Namespace, wl: Workload, gpu: GPU,
     """The factor on compute costs that --single-gpu-latency asks for (1.0 without it)."""
     if args.single_gpu_latency is None:
         return 1.0
-    if args.single_gpu_latency <= 0:
-        raise UserError("--single-gpu-latency must be a positive number of seconds")
-    from sim.evaluate import calibration_scale
-
+    positive(args.single_gpu_latency, "--single-gpu-latency")
     return calibration_scale(wl, gpu, args.single_gpu_latency, spec)
 
 
@@ -159,6 +156,7 @@ def write_output(path: str, write: Callable[[Path], None]) -> None:
 
 
 def print_json(obj: object) -> None:
+    """Print ``obj`` as indented JSON on stdout."""
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
 

@@ -8,6 +8,8 @@ Example::
 
     python -m sim.compare --model pixart --gpu l40 --gpus 8 --link pcie \\
         --resolutions 1024,2048,4096
+
+HTML report: ``python -m reports.compare``, same flags plus ``--report FILE``.
 """
 
 from __future__ import annotations
@@ -24,31 +26,34 @@ from sim.cli import (
     print_json,
     run_main,
     workload_from_args,
-    write_output,
 )
 from sim.config import ParallelConfig, validate
 from sim.errors import UserError
 from sim.evaluate import Prediction
-from sim.plan import plan
+from sim.search import search
 from sim.strategies import FAMILIES
 
+REPORTS_MOVED = ("HTML reports are written by python -m reports.compare "
+                 "(same flags plus --report FILE)")
 
-def build_parser() -> argparse.ArgumentParser:
-    p = parser("python -m sim.compare",
-               "Compare parallel strategies across resolutions on the same cluster.")
+# Best prediction per family and resolution (px); families without one map to an empty dict.
+Cells = dict[str, dict[int, Prediction]]
+
+
+def build_parser(prog: str = "python -m sim.compare") -> argparse.ArgumentParser:
+    """The comparison's flags (``reports.compare`` adds ``--report`` to them)."""
+    p = parser(prog, "Compare parallel strategies across resolutions on the same cluster.")
     add_workload_args(p)
     p.add_argument("--resolutions", default="1024,2048,4096",
                    help="square resolutions in pixels, comma-separated")
     p.add_argument("--warmup", type=int, default=1,
                    help="warmup steps for strategies with stale context")
-    p.add_argument("--report", default=None, metavar="FILE",
-                   help="write an interactive HTML report (Plotly, opens offline)")
     return p
 
 
-def compare(args: argparse.Namespace) -> tuple[list[int], dict[str, dict[int, Prediction]],
-                                               dict[str, str]]:
-    """Best prediction per (family, resolution), and why a family has no entry."""
+def compare(args: argparse.Namespace) -> tuple[list[int], Cells, dict[str, str]]:
+    """The resolutions (px), the best prediction per (family, resolution), and why a family
+    has no entry."""
     if args.single_gpu_latency is not None:
         raise UserError("--single-gpu-latency is measured at one resolution; calibrate with "
                         "sim.predict or sim.plan at that resolution")
@@ -56,7 +61,7 @@ def compare(args: argparse.Namespace) -> tuple[list[int], dict[str, dict[int, Pr
     if not resolutions:
         raise UserError("--resolutions needs at least one value")
     gpu, topo = cluster_from_args(args)
-    cells: dict[str, dict[int, Prediction]] = {f: {} for f in FAMILIES}
+    cells: Cells = {f: {} for f in FAMILIES}
     for res in resolutions:
         args.resolution = str(res)
         wl = workload_from_args(args)
@@ -64,7 +69,7 @@ def compare(args: argparse.Namespace) -> tuple[list[int], dict[str, dict[int, Pr
         if args.warmup < 0 or args.warmup > wl.steps:
             raise UserError(f"--warmup must be between 0 and the step count {wl.steps}, "
                             f"got {args.warmup}")
-        result = plan(wl, gpu, topo, [args.warmup], top=1, per_family=1, all_gpus=True,
+        result = search(wl, gpu, topo, [args.warmup], top=1, per_family=1, all_gpus=True,
                       spec=cost_spec_from_args(args),
                       progress=not args.json and sys.stderr.isatty())
         for p in result.ranked:
@@ -85,28 +90,16 @@ def _why_missing(family: str, args: argparse.Namespace, gpus: int) -> str:
     return f"no valid {family} configuration on {gpus} GPUs (degree rules, see sim.predict)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    resolutions, cells, missing = compare(args)
-    serial = cells["serial"]
-    if args.report:
-        try:
-            from reports.compare_report import write_compare_report
-        except ImportError:
-            raise UserError("reports need plotly: pip install 'ditsim[reports]'") from None
-        any_p = next(p for row in cells.values() for p in row.values())
-        intro = (f"{any_p.workload.model.name}, {any_p.workload.steps} steps, {args.gpus} x "
-                 f"{any_p.gpu.name} over {args.link}; each cell is the best configuration of "
-                 f"the family using every GPU. Costs: "
-                 f"{'profile ' + args.profile if args.profile else 'analytic roofline'}.")
-        write_output(args.report, lambda p: write_compare_report(
-            p, "ditsim compare", intro, resolutions, cells, missing))
+def print_comparison(args: argparse.Namespace, resolutions: list[int], cells: Cells,
+                     missing: dict[str, str]) -> None:
+    """Print the strategies x resolutions table (or, with --json, every cell)."""
     if args.json:
         print_json({"resolutions": resolutions,
                     "rows": {f: {str(r): p.as_dict() for r, p in row.items()}
                              for f, row in cells.items() if row},
                     "missing": missing})
-        return 0
+        return
+    serial = cells["serial"]
     any_p = next(p for row in cells.values() for p in row.values())
     gpu = any_p.gpu
     print(f"{any_p.workload.model.name}, {any_p.workload.steps} steps, {args.gpus} x {gpu.name} "
@@ -131,6 +124,17 @@ def main(argv: list[str] | None = None) -> int:
             out += f"{cell:>{col}}"
         last = row.get(resolutions[-1])
         print(out + (f"   {last.config.label()}" if last else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    p.epilog = "HTML report: python -m reports.compare, same flags plus --report FILE."
+    # The flag moved to reports.compare; kept (hidden) so that old command lines say where.
+    p.add_argument("--report", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.report is not None:
+        raise UserError(REPORTS_MOVED)
+    print_comparison(args, *compare(args))
     return 0
 
 

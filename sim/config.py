@@ -3,11 +3,11 @@ must obey. Every broken rule raises ``UserError`` with the rule in one line."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from sim.errors import UserError
 from sim.models import DiTModel
-from sim.schedule import split_even
+from sim.partition import split_even
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -27,10 +27,12 @@ class Workload:
 
     @property
     def dtype_bytes(self) -> int:
+        """Bytes per element of ``dtype``."""
         return DTYPE_BYTES[self.dtype]
 
     @property
     def tokens(self) -> int:
+        """Image tokens of the latent (after the VAE and the patch embedding)."""
         return self.model.image_tokens(self.height, self.width)
 
 
@@ -50,7 +52,6 @@ class ParallelConfig:
     ring: int = 1
     tensor: int = 1
     distrifusion: int = 1
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def sp(self) -> int:
@@ -59,6 +60,7 @@ class ParallelConfig:
 
     @property
     def product(self) -> int:
+        """Product of the parallel degrees: the GPUs the configuration occupies."""
         return (self.cfg * self.pipefusion * self.ulysses * self.ring * self.tensor
                 * self.distrifusion)
 
@@ -91,8 +93,8 @@ class ParallelConfig:
         return " x ".join(parts) or "serial"
 
     def as_dict(self) -> dict:
+        """The degrees and the strategy name, for JSON output."""
         d = asdict(self)
-        d.pop("extra")
         d["strategy"] = self.strategy
         if d["stage_blocks"] is not None:
             d["stage_blocks"] = list(d["stage_blocks"])

@@ -14,9 +14,19 @@ from collections.abc import Callable
 import simpy
 
 from sim.cost import CostModel
-from sim.schedule import Collective, Compute, Recv, Schedule, Send, Wait
+from sim.schedule import (
+    Collective,
+    Compute,
+    OpKind,
+    Recv,
+    Schedule,
+    ScheduleError,
+    Send,
+    Wait,
+    deadlock_message,
+)
 from sim.topology import Topology
-from sim.trace import Trace
+from sim.trace import Trace, TraceRow
 
 _EPS_BYTES = 1e-3
 
@@ -144,13 +154,13 @@ class Network:
 def collective_plan(kind: str, n: int, nbytes: float) -> tuple[str, float, int]:
     """(pattern, bytes per flow, latency steps) of a collective over ``n`` ranks whose input
     is ``nbytes`` per rank. Bytes per flow are also the bytes each rank sends."""
-    if kind == "all_reduce":  # reduce-scatter then all-gather, each n-1 steps of nbytes/n
+    if kind == OpKind.ALL_REDUCE:  # reduce-scatter then all-gather, each n-1 steps of nbytes/n
         return "ring", 2.0 * (n - 1) / n * nbytes, 2 * (n - 1)
-    if kind == "reduce_scatter":
+    if kind == OpKind.REDUCE_SCATTER:
         return "ring", (n - 1) / n * nbytes, n - 1
-    if kind in ("all_gather", "ring_kv"):  # every rank's block travels n-1 hops
+    if kind in (OpKind.ALL_GATHER, OpKind.RING_KV):  # every rank's block travels n-1 hops
         return "ring", (n - 1) * nbytes, n - 1
-    if kind == "all_to_all":  # each rank sends nbytes/n to every other rank
+    if kind == OpKind.ALL_TO_ALL:  # each rank sends nbytes/n to every other rank
         return "direct", nbytes / n, 1
     raise ValueError(f"unknown collective {kind!r}")
 
@@ -190,14 +200,22 @@ class _Rendezvous:
 def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
              rank_offset: int = 0) -> Trace:
     """Run ``schedule`` with ranks placed on the topology's GPUs ``rank_offset..``; returns
-    the trace (one row per executed op, times in seconds from the start)."""
+    the trace (one row per executed op, times in seconds from the start).
+
+    Raises ``ScheduleError`` when the run shows the schedule broken: a rank cannot finish
+    (deadlock: each stuck rank is named with the op it is blocked on), a message is never
+    received, an asynchronous collective is never waited for or a ``Wait`` has no collective.
+    These checks cost nothing on the way; ``build_schedule`` has already run the full
+    ``Schedule.validate`` (sizes and shapes too) on the schedules it returns."""
     if schedule.world_size + rank_offset > topo.num_gpus:
         raise ValueError(f"schedule needs {schedule.world_size} GPUs, topology has "
                          f"{topo.num_gpus}")
     env = simpy.Environment()
     net = Network(env, topo)
-    rows: list[tuple] = []
-    mailbox: dict[tuple, simpy.Event] = {}
+    rows: list[TraceRow] = []
+    compute_row, message_row = TraceRow.for_compute, TraceRow.for_message
+    at = [0] * schedule.world_size  # index of the op each rank is on, to name a deadlock
+    mailbox: dict[tuple, simpy.Event] = {}  # (src, dst, tag) -> arrival, until received
 
     def slot(key: tuple) -> simpy.Event:
         ev = mailbox.get(key)
@@ -221,28 +239,25 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
         net.bundle(pairs, per_flow * op.count, latency, lambda: rv.event.succeed())
 
     def collective_row(rank: int, op: Collective, rv: _Rendezvous) -> None:
-        name = op.kind + ("_async" if op.asynchronous else "")
-        rows.append((rank, name, op.tag.step, op.tag.patch, op.tag.layer, op.tag.layer,
-                     rv.start, env.now,
-                     int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count)),
-                     -1, "model", op.tag.what))
+        name = op.kind + (OpKind.ASYNC_SUFFIX if op.asynchronous else "")
+        sent = int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count))
+        rows.append(message_row(rank, name, op.tag, rv.start, env.now, sent))
 
     def rank_proc(rank: int):
         gpu = rank + rank_offset
-        for op in schedule.ranks[rank]:
+        for i, op in enumerate(schedule.ranks[rank]):
+            at[rank] = i
             if isinstance(op, Compute):
                 start = env.now
                 yield env.timeout(cost.compute_time(op))
-                rows.append((rank, op.kind, op.step, op.patch, op.layers[0], op.layers[1],
-                             start, env.now, 0, -1, cost.source(op), ""))
+                rows.append(compute_row(rank, op, start, env.now, cost.source(op)))
             elif isinstance(op, Send):
                 ev = slot((rank, op.dst, op.tag))
                 start = env.now
 
                 def arrived(ev=ev, op=op, start=start) -> None:
-                    rows.append((rank, "send", op.tag.step, op.tag.patch, op.tag.layer,
-                                 op.tag.layer, start, env.now, op.nbytes, op.dst, "model",
-                                 op.tag.what))
+                    rows.append(message_row(rank, OpKind.SEND, op.tag, start, env.now,
+                                            op.nbytes, op.dst))
                     ev.succeed(start)
 
                 net.transfer(gpu, op.dst + rank_offset, op.nbytes, arrived)
@@ -251,13 +266,14 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                     yield env.timeout(host)
             elif isinstance(op, Recv):
                 start = env.now
-                yield slot((op.src, rank, op.tag))
+                key = (op.src, rank, op.tag)
+                yield slot(key)
+                del mailbox[key]  # what is left at the end was sent and never received
                 host = topo.route_host(op.src + rank_offset, gpu, op.nbytes)
                 if host:  # and completing it the receiver's
                     yield env.timeout(host)
-                rows.append((rank, "recv", op.tag.step, op.tag.patch, op.tag.layer,
-                             op.tag.layer, start, env.now, op.nbytes, op.src, "model",
-                             op.tag.what))
+                rows.append(message_row(rank, OpKind.RECV, op.tag, start, env.now, op.nbytes,
+                                        op.src))
             elif isinstance(op, Collective):
                 key = (op.tag, op.group)
                 rv = meetings.get(key)
@@ -276,15 +292,31 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                     yield rv.event
                     collective_row(rank, op, rv)
             elif isinstance(op, Wait):
-                rv = pending.pop((rank, op.tag))
+                rv = pending.pop((rank, op.tag), None)
+                if rv is None:
+                    raise ScheduleError(f"{schedule.where(rank, i)} waits for no asynchronous "
+                                        "collective issued before it")
                 start = env.now
                 yield rv.event
-                rows.append((rank, "wait", op.tag.step, op.tag.patch, op.tag.layer,
-                             op.tag.layer, start, env.now, 0, -1, "model", op.tag.what))
+                rows.append(message_row(rank, OpKind.WAIT, op.tag, start, env.now))
             else:
                 raise TypeError(f"unknown op {op!r}")
+        at[rank] = len(schedule.ranks[rank])
 
     for r in range(schedule.world_size):
         env.process(rank_proc(r))
     env.run()
+    # The event loop ran dry: a rank still short of its last op waits for something no
+    # other rank will ever do.
+    stuck = {r: i for r, i in enumerate(at) if i < len(schedule.ranks[r])}
+    if stuck:
+        raise ScheduleError(deadlock_message(schedule.ranks, stuck))
+    for src, dst, tag in mailbox:
+        i = next(i for i, op in enumerate(schedule.ranks[src])
+                 if isinstance(op, Send) and op.dst == dst and op.tag == tag)
+        raise ScheduleError(f"{schedule.where(src, i)}: rank {dst} never receives it")
+    for rank, tag in pending:
+        i = max(i for i, op in enumerate(schedule.ranks[rank])
+                if isinstance(op, Collective) and op.tag == tag)
+        raise ScheduleError(f"{schedule.where(rank, i)} is never waited for")
     return Trace(rows)

@@ -6,6 +6,7 @@ This is what ``sim.predict`` prints and what ``sim.plan`` ranks.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from operator import attrgetter
 
 from sim.config import ParallelConfig, Workload
 from sim.cost import CostModel, CostSpec
@@ -13,10 +14,10 @@ from sim.engine import collective_flows, simulate
 from sim.hardware import GPU
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
-from sim.schedule import Collective, Compute
+from sim.schedule import Collective, Compute, OpKind
 from sim.strategies import build_schedule
 from sim.topology import Topology, build_topology
-from sim.trace import Trace
+from sim.trace import Trace, TraceRow
 
 
 @dataclass
@@ -102,17 +103,20 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
                       cost_sources=source_summary(trace), cost_model=spec.describe(cost))
 
 
-def _step_rows(trace: Trace) -> dict[int, list[tuple]]:
-    by_step: dict[int, list[tuple]] = {}
+# Field getters built in C: they run on every row of every planner candidate.
+_STEP_ORDER = attrgetter("rank", "start_s", "op", "patch", "layer_first")
+_SAME_OP = attrgetter("rank", "op", "patch", "layer_first", "nbytes")
+
+
+def _step_rows(trace: Trace) -> dict[int, list[TraceRow]]:
+    """Rows by step, each step's in a fixed order (rank, start, op, patch, layer) so that
+    two periodic steps line up row by row."""
+    by_step: dict[int, list[TraceRow]] = {}
     for r in trace.rows:
-        by_step.setdefault(r[2], []).append(r)
+        by_step.setdefault(r.step, []).append(r)
     for rows in by_step.values():
-        rows.sort(key=lambda r: (r[0], r[6], r[1], r[3], r[4]))
+        rows.sort(key=_STEP_ORDER)
     return by_step
-
-
-def _shift(row: tuple, dt: float, step: int) -> tuple:
-    return row[:2] + (step,) + row[3:6] + (row[6] + dt, row[7] + dt) + row[8:]
 
 
 def periodic_extension(trace: Trace, first_middle: int, steps: int) -> Trace | None:
@@ -126,20 +130,20 @@ def periodic_extension(trace: Trace, first_middle: int, steps: int) -> Trace | N
     short_last = first_middle + 2
     if a not in by_step or b not in by_step or len(by_step[a]) != len(by_step[b]):
         return None
-    ends = {t: max(r[7] for r in rows) for t, rows in by_step.items() if t >= 0}
+    ends = {t: max(r.end_s for r in rows) for t, rows in by_step.items() if t >= 0}
     period = ends[b] - ends[a]
     tol = 1e-9 * max(1.0, trace.end_s)
     for ra, rb in zip(by_step[a], by_step[b], strict=True):
-        if (ra[0], ra[1], ra[3], ra[4], ra[8]) != (rb[0], rb[1], rb[3], rb[4], rb[8]) or \
-                abs(ra[6] + period - rb[6]) > tol or abs(ra[7] + period - rb[7]) > tol:
+        if _SAME_OP(ra) != _SAME_OP(rb) or abs(ra.start_s + period - rb.start_s) > tol or \
+                abs(ra.end_s + period - rb.end_s) > tol:
             return None
     extra = steps - (short_last + 1)  # middle steps the short run lacks
-    rows = [r for r in trace.rows if 0 <= r[2] <= b or r[1] == "text_encode"]
+    rows = [r for r in trace.rows if 0 <= r.step <= b or r.op == OpKind.TEXT_ENCODE]
     for k in range(1, extra + 1):
-        rows.extend(_shift(r, k * period, b + k) for r in by_step[b])
-    rows.extend(_shift(r, extra * period, steps - 1) for r in by_step[short_last])
-    rows.extend(_shift(r, extra * period, -1) for r in by_step.get(-1, [])
-                if r[1] != "text_encode")
+        rows.extend(r.shifted(k * period, b + k) for r in by_step[b])
+    rows.extend(r.shifted(extra * period, steps - 1) for r in by_step[short_last])
+    rows.extend(r.shifted(extra * period, -1) for r in by_step.get(-1, [])
+                if r.op != OpKind.TEXT_ENCODE)
     return Trace(rows)
 
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from sim.errors import UserError
 
 GB = 1e9
-_DESIGN_GPU = "DESIGN.md section 5 (GPU table: vendor datasheets, dense BF16 tensor)"
-_DESIGN_EFF = "DESIGN.md section 5: end-to-end DiT pipelines reach 40-45 % of peak on A100, " \
-    "50-70 % on L40/L20, 30 % (eager) to 50 % (compiled) on H100"
+_DOC = "docs/design.md#"  # sources cite sections of the design document by anchor
+_DESIGN_GPU = _DOC + "gpu-table (vendor datasheets, dense BF16 tensor)"
+_DESIGN_EFF = _DOC + "pipeline-efficiency: end-to-end DiT pipelines reach 40-45 % of peak " \
+    "on A100, 50-70 % on L40/L20, 30 % (eager) to 50 % (compiled) on H100"
+_LINK_DOC = _DOC + "link-bandwidth-and-latency"
 _SM = "vendor whitepapers (Ada, Ampere, Hopper, Volta, Turing): streaming multiprocessors"
 _LAUNCH = "eager PyTorch per-op CPU dispatch plus cudaLaunchKernel, commonly 5-20 us; 12 us taken"
 
@@ -89,21 +91,23 @@ class LinkKind:
 LINKS: dict[str, LinkKind] = {k.name: k for k in [
     LinkKind("pcie-gen3", 11 * GB, 15e-6,
              "x16 spec 15.75 GB/s; achieved ~70 % as for Gen4 (25 of 31.5 GB/s); "
-             "latency: DESIGN.md 'small messages cost a fixed 10-60 us'"),
+             "latency: small messages cost a fixed 10-60 us, " + _LINK_DOC),
     LinkKind("pcie-gen4", 25 * GB, 15e-6,
-             "DESIGN.md: point-to-point over PCIe Gen4 measured 23-26 GB/s on A100 and L20 "
-             "boxes; latency: DESIGN.md 10-60 us per small message"),
+             _LINK_DOC + ": point-to-point over PCIe Gen4 measured 23-26 GB/s on A100 and "
+             "L20 boxes; latency: 10-60 us per small message (same section)"),
     LinkKind("pcie-gen5", 50 * GB, 15e-6,
              "x16 spec 63 GB/s; achieved taken at the Gen4 ratio (~80 %); latency as Gen4"),
     LinkKind("nvlink2", 120 * GB, 8e-6,
              "V100 SXM2 NVLink2 spec 150 GB/s per direction; achieved assumed 80 %"),
     LinkKind("nvlink3", 200 * GB, 8e-6,
-             "DESIGN.md: NCCL all-reduce bus bandwidth ~200 GB/s on 8 A100 SXM (300 spec)"),
+             _LINK_DOC + ": NCCL all-reduce bus bandwidth ~200 GB/s on 8 A100 SXM "
+             "(300 spec)"),
     LinkKind("nvlink4", 370 * GB, 8e-6,
-             "DESIGN.md: NCCL all-reduce bus bandwidth ~370 GB/s on 8 H100 SXM (450 spec)"),
+             _LINK_DOC + ": NCCL all-reduce bus bandwidth ~370 GB/s on 8 H100 SXM "
+             "(450 spec)"),
     LinkKind("upi", 20 * GB, 5e-6,
-             "DESIGN.md: GPU traffic collapses to about 20 GB/s once it crosses the CPU "
-             "socket link"),
+             _LINK_DOC + ": GPU traffic collapses to about 20 GB/s once it crosses the "
+             "CPU socket link"),
     LinkKind("ib-hdr", 23 * GB, 5e-6,
              "InfiniBand HDR 200 Gb/s = 25 GB/s line rate; RDMA achieves ~92 % (assumption)"),
     LinkKind("ib-ndr", 46 * GB, 5e-6,

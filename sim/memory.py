@@ -73,11 +73,15 @@ def memory_per_rank(wl: Workload, cfg: ParallelConfig, sched: Schedule,
         act += 2 * 2 * batch * (qs + text) * h * b / T  # the block in hand and the next one
     latent = m.latent_channels * full * m.patch_size**2 * 4  # fp32 latent
     kv_layer = batch * m.stale_kv_elems(full) * b / T
+    layout = sched.layout
+    if layout is None:
+        raise ValueError("the schedule has no rank layout; build it with "
+                         "sim.strategies.build_schedule")
     out = []
-    stage_of_rank = _stage_of_rank(cfg, len(sched.ranks))
     n_stages = len(sched.stage_layers)
     for rank in range(len(sched.ranks)):
-        first, lst = sched.stage_layers[stage_of_rank[rank]]
+        stage = layout.stage(rank)
+        first, lst = sched.stage_layers[stage]
         n_layers = lst - first + 1
         kv = 0.0
         comm = 0.0
@@ -90,7 +94,7 @@ def memory_per_rank(wl: Workload, cfg: ParallelConfig, sched: Schedule,
             comm += batch * (full // seq + text) * h * b
         if T > 1 or cfg.ulysses > 1:
             comm += 2 * batch * (qs + text) * h * b / T  # collective staging buffers
-        if stage_of_rank[rank] == n_stages - 1:
+        if stage == n_stages - 1:
             comm += latent * 3  # DPM-Solver multistep keeps two previous model outputs
         weights = (m.blocks_params(first, lst) / T + m.outside_params) * b
         out.append(MemoryBreakdown(
@@ -103,10 +107,3 @@ def memory_per_rank(wl: Workload, cfg: ParallelConfig, sched: Schedule,
             runtime=RUNTIME_BYTES_GPU if gpu.name != "cpu" else 0.0,
         ))
     return out
-
-
-def _stage_of_rank(cfg: ParallelConfig, world: int) -> list[int]:
-    """Pipeline stage of each rank under the hybrid layout (stage 0 without PipeFusion)."""
-    if cfg.distrifusion > 1 or cfg.pipefusion == 1:
-        return [0] * world
-    return [(r // cfg.sp) % cfg.pipefusion for r in range(world)]

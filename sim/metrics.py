@@ -11,11 +11,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sim.cost.profile import SOURCES
-from sim.schedule import COLLECTIVE_KINDS
-from sim.trace import Trace
-
-OUTSIDE_LOOP = ("text_encode", "vae_decode")
+from sim.cost.base import SOURCES
+from sim.schedule import OpKind
+from sim.trace import Trace, TraceRow
 
 
 @dataclass
@@ -55,33 +53,36 @@ class Metrics:
 def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> Metrics:
     """Metrics of ``trace`` for a run of ``steps`` steps of which ``warmup`` synchronous."""
     latency = trace.end_s
-    text_end = max((r[7] for r in trace.rows if r[1] == "text_encode"), default=0.0)
-    vae = sum(r[7] - r[6] for r in trace.rows if r[1] == "vae_decode")
+    text_end = max((r.end_s for r in trace.rows if r.op == OpKind.TEXT_ENCODE), default=0.0)
+    vae = sum(r.end_s - r.start_s for r in trace.rows if r.op == OpKind.VAE_DECODE)
     loop = max(latency - text_end - vae, 1e-30)
     busy = [0.0] * world_size
     exposed = [0.0] * world_size
-    sends = {}
+    sends: dict[tuple, TraceRow] = {}
     sent_by_step: dict[tuple[int, int], int] = defaultdict(int)
+    # Local names: this loop runs over every row of every planner candidate's trace.
+    send, recv, wait, suffix = OpKind.SEND, OpKind.RECV, OpKind.WAIT, OpKind.ASYNC_SUFFIX
+    collectives, outside = OpKind.COLLECTIVES, OpKind.OUTSIDE_LOOP
     for r in trace.rows:
-        rank, op = r[0], r[1]
-        if op == "send":
-            sends[(rank, r[9], r[2], r[3], r[4], r[11])] = r
-            sent_by_step[(rank, r[2])] += r[8]
-        elif op.endswith("_async"):
-            sent_by_step[(rank, r[2])] += r[8]
-        elif op in COLLECTIVE_KINDS:
+        rank, op = r.rank, r.op
+        if op == send:
+            sends[(rank, r.peer, r.step, r.patch, r.layer_first, r.tag)] = r
+            sent_by_step[(rank, r.step)] += r.nbytes
+        elif op.endswith(suffix):
+            sent_by_step[(rank, r.step)] += r.nbytes
+        elif op in collectives:
             # A blocking collective holds its rank for as long as its data is on the wire.
-            sent_by_step[(rank, r[2])] += r[8]
-            exposed[rank] += r[7] - r[6]
-        elif op == "wait":
-            exposed[rank] += r[7] - r[6]
-        elif op != "recv" and op not in OUTSIDE_LOOP:
-            busy[rank] += r[7] - r[6]
+            sent_by_step[(rank, r.step)] += r.nbytes
+            exposed[rank] += r.end_s - r.start_s
+        elif op == wait:
+            exposed[rank] += r.end_s - r.start_s
+        elif op != recv and op not in outside:
+            busy[rank] += r.end_s - r.start_s
     for r in trace.rows:
-        if r[1] == "recv":
-            s = sends.get((r[9], r[0], r[2], r[3], r[4], r[11]))
-            in_flight_from = max(r[6], s[6]) if s else r[6]
-            exposed[r[0]] += max(0.0, r[7] - in_flight_from)
+        if r.op == recv:
+            s = sends.get((r.peer, r.rank, r.step, r.patch, r.layer_first, r.tag))
+            in_flight_from = max(r.start_s, s.start_s) if s else r.start_s
+            exposed[r.rank] += max(0.0, r.end_s - in_flight_from)
     idle = sum(loop - b - e for b, e in zip(busy, exposed))
     steady = [t for t in range(warmup, steps - 1)] or list(range(steps))
     per_step = [max((sent_by_step.get((rank, t), 0) for t in steady), default=0)
@@ -94,17 +95,16 @@ def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> M
     )
 
 
-def source_summary(rows: Iterable) -> dict[str, dict[str, int]]:
+def source_summary(rows: Trace | Iterable[TraceRow]) -> dict[str, dict[str, int]]:
     """Per compute kind, how many ops took their time from each source, from a trace (a
     ``sim.trace.Trace`` or its rows): e.g. ``{"blocks": {"measured": 8, "interpolated": 4}}``.
     Communication rows are skipped."""
     if isinstance(rows, Trace):
         rows = rows.rows
-    out: dict[str, Counter] = {}
-    for r in rows:
-        kind, source = r[1], r[10]
-        if kind in ("send", "recv") or source not in SOURCES:
+    out: dict[str, dict[str, int]] = {}
+    for (kind, source), n in Counter((r.op, r.source) for r in rows).items():
+        if kind in (OpKind.SEND, OpKind.RECV) or source not in SOURCES:
             continue
-        out.setdefault(kind, Counter())[source] += 1
+        out.setdefault(kind, {})[source] = n
     return {k: dict(sorted(c.items(), key=lambda kv: SOURCES.index(kv[0])))
             for k, c in sorted(out.items())}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from sim.errors import UserError
 
-_DESIGN = "DESIGN.md section 5 (model table)"
+_DESIGN = "docs/design.md#model-architecture-table"
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class DiTModel:
     cfg: bool  # classifier-free guidance runs a batch of two
     text_encoder_params: float
     vae_params: float
+    guidance_scale: float  # the pipeline's default classifier-free guidance scale (_GUIDANCE)
     patch_size: int = 2
     vae_factor: int = 8
     mlp_ratio: float = 4.0
@@ -172,7 +173,14 @@ class DiTModel:
 # FluxTransformerBlock ~52, FluxSingleTransformerBlock ~22, HunyuanDiTBlock ~38.
 _KERNELS = {"pixart": 34, "dit": 26, "sd3": 48, "flux": 37, "hunyuan": 38}
 
-_T5_XXL = 4.7e9  # DESIGN.md section 5: T5-XXL encoder, about 4.7 B parameters
+# Default guidance scale of each model's diffusers pipeline (``guidance_scale`` of
+# ``__call__``, diffusers 0.42.1): PixArtAlphaPipeline and PixArtSigmaPipeline 4.5,
+# DiTPipeline 4.0, StableDiffusion3Pipeline 7.0, FluxPipeline 3.5 (Flux-dev embeds it as an
+# input, no guidance batch), HunyuanDiTPipeline 5.0.
+_GUIDANCE = {"pixart": 4.5, "dit": 4.0, "sd3": 7.0, "flux": 3.5, "hunyuan": 5.0}
+
+_T5_XXL = 4.7e9  # T5-XXL encoder, about 4.7 B parameters (_T5_SRC)
+_T5_SRC = "T5-XXL, docs/design.md#text-encoders-and-vae"
 _SD_VAE = 83.7e6  # diffusers AutoencoderKL (SD 1.x/PixArt VAE): 83.65 M parameters
 _SD3_VAE = 83.8e6  # SD3/Flux 16-channel AutoencoderKL, same layout as SD-VAE, 83.8 M parameters
 
@@ -182,6 +190,7 @@ def _src(**extra: str) -> dict[str, str]:
         "blocks/hidden/heads/text_tokens/latent_channels/params/steps/cfg": _DESIGN,
         "vae_params": "diffusers AutoencoderKL config (block_out_channels 128,256,512,512)",
         "kernels_per_block": "counted from diffusers 0.42 block forward methods",
+        "guidance_scale": "diffusers 0.42.1 pipeline __call__ default (see _GUIDANCE)",
     }
     base.update(extra)
     return base
@@ -193,41 +202,45 @@ MODELS: dict[str, DiTModel] = {
         DiTModel(
             "pixart-alpha", "PixArtTransformer2DModel", "cross", 28, 1152, 16, 72, 120, 4,
             0.61e9, 20, True, _T5_XXL, _SD_VAE, text_dim=1152, kernels_per_block=_KERNELS["pixart"],
-            caption_channels=4096,
-            sources=_src(text_encoder="T5-XXL, DESIGN.md section 5"),
+            caption_channels=4096, guidance_scale=_GUIDANCE["pixart"],
+            sources=_src(text_encoder=_T5_SRC),
         ),
         DiTModel(
             "pixart-sigma", "PixArtTransformer2DModel", "cross", 28, 1152, 16, 72, 300, 4,
             0.61e9, 20, True, _T5_XXL, _SD_VAE, text_dim=1152, kernels_per_block=_KERNELS["pixart"],
-            caption_channels=4096,
-            sources=_src(text_encoder="T5-XXL, DESIGN.md section 5"),
+            caption_channels=4096, guidance_scale=_GUIDANCE["pixart"],
+            sources=_src(text_encoder=_T5_SRC),
         ),
         DiTModel(
             "dit-xl-2", "DiTTransformer2DModel", "dit", 28, 1152, 16, 72, 0, 4,
             0.75e9, 50, True, 0.0, _SD_VAE, kernels_per_block=_KERNELS["dit"],
+            guidance_scale=_GUIDANCE["dit"],
             sources=_src(text_encoder="none: class-label conditioning"),
         ),
         DiTModel(
             "sd3-medium", "SD3Transformer2DModel", "joint", 24, 1536, 24, 64, 333, 16,
             2.03e9, 28, True, _T5_XXL + 0.8e9, _SD3_VAE, kernels_per_block=_KERNELS["sd3"],
-            sources=_src(text_encoder="T5-XXL (DESIGN.md) + CLIP-L/G (~0.8 B, SD3 paper)"),
+            guidance_scale=_GUIDANCE["sd3"],
+            sources=_src(text_encoder=_T5_SRC + " + CLIP-L/G (~0.8 B, SD3 paper)"),
         ),
         DiTModel(
             "sd35-large", "SD3Transformer2DModel", "joint", 38, 2432, 38, 64, 333, 16,
             8.06e9, 28, True, _T5_XXL + 0.8e9, _SD3_VAE, kernels_per_block=_KERNELS["sd3"],
-            sources=_src(text_encoder="T5-XXL (DESIGN.md) + CLIP-L/G (~0.8 B, SD3 paper)"),
+            guidance_scale=_GUIDANCE["sd3"],
+            sources=_src(text_encoder=_T5_SRC + " + CLIP-L/G (~0.8 B, SD3 paper)"),
         ),
         DiTModel(
             "flux-dev", "FluxTransformer2DModel", "flux", 57, 3072, 24, 128, 512, 16,
             11.9e9, 28, False, _T5_XXL + 0.12e9, _SD3_VAE, double_blocks=19,
-            kernels_per_block=_KERNELS["flux"],
-            sources=_src(text_encoder="T5-XXL (DESIGN.md) + CLIP-L (0.12 B)",
-                         double_blocks="DESIGN.md: 19 double + 38 single"),
+            kernels_per_block=_KERNELS["flux"], guidance_scale=_GUIDANCE["flux"],
+            sources=_src(text_encoder=_T5_SRC + " + CLIP-L (0.12 B)",
+                         double_blocks=_DESIGN + ": 19 double + 38 single"),
         ),
         DiTModel(
             "hunyuan-dit", "HunyuanDiT2DModel", "cross", 40, 1408, 16, 88, 333, 4,
             1.50e9, 50, True, 1.6e9 + 0.35e9, _SD_VAE, mlp_ratio=4.3637, text_dim=1024,
             long_skips=True, kernels_per_block=_KERNELS["hunyuan"],
+            guidance_scale=_GUIDANCE["hunyuan"],
             sources=_src(text_encoder="mT5-XL (~1.6 B) + bilingual CLIP (~0.35 B), HunyuanDiT "
                          "paper", mlp_ratio="HunyuanDiT config: mlp_ratio 4.3637"),
         ),
@@ -236,13 +249,13 @@ MODELS: dict[str, DiTModel] = {
         DiTModel(
             "pixart-tiny", "PixArtTransformer2DModel", "cross", 4, 64, 2, 32, 8, 4,
             324_192, 8, True, 0.0, 0.0, text_dim=64, caption_channels=64,
-            kernels_per_block=_KERNELS["pixart"],
+            kernels_per_block=_KERNELS["pixart"], guidance_scale=_GUIDANCE["pixart"],
             sources={"all": "test configuration; params counted from the diffusers model"},
         ),
         DiTModel(
             "pixart-small", "PixArtTransformer2DModel", "cross", 8, 384, 6, 64, 16, 4,
             20_332_448, 8, True, 0.0, 0.0, text_dim=384, caption_channels=256,
-            kernels_per_block=_KERNELS["pixart"],
+            kernels_per_block=_KERNELS["pixart"], guidance_scale=_GUIDANCE["pixart"],
             sources={"all": "test configuration; params counted from the diffusers model"},
         ),
     ]

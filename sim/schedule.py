@@ -14,16 +14,31 @@ Ops:
 - ``Collective``: all-reduce, all-gather, all-to-all over a group of ranks (every member lists
   it with the same tag); an asynchronous one returns at once and a later ``Wait`` blocks on it.
 
-Tags identify (what, step, patch, layer), so traces join op by op and every send has exactly
-one receive with the same tag.
+Tags identify (what, step, patch, layer), so traces join op by op.
+
+The contract (``Schedule.validate`` checks it; every strategy's schedule passes it):
+
+- every ``Send`` has exactly one ``Recv`` on its destination with the same tag, size and shape;
+- every member of a collective's group lists the same (kind, tag, group) the same number of
+  times;
+- an asynchronous collective is followed, on each member, by one ``Wait`` with its tag before
+  the tag is used again; no ``Wait`` comes without its collective.
+
+A schedule that passes can still deadlock if ranks order their blocking ops inconsistently;
+``Schedule.check_progress`` finds that without running anything, and the engine reports it
+if it happens.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from operator import itemgetter
+from typing import Any, NamedTuple
+
+from sim.layout import RankLayout
 
 
 class OpKind:
@@ -124,7 +139,44 @@ class Wait:
 
 
 Op = Compute | Send | Recv | Collective | Wait
-COLLECTIVE_KINDS = OpKind.COLLECTIVES
+
+
+class ScheduleError(ValueError):
+    """A schedule breaks the contract (unmatched messages or collectives, a ``Wait`` without
+    its collective) or cannot finish (deadlock). The message names each rank concerned, the
+    op's index in that rank's list (0-based) and the op."""
+
+
+def describe_op(op: Op) -> str:
+    """A short label of ``op`` for error messages, e.g. ``Recv(src=0, tag=Tag(...))``."""
+    if isinstance(op, Send):
+        return f"Send(dst={op.dst}, tag={op.tag})"
+    if isinstance(op, Recv):
+        return f"Recv(src={op.src}, tag={op.tag})"
+    if isinstance(op, Collective):
+        mode = ", asynchronous" if op.asynchronous else ""
+        return f"Collective({op.kind!r}, group={op.group}, tag={op.tag}{mode})"
+    if isinstance(op, Wait):
+        return f"Wait(tag={op.tag})"
+    return f"Compute({op.kind!r}, step={op.step}, patch={op.patch}, layers={op.layers})"
+
+
+# What matches across ranks (``Schedule.validate`` builds the same keys inline, for speed): a
+# send's key equals its receive's; a collective's key without the rank is the same on every
+# member.
+def _send_key(rank: int, op: Send) -> tuple:
+    return (rank, op.dst, op.tag, op.nbytes, op.shape)
+
+
+def _recv_key(rank: int, op: Recv) -> tuple:
+    return (op.src, rank, op.tag, op.nbytes, op.shape)
+
+
+def _collective_key(rank: int, op: Collective) -> tuple:
+    return (op.kind, op.tag, op.group, rank)
+
+
+_WITHOUT_RANK = itemgetter(0, 1, 2)  # a collective's key, the same on every member
 
 
 @dataclass
@@ -145,6 +197,9 @@ class Schedule:
     token_cols: int
     ranks: list[list[Op]] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    # rank <-> (cfg half, stage, sequence position); set by the strategies, None on
+    # hand-built schedules
+    layout: RankLayout | None = None
 
     @property
     def world_size(self) -> int:
@@ -161,46 +216,193 @@ class Schedule:
         return sum(self.patch_rows[:patch])
 
     def validate(self) -> None:
-        """Check the contract: every send has one matching receive (same tag, size, shape,
-        peers). Raises ``ValueError`` naming the first mismatch."""
-        sends: Counter = Counter()
-        recvs: Counter = Counter()
+        """Check the contract (module docstring): messages and collectives match across ranks
+        and every asynchronous collective is waited for. Raises ``ScheduleError`` naming the
+        rank, the op and its tag. Linear in the ops, with filtering comprehensions and Counter
+        (which counts in C) doing the work: it runs on every schedule built, the planner's
+        hundreds of candidates included."""
+        sends: list[tuple] = []
+        recvs: list[tuple] = []
+        collectives: list[tuple] = []
         for rank, ops in enumerate(self.ranks):
-            for op in ops:
-                if isinstance(op, Send):
-                    sends[(rank, op.dst, op.tag, op.nbytes, op.shape)] += 1
-                elif isinstance(op, Recv):
-                    recvs[(op.src, rank, op.tag, op.nbytes, op.shape)] += 1
-        if sends != recvs:
-            only_s = sends - recvs
-            only_r = recvs - sends
-            raise ValueError(f"unmatched schedule: sends without receive {list(only_s)[:3]}, "
-                             f"receives without send {list(only_r)[:3]}")
+            present = set(map(type, ops))
+            if Send in present:
+                sends += [(rank, op.dst, op.tag, op.nbytes, op.shape) for op in ops
+                          if type(op) is Send]
+            if Recv in present:
+                recvs += [(op.src, rank, op.tag, op.nbytes, op.shape) for op in ops
+                          if type(op) is Recv]
+            if Collective in present:
+                group_ops = [op for op in ops if type(op) is Collective]
+                collectives += [(op.kind, op.tag, op.group, rank) for op in group_ops]
+                if Wait in present or any(op.asynchronous for op in group_ops):
+                    self._check_waits(rank)
+            elif Wait in present:
+                self._check_waits(rank)
+        sent, received = Counter(sends), Counter(recvs)
+        if not dict.__eq__(sent, received):  # Counter's own == compares in Python
+            raise self._unmatched_messages(sent, received)
+        listed = Counter(collectives)
+        # Usually each member lists each collective once: then it is enough that as many
+        # ranks list it as its group has, all of them members.
+        if len(listed) < len(collectives) or not (
+                all(n == len(key[2]) for key, n in Counter(map(_WITHOUT_RANK, listed)).items())
+                and all(rank in group for _, _, group, rank in listed)):
+            self._check_collectives(listed)
+
+    def where(self, rank: int, index: int) -> str:
+        """Op ``index`` of ``rank`` for an error message: ``rank 0, op 3 of 30: Send(...)``."""
+        ops = self.ranks[rank]
+        return f"rank {rank}, op {index} of {len(ops)}: {describe_op(ops[index])}"
+
+    def _check_waits(self, rank: int) -> None:
+        """Each asynchronous collective of ``rank`` is followed by one ``Wait`` with its tag
+        before the tag is issued again (the engine and a ``Wait`` find it by tag alone), and
+        each ``Wait`` follows its collective."""
+        ops = self.ranks[rank]
+        in_flight: set[Tag] = set()
+        for op in [op for op in ops if type(op) is Wait
+                   or type(op) is Collective and op.asynchronous]:
+            if type(op) is Wait:
+                if op.tag not in in_flight:
+                    self._raise_wait_error(rank)
+                in_flight.remove(op.tag)
+            else:
+                if op.tag in in_flight:
+                    self._raise_wait_error(rank)
+                in_flight.add(op.tag)
+        if in_flight:
+            self._raise_wait_error(rank)
+
+    def _raise_wait_error(self, rank: int) -> None:
+        """Replay ``_check_waits`` with op indices and raise for the first op out of place."""
+        in_flight: dict[Tag, int] = {}
+        ops = self.ranks[rank]
+        for i, op in enumerate(ops):
+            if type(op) is Collective and op.asynchronous:
+                if op.tag in in_flight:
+                    raise ScheduleError(f"{self.where(rank, i)} reuses the tag of an "
+                                        "asynchronous collective not yet waited for")
+                in_flight[op.tag] = i
+            elif type(op) is Wait:
+                if op.tag not in in_flight:
+                    raise ScheduleError(f"{self.where(rank, i)} waits for no asynchronous "
+                                        "collective issued before it")
+                del in_flight[op.tag]
+        for i in in_flight.values():
+            raise ScheduleError(f"{self.where(rank, i)} is never waited for")
+
+    def _first(self, rank: int, cls: type, key_of: Callable[[int, Any], tuple],
+               key: tuple) -> int:
+        """Index of the first op of ``cls`` on ``rank`` whose key is ``key``."""
+        return next(i for i, op in enumerate(self.ranks[rank])
+                    if type(op) is cls and key_of(rank, op) == key)
+
+    def _unmatched_messages(self, sends: Counter, recvs: Counter) -> ScheduleError:
+        """The error for the first send without its receive, or receive without its send."""
+        for key in sends - recvs:
+            src, dst, tag, nbytes, shape = key
+            where = self.where(src, self._first(src, Send, _send_key, key))
+            other = [op for op in self.ranks[dst] if type(op) is Recv and op.src == src
+                     and op.tag == tag] if 0 <= dst < self.world_size else []
+            if recvs[key]:
+                why = f"sent {sends[key]}x but received {recvs[key]}x by rank {dst}"
+            elif other:
+                why = (f"rank {dst} receives it as {other[0].nbytes} bytes of shape "
+                       f"{other[0].shape}, not {nbytes} bytes of shape {shape}")
+            else:
+                why = f"rank {dst} does not receive it"
+            return ScheduleError(f"{where}: {why}")
+        for key in recvs - sends:
+            src, dst, tag, nbytes, shape = key
+            where = self.where(dst, self._first(dst, Recv, _recv_key, key))
+            why = (f"received {recvs[key]}x but sent {sends[key]}x by rank {src}" if sends[key]
+                   else f"rank {src} does not send it ({nbytes} bytes of shape {shape})")
+            return ScheduleError(f"{where}: {why}")
+        return ScheduleError("unmatched messages")  # unreachable: the counts differ
+
+    def _check_collectives(self, collectives: Counter) -> None:
+        """Every member lists each (kind, tag, group) as often as every other member, and
+        only members list it."""
+        listed: dict[tuple, dict[int, int]] = {}
+        for (kind, tag, group, rank), n in collectives.items():
+            listed.setdefault((kind, tag, group), {})[rank] = n
+        for (kind, tag, group), by_rank in listed.items():
+            counts = {m: by_rank.get(m, 0) for m in group}
+            if len(by_rank) == len(group) and len(set(counts.values())) == 1:
+                continue
+            outsider = next((r for r in by_rank if r not in counts), None)
+            if outsider is not None:
+                i = self._first(outsider, Collective, _collective_key,
+                                (kind, tag, group, outsider))
+                raise ScheduleError(f"{self.where(outsider, i)}: rank {outsider} is not a "
+                                    "member of the group")
+            most = max(counts, key=counts.__getitem__)
+            fewest = min(counts, key=counts.__getitem__)
+            i = self._first(most, Collective, _collective_key, (kind, tag, group, most))
+            raise ScheduleError(f"{self.where(most, i)}: listed {counts[most]}x by rank {most} "
+                                f"but {counts[fewest]}x by rank {fewest}")
+
+    def check_progress(self) -> None:
+        """Play the schedule in order of dependencies alone (no times): every rank must reach
+        its end. Raises ``ScheduleError`` naming each rank that cannot and the op it waits on
+        (a deadlock from inconsistent ordering, which ``validate`` cannot see). Semantics as in
+        the engine and the executor: sends and asynchronous collectives do not block; a
+        receive waits for its send, a blocking collective for every member, a ``Wait`` for
+        every member to have issued its collective."""
+        ranks = self.ranks
+        at = [0] * len(ranks)
+        sent: Counter = Counter()  # (src, dst, tag) -> sends issued
+        taken: Counter = Counter()  # (src, dst, tag) -> receives completed
+        arrived: Counter = Counter()  # (tag, group, occurrence) -> members arrived
+        seen: list[Counter] = [Counter() for _ in ranks]  # per rank: (tag, group) -> listed
+        joined: list[dict] = [{} for _ in ranks]  # per rank: op index -> rendezvous key
+        issued: list[dict] = [{} for _ in ranks]  # per rank: async tag -> rendezvous key
+        moved = True
+        while moved:
+            moved = False
+            for rank, ops in enumerate(ranks):
+                i = at[rank]
+                while i < len(ops):
+                    op = ops[i]
+                    cls = type(op)
+                    if cls is Send:
+                        sent[(rank, op.dst, op.tag)] += 1
+                    elif cls is Recv:
+                        key = (op.src, rank, op.tag)
+                        if taken[key] >= sent[key]:
+                            break
+                        taken[key] += 1
+                    elif cls is Collective:
+                        meet = joined[rank].get(i)
+                        if meet is None:
+                            pair = (op.tag, op.group)
+                            meet = joined[rank][i] = pair + (seen[rank][pair],)
+                            seen[rank][pair] += 1
+                            arrived[meet] += 1
+                        if op.asynchronous:
+                            issued[rank][op.tag] = meet
+                        elif arrived[meet] < len(op.group):
+                            break
+                    elif cls is Wait:
+                        meet = issued[rank].get(op.tag)
+                        if meet is None or arrived[meet] < len(meet[1]):
+                            break
+                    i += 1
+                if i != at[rank]:
+                    at[rank] = i
+                    moved = True
+        stuck = [r for r, ops in enumerate(ranks) if at[r] < len(ops)]
+        if stuck:
+            raise ScheduleError(deadlock_message(ranks, {r: at[r] for r in stuck}))
 
 
-def split_even(total: int, parts: int) -> list[int]:
-    """Split ``total`` into ``parts`` contiguous sizes, the first ones one larger."""
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
-def partition_layers(num_blocks: int, stages: int,
-                     per_stage: list[int] | None = None) -> list[tuple[int, int]]:
-    """Contiguous block ranges per stage. Default: ``ceil(L/N)`` per stage, so the last stage
-    may get fewer (DESIGN.md); ``per_stage`` gives an explicit count per stage."""
-    if per_stage is None:
-        size = math.ceil(num_blocks / stages)
-        counts = [min(size, max(0, num_blocks - i * size)) for i in range(stages)]
-        if counts[-1] == 0:  # ceil leaves nothing for the tail: fall back to an even split
-            counts = split_even(num_blocks, stages)
-    else:
-        counts = list(per_stage)
-    ranges = []
-    first = 0
-    for c in counts:
-        ranges.append((first, first + c - 1))
-        first += c
-    return ranges
+def deadlock_message(ranks: list[list[Op]], stuck: dict[int, int]) -> str:
+    """The message for ranks that cannot finish: ``stuck`` maps each to its blocking op's
+    index."""
+    return "deadlock, no rank can proceed: " + "; ".join(
+        f"rank {r} is stuck at op {i} of {len(ranks[r])}: {describe_op(ranks[r][i])}"
+        for r, i in sorted(stuck.items()))
 
 
 def numel(shape: tuple[int, ...]) -> int:

@@ -61,13 +61,9 @@ class Topology:
         """Latency of each edge id, seconds."""
         return self._per_edge("latency")
 
-    @cached_property
-    def edge_kind(self) -> list[str]:
-        """Link kind of each edge id."""
-        return self._per_edge("kind")
-
     @property
     def num_gpus(self) -> int:
+        """GPUs (ranks) of the cluster."""
         return len(self.gpu_nodes)
 
     def route(self, src: int, dst: int) -> tuple[int, ...]:

@@ -1,9 +1,10 @@
 """The trace table shared by simulator and executor: one row per executed op.
 
-Columns (DESIGN.md): rank, op, step, patch, layer_first, layer_last, start_s, end_s, nbytes,
+Columns (``TraceRow``): rank, op, step, patch, layer_first, layer_last, start_s, end_s, nbytes,
 peer, source, plus ``tag`` (what a message carried: hidden, text, skip, latent). Times are
-seconds from the start of the run. ``op`` is a compute kind, ``send`` or ``recv``; a send row
-lasts from its issue to the data's arrival, a receive row from its posting to the arrival.
+seconds from the start of the run. ``op`` is an ``OpKind``: a compute kind, ``send``, ``recv``,
+a collective or ``wait``; a send row lasts from its issue to the data's arrival, a receive row
+from its posting to the arrival.
 """
 
 from __future__ import annotations
@@ -12,15 +13,70 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-COLUMNS = ("rank", "op", "step", "patch", "layer_first", "layer_last", "start_s", "end_s",
-           "nbytes", "peer", "source", "tag")
-COMM_OPS = ("send", "recv", "wait")
+from sim.schedule import Compute, OpKind, Tag
+
+# The generated ``__new__`` of a NamedTuple parses its arguments in Python; the builders below
+# fill every field themselves, and the planner builds hundreds of thousands of rows.
+_new_row = tuple.__new__
+
+
+class TraceRow(NamedTuple):
+    """One executed op. A plain tuple underneath (CSV rows, pickling between processes);
+    build one with ``for_compute`` or ``for_message``, the builders engine and executor share."""
+
+    rank: int
+    op: str  # an ``OpKind``; an asynchronous collective's adds ``OpKind.ASYNC_SUFFIX``
+    step: int
+    patch: int
+    layer_first: int
+    layer_last: int
+    start_s: float
+    end_s: float
+    nbytes: int  # bytes this rank sent (receives: bytes that arrived)
+    peer: int  # the other rank of a send or receive, else -1
+    source: str  # where the duration came from: a cost source, "model" or "measured"
+    tag: str  # ``Tag.what`` of a message or collective, "" for compute
+
+    @classmethod
+    def for_compute(cls, rank: int, op: Compute, start_s: float, end_s: float,
+                    source: str) -> TraceRow:
+        """The row of compute ``op`` on ``rank``, run from ``start_s`` to ``end_s`` (s)."""
+        first, last = op.layers
+        return _new_row(cls, (rank, op.kind, op.step, op.patch, first, last, start_s, end_s,
+                              0, -1, source, ""))
+
+    @classmethod
+    def for_message(cls, rank: int, op: str, tag: Tag, start_s: float, end_s: float,
+                    nbytes: int = 0, peer: int = -1, source: str = "model") -> TraceRow:
+        """The row of communication ``op`` (send, receive, collective or wait) of ``tag`` on
+        ``rank``, from ``start_s`` to ``end_s`` (s), moving ``nbytes`` bytes to or from
+        ``peer``."""
+        layer = tag.layer
+        return _new_row(cls, (rank, op, tag.step, tag.patch, layer, layer, start_s, end_s,
+                              nbytes, peer, source, tag.what))
+
+    @property
+    def duration_s(self) -> float:
+        """``end_s - start_s``, seconds."""
+        return self.end_s - self.start_s
+
+    def shifted(self, dt: float, step: int) -> TraceRow:
+        """This row moved ``dt`` seconds later and relabelled as step ``step``."""
+        rank, op, _, patch, first, last, start, end, nbytes, peer, source, tag = self
+        return _new_row(TraceRow, (rank, op, step, patch, first, last, start + dt, end + dt,
+                                   nbytes, peer, source, tag))
+
+
+COLUMNS = TraceRow._fields
+_COMM = frozenset((OpKind.SEND, OpKind.RECV, OpKind.WAIT) + OpKind.COLLECTIVES
+                  + tuple(k + OpKind.ASYNC_SUFFIX for k in OpKind.COLLECTIVES))
 
 
 def is_comm(op: str) -> bool:
     """Whether a trace ``op`` is communication (point-to-point, collective or a wait)."""
-    return op in COMM_OPS or op.startswith(("all_", "reduce_", "ring_"))
+    return op in _COMM
 
 
 _INT = {"rank", "step", "patch", "layer_first", "layer_last", "nbytes", "peer"}
@@ -29,9 +85,9 @@ _FLOAT = {"start_s", "end_s"}
 
 @dataclass
 class Trace:
-    """Rows of the trace table, each a tuple in ``COLUMNS`` order."""
+    """The rows of the trace table."""
 
-    rows: list[tuple] = field(default_factory=list)
+    rows: list[TraceRow] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -43,14 +99,14 @@ class Trace:
     @property
     def end_s(self) -> float:
         """Time the last op ended, seconds."""
-        return max((r[7] for r in self.rows), default=0.0)
+        return max((r.end_s for r in self.rows), default=0.0)
 
     def write_csv(self, path: str | Path) -> None:
         """Write the table as CSV with a header row."""
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(COLUMNS)
-            for r in sorted(self.rows, key=lambda r: (r[6], r[0])):
+            for r in sorted(self.rows, key=lambda r: (r.start_s, r.rank)):
                 w.writerow(r)
 
     @classmethod
@@ -59,8 +115,8 @@ class Trace:
         rows = []
         with open(path, newline="") as fh:
             for d in csv.DictReader(fh):
-                rows.append(tuple(int(d[c]) if c in _INT else float(d[c]) if c in _FLOAT
-                                  else d.get(c, "") for c in COLUMNS))
+                rows.append(TraceRow._make(int(d[c]) if c in _INT else float(d[c])
+                                           if c in _FLOAT else d.get(c, "") for c in COLUMNS))
         return cls(rows)
 
     def to_chrome(self) -> dict:
@@ -68,8 +124,8 @@ class Trace:
         events = []
         for d in self.dicts():
             comm = is_comm(d["op"])
-            arrow = "->" if d["op"] == "send" else "<-"
-            p2p = d["op"] in ("send", "recv")
+            arrow = "->" if d["op"] == OpKind.SEND else "<-"
+            p2p = d["op"] in (OpKind.SEND, OpKind.RECV)
             name = f"{d['op']} {d['tag']} {arrow} {d['peer']}" if p2p else d["op"]
             events.append({
                 "name": name, "ph": "X", "pid": d["rank"], "tid": 1 if comm else 0,
@@ -93,8 +149,8 @@ class Trace:
 def join_traces(measured: Trace, predicted: Trace) -> list[dict]:
     """Pair the rows of two traces of the same schedule on (rank, op, step, patch, layers,
     tag); each pair gives both durations (s) and the relative error of the prediction."""
-    def key(r: tuple) -> tuple:
-        return (r[0], r[1], r[2], r[3], r[4], r[5], r[11])
+    def key(r: TraceRow) -> tuple:
+        return (r.rank, r.op, r.step, r.patch, r.layer_first, r.layer_last, r.tag)
 
     pred = {}
     for r in predicted.rows:
@@ -104,9 +160,9 @@ def join_traces(measured: Trace, predicted: Trace) -> list[dict]:
         p = pred.get(key(r))
         if p is None:
             continue
-        m_d, p_d = r[7] - r[6], p[7] - p[6]
-        out.append({"rank": r[0], "op": r[1], "step": r[2], "patch": r[3],
-                    "layer_first": r[4], "layer_last": r[5], "tag": r[11],
+        m_d, p_d = r.duration_s, p.duration_s
+        out.append({"rank": r.rank, "op": r.op, "step": r.step, "patch": r.patch,
+                    "layer_first": r.layer_first, "layer_last": r.layer_last, "tag": r.tag,
                     "measured_s": m_d, "predicted_s": p_d,
                     "rel_err": (p_d / m_d - 1) if m_d > 0 else float("nan")})
     return out

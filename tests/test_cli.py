@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sim import plan, predict
+from sim import compare, plan, predict
 from sim.cli import run_main
 
 
@@ -37,7 +37,8 @@ BASE = ["--model", "pixart", "--gpus", "8", "--link", "pcie"]
     (["--model", "pixart", "--gpus", "2", "--link", "nvlink", "--gpu", "l40"], "has no NVLink"),
     (BASE + ["--stage-blocks", "4,4", "--patches", "8"], "lists 2 stages"),
     (BASE + ["--stage-blocks", "a,b", "--patches", "8"], "comma-separated integers"),
-    (BASE + ["--single-gpu-latency", "-1", "--patches", "8"], "positive number of seconds"),
+    (BASE + ["--single-gpu-latency", "-1", "--patches", "8"],
+     "--single-gpu-latency must be positive"),
     (["--model", "pixart", "--gpus", "3", "--nodes", "2"], "does not split evenly"),
     (["--gpus", "2"], "required: --model"),
 ])
@@ -52,8 +53,20 @@ def test_predict_bad_input_exits_2_with_one_line(argv, needle, capsys) -> None:
 def test_plan_bad_input(capsys) -> None:
     code, _, err = _run(plan.main, BASE + ["--top", "0"], capsys)
     assert code == 2 and "--top must be at least 1" in err
+    code, _, err = _run(plan.main, BASE + ["--per-family", "0"], capsys)
+    assert code == 2 and "--per-family must be at least 1" in err
     code, _, err = _run(plan.main, BASE + ["--warmup", "a,b"], capsys)
-    assert code == 2 and "--warmup must be" in err
+    assert code == 2 and "--warmup must be comma-separated integers" in err
+    code, _, err = _run(plan.main, BASE + ["--warmup", "1,-1"], capsys)
+    assert code == 2 and "--warmup must be at least 0" in err
+
+
+@pytest.mark.parametrize("main,command", [(plan.main, "reports.plan"),
+                                          (compare.main, "reports.compare")])
+def test_report_flag_names_the_command_that_writes_reports(main, command, capsys) -> None:
+    code, out, err = _run(main, BASE + ["--report", "r.html"], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"python -m {command}" in err and "--report FILE" in err
 
 
 def test_predict_json_fields(capsys) -> None:

@@ -1,4 +1,4 @@
-"""Engine: closed forms, link sharing, properties, determinism."""
+"""Engine: closed forms, link sharing, properties, determinism, broken schedules refused."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sim.engine import Network, simulate
 from sim.evaluate import evaluate
 from sim.hardware import get_gpu
 from sim.models import get_model
-from sim.schedule import Compute
+from sim.schedule import Compute, Recv, Schedule, ScheduleError, Send
 from sim.strategies import build_schedule
 from sim.topology import build_topology
 from tests.conftest import free_links
@@ -46,7 +46,7 @@ def test_single_gpu_latency_is_sum_of_op_costs(pixart_1024: Workload) -> None:
     trace = simulate(sched, build_topology(gpu, 1), cost)
     expected = sum(cost.compute_time(op) for op in sched.ranks[0])
     assert trace.end_s == pytest.approx(expected, rel=1e-12)
-    assert {r[1] for r in trace.rows} >= {"text_encode", "embed", "blocks", "final",
+    assert {r.op for r in trace.rows} >= {"text_encode", "embed", "blocks", "final",
                                           "scheduler_step", "vae_decode"}
 
 
@@ -68,7 +68,8 @@ def test_equal_stages_free_links_follow_closed_form(n: int, m: int, s: int, w: i
 
 
 def test_bubble_fraction_matches_useful_fraction() -> None:
-    # DESIGN.md: once full the pipeline never drains; useful fraction M*S / (M*S + N - 1).
+    # docs/design.md#pipeline-fill: once full the pipeline never drains; useful fraction
+    # M*S / (M*S + N - 1).
     n, m, s = 4, 8, 10
     wl = Workload(get_model("pixart"), 1024, 1024, s, text_encoder=False, vae=False)
     cost = LinearCost(wl.tokens, 1e-3)
@@ -177,7 +178,7 @@ def test_nvlink_is_faster_than_pcie_for_the_same_gpu() -> None:
 def test_rank_offset_and_partial_use_of_a_box(pixart_1024: Workload, l40_pcie8) -> None:
     gpu = get_gpu("l40")
     p4 = evaluate(pixart_1024, ParallelConfig(4, 4, 4, 1), gpu, l40_pcie8)
-    assert {r[0] for r in p4.trace.rows} == {0, 1, 2, 3}
+    assert {r.rank for r in p4.trace.rows} == {0, 1, 2, 3}
     smaller = replace(pixart_1024, steps=10)
     assert evaluate(smaller, ParallelConfig(4, 4, 4, 1), gpu, l40_pcie8).latency_s < p4.latency_s
 
@@ -185,7 +186,7 @@ def test_rank_offset_and_partial_use_of_a_box(pixart_1024: Workload, l40_pcie8) 
 def test_host_time_of_a_message_is_charged_to_both_ranks() -> None:
     """A CPU transport's host time per message (profiles.links --busy, ``host_msg`` rows)
     delays the sender after it issues and the receiver after the data arrived."""
-    from sim.schedule import Recv, Schedule, Send, Tag
+    from sim.schedule import Tag
 
     topo = build_topology(get_gpu("cpu"), 2, "pcie")
     host = 3e-4
@@ -204,14 +205,15 @@ def test_host_time_of_a_message_is_charged_to_both_ranks() -> None:
         def source(self, op: Compute) -> str:
             return "test"
 
-    rows = {(r[0], r[1]): r for r in simulate(sched, topo, Fixed()).rows}
+    rows = {(r.rank, r.op): r for r in simulate(sched, topo, Fixed()).rows}
     wire = topo.route_latency(0, 1) + 4096 / topo.route_bandwidth(0, 1)
-    assert rows[(0, "blocks")][6] == pytest.approx(host)  # the sender issued, then computed
-    assert rows[(1, "blocks")][6] == pytest.approx(wire + host)  # arrival, then completion
+    assert rows[(0, "blocks")].start_s == pytest.approx(host)  # the sender issued, then computed
+    assert rows[(1, "blocks")].start_s == pytest.approx(wire + host)  # arrival, then completion
     # Without the table (GPU transports) messages cost the ranks nothing.
     plain = build_topology(get_gpu("cpu"), 2, "pcie")
-    rows = {(r[0], r[1]): r for r in simulate(sched, plain, Fixed()).rows}
-    assert rows[(0, "blocks")][6] == 0.0 and rows[(1, "blocks")][6] == pytest.approx(wire)
+    rows = {(r.rank, r.op): r for r in simulate(sched, plain, Fixed()).rows}
+    assert rows[(0, "blocks")].start_s == 0.0
+    assert rows[(1, "blocks")].start_s == pytest.approx(wire)
 
 
 def test_host_seconds_interpolate_in_log_size() -> None:
@@ -221,3 +223,61 @@ def test_host_seconds_interpolate_in_log_size() -> None:
     assert host_seconds((), 5000) == 0.0
     assert host_seconds(table, 10) == 1e-4 and host_seconds(table, 1 << 30) == 3e-4
     assert host_seconds(table, 2048) == pytest.approx(2e-4)  # halfway in log size
+
+
+# ---- broken schedules (issue 15: a strategy bug must not give a fast, wrong prediction) ------
+
+def _pipefusion_2_stages() -> Schedule:
+    wl = Workload(get_model("pixart"), 1024, 1024, 4, text_encoder=False, vae=False)
+    return build_schedule(wl, ParallelConfig(2, 2, 2, 1))
+
+
+def _without(sched: Schedule, rank: int, cls: type) -> Schedule:
+    """``sched`` with the first op of type ``cls`` deleted from ``rank``."""
+    ops = list(sched.ranks[rank])
+    del ops[next(i for i, op in enumerate(ops) if isinstance(op, cls))]
+    return replace(sched, ranks=[ops if r == rank else list(o) for r, o in enumerate(sched.ranks)])
+
+
+def _run(sched: Schedule) -> None:
+    simulate(sched, build_topology(get_gpu("l40"), 2), RooflineCost(
+        Workload(get_model("pixart"), 1024, 1024, 4), get_gpu("l40")))
+
+
+def test_a_receive_deleted_from_rank_1_is_refused() -> None:
+    # Rank 1 goes on without the hidden states of step 0: nothing blocks, but the message is
+    # left unreceived.
+    sched = _without(_pipefusion_2_stages(), 1, Recv)
+    send = next(i for i, op in enumerate(sched.ranks[0]) if isinstance(op, Send))
+    with pytest.raises(ScheduleError, match=rf"rank 0, op {send} of \d+: Send\(dst=1, tag=Tag\("
+                                            r"what='hidden', step=0, .*\): rank 1 never receives"):
+        _run(sched)
+
+
+def test_a_send_deleted_from_rank_0_is_refused() -> None:
+    # Rank 1 waits forever for step 0's hidden states, and rank 0 for the latents they make.
+    sched = _without(_pipefusion_2_stages(), 0, Send)
+    with pytest.raises(ScheduleError, match=r"rank 0 is stuck at op \d+ of \d+: Recv\(src=1, .*; "
+                                            r"rank 1 is stuck at op 1 of \d+: Recv\(src=0, tag="
+                                            r"Tag\(what='hidden', step=0, patch=-1, layer=14\)\)"):
+        _run(sched)
+    with pytest.raises(ScheduleError, match="rank 0 does not send it"):
+        sched.validate()  # what build_schedule would have said before any simulation
+
+
+def test_a_deadlock_names_each_stuck_rank_and_its_op() -> None:
+    # Rank 0 waits for step 0's latent before sending the hidden states that produce it.
+    sched = _pipefusion_2_stages()
+    ops = list(sched.ranks[0])
+    recv = next(i for i, op in enumerate(ops) if isinstance(op, Recv))
+    send = next(i for i, op in enumerate(ops) if isinstance(op, Send))
+    ops.insert(send, ops.pop(recv))
+    broken = replace(sched, ranks=[ops, list(sched.ranks[1])])
+    broken.validate()  # the messages still match: only running it shows the cycle
+    with pytest.raises(ScheduleError) as err:
+        _run(broken)
+    message = str(err.value)
+    assert f"rank 0 is stuck at op {send} of {len(ops)}: Recv(src=1, tag=Tag(what='latent', " \
+        "step=0, patch=-1, layer=-1))" in message
+    assert "rank 1 is stuck at op 1 of " in message and "Recv(src=0, tag=Tag(what='hidden'" \
+        in message

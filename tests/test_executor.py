@@ -133,9 +133,9 @@ def test_one_process_cli_matches_diffusers(reference, tmp_path):
     assert summary["config"]["world_size"] == 1
     assert summary["latency_s"] > 0 and summary["peak_memory_gb"] > 0
     trace = Trace.read_csv(trace_file)
-    kinds = [r[1] for r in trace.rows]
+    kinds = [r.op for r in trace.rows]
     assert kinds.count("blocks") == STEPS and kinds.count("scheduler_step") == STEPS
-    assert {r[10] for r in trace.rows} == {"measured"}
+    assert {r.source for r in trace.rows} == {"measured"}
     events = json.loads(chrome.read_text())["traceEvents"]
     assert sum(e["name"] == "blocks" for e in events) == STEPS
 
@@ -280,7 +280,7 @@ def test_rejected_config_fails_before_any_process_group_with_sim_message(rank):
     (["--model", "pixart-tiny", "--steps", "x"], "invalid int value"),
     (["--model", "pixart-tiny", "--resolution", "256", "--runs", "0"], "--runs must be at least"),
     (["--model", "pixart-tiny", "--resolution", "256", "--warmup-runs", "-1"],
-     "--warmup-runs must be 0 or more"),
+     "--warmup-runs must be at least 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys, monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):

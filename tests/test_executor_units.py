@@ -142,7 +142,9 @@ def test_keep_stage_drops_what_a_stage_never_uses():
 
 
 def test_local_checkpoint_runs_like_the_registry_model(tmp_path, net):
-    from executor.run import build_parser, execute, plan_run
+    from executor.request import plan_run
+    from executor.run import build_parser
+    from executor.runtime import execute
 
     net.save_pretrained(tmp_path / "ckpt")
     m = local_model(tmp_path / "ckpt")
@@ -179,7 +181,8 @@ def test_peak_memory_probe_sees_a_new_allocation():
 
 
 def test_plan_rejects_what_sim_rejects_with_the_same_message():
-    from executor.run import build_parser, plan_run
+    from executor.request import plan_run
+    from executor.run import build_parser
     from sim.errors import UserError
 
     args = build_parser().parse_args(["--model", "pixart-tiny", "--resolution", "256",

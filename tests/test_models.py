@@ -1,4 +1,5 @@
-"""Model and hardware registries: the numbers of DESIGN.md and the cost formulas."""
+"""Model and hardware registries: the numbers and FLOP formulas of docs/design.md
+("Registry sources"), and the cost formulas built on them."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def test_joint_and_dit_flops_match_design() -> None:
 
 
 def test_attention_share_of_pixart_flops() -> None:
-    # DESIGN.md: attention is a third of PixArt's FLOPs at 1024 px, nearly all at 8192 px.
+    # docs/design.md, "FLOPs per block": attention is a third of PixArt's FLOPs at 1024 px,
+    # nearly all at 8192 px.
     m = get_model("pixart")
 
     def attn_share(res: int) -> float:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from profiles.collect import block_grid, main
+from profiles.collect import main
+from profiles.grid import block_grid
 from sim.config import ParallelConfig, Workload
 from sim.cost.profile import ProfileCost
 from sim.cost.profile_format import ComputeProfile, LinkProfile
@@ -16,6 +17,7 @@ from sim.evaluate import evaluate
 from sim.hardware import GPUS
 from sim.metrics import source_summary
 from sim.models import get_model
+from sim.stats import nearest_rank, quantile
 from sim.topology import build_topology
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +29,16 @@ def test_block_grid_is_patch_shapes() -> None:
     # 256 px: 16 x 16 tokens; M = 3 bands of ceil(16/3) = 6 rows; M = 64 > 16 rows: skipped.
     assert grid[:4] == [(256, 256, 256), (256, 128, 256), (256, 96, 256), (256, 64, 256)]
     assert (512, 1024, 1024) in grid and (512, 352, 1024) in grid and len(grid) == 8
+
+
+def test_quantile_rules_of_the_two_profilers() -> None:
+    xs = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    # Compute profiles interpolate: position 0.25 * 5 = 1.25, a quarter from 2 to 4.
+    assert quantile(xs, 0.25) == 2.5 and quantile(xs, 0.5) == 6.0 and quantile(xs, 1.0) == 32.0
+    # Link profiles take the nearest rank: 1.25 -> rank 1, 3.75 -> rank 4; ties go even.
+    assert nearest_rank(xs, 0.25) == 2.0 and nearest_rank(xs, 0.75) == 16.0
+    assert nearest_rank([1.0, 2.0, 3.0], 0.25) == 1.0  # 0.5 rounds to the even rank 0
+    assert quantile([5.0], 0.75) == nearest_rank([5.0], 0.75) == 5.0
 
 
 def test_quick_collection_on_a_tiny_config(tmp_path: Path) -> None:

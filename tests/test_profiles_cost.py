@@ -10,7 +10,8 @@ import pytest
 
 from sim.config import ParallelConfig, Workload
 from sim.cost.interp import fit_regimes
-from sim.cost.profile import ProfileCost, apply_link_profile
+from sim.cost.link_profile import apply_link_profile
+from sim.cost.profile import ProfileCost
 from sim.cost.profile_format import ComputeProfile, LinkProfile, LinkSample, Sample
 from sim.errors import UserError
 from sim.evaluate import evaluate
@@ -209,8 +210,8 @@ def test_engine_with_the_shipped_cpu_profile() -> None:
     assert summary["text_encode"] == {"roofline": 2}
     assert summary["condition"] == {"measured": 2 * 4}  # every rank, every step
     assert pred.latency_s > 0
-    rows = [r for r in pred.trace.rows if r[1] == "blocks" and r[3] == 0 and r[0] == 0]
-    assert rows[0][7] - rows[0][6] == pytest.approx(
+    rows = [r for r in pred.trace.rows if r.op == "blocks" and r.patch == 0 and r.rank == 0]
+    assert rows[0].duration_s == pytest.approx(
         cost.compute_time(Compute("blocks", 1, 0, (0, 1), 128, 256, 2)))
 
 
@@ -237,9 +238,9 @@ def test_link_profile_overrides_matching_edges() -> None:
     wl = Workload(get_model("pixart-tiny"), 256, 256, 3, "fp32")
     cfg = ParallelConfig(gpus=2, pipefusion=2, patches=2, warmup=1)
     pred = evaluate(wl, cfg, CPU, new)
-    sends = [r for r in pred.trace.rows if r[1] == "send"]
+    sends = [r for r in pred.trace.rows if r.op == "send"]
     for r in sends:
-        assert r[7] - r[6] == pytest.approx(40e-6 + r[8] / 3e9, rel=1e-6)
+        assert r.duration_s == pytest.approx(40e-6 + r.nbytes / 3e9, rel=1e-6)
 
 
 def test_link_profile_host_rows_reach_the_topology() -> None:

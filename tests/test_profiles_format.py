@@ -1,9 +1,8 @@
-"""The profile file format: round trips, bad files, shipped profiles, and no torch import."""
+"""The profile file format: round trips, bad files and shipped profiles (that the loader
+imports no torch or numpy is checked with the rest of ``sim`` in ``test_layers``)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,8 +36,6 @@ def test_round_trip(tmp_path: Path) -> None:
     back = ComputeProfile.read(path)
     assert back.samples == small_profile().samples
     assert back.meta["format"] == "ditsim-compute-profile/1"
-    assert back.select("block")[0].spread == pytest.approx(0.1 / 1.5)
-    assert back.ops() == [("block", "cross"), ("embed", "")]
 
 
 @pytest.mark.parametrize("mutate,match", [
@@ -69,13 +66,6 @@ def test_missing_file_and_wrong_kind(tmp_path: Path) -> None:
 def test_slug() -> None:
     assert slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     assert slug("  AMD EPYC (tm) ") == "amd-epyc-tm"
-
-
-def test_loader_imports_no_torch() -> None:
-    code = ("import sys, profiles, sim.cost.profile_format, sim.cost.interp, sim.cost.profile\n"
-            "bad = [m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules]\n"
-            "assert not bad, bad\n")
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
 @pytest.mark.parametrize("model", ["pixart-tiny", "pixart-small"])

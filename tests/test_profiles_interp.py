@@ -57,7 +57,7 @@ def test_duplicates_pool_and_range_is_enforced() -> None:
     f = MonotoneLogLog([1, 1, 2], [1.0, 4.0, 8.0])
     assert f(1) == pytest.approx(2.0)
     assert f.lo == 1 and f.hi == 2
-    assert f.is_knot(2) and not f.is_knot(1.5)
+    assert f.contains(2) and not f.contains(2.5)
     with pytest.raises(ValueError):
         f(2.5)
     with pytest.raises(ValueError):

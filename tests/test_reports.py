@@ -13,7 +13,9 @@ import pytest
 
 pytest.importorskip("plotly")
 
-from sim import compare, plan, predict  # noqa: E402
+from reports import compare, plan  # noqa: E402
+from sim import compare as sim_compare  # noqa: E402
+from sim import predict  # noqa: E402
 from sim.cli import run_main  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -53,6 +55,15 @@ def _run(main, argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         run_main(main, argv)
     assert exc.value.code == 0
+
+
+def test_report_commands_print_what_the_sim_commands_print(tmp_path: Path, capsys) -> None:
+    argv = ["--model", "pixart", "--gpus", "2", "--resolutions", "512", "--steps", "4"]
+    _run(sim_compare.main, argv)
+    expected = capsys.readouterr().out
+    _run(compare.main, argv + ["--report", str(tmp_path / "c.html")])
+    assert capsys.readouterr().out == expected
+    assert _figures((tmp_path / "c.html").read_text()) == 3
 
 
 @needs_chromium

@@ -1,15 +1,17 @@
 """Parallel strategies and hybrids: communication volumes and stale-buffer memory against the
-closed forms of DESIGN.md, collectives on the topology, planner search, compare."""
+closed forms of docs/design.md (communication per step, pipeline fill), collectives on the
+topology, planner search, compare."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim import compare, plan
+from sim import compare, search
 from sim.cli import run_main
 from sim.config import ParallelConfig, Workload
 from sim.cost import RooflineCost
@@ -17,8 +19,9 @@ from sim.engine import simulate
 from sim.errors import UserError
 from sim.evaluate import evaluate, latency_lower_bound
 from sim.hardware import get_gpu
+from sim.layout import AXES, RankLayout
 from sim.models import get_model
-from sim.schedule import Collective, Schedule, Tag
+from sim.schedule import Collective, Recv, Schedule, Send, Tag
 from sim.strategies import build_schedule
 from sim.topology import build_topology
 
@@ -192,7 +195,7 @@ def test_lower_bound_never_exceeds_simulation() -> None:
     gpu = get_gpu("l40")
     topo = build_topology(gpu, 8, "pcie")
     wl = _wl(1024, steps=8)
-    for cfg in plan.candidates(wl, 8, [0, 1])[::7]:
+    for cfg in search.candidates(wl, 8, [0, 1])[::7]:
         lb, _ = latency_lower_bound(wl, cfg, gpu, topo)
         assert lb <= evaluate(wl, cfg, gpu, topo, fast=True).latency_s * (1 + 1e-9), cfg
 
@@ -202,13 +205,13 @@ def test_pruned_search_shows_what_an_exhaustive_one_shows() -> None:
     topo = build_topology(gpu, 8, "pcie")
     wl = _wl(1024, steps=8)
     kw = dict(top=5, per_family=2, workers=1)
-    pruned = plan.plan(wl, gpu, topo, [0, 1], **kw)
-    full = plan.plan(wl, gpu, topo, [0, 1], exhaustive=True, **kw)
+    pruned = search.search(wl, gpu, topo, [0, 1], **kw)
+    full = search.search(wl, gpu, topo, [0, 1], exhaustive=True, **kw)
     assert pruned.pruned > 0
     key = [(p.config, p.latency_s) for p in pruned.ranked[:5]]
     assert key == [(p.config, p.latency_s) for p in full.ranked[:5]]
-    fam_p = [(p.config, p.latency_s) for p in plan.best_per_family(pruned.ranked, 2)]
-    fam_f = [(p.config, p.latency_s) for p in plan.best_per_family(full.ranked, 2)]
+    fam_p = [(p.config, p.latency_s) for p in search.best_per_family(pruned.ranked, 2)]
+    fam_f = [(p.config, p.latency_s) for p in search.best_per_family(full.ranked, 2)]
     assert fam_p == fam_f
 
 
@@ -233,7 +236,7 @@ def test_monotone_in_bandwidth_and_steps(kw, k, steps) -> None:
 def test_multi_node_keeps_sequence_parallelism_inside_a_node() -> None:
     gpu = get_gpu("l40")
     topo = build_topology(gpu, 16, "pcie", nodes=2)
-    ranked = plan.plan(_wl(2048, steps=8), gpu, topo, [1], top=3, per_family=1).ranked
+    ranked = search.search(_wl(2048, steps=8), gpu, topo, [1], top=3, per_family=1).ranked
     best = ranked[0].config
     assert best.gpus == 16
     # Innermost layout: a sequence-parallel group of at most 8 ranks never leaves its node.
@@ -269,3 +272,84 @@ def test_compare_table_and_json(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         run_main(compare.main, argv[:-4] + ["--resolutions", "1000"])
     assert exc.value.code == 2
+
+
+# Degrees small enough to enumerate, large enough that every axis has an odd and an even case.
+LAYOUTS = [RankLayout(*d) for d in itertools.product((1, 2), (1, 3), (1, 2), (1, 2), (1, 3),
+                                                     (1, 2))]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: "x".join(map(str, lay.degrees)))
+def test_ranks_round_trip_through_coordinates(layout: RankLayout) -> None:
+    seen = []
+    for rank in range(layout.world):
+        at = layout.coords(rank)
+        assert all(0 <= x < n for x, n in zip(at, layout.degrees))
+        assert layout.rank(*at) == rank
+        assert layout.stage(rank) == at.stage
+        seen.append(at)
+    assert len(set(seen)) == layout.world
+    assert [layout.rank(*at) for at in itertools.product(*map(range, layout.degrees))] == \
+        list(range(layout.world))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: "x".join(map(str, lay.degrees)))
+def test_groups_of_an_axis_partition_the_ranks(layout: RankLayout) -> None:
+    for axes in [(a,) for a in AXES] + [("ring", "ulysses"), ("ring", "ulysses", "tensor")]:
+        size = 1
+        for a in axes:
+            size *= layout.degrees[AXES.index(a)]
+        groups = layout.groups(*axes)
+        members = [r for g in groups for r in g]
+        assert sorted(members) == list(range(layout.world)), axes
+        for g in groups:
+            assert len(g) == size and list(g) == sorted(g)
+            for rank in g:
+                assert layout.group(rank, *axes) == g
+                # Members differ from each other only on ``axes``.
+                fixed = [x for a, x in zip(AXES, layout.coords(rank)) if a not in axes]
+                assert fixed == [x for a, x in zip(AXES, layout.coords(g[0])) if a not in axes]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: "x".join(map(str, lay.degrees)))
+def test_documented_layout_formula(layout: RankLayout) -> None:
+    C, P, D, R, U, T = layout.degrees
+    for c, p, d, r, u, t in itertools.product(*map(range, layout.degrees)):
+        assert layout.rank(c, p, d, r, u, t) == ((((c * P + p) * D + d) * R + r) * U + u) * T + t
+        if D == 1:  # hybrids
+            assert layout.rank(c, p, d, r, u, t) == ((c * P + p) * R * U + r * U + u) * T + t
+        if P == R == U == T == 1:  # DistriFusion
+            assert layout.rank(c, p, d, r, u, t) == c * D + d
+
+
+def test_layout_rejects_coordinates_outside_it() -> None:
+    layout = RankLayout(cfg=2, stages=2)
+    for bad in (dict(cfg=2), dict(stage=-1), dict(ring=1)):
+        with pytest.raises(ValueError, match="outside"):
+            layout.rank(**bad)
+    with pytest.raises(ValueError, match="outside"):
+        layout.coords(4)
+    with pytest.raises(ValueError, match="unknown axis"):
+        layout.group(0, "pipeline")
+
+
+@pytest.mark.parametrize("kw", [dict(cfg=2, pipefusion=2, ulysses=2, patches=2, warmup=1),
+                                dict(pipefusion=2, ring=2, tensor=2, patches=2),
+                                dict(cfg=2, distrifusion=4, warmup=1)])
+def test_schedules_talk_along_the_axes_of_their_layout(kw) -> None:
+    # Collectives run over one axis group; point-to-point messages stay at the same sequence
+    # position and CFG half, changing only the stage.
+    cfg = ParallelConfig(8, **kw)
+    sched = build_schedule(_wl(512, steps=3, model=get_model("hunyuan-dit")), cfg)
+    layout = sched.layout
+    assert layout == RankLayout.of(cfg) and layout.world == sched.world_size == 8
+    axis_groups = {g for axes in [(a,) for a in AXES] + [("ring", "ulysses")]
+                   for g in layout.groups(*axes)}
+    for rank, ops in enumerate(sched.ranks):
+        for op in ops:
+            if isinstance(op, Collective):
+                assert op.group in axis_groups and rank in op.group
+            elif isinstance(op, Send | Recv):
+                peer = op.dst if isinstance(op, Send) else op.src
+                assert layout.coords(peer)._replace(stage=0) == \
+                    layout.coords(rank)._replace(stage=0)

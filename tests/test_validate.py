@@ -55,6 +55,31 @@ def test_validate_smoke_grid(tmp_path: Path) -> None:
     assert LinkProfile.read(link).host_table()
 
 
+def test_grid_cases_and_runs_per_launch() -> None:
+    from validation.grid import grid_cases
+    from validation.measure import MAX_RUNS, runs_per_launch
+
+    cases = grid_cases("quick", 2, only=("pixart-tiny",))
+    assert {c.model for c in cases} == {"pixart-tiny"}
+    # Per resolution: one single-process case, then the grid's six two-process pairs.
+    assert [(c.nproc, c.patches, c.warmup) for c in cases[:7]] == [
+        (1, 1, 0), (2, 1, 1), (2, 2, 1), (2, 4, 1), (2, 8, 1), (2, 4, 0), (2, 4, 2)]
+    assert len(grid_cases("quick", 1)) == 4  # two models x two resolutions, one process
+    assert runs_per_launch(2.0) == 1 and runs_per_launch(0.2) == 3
+    assert runs_per_launch(1e-4) == MAX_RUNS
+
+
+def test_validate_range_checks() -> None:
+    from sim.errors import UserError
+    from validation.cli import main
+
+    for argv, message in ((["--nproc", "0"], "--nproc must be at least 1, got 0"),
+                          (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+                          (["--warmup-runs", "-1"], "--warmup-runs must be at least 0, got -1")):
+        with pytest.raises(UserError, match=message):
+            main(argv)
+
+
 def test_validate_bad_input() -> None:
     res = subprocess.run([sys.executable, "-m", "validation", "--grid", "huge"],
                          capture_output=True, text=True)

@@ -1,6 +1,6 @@
-"""``python -m validation``: see ``validation.run``."""
+"""``python -m validation``: see ``validation.cli``."""
 
 from sim.cli import run_main
-from validation.run import main
+from validation.cli import main
 
 run_main(main)

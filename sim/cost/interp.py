@@ -96,10 +96,6 @@ class MonotoneLogLog:
         """Whether ``x`` lies inside the measured range (inclusive)."""
         return self.lo * (1 - rel_tol) <= x <= self.hi * (1 + rel_tol)
 
-    def is_knot(self, x: float, rel_tol: float = 1e-9) -> bool:
-        """Whether ``x`` is one of the measured points."""
-        return any(abs(x - k) <= rel_tol * k for k in self.x)
-
     def __call__(self, x: float) -> float:
         if not self.contains(x):
             raise ValueError(f"{x} outside the measured range [{self.lo}, {self.hi}]")
@@ -119,12 +115,6 @@ class MonotoneLogLog:
         ly = (h00 * self._ly[i] + h10 * h * self._m[i] + h01 * self._ly[i + 1]
               + h11 * h * self._m[i + 1])
         return math.exp(ly)
-
-    def log_slope(self, x: float) -> float:
-        """d log y / d log x at the nearest measured point to ``x`` (dimensionless)."""
-        lx = math.log(x)
-        i = min(range(len(self._lx)), key=lambda k: abs(self._lx[k] - lx))
-        return self._m[i]
 
 
 def fit_latency_bandwidth(sizes: Sequence[float], times: Sequence[float],

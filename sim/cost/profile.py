@@ -1,4 +1,4 @@
-"""Cost model from measured profiles, and link profiles applied to a topology.
+"""Cost model from measured profiles.
 
 ``ProfileCost`` implements the ``CostModel`` protocol of ``sim.cost`` from a compute profile
 (``profiles/data/*.csv``, collected by ``python -m profiles.collect``). Each op's time has a
@@ -22,9 +22,6 @@ source:
 Batch: a patch of batch ``b`` on ``q`` tokens costs like the profile's batch ``B`` on
 ``q·b/B`` tokens (the same GEMM rows and attention pairs); a full image scales by ``b/B``.
 
-``apply_link_profile`` overrides the bandwidth and latency of one link kind of a ``Topology``
-with those fitted to a link profile (``python -m profiles.links``);.
-
 Imports no torch: the loader and interpolation live in ``sim.cost.profile_format`` and
 ``sim.cost.interp``.
 """
@@ -37,18 +34,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import networkx as nx
-
 from sim.config import Workload
+from sim.cost.base import SOURCES
 from sim.cost.interp import MonotoneLogLog
-from sim.cost.profile_format import ComputeProfile, LinkProfile, Sample
+from sim.cost.profile_format import ComputeProfile, Sample
 from sim.cost.roofline import RooflineCost
 from sim.errors import UserError
 from sim.hardware import GPU
-from sim.schedule import Compute
-from sim.topology import Topology
+from sim.schedule import Compute, OpKind
 
-SOURCES = ("measured", "interpolated", "roofline")  # best to worst
 TOKEN_OPS = {"embed": "embed", "final": "final", "scheduler_step": "scheduler_step",
              "condition": "condition"}
 _REL = 1e-9
@@ -159,7 +153,7 @@ class ProfileCost:
         return hit
 
     def _estimate(self, op: Compute) -> tuple[float, str]:
-        if op.kind == "blocks":
+        if op.kind == OpKind.BLOCKS:
             total, src = 0.0, "measured"
             for i in range(op.layers[0], op.layers[1] + 1):
                 t, s = self.block_time(i, op.q_tokens, op.kv_tokens, op.batch)
@@ -175,7 +169,7 @@ class ProfileCost:
                                                   op.q_tokens, op.kv_tokens, op.batch))
                 return total * part / whole, _worst(src, "interpolated")
             return total, src
-        if op.kind == "condition" and "condition" in self._tokens:
+        if op.kind == OpKind.CONDITION and "condition" in self._tokens:
             # Independent of the image: the median over the profiled resolutions.
             _, exact, _ = self._tokens["condition"]
             vals = sorted(exact.values())
@@ -362,36 +356,3 @@ def _pooled_exact(samples: Iterable[Sample]) -> dict[tuple[int, int], float]:
         acc.setdefault(key, []).append(math.log(s.median_s))
     return {k: math.exp(sum(v) / len(v)) for k, v in acc.items()}
 
-
-# ---- link profiles -----------------------------------------------------------------------------
-
-def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
-                       kind: str | None = None, nbytes: float | None = None) -> Topology:
-    """A copy of ``topo`` whose edges of link ``kind`` (default: the kind the profile was
-    measured on, e.g. ``loopback`` for gloo between processes of one host) take the profile's
-    fitted point-to-point latency (s) and bandwidth (bytes/s), and, where the profile measured
-    it (CPU transports), the host time a message costs each of its two ranks.
-
-    The engine models a message as one latency plus size over bandwidth, so one regime of the
-    piecewise fit is chosen: the one holding ``nbytes`` (the typical message size, bytes) when
-    given, else the fit over every measured size. Raises ``UserError`` when the topology has
-    no edge of that kind.
-    """
-    prof = profile if isinstance(profile, LinkProfile) else LinkProfile.read(profile)
-    kind = kind or prof.link_kind
-    fit = prof.fit("p2p", nbytes)
-    host = prof.host_table()
-    kinds = sorted({d["kind"] for _, _, d in topo.graph.edges(data=True)})
-    if kind not in kinds:
-        raise UserError(f"link profile {prof.path or ''} measures '{kind}' links but the "
-                        f"topology has only {', '.join(kinds)}; pick a matching --gpu/--link "
-                        f"or collect a profile on that link")
-    g: nx.DiGraph = topo.graph.copy()
-    for _, _, d in g.edges(data=True):
-        if d["kind"] == kind:
-            d["bandwidth"] = fit.bandwidth_Bps
-            d["latency"] = fit.latency_s
-            d["source"] = f"link profile {prof.path or prof.backend} ({fit.regime} regime)"
-            if host:
-                d["host"] = host
-    return Topology(g, list(topo.gpu_nodes), topo.link, topo.nodes)

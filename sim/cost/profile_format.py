@@ -68,11 +68,6 @@ class Sample:
     p75_s: float
     max_s: float
 
-    @property
-    def spread(self) -> float:
-        """Interquartile range over the median (dimensionless)."""
-        return (self.p75_s - self.p25_s) / self.median_s if self.median_s > 0 else 0.0
-
 
 @dataclass(frozen=True)
 class LinkSample:
@@ -101,10 +96,6 @@ class LinkFit:
     latency_s: float
     bandwidth_Bps: float
     rms_rel_err: float  # root-mean-square relative error of the fit over its samples
-
-    def time(self, nbytes: float) -> float:
-        """Seconds for a message of ``nbytes`` bytes."""
-        return self.latency_s + nbytes / self.bandwidth_Bps
 
 
 def _convert(cls: type, row: dict[str, str], where: str) -> object:
@@ -204,26 +195,18 @@ class ComputeProfile(_Profile):
 
     @property
     def model(self) -> str:
+        """Registry name of the model measured (``sim.models.MODELS``)."""
         return str(self.meta.get("model", ""))
 
     @property
     def dtype(self) -> str:
+        """Data type the model ran in (``bf16``, ``fp16``, ``fp32``)."""
         return str(self.meta.get("dtype", ""))
-
-    @property
-    def device(self) -> str:
-        """``cpu`` or ``cuda``; ``device_name`` in the metadata says which one exactly."""
-        return str(self.meta.get("device", ""))
 
     def select(self, op: str, variant: str | None = None) -> list[Sample]:
         """Samples of ``op`` (and ``variant`` when given)."""
         return [s for s in self.samples
                 if s.op == op and (variant is None or s.variant == variant)]
-
-    def ops(self) -> list[tuple[str, str]]:
-        """The distinct (op, variant) pairs measured."""
-        return sorted({(s.op, s.variant) for s in self.samples})
-
 
 
 @dataclass
@@ -242,6 +225,7 @@ class LinkProfile(_Profile):
 
     @property
     def backend(self) -> str:
+        """``torch.distributed`` backend measured (``gloo``, ``nccl``)."""
         return str(self.meta.get("backend", ""))
 
     def select(self, op: str) -> list[LinkSample]:
@@ -273,17 +257,6 @@ class LinkProfile(_Profile):
         the profile has none (GPU transports, older profiles). Negative measurements (noise
         around zero) count as zero."""
         return tuple((s.nbytes, max(0.0, s.median_s)) for s in self.select("host_msg"))
-
-
-
-def load_compute_profile(path: str | Path) -> ComputeProfile:
-    """Read the compute profile at ``path``."""
-    return ComputeProfile.read(path)
-
-
-def load_link_profile(path: str | Path) -> LinkProfile:
-    """Read the link profile at ``path``."""
-    return LinkProfile.read(path)
 
 
 def slug(text: str) -> str:

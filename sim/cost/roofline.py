@@ -1,22 +1,19 @@
-"""Time of each compute op, in seconds, behind one interface.
+"""The analytic cost model: the time of each compute op, in seconds, from datasheet peaks.
 
-``RooflineCost`` is the analytic default: for each op the larger of FLOPs / (peak x efficiency)
+``RooflineCost`` is the default ``CostModel``: for each op the larger of FLOPs / (peak x efficiency)
 and bytes / memory bandwidth, and never less than the CPU time to launch its kernels (eager
 PyTorch issues kernels asynchronously, so launch time hides under GPU time until the GPU work
 gets small). Efficiency falls for small token counts because a small GEMM cannot fill every SM.
-
-Measured profiles (issue "measured profiles") plug in behind the same ``CostModel`` protocol.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Protocol
 
 from sim.config import Workload
 from sim.hardware import GPU
 from sim.models import DiTModel, text_encode_flops, vae_decode_flops
-from sim.schedule import Compute
+from sim.schedule import Compute, OpKind
 
 # A GEMM fills the machine when it has about one 128x128 output tile per parallel unit; with
 # x = tiles / units, efficiency is scaled by x / (x + FILL_HALF): half at a quarter wave.
@@ -25,14 +22,6 @@ FILL_HALF = 0.25
 # Kernels of the non-block ops (embedding, final layer, one DPM-Solver step on a patch).
 OP_KERNELS = {"embed": 12, "final": 10, "scheduler_step": 25, "condition": 8,
               "text_encode": 24 * 12, "vae_decode": 120}
-
-
-class CostModel(Protocol):
-    """Anything that gives a compute op's duration in seconds and says where it came from."""
-
-    def compute_time(self, op: Compute) -> float: ...
-
-    def source(self, op: Compute) -> str: ...
 
 
 class RooflineCost:
@@ -47,6 +36,7 @@ class RooflineCost:
         self._cached = lru_cache(maxsize=None)(self._compute_time)
 
     def source(self, op: Compute) -> str:
+        """Always ``roofline``: every time is analytic."""
         return "roofline"
 
     def efficiency(self, rows: float, width: int) -> float:
@@ -90,30 +80,30 @@ class RooflineCost:
                       batch: int, part: str = "all", shard: int = 1) -> float:
         m = self.model
         b = self.wl.dtype_bytes
-        if kind == "blocks":
+        if kind == OpKind.BLOCKS:
             t = sum(self.block_time(i, q, kv, batch, part, shard)
                     for i in range(layers[0], layers[1] + 1))
-        elif kind == "embed":
+        elif kind == OpKind.EMBED:
             t = self.roofline(batch * m.embed_flops(q), m.outside_params * b / 4, batch * q,
                               OP_KERNELS[kind])
-        elif kind == "final":
+        elif kind == OpKind.FINAL:
             t = self.roofline(batch * m.final_flops(q), batch * q * m.hidden * b * 3, batch * q,
                               OP_KERNELS[kind])
-        elif kind == "condition":
+        elif kind == OpKind.CONDITION:
             t = self.roofline(batch * m.condition_flops(), 7 * m.hidden**2 * b, batch,
                               OP_KERNELS[kind])
-        elif kind == "scheduler_step":
+        elif kind == OpKind.SCHEDULER_STEP:
             # Elementwise over the latent patch: a few reads and writes of fp32 values.
             elems = q * m.patch_size**2 * m.latent_channels
             t = self.roofline(20.0 * elems, 12 * elems * 4, 1, OP_KERNELS[kind])
-        elif kind == "text_encode":
+        elif kind == OpKind.TEXT_ENCODE:
             prompts = batch
             tokens = max(m.text_tokens, 77) * prompts
             t = 0.0
             if m.text_encoder_params:
                 t = self.roofline(text_encode_flops(m, prompts), m.text_encoder_params * b,
                                   tokens, OP_KERNELS[kind])
-        elif kind == "vae_decode":
+        elif kind == OpKind.VAE_DECODE:
             h, w = self.wl.height, self.wl.width
             t = 0.0
             if m.vae_params:

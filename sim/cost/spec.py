@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim.config import Workload
+from sim.cost.base import CostModel
 from sim.cost.profile import ProfileCost
-from sim.cost.roofline import CostModel, RooflineCost
+from sim.cost.roofline import RooflineCost
 from sim.hardware import GPU
 
 

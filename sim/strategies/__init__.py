@@ -16,14 +16,19 @@ FAMILIES = ("serial", "pipefusion", "ulysses", "ring", "tensor", "distrifusion",
 
 def build_schedule(wl: Workload, cfg: ParallelConfig, coarse: bool = False) -> Schedule:
     """Validate the request and build its schedule (raises ``UserError`` on a broken rule).
-    ``coarse`` merges per-block communication into one op per stage (planner speed)."""
+    ``coarse`` merges per-block communication into one op per stage (planner speed). The
+    schedule is checked against the contract (``Schedule.validate``) before it is returned:
+    a strategy bug raises ``ScheduleError`` here instead of giving a fast, wrong prediction."""
     from sim.strategies import distrifusion, hybrid, serial
 
     validate(wl, cfg)
     if cfg.strategy == "serial":
-        return serial.build(wl, cfg)
-    if cfg.distrifusion > 1:
+        sched = serial.build(wl, cfg)
+    elif cfg.distrifusion > 1:
         # Never coarse: each layer's asynchronous all-gather overlaps with the following layers
         # and the next step's earlier ones, which one merged gather per step would not.
-        return distrifusion.build(wl, cfg)
-    return hybrid.build(wl, cfg, coarse)
+        sched = distrifusion.build(wl, cfg)
+    else:
+        sched = hybrid.build(wl, cfg, coarse)
+    sched.validate()
+    return sched

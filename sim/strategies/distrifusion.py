@@ -7,13 +7,16 @@ use by the same layer in the next step. The first ``W`` steps are synchronous: t
 is blocking and attention sees fresh K,V everywhere. Every rank holds all weights and the
 stale K,V of every layer for the full sequence.
 
-``rank = c * D + d``.
+Ranks come from ``sim.layout.RankLayout``: ``rank = c * D + d`` for CFG half ``c`` and patch
+``d``.
 """
 
 from __future__ import annotations
 
 from sim.config import ParallelConfig, Workload
-from sim.schedule import Collective, Compute, Schedule, Tag, Wait, numel, split_even
+from sim.layout import RankLayout
+from sim.partition import split_even
+from sim.schedule import Collective, Compute, OpKind, Schedule, Tag, Wait, numel
 
 
 def build(wl: Workload, cfg: ParallelConfig) -> Schedule:
@@ -26,52 +29,54 @@ def build(wl: Workload, cfg: ParallelConfig) -> Schedule:
     batch = m.batch // C
     patch_rows = split_even(rows, D)
     full = rows * cols
+    layout = RankLayout.of(cfg)
     sched = Schedule(
         model=m.name, strategy=cfg.strategy, height=wl.height, width=wl.width, steps=steps,
         warmup=warmup, patches=D, batch=batch, dtype_bytes=b,
         stage_layers=[(0, m.num_blocks - 1)], patch_rows=patch_rows, token_cols=cols,
-        ranks=[[] for _ in range(C * D)], config=cfg.as_dict(),
+        ranks=[[] for _ in range(layout.world)], config=cfg.as_dict(), layout=layout,
     )
     units = [(i, i) for i in range(m.num_blocks)]
-    for c in range(C):
-        patch_group = tuple(c * D + k for k in range(D))
-        for d in range(D):
-            rank = c * D + d
-            ops = sched.ranks[rank]
-            q = patch_rows[d] * cols
-            kv_bytes = numel((2, batch, q, m.hidden)) * b
-            latent = numel((1, m.latent_channels, patch_rows[d] * m.patch_size,
-                            cols * m.patch_size)) * b
-            if wl.text_encoder:
-                ops.append(Compute("text_encode", -1, -1, batch=m.batch))
-            for t in range(steps):
-                warm = t < warmup
-                ops.append(Compute("condition", t, -1, batch=batch, warmup=warm))
-                ops.append(Compute("embed", t, d, q_tokens=q, kv_tokens=full, batch=batch,
-                                   warmup=warm))
-                for lo, hi in units:
-                    n = hi - lo + 1
-                    ops.append(Compute("blocks", t, d, (lo, hi), q, full, batch, warm, "proj"))
-                    tag = Tag("kv", t, -1, lo)
-                    if warm:
-                        ops.append(Collective("all_gather", patch_group, kv_bytes, tag,
-                                              count=n))
-                    elif t - 1 >= warmup:
-                        # Attention uses the K,V gathered during the previous step.
-                        ops.append(Wait(Tag("kv", t - 1, -1, lo)))
-                    if not warm and t < steps - 1:  # the last step's K,V has no reader
-                        ops.append(Collective("all_gather", patch_group, kv_bytes, tag,
-                                              asynchronous=True, count=n))
-                    ops.append(Compute("blocks", t, d, (lo, hi), q, full, batch, warm, "attn"))
-                ops.append(Compute("final", t, d, q_tokens=q, kv_tokens=full, batch=batch,
-                                   warmup=warm))
-                if C > 1:
-                    ops.append(Collective("all_gather", (d, D + d), latent, Tag("cfg", t, d, -1)))
-                ops.append(Compute("scheduler_step", t, d, q_tokens=q, kv_tokens=full, batch=1,
-                                   warmup=warm))
-            if c == 0 and D > 1:
-                ops.append(Collective("all_gather", patch_group, latent,
-                                      Tag("latent", steps - 1, -1, -1)))
+    for rank, ops in enumerate(sched.ranks):
+        at = layout.coords(rank)
+        d = at.patch
+        patch_group = layout.group(rank, "patch")
+        cfg_group = layout.group(rank, "cfg")
+        q = patch_rows[d] * cols
+        kv_bytes = numel((2, batch, q, m.hidden)) * b
+        latent = numel((1, m.latent_channels, patch_rows[d] * m.patch_size,
+                        cols * m.patch_size)) * b
+        if wl.text_encoder:
+            ops.append(Compute(OpKind.TEXT_ENCODE, -1, -1, batch=m.batch))
+        for t in range(steps):
+            warm = t < warmup
+            ops.append(Compute(OpKind.CONDITION, t, -1, batch=batch, warmup=warm))
+            ops.append(Compute(OpKind.EMBED, t, d, q_tokens=q, kv_tokens=full, batch=batch,
+                               warmup=warm))
+            for lo, hi in units:
+                n = hi - lo + 1
+                ops.append(Compute(OpKind.BLOCKS, t, d, (lo, hi), q, full, batch, warm, "proj"))
+                tag = Tag("kv", t, -1, lo)
+                if warm:
+                    ops.append(Collective(OpKind.ALL_GATHER, patch_group, kv_bytes, tag,
+                                          count=n))
+                elif t - 1 >= warmup:
+                    # Attention uses the K,V gathered during the previous step.
+                    ops.append(Wait(Tag("kv", t - 1, -1, lo)))
+                if not warm and t < steps - 1:  # the last step's K,V has no reader
+                    ops.append(Collective(OpKind.ALL_GATHER, patch_group, kv_bytes, tag,
+                                          asynchronous=True, count=n))
+                ops.append(Compute(OpKind.BLOCKS, t, d, (lo, hi), q, full, batch, warm, "attn"))
+            ops.append(Compute(OpKind.FINAL, t, d, q_tokens=q, kv_tokens=full, batch=batch,
+                               warmup=warm))
+            if C > 1:
+                ops.append(Collective(OpKind.ALL_GATHER, cfg_group, latent, Tag("cfg", t, d, -1)))
+            ops.append(Compute(OpKind.SCHEDULER_STEP, t, d, q_tokens=q, kv_tokens=full,
+                               batch=1, warmup=warm))
+        if at.cfg == 0 and D > 1:
+            # The VAE (first half, first patch) needs every patch of the first half's latent.
+            ops.append(Collective(OpKind.ALL_GATHER, patch_group, latent,
+                                  Tag("latent", steps - 1, -1, -1)))
     if wl.vae:
-        sched.ranks[0].append(Compute("vae_decode", -1, -1, batch=1))
+        sched.ranks[layout.rank()].append(Compute(OpKind.VAE_DECODE, -1, -1, batch=1))
     return sched

@@ -1,8 +1,7 @@
 """CFG x PipeFusion x Ulysses x ring x tensor hybrids (xDiT-style), pure strategies included.
 
-Rank layout (DESIGN.md section 3): the sequence-parallel group is innermost so it sits on the
-fastest links, then pipeline stages, then the CFG halves:
-``rank = ((c * P + p) * R * U + r * U + u) * T + t`` with tensor parallelism innermost of all.
+Ranks are laid out by ``sim.layout.RankLayout``: sequence parallelism innermost (tensor
+innermost of all), then pipeline stages, then the CFG halves.
 
 Per diffusion step, per patch (the whole image in warmup steps and without PipeFusion):
 
@@ -23,196 +22,298 @@ With every degree 1 but PipeFusion this emits exactly the PipeFusion schedule.
 standing for ``count`` back-to-back ones). The planner uses it: for identical blocks under
 steady link sharing it gives the same time with a fraction of the events. The executor and
 ``sim.predict`` use the per-block schedule.
+
+The builders below read top to bottom as one rank's ops for one patch of one step:
+``stage_inputs`` (receive, or embed on stage 0), ``block_ops`` per block (or per merged unit),
+``stage_outputs`` (send on), ``final_ops`` on the last stage; ``decode_ops`` once at the end.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sim.config import ParallelConfig, Workload
+from sim.layout import Coords, RankLayout
+from sim.models import DiTModel
+from sim.partition import partition_layers, split_even
 from sim.schedule import (
     Collective,
     Compute,
     Op,
+    OpKind,
     Recv,
     Schedule,
     Send,
     Tag,
     Wait,
     numel,
-    partition_layers,
-    split_even,
 )
 
 
-def _units(first: int, last: int, coarse: bool) -> list[tuple[int, int]]:
-    """Block ranges that get their own communication: one per block, or one per stage."""
-    return [(first, last)] if coarse else [(i, i) for i in range(first, last + 1)]
+@dataclass(frozen=True)
+class Job:
+    """The workload facts every op builder reads (sizes in tokens, messages in bytes)."""
+
+    model: DiTModel
+    layout: RankLayout
+    steps: int
+    warmup: int
+    batch: int  # per CFG half
+    dtype_bytes: int
+    rows: int  # token rows of the whole image
+    cols: int  # token columns
+    patches: int  # PipeFusion patches per step after warmup
+    patch_rows: list[int]
+    stages: list[tuple[int, int]]  # inclusive block range of each stage
+    stage_of: dict[int, int]  # stage holding each block
+    skips: list[tuple[int, int]]  # long skips (from block, to block) that cross a stage
+    merge_blocks: bool  # one op per stage instead of one per block
+    full: int  # tokens of the whole image
+    seq: int  # ranks splitting one patch's tokens: Ulysses x ring
+    last_stage: int
+    forwards_text: bool  # the text stream runs through the blocks (MM-DiT) and moves with them
+    tensor_reduces: int  # tensor-parallel all-reduces per block: attention, MLP, cross-attention
+
+    def nbytes(self, shape: tuple[int, ...]) -> int:
+        """Bytes of a tensor of ``shape`` in the run's dtype."""
+        return numel(shape) * self.dtype_bytes
+
+    def hidden(self, tokens: int) -> tuple[int, ...]:
+        """Shape of the hidden states of ``tokens`` tokens."""
+        return (self.batch, tokens, self.model.hidden)
+
+    def latent_shape(self, patch: int, share: int) -> tuple[int, ...]:
+        """Shape of the latent of ``patch`` (-1: whole image) as one rank holds it, ``share``
+        of its tokens."""
+        m = self.model
+        lat_rows = (self.rows if patch < 0 else self.patch_rows[patch]) * m.patch_size
+        if self.seq == 1:
+            return (1, m.latent_channels, lat_rows, self.cols * m.patch_size)
+        # A sequence-parallel rank holds a run of tokens, not whole rows: flatten.
+        return (1, m.latent_channels, share * m.patch_size**2)
+
+
+@dataclass(frozen=True)
+class Seat:
+    """One rank: its coordinates, its stage's blocks and its collective groups (worked out
+    once, not per block)."""
+
+    rank: int
+    at: Coords
+    first: int  # first block of its stage
+    last: int  # last block of its stage
+    ulysses: tuple[int, ...]
+    ring: tuple[int, ...]
+    tensor: tuple[int, ...]
+    cfg: tuple[int, ...]
+    stage_peers: tuple[int, ...]  # the rank at this CFG half and sequence position per stage
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One patch of one step, as each rank of a stage holds it."""
+
+    step: int
+    patch: int  # -1: the whole image (warmup steps, or no PipeFusion)
+    tokens: int  # query tokens per rank: the patch's share of one sequence-parallel rank
+    warm: bool  # a warmup step (no stale K,V)
+    prev_warm: bool  # the step before was a warmup step (or there was none)
 
 
 def build(wl: Workload, cfg: ParallelConfig, coarse: bool = False) -> Schedule:
     """Per-rank ops of the hybrid ``cfg`` for ``wl``."""
-    m = wl.model
-    C, P, U, R, T = cfg.cfg, cfg.pipefusion, cfg.ulysses, cfg.ring, cfg.tensor
-    sp = U * R * T
-    seq = U * R
-    steps, warmup = wl.steps, cfg.warmup
-    rows, cols = m.token_grid(wl.height, wl.width)
-    b = wl.dtype_bytes
-    batch = m.batch // C
-    # Patches belong to PipeFusion; one rank may still run them (the profiler times such ops).
-    patches = cfg.patches if P > 1 or C * sp == 1 else 1
-    stages = partition_layers(m.num_blocks, P, list(cfg.stage_blocks) if cfg.stage_blocks
-                              else None)
-    patch_rows = split_even(rows, patches)
-    world = C * P * sp
+    job = _job(wl, cfg, coarse)
     sched = Schedule(
-        model=m.name, strategy=cfg.strategy, height=wl.height, width=wl.width, steps=steps,
-        warmup=warmup, patches=patches, batch=batch, dtype_bytes=b, stage_layers=stages,
-        patch_rows=patch_rows, token_cols=cols, ranks=[[] for _ in range(world)],
-        config=cfg.as_dict(),
+        model=job.model.name, strategy=cfg.strategy, height=wl.height, width=wl.width,
+        steps=job.steps, warmup=job.warmup, patches=job.patches, batch=job.batch,
+        dtype_bytes=job.dtype_bytes, stage_layers=job.stages, patch_rows=job.patch_rows,
+        token_cols=job.cols, ranks=[[] for _ in range(job.layout.world)],
+        config=cfg.as_dict(), layout=job.layout,
     )
-    full = rows * cols
-    last = P - 1
+    seats = [_seat(job, rank) for rank in range(job.layout.world)]
+    if wl.text_encoder:
+        for ops in sched.ranks:
+            ops.append(Compute(OpKind.TEXT_ENCODE, -1, -1, batch=job.model.batch))
+    for step in range(job.steps):
+        for slot in _slots(job, step):
+            for seat in seats:
+                sched.ranks[seat.rank].extend(patch_ops(job, seat, slot))
+    for rank, op in decode_ops(job, wl.vae):
+        sched.ranks[rank].append(op)
+    return sched
+
+
+def patch_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
+    """Everything ``seat`` does for one patch of one step, in order."""
+    ops: list[Op] = []
+    if slot.patch <= 0:  # every rank computes the step's conditioning itself
+        ops.append(Compute(OpKind.CONDITION, slot.step, -1, batch=job.batch, warmup=slot.warm))
+    ops += stage_inputs(job, seat, slot)
+    for lo, hi in _units(seat.first, seat.last, job.merge_blocks):
+        ops += block_ops(job, seat, slot, lo, hi)
+    ops += stage_outputs(job, seat, slot)
+    if seat.at.stage == job.last_stage:
+        ops += final_ops(job, seat, slot)
+    return ops
+
+
+def stage_inputs(job: Job, seat: Seat, slot: Slot) -> list[Op]:
+    """What the stage needs before its blocks: on stage 0 the latent back from the last stage
+    (after the first step) and the embedding; elsewhere the hidden states (and MM-DiT's text
+    stream) from the previous stage and the long skips that enter this stage."""
+    t, j, qs = slot.step, slot.patch, slot.tokens
+    p = seat.at.stage
+    ops: list[Op] = []
+    if p == 0:
+        if t > 0 and job.last_stage > 0:
+            src = seat.stage_peers[job.last_stage]
+            if slot.prev_warm and j <= 0:
+                # The warmup step before returned the whole latent at once.
+                shape = job.latent_shape(-1, job.full // job.seq)
+                ops.append(Recv(src, job.nbytes(shape), Tag("latent", t - 1, -1, -1), shape))
+            elif not slot.prev_warm:
+                shape = job.latent_shape(j, qs)
+                ops.append(Recv(src, job.nbytes(shape), Tag("latent", t - 1, j, -1), shape))
+        ops.append(Compute(OpKind.EMBED, t, j, q_tokens=qs, kv_tokens=job.full, batch=job.batch,
+                           warmup=slot.warm))
+        return ops
+    src = seat.stage_peers[p - 1]
+    hidden = job.hidden(qs)
+    ops.append(Recv(src, job.nbytes(hidden), Tag("hidden", t, j, seat.first), hidden))
+    if job.forwards_text and j <= 0:
+        text = job.hidden(job.model.text_tokens)
+        ops.append(Recv(src, job.nbytes(text), Tag("text", t, j, seat.first), text))
+    for src_layer, dst_layer in job.skips:
+        if job.stage_of[dst_layer] == p:
+            ops.append(Recv(seat.stage_peers[job.stage_of[src_layer]], job.nbytes(hidden),
+                            Tag("skip", t, j, src_layer), hidden))
+    return ops
+
+
+def block_ops(job: Job, seat: Seat, slot: Slot, lo: int, hi: int) -> list[Op]:
+    """Blocks ``lo..hi`` with the collectives of Ulysses, ring and tensor parallelism: the
+    projections, Ulysses' all-to-alls, the ring's K,V rotation issued before attention and
+    waited for after it, and the tensor-parallel all-reduces."""
+    t, j, qs = slot.step, slot.patch, slot.tokens
+    U, R, T = job.layout.ulysses, job.layout.ring, job.layout.tensor
+    n = hi - lo + 1
+    split = U > 1 or R > 1
+    shard = job.nbytes((job.batch, qs, job.model.hidden // T))
+    ops: list[Op] = [Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
+                             "proj" if split else "all", T)]
+    if U > 1:
+        ops.append(Collective(OpKind.ALL_TO_ALL, seat.ulysses, shard, Tag("ulysses", t, j, lo),
+                              count=4 * n))
+    if R > 1:
+        ops.append(Collective(OpKind.RING_KV, seat.ring, 2 * shard, Tag("ring", t, j, lo),
+                              asynchronous=True, count=n))
+    if split:
+        ops.append(Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
+                           "attn", T))
+    if R > 1:
+        ops.append(Wait(Tag("ring", t, j, lo)))
+    if T > 1:
+        ops.append(Collective(OpKind.ALL_REDUCE, seat.tensor, job.nbytes(job.hidden(qs)),
+                              Tag("tensor", t, j, lo), count=job.tensor_reduces * n))
+    return ops
+
+
+def stage_outputs(job: Job, seat: Seat, slot: Slot) -> list[Op]:
+    """What the stage sends on after its blocks: the long skips that leave it, and the hidden
+    states (and MM-DiT's text stream) to the same position of the next stage."""
+    t, j = slot.step, slot.patch
+    p = seat.at.stage
+    hidden = job.hidden(slot.tokens)
+    ops: list[Op] = []
+    for src_layer, dst_layer in job.skips:
+        if job.stage_of[src_layer] == p:
+            ops.append(Send(seat.stage_peers[job.stage_of[dst_layer]], job.nbytes(hidden),
+                            Tag("skip", t, j, src_layer), hidden))
+    if p < job.last_stage:
+        dst = seat.stage_peers[p + 1]
+        ops.append(Send(dst, job.nbytes(hidden), Tag("hidden", t, j, seat.last + 1), hidden))
+        if job.forwards_text and j <= 0:
+            text = job.hidden(job.model.text_tokens)
+            ops.append(Send(dst, job.nbytes(text), Tag("text", t, j, seat.last + 1), text))
+    return ops
+
+
+def final_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
+    """The last stage finishes the patch: final layer, the CFG halves' all-gather of the noise
+    prediction, the scheduler step, and the latent back to stage 0 for the next step."""
+    t, j, qs = slot.step, slot.patch, slot.tokens
+    ops: list[Op] = [Compute(OpKind.FINAL, t, j, q_tokens=qs, kv_tokens=job.full,
+                             batch=job.batch, warmup=slot.warm)]
+    if job.layout.cfg > 1:
+        # Guidance needs both halves' noise predictions: one all-gather per step (patch).
+        ops.append(Collective(OpKind.ALL_GATHER, seat.cfg, job.nbytes(job.latent_shape(j, qs)),
+                              Tag("cfg", t, j, -1)))
+    ops.append(Compute(OpKind.SCHEDULER_STEP, t, j, q_tokens=qs, kv_tokens=job.full, batch=1,
+                       warmup=slot.warm))
+    if t < job.steps - 1 and job.last_stage > 0:
+        shape = job.latent_shape(j, qs)
+        ops.append(Send(seat.stage_peers[0], job.nbytes(shape), Tag("latent", t, j, -1),
+                        shape))
+    return ops
+
+
+def decode_ops(job: Job, vae: bool) -> list[tuple[int, Op]]:
+    """After the loop, as (rank, op): the sequence-parallel ranks of the first CFG half's last
+    stage gather the latent, since the VAE needs all of it on one rank, which decodes it."""
+    layout = job.layout
+    decoder = layout.rank(stage=job.last_stage)
+    out: list[tuple[int, Op]] = []
+    if job.seq > 1:
+        holders = layout.group(decoder, "ring", "ulysses")
+        shape = job.latent_shape(-1, job.full // job.seq)
+        out += [(rank, Collective(OpKind.ALL_GATHER, holders, job.nbytes(shape),
+                                  Tag("latent", job.steps - 1, -1, -1))) for rank in holders]
+    if vae:
+        out.append((decoder, Compute(OpKind.VAE_DECODE, -1, -1, batch=1)))
+    return out
+
+
+def _job(wl: Workload, cfg: ParallelConfig, coarse: bool) -> Job:
+    m = wl.model
+    layout = RankLayout.of(cfg)
+    rows, cols = m.token_grid(wl.height, wl.width)
+    # Patches belong to PipeFusion; one rank may still run them (the profiler times such ops).
+    patches = cfg.patches if cfg.pipefusion > 1 or layout.world == 1 else 1
+    stages = partition_layers(m.num_blocks, cfg.pipefusion,
+                              list(cfg.stage_blocks) if cfg.stage_blocks else None)
     stage_of = {layer: s for s, (f, lst) in enumerate(stages) for layer in range(f, lst + 1)}
     skips: list[tuple[int, int]] = []
     if m.long_skips:
         n = m.num_blocks
         skips = [(i, n - 1 - i) for i in range(n // 2 - 1) if stage_of[i] != stage_of[n - 1 - i]]
-    joint = m.family in ("joint", "flux")
-    lat_c = m.latent_channels
-    tensor_reduces = 3 if m.family == "cross" else 2
+    return Job(model=m, layout=layout, steps=wl.steps, warmup=cfg.warmup,
+               batch=m.batch // cfg.cfg, dtype_bytes=wl.dtype_bytes, rows=rows, cols=cols,
+               patches=patches, patch_rows=split_even(rows, patches), stages=stages,
+               stage_of=stage_of, skips=skips, merge_blocks=coarse or cfg.sp == 1,
+               full=rows * cols, seq=cfg.ulysses * cfg.ring, last_stage=len(stages) - 1,
+               forwards_text=m.family in ("joint", "flux"),
+               tensor_reduces=3 if m.family == "cross" else 2)
 
-    def rank_of(c: int, p: int, s: int) -> int:
-        return (c * P + p) * sp + s
 
-    def coords(s: int) -> tuple[int, int, int]:
-        """(ring index, Ulysses index, tensor index) of position ``s`` in a stage."""
-        return s // (U * T), (s // T) % U, s % T
+def _seat(job: Job, rank: int) -> Seat:
+    layout = job.layout
+    at = layout.coords(rank)
+    first, last = job.stages[at.stage]
+    return Seat(rank=rank, at=at, first=first, last=last, ulysses=layout.group(rank, "ulysses"),
+                ring=layout.group(rank, "ring"), tensor=layout.group(rank, "tensor"),
+                cfg=layout.group(rank, "cfg"), stage_peers=layout.group(rank, "stage"))
 
-    def group(c: int, p: int, s: int, axis: str) -> tuple[int, ...]:
-        r, u, t = coords(s)
-        if axis == "tensor":
-            return tuple(rank_of(c, p, (r * U + u) * T + k) for k in range(T))
-        if axis == "ulysses":
-            return tuple(rank_of(c, p, (r * U + k) * T + t) for k in range(U))
-        if axis == "ring":
-            return tuple(rank_of(c, p, (k * U + u) * T + t) for k in range(R))
-        return tuple(rank_of(k, p, s) for k in range(C))  # cfg
 
-    def hidden(tokens: int) -> tuple[int, ...]:
-        return (batch, tokens, m.hidden)
+def _slots(job: Job, step: int) -> list[Slot]:
+    """The patches of ``step``: the whole image in warmup steps, else each PipeFusion patch."""
+    warm = step < job.warmup
+    slots = []
+    for j in [-1] if warm else range(job.patches):
+        q = job.full if j < 0 else job.patch_rows[j] * job.cols
+        slots.append(Slot(step, j, q // job.seq, warm, step - 1 < job.warmup))
+    return slots
 
-    def msg(shape: tuple[int, ...]) -> int:
-        return numel(shape) * b
 
-    def latent_shape(j: int, share: int) -> tuple[int, ...]:
-        lat_rows = (rows if j < 0 else patch_rows[j]) * m.patch_size
-        if seq == 1:
-            return (1, lat_c, lat_rows, cols * m.patch_size)
-        # A sequence-parallel rank holds a run of tokens, not whole rows: flatten.
-        return (1, lat_c, share * m.patch_size**2)
-
-    def stage_in(ops: list[Op], t: int, j: int, p: int, first: int, q: int, qs: int,
-                 c: int, s: int, warm: bool, prev_warm: bool) -> None:
-        """Receive what stage ``p`` needs for patch ``j`` of step ``t``, embed on stage 0."""
-        if p == 0:
-            if t > 0 and P > 1:
-                src = rank_of(c, last, s)
-                if prev_warm and j <= 0:
-                    shape = latent_shape(-1, full // seq)
-                    ops.append(Recv(src, msg(shape), Tag("latent", t - 1, -1, -1), shape))
-                elif not prev_warm:
-                    shape = latent_shape(j, qs)
-                    ops.append(Recv(src, msg(shape), Tag("latent", t - 1, j, -1), shape))
-            ops.append(Compute("embed", t, j, q_tokens=qs, kv_tokens=full, batch=batch,
-                               warmup=warm))
-            return
-        src = rank_of(c, p - 1, s)
-        ops.append(Recv(src, msg(hidden(qs)), Tag("hidden", t, j, first), hidden(qs)))
-        if joint and j <= 0:
-            ops.append(Recv(src, msg(hidden(m.text_tokens)), Tag("text", t, j, first),
-                            hidden(m.text_tokens)))
-        for src_layer, dst_layer in skips:
-            if stage_of[dst_layer] == p:
-                ops.append(Recv(rank_of(c, stage_of[src_layer], s), msg(hidden(qs)),
-                                Tag("skip", t, j, src_layer), hidden(qs)))
-
-    def blocks(ops: list[Op], t: int, j: int, lo: int, hi: int, qs: int, c: int, p: int,
-               s: int, warm: bool) -> None:
-        """Blocks ``lo..hi`` with the collectives of Ulysses, ring and tensor parallelism."""
-        n = hi - lo + 1
-        split = U > 1 or R > 1
-        ops.append(Compute("blocks", t, j, (lo, hi), qs, full, batch, warm,
-                           "proj" if split else "all", T))
-        if U > 1:
-            ops.append(Collective("all_to_all", group(c, p, s, "ulysses"),
-                                  msg((batch, qs, m.hidden // T)), Tag("ulysses", t, j, lo),
-                                  count=4 * n))
-        if R > 1:
-            ops.append(Collective("ring_kv", group(c, p, s, "ring"),
-                                  2 * msg((batch, qs, m.hidden // T)), Tag("ring", t, j, lo),
-                                  asynchronous=True, count=n))
-        if split:
-            ops.append(Compute("blocks", t, j, (lo, hi), qs, full, batch, warm, "attn", T))
-        if R > 1:
-            ops.append(Wait(Tag("ring", t, j, lo)))
-        if T > 1:
-            ops.append(Collective("all_reduce", group(c, p, s, "tensor"), msg(hidden(qs)),
-                                  Tag("tensor", t, j, lo), count=tensor_reduces * n))
-
-    def stage_out(ops: list[Op], t: int, j: int, p: int, lst: int, q: int, qs: int, c: int,
-                  s: int, warm: bool) -> None:
-        """Send on to the next stage, or finish the patch on the last stage."""
-        for src_layer, dst_layer in skips:
-            if stage_of[src_layer] == p:
-                ops.append(Send(rank_of(c, stage_of[dst_layer], s), msg(hidden(qs)),
-                                Tag("skip", t, j, src_layer), hidden(qs)))
-        if p < last:
-            dst = rank_of(c, p + 1, s)
-            ops.append(Send(dst, msg(hidden(qs)), Tag("hidden", t, j, lst + 1), hidden(qs)))
-            if joint and j <= 0:
-                ops.append(Send(dst, msg(hidden(m.text_tokens)), Tag("text", t, j, lst + 1),
-                                hidden(m.text_tokens)))
-            return
-        ops.append(Compute("final", t, j, q_tokens=qs, kv_tokens=full, batch=batch,
-                           warmup=warm))
-        if C > 1:
-            # Guidance needs both halves' noise predictions: one all-gather per step (patch).
-            ops.append(Collective("all_gather", group(c, p, s, "cfg"),
-                                  msg(latent_shape(j, qs)), Tag("cfg", t, j, -1)))
-        ops.append(Compute("scheduler_step", t, j, q_tokens=qs, kv_tokens=full, batch=1,
-                           warmup=warm))
-        if t < steps - 1 and P > 1:
-            shape = latent_shape(j, qs)
-            ops.append(Send(rank_of(c, 0, s), msg(shape), Tag("latent", t, j, -1), shape))
-
-    if wl.text_encoder:
-        for ops in sched.ranks:
-            ops.append(Compute("text_encode", -1, -1, batch=m.batch))
-
-    for t in range(steps):
-        warm = t < warmup
-        prev_warm = t - 1 < warmup
-        for j in ([-1] if warm else range(patches)):
-            q = full if j < 0 else patch_rows[j] * cols
-            qs = q // seq
-            for c in range(C):
-                for p, (first, lst) in enumerate(stages):
-                    for s in range(sp):
-                        ops = sched.ranks[rank_of(c, p, s)]
-                        if j <= 0:  # every rank computes the step's conditioning itself
-                            ops.append(Compute("condition", t, -1, batch=batch, warmup=warm))
-                        stage_in(ops, t, j, p, first, q, qs, c, s, warm, prev_warm)
-                        for lo, hi in _units(first, lst, coarse or sp == 1):
-                            blocks(ops, t, j, lo, hi, qs, c, p, s, warm)
-                        stage_out(ops, t, j, p, lst, q, qs, c, s, warm)
-
-    if seq > 1:
-        # The VAE needs the whole latent on one rank.
-        holders = tuple(rank_of(0, last, (r * U + u) * T) for r in range(R) for u in range(U))
-        shape = latent_shape(-1, full // seq)
-        for rank in holders:
-            sched.ranks[rank].append(Collective("all_gather", holders, msg(shape),
-                                                Tag("latent", steps - 1, -1, -1)))
-    if wl.vae:
-        sched.ranks[rank_of(0, last, 0)].append(Compute("vae_decode", -1, -1, batch=1))
-    return sched
+def _units(first: int, last: int, merge: bool) -> list[tuple[int, int]]:
+    """Block ranges that get their own communication: one per block, or one per stage."""
+    return [(first, last)] if merge else [(i, i) for i in range(first, last + 1)]

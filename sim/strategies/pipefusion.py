@@ -1,4 +1,4 @@
-"""PipeFusion: displaced patch pipeline parallelism (DESIGN.md section 3).
+"""PipeFusion: displaced patch pipeline parallelism (docs/design.md#pipefusion).
 
 Stage ``i`` holds a contiguous run of blocks. The first ``W`` steps run the whole image stage
 after stage (no stale data; they fill the K,V buffers). Later steps cut the latent into ``M``

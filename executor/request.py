@@ -1,0 +1,73 @@
+"""The checked request of one executor run: the model, workload, parallel configuration and the
+schedule ``sim.strategies.build_schedule`` makes of them, built on every rank before any process
+group starts, so a configuration the simulator rejects fails here with the same message."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+
+from executor.inputs import load_prompts, local_model, registry_model
+from executor.interpreter import unsupported_ops
+from sim.cli import at_least, parse_int_list, parse_resolution, positive
+from sim.config import ParallelConfig, Workload
+from sim.errors import UserError
+from sim.models import DiTModel
+from sim.schedule import Schedule
+from sim.strategies import build_schedule
+
+# The --dtype names and the torch dtypes they select.
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class RunPlan:
+    """A checked request: model, workload, parallel configuration and schedule."""
+
+    model: DiTModel
+    workload: Workload
+    config: ParallelConfig
+    schedule: Schedule
+    device: str
+    dtype: str
+    model_dir: str | None
+
+
+def plan_run(args: argparse.Namespace, world_size: int) -> RunPlan:
+    """Check the request (``executor.run``'s flags) for a launch of ``world_size`` processes and
+    build its schedule; raises ``UserError`` with the simulator's message for a configuration
+    it rejects."""
+    if args.model_dir:
+        model = local_model(args.model_dir)
+    elif args.model:
+        model = registry_model(args.model)
+    else:
+        raise UserError("give --model NAME (a registry PixArt) or --model-dir DIR")
+    if args.guidance_scale is None:  # the model's pipeline default, for every later reader
+        args.guidance_scale = model.guidance_scale
+    height, width = parse_resolution(args.resolution)
+    dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    stage_blocks = parse_int_list(args.stage_blocks, "--stage-blocks")
+    positive(args.timeout, "--timeout")
+    if args.threads is not None:
+        at_least(args.threads, 1, "--threads")
+    at_least(args.warmup_runs, 0, "--warmup-runs")
+    at_least(args.runs, 1, "--runs")
+    steps = args.steps if args.steps is not None else model.default_steps
+    wl = Workload(model, height, width, steps, dtype=dtype, text_encoder=False, vae=False)
+    cfg = ParallelConfig(gpus=world_size,
+                         pipefusion=args.pipefusion if args.pipefusion is not None
+                         else world_size,
+                         patches=args.patches if args.patches is not None else world_size,
+                         warmup=args.warmup, stage_blocks=stage_blocks)
+    sched = build_schedule(wl, cfg)
+    if args.prompt_embeds:
+        load_prompts(args.prompt_embeds, model)  # a bad file fails here, before start-up
+    why = unsupported_ops(sched)
+    if why:
+        raise UserError(f"the executor runs PipeFusion schedules only: {why}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
+    return RunPlan(model, wl, cfg, sched, args.device, dtype, args.model_dir)

@@ -1,0 +1,170 @@
+"""One rank's part of a run: the process groups, the stage's share of the transformer, the timed
+runs of its ops (``executor.interpreter``), and gathering every rank's results on rank 0.
+
+Hidden fault injection for the fault tests: ``DITSIM_EXECUTOR_FAULT=RANK:STEP:exit`` (or
+``:hang``) makes that rank die (status 3) or stop forever at its first op of that step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import diffusers
+import torch
+import torch.distributed as dist
+from diffusers.utils import logging as dlogging
+
+from executor.comm import Comm
+from executor.diffusers_models import build_transformer, load_transformer
+from executor.host import steady_heap, trim_heap
+from executor.inputs import keep_stage, load_prompts, random_prompts, with_counted_params
+from executor.interpreter import RankResult, StageExecutor
+from executor.memory import PeakMemory
+from executor.request import TORCH_DTYPES, RunPlan
+from executor.summary import summarize
+
+FAULT_ENV = "DITSIM_EXECUTOR_FAULT"
+
+Groups = tuple[dist.ProcessGroup, dist.ProcessGroup, dist.ProcessGroup]
+_GROUPS: dict[tuple[int, str], Groups] = {}
+
+
+def _fault() -> tuple[int, int, str] | None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    rank, step, mode = spec.split(":")
+    return int(rank), int(step), mode
+
+
+def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
+            local_rank: int) -> dict | None:
+    """Run this rank's share of ``plan`` (``args``: the ``executor.run`` flags; ``rank`` of
+    ``world`` processes, ``local_rank`` selecting the CUDA device); rank 0 returns the summary
+    (``executor.summary``), the others ``None``."""
+    dlogging.set_verbosity_error()  # the cast-with-.to() notice is noise for random weights
+    if plan.device == "cpu":
+        steady_heap()  # the allocator policy the profiler times under
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tdtype = TORCH_DTYPES[plan.dtype]
+    device = torch.device("cuda", local_rank) if plan.device == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    # Load the lazily imported classes before the baseline: their code is runtime, not model.
+    _ = (diffusers.PixArtTransformer2DModel, diffusers.DPMSolverMultistepScheduler)
+    probe = PeakMemory(device)
+    baseline = probe.current_bytes()
+    fwd = back = ctl = None
+    owns_pg = False
+    if world > 1:
+        owns_pg = not dist.is_initialized()
+        fwd, back, ctl = process_groups(rank, world, device, args.timeout)
+
+    sched = plan.schedule
+    stage = sched.layout.stage(rank)
+    first, last = sched.stage_layers[stage]
+    if plan.model_dir:
+        net = load_transformer(plan.model_dir, dtype=torch.float32, device="cpu")
+    else:
+        net = build_transformer(plan.model, plan.workload.height, seed=args.seed,
+                                dtype=torch.float32, device="cpu")
+    model = with_counted_params(plan.model, net)
+    keep_stage(net, first, last, stage == 0, stage == len(sched.stage_layers) - 1)
+    net = net.to(device=device, dtype=tdtype)
+    if args.prompt_embeds:
+        prompts = load_prompts(args.prompt_embeds, model)
+    else:
+        prompts = random_prompts(model, args.seed)
+    scheduler = _scheduler(plan.model_dir)
+
+    origin_box = [0.0]
+
+    def clock() -> float:
+        return time.perf_counter() - origin_box[0]
+
+    def stage_executor() -> tuple[Comm | None, StageExecutor]:
+        comm = None
+        if world > 1:
+            comm = Comm(rank, sched.patches, plan.model.num_blocks, args.timeout, clock,
+                        device, fwd=fwd, back=back)
+        return comm, StageExecutor(net, sched, rank, prompts, args.seed, args.guidance_scale,
+                                   scheduler, device, tdtype, comm=comm, fault=_fault())
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    # Trimmed before the first run, not between runs: a trim hands the heap back to the OS and
+    # the next run would pay page faults on every large tensor, which a warm process does not.
+    trim_heap()
+
+    def one_run() -> RankResult:
+        # A fresh executor and message layer per run: every run starts from the same state
+        # (latents, scheduler history, stale buffers, tags).
+        comm, stage = stage_executor()
+        if sync:
+            sync()
+        if world > 1:
+            dist.barrier(group=ctl)
+        origin_box[0] = time.perf_counter()
+        result = stage.run(origin_box[0], sync=sync)
+        if comm is not None:
+            comm.close()
+        return result
+
+    for _ in range(args.warmup_runs):
+        one_run()
+    probe.reset()
+    loops = []
+    for _ in range(args.runs):
+        result = one_run()
+        loops.append(result.loop_s)
+    peak = probe.peak_bytes()
+
+    mine = {"rank": rank, "loop_s": result.loop_s, "loops": loops, "rows": result.rows,
+            "latents": result.latents, "peak": peak, "baseline": baseline,
+            "kv": result.kv_buffer_bytes, "window_reset": probe.window_reset}
+    if world > 1:
+        gathered: list | None = [None] * world if rank == 0 else None
+        dist.gather_object(mine, gathered, dst=0, group=ctl)
+        dist.barrier(group=ctl)
+        if owns_pg:
+            dist.destroy_process_group()
+            _GROUPS.clear()
+    else:
+        gathered = [mine]
+    if rank != 0:
+        return None
+    return summarize(plan, model, args, gathered, probe.kind)
+
+
+def process_groups(rank: int, world: int, device: torch.device, timeout_s: float) -> Groups:
+    """Initialise the default process group (``env://``, as torchrun sets it up) unless one
+    exists, and return the executor's groups ``(fwd, back, ctl)``: separate groups for hidden
+    states and latents (see ``executor.comm``) and a gloo group for control messages (barrier,
+    gathering results) that never touches the NCCL streams. ``timeout_s``: seconds a collective
+    waits. Cached per world and backend, so several runs can share one launch
+    (``executor.batch``)."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = timedelta(seconds=timeout_s)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, world_size=world, rank=rank,
+                                timeout=timeout)
+    key = (world, backend)
+    if key not in _GROUPS:
+        ranks = list(range(world))
+        _GROUPS[key] = (dist.new_group(ranks, timeout=timeout),
+                        dist.new_group(ranks, timeout=timeout),
+                        dist.new_group(ranks, timeout=timeout, backend="gloo"))
+    return _GROUPS[key]
+
+
+def _scheduler(model_dir: str | None) -> diffusers.DPMSolverMultistepScheduler:
+    """``DPMSolverMultistepScheduler()`` as in the PixArt pipeline, or the one of a pipeline
+    folder's ``scheduler/`` config."""
+    if model_dir and (Path(model_dir) / "scheduler" / "scheduler_config.json").is_file():
+        cfg = diffusers.DPMSolverMultistepScheduler.load_config(model_dir, subfolder="scheduler")
+        return diffusers.DPMSolverMultistepScheduler.from_config(cfg)
+    return diffusers.DPMSolverMultistepScheduler()

@@ -1,0 +1,81 @@
+"""Rank 0's account of a run: the JSON object ``executor.run --json`` prints (latency, peak
+memory next to the simulator's prediction, the measured trace's metrics, the configuration),
+and the output files the flags ask for (latents, trace CSV, Chrome trace)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from executor.request import RunPlan
+from sim.config import Workload
+from sim.hardware import get_gpu
+from sim.memory import memory_per_rank
+from sim.metrics import compute_metrics
+from sim.models import DiTModel
+from sim.trace import Trace
+
+
+def summarize(plan: RunPlan, model: DiTModel, args: argparse.Namespace, gathered: list[dict],
+              memory_kind: str) -> dict:
+    """Write the requested outputs and return the summary (JSON object; times in seconds,
+    memory in GB). ``gathered`` holds every rank's results (``rank``, ``loop_s``, ``loops``,
+    ``rows``, ``latents``, ``peak``, ``baseline`` and ``kv`` in bytes, ``window_reset``);
+    ``model`` is ``plan.model`` with the parameter counts of the network actually run."""
+    sched = plan.schedule
+    world = sched.world_size
+    rows = [r for g in gathered for r in g["rows"]]
+    trace = Trace(rows)
+    metrics = compute_metrics(trace, world, sched.steps, sched.warmup)
+    wl = Workload(model, plan.workload.height, plan.workload.width, plan.workload.steps,
+                  dtype=plan.dtype, text_encoder=False, vae=False)
+    # The simulator's runtime allowance is the only GPU-specific term; any registry GPU
+    # other than "cpu" selects it.
+    gpu = get_gpu("cpu" if plan.device == "cpu" else "h100-sxm")
+    predicted = memory_per_rank(wl, plan.config, sched, gpu)
+    ranks = []
+    for g in sorted(gathered, key=lambda g: g["rank"]):
+        pred = predicted[g["rank"]]
+        ranks.append({
+            "rank": g["rank"],
+            "loop_s": g["loop_s"],
+            "peak_memory_gb": g["peak"] / 1e9,
+            "baseline_memory_gb": g["baseline"] / 1e9,
+            "model_memory_gb": max(0, g["peak"] - g["baseline"]) / 1e9,
+            "kv_buffer_gb": g["kv"] / 1e9,
+            "predicted_memory_gb": pred.total / 1e9,
+            "predicted_memory": pred.as_dict(),
+            "peak_window": "loop" if g["window_reset"] else "process",
+        })
+    latents = next(g["latents"] for g in gathered if g["latents"] is not None)
+    if args.save_latents:
+        torch.save(latents, args.save_latents)
+    if args.trace:
+        trace.write_csv(args.trace)
+    if args.chrome_trace:
+        trace.write_chrome(args.chrome_trace)
+    cfg = plan.config.as_dict()
+    cfg.update(model=model.name, resolution=[wl.height, wl.width], steps=wl.steps,
+               dtype=plan.dtype, device=plan.device, world_size=world,
+               patches=sched.patches, warmup=sched.warmup,
+               stage_layers=[list(s) for s in sched.stage_layers],
+               guidance_scale=args.guidance_scale, seed=args.seed,
+               backend=("nccl" if plan.device == "cuda" else "gloo") if world > 1 else "none",
+               threads=torch.get_num_threads(), timeout_s=args.timeout,
+               model_dir=plan.model_dir, prompt_embeds=args.prompt_embeds)
+    # A run lasts until its slowest rank is done; over several runs, the median run.
+    per_run = [max(g["loops"][i] for g in gathered) for i in range(args.runs)]
+    return {
+        "latency_s": statistics.median(per_run),
+        "latencies_s": per_run,
+        "peak_memory_gb": max(r["peak_memory_gb"] for r in ranks),
+        "predicted_memory_gb": max(r["predicted_memory_gb"] for r in ranks),
+        "memory_kind": memory_kind,
+        "memory_per_rank": ranks,
+        "latents_abs_max": float(latents.abs().max()),
+        "trace_rows": len(trace),
+        "metrics": metrics.as_dict(),
+        "config": cfg,
+    }

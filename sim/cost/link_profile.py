@@ -1,0 +1,48 @@
+"""Link profiles applied to a topology: measured latency and bandwidth replace the registry's.
+
+``apply_link_profile`` overrides the bandwidth and latency of one link kind of a ``Topology``
+with those fitted to a link profile (collected by ``python -m profiles.links``). Imports no
+torch: the loader lives in ``sim.cost.profile_format``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+
+from sim.cost.profile_format import LinkProfile
+from sim.errors import UserError
+from sim.topology import Topology
+
+
+def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
+                       kind: str | None = None, nbytes: float | None = None) -> Topology:
+    """A copy of ``topo`` whose edges of link ``kind`` (default: the kind the profile was
+    measured on, e.g. ``loopback`` for gloo between processes of one host) take the profile's
+    fitted point-to-point latency (s) and bandwidth (bytes/s), and, where the profile measured
+    it (CPU transports), the host time a message costs each of its two ranks.
+
+    The engine models a message as one latency plus size over bandwidth, so one regime of the
+    piecewise fit is chosen: the one holding ``nbytes`` (the typical message size, bytes) when
+    given, else the fit over every measured size. Raises ``UserError`` when the topology has
+    no edge of that kind.
+    """
+    prof = profile if isinstance(profile, LinkProfile) else LinkProfile.read(profile)
+    kind = kind or prof.link_kind
+    fit = prof.fit("p2p", nbytes)
+    host = prof.host_table()
+    kinds = sorted({d["kind"] for _, _, d in topo.graph.edges(data=True)})
+    if kind not in kinds:
+        raise UserError(f"link profile {prof.path or ''} measures '{kind}' links but the "
+                        f"topology has only {', '.join(kinds)}; pick a matching --gpu/--link "
+                        f"or collect a profile on that link")
+    g: nx.DiGraph = topo.graph.copy()
+    for _, _, d in g.edges(data=True):
+        if d["kind"] == kind:
+            d["bandwidth"] = fit.bandwidth_Bps
+            d["latency"] = fit.latency_s
+            d["source"] = f"link profile {prof.path or prof.backend} ({fit.regime} regime)"
+            if host:
+                d["host"] = host
+    return Topology(g, list(topo.gpu_nodes), topo.link, topo.nodes)

@@ -1,0 +1,218 @@
+"""The planner's search: every valid configuration, simulated (or pruned) and ranked by latency.
+
+Configurations searched, on N of the GPUs for every divisor N of the GPU count (leftover GPUs
+could serve other requests): serial; every hybrid cfg x pipefusion x ulysses x ring x tensor
+whose degrees multiply to N (pure strategies included); DistriFusion (with and without CFG
+parallel). PipeFusion gets patch counts M among powers of two and multiples of its degree up
+to 4x; configurations with stale context (PipeFusion with M > 1, DistriFusion) get every
+warmup count asked for. Configurations that do not fit in memory are ranked after those that
+do and never recommended.
+
+Torch-free; ``sim.plan`` and ``sim.compare`` present what it finds.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sim.config import ParallelConfig, Workload, validate
+from sim.cost import CostSpec
+from sim.errors import UserError
+from sim.evaluate import Prediction, evaluate, latency_lower_bound
+from sim.hardware import GPU
+from sim.topology import Topology
+
+# One unit of work for a process: the configurations share the workload, cluster and costs.
+_Job = tuple[Workload, list[ParallelConfig], GPU, Topology, float, CostSpec]
+
+
+def patch_candidates(n: int, rows: int) -> list[int]:
+    """Patch counts worth trying with ``n`` stages: powers of two and multiples of ``n`` up
+    to ``4n``, never more than the latent's token rows."""
+    if n == 1:
+        return [1]
+    ms = {1 << k for k in range(0, 8) if (1 << k) <= 4 * n} | {k * n for k in range(1, 5)}
+    return sorted(m for m in ms if m <= rows)
+
+
+def _factorizations(n: int, parts: int) -> list[tuple[int, ...]]:
+    """Ordered ways to write ``n`` as a product of ``parts`` positive integers."""
+    if parts == 1:
+        return [(n,)]
+    return [(d, *rest) for d in range(1, n + 1) if n % d == 0
+            for rest in _factorizations(n // d, parts - 1)]
+
+
+def candidates(wl: Workload, gpus: int, warmups: list[int],
+               all_gpus: bool = False, only: int | None = None) -> list[ParallelConfig]:
+    """Every configuration the planner simulates for ``gpus`` GPUs (all valid); with
+    ``all_gpus`` only those using every GPU, with ``only`` those using exactly that many
+    (the serial baseline is always included). ``warmups`` are step counts."""
+    if all_gpus:
+        only = gpus
+    m = wl.model
+    rows, _ = m.token_grid(wl.height, wl.width)
+    w_any = min(warmups)  # warmup changes nothing without stale context; show the user's pick
+    out = [ParallelConfig(1)]
+    for n in range(2, gpus + 1):
+        if gpus % n or (only is not None and n != only):
+            continue
+        for c in ((1, 2) if m.cfg else (1,)):
+            if n % c:
+                continue
+            raw = []
+            for p, u, r, t in _factorizations(n // c, 4):
+                if p > 1:
+                    raw += [ParallelConfig(n, p, mm, w, cfg=c, ulysses=u, ring=r, tensor=t)
+                            for mm in patch_candidates(p, rows) for w in
+                            (warmups if mm > 1 else [w_any])]
+                else:
+                    raw.append(ParallelConfig(n, 1, 1, w_any, cfg=c, ulysses=u, ring=r,
+                                              tensor=t))
+            if n // c > 1:
+                raw += [ParallelConfig(n, warmup=w, cfg=c, distrifusion=n // c)
+                        for w in warmups]
+            for cfg in raw:
+                try:
+                    validate(wl, cfg)
+                except UserError:
+                    continue  # e.g. Ulysses not dividing the heads: not a real option
+                out.append(cfg)
+    return out
+
+
+def rank(preds: list[Prediction]) -> list[Prediction]:
+    """Configurations that fit first, fastest first; then those that do not fit."""
+    return sorted(preds, key=lambda p: (p.oom, p.latency_s, p.config.gpus, p.config.patches))
+
+
+def best_per_family(ranked: list[Prediction], per_family: int) -> list[Prediction]:
+    """The best ``per_family`` configurations of each strategy family, families ordered by
+    their best latency (fitting ones first)."""
+    seen: dict[str, list[Prediction]] = {}
+    for p in ranked:
+        fam = seen.setdefault(p.config.strategy, [])
+        if len(fam) < per_family:
+            fam.append(p)
+    return [p for fam in seen.values() for p in fam]
+
+
+def _evaluate_chunk(job: _Job) -> list[Prediction]:
+    wl, cfgs, gpu, topo, scale, spec = job
+    cost = spec.build(wl, gpu, scale)  # one cache for the whole chunk
+    return [evaluate(wl, c, gpu, topo, cost, scale, fast=True, spec=spec).without_trace()
+            for c in cfgs]
+
+
+def _bound_chunk(job: _Job) -> list[tuple[float, bool]]:
+    wl, cfgs, gpu, topo, scale, spec = job
+    cost = spec.build(wl, gpu, scale)
+    out = []
+    for c in cfgs:
+        lb, mem = latency_lower_bound(wl, c, gpu, topo, cost, scale)
+        out.append((lb, max(m.total for m in mem) > gpu.memory_bytes))
+    return out
+
+
+@dataclass
+class SearchResult:
+    """Ranked predictions plus what the search skipped and why."""
+
+    ranked: list[Prediction]
+    candidates: int
+    pruned: int  # provably slower than every row shown, never simulated
+    oom_skipped: int  # do not fit in memory, never simulated
+
+
+class _Pool:
+    """Runs chunks of work in ``workers`` processes (inline when 1)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 1:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+            self.pool = ProcessPoolExecutor(workers, mp_context=ctx)
+        self.workers = workers
+
+    def map(self, fn: Callable[[_Job], list[Any]], wl: Workload, cfgs: list[ParallelConfig],
+            gpu: GPU, topo: Topology, scale: float, spec: CostSpec) -> list[Any]:
+        """``fn``'s result for each of ``cfgs``, in order."""
+        if not cfgs:
+            return []
+        n = max(1, min(len(cfgs), 4 * self.workers)) if self.pool else 1
+        jobs = [(wl, cfgs[i::n], gpu, topo, scale, spec) for i in range(n)]
+        results = list(self.pool.map(fn, jobs)) if self.pool else [fn(j) for j in jobs]
+        out: list[Any] = [None] * len(cfgs)
+        for i, res in enumerate(results):
+            out[i::n] = res
+        return out
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown()
+
+
+def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: float = 1.0,
+           top: int = 10, per_family: int = 2, exhaustive: bool = False,
+           progress: bool = False, workers: int | None = None,
+           all_gpus: bool = False, only: int | None = None,
+           spec: CostSpec | None = None) -> SearchResult:
+    """Simulate the candidates (planner mode: coarse communication, periodic steps) and rank
+    them by latency (seconds). ``warmups`` are step counts, ``scale`` the factor on compute
+    costs. Unless ``exhaustive``, a candidate is skipped when a lower bound on its latency
+    (``latency_lower_bound``) already shows it cannot enter the ``top`` overall nor the best
+    ``per_family`` of its family, and candidates that do not fit in memory are not simulated
+    (unless nothing fits). The rows shown are therefore exactly those an exhaustive search
+    would show. ``progress`` draws a bar on stderr."""
+    spec = spec or CostSpec()
+    cands = candidates(wl, topo.num_gpus, warmups, all_gpus, only)
+    workers = workers or (min(os.cpu_count() or 1, 8) if len(cands) > 40 else 1)
+    pool = _Pool(workers)
+    try:
+        if exhaustive:
+            preds = pool.map(_evaluate_chunk, wl, cands, gpu, topo, scale, spec)
+            return SearchResult(rank(preds), len(cands), 0, 0)
+        bounds = pool.map(_bound_chunk, wl, cands, gpu, topo, scale, spec)
+        order = sorted(range(len(cands)), key=lambda i: bounds[i][0])
+        fitting = [i for i in order if not bounds[i][1]]
+        oom = [i for i in order if bounds[i][1]]
+        todo = fitting if fitting else oom[:top]
+        preds = []
+        overall: list[float] = []
+        by_family: dict[str, list[float]] = {}
+        pruned = 0
+        batch = 4 * workers
+        pos = 0
+        while pos < len(todo):
+            keep = []
+            for i in todo[pos:pos + batch]:
+                lb, fam = bounds[i][0], cands[i].strategy
+                fam_best = by_family.get(fam, [])
+                if (len(overall) >= top and lb >= overall[top - 1] and
+                        len(fam_best) >= per_family and lb >= fam_best[per_family - 1]):
+                    pruned += 1
+                else:
+                    keep.append(cands[i])
+            pos += batch
+            for p in pool.map(_evaluate_chunk, wl, keep, gpu, topo, scale, spec):
+                preds.append(p)
+                if not p.oom:
+                    overall = sorted(overall + [p.latency_s])[:top]
+                    fam = p.config.strategy
+                    by_family[fam] = sorted(by_family.get(fam, []) + [p.latency_s])[:per_family]
+            if progress:
+                frac = min(pos, len(todo)) / len(todo)
+                sys.stderr.write(f"\rsimulating [{'#' * int(30 * frac):<30}] "
+                                 f"{min(pos, len(todo))}/{len(todo)}")
+                sys.stderr.flush()
+        if progress:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+        return SearchResult(rank(preds), len(cands), pruned, len(oom) if fitting else 0)
+    finally:
+        pool.close()

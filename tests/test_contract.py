@@ -1,0 +1,186 @@
+"""The schedule contract: every strategy and hybrid builds schedules that pass it and run to
+completion; broken ones are refused with the rank, the op and its tag named."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+
+from sim.config import ParallelConfig, Workload
+from sim.cost import RooflineCost
+from sim.engine import simulate
+from sim.hardware import get_gpu
+from sim.models import get_model
+from sim.schedule import (
+    Collective,
+    Compute,
+    OpKind,
+    Recv,
+    Schedule,
+    ScheduleError,
+    Send,
+    Tag,
+    Wait,
+)
+from sim.strategies import build_schedule
+from sim.topology import build_topology
+from sim.trace import TraceRow
+
+STEPS = 3
+# Small images and few steps keep the grid to a few seconds. Hunyuan-DiT has long skips,
+# SD3 is an MM-DiT (text tokens travel with the image tokens).
+MODELS = {"pixart": 256, "sd3-medium": 256, "hunyuan-dit": 256}
+STRATEGIES = {
+    "serial": ParallelConfig(1),
+    "pipefusion": ParallelConfig(2, pipefusion=2, patches=2),
+    "pipefusion-uneven": ParallelConfig(3, pipefusion=3, patches=4),
+    "ulysses": ParallelConfig(2, ulysses=2),
+    "ring": ParallelConfig(2, ring=2),
+    "tensor": ParallelConfig(2, tensor=2),
+    "cfg": ParallelConfig(2, cfg=2),
+    "distrifusion": ParallelConfig(2, distrifusion=2),
+    "cfg x pipefusion x ulysses": ParallelConfig(8, cfg=2, pipefusion=2, patches=2, ulysses=2),
+    "pipefusion x ring x tensor": ParallelConfig(8, pipefusion=2, patches=2, ring=2, tensor=2),
+    "ulysses x ring": ParallelConfig(4, ulysses=2, ring=2),
+    "cfg x distrifusion": ParallelConfig(4, cfg=2, distrifusion=2),
+}
+GPU = get_gpu("a100-sxm-80g")
+
+
+def _grid() -> list:
+    cases = []
+    for model in MODELS:
+        for name, cfg in STRATEGIES.items():
+            # Warmup steps change only what pipelined and displaced-patch schedules do.
+            stale = cfg.pipefusion > 1 or cfg.distrifusion > 1
+            for coarse in (False, True):
+                for warmup in (0, 1, STEPS) if stale else (0,):
+                    cases.append(pytest.param(model, cfg, coarse, warmup,
+                                              id=f"{model}-{name}-{'coarse' if coarse else 'fine'}"
+                                                 f"-w{warmup}"))
+    return cases
+
+
+@pytest.mark.parametrize("model,cfg,coarse,warmup", _grid())
+def test_every_strategy_passes_the_contract_and_every_rank_finishes(
+        model: str, cfg: ParallelConfig, coarse: bool, warmup: int) -> None:
+    res = MODELS[model]
+    wl = Workload(get_model(model), res, res, STEPS)
+    sched = build_schedule(wl, replace(cfg, warmup=warmup), coarse=coarse)  # validates
+    sched.check_progress()
+    trace = simulate(sched, build_topology(GPU, cfg.gpus, "nvlink"), RooflineCost(wl, GPU))
+    # One row per op: every rank got through its whole list.
+    assert Counter(r.rank for r in trace.rows) == {
+        rank: len(ops) for rank, ops in enumerate(sched.ranks) if ops}
+    assert all(isinstance(r, TraceRow) for r in trace.rows)
+
+
+# ---- hand-made schedules -----------------------------------------------------------------
+
+def _schedule(*ranks: list) -> Schedule:
+    return Schedule("m", "test", 8, 8, 1, 0, 1, 1, 2, [(0, 0)] * len(ranks), [1], 1,
+                    ranks=[list(ops) for ops in ranks])
+
+
+T = Tag("hidden", 0, 0, 3)
+WORK = Compute(OpKind.BLOCKS, 0, 0, (0, 0), 4, 4)
+
+
+def test_matched_messages_pass() -> None:
+    _schedule([WORK, Send(1, 64, T, (4, 4))], [Recv(0, 64, T, (4, 4)), WORK]).validate()
+
+
+def test_a_receive_of_another_size_is_named() -> None:
+    with pytest.raises(ScheduleError, match=r"rank 0, op 1 of 2: Send\(dst=1, tag=Tag\(what="
+                                            r"'hidden', step=0, patch=0, layer=3\)\): rank 1 "
+                                            r"receives it as 32 bytes"):
+        _schedule([WORK, Send(1, 64, T, (4, 4))], [Recv(0, 32, T, (4, 2))]).validate()
+
+
+def test_a_member_missing_from_a_collective_is_named() -> None:
+    ag = Collective(OpKind.ALL_GATHER, (0, 1, 2), 64, Tag("kv", 0, -1, 5))
+    with pytest.raises(ScheduleError, match=r"rank [01], op 0 of 1: Collective\('all_gather', "
+                                            r"group=\(0, 1, 2\), tag=Tag\(what='kv', step=0, "
+                                            r"patch=-1, layer=5\)\): listed 1x by rank [01] but "
+                                            r"0x by rank 2"):
+        _schedule([ag], [ag], [WORK]).validate()
+
+
+def test_collectives_of_another_kind_do_not_match() -> None:
+    tag = Tag("tensor", 0, 0, 1)
+    with pytest.raises(ScheduleError, match="listed 1x by rank"):
+        _schedule([Collective(OpKind.ALL_REDUCE, (0, 1), 64, tag)],
+                  [Collective(OpKind.ALL_GATHER, (0, 1), 64, tag)]).validate()
+
+
+def test_a_collective_listed_by_a_non_member_is_named() -> None:
+    ar = Collective(OpKind.ALL_REDUCE, (0, 1), 64, Tag("tensor", 0, 0, 1))
+    with pytest.raises(ScheduleError, match="rank 2, op 0 of 1: .* rank 2 is not a member"):
+        _schedule([ar], [ar], [ar]).validate()
+
+
+def test_asynchronous_collectives_need_exactly_one_wait_after_them() -> None:
+    tag = Tag("ring", 0, 0, 2)
+    ring = Collective(OpKind.RING_KV, (0, 1), 64, tag, asynchronous=True)
+    _schedule([ring, WORK, Wait(tag)], [ring, Wait(tag)]).validate()
+    with pytest.raises(ScheduleError, match=r"rank 1, op 0 of 2: Collective\('ring_kv', .*"
+                                            r"asynchronous\) is never waited for"):
+        _schedule([ring, Wait(tag)], [ring, WORK]).validate()
+    with pytest.raises(ScheduleError, match=r"rank 1, op 0 of 2: Wait\(tag=Tag\(what='ring'.*"
+                                            "waits for no asynchronous collective"):
+        _schedule([ring, Wait(tag)], [Wait(tag), ring]).validate()
+    with pytest.raises(ScheduleError, match=r"rank 0, op 2 of 3: Wait.* waits for no"):
+        _schedule([ring, Wait(tag), Wait(tag)], [ring, Wait(tag)]).validate()
+    with pytest.raises(ScheduleError, match=r"rank 0, op 1 of 4: .* reuses the tag"):
+        _schedule([ring, ring, Wait(tag), Wait(tag)], [ring, Wait(tag), ring, Wait(tag)]
+                  ).validate()
+
+
+def _simulate(sched: Schedule) -> None:
+    simulate(sched, build_topology(GPU, sched.world_size, "nvlink"),
+             RooflineCost(Workload(get_model("pixart"), 256, 256, 1), GPU))
+
+
+def test_the_engine_refuses_unwaited_and_unissued_asynchronous_collectives() -> None:
+    tag = Tag("ring", 0, 0, 2)
+    ring = Collective(OpKind.RING_KV, (0, 1), 64, tag, asynchronous=True)
+    _simulate(_schedule([ring, WORK, Wait(tag)], [ring, Wait(tag)]))
+    with pytest.raises(ScheduleError, match=r"rank 1, op 0 of 2: .* is never waited for"):
+        _simulate(_schedule([ring, Wait(tag)], [ring, WORK]))
+    with pytest.raises(ScheduleError, match=r"rank 1, op 0 of 1: Wait.* waits for no"):
+        _simulate(_schedule([WORK], [Wait(tag)]))
+
+
+def test_check_progress_finds_a_deadlock_the_counts_cannot_see() -> None:
+    other = Tag("latent", 0, 0, -1)
+    # Each rank receives before it sends: the messages match, the ranks wait forever.
+    sched = _schedule([Recv(1, 64, other), Send(1, 64, T)], [Recv(0, 64, T), Send(0, 64, other)])
+    sched.validate()
+    expected = (r"rank 0 is stuck at op 0 of 2: Recv\(src=1, tag=Tag\(what='latent', step=0, "
+                r"patch=0, layer=-1\)\); rank 1 is stuck at op 0 of 2: Recv\(src=0, ")
+    with pytest.raises(ScheduleError, match=expected):
+        sched.check_progress()
+    with pytest.raises(ScheduleError, match=expected):  # the engine says the same
+        _simulate(sched)
+
+
+def test_check_progress_sees_collectives_listed_in_different_orders() -> None:
+    a = Collective(OpKind.ALL_REDUCE, (0, 1), 64, Tag("tensor", 0, 0, 1))
+    b = Collective(OpKind.ALL_REDUCE, (0, 1), 64, Tag("tensor", 0, 0, 2))
+    _schedule([a, b], [a, b]).check_progress()
+    with pytest.raises(ScheduleError, match="rank 0 is stuck at op 0 .*; rank 1 is stuck at op 0"):
+        _schedule([a, b], [b, a]).check_progress()
+
+
+def test_the_executor_checks_the_contract_before_it_starts() -> None:
+    pytest.importorskip("torch")
+    from executor.interpreter import unsupported_ops
+
+    sched = _schedule([Recv(1, 64, Tag("latent", 0, 0, -1)), Send(1, 64, T)],
+                      [Recv(0, 64, T), Send(0, 64, Tag("latent", 0, 0, -1))])
+    with pytest.raises(ScheduleError, match="rank 0 is stuck at op 0"):
+        unsupported_ops(sched)
+    with pytest.raises(ScheduleError, match="rank 0 does not send it"):
+        unsupported_ops(_schedule([WORK], [Recv(0, 64, T)]))

@@ -1,0 +1,135 @@
+"""``python -m validation``: predictions checked against measurements on this machine (the
+command line; the grid is in ``validation.grid``, profiles in ``validation.profiling``, runs in
+``validation.measure``, predictions in ``validation.predict``, the CSV in ``validation.results``).
+
+For a grid of configurations (one and two processes, patches 1/2/4/8, warmup 0/1/2, two model
+sizes, two resolutions) it runs the executor under torchrun, simulates the same configuration
+with the profiles measured on this machine (collecting them first when missing), and writes
+``validation.csv`` (configuration, measured and predicted seconds, relative error, per-op
+error summary) and ``validation.html`` (predicted against measured, error by configuration,
+measured and simulated timelines one above the other, the ops that disagree most).
+
+Profiles: by default collected fresh into ``OUT/profiles`` right before the runs (a shared
+machine's speed drifts by several percent within an hour), covering only the grid's shapes;
+for the full grid (about 20 minutes) again before every launch, each launch predicted from its
+own profiles (``--profile-each-launch``), and the median of those predictions is compared. A
+run of N processes on one host is predicted from a profile collected with N-1 processes
+computing beside the profiler (``profiles.collect --co-run N-1``), since the ranks share the
+host's caches and memory bandwidth; one process from an idle-host profile. Messages use a
+link profile timed while every rank computes (``profiles.links --busy``), which also measures
+the host time a message costs its two ranks on CPU.
+
+Measured and predicted times are those of the denoising loop (the executor takes prompt
+embeddings and returns latents: no text encoder, no VAE). Each launch first performs an
+untimed run of the configuration (``--warmup-runs``: a serving process is warm), then as many
+measured runs as fill about half a second (at least one, at most ten); the launches repeat
+``--repeats`` times, interleaved over the grid, and the median of all measured runs is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from sim.cli import at_least, parser
+from sim.errors import UserError
+from validation.grid import GRIDS, grid_cases
+from validation.measure import run_cases, runs_per_launch
+from validation.predict import predict_case
+from validation.profiling import ensure_profiles
+from validation.results import write_csv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m validation``."""
+    p = parser("python -m validation",
+               "Run the executor on a grid of configurations and compare with predictions.")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="quick",
+                   help="configurations to run (smoke: one tiny case, for tests)")
+    p.add_argument("--nproc", type=int, default=2, help="processes of the parallel runs")
+    p.add_argument("--out", default="validation", help="folder for the CSV, HTML and traces")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="launches of each configuration (each: warm-up runs, then measured "
+                        "runs filling about half a second); the median run is kept")
+    p.add_argument("--profile-dir", default=None,
+                   help="reuse the profiles in this folder, collecting only missing ones "
+                        "(default: collect fresh ones into OUT/profiles before the runs)")
+    p.add_argument("--warmup-runs", type=int, default=1,
+                   help="untimed runs of each configuration before each measured one "
+                   "(default 1; serving latency is that of a warm process)")
+    p.add_argument("--profile-each-launch", action=argparse.BooleanOptionalAction,
+                   default=None,
+                   help="measure fresh profiles before every launch and predict each launch "
+                        "from its own (default: on for the full grid, whose 20 minutes see "
+                        "the machine's speed drift; off for the quick grid)")
+    p.add_argument("--models", default="",
+                   help="comma-separated subset of the grid's models (default: all)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate on the grid ``argv`` asks for (default: the command line); returns the exit
+    status. Bad input raises ``UserError`` (``sim.cli.run_main`` prints it, exit 2)."""
+    args = build_parser().parse_args(argv)
+    at_least(args.nproc, 1, "--nproc")
+    at_least(args.repeats, 1, "--repeats")
+    at_least(args.warmup_runs, 0, "--warmup-runs")
+    only = tuple(m for m in args.models.split(",") if m)
+    unknown = [m for m in only if m not in GRIDS[args.grid][0]]
+    if unknown:
+        raise UserError(f"--models {','.join(unknown)}: not in the {args.grid} grid "
+                        f"(choose from {', '.join(GRIDS[args.grid][0])})")
+    if args.device == "cuda":
+        import torch  # here, not at the top: the other paths run torch in child processes
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device here; use --device cpu")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    progress = not args.no_progress
+    t0 = time.perf_counter()
+    cases = grid_cases(args.grid, args.nproc, only)
+    each = args.profile_each_launch if args.profile_each_launch is not None \
+        else args.grid == "full"
+    if args.profile_dir and each:
+        raise UserError("--profile-each-launch measures fresh profiles; it does not go with "
+                        "--profile-dir")
+
+    def profile_and_predict(r: int) -> None:
+        if r > 0 and not each:
+            return
+        folder = Path(args.profile_dir) if args.profile_dir else \
+            out / "profiles" / (f"launch-{r}" if each else "")
+        compute, link = ensure_profiles(cases, args.device, folder,
+                                        fresh=args.profile_dir is None, progress=progress)
+        for c in cases:
+            c.prediction = predict_case(c, compute, link, args.device)
+            c.predicted.append(c.prediction.latency_s)
+            if r == 0:
+                c.runs = runs_per_launch(c.prediction.latency_s)
+
+    run_cases(cases, out, args.device, args.repeats, progress, args.warmup_runs,
+              before_repeat=profile_and_predict)
+    rows = write_csv(out / "validation.csv", cases)
+    errs = [abs(r["rel_err"]) for r in rows]
+    elapsed = time.perf_counter() - t0
+    try:  # plotly is optional: without it the HTML report is skipped
+        from reports.validation_report import write_validation_report
+    except ImportError:
+        print("plotly is not installed: validation.html skipped (pip install "
+              "'ditsim[reports]')", file=sys.stderr)
+    else:
+        write_validation_report(out / "validation.html", cases, rows, elapsed, args)
+    launches = f"{args.repeats} launch{'es' if args.repeats > 1 else ''}"
+    worst = rows[errs.index(max(errs))]
+    print(f"{len(rows)} configurations ({args.grid} grid, {launches} each) in "
+          f"{elapsed:.0f} s: median |error| {statistics.median(errs):.1%}, worst "
+          f"{max(errs):.1%} ({worst['model']} {worst['resolution']}px n={worst['nproc']}"
+          f" M={worst['patches']}); wrote {out / 'validation.csv'}")
+    return 0

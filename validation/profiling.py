@@ -1,0 +1,62 @@
+"""The profiles a validation predicts from, measured on this machine right before the runs: a
+compute profile per model and process count, and a link profile timed while every rank
+computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from profiles import collect
+from profiles.device import device_name, device_slug
+from sim.errors import UserError
+from validation.grid import Case
+from validation.launch import say, torchrun
+
+
+def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bool,
+                    progress: bool) -> tuple[dict[tuple[str, int], Path], Path | None]:
+    """The compute profile of each model for runs of each process count (a run of N
+    processes is profiled with N-1 processes computing beside it: on one host they share
+    caches and memory bandwidth) and the link profile of the largest count, collected into
+    ``profile_dir`` first when missing (or always, with ``fresh``). Compute profiles cover the
+    grid's resolutions and patch counts and the ops the executor runs: a machine's speed drifts
+    by several percent within an hour (other tenants of a VM, clocks), so validation measures
+    what it needs right before the runs instead of trusting a profile from earlier."""
+    name = device_name(device)
+    dev = device_slug(device, name, 1)
+    dtype = "fp32"
+    models = sorted({c.model for c in cases})
+    nprocs = sorted({c.nproc for c in cases})
+    resolutions = ",".join(str(r) for r in sorted({c.resolution for c in cases}))
+    patches = ",".join(str(m) for m in sorted({c.patches for c in cases} | {1}))
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    compute = {}
+    for model in models:
+        for n in nprocs:
+            co = n - 1 if device == "cpu" else 0  # GPUs share no caches between ranks
+            path = profile_dir / f"{dev}_{model}_{dtype}{f'_co{co}' if co else ''}.csv"
+            if fresh or not path.exists():
+                say(f"profiling {model} on this {device}"
+                    f"{f' with {co} process(es) computing beside it' if co else ''} "
+                    f"-> {path}", progress)
+                argv = ["--model", model, "--device", device, "--dtype", dtype, "--threads",
+                        "1", "--co-run", str(co), "--resolutions", resolutions, "--patches",
+                        patches, "--ops", "block,embed,final,scheduler_step,condition",
+                        "--no-curve", "--out", str(path)] + \
+                    ([] if progress else ["--no-progress"])
+                if collect.main(argv) != 0:
+                    raise UserError(f"profile collection for {model} failed")
+            compute[(model, n)] = path
+    nproc = max(nprocs)
+    link = None
+    if nproc > 1:
+        # Messages are timed while every rank computes, as in a run (--busy).
+        kind = "loopback" if device == "cpu" else "nvlink4"
+        backend = "gloo" if device == "cpu" else "nccl"
+        link = profile_dir / f"links_{backend}_{kind}_w{nproc}_busy_{dev}.csv"
+        if fresh or not link.exists():
+            say(f"timing messages between {nproc} processes -> {link}", progress)
+            torchrun(nproc, ["-m", "profiles.links", "--backend", backend, "--quick",
+                             "--busy", "--out", str(link)] +
+                     ([] if device == "cpu" else ["--link-kind", kind]))
+    return compute, link
