@@ -77,6 +77,21 @@ def positive(value: float, flag: str) -> None:
         raise UserError(f"{flag} must be positive, got {value:g}")
 
 
+def moved_report_flag(p: argparse.ArgumentParser, command: str) -> None:
+    """Point ``--report`` at ``python -m {command}``, which writes HTML reports now (reports
+    sit in a layer above ``sim``): a hidden flag, so that old command lines say where to go
+    (see ``reject_moved_report``), and a help epilog."""
+    p.epilog = f"HTML report: python -m {command}, same flags plus --report FILE."
+    p.add_argument("--report", default=None, help=argparse.SUPPRESS)
+
+
+def reject_moved_report(args: argparse.Namespace, command: str) -> None:
+    """Raise a ``UserError`` naming ``command`` when the moved ``--report`` flag was given."""
+    if args.report is not None:
+        raise UserError(f"HTML reports are written by python -m {command} (same flags plus "
+                        f"--report FILE)")
+
+
 def parse_resolution(text: str) -> tuple[int, int]:
     """``"1024"`` -> (1024, 1024); ``"2048x1024"`` (width x height) -> (1024, 2048) as
     (height, width)."""

@@ -21,9 +21,11 @@ from sim.cli import (
     add_workload_args,
     cluster_from_args,
     cost_spec_from_args,
+    moved_report_flag,
     parse_int_list,
     parser,
     print_json,
+    reject_moved_report,
     run_main,
     workload_from_args,
 )
@@ -32,9 +34,6 @@ from sim.errors import UserError
 from sim.evaluate import Prediction
 from sim.search import search
 from sim.strategies import FAMILIES
-
-REPORTS_MOVED = ("HTML reports are written by python -m reports.compare "
-                 "(same flags plus --report FILE)")
 
 # Best prediction per family and resolution (px); families without one map to an empty dict.
 Cells = dict[str, dict[int, Prediction]]
@@ -128,12 +127,9 @@ def print_comparison(args: argparse.Namespace, resolutions: list[int], cells: Ce
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
-    p.epilog = "HTML report: python -m reports.compare, same flags plus --report FILE."
-    # The flag moved to reports.compare; kept (hidden) so that old command lines say where.
-    p.add_argument("--report", default=None, help=argparse.SUPPRESS)
+    moved_report_flag(p, "reports.compare")
     args = p.parse_args(argv)
-    if args.report is not None:
-        raise UserError(REPORTS_MOVED)
+    reject_moved_report(args, "reports.compare")
     print_comparison(args, *compare(args))
     return 0
 

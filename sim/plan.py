@@ -22,23 +22,21 @@ from sim.cli import (
     calibration_from_args,
     cluster_from_args,
     cost_spec_from_args,
+    moved_report_flag,
     parse_int_list,
     parser,
     print_json,
+    reject_moved_report,
     run_main,
     workload_from_args,
     write_output,
 )
 from sim.config import ParallelConfig, Workload, validate
 from sim.cost import CostSpec
-from sim.errors import UserError
 from sim.evaluate import Prediction, evaluate
 from sim.hardware import GPU
 from sim.search import SearchResult, best_per_family, search
 from sim.topology import Topology
-
-REPORTS_MOVED = ("HTML reports are written by python -m reports.plan "
-                 "(same flags plus --report FILE)")
 
 
 def build_parser(prog: str = "python -m sim.plan") -> argparse.ArgumentParser:
@@ -193,12 +191,9 @@ def print_plan(run: PlanRun) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
-    p.epilog = "HTML report: python -m reports.plan, same flags plus --report FILE."
-    # The flag moved to reports.plan; kept (hidden) so that old command lines say where.
-    p.add_argument("--report", default=None, help=argparse.SUPPRESS)
+    moved_report_flag(p, "reports.plan")
     args = p.parse_args(argv)
-    if args.report is not None:
-        raise UserError(REPORTS_MOVED)
+    reject_moved_report(args, "reports.plan")
     run = run_search(args)
     if args.chrome_trace:
         write_output(args.chrome_trace, recommended_in_full(run).trace.write_chrome)
