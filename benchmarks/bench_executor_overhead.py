@@ -16,26 +16,33 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
 
 def executor_loop(net, model, prompts, seed: int, steps: int, height: int, width: int,
-                  guidance: float):
-    """Final latents and loop seconds of the executor on one process (serial schedule)."""
+                  guidance: float, sync: Callable[[], None] | None = None,
+                  dtype: str = "fp32"):
+    """Final latents and loop seconds of the executor on one process (serial schedule).
+    ``sync`` (``torch.cuda.synchronize`` on a GPU) is called before the clock starts and
+    before each op's row closes, as ``executor.run`` does, so the loop ends when the device
+    is done; ``dtype`` names ``net``'s data type for the workload (``fp32``, ``bf16``)."""
     import diffusers
 
     from executor.interpreter import StageExecutor
     from sim.config import ParallelConfig, Workload
     from sim.strategies import build_schedule
 
-    wl = Workload(model, height, width, steps, dtype="fp32", text_encoder=False, vae=False)
+    wl = Workload(model, height, width, steps, dtype=dtype, text_encoder=False, vae=False)
     sched = build_schedule(wl, ParallelConfig(gpus=1))
     stage = StageExecutor(net, sched, 0, prompts, seed, guidance,
                           diffusers.DPMSolverMultistepScheduler(), net.device, net.dtype)
+    if sync is not None:  # the set-up's copies to the device are not part of the loop
+        sync()
     origin = time.perf_counter()
-    result = stage.run(origin)
+    result = stage.run(origin, sync=sync)
     return result.latents, result.loop_s
 
 

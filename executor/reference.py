@@ -4,6 +4,7 @@ executor's final latents must equal (tests, benchmarks)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -50,15 +51,21 @@ def reference_latents(pipe, prompts: PromptInputs, seed: int, steps: int, height
 
 
 def timed_pipeline_loop(pipe, prompts: PromptInputs, seed: int, steps: int, height: int,
-                        width: int, guidance_scale: float | None = None
+                        width: int, guidance_scale: float | None = None,
+                        sync: Callable[[], None] | None = None
                         ) -> tuple[torch.Tensor, float]:
     """Final latents and the seconds of the pipeline's denoising loop alone: from the first
     transformer call to the return of the last scheduler step (hooks, so the pipeline's own
-    code runs unchanged)."""
+    code runs unchanged). ``sync`` (``torch.cuda.synchronize`` on a GPU) is called before the
+    first mark and after the last step only: the device's queue is empty when the clock
+    starts and done when it stops, while the loop in between keeps queueing ahead as the
+    pipeline does."""
     marks: list[float] = []
 
     def pre_hook(module, args, kwargs):
         if not marks:
+            if sync is not None:
+                sync()
             marks.append(time.perf_counter())
 
     handle = pipe.transformer.register_forward_pre_hook(pre_hook, with_kwargs=True)
@@ -68,6 +75,9 @@ def timed_pipeline_loop(pipe, prompts: PromptInputs, seed: int, steps: int, heig
 
     def step(*args, **kwargs):
         out = original_step(*args, **kwargs)
+        # The scheduler holds the loop's timesteps once the pipeline has set them.
+        if sync is not None and len(ends) + 1 == len(sched.timesteps):
+            sync()
         ends.append(time.perf_counter())
         return out
 
