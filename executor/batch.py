@@ -20,7 +20,7 @@ from executor.launch import abort_rank, env_int
 from executor.request import plan_run
 from executor.run import build_parser
 from executor.runtime import execute, process_groups
-from sim.cli import run_main
+from sim.cli import check_folder, run_main, write_output
 from sim.errors import UserError
 
 USAGE = "usage: executor.batch OUTDIR 'ARGS' ['ARGS' ...]"
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         rank = env_int("RANK", 0)
         world = env_int("WORLD_SIZE", 1)
         local_rank = env_int("LOCAL_RANK", 0)
+        check_folder(out, "OUTDIR")  # before the runs, not after them
         runs = []
         for text in argv[1:]:
             args = build_parser().parse_args(shlex.split(text))
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, (args, plan) in enumerate(runs):
             summary = execute(plan, args, rank, world, local_rank)
             if summary is not None:
-                (out / f"run-{i}.json").write_text(json.dumps(summary))
+                write_output(out / f"run-{i}.json",
+                             lambda p, s=summary: p.write_text(json.dumps(s)), "OUTDIR")
         if world > 1:
             dist.destroy_process_group()
     except BaseException as e:  # noqa: BLE001 - one line naming the rank, then a hard exit

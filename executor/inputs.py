@@ -92,6 +92,8 @@ def random_prompts(model: DiTModel, seed: int, text_tokens: int | None = None) -
 def load_prompts(path: str | Path, model: DiTModel) -> PromptInputs:
     """Prompt embeddings from a ``torch.save``d dict with the keys of ``PROMPT_KEYS``."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--prompt-embeds {path} is a folder; give the torch.save'd file")
     if not path.is_file():
         raise UserError(f"--prompt-embeds {path}: no such file")
     try:

@@ -11,7 +11,14 @@ import torch
 
 from executor.inputs import load_prompts, local_model, registry_model
 from executor.interpreter import unsupported_ops
-from sim.cli import at_least, parse_int_list, parse_resolution, positive
+from sim.cli import (
+    at_least,
+    check_outputs,
+    finite,
+    parse_int_list,
+    parse_resolution,
+    positive,
+)
 from sim.config import ParallelConfig, Workload
 from sim.errors import UserError
 from sim.models import DiTModel
@@ -20,6 +27,9 @@ from sim.strategies import build_schedule
 
 # The --dtype names and the torch dtypes they select.
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# The longest --timeout, seconds (a week): a wait that long is a hung run, not a slow one.
+MAX_TIMEOUT_S = 7 * 86400.0
 
 
 @dataclass
@@ -47,14 +57,23 @@ def plan_run(args: argparse.Namespace, world_size: int) -> RunPlan:
         raise UserError("give --model NAME (a registry PixArt) or --model-dir DIR")
     if args.guidance_scale is None:  # the model's pipeline default, for every later reader
         args.guidance_scale = model.guidance_scale
+    # A NaN scale would turn every latent into NaN and still exit 0.
+    finite(args.guidance_scale, "--guidance-scale")
     height, width = parse_resolution(args.resolution)
     dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
     stage_blocks = parse_int_list(args.stage_blocks, "--stage-blocks")
+    # Checked before torchrun's ranks start: an infinite or huge timeout overflows the waits
+    # (threading, timedelta) on every rank instead of failing once here.
+    finite(args.timeout, "--timeout", 0, MAX_TIMEOUT_S, " s")
     positive(args.timeout, "--timeout")
     if args.threads is not None:
         at_least(args.threads, 1, "--threads")
     at_least(args.warmup_runs, 0, "--warmup-runs")
     at_least(args.runs, 1, "--runs")
+    # Rank 0 writes these after the run: an unwritable path is refused now, on every rank (one
+    # host), not after minutes of work.
+    check_outputs([("--save-latents", args.save_latents), ("--trace", args.trace),
+                   ("--chrome-trace", args.chrome_trace)])
     steps = args.steps if args.steps is not None else model.default_steps
     wl = Workload(model, height, width, steps, dtype=dtype, text_encoder=False, vae=False)
     cfg = ParallelConfig(gpus=world_size,

@@ -8,8 +8,10 @@ the simulator rejects fails here with the same message, before any process group
 keeps its stage's share of the transformer, and interprets its ops (``executor.interpreter``).
 Rank 0 gathers the per-rank traces, latencies and peak memory and writes the outputs.
 
-Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback), 1 when a run
-fails (a rank died, hung past ``--timeout`` or raised), with a line naming the rank.
+Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback; output paths are
+checked before the process group starts, and a full disk when rank 0 writes the outputs is one
+line too, leaving none of them), 1 when a run fails (a rank died, hung past ``--timeout`` or
+raised), with a line naming the rank.
 """
 
 from __future__ import annotations

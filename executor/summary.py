@@ -10,6 +10,7 @@ import statistics
 import torch
 
 from executor.request import RunPlan
+from sim.cli import write_outputs
 from sim.config import Workload
 from sim.hardware import get_gpu
 from sim.memory import memory_per_rank
@@ -50,12 +51,11 @@ def summarize(plan: RunPlan, model: DiTModel, args: argparse.Namespace, gathered
             "peak_window": "loop" if g["window_reset"] else "process",
         })
     latents = next(g["latents"] for g in gathered if g["latents"] is not None)
-    if args.save_latents:
-        torch.save(latents, args.save_latents)
-    if args.trace:
-        trace.write_csv(args.trace)
-    if args.chrome_trace:
-        trace.write_chrome(args.chrome_trace)
+    # All three or none, each through a temporary file: a full disk leaves no truncated file
+    # and no latents beside a trace that failed.
+    write_outputs([("--save-latents", args.save_latents, lambda p: torch.save(latents, p)),
+                   ("--trace", args.trace, trace.write_csv),
+                   ("--chrome-trace", args.chrome_trace, trace.write_chrome)])
     cfg = plan.config.as_dict()
     cfg.update(model=model.name, resolution=[wl.height, wl.width], steps=wl.steps,
                dtype=plan.dtype, device=plan.device, world_size=world,

@@ -49,7 +49,15 @@ from profiles.settings import (
     check_supported,
     default_settings,
 )
-from sim.cli import at_least, parse_int_list, parser, run_main
+from sim.cli import (
+    at_least,
+    check_folder,
+    check_writable,
+    output_errors,
+    parse_int_list,
+    parser,
+    run_main,
+)
 from sim.errors import UserError
 from sim.models import get_model
 
@@ -138,13 +146,19 @@ def default_out(s: Settings, name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Collect and write the profile; returns 0 (bad input raises ``UserError``)."""
     s, out, progress = parse(argv)
+    # Checked before minutes of timing, not after; missing folders are created at the end.
+    if out is not None:
+        check_writable(out, "--out", make_folders=True)
+    else:
+        check_folder(DATA_DIR, "--out (default)")
     # Imported once the flags are good: loading torch and diffusers takes seconds, which
     # --help and a mistyped flag should not wait for.
     from profiles.compute import collect
 
     prof = collect(s, progress)
     path = out or default_out(s, prof.meta["device_name"])
-    prof.write(path)
+    with output_errors("--out", path):
+        prof.write(path)  # atomically: a full disk leaves no truncated profile
     blocks = prof.select("block")
     where = (f"{prof.meta['threads']} thread(s), {s.clock} clock" if s.device == "cpu"
              else "CUDA events")

@@ -43,7 +43,15 @@ from pathlib import Path
 from profiles import DATA_DIR
 from profiles.device import device_name, device_slug
 from profiles.progress import progress_bar
-from sim.cli import at_least, parser, run_main
+from sim.cli import (
+    at_least,
+    check_folder,
+    check_writable,
+    finite,
+    output_errors,
+    parser,
+    run_main,
+)
 from sim.cost.interp import fit_regimes
 from sim.cost.profile_format import LinkProfile, LinkSample
 from sim.errors import UserError
@@ -55,6 +63,8 @@ OPS = ("p2p", "all_reduce", "all_gather", "all_to_all")
 KIB = 1024
 INNER_S = 2e-3  # a timed sample lasts at least this long (seconds), see _measure
 MIB = 1024 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024**3  # --max-bytes beyond this is a typo, not a message to time
+MAX_MIN_TIME_S = 3600.0  # --min-time per size: an hour already means days for a full sweep
 
 
 @dataclass(frozen=True)
@@ -87,8 +97,10 @@ def parse_size(text: str) -> int:
         value = float(num) * mult
     except ValueError:
         raise UserError(f"cannot read size '{text}' (use e.g. 1024, 64KiB, 256MiB)") from None
-    if value < 4:
-        raise UserError(f"message size must be at least 4 bytes, got '{text}'")
+    # NaN fails both comparisons, and inf or 1e30 bytes is no message to allocate.
+    if not 4 <= value <= MAX_MESSAGE_BYTES:
+        raise UserError(f"message size must be between 4 bytes and "
+                        f"{MAX_MESSAGE_BYTES // 1024**3} GiB, got '{text}'")
     return int(value)
 
 
@@ -150,8 +162,9 @@ def parse(argv: list[str] | None) -> LinkSettings:
     factor = 4 if a.quick else a.factor
     at_least(factor, 2, "--factor")
     for flag, value, least in (("--repeats", a.repeats, 1), ("--passes", a.passes, 1),
-                               ("--warmup", a.warmup, 0), ("--min-time", a.min_time, 0)):
+                               ("--warmup", a.warmup, 0)):
         at_least(value, least, flag)
+    finite(a.min_time, "--min-time", 0, MAX_MIN_TIME_S, " s")
     return LinkSettings(a.backend, kind, ops, size_grid(lo, hi, factor),
                         3 if a.quick else a.repeats, 1 if a.quick else a.warmup,
                         0.05 if a.quick else a.min_time, Path(a.out) if a.out else None,
@@ -474,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
     raises ``UserError`` on rank 0 and returns 2 quietly elsewhere)."""
     try:
         s = parse(argv)
+        # Checked on every rank (they share the host), before the timing, not after it.
+        if s.out is not None:
+            check_writable(s.out, "--out", make_folders=True)
+        else:
+            check_folder(DATA_DIR, "--out (default)")
         prof = collect_links(s)
     except UserError:
         if os.environ.get("RANK", "0") != "0":
@@ -482,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     if prof is None:
         return 0
     path = s.out or default_out(prof)
-    prof.write(path)
+    with output_errors("--out", path):
+        prof.write(path)  # atomically: a full disk leaves no truncated profile
     p2p = prof.fit("p2p") if "p2p" in s.ops else None
     extra = (f"; p2p {p2p.latency_s * 1e6:.1f} us + {p2p.bandwidth_Bps / 1e9:.2f} GB/s"
              if p2p else "")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from sim import compare
-from sim.cli import run_main, write_output
+from sim.cli import check_outputs, run_main, write_output
 from sim.compare import Cells
 from sim.errors import UserError
 
@@ -42,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from reports.compare_report import write_compare_report
     except ImportError:
         raise UserError("reports need plotly: pip install 'ditsim[reports]'") from None
+    check_outputs([("--report", args.report)])  # before the comparison, not after
     resolutions, cells, missing = compare.compare(args)
     write_output(args.report, lambda p: write_compare_report(
-        p, "ditsim compare", intro(args, cells), resolutions, cells, missing))
+        p, "ditsim compare", intro(args, cells), resolutions, cells, missing), "--report")
     compare.print_comparison(args, resolutions, cells, missing)
     return 0
 

@@ -16,7 +16,7 @@ import argparse
 from dataclasses import dataclass
 
 from sim import plan
-from sim.cli import run_main, write_output
+from sim.cli import check_outputs, run_main, write_outputs
 from sim.errors import UserError
 from sim.hardware import DEFAULT_GPU, get_gpu
 from sim.plan import PlanRun
@@ -80,15 +80,18 @@ def main(argv: list[str] | None = None) -> int:
         from reports.plan_report import write_plan_report
     except ImportError:
         raise UserError("reports need plotly: pip install 'ditsim[reports]'") from None
+    # Refused before the searches, not after them.
+    check_outputs([("--report", args.report), ("--chrome-trace", args.chrome_trace)])
     run = plan.run_search(args)
     rec = plan.recommended_in_full(run)
-    if args.chrome_trace:
-        write_output(args.chrome_trace, rec.trace.write_chrome)
     alt = gather(run)
     ranked = run.result.ranked
-    write_output(args.report, lambda p: write_plan_report(
-        p, "ditsim plan", intro(run), ranked, rec, best_per_family(ranked, 1), alt.links,
-        alt.link_note, alt.by_gpus))
+    # Both files or neither: a report whose trace failed to write is removed with it.
+    write_outputs([
+        ("--chrome-trace", args.chrome_trace, rec.trace.write_chrome),
+        ("--report", args.report, lambda p: write_plan_report(
+            p, "ditsim plan", intro(run), ranked, rec, best_per_family(ranked, 1), alt.links,
+            alt.link_note, alt.by_gpus))])
     plan.print_plan(run)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -13,10 +14,20 @@ from pathlib import Path
 from sim.config import DTYPE_BYTES, Workload
 from sim.cost import CostSpec
 from sim.cost.link_profile import apply_link_profile
-from sim.errors import UserError
+from sim.errors import RunFailed, UserError
 from sim.evaluate import calibration_scale
 from sim.hardware import DEFAULT_GPU, GPU, get_gpu
 from sim.models import get_model
+from sim.outputs import (  # noqa: F401 - re-exported for the commands
+    # Output-path checks and all-or-none writes, defined in sim.outputs (stdlib only, so that
+    # sim.cost can use them too) and taken from here with the other command-line helpers.
+    check_folder,
+    check_outputs,
+    check_writable,
+    output_errors,
+    write_output,
+    write_outputs,
+)
 from sim.topology import INTER_NODE, Topology, build_topology
 
 
@@ -65,16 +76,49 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+def is_finite(value: float) -> bool:
+    """Whether ``value`` is a finite number (ints always are, however large: converting a
+    huge one to float would raise instead)."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def show(value: float) -> str:
+    """``value`` for an error line: ``nan``, ``inf``, ``1e+300`` for floats, every digit for
+    ints (a huge int does not format as a float)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def finite(value: float, flag: str, low: float = -math.inf, high: float = math.inf,
+           unit: str = "") -> None:
+    """Raise a ``UserError`` naming ``flag`` unless ``value`` is a finite number with
+    ``low <= value <= high`` (NaN and the infinities never are: they would slip through
+    plain comparisons and come out as ``nan`` results). ``unit`` follows the bounds in the
+    message, e.g. ``" s"``."""
+    if is_finite(value) and low <= value <= high:
+        return
+    if math.isinf(low) and math.isinf(high):
+        rule = "a finite number"
+    elif math.isinf(high):
+        rule = f"a finite number of at least {low:g}{unit}"
+    elif math.isinf(low):
+        rule = f"a finite number of at most {high:g}{unit}"
+    else:
+        rule = f"a finite number between {low:g} and {high:g}{unit}"
+    raise UserError(f"{flag} must be {rule}, got {show(value)}")
+
+
 def at_least(value: float, minimum: float, flag: str) -> None:
-    """Raise a ``UserError`` naming ``flag`` unless ``value >= minimum``."""
-    if value < minimum:
-        raise UserError(f"{flag} must be at least {minimum:g}, got {value:g}")
+    """Raise a ``UserError`` naming ``flag`` unless ``value >= minimum`` and is finite (NaN
+    fails every comparison, so ``value < minimum`` alone would let it through)."""
+    if not (is_finite(value) and value >= minimum):
+        raise UserError(f"{flag} must be at least {minimum:g}, got {show(value)}")
 
 
 def positive(value: float, flag: str) -> None:
-    """Raise a ``UserError`` naming ``flag`` unless ``value > 0``."""
-    if not value > 0:
-        raise UserError(f"{flag} must be positive, got {value:g}")
+    """Raise a ``UserError`` naming ``flag`` unless ``value > 0`` and is finite (an infinite
+    timeout or latency is no number a run can use)."""
+    if not (is_finite(value) and value > 0):
+        raise UserError(f"{flag} must be positive and finite, got {show(value)}")
 
 
 def moved_report_flag(p: argparse.ArgumentParser, command: str) -> None:
@@ -138,10 +182,14 @@ def calibration_from_args(args: argparse.Namespace, wl: Workload, gpu: GPU,
     if args.single_gpu_latency is None:
         return 1.0
     positive(args.single_gpu_latency, "--single-gpu-latency")
-    return calibration_scale(wl, gpu, args.single_gpu_latency, spec)
+    # calibration_scale also bounds the resulting factor (1e300 is finite but no latency).
+    return calibration_scale(wl, gpu, args.single_gpu_latency, spec,
+                             name="--single-gpu-latency")
 
 
 def _exists(path: str, flag: str) -> None:
+    if Path(path).is_dir():
+        raise UserError(f"{flag} {path} is a folder; give the profile's CSV file")
     if not Path(path).is_file():
         raise UserError(f"{flag} {path}: no such file; collect one with python -m "
                         f"profiles.{'links' if 'link' in flag else 'collect'}")
@@ -157,32 +205,56 @@ def parse_int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
         raise UserError(f"{flag} must be comma-separated integers, got '{text}'") from None
 
 
-def write_output(path: str, write: Callable[[Path], None]) -> None:
-    """Write a file atomically (temp file, then rename) so nothing half-written is left."""
-    target = Path(path)
-    if not target.parent.exists():
-        raise UserError(f"cannot write {path}: folder {target.parent} does not exist")
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        write(tmp)
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
+def non_finite(obj: object, path: str = "") -> tuple[str, float] | None:
+    """The first NaN or infinity in ``obj`` (nested dicts, lists, tuples of numbers) as
+    (where, value), e.g. ``("[3].busy_fraction[1]", nan)``; ``None`` when every number is
+    finite."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (path or "the value", obj)
+    if isinstance(obj, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for where, v in items:
+        found = non_finite(v, where)
+        if found is not None:
+            return found
+    return None
+
+
+def check_finite(obj: object, what: str) -> None:
+    """Raise a ``UserError`` when ``obj`` (a result about to be printed or written) holds a
+    NaN or infinity: every input is checked where it enters, so one here means a result no
+    one should act on; it is refused rather than shown as ``nan``."""
+    found = non_finite(obj)
+    if found is not None:
+        where, value = found
+        raise UserError(f"{what} holds a non-finite number ({where} = {value}); refusing to "
+                        f"print it. Check the inputs it rests on (--profile, --link-profile, "
+                        f"--single-gpu-latency)")
 
 
 def print_json(obj: object) -> None:
-    """Print ``obj`` as indented JSON on stdout."""
-    json.dump(obj, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    """Print ``obj`` as indented, strict JSON on stdout: a NaN or infinity (which ``json``
+    would write as the non-standard ``NaN``/``Infinity``) raises a ``UserError`` naming where
+    it is, before anything is printed."""
+    check_finite(obj, "the JSON output")
+    sys.stdout.write(json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Run ``main``; a ``UserError`` becomes one line on stderr and exit status 2."""
+    """Run ``main``; a ``UserError`` becomes one line on stderr and exit status 2, a
+    ``RunFailed`` one line and exit status 1."""
     try:
         code = main(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

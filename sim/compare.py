@@ -19,6 +19,7 @@ import sys
 
 from sim.cli import (
     add_workload_args,
+    check_finite,
     cluster_from_args,
     cost_spec_from_args,
     moved_report_flag,
@@ -29,7 +30,7 @@ from sim.cli import (
     run_main,
     workload_from_args,
 )
-from sim.config import ParallelConfig, validate
+from sim.config import ParallelConfig, check_warmup, validate
 from sim.errors import UserError
 from sim.evaluate import Prediction
 from sim.search import search
@@ -65,9 +66,7 @@ def compare(args: argparse.Namespace) -> tuple[list[int], Cells, dict[str, str]]
         args.resolution = str(res)
         wl = workload_from_args(args)
         validate(wl, ParallelConfig(1))
-        if args.warmup < 0 or args.warmup > wl.steps:
-            raise UserError(f"--warmup must be between 0 and the step count {wl.steps}, "
-                            f"got {args.warmup}")
+        check_warmup(args.warmup, wl.steps)
         result = search(wl, gpu, topo, [args.warmup], top=1, per_family=1, all_gpus=True,
                       spec=cost_spec_from_args(args),
                       progress=not args.json and sys.stderr.isatty())
@@ -76,6 +75,8 @@ def compare(args: argparse.Namespace) -> tuple[list[int], Cells, dict[str, str]]
             if res not in cells[fam] or (cells[fam][res].oom, cells[fam][res].latency_s) > \
                     (p.oom, p.latency_s):
                 cells[fam][res] = p
+    check_finite({f: {r: p.as_dict() for r, p in row.items()} for f, row in cells.items()},
+                 "the comparison")  # refused, not printed as nan, before any report
     missing = {f: _why_missing(f, args, topo.num_gpus) for f in FAMILIES if not cells[f]}
     return list(resolutions), cells, missing
 

@@ -101,6 +101,16 @@ class ParallelConfig:
         return d
 
 
+def check_warmup(warmup: int, steps: int) -> None:
+    """Raise ``UserError`` unless ``0 <= warmup <= steps`` (warmup steps are diffusion steps
+    run on the whole image, so there cannot be more of them than steps). The one rule every
+    command applies to ``--warmup``: ``validate`` for one configuration, ``sim.plan`` and
+    ``sim.compare`` and the planner's search for each count they are given."""
+    if warmup < 0 or warmup > steps:
+        raise UserError(f"--warmup must be between 0 and the step count {steps}, "
+                        f"got {warmup}")
+
+
 def validate(wl: Workload, cfg: ParallelConfig) -> None:
     """Raise ``UserError`` for the first rule ``wl`` and ``cfg`` break."""
     m = wl.model
@@ -137,9 +147,7 @@ def validate(wl: Workload, cfg: ParallelConfig) -> None:
         what = "Ulysses degree" if cfg.tensor == 1 else "Ulysses x tensor degree"
         raise UserError(f"the {what} {cfg.ulysses * cfg.tensor} does not divide the "
                         f"{m.heads} attention heads of {m.name}")
-    if cfg.warmup < 0 or cfg.warmup > wl.steps:
-        raise UserError(f"--warmup must be between 0 and the step count {wl.steps}, "
-                        f"got {cfg.warmup}")
+    check_warmup(cfg.warmup, wl.steps)
     rows, cols = m.token_grid(wl.height, wl.width)
     if cfg.patches < 1 or cfg.patches > rows:
         raise UserError(f"--patches must be between 1 and {rows} (the latent has {rows} rows "

@@ -5,12 +5,14 @@ This is what ``sim.predict`` prints and what ``sim.plan`` ranks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from operator import attrgetter
 
 from sim.config import ParallelConfig, Workload
 from sim.cost import CostModel, CostSpec
 from sim.engine import collective_flows, simulate
+from sim.errors import UserError
 from sim.hardware import GPU
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
@@ -18,6 +20,10 @@ from sim.schedule import Collective, Compute, OpKind
 from sim.strategies import build_schedule
 from sim.topology import Topology, build_topology
 from sim.trace import Trace, TraceRow
+
+# Factors on compute costs that --single-gpu-latency may ask for: a real run differs from the
+# roofline (or a measured profile) by a small factor; a thousandfold gap is a wrong input.
+CALIBRATION_RANGE = (1e-3, 1e3)
 
 
 @dataclass
@@ -179,9 +185,24 @@ def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topol
 
 
 def calibration_scale(wl: Workload, gpu: GPU, single_gpu_latency_s: float,
-                      spec: CostSpec | None = None) -> float:
+                      spec: CostSpec | None = None, name: str = "single_gpu_latency_s") -> float:
     """Factor on every compute cost that makes the simulated single-GPU run of ``wl`` last
-    ``single_gpu_latency_s`` seconds (a serial run has no communication, so it is exact)."""
+    ``single_gpu_latency_s`` seconds (a serial run has no communication, so it is exact).
+
+    Raises ``UserError`` (naming the input as ``name``) unless the latency is finite and
+    positive and the factor within ``CALIBRATION_RANGE``: a factor outside it is a wrong
+    number (milliseconds for seconds, another model or resolution), not a calibration, and
+    extreme ones overflow or underflow every time downstream (1e300 is a finite float)."""
+    if not (math.isfinite(single_gpu_latency_s) and single_gpu_latency_s > 0):
+        raise UserError(f"{name} must be positive and finite, got {single_gpu_latency_s:g}")
     topo = build_topology(gpu, 1, "pcie")
     base = evaluate(wl, ParallelConfig(gpus=1), gpu, topo, spec=spec).latency_s
-    return single_gpu_latency_s / base
+    scale = single_gpu_latency_s / base
+    lo, hi = CALIBRATION_RANGE
+    if not lo <= scale <= hi:
+        raise UserError(f"{name} {single_gpu_latency_s:g} s is {scale:.3g} times the simulated "
+                        f"single-GPU latency ({base:.3g} s for {wl.model.name} at "
+                        f"{wl.width}x{wl.height}, {wl.steps} steps); calibration accepts "
+                        f"factors from {lo:g} to {hi:g}: give the measured latency in seconds, "
+                        f"for this model, resolution and step count")
+    return scale

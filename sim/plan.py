@@ -20,6 +20,8 @@ from sim.cli import (
     add_workload_args,
     at_least,
     calibration_from_args,
+    check_finite,
+    check_outputs,
     cluster_from_args,
     cost_spec_from_args,
     moved_report_flag,
@@ -31,7 +33,7 @@ from sim.cli import (
     workload_from_args,
     write_output,
 )
-from sim.config import ParallelConfig, Workload, validate
+from sim.config import ParallelConfig, Workload, check_warmup, validate
 from sim.cost import CostSpec
 from sim.evaluate import Prediction, evaluate
 from sim.hardware import GPU
@@ -78,14 +80,17 @@ def run_search(args: argparse.Namespace) -> PlanRun:
     at_least(args.top, 1, "--top")
     at_least(args.per_family, 1, "--per-family")
     warmups = sorted(set(parse_int_list(args.warmup, "--warmup") or ()))
-    at_least(warmups[0], 0, "--warmup")
     validate(wl, ParallelConfig(1))
+    for w in warmups:  # the rule sim.predict applies, to every count (none dropped)
+        check_warmup(w, wl.steps)
     spec = cost_spec_from_args(args)
     scale = calibration_from_args(args, wl, gpu, spec)
     result = search(wl, gpu, topo, warmups, scale, spec=spec, top=args.top,
                     per_family=args.per_family,
                     exhaustive=args.json or args.exhaustive,
                     progress=not args.json and sys.stderr.isatty())
+    # A NaN would rank arbitrarily and print as "nan": refused before anything is written.
+    check_finite([p.as_dict() for p in result.ranked], "the ranking")
     return PlanRun(args, wl, gpu, topo, warmups, scale, spec, result,
                    time.perf_counter() - t0)
 
@@ -194,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     moved_report_flag(p, "reports.plan")
     args = p.parse_args(argv)
     reject_moved_report(args, "reports.plan")
+    check_outputs([("--chrome-trace", args.chrome_trace)])  # before the search, not after
     run = run_search(args)
     if args.chrome_trace:
-        write_output(args.chrome_trace, recommended_in_full(run).trace.write_chrome)
+        write_output(args.chrome_trace, recommended_in_full(run).trace.write_chrome,
+                     "--chrome-trace")
     print_plan(run)
     return 0
 

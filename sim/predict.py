@@ -14,6 +14,8 @@ from dataclasses import replace
 from sim.cli import (
     add_workload_args,
     calibration_from_args,
+    check_finite,
+    check_outputs,
     cluster_from_args,
     cost_spec_from_args,
     parse_int_list,
@@ -21,7 +23,7 @@ from sim.cli import (
     print_json,
     run_main,
     workload_from_args,
-    write_output,
+    write_outputs,
 )
 from sim.config import ParallelConfig, Workload, validate
 from sim.cost import CostModel
@@ -143,11 +145,12 @@ def summary(pred: Prediction) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Refused before the simulation, not after it (large ones take seconds).
+    check_outputs([("--trace", args.trace), ("--chrome-trace", args.chrome_trace)])
     pred = predict(args)
-    if args.trace:
-        write_output(args.trace, pred.trace.write_csv)
-    if args.chrome_trace:
-        write_output(args.chrome_trace, pred.trace.write_chrome)
+    check_finite(pred.as_dict(), "the prediction")  # before any file or line is written
+    write_outputs([("--trace", args.trace, pred.trace.write_csv),
+                   ("--chrome-trace", args.chrome_trace, pred.trace.write_chrome)])
     if args.json:
         print_json(pred.as_dict())
     else:

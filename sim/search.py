@@ -5,8 +5,10 @@ could serve other requests): serial; every hybrid cfg x pipefusion x ulysses x r
 whose degrees multiply to N (pure strategies included); DistriFusion (with and without CFG
 parallel). PipeFusion gets patch counts M among powers of two and multiples of its degree up
 to 4x; configurations with stale context (PipeFusion with M > 1, DistriFusion) get every
-warmup count asked for. Configurations that do not fit in memory are ranked after those that
-do and never recommended.
+warmup count asked for, the others (serial, Ulysses, ring, tensor, CFG, PipeFusion with M = 1
+and their hybrids) appear once, with the smallest; a count outside 0..steps is refused
+(``sim.config.check_warmup``), never silently dropped. Configurations that do not fit in
+memory are ranked after those that do and never recommended.
 
 Torch-free; ``sim.plan`` and ``sim.compare`` present what it finds.
 """
@@ -18,12 +20,13 @@ import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sim.config import ParallelConfig, Workload, validate
+from sim.config import ParallelConfig, Workload, check_warmup, validate
 from sim.cost import CostSpec
-from sim.errors import UserError
+from sim.errors import RunFailed, UserError
 from sim.evaluate import Prediction, evaluate, latency_lower_bound
 from sim.hardware import GPU
 from sim.topology import Topology
@@ -56,9 +59,21 @@ def candidates(wl: Workload, gpus: int, warmups: list[int],
     (the serial baseline is always included). ``warmups`` are step counts."""
     if all_gpus:
         only = gpus
+    if not warmups:
+        raise UserError("--warmup needs at least one step count")
+    for w in warmups:
+        check_warmup(w, wl.steps)  # refused, never silently dropped by validate below
+    warmups = sorted(set(warmups))  # a count given twice would list its candidates twice
     m = wl.model
     rows, _ = m.token_grid(wl.height, wl.width)
-    w_any = min(warmups)  # warmup changes nothing without stale context; show the user's pick
+
+    def per_warmup(cfg: ParallelConfig) -> list[ParallelConfig]:
+        # Warmup changes nothing without stale context: such a configuration is listed once,
+        # with the smallest count asked for; a stale one once per count.
+        if cfg.stale:
+            return [replace(cfg, warmup=w) for w in warmups]
+        return [replace(cfg, warmup=warmups[0])]
+
     out = [ParallelConfig(1)]
     for n in range(2, gpus + 1):
         if gpus % n or (only is not None and n != only):
@@ -68,16 +83,11 @@ def candidates(wl: Workload, gpus: int, warmups: list[int],
                 continue
             raw = []
             for p, u, r, t in _factorizations(n // c, 4):
-                if p > 1:
-                    raw += [ParallelConfig(n, p, mm, w, cfg=c, ulysses=u, ring=r, tensor=t)
-                            for mm in patch_candidates(p, rows) for w in
-                            (warmups if mm > 1 else [w_any])]
-                else:
-                    raw.append(ParallelConfig(n, 1, 1, w_any, cfg=c, ulysses=u, ring=r,
-                                              tensor=t))
+                for mm in patch_candidates(p, rows):
+                    raw += per_warmup(ParallelConfig(n, p, mm, cfg=c, ulysses=u, ring=r,
+                                                     tensor=t))
             if n // c > 1:
-                raw += [ParallelConfig(n, warmup=w, cfg=c, distrifusion=n // c)
-                        for w in warmups]
+                raw += per_warmup(ParallelConfig(n, cfg=c, distrifusion=n // c))
             for cfg in raw:
                 try:
                     validate(wl, cfg)
@@ -214,5 +224,14 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
         if progress:
             sys.stderr.write("\r" + " " * 60 + "\r")
         return SearchResult(rank(preds), len(cands), pruned, len(oom) if fitting else 0)
+    except BrokenProcessPool:
+        # A worker died (killed by a signal, or by the kernel when memory ran out): nothing in
+        # the input caused it, so exit 1 (a failed run, which may succeed if rerun), not 2.
+        if progress:
+            sys.stderr.write("\n")
+        raise RunFailed(f"a planner worker process died (killed, or out of memory?) while "
+                        f"simulating {len(cands)} configurations on {workers} processes; "
+                        f"nothing was recommended. Rerun, or search fewer configurations "
+                        f"(--warmup with fewer counts, fewer --gpus)") from None
     finally:
         pool.close()

@@ -58,7 +58,7 @@ def test_plan_bad_input(capsys) -> None:
     code, _, err = _run(plan.main, BASE + ["--warmup", "a,b"], capsys)
     assert code == 2 and "--warmup must be comma-separated integers" in err
     code, _, err = _run(plan.main, BASE + ["--warmup", "1,-1"], capsys)
-    assert code == 2 and "--warmup must be at least 0" in err
+    assert code == 2 and "--warmup must be between 0 and the step count 20, got -1" in err
 
 
 @pytest.mark.parametrize("main,command", [(plan.main, "reports.plan"),

@@ -34,13 +34,13 @@ import sys
 import time
 from pathlib import Path
 
-from sim.cli import at_least, parser
+from sim.cli import at_least, check_folder, parser, write_outputs
 from sim.errors import UserError
 from validation.grid import GRIDS, grid_cases
 from validation.measure import run_cases, runs_per_launch
 from validation.predict import predict_case
 from validation.profiling import ensure_profiles
-from validation.results import write_csv
+from validation.results import result_rows, write_csv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device here; use --device cpu")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+    check_folder(out, "--out")  # before the runs; the folder itself is created as they start
     progress = not args.no_progress
     t0 = time.perf_counter()
     cases = grid_cases(args.grid, args.nproc, only)
@@ -116,16 +115,19 @@ def main(argv: list[str] | None = None) -> int:
 
     run_cases(cases, out, args.device, args.repeats, progress, args.warmup_runs,
               before_repeat=profile_and_predict)
-    rows = write_csv(out / "validation.csv", cases)
+    rows = result_rows(cases)
     errs = [abs(r["rel_err"]) for r in rows]
     elapsed = time.perf_counter() - t0
+    outputs = [("--out", out / "validation.csv", lambda p: write_csv(p, rows))]
     try:  # plotly is optional: without it the HTML report is skipped
         from reports.validation_report import write_validation_report
     except ImportError:
         print("plotly is not installed: validation.html skipped (pip install "
               "'ditsim[reports]')", file=sys.stderr)
     else:
-        write_validation_report(out / "validation.html", cases, rows, elapsed, args)
+        outputs.append(("--out", out / "validation.html", lambda p: write_validation_report(
+            p, cases, rows, elapsed, args)))
+    write_outputs(outputs)  # CSV and HTML together or neither, each complete
     launches = f"{args.repeats} launch{'es' if args.repeats > 1 else ''}"
     worst = rows[errs.index(max(errs))]
     print(f"{len(rows)} configurations ({args.grid} grid, {launches} each) in "

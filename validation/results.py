@@ -16,9 +16,9 @@ CSV_COLUMNS = ("model", "resolution", "steps", "nproc", "patches", "warmup", "me
                "cost_sources")
 
 
-def write_csv(path: Path, cases: list[Case]) -> list[dict]:
-    """Write validation.csv for ``cases`` (measured and predicted) to ``path``; returns its
-    rows (seconds; errors as fractions)."""
+def result_rows(cases: list[Case]) -> list[dict]:
+    """The rows of validation.csv for ``cases`` (measured and predicted): seconds; errors as
+    fractions."""
     rows = []
     for c in cases:
         meas = statistics.median(c.measured)
@@ -37,8 +37,13 @@ def write_csv(path: Path, cases: list[Case]) -> list[dict]:
             "op_errors": json.dumps({k: round(v["rel_err"], 4) for k, v in summary.items()}),
             "cost_sources": json.dumps(c.prediction.cost_sources),
         })
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Write ``rows`` (``result_rows``) as validation.csv to ``path`` (the caller makes the
+    write atomic)."""
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    return rows

@@ -7,11 +7,12 @@ torch: the loader lives in ``sim.cost.profile_format``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import networkx as nx
 
-from sim.cost.profile_format import LinkProfile
+from sim.cost.profile_format import MAX_TIME_S, LinkProfile, ProfileError, check_fit
 from sim.errors import UserError
 from sim.topology import Topology
 
@@ -26,11 +27,19 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
     The engine models a message as one latency plus size over bandwidth, so one regime of the
     piecewise fit is chosen: the one holding ``nbytes`` (the typical message size, bytes) when
     given, else the fit over every measured size. Raises ``UserError`` when the topology has
-    no edge of that kind.
+    no edge of that kind, ``ProfileError`` (a ``UserError``) when the fit's latency or
+    bandwidth is non-finite or out of range.
     """
     prof = profile if isinstance(profile, LinkProfile) else LinkProfile.read(profile)
     kind = kind or prof.link_kind
     fit = prof.fit("p2p", nbytes)
+    # Checked here too, for profiles built in memory: a zero or negative bandwidth would make
+    # the engine divide by zero or never finish a transfer, a NaN latency poison every time.
+    check_fit(fit, f"link profile {prof.path or prof.backend or '(in memory)'}, fit of 'p2p'")
+    for n, t in prof.host_table():
+        if not math.isfinite(t) or t > MAX_TIME_S:
+            raise ProfileError(f"link profile {prof.path or '(in memory)'}: host time {t} s "
+                               f"of {n}-byte messages is not a usable time")
     host = prof.host_table()
     kinds = sorted({d["kind"] for _, _, d in topo.graph.edges(data=True)})
     if kind not in kinds:

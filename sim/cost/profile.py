@@ -74,7 +74,11 @@ class ProfileCost:
 
     def __init__(self, wl: Workload, gpu: GPU, profile: ComputeProfile | str | Path,
                  scale: float = 1.0) -> None:
-        prof = profile if isinstance(profile, ComputeProfile) else ComputeProfile.read(profile)
+        if isinstance(profile, ComputeProfile):
+            prof = profile
+            prof.check()  # built in memory: validated here as read() validates a file
+        else:
+            prof = ComputeProfile.read(profile)
         where = prof.path or "the profile"
         if prof.model != wl.model.name:
             raise UserError(f"{where} was measured for model {prof.model}, not "

@@ -29,6 +29,11 @@ Link profiles (``format`` = ``ditsim-link-profile/1``), one row per (op, message
 ``busbw_Bps`` (the nccl-tests bus bandwidth: algbw x 2(n-1)/n for all-reduce, x (n-1)/n for
 all-gather and all-to-all). The metadata's ``fits`` holds, per op, the fitted latency (s) and
 bandwidth (bytes/s) of each message-size regime: ``time = latency_s + nbytes / bandwidth_Bps``.
+
+Every number is checked as the file loads (``RANGES``: finite, counts and sizes at least 1,
+times and fitted bandwidths above zero, nothing beyond a day, a terabyte or a petabyte per
+second): one bad value refuses the whole file, naming its line and column, so a corrupted
+profile is never partly used.
 """
 
 from __future__ import annotations
@@ -36,11 +41,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from sim.errors import UserError
+from sim.outputs import atomic_write
 
 COMPUTE_FORMAT = "ditsim-compute-profile/1"
 LINK_FORMAT = "ditsim-link-profile/1"
@@ -98,6 +105,93 @@ class LinkFit:
     rms_rel_err: float  # root-mean-square relative error of the fit over its samples
 
 
+class Range(NamedTuple):
+    """The values a numeric column may hold: finite, ``lo`` (itself allowed when ``lo_ok``)
+    up to ``hi``, in ``unit``."""
+
+    lo: float
+    lo_ok: bool
+    hi: float
+    unit: str = ""
+
+
+# Beyond these a value is a corrupted file, not a measurement: one op or message lasting
+# over a day, a message over a terabyte, a link faster than a petabyte per second.
+MAX_TIME_S = 86400.0
+MAX_BYTES = 2**40
+MAX_BANDWIDTH_BPS = 1e15
+
+_COUNT = Range(1, True, math.inf)  # batch, tokens, heads, repeats, ranks
+_TIME = Range(0.0, False, MAX_TIME_S, " s")  # a zero time would divide by zero downstream
+_RATE = Range(0.0, True, MAX_BANDWIDTH_BPS, " B/s")  # 0 on host_msg rows (no transfer)
+# host_msg rows hold a difference of two medians: noise around zero may be negative
+# (LinkProfile.host_table counts it as zero).
+_HOST_TIME = Range(-MAX_TIME_S, True, MAX_TIME_S, " s")
+_TIMES = ("median_s", "min_s", "p25_s", "p75_s", "max_s")
+
+# Every numeric column of each row type, and of the link fits in the metadata.
+RANGES: dict[str, dict[str, Range]] = {
+    "Sample": {"batch": _COUNT, "q_tokens": _COUNT, "kv_tokens": _COUNT, "heads": _COUNT,
+               "repeats": _COUNT, **dict.fromkeys(_TIMES, _TIME)},
+    "LinkSample": {"world": _COUNT, "nbytes": Range(1, True, MAX_BYTES, " B"),
+                   "repeats": _COUNT, **dict.fromkeys(_TIMES, _TIME), "algbw_Bps": _RATE,
+                   "busbw_Bps": _RATE},
+    "LinkFit": {"lo_bytes": Range(1, True, MAX_BYTES, " B"),
+                "hi_bytes": Range(1, True, MAX_BYTES, " B"),
+                "latency_s": Range(0.0, True, MAX_TIME_S, " s"),
+                "bandwidth_Bps": Range(0.0, False, MAX_BANDWIDTH_BPS, " B/s"),
+                "rms_rel_err": Range(0.0, True, math.inf)},
+}
+
+
+def out_of_range(value: float, rule: Range) -> str | None:
+    """What is wrong with ``value`` under ``rule`` ("is not a finite number", "is
+    non-positive (must be > 0 s)", ...), or ``None`` when it is fine."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "is not a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "is not a finite number"
+    lo, lo_ok, hi, unit = rule
+    if value < lo or (value == lo and not lo_ok):
+        if lo_ok:
+            return f"is {'negative' if lo == 0 else 'too small'} (must be at least {lo:g}{unit})"
+        return f"is {'non-positive' if lo == 0 else 'too small'} (must be > {lo:g}{unit})"
+    if value > hi:
+        return f"is over {hi:g}{unit}, beyond any real measurement (a corrupted file?)"
+    return None
+
+
+def check_row(row: Sample | LinkSample, where: str, raw: dict[str, str] | None = None) -> None:
+    """Raise ``ProfileError`` naming ``where`` (file and line) and the column when a numeric
+    field of ``row`` is non-finite or out of range (``raw``: the text read, for the
+    message)."""
+    rules = RANGES[type(row).__name__]
+    host = isinstance(row, LinkSample) and row.op == "host_msg"
+    for name, rule in rules.items():
+        if host and name in _TIMES:
+            rule = _HOST_TIME
+        value = getattr(row, name)
+        problem = out_of_range(value, rule)
+        if problem:
+            shown = raw[name] if raw else value
+            raise ProfileError(f"{where}, column '{name}': {shown} {problem}; the profile is "
+                               f"refused")
+
+
+def check_fit(fit: LinkFit, where: str) -> None:
+    """Raise ``ProfileError`` naming ``where`` when a fitted latency, bandwidth or size range
+    of ``fit`` is non-finite or out of range: a zero or negative bandwidth would stall the
+    engine or divide by zero, a NaN latency would spread through every time."""
+    for name, rule in RANGES["LinkFit"].items():
+        problem = out_of_range(getattr(fit, name), rule)
+        if problem:
+            raise ProfileError(f"{where}, regime '{fit.regime}', {name}: "
+                               f"{getattr(fit, name)} {problem}; the profile is refused")
+    if fit.lo_bytes > fit.hi_bytes:
+        raise ProfileError(f"{where}, regime '{fit.regime}': lo_bytes {fit.lo_bytes} exceeds "
+                           f"hi_bytes {fit.hi_bytes}; the profile is refused")
+
+
 def _convert(cls: type, row: dict[str, str], where: str) -> object:
     kwargs = {}
     for f in fields(cls):
@@ -130,14 +224,14 @@ def _read(path: str | Path, fmt: str, row_cls: type) -> tuple[dict, list]:
         raise ProfileError(f"{path} has format '{meta.get('format')}', expected '{fmt}' "
                            f"(a {'link' if fmt == LINK_FORMAT else 'compute'} profile)")
     rows = []
-    for i, row in enumerate(csv.DictReader(io.StringIO(body)), start=3):
-        rows.append(_convert(row_cls, row, f"{path} line {i}"))
+    reader = csv.DictReader(io.StringIO(body))
+    for row in reader:
+        # The body starts on the file's line 2 (its header); line_num counts body lines read.
+        where = f"{path} line {reader.line_num + 1}"
+        rows.append(_convert(row_cls, row, where))
+        check_row(rows[-1], where, row)  # one bad value refuses the whole file
     if not rows:
         raise ProfileError(f"{path} holds no measurements")
-    for r in rows:
-        times = (r.min_s, r.p25_s, r.median_s, r.p75_s, r.max_s)
-        if not all(t > 0 for t in times):
-            raise ProfileError(f"{path}: non-positive time in {r}")
     return meta, rows
 
 
@@ -152,7 +246,9 @@ def _write(path: str | Path, meta: dict, rows: list, row_cls: type) -> Path:
     for r in rows:
         d = asdict(r)
         w.writerow([f"{d[n]:.6g}" if isinstance(d[n], float) else d[n] for n in names])
-    p.write_text(buf.getvalue())
+    # Temporary file, then rename: a full disk or a crash mid-write must not leave a truncated
+    # profile that would later load as a smaller, valid-looking one.
+    atomic_write(p, lambda tmp: tmp.write_text(buf.getvalue()))
     return p
 
 
@@ -181,7 +277,21 @@ class _Profile:
         for key in cls.REQUIRED:
             if not meta.get(key):
                 raise ProfileError(f"{path}: metadata lacks '{key}'")
-        return cls(meta, rows, str(path))
+        prof = cls(meta, rows, str(path))
+        prof.check_meta(f"{path} line 1 (metadata)")
+        return prof
+
+    def check_meta(self, where: str) -> None:
+        """Raise ``ProfileError`` naming ``where`` when the metadata holds an unusable value
+        (subclasses check theirs; the compute format's metadata is descriptive only)."""
+
+    def check(self) -> None:
+        """Validate a profile built in memory (``read`` validates each row as it loads): raise
+        ``ProfileError`` at the first non-finite or out-of-range value, naming the sample."""
+        name = self.path or f"{type(self).__name__} in memory"
+        for i, s in enumerate(self.samples):
+            check_row(s, f"{name} sample {i}")
+        self.check_meta(f"{name} metadata")
 
 
 @dataclass
@@ -235,6 +345,21 @@ class LinkProfile(_Profile):
     def fits(self, op: str) -> list[LinkFit]:
         """Fitted regimes of ``op`` (``small``, ``large``, ..., and ``all`` over every size)."""
         return [LinkFit(**f) for f in self.meta.get("fits", {}).get(op, [])]
+
+    def check_meta(self, where: str) -> None:
+        """Raise ``ProfileError`` naming ``where`` unless every fit in the metadata has the
+        fields of ``LinkFit`` with finite, in-range values (``check_fit``)."""
+        fits = self.meta.get("fits", {})
+        if not isinstance(fits, dict):
+            raise ProfileError(f"{where}: 'fits' must map op names to lists of fits")
+        names = {f.name for f in fields(LinkFit)}
+        for op, entries in fits.items():
+            if not isinstance(entries, list) or not all(
+                    isinstance(e, dict) and set(e) == names for e in entries):
+                raise ProfileError(f"{where}: the fits of '{op}' must be a list of objects "
+                                   f"with exactly {', '.join(sorted(names))}")
+            for e in entries:
+                check_fit(LinkFit(**e), f"{where}, fit of '{op}'")
 
     def fit(self, op: str = "p2p", nbytes: float | None = None) -> LinkFit:
         """The fit of ``op`` whose regime holds ``nbytes`` (the ``all`` fit when ``None``)."""

@@ -1,0 +1,342 @@
+"""Bad input on every command, as one table (issue 18): each row is (command module, argv,
+fragments of the error line) and must exit 2 with exactly one ``error:`` line on stderr, no
+traceback and nothing on stdout. Run in-process through each command's ``main`` and
+``sim.cli.run_main``. Also: strict JSON output, profiles refused by line and column, the
+warmup rule shared by every command and the planner's search, and a fuzz test of
+``sim.predict``'s numeric flags."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.cli import print_json, run_main
+from sim.config import Workload
+from sim.cost.link_profile import apply_link_profile
+from sim.cost.profile import ProfileCost
+from sim.cost.profile_format import ComputeProfile, LinkProfile, ProfileError
+from sim.errors import UserError
+from sim.hardware import GPUS
+from sim.models import get_model
+from sim.search import candidates
+from sim.topology import build_topology
+
+DATA = Path(__file__).resolve().parents[1] / "profiles" / "data"
+LINK = DATA / "links_gloo_loopback_w2_busy_cpu-amd-epyc-t1.csv"
+COMPUTE = DATA / "cpu-amd-epyc-t1_pixart-small_fp32_co1.csv"
+
+# Small, fast workloads: every row answers in well under a second once it is refused.
+PREDICT = ["--model", "pixart", "--gpus", "8", "--patches", "8", "--steps", "4"]
+PLAN = ["--model", "pixart", "--gpus", "2", "--steps", "4"]
+CPU_PREDICT = ["--model", "pixart-small", "--gpu", "cpu", "--gpus", "2", "--resolution", "256",
+               "--steps", "4", "--dtype", "fp32", "--patches", "2"]
+CPU_COMPARE = ["--model", "pixart-small", "--gpu", "cpu", "--gpus", "2", "--resolutions",
+               "256", "--steps", "4", "--dtype", "fp32"]
+# The executor's rows end with a warmup above the step count: the code before these checks
+# reported that instead (and never started a run), the checked code names the flag first.
+EXECUTOR = ["--model", "pixart-tiny", "--resolution", "256", "--steps", "4", "--warmup", "9"]
+WARMUP_MSG = "--warmup must be between 0 and the step count 4, got 5"
+
+
+def _field(path: Path, out: Path, line: int, column: str, value: str) -> Path:
+    """A copy of the profile ``path`` at ``out`` with ``column`` of file line ``line`` (1-based;
+    line 1 is the metadata, line 2 the header) set to ``value``."""
+    lines = path.read_text().splitlines()
+    header = lines[1].split(",")
+    cells = lines[line - 1].split(",")
+    cells[header.index(column)] = value
+    lines[line - 1] = ",".join(cells)
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _fits(path: Path, out: Path, key: str, value) -> Path:
+    """A copy of the link profile ``path`` at ``out`` whose fitted ``key`` (``latency_s``,
+    ``bandwidth_Bps``) is ``value(old)`` in every regime of every op."""
+    first, _, rest = path.read_text().partition("\n")
+    first = re.sub(rf'"{key}": ([-0-9.e+]+)', lambda m: f'"{key}": {value(float(m[1]))}',
+                   first)
+    out.write_text(first + "\n" + rest)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory) -> dict[str, str]:
+    """Corrupted copies of the shipped profiles, by name."""
+    d = tmp_path_factory.mktemp("bad_profiles")
+    return {k: str(v) for k, v in {
+        "link_nan_latency": _fits(LINK, d / "l1.csv", "latency_s", lambda v: "NaN"),
+        "link_neg_bandwidth": _fits(LINK, d / "l2.csv", "bandwidth_Bps", lambda v: -v),
+        "link_zero_bandwidth": _fits(LINK, d / "l3.csv", "bandwidth_Bps", lambda v: 0.0),
+        "link_row_nan": _field(LINK, d / "l4.csv", 3, "median_s", "nan"),
+        "link_row_zero_bytes": _field(LINK, d / "l5.csv", 4, "nbytes", "0"),
+        "compute_inf": _field(COMPUTE, d / "c1.csv", 3, "median_s", "inf"),
+        "compute_negative": _field(COMPUTE, d / "c2.csv", 5, "p25_s", "-0.001"),
+        "compute_zero_heads": _field(COMPUTE, d / "c3.csv", 4, "heads", "0"),
+        "compute_huge": _field(COMPUTE, d / "c4.csv", 6, "max_s", "1e300"),
+    }.items()}
+
+
+def row(module: str, argv: list[str], *fragments: str, id: str):
+    return pytest.param(module, argv, fragments, id=id)
+
+
+ROWS = [
+    # 1. Non-finite and absurd numbers on the command line.
+    row("sim.predict", PREDICT + ["--single-gpu-latency", "nan"],
+        "--single-gpu-latency must be positive and finite, got nan", id="predict-sgl-nan"),
+    row("sim.predict", PREDICT + ["--single-gpu-latency", "inf"],
+        "--single-gpu-latency must be positive and finite, got inf", id="predict-sgl-inf"),
+    row("sim.predict", PREDICT + ["--single-gpu-latency=-inf"],
+        "must be positive and finite, got -inf", id="predict-sgl-neg-inf"),
+    row("sim.predict", PREDICT + ["--single-gpu-latency", "0"],
+        "must be positive and finite, got 0", id="predict-sgl-0"),
+    row("sim.predict", PREDICT + ["--single-gpu-latency", "1e300"],
+        "--single-gpu-latency 1e+300 s is", "calibration accepts factors from 0.001 to 1000",
+        id="predict-sgl-1e300"),
+    row("sim.predict", PREDICT + ["--single-gpu-latency", "1e-300"],
+        "calibration accepts factors", id="predict-sgl-tiny"),
+    row("sim.plan", PLAN + ["--single-gpu-latency", "nan"],
+        "--single-gpu-latency must be positive and finite, got nan", id="plan-sgl-nan"),
+    row("sim.plan", PLAN + ["--single-gpu-latency", "1e300"], "calibration accepts factors",
+        id="plan-sgl-1e300"),
+    row("reports.plan", PLAN + ["--single-gpu-latency", "inf", "--report", "{tmp}/r.html"],
+        "--single-gpu-latency must be positive and finite, got inf", id="reports-plan-sgl"),
+    row("executor.run", EXECUTOR + ["--timeout", "inf"],
+        "--timeout must be a finite number between 0 and 604800 s, got inf",
+        id="executor-timeout-inf"),
+    row("executor.run", EXECUTOR + ["--timeout", "nan"], "--timeout must be a finite number",
+        id="executor-timeout-nan"),
+    row("executor.run", EXECUTOR + ["--timeout", "1e300"], "got 1e+300",
+        id="executor-timeout-huge"),
+    row("executor.run", EXECUTOR + ["--guidance-scale", "nan"],
+        "--guidance-scale must be a finite number, got nan", id="executor-guidance-nan"),
+    row("executor.run", EXECUTOR + ["--guidance-scale=-inf"],
+        "--guidance-scale must be a finite number, got -inf", id="executor-guidance-inf"),
+    row("profiles.links", ["--backend", "gloo", "--min-time", "nan"],
+        "--min-time must be a finite number between 0 and 3600 s, got nan",
+        id="links-min-time-nan"),
+    row("profiles.links", ["--backend", "gloo", "--min-time", "inf"], "got inf",
+        id="links-min-time-inf"),
+    row("profiles.links", ["--backend", "gloo", "--max-bytes", "nan"],
+        "message size must be between 4 bytes and 64 GiB, got 'nan'", id="links-bytes-nan"),
+    row("profiles.links", ["--backend", "gloo", "--max-bytes", "infGiB"],
+        "message size must be between", id="links-bytes-inf"),
+    row("profiles.links", ["--backend", "gloo", "--max-bytes", "1e30"],
+        "message size must be between", id="links-bytes-huge"),
+    # 2. Corrupted profiles: refused whole, naming the file, the line and the column.
+    row("sim.predict", CPU_PREDICT + ["--link-profile", "{link_nan_latency}"],
+        "l1.csv line 1 (metadata), fit of 'all_gather', regime 'small', latency_s: nan is not "
+        "a finite number", id="predict-link-nan-latency"),
+    row("sim.predict", CPU_PREDICT + ["--link-profile", "{link_zero_bandwidth}"],
+        "l3.csv line 1 (metadata)", "bandwidth_Bps: 0.0 is non-positive (must be > 0 B/s)",
+        id="predict-link-zero-bandwidth"),
+    row("sim.predict", CPU_PREDICT + ["--link-profile", "{link_row_nan}"],
+        "l4.csv line 3, column 'median_s': nan is not a finite number",
+        id="predict-link-row-nan"),
+    row("sim.predict", CPU_PREDICT + ["--link-profile", "{link_row_zero_bytes}"],
+        "l5.csv line 4, column 'nbytes': 0 is too small (must be at least 1 B)",
+        id="predict-link-zero-bytes"),
+    row("sim.predict", CPU_PREDICT + ["--profile", "{compute_inf}"],
+        "c1.csv line 3, column 'median_s': inf is not a finite number", id="predict-profile-inf"),
+    row("sim.predict", CPU_PREDICT + ["--profile", "{compute_negative}"],
+        "c2.csv line 5, column 'p25_s': -0.001 is non-positive (must be > 0 s)",
+        id="predict-profile-negative"),
+    row("sim.predict", CPU_PREDICT + ["--profile", "{compute_zero_heads}"],
+        "c3.csv line 4, column 'heads': 0 is too small (must be at least 1)",
+        id="predict-profile-zero-heads"),
+    row("sim.predict", CPU_PREDICT + ["--profile", "{compute_huge}"],
+        "c4.csv line 6, column 'max_s': 1e300 is over 86400 s", id="predict-profile-huge"),
+    row("sim.plan", CPU_PREDICT[:-2] + ["--link-profile", "{link_zero_bandwidth}"],
+        "bandwidth_Bps: 0.0 is non-positive", id="plan-link-zero-bandwidth"),
+    row("sim.compare", CPU_COMPARE + ["--link-profile", "{link_zero_bandwidth}"],
+        "bandwidth_Bps: 0.0 is non-positive", id="compare-link-zero-bandwidth"),
+    row("sim.compare", CPU_COMPARE + ["--profile", "{compute_inf}"],
+        "column 'median_s': inf is not a finite number", id="compare-profile-inf"),
+    row("reports.compare", CPU_COMPARE + ["--link-profile", "{link_zero_bandwidth}",
+                                          "--report", "{tmp}/c.html"],
+        "bandwidth_Bps: 0.0 is non-positive", id="reports-compare-link-zero-bandwidth"),
+    # 3. Warmup counts: the rule sim.predict applies, in every command.
+    row("sim.plan", PLAN + ["--warmup", "5"], WARMUP_MSG, id="plan-warmup-above-steps"),
+    row("sim.plan", PLAN[:-1] + ["20", "--warmup", "0,50"],
+        "--warmup must be between 0 and the step count 20, got 50", id="plan-warmup-list"),
+    row("sim.plan", PLAN + ["--warmup", "1,-1"],
+        "--warmup must be between 0 and the step count 4, got -1", id="plan-warmup-negative"),
+    row("reports.plan", PLAN + ["--warmup", "1,5", "--report", "{tmp}/r.html"], WARMUP_MSG,
+        id="reports-plan-warmup"),
+    # (compare refused this before; kept as the same rule's row.)
+    row("sim.compare", PLAN + ["--warmup", "5"], WARMUP_MSG, id="compare-warmup"),
+]
+
+
+def _run(module: str, argv: list[str]) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``python -m module *argv``, run in this process."""
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            pytest.raises(SystemExit) as exc:
+        run_main(main, argv)
+    return exc.value.code, out.getvalue(), err.getvalue()
+
+
+def _assert_one_error_line(code: int, out: str, err: str) -> None:
+    assert code == 2, (code, out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize("module,argv,fragments", ROWS)
+def test_bad_input_exits_2_with_one_line(module: str, argv: list[str],
+                                         fragments: tuple[str, ...], bad: dict[str, str],
+                                         tmp_path: Path) -> None:
+    argv = [a.format(tmp=tmp_path, **bad) for a in argv]
+    code, out, err = _run(module, argv)
+    _assert_one_error_line(code, out, err)
+    for f in fragments:
+        assert f in err, err
+    assert list(tmp_path.iterdir()) == []  # refused before any report was written
+
+
+def test_warmup_message_is_the_same_in_every_command() -> None:
+    """One rule in one place (sim.config.check_warmup): the same line from each command."""
+    argv = ["--model", "pixart", "--gpus", "8", "--steps", "4", "--warmup", "5"]
+    errors = {m: _run(m, argv)[2] for m in ("sim.predict", "sim.plan", "sim.compare")}
+    assert set(errors.values()) == {f"error: {WARMUP_MSG}\n"}, errors
+
+
+def test_json_output_is_strict(capsys) -> None:
+    with pytest.raises(UserError, match=r"non-finite number \(rows\[1\]\.busy\[0\] = nan\)"):
+        print_json({"rows": [{"busy": [0.5]}, {"busy": [float("nan")]}]})
+    assert capsys.readouterr().out == ""  # nothing half-printed
+    with pytest.raises(UserError, match="inf"):
+        print_json([1.0, float("inf")])
+    print_json({"a": [1.0, 2], "b": None})
+    assert json.loads(capsys.readouterr().out) == {"a": [1.0, 2], "b": None}
+
+
+def test_profiles_built_in_memory_are_checked_where_they_are_used() -> None:
+    """The loaders check files; a profile built in code is checked where it is applied, so a
+    zero or negative bandwidth never reaches the engine (a hang, or ZeroDivisionError)."""
+    link = LinkProfile.read(LINK)
+    topo = build_topology(GPUS["cpu"], 2, "pcie")
+    for bw in (0.0, -3e9, float("nan")):
+        fits = {op: [dict(f, bandwidth_Bps=bw) for f in fs] for op, fs in link.meta["fits"]
+                .items()}
+        broken = LinkProfile(dict(link.meta, fits=fits), link.samples, "")
+        with pytest.raises(ProfileError, match="bandwidth_Bps"):
+            apply_link_profile(topo, broken)
+    prof = ComputeProfile.read(COMPUTE)
+    wl = Workload(get_model("pixart-small"), 256, 256, 4, "fp32")
+    samples = [replace(prof.samples[0], median_s=math.inf)] + prof.samples[1:]
+    with pytest.raises(ProfileError, match="sample 0, column 'median_s': inf is not a finite"):
+        ProfileCost(wl, GPUS["cpu"], ComputeProfile(prof.meta, samples))
+
+
+def test_link_profile_host_rows_may_dip_below_zero(tmp_path: Path) -> None:
+    """``host_msg`` rows hold a difference of medians: slightly negative is noise (counted as
+    zero), not corruption; the loader accepts it while refusing it in any timed row."""
+    lines = LINK.read_text().splitlines()
+    host = next(i for i, line in enumerate(lines, 1) if line.startswith("host_msg,"))
+    path = _field(LINK, tmp_path / "h.csv", host, "median_s", "-1e-05")
+    assert LinkProfile.read(path).host_table()[0][1] == 0.0
+    with pytest.raises(ProfileError, match="line 3, column 'median_s': -1e-05 is non-positive"):
+        LinkProfile.read(_field(LINK, tmp_path / "p.csv", 3, "median_s", "-1e-05"))
+
+
+def _key(cfg) -> tuple:
+    """A configuration without its warmup count."""
+    return replace(cfg, warmup=0)
+
+
+@pytest.mark.parametrize("warmups", [[0, 1, 2], [2, 1, 1], [3]])
+def test_search_lists_stale_configs_per_warmup_and_the_others_once(warmups: list[int]) -> None:
+    wl = Workload(get_model("pixart"), 1024, 1024, 4)
+    cands = candidates(wl, 8, warmups)
+    per = Counter(_key(c) for c in cands)
+    asked = sorted(set(warmups))
+    for cfg in cands:
+        if cfg.stale:
+            assert per[_key(cfg)] == len(asked)
+            assert cfg.warmup in asked
+        else:
+            # Serial, Ulysses, ring, tensor, CFG, PipeFusion with M = 1 and their hybrids.
+            assert per[_key(cfg)] == 1, cfg
+            assert cfg.warmup == (0 if cfg.gpus == 1 else asked[0])
+    strategies = {c.strategy for c in cands if not c.stale}
+    assert {"serial", "ulysses", "ring", "tensor", "cfg", "hybrid"} <= strategies
+
+
+@pytest.mark.parametrize("warmups,bad_count", [([5], 5), ([1, 5], 5), ([-1, 0], -1)])
+def test_search_refuses_warmup_counts_outside_the_steps(warmups: list[int],
+                                                        bad_count: int) -> None:
+    """The search API applies the same rule: a count above the steps is refused, not
+    dropped along with every configuration it would have applied to."""
+    wl = Workload(get_model("pixart"), 1024, 1024, 4)
+    with pytest.raises(UserError, match=f"step count 4, got {bad_count}$"):
+        candidates(wl, 8, warmups)
+
+
+# --- fuzz: sim.predict's numeric flags ---------------------------------------------------
+
+# Each example starts from values that make a valid, fast run (pixart-tiny, small images, few
+# steps) and replaces up to two flags by wild ones, so that both outcomes are explored: a
+# prediction with finite output, and a refusal in one line.
+_GOOD = {
+    "gpus": st.sampled_from([1, 2, 4]),
+    "patches": st.one_of(st.just("auto"), st.integers(1, 8)),
+    "warmup": st.integers(0, 2),
+    "steps": st.integers(2, 5),
+    "resolution": st.sampled_from([64, 128, 256, 320]),
+    "single-gpu-latency": st.one_of(st.none(), st.floats(1e-3, 1.0)),
+}
+_WILD = {
+    "gpus": st.integers(-1, 9),
+    "patches": st.integers(-1, 40),
+    "warmup": st.integers(-2, 8),
+    "steps": st.integers(-1, 6),
+    "resolution": st.integers(-32, 400),
+    "single-gpu-latency": st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(["nan", "inf", "-inf", "1e300", "5e-324", "0", "-0.0", "1e308"])),
+}
+
+
+@st.composite
+def _predict_flags(draw) -> dict[str, object]:
+    wild = draw(st.sets(st.sampled_from(sorted(_GOOD)), max_size=2))
+    return {k: draw((_WILD if k in wild else _GOOD)[k]) for k in sorted(_GOOD)}
+
+
+def _finite_json(text: str) -> object:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@settings(max_examples=40, deadline=None)
+@given(flags=_predict_flags())
+def test_fuzz_predict_numeric_flags(flags: dict[str, object]) -> None:
+    """Exit 0 with finite, strict JSON, or exit 2 with one ``error:`` line: never a
+    traceback (an exception escaping ``run_main`` fails the test with its traceback)."""
+    # FLAG=VALUE: argparse would take a value such as -1e-05 for a flag of its own.
+    argv = ["--model", "pixart-tiny", "--gpu", "cpu", "--dtype", "fp32", "--json"]
+    argv += [f"--{k}={v}" for k, v in flags.items() if v is not None]
+    code, out, err = _run("sim.predict", argv)
+    if code == 0:
+        d = _finite_json(out)
+        assert math.isfinite(d["latency_s"]) and d["latency_s"] > 0
+        assert d["config"]["gpus"] == flags["gpus"] and err == ""
+    else:
+        _assert_one_error_line(code, out, err)
