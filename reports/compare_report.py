@@ -40,7 +40,9 @@ def write_compare_report(path: str | Path, title: str, intro: str, resolutions: 
                  else None for r in resolutions] for f in fams}
     mem = {f: [cells[f][r].memory_gb if r in cells[f] else None for r in resolutions]
            for f in fams}
-    notes = "".join(f"<p class='note'>{f}: n/a, {why}</p>" for f, why in missing.items())
+    # An OOM note reads on its own ("OOM at 4096 px"); others say why the row is n/a.
+    notes = "".join(f"<p class='note'>{f}: {'' if why.startswith('OOM') else 'n/a, '}{why}</p>"
+                    for f, why in missing.items())
     write_page(path, title, [
         ("Strategies x resolutions (click a header to sort)", table_html(cols, rows, classes)
          + notes),

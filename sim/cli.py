@@ -30,6 +30,8 @@ from sim.outputs import (  # noqa: F401 - re-exported for the commands
 )
 from sim.topology import INTER_NODE, Topology, build_topology
 
+DEFAULT_INTER_NODE = "ib-ndr"  # the network between nodes when --inter-node is not given
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad flags as a ``UserError`` (one line, exit 2)."""
@@ -53,8 +55,10 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link", default="pcie", choices=["pcie", "nvlink"],
                    help="GPU-to-GPU interconnect inside a node")
     p.add_argument("--nodes", type=int, default=1, help="machines the GPUs are spread over")
-    p.add_argument("--inter-node", default="ib-ndr", choices=list(INTER_NODE),
-                   help="network between nodes")
+    # Default None (meaning ib-ndr) so that an explicit --inter-node with one node can be
+    # told apart and warned about.
+    p.add_argument("--inter-node", default=None, choices=list(INTER_NODE),
+                   help=f"network between nodes (default {DEFAULT_INTER_NODE})")
     p.add_argument("--resolution", default="1024",
                    help="image size in pixels: N for NxN, or WIDTHxHEIGHT")
     p.add_argument("--steps", type=int, default=None,
@@ -162,6 +166,12 @@ def cluster_from_args(args: argparse.Namespace) -> tuple[GPU, Topology]:
     """The GPU kind (default per link) and the cluster graph the flags describe, with the
     link profile applied when one is given."""
     gpu = get_gpu(args.gpu or DEFAULT_GPU[args.link])
+    if args.inter_node is not None and args.nodes == 1:
+        # Not an error: the answer is right, the flag just has nothing to act on.
+        print(f"warning: --inter-node {args.inter_node} is ignored with one node (--nodes 1)",
+              file=sys.stderr)
+    if args.inter_node is None:
+        args.inter_node = DEFAULT_INTER_NODE  # later users (reports.plan) read it too
     topo = build_topology(gpu, args.gpus, args.link, args.nodes, args.inter_node)
     if args.link_profile:
         _exists(args.link_profile, "--link-profile")

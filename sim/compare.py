@@ -33,8 +33,11 @@ from sim.cli import (
 from sim.config import ParallelConfig, check_warmup, validate
 from sim.errors import UserError
 from sim.evaluate import Prediction
-from sim.search import search
+from sim.search import candidates, search
 from sim.strategies import FAMILIES
+
+# Prefix of a family's note in ``missing`` when some of its cells are out of memory.
+OOM_AT = "OOM at "
 
 # Best prediction per family and resolution (px); families without one map to an empty dict.
 Cells = dict[str, dict[int, Prediction]]
@@ -62,11 +65,16 @@ def compare(args: argparse.Namespace) -> tuple[list[int], Cells, dict[str, str]]
         raise UserError("--resolutions needs at least one value")
     gpu, topo = cluster_from_args(args)
     cells: Cells = {f: {} for f in FAMILIES}
+    # Families with a valid configuration at a resolution: one of these without a cell there
+    # was skipped as out of memory, not ruled out by the degree rules.
+    valid: dict[str, set[int]] = {f: set() for f in FAMILIES}
     for res in resolutions:
         args.resolution = str(res)
         wl = workload_from_args(args)
         validate(wl, ParallelConfig(1))
         check_warmup(args.warmup, wl.steps)
+        for c in candidates(wl, topo.num_gpus, [args.warmup], all_gpus=True):
+            valid[c.strategy].add(res)
         result = search(wl, gpu, topo, [args.warmup], top=1, per_family=1, all_gpus=True,
                       spec=cost_spec_from_args(args),
                       progress=not args.json and sys.stderr.isatty())
@@ -77,11 +85,20 @@ def compare(args: argparse.Namespace) -> tuple[list[int], Cells, dict[str, str]]
                 cells[fam][res] = p
     check_finite({f: {r: p.as_dict() for r, p in row.items()} for f, row in cells.items()},
                  "the comparison")  # refused, not printed as nan, before any report
-    missing = {f: _why_missing(f, args, topo.num_gpus) for f in FAMILIES if not cells[f]}
+    missing = {f: _why_missing(f, topo.num_gpus, valid[f]) for f in FAMILIES if not cells[f]}
+    # A family with some cells but none at a resolution where it was valid: out of memory there.
+    for f, row in cells.items():
+        if row and any(r not in row for r in valid[f]):
+            missing[f] = OOM_AT + ", ".join(f"{r} px" for r in resolutions
+                                              if r in valid[f] and r not in row)
     return list(resolutions), cells, missing
 
 
-def _why_missing(family: str, args: argparse.Namespace, gpus: int) -> str:
+def _why_missing(family: str, gpus: int, valid_at: set[int]) -> str:
+    """Why ``family`` has no cell at all; ``valid_at`` are the resolutions (px) where it had
+    a valid configuration (so that one was skipped as out of memory)."""
+    if valid_at:
+        return "OOM: no configuration fits in GPU memory"
     if family == "cfg":
         return "pure CFG parallelism uses exactly 2 GPUs" if gpus != 2 else \
             "the model has no guidance batch"
@@ -110,17 +127,21 @@ def print_comparison(args: argparse.Namespace, resolutions: list[int], cells: Ce
           + "   best configuration at the largest size")
     for fam, row in cells.items():
         if not row:
-            print(f"{fam:<14}{'n/a: ' + missing[fam]}")
+            note = missing[fam]
+            print(f"{fam:<14}{note if note.startswith('OOM') else 'n/a: ' + note}")
             continue
         out = f"{fam:<14}"
+        note = missing.get(fam, "")
+        oom_at = note.removeprefix(OOM_AT).split(", ") if note.startswith(OOM_AT) else []
         for r in resolutions:
             p = row.get(r)
-            if p is None:
-                out += f"{'n/a':>{col}}"
+            if p is None:  # valid there but skipped: nothing fits in memory
+                out += f"{'OOM' if f'{r} px' in oom_at else 'n/a':>{col}}"
                 continue
-            speed = serial[r].latency_s / p.latency_s if r in serial else float("nan")
-            cell = f"{p.latency_s:.2f} / {speed:.2f}x / {p.memory_gb:.0f}" + (" OOM" if p.oom
-                                                                              else "")
+            # No serial cell (it does not fit): no speedup to show, not "nanx".
+            speed = f"{serial[r].latency_s / p.latency_s:.2f}x" if r in serial else "-"
+            cell = f"{p.latency_s:.2f} / {speed} / {p.memory_gb:.0f}" + (" OOM" if p.oom
+                                                                         else "")
             out += f"{cell:>{col}}"
         last = row.get(resolutions[-1])
         print(out + (f"   {last.config.label()}" if last else ""))

@@ -116,11 +116,13 @@ def validate(wl: Workload, cfg: ParallelConfig) -> None:
     m = wl.model
     grid = m.vae_factor * m.patch_size
     if wl.height <= 0 or wl.width <= 0:
-        raise UserError(f"resolution must be positive, got {wl.height}x{wl.width}")
+        # WIDTHxHEIGHT, the order --resolution takes (the workload stores height first).
+        raise UserError(f"resolution must be positive, got {wl.width}x{wl.height}")
     if wl.height % grid or wl.width % grid:
-        raise UserError(f"resolution {wl.height}x{wl.width} is not a multiple of {grid} px "
+        raise UserError(f"resolution {wl.width}x{wl.height} is not a multiple of {grid} px "
                         f"(VAE factor {m.vae_factor} x patch {m.patch_size}) for {m.name}; "
-                        f"use e.g. {wl.height // grid * grid or grid}")
+                        f"use e.g. {wl.width // grid * grid or grid}x"
+                        f"{wl.height // grid * grid or grid}")
     if wl.steps < 1:
         raise UserError(f"--steps must be at least 1, got {wl.steps}")
     if cfg.gpus < 1:

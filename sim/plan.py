@@ -117,6 +117,17 @@ def describe(p: Prediction) -> str:
     return f"{c.label()} on {c.gpus} GPUs"
 
 
+# Latencies closer than this (relative) are called equal: "by 0%" read as a win.
+EQUAL_WITHIN = 0.005
+
+
+def margin(slower: float, faster: float) -> str | None:
+    """How much ``faster`` (seconds) beats ``slower`` as a percentage, or None when the two
+    are equal within ``EQUAL_WITHIN``."""
+    gap = slower / faster - 1
+    return None if gap < EQUAL_WITHIN else f"{gap:.0%}"
+
+
 def why(ranked: list[Prediction]) -> str:
     """One line on why the first configuration wins."""
     best = ranked[0]
@@ -135,14 +146,18 @@ def why(ranked: list[Prediction]) -> str:
     other_n = [p for p in ranked[1:] if not p.oom and p.config.gpus != best.config.gpus]
     if other_n:
         o = other_n[0]
-        parts.append(f"{o.latency_s / best.latency_s - 1:.0%} ahead of the best on "
+        gap = margin(o.latency_s, best.latency_s)
+        lead = f"{gap} ahead of" if gap else "equal (within 0.5%) to"
+        parts.append(f"{lead} the best on "
                      f"{o.config.gpus} GPU{'s' if o.config.gpus > 1 else ''} ({describe(o)})")
     same_n = [p for p in ranked[1:] if not p.oom and p.config.gpus == best.config.gpus
               and p.config.patches != best.config.patches]
     if same_n and best.config.pipefusion > 1:
         o = same_n[0]
-        parts.append(f"M={best.config.patches} beats M={o.config.patches} by "
-                     f"{o.latency_s / best.latency_s - 1:.0%}")
+        gap = margin(o.latency_s, best.latency_s)
+        parts.append(f"M={best.config.patches} beats M={o.config.patches} by {gap}" if gap
+                     else f"M={best.config.patches} and M={o.config.patches} are equal "
+                     f"(within 0.5%)")
     if best.config.stale and best.config.warmup == 0:
         parts.append("note: W=0 starts from empty K,V buffers, which can hurt image quality; "
                      "--warmup 1,2 keeps the search to warmed-up runs")

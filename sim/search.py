@@ -177,9 +177,10 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
     them by latency (seconds). ``warmups`` are step counts, ``scale`` the factor on compute
     costs. Unless ``exhaustive``, a candidate is skipped when a lower bound on its latency
     (``latency_lower_bound``) already shows it cannot enter the ``top`` overall nor the best
-    ``per_family`` of its family, and candidates that do not fit in memory are not simulated
-    (unless nothing fits). The rows shown are therefore exactly those an exhaustive search
-    would show. ``progress`` draws a bar on stderr."""
+    ``per_family`` of its family nor beat the best on its GPU count, and candidates that do
+    not fit in memory are not simulated (unless nothing fits). The rows shown are therefore
+    exactly those an exhaustive search would show, and so is the best of each GPU count.
+    ``progress`` draws a bar on stderr."""
     spec = spec or CostSpec()
     cands = candidates(wl, topo.num_gpus, warmups, all_gpus, only)
     workers = workers or (min(os.cpu_count() or 1, 8) if len(cands) > 40 else 1)
@@ -196,6 +197,9 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
         preds = []
         overall: list[float] = []
         by_family: dict[str, list[float]] = {}
+        # Best latency so far on each GPU count: sim.plan's why line compares the winner with
+        # the best of another count, which must be the true best, never a pruned candidate.
+        by_gpus: dict[int, float] = {}
         pruned = 0
         batch = 4 * workers
         pos = 0
@@ -204,8 +208,10 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
             for i in todo[pos:pos + batch]:
                 lb, fam = bounds[i][0], cands[i].strategy
                 fam_best = by_family.get(fam, [])
+                n_best = by_gpus.get(cands[i].gpus)
                 if (len(overall) >= top and lb >= overall[top - 1] and
-                        len(fam_best) >= per_family and lb >= fam_best[per_family - 1]):
+                        len(fam_best) >= per_family and lb >= fam_best[per_family - 1] and
+                        n_best is not None and lb >= n_best):
                     pruned += 1
                 else:
                     keep.append(cands[i])
@@ -216,6 +222,8 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                     overall = sorted(overall + [p.latency_s])[:top]
                     fam = p.config.strategy
                     by_family[fam] = sorted(by_family.get(fam, []) + [p.latency_s])[:per_family]
+                    n = p.config.gpus
+                    by_gpus[n] = min(by_gpus.get(n, p.latency_s), p.latency_s)
             if progress:
                 frac = min(pos, len(todo)) / len(todo)
                 sys.stderr.write(f"\rsimulating [{'#' * int(30 * frac):<30}] "

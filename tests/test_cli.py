@@ -193,3 +193,92 @@ def test_module_entry_point_exit_code() -> None:
     res = subprocess.run([sys.executable, "-m", "sim.plan", "--help"], capture_output=True,
                          text=True)
     assert res.returncode == 0 and "--gpus" in res.stdout
+
+
+def test_plan_why_compares_with_the_true_best_of_the_other_gpu_count(capsys) -> None:
+    # The lower bound used to prune the true 4-GPU best (cfg2 x ring2, as --exhaustive and
+    # --json rank it), so the why line named a slower pruned one (distrifusion4(W=0)).
+    code, out, _ = _run(plan.main, BASE, capsys)
+    why_line = next(line for line in out.splitlines() if line.startswith("why:"))
+    assert code == 0 and "best on 4 GPUs (cfg2 x ring2 on 4 GPUs)" in why_line
+
+
+def test_search_keeps_the_best_of_every_gpu_count() -> None:
+    from sim.config import Workload
+    from sim.hardware import get_gpu
+    from sim.models import get_model
+    from sim.search import search
+    from sim.topology import build_topology
+
+    gpu = get_gpu("l40")
+    wl = Workload(get_model("pixart"), 1024, 1024, 8, "bf16")
+    topo = build_topology(gpu, 8, "pcie")
+
+    def best_by_count(exhaustive: bool) -> dict[int, float]:
+        res = search(wl, gpu, topo, [0, 1], top=3, per_family=1, exhaustive=exhaustive,
+                     workers=1)
+        out: dict[int, float] = {}
+        for p in res.ranked:
+            if not p.oom:
+                out[p.config.gpus] = min(out.get(p.config.gpus, p.latency_s), p.latency_s)
+        return out
+
+    assert best_by_count(False) == best_by_count(True)
+
+
+def test_margins_within_half_a_percent_are_called_equal() -> None:
+    assert plan.margin(1.004, 1.0) is None
+    assert plan.margin(1.5, 1.0) == "50%"
+
+
+def test_why_says_equal_rather_than_by_0_percent() -> None:
+    from dataclasses import replace
+
+    from sim.config import ParallelConfig, Workload
+    from sim.evaluate import evaluate
+    from sim.hardware import get_gpu
+    from sim.models import get_model
+    from sim.topology import build_topology
+
+    gpu = get_gpu("l40")
+    wl = Workload(get_model("pixart"), 1024, 1024, 4, "bf16")
+    topo = build_topology(gpu, 2, "pcie")
+    a, b = (evaluate(wl, ParallelConfig(2, 2, m, warmup=1), gpu, topo, fast=True)
+            for m in (2, 4))
+    def at(p, latency_s: float):  # the same prediction with another latency
+        return replace(p, metrics=replace(p.metrics, latency_s=latency_s))
+
+    b = at(b, a.latency_s * 1.001)  # 0.1 % apart: printed "by 0%" before
+    text = plan.why([a, b])
+    assert "by 0%" not in text and "M=2 and M=4 are equal (within 0.5%)" in text
+    c = evaluate(wl, ParallelConfig(1), gpu, build_topology(gpu, 1, "pcie"), fast=True)
+    c = at(c, a.latency_s * 1.002)
+    text = plan.why([a, c])
+    assert "0% ahead" not in text and "equal (within 0.5%) to the best on 1 GPU" in text
+
+
+def test_resolution_messages_read_width_x_height(capsys) -> None:
+    code, _, err = _run(predict.main, BASE + ["--resolution", "1000x2048", "--patches", "8"],
+                        capsys)
+    assert code == 2
+    assert "resolution 1000x2048 is not a multiple of 16 px" in err and "992x2048" in err
+
+
+def test_compare_without_serial_shows_dash_and_oom(capsys) -> None:
+    # Flux on 24 GB cards: one GPU (and several families) cannot hold it at all.
+    code, out, _ = _run(compare.main, ["--model", "flux-dev", "--gpu", "rtx4090", "--gpus", "8",
+                                       "--resolutions", "512"], capsys)
+    assert code == 0
+    assert "nan" not in out and "degree rules" not in out
+    assert " / - / " in out
+    ulysses = next(line for line in out.splitlines() if line.startswith("ulysses"))
+    assert "OOM" in ulysses
+
+
+def test_inter_node_with_one_node_warns_on_one_line(capsys) -> None:
+    argv = BASE + ["--patches", "8", "--inter-node", "eth-100g"]
+    code, out, err = _run(predict.main, argv, capsys)
+    assert code == 0 and "latency" in out
+    assert err.startswith("warning: --inter-node eth-100g is ignored") and err.count("\n") == 1
+    code, _, err = _run(predict.main, argv + ["--nodes", "2"], capsys)
+    assert code == 0 and "warning" not in err
