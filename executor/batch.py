@@ -20,8 +20,9 @@ from executor.launch import abort_rank, env_int
 from executor.request import plan_run
 from executor.run import build_parser
 from executor.runtime import execute, process_groups
-from sim.cli import check_folder, run_main, write_output
+from sim.cli import run_main
 from sim.errors import UserError
+from sim.outputs import check_folder, write_output
 
 USAGE = "usage: executor.batch OUTDIR 'ARGS' ['ARGS' ...]"
 

@@ -11,17 +11,11 @@ import torch
 
 from executor.inputs import load_prompts, local_model, registry_model
 from executor.interpreter import unsupported_ops
-from sim.cli import (
-    at_least,
-    check_outputs,
-    finite,
-    parse_int_list,
-    parse_resolution,
-    positive,
-)
+from sim.cli import at_least, finite, parse_int_list, parse_resolution, positive
 from sim.config import ParallelConfig, Workload
 from sim.errors import UserError
 from sim.models import DiTModel
+from sim.outputs import check_outputs
 from sim.schedule import Schedule
 from sim.strategies import build_schedule
 

@@ -10,12 +10,12 @@ import statistics
 import torch
 
 from executor.request import RunPlan
-from sim.cli import write_outputs
 from sim.config import Workload
 from sim.hardware import get_gpu
 from sim.memory import memory_per_rank
 from sim.metrics import compute_metrics
 from sim.models import DiTModel
+from sim.outputs import write_outputs
 from sim.trace import Trace
 
 

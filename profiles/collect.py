@@ -49,17 +49,10 @@ from profiles.settings import (
     check_supported,
     default_settings,
 )
-from sim.cli import (
-    at_least,
-    check_folder,
-    check_writable,
-    output_errors,
-    parse_int_list,
-    parser,
-    run_main,
-)
+from sim.cli import at_least, parse_int_list, parser, run_main
 from sim.errors import UserError
 from sim.models import get_model
+from sim.outputs import check_folder, check_writable, output_errors
 
 
 def _positive_ints(text: str, flag: str) -> tuple[int, ...]:

@@ -43,19 +43,12 @@ from pathlib import Path
 from profiles import DATA_DIR
 from profiles.device import device_name, device_slug
 from profiles.progress import progress_bar
-from sim.cli import (
-    at_least,
-    check_folder,
-    check_writable,
-    finite,
-    output_errors,
-    parser,
-    run_main,
-)
+from sim.cli import at_least, finite, parser, run_main
 from sim.cost.interp import fit_regimes
 from sim.cost.profile_format import LinkProfile, LinkSample
 from sim.errors import UserError
 from sim.hardware import LINKS
+from sim.outputs import check_folder, check_writable, output_errors
 from sim.schedule import Tag
 from sim.stats import nearest_rank
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 
 from sim import compare
-from sim.cli import check_outputs, run_main, write_output
+from sim.cli import run_main
 from sim.compare import Cells
 from sim.errors import UserError
+from sim.outputs import check_outputs, write_output
 
 
 def build_parser() -> argparse.ArgumentParser:

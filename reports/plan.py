@@ -16,9 +16,10 @@ import argparse
 from dataclasses import dataclass
 
 from sim import plan
-from sim.cli import check_outputs, run_main, write_outputs
+from sim.cli import run_main
 from sim.errors import UserError
 from sim.hardware import DEFAULT_GPU, get_gpu
+from sim.outputs import check_outputs, write_outputs
 from sim.plan import PlanRun
 from sim.search import best_per_family, search
 from sim.topology import build_topology

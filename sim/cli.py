@@ -18,16 +18,6 @@ from sim.errors import RunFailed, UserError
 from sim.evaluate import calibration_scale
 from sim.hardware import DEFAULT_GPU, GPU, get_gpu
 from sim.models import get_model
-from sim.outputs import (  # noqa: F401 - re-exported for the commands
-    # Output-path checks and all-or-none writes, defined in sim.outputs (stdlib only, so that
-    # sim.cost can use them too) and taken from here with the other command-line helpers.
-    check_folder,
-    check_outputs,
-    check_writable,
-    output_errors,
-    write_output,
-    write_outputs,
-)
 from sim.topology import INTER_NODE, Topology, build_topology
 
 DEFAULT_INTER_NODE = "ib-ndr"  # the network between nodes when --inter-node is not given

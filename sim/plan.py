@@ -21,7 +21,6 @@ from sim.cli import (
     at_least,
     calibration_from_args,
     check_finite,
-    check_outputs,
     cluster_from_args,
     cost_spec_from_args,
     moved_report_flag,
@@ -31,12 +30,12 @@ from sim.cli import (
     reject_moved_report,
     run_main,
     workload_from_args,
-    write_output,
 )
 from sim.config import ParallelConfig, Workload, check_warmup, validate
 from sim.cost import CostSpec
 from sim.evaluate import Prediction, evaluate
 from sim.hardware import GPU
+from sim.outputs import check_outputs, write_output
 from sim.search import SearchResult, best_per_family, search
 from sim.topology import Topology
 

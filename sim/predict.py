@@ -15,7 +15,6 @@ from sim.cli import (
     add_workload_args,
     calibration_from_args,
     check_finite,
-    check_outputs,
     cluster_from_args,
     cost_spec_from_args,
     parse_int_list,
@@ -23,13 +22,13 @@ from sim.cli import (
     print_json,
     run_main,
     workload_from_args,
-    write_outputs,
 )
 from sim.config import ParallelConfig, Workload, validate
 from sim.cost import CostModel
 from sim.errors import UserError
 from sim.evaluate import Prediction, evaluate
 from sim.hardware import GPU
+from sim.outputs import check_outputs, write_outputs
 from sim.topology import Topology
 
 
@@ -148,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     # Refused before the simulation, not after it (large ones take seconds).
     check_outputs([("--trace", args.trace), ("--chrome-trace", args.chrome_trace)])
     pred = predict(args)
-    check_finite(pred.as_dict(), "the prediction")  # before any file or line is written
+    result = pred.as_dict()
+    check_finite(result, "the prediction")  # before any file or line is written
     write_outputs([("--trace", args.trace, pred.trace.write_csv),
                    ("--chrome-trace", args.chrome_trace, pred.trace.write_chrome)])
     if args.json:
-        print_json(pred.as_dict())
+        print_json(result)
     else:
         print(summary(pred))
     return 0

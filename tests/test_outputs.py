@@ -93,7 +93,7 @@ def _write_text_enospc(self: Path, data: str, *args, **kwargs) -> int:
 
 
 def test_check_writable_refuses_unwritable_paths_and_leaves_nothing(tmp_path: Path) -> None:
-    from sim.cli import check_folder, check_writable
+    from sim.outputs import check_folder, check_writable
 
     for path, words in _bad_paths(tmp_path):
         with pytest.raises(UserError, match=words) as exc:
@@ -116,7 +116,7 @@ def test_check_writable_refuses_unwritable_paths_and_leaves_nothing(tmp_path: Pa
 def test_write_outputs_is_all_or_none(tmp_path: Path) -> None:
     """A failure in the second write leaves neither file (the first keeps its old content)
     and no temporary file; the error names the flag, the path and the reason."""
-    from sim.cli import write_outputs
+    from sim.outputs import write_outputs
 
     first, second = tmp_path / "latents.pt", tmp_path / "t.csv"
     first.write_text("old")

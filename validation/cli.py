@@ -34,8 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-from sim.cli import at_least, check_folder, parser, write_outputs
+from sim.cli import at_least, parser
 from sim.errors import UserError
+from sim.outputs import check_folder, write_outputs
 from validation.grid import GRIDS, grid_cases
 from validation.measure import run_cases, runs_per_launch
 from validation.predict import predict_case
