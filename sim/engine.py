@@ -14,6 +14,7 @@ from collections.abc import Callable
 import simpy
 
 from sim.cost import CostModel
+from sim.host import HostModel, issue
 from sim.schedule import (
     Collective,
     Compute,
@@ -198,9 +199,13 @@ class _Rendezvous:
 
 
 def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
-             rank_offset: int = 0) -> Trace:
+             rank_offset: int = 0, host: HostModel | None = None) -> Trace:
     """Run ``schedule`` with ranks placed on the topology's GPUs ``rank_offset..``; returns
     the trace (one row per executed op, times in seconds from the start).
+
+    With a ``host`` model each rank also has a CPU clock: every op costs the CPU its host
+    seconds to issue, the CPU runs ahead of the GPU, and no op starts before it is issued
+    (``sim.host``). Without one (or an inactive one) ops start as soon as the GPU is free.
 
     Raises ``ScheduleError`` when the run shows the schedule broken: a rank cannot finish
     (deadlock: each stuck rank is named with the op it is blocked on), a message is never
@@ -243,10 +248,24 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
         sent = int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count))
         rows.append(message_row(rank, name, op.tag, rv.start, env.now, sent))
 
+    hosted = host is not None and host.active
+
     def rank_proc(rank: int):
         gpu = rank + rank_offset
+        cpu = 0.0  # when this rank's CPU has issued everything so far
         for i, op in enumerate(schedule.ranks[rank]):
             at[rank] = i
+            if hosted:
+                h = host.seconds(op)
+                if isinstance(op, Compute):
+                    start, end, cpu = issue(env.now, cpu, h, cost.compute_time(op),
+                                            host.granularity(op))
+                    yield env.timeout(end - env.now)
+                    rows.append(compute_row(rank, op, start, end, cost.source(op)))
+                    continue
+                cpu += h
+                if cpu > env.now and not isinstance(op, (Recv, Wait)):
+                    yield env.timeout(cpu - env.now)  # not issued yet: the GPU waits
             if isinstance(op, Compute):
                 start = env.now
                 yield env.timeout(cost.compute_time(op))
@@ -261,17 +280,19 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                     ev.succeed(start)
 
                 net.transfer(gpu, op.dst + rank_offset, op.nbytes, arrived)
-                host = topo.route_host(gpu, op.dst + rank_offset, op.nbytes)
-                if host:  # a CPU transport: issuing takes the sender's own time
-                    yield env.timeout(host)
+                own = topo.route_host(gpu, op.dst + rank_offset, op.nbytes)
+                if own:  # a CPU transport: issuing takes the sender's own time
+                    yield env.timeout(own)
             elif isinstance(op, Recv):
                 start = env.now
                 key = (op.src, rank, op.tag)
                 yield slot(key)
                 del mailbox[key]  # what is left at the end was sent and never received
-                host = topo.route_host(op.src + rank_offset, gpu, op.nbytes)
-                if host:  # and completing it the receiver's
-                    yield env.timeout(host)
+                if hosted and cpu > env.now:  # arrived before the receive was issued
+                    yield env.timeout(cpu - env.now)
+                own = topo.route_host(op.src + rank_offset, gpu, op.nbytes)
+                if own:  # and completing it the receiver's
+                    yield env.timeout(own)
                 rows.append(message_row(rank, OpKind.RECV, op.tag, start, env.now, op.nbytes,
                                         op.src))
             elif isinstance(op, Collective):
@@ -298,6 +319,8 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                                         "collective issued before it")
                 start = env.now
                 yield rv.event
+                if hosted and cpu > env.now:
+                    yield env.timeout(cpu - env.now)
                 rows.append(message_row(rank, OpKind.WAIT, op.tag, start, env.now))
             else:
                 raise TypeError(f"unknown op {op!r}")

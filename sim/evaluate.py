@@ -14,6 +14,7 @@ from sim.cost import CostModel, CostSpec
 from sim.engine import collective_flows, simulate
 from sim.errors import UserError
 from sim.hardware import GPU
+from sim.host import HostModel
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
 from sim.schedule import Collective, Compute, OpKind
@@ -94,14 +95,16 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     """
     spec = spec or CostSpec()
     cost = cost or spec.build(wl, gpu, scale)
+    host = HostModel(wl.model, gpu)
     trace = None
     if fast and wl.steps > cfg.warmup + 4:
         short = replace(wl, steps=cfg.warmup + 4)
         sched = build_schedule(short, cfg, coarse=True)
-        trace = periodic_extension(simulate(sched, topo, cost), cfg.warmup + 1, wl.steps)
+        trace = periodic_extension(simulate(sched, topo, cost, host=host), cfg.warmup + 1,
+                                   wl.steps)
     if trace is None:
         sched = build_schedule(wl, cfg, coarse=fast)
-        trace = simulate(sched, topo, cost)
+        trace = simulate(sched, topo, cost, host=host)
     metrics = compute_metrics(trace, sched.world_size, wl.steps, cfg.warmup)
     memory = memory_per_rank(wl, cfg, sched, gpu)
     return Prediction(wl, cfg, gpu, topo, metrics, memory, trace, scale,
@@ -184,6 +187,22 @@ def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topol
     return best, memory_per_rank(wl, cfg, sched, gpu)
 
 
+def _bisect_scale(latency, target: float, lo: float, hi: float) -> float:
+    """The factor in [lo, hi] whose serial latency is ``target`` (``latency`` increases with
+    the factor). Where even ``lo`` is too slow, the host time alone exceeds the measurement:
+    ``lo`` is returned, and the prediction stays above it."""
+    if latency(lo) >= target:
+        return lo
+    a, b = math.log(lo), math.log(hi)
+    for _ in range(48):
+        mid = 0.5 * (a + b)
+        if latency(math.exp(mid)) < target:
+            a = mid
+        else:
+            b = mid
+    return math.exp(0.5 * (a + b))
+
+
 def calibration_scale(wl: Workload, gpu: GPU, single_gpu_latency_s: float,
                       spec: CostSpec | None = None, name: str = "single_gpu_latency_s") -> float:
     """Factor on every compute cost that makes the simulated single-GPU run of ``wl`` last
@@ -196,9 +215,19 @@ def calibration_scale(wl: Workload, gpu: GPU, single_gpu_latency_s: float,
     if not (math.isfinite(single_gpu_latency_s) and single_gpu_latency_s > 0):
         raise UserError(f"{name} must be positive and finite, got {single_gpu_latency_s:g}")
     topo = build_topology(gpu, 1, "pcie")
-    base = evaluate(wl, ParallelConfig(gpus=1), gpu, topo, spec=spec).latency_s
+    spec = spec or CostSpec()
+    serial = ParallelConfig(gpus=1)
+
+    def latency(s: float) -> float:
+        return evaluate(wl, serial, gpu, topo, spec=spec, scale=s).latency_s
+
+    base = latency(1.0)
     scale = single_gpu_latency_s / base
     lo, hi = CALIBRATION_RANGE
+    if HostModel(wl.model, gpu).active and lo <= scale <= hi:
+        # The host clock does not scale with the GPU: the latency is max-plus in the factor,
+        # monotone but not linear, so the factor is found by bisection (in log space).
+        scale = _bisect_scale(latency, single_gpu_latency_s, lo, hi)
     if not lo <= scale <= hi:
         raise UserError(f"{name} {single_gpu_latency_s:g} s is {scale:.3g} times the simulated "
                         f"single-GPU latency ({base:.3g} s for {wl.model.name} at "

@@ -47,6 +47,9 @@ class DiTModel:
     double_blocks: int = 0  # Flux: how many of num_blocks are double-stream
     long_skips: bool = False  # HunyuanDiT: second-half blocks take a skip from their mirror
     kernels_per_block: int = 30  # kernel launches per block in eager PyTorch (see _KERNELS)
+    # ATen operators one block dispatches in eager diffusers (_HOST_OPS): regular blocks, and
+    # Flux's single-stream blocks (the blocks after ``double_blocks``).
+    host_ops: tuple[int, int] = (0, 0)
     caption_channels: int = 0  # width of the text encoder's output (before caption projection)
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
@@ -162,6 +165,11 @@ class DiTModel:
         cout = self.patch_size**2 * self.latent_channels * 2
         return 2.0 * self.hidden * cout * q
 
+    def block_host_ops(self, index: int) -> int:
+        """ATen operators block ``index`` dispatches in one eager forward (host time)."""
+        single = self.family == "flux" and index >= self.double_blocks
+        return self.host_ops[1] if single else self.host_ops[0]
+
     def stale_kv_elems(self, kv: int) -> float:
         """Elements of one attention layer's full-sequence K and V buffer, batch 1."""
         return 2.0 * kv * self.hidden
@@ -182,6 +190,14 @@ _GUIDANCE = {"pixart": 4.5, "dit": 4.0, "sd3": 7.0, "flux": 3.5, "hunyuan": 5.0}
 _T5_XXL = 4.7e9  # T5-XXL encoder, about 4.7 B parameters (_T5_SRC)
 _T5_SRC = "T5-XXL, docs/design.md#text-encoders-and-vae"
 _SD_VAE = 83.7e6  # diffusers AutoencoderKL (SD 1.x/PixArt VAE): 83.65 M parameters
+# ATen operators one block dispatches in one eager forward, counted by
+# ``python -m profiles.host_ops`` (diffusers 0.42.1, torch 2.13): PixArt 78, DiT 81,
+# JointTransformerBlock 119, FluxTransformerBlock 158, FluxSingleTransformerBlock 83,
+# HunyuanDiTBlock 116. Views and reshapes count: they cost dispatch time if no kernel.
+_HOST_OPS = {"pixart": (78, 0), "dit": (81, 0), "sd3": (119, 0), "flux": (158, 83),
+             "hunyuan": (116, 0)}
+_HOST_SRC = "counted by python -m profiles.host_ops (diffusers 0.42.1, torch 2.13)"
+
 _SD3_VAE = 83.8e6  # SD3/Flux 16-channel AutoencoderKL, same layout as SD-VAE, 83.8 M parameters
 
 
@@ -190,6 +206,7 @@ def _src(**extra: str) -> dict[str, str]:
         "blocks/hidden/heads/text_tokens/latent_channels/params/steps/cfg": _DESIGN,
         "vae_params": "diffusers AutoencoderKL config (block_out_channels 128,256,512,512)",
         "kernels_per_block": "counted from diffusers 0.42 block forward methods",
+        "host_ops": _HOST_SRC,
         "guidance_scale": "diffusers 0.42.1 pipeline __call__ default (see _GUIDANCE)",
     }
     base.update(extra)
@@ -202,37 +219,43 @@ MODELS: dict[str, DiTModel] = {
         DiTModel(
             "pixart-alpha", "PixArtTransformer2DModel", "cross", 28, 1152, 16, 72, 120, 4,
             0.61e9, 20, True, _T5_XXL, _SD_VAE, text_dim=1152, kernels_per_block=_KERNELS["pixart"],
+            host_ops=_HOST_OPS["pixart"],
             caption_channels=4096, guidance_scale=_GUIDANCE["pixart"],
             sources=_src(text_encoder=_T5_SRC),
         ),
         DiTModel(
             "pixart-sigma", "PixArtTransformer2DModel", "cross", 28, 1152, 16, 72, 300, 4,
             0.61e9, 20, True, _T5_XXL, _SD_VAE, text_dim=1152, kernels_per_block=_KERNELS["pixart"],
+            host_ops=_HOST_OPS["pixart"],
             caption_channels=4096, guidance_scale=_GUIDANCE["pixart"],
             sources=_src(text_encoder=_T5_SRC),
         ),
         DiTModel(
             "dit-xl-2", "DiTTransformer2DModel", "dit", 28, 1152, 16, 72, 0, 4,
             0.75e9, 50, True, 0.0, _SD_VAE, kernels_per_block=_KERNELS["dit"],
+            host_ops=_HOST_OPS["dit"],
             guidance_scale=_GUIDANCE["dit"],
             sources=_src(text_encoder="none: class-label conditioning"),
         ),
         DiTModel(
             "sd3-medium", "SD3Transformer2DModel", "joint", 24, 1536, 24, 64, 333, 16,
             2.03e9, 28, True, _T5_XXL + 0.8e9, _SD3_VAE, kernels_per_block=_KERNELS["sd3"],
+            host_ops=_HOST_OPS["sd3"],
             guidance_scale=_GUIDANCE["sd3"],
             sources=_src(text_encoder=_T5_SRC + " + CLIP-L/G (~0.8 B, SD3 paper)"),
         ),
         DiTModel(
             "sd35-large", "SD3Transformer2DModel", "joint", 38, 2432, 38, 64, 333, 16,
             8.06e9, 28, True, _T5_XXL + 0.8e9, _SD3_VAE, kernels_per_block=_KERNELS["sd3"],
+            host_ops=_HOST_OPS["sd3"],
             guidance_scale=_GUIDANCE["sd3"],
             sources=_src(text_encoder=_T5_SRC + " + CLIP-L/G (~0.8 B, SD3 paper)"),
         ),
         DiTModel(
             "flux-dev", "FluxTransformer2DModel", "flux", 57, 3072, 24, 128, 512, 16,
             11.9e9, 28, False, _T5_XXL + 0.12e9, _SD3_VAE, double_blocks=19,
-            kernels_per_block=_KERNELS["flux"], guidance_scale=_GUIDANCE["flux"],
+            kernels_per_block=_KERNELS["flux"],
+            host_ops=_HOST_OPS["flux"], guidance_scale=_GUIDANCE["flux"],
             sources=_src(text_encoder=_T5_SRC + " + CLIP-L (0.12 B)",
                          double_blocks=_DESIGN + ": 19 double + 38 single"),
         ),
@@ -240,6 +263,7 @@ MODELS: dict[str, DiTModel] = {
             "hunyuan-dit", "HunyuanDiT2DModel", "cross", 40, 1408, 16, 88, 333, 4,
             1.50e9, 50, True, 1.6e9 + 0.35e9, _SD_VAE, mlp_ratio=4.3637, text_dim=1024,
             long_skips=True, kernels_per_block=_KERNELS["hunyuan"],
+            host_ops=_HOST_OPS["hunyuan"],
             guidance_scale=_GUIDANCE["hunyuan"],
             sources=_src(text_encoder="mT5-XL (~1.6 B) + bilingual CLIP (~0.35 B), HunyuanDiT "
                          "paper", mlp_ratio="HunyuanDiT config: mlp_ratio 4.3637"),
@@ -249,13 +273,15 @@ MODELS: dict[str, DiTModel] = {
         DiTModel(
             "pixart-tiny", "PixArtTransformer2DModel", "cross", 4, 64, 2, 32, 8, 4,
             324_192, 8, True, 0.0, 0.0, text_dim=64, caption_channels=64,
-            kernels_per_block=_KERNELS["pixart"], guidance_scale=_GUIDANCE["pixart"],
+            kernels_per_block=_KERNELS["pixart"],
+            host_ops=_HOST_OPS["pixart"], guidance_scale=_GUIDANCE["pixart"],
             sources={"all": "test configuration; params counted from the diffusers model"},
         ),
         DiTModel(
             "pixart-small", "PixArtTransformer2DModel", "cross", 8, 384, 6, 64, 16, 4,
             20_332_448, 8, True, 0.0, 0.0, text_dim=384, caption_channels=256,
-            kernels_per_block=_KERNELS["pixart"], guidance_scale=_GUIDANCE["pixart"],
+            kernels_per_block=_KERNELS["pixart"],
+            host_ops=_HOST_OPS["pixart"], guidance_scale=_GUIDANCE["pixart"],
             sources={"all": "test configuration; params counted from the diffusers model"},
         ),
     ]

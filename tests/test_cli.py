@@ -124,7 +124,9 @@ def test_drop_text_encoder_and_vae(capsys) -> None:
     bare = json.loads(out)
     assert bare["text_encode_s"] == 0 and bare["vae_decode_s"] == 0
     assert bare["memory_gb"] < full["memory_gb"] - 9  # T5-XXL in bf16 is ~9.4 GB
-    assert bare["loop_s"] == pytest.approx(full["loop_s"])
+    # The loop is the same work; only the host clock's head start differs (with the text
+    # encoder on the GPU the CPU issues the first step's ops while it runs): under 1 ms here.
+    assert bare["loop_s"] == pytest.approx(full["loop_s"], abs=2e-3)
 
 
 def test_trace_outputs(tmp_path, capsys) -> None:
