@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", action="store_true", help="print every row's error")
     ap.add_argument("--contests", action="store_true", help="print the contest table")
     ap.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    ap.add_argument("--set", default=None, metavar="NAME",
+                    help="only the rows whose set column starts with NAME")
     args = ap.parse_args(argv)
     results = {}
     for path in args.csv:
@@ -233,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         rows = read_rows(path)
+        if args.set:
+            rows = [r for r in rows if r.set.startswith(args.set)]
         predict_rows(rows)
         results[path.name] = summary(rows)
         if args.rows:

@@ -15,6 +15,7 @@ import simpy
 
 from sim.cost import CostModel
 from sim.host import HostModel, issue
+from sim.nccl import protocol
 from sim.schedule import (
     Collective,
     Compute,
@@ -180,6 +181,24 @@ def collective_flows(kind: str, group: tuple[int, ...] | list[int], nbytes: floa
     return pairs, per_flow, lat_steps
 
 
+def collective_call(topo: Topology, kind: str, group: tuple[int, ...] | list[int],
+                    nbytes: float) -> tuple[list[tuple[int, int]], float, float]:
+    """The flows one call of a collective runs on ``topo`` (GPU indices in ``group``), the
+    bytes each flow moves and the call's fixed latency, seconds. On NCCL clusters the latency
+    and protocol follow NCCL's model (``sim.nccl``) and an all-to-all through host memory
+    moves its bytes at the many-to-many efficiency; between CPU processes (gloo) every
+    latency step costs the route's latency."""
+    pairs, per_flow, lat_steps = collective_flows(kind, group, nbytes)
+    if not topo.nccl:
+        return pairs, per_flow, max(topo.route_latency(a, b) for a, b in pairs) * lat_steps
+    if kind == OpKind.ALL_TO_ALL:
+        per_flow /= topo.all_to_all_efficiency(group)
+    bandwidth = min(topo.route_bandwidth(a, b) for a, b in pairs)
+    latency, factor = protocol(kind, len(group), per_flow, bandwidth, topo.link == "nvlink",
+                               topo.net_hop_latency(group))
+    return pairs, per_flow * factor, latency
+
+
 def collective_bytes_sent(kind: str, n: int, nbytes: float, count: int = 1) -> float:
     """Bytes one member sends in ``count`` collectives of ``kind`` (input ``nbytes``)."""
     if n <= 1:
@@ -238,10 +257,14 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
         if n == 1:
             rv.event.succeed()
             return
-        pairs, per_flow, lat_steps = collective_flows(
-            op.kind, [r + rank_offset for r in op.group], rv.nbytes)
-        latency = max(topo.route_latency(a, b) for a, b in pairs) * lat_steps * op.count
-        net.bundle(pairs, per_flow * op.count, latency, lambda: rv.event.succeed())
+        pairs, per_flow, latency = collective_call(
+            topo, op.kind, [r + rank_offset for r in op.group], rv.nbytes)
+        net.bundle(pairs, per_flow * op.count, latency * op.count, lambda: rv.event.succeed())
+        if op.asynchronous and slowdown > 1.0:  # the members compute meanwhile
+            bw = min(topo.route_bandwidth(a, b) for a, b in pairs)
+            until = env.now + op.count * (latency + per_flow / bw)
+            for r in op.group:
+                comm_until[r] = max(comm_until[r], until)
 
     def collective_row(rank: int, op: Collective, rv: _Rendezvous) -> None:
         name = op.kind + (OpKind.ASYNC_SUFFIX if op.asynchronous else "")
@@ -249,6 +272,16 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
         rows.append(message_row(rank, name, op.tag, rv.start, env.now, sent))
 
     hosted = host is not None and host.active
+    # Compute slows down while its GPU's own transfers run (sim.hardware.OVERLAP_SLOWDOWN).
+    # The overlap is taken from each transfer's uncontended duration, issued time onwards.
+    slowdown = topo.overlap_slowdown
+    comm_until = [0.0] * schedule.world_size
+
+    def gpu_time(rank: int, op: Compute, start: float) -> float:
+        g = cost.compute_time(op)
+        if slowdown > 1.0 and comm_until[rank] > start:
+            g += (slowdown - 1.0) * min(g, comm_until[rank] - start)
+        return g
 
     def rank_proc(rank: int):
         gpu = rank + rank_offset
@@ -258,8 +291,8 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
             if hosted:
                 h = host.seconds(op)
                 if isinstance(op, Compute):
-                    start, end, cpu = issue(env.now, cpu, h, cost.compute_time(op),
-                                            host.granularity(op))
+                    g = gpu_time(rank, op, max(env.now, cpu))
+                    start, end, cpu = issue(env.now, cpu, h, g, host.granularity(op))
                     yield env.timeout(end - env.now)
                     rows.append(compute_row(rank, op, start, end, cost.source(op)))
                     continue
@@ -268,7 +301,7 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                     yield env.timeout(cpu - env.now)  # not issued yet: the GPU waits
             if isinstance(op, Compute):
                 start = env.now
-                yield env.timeout(cost.compute_time(op))
+                yield env.timeout(gpu_time(rank, op, start))
                 rows.append(compute_row(rank, op, start, env.now, cost.source(op)))
             elif isinstance(op, Send):
                 ev = slot((rank, op.dst, op.tag))
@@ -280,6 +313,10 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                     ev.succeed(start)
 
                 net.transfer(gpu, op.dst + rank_offset, op.nbytes, arrived)
+                if slowdown > 1.0:
+                    a, b = gpu, op.dst + rank_offset
+                    comm_until[rank] = max(comm_until[rank], env.now + topo.route_latency(a, b)
+                                           + op.nbytes / topo.route_bandwidth(a, b))
                 own = topo.route_host(gpu, op.dst + rank_offset, op.nbytes)
                 if own:  # a CPU transport: issuing takes the sender's own time
                     yield env.timeout(own)

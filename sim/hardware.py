@@ -120,6 +120,40 @@ LINKS: dict[str, LinkKind] = {k.name: k for k in [
              "assumption for gloo between CPU processes on one host (use a link profile)"),
 ]}
 
+_COMM = "../shared/GPU-COMM.md is the brief; sources: "
+
+
+@dataclass(frozen=True)
+class HostBus:
+    """How a PCIe host moves GPU data between sockets and among many peers, per PCIe
+    generation (taken as the host's generation). Rates in bytes/s, each with its source."""
+
+    name: str
+    socket_link: float  # the CPU socket link, per direction, as NCCL models it
+    many_to_many: float  # all-to-all among 3+ GPUs: achieved / sum of the link rates
+    source: str
+
+
+# Socket link: NCCL's own assumed rates (nccl src/graph/topo.h): Intel Skylake 10 GB/s (the
+# Gen3 hosts), AMD 16 GB/s (Gen4 hosts are mostly EPYC Rome/Milan), Sapphire Rapids 22 GB/s
+# (Gen5). (9.7 GB/s in aggregate, flashinfer PR #4870, was P2P through the CPUs, which NCCL no
+# longer uses across sockets.) Many-to-many: all-to-all on 8-GPU PCIe boxes reaches 0.41-0.44
+# of the ideal aggregate (rtx6kpro pcie-bandwidth notes); 0.42 taken.
+_BUS = ("GPU-COMM.md sections 1-2: nccl src/graph/topo.h (socket link); rtx6kpro "
+        "pcie-bandwidth notes (all-to-all 0.41-0.44 of ideal)")
+HOST_BUSES: dict[str, HostBus] = {b.name: b for b in [
+    HostBus("pcie-gen3", 10 * GB, 0.42, _BUS),
+    HostBus("pcie-gen4", 16 * GB, 0.42, _BUS),
+    HostBus("pcie-gen5", 22 * GB, 0.42, _BUS),
+]}
+
+# Compute that overlaps the GPU's own communication runs slower: HBM bandwidth and SMs are
+# shared with NCCL's kernels. Overlapped compute slowed 18.9 % on average (max 40 %) in
+# arXiv 2507.03114; on A100 SXM an overlapped all-gather slowed attention 1.8x and a GEMM 1.8x
+# (nccl #1428). Over PCIe the traffic is an order of magnitude smaller and no source measures
+# a slowdown: none is charged.
+OVERLAP_SLOWDOWN = {"nvlink": 1.189, "pcie": 1.0}
+
 # Default GPU per --link, as the planner's help says.
 DEFAULT_GPU = {"pcie": "l40", "nvlink": "a100-sxm-80g"}
 

@@ -7,23 +7,31 @@ among the transfers crossing it, so traffic over the socket link or a NIC slows 
 Layouts:
 
 - ``pcie``: GPUs in pairs under PCIe switches, four GPUs per CPU socket, sockets joined by the
-  socket link (UPI). GPUs without peer-to-peer (RTX 4090) hang straight off the socket, so every
-  transfer goes through host memory.
+  socket link. Each pair of GPUs uses the transport NCCL (2.23.4 and later) picks for it:
+  peer-to-peer (P2P) through their switch for switch-mates, SHM through host memory for every
+  other pair, and always SHM for GPUs without peer access (RTX 4090). An SHM transfer loads the
+  sender's PCIe link, the socket link when it crosses sockets (``sim.hardware.HOST_BUSES``)
+  and the receiver's PCIe link. A GPU's PCIe link carries its host traffic in both directions
+  out of one budget (copies to and from the host at once get 11-13 GB/s each way on Gen4,
+  nvbandwidth #11): it is one edge that routes in either direction cross.
 - ``nvlink``: every GPU of a node on one NVSwitch.
 - ``nodes > 1``: nodes joined by one network switch; PCIe nodes have one NIC per socket, NVLink
   nodes one NIC per GPU (as DGX-class machines).
+
+Not modelled: NCCL before 2.23.4, which also used P2P across the root complex on AMD hosts
+(and on any host for two GPUs), and ACS/IOMMU settings that force P2P through the root complex.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 
 import networkx as nx
 
 from sim.errors import UserError
-from sim.hardware import GPU, LINKS
+from sim.hardware import GPU, HOST_BUSES, LINKS, OVERLAP_SLOWDOWN
 
 GPUS_PER_SOCKET = 4
 GPUS_PER_SWITCH = 2
@@ -62,17 +70,66 @@ class Topology:
         return self._per_edge("latency")
 
     @property
+    def nccl(self) -> bool:
+        """Whether the GPUs talk through NCCL (every GPU cluster; not CPU processes)."""
+        return bool(self.graph.graph.get("nccl"))
+
+    @property
+    def overlap_slowdown(self) -> float:
+        """Factor on compute that runs while the GPU's own communication is in flight."""
+        return self.graph.graph.get("overlap_slowdown", 1.0)
+
+    def net_hop_latency(self, group: tuple[int, ...] | list[int]) -> float:
+        """The network's latency per hop when ``group`` spans nodes, else 0, seconds."""
+        if self.nodes == 1 or len({self.gpu_nodes[r].split(".")[0] for r in group}) == 1:
+            return 0.0
+        return self.graph.graph.get("net_latency", 0.0)
+
+    @property
     def num_gpus(self) -> int:
         """GPUs (ranks) of the cluster."""
         return len(self.gpu_nodes)
 
     def route(self, src: int, dst: int) -> tuple[int, ...]:
-        """Edge ids from rank ``src``'s GPU to rank ``dst``'s GPU (fewest hops)."""
+        """Edge ids from rank ``src``'s GPU to rank ``dst``'s GPU: the transport's explicit
+        route where the layout has one (PCIe hosts), else the fewest hops."""
         key = (src, dst)
         if key not in self._routes:
-            path = nx.shortest_path(self.graph, self.gpu_nodes[src], self.gpu_nodes[dst])
-            self._routes[key] = tuple(self.edge_ids[(u, v)] for u, v in zip(path, path[1:]))
+            a, b = self.gpu_nodes[src], self.gpu_nodes[dst]
+            router = self.graph.graph.get("router")
+            if router is not None:
+                edges = router(a, b)
+            else:
+                path = nx.shortest_path(self.graph, a, b)
+                edges = list(zip(path, path[1:]))
+            self._routes[key] = tuple(self.edge_ids[e] for e in edges)
         return self._routes[key]
+
+    def all_to_all_efficiency(self, group: tuple[int, ...] | list[int]) -> float:
+        """Fraction of the link rates an all-to-all among ``group`` achieves: on a PCIe host
+        many simultaneous peer flows through host memory collapse well below the sum of
+        their links (``HostBus.many_to_many``); with NVLink, or with at most one peer, or all
+        peers behind one switch, they do not."""
+        eff = self.graph.graph.get("many_to_many")
+        if eff is None or len(group) < 3:
+            return 1.0
+        if all(self.transport(a, b) == "p2p" for a in group for b in group if a != b):
+            return 1.0
+        return eff
+
+    def transport(self, src: int, dst: int) -> str:
+        """How data moves between the two ranks' GPUs: ``nvlink``, ``p2p`` (PCIe peer to
+        peer), ``shm`` (through host memory), ``net`` (between nodes) or ``loopback``."""
+        a, b = self.gpu_nodes[src], self.gpu_nodes[dst]
+        if a.split(".")[0] != b.split(".")[0]:
+            return "net"
+        if self.link == "nvlink":
+            return "nvlink"
+        router = self.graph.graph.get("router")
+        if router is None:
+            return "loopback"
+        first_hop = router(a, b)[0][1]
+        return "p2p" if first_hop.rsplit(".", 1)[-1].startswith("sw") else "shm"
 
     def route_latency(self, src: int, dst: int) -> float:
         """Fixed cost of one message, seconds: the slowest protocol on the route dominates,
@@ -118,6 +175,51 @@ def _connect(g: nx.DiGraph, a: str, b: str, kind: str) -> None:
         g.add_edge(u, v, bandwidth=lk.bandwidth, latency=lk.latency_s, kind=kind)
 
 
+def _pcie_route(place: dict[str, tuple[str, str, str | None]], a: str, b: str
+                ) -> list[tuple[str, str]]:
+    """Edges of the transport NCCL uses from GPU ``a`` to GPU ``b`` of a PCIe cluster (see
+    the module docstring); ``place`` maps a GPU to its (node, socket, switch)."""
+    na, sa, wa = place[a]
+    nb, sb, wb = place[b]
+    if na == nb and wa is not None and wa == wb:
+        return [(a, wa), (wa, b)]  # P2P behind the shared switch
+    up, down = [(a, f"{a}.host")], [(b, f"{b}.host")]
+    if na != nb:  # NET: out through the sender's socket and NIC, in through the receiver's
+        return up + [(sa, f"{sa}.nic"), (f"{sa}.nic", "net"), ("net", f"{sb}.nic"),
+                     (f"{sb}.nic", sb)] + down
+    return up + ([(sa, sb)] if sa != sb else []) + down
+
+
+def _pcie_node(g: nx.DiGraph, gpu: GPU, n: int, per_node: int, nodes: int, inter_node: str,
+               place: dict[str, tuple[str, str, str | None]]) -> list[str]:
+    """One PCIe machine's GPUs, switches, sockets and SHM budgets (edges and their rates)."""
+    lk = LINKS[gpu.pcie]
+    bus = HOST_BUSES[gpu.pcie]
+    sockets = max(1, -(-per_node // GPUS_PER_SOCKET))
+    names = [f"n{n}.gpu{i}" for i in range(per_node)]
+
+    def edge(u: str, v: str, kind: str, bandwidth: float, latency: float, src: str) -> None:
+        g.add_edge(u, v, bandwidth=bandwidth, latency=latency, kind=kind, source=src)
+
+    for s in range(sockets):
+        cpu = f"n{n}.cpu{s}"
+        for t in range(sockets):
+            if t != s:
+                edge(cpu, f"n{n}.cpu{t}", "upi", bus.socket_link, LINKS["upi"].latency_s,
+                     bus.source)
+        if nodes > 1:
+            _connect(g, cpu, f"{cpu}.nic", gpu.pcie)
+            _connect(g, f"{cpu}.nic", "net", inter_node)
+    for i, a in enumerate(names):
+        socket = f"n{n}.cpu{i // GPUS_PER_SOCKET}"
+        switch = f"n{n}.sw{i // GPUS_PER_SWITCH}" if gpu.p2p else None
+        place[a] = (f"n{n}", socket, switch)
+        if switch:
+            _connect(g, a, switch, gpu.pcie)
+        edge(a, f"{a}.host", gpu.pcie, lk.bandwidth, lk.latency_s, lk.source)
+    return names
+
+
 def build_topology(gpu: GPU, gpus: int, link: str = "pcie", nodes: int = 1,
                    inter_node: str = "ib-ndr") -> Topology:
     """Graph of ``nodes`` machines with ``gpus`` GPUs in all, linked by ``link``."""
@@ -136,6 +238,17 @@ def build_topology(gpu: GPU, gpus: int, link: str = "pcie", nodes: int = 1,
     per_node = gpus // nodes
     g = nx.DiGraph()
     gpu_nodes: list[str] = []
+    if gpu.pcie != "loopback":
+        g.graph.update(nccl=True, net_latency=LINKS[inter_node].latency_s,
+                       overlap_slowdown=OVERLAP_SLOWDOWN[link])
+    if link == "pcie" and gpu.pcie != "loopback":
+        place: dict[str, tuple[str, str, str | None]] = {}
+        for n in range(nodes):
+            gpu_nodes += _pcie_node(g, gpu, n, per_node, nodes, inter_node, place)
+        g.graph["router"] = partial(_pcie_route, place)
+        g.graph["many_to_many"] = HOST_BUSES[gpu.pcie].many_to_many
+        g.add_nodes_from(gpu_nodes)
+        return Topology(g, gpu_nodes, link, nodes)
     for n in range(nodes):
         sockets = max(1, -(-per_node // GPUS_PER_SOCKET))
         for s in range(1, sockets):

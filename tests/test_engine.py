@@ -94,31 +94,37 @@ def _transfer_times(pairs: list[tuple[int, int]], nbytes: float) -> list[float]:
 
 
 def test_socket_link_is_shared_fairly() -> None:
+    from sim.hardware import HOST_BUSES
+
     gb = 1e9
+    upi = HOST_BUSES["pcie-gen4"].socket_link
     alone = _transfer_times([(0, 4)], gb)[0]
-    both = _transfer_times([(0, 4), (1, 5)], gb)
+    both = _transfer_times([(0, 4), (2, 6)], gb)
     lat = 15e-6
-    assert alone == pytest.approx(gb / 20e9 + lat, rel=1e-6)  # UPI at 20 GB/s is the bottleneck
-    assert both[0] == pytest.approx(gb / 10e9 + lat, rel=1e-6)  # halved when shared
+    assert alone == pytest.approx(gb / upi + lat, rel=1e-6)  # the socket link is the bottleneck
+    assert both[0] == pytest.approx(gb / (upi / 2) + lat, rel=1e-6)  # halved when shared
     assert both[1] == pytest.approx(both[0])
-    # Transfers under different PCIe switches of one socket do not meet on any edge.
+    # Switch-mates (P2P) of different switches do not meet on any edge.
     apart = _transfer_times([(0, 1), (2, 3)], gb)
     assert apart[0] == pytest.approx(gb / 25e9 + lat, rel=1e-6)
 
 
 def test_contention_ends_when_the_short_flow_finishes() -> None:
-    # A 1 GB and a 0.5 GB flow share UPI: both at 10 GB/s until the short one is done at
-    # 0.05 s; the long one then runs alone at 20 GB/s for its last 0.5 GB (0.025 s).
+    # A 1 GB and a 0.5 GB flow share the socket link: both at half its rate until the short
+    # one is done; the long one then runs alone at the full rate for its last 0.5 GB.
+    from sim.hardware import HOST_BUSES
+
+    upi = HOST_BUSES["pcie-gen4"].socket_link
     topo = build_topology(get_gpu("l40"), 8, "pcie")
     env = simpy.Environment()
     net = Network(env, topo)
     out = {}
     net.transfer(0, 4, 1e9, lambda: out.__setitem__("long", env.now))
-    net.transfer(1, 5, 0.5e9, lambda: out.__setitem__("short", env.now))
+    net.transfer(2, 6, 0.5e9, lambda: out.__setitem__("short", env.now))
     env.run()
     lat = 15e-6
-    assert out["short"] == pytest.approx(0.05 + lat, rel=1e-6)
-    assert out["long"] == pytest.approx(0.075 + lat, rel=1e-6)
+    assert out["short"] == pytest.approx(0.5e9 / (upi / 2) + lat, rel=1e-6)
+    assert out["long"] == pytest.approx(0.5e9 / (upi / 2) + 0.5e9 / upi + lat, rel=1e-6)
 
 
 def test_deterministic(pixart_1024: Workload, l40_pcie8) -> None:

@@ -1,0 +1,119 @@
+"""Communication physics of issue 10: transports per GPU pair, SHM and socket-link budgets,
+NCCL's latency model, all-to-all collapse on PCIe, compute slowed by overlapped traffic."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim.config import ParallelConfig, Workload
+from sim.engine import Network, collective_call
+from sim.evaluate import evaluate
+from sim.hardware import GPUS, HOST_BUSES, LINKS, OVERLAP_SLOWDOWN, get_gpu
+from sim.models import get_model
+from sim.nccl import LL, SIMPLE, hops, protocol
+from sim.schedule import OpKind
+from sim.topology import build_topology
+
+
+def _rates(topo, pairs) -> list[float]:
+    """Max-min fair rates (bytes/s) of concurrent flows over ``pairs``."""
+    import simpy
+
+    from sim.engine import _Flow
+
+    net = Network(simpy.Environment(), topo)
+    net.flows = [_Flow(topo.route(a, b), 1e9, lambda: None) for a, b in pairs]
+    net._rates()
+    return [f.rate for f in net.flows]
+
+
+def test_transport_per_pair_as_nccl_chooses() -> None:
+    l20 = build_topology(get_gpu("l20"), 8, "pcie")
+    assert [l20.transport(0, j) for j in range(1, 8)] == ["p2p"] + ["shm"] * 6
+    assert l20.transport(6, 7) == "p2p"
+    nv = build_topology(get_gpu("a100-sxm-80g"), 8, "nvlink")
+    assert {nv.transport(0, j) for j in range(1, 8)} == {"nvlink"}
+    no_p2p = build_topology(get_gpu("rtx4090"), 4, "pcie")
+    assert {no_p2p.transport(0, j) for j in range(1, 4)} == {"shm"}  # no peer access at all
+    two = build_topology(get_gpu("l20"), 16, "pcie", nodes=2)
+    assert two.transport(0, 8) == "net" and two.transport(0, 1) == "p2p"
+    cpu = build_topology(get_gpu("cpu"), 2, "pcie")
+    assert cpu.transport(0, 1) == "loopback" and not cpu.nccl
+
+
+def test_p2p_pair_gets_its_link_and_shm_pairs_share_the_senders_pcie_budget() -> None:
+    topo = build_topology(get_gpu("l20"), 8, "pcie")
+    link = LINKS["pcie-gen4"].bandwidth
+    assert _rates(topo, [(0, 1)]) == [pytest.approx(link)]
+    # SHM out of GPU 2 and into GPU 2 at once: both directions come out of one PCIe budget.
+    up, down = _rates(topo, [(2, 0), (1, 2)])
+    assert up == pytest.approx(link / 2) and down == pytest.approx(link / 2)
+    # A P2P flow into GPU 2 does not touch its host budget.
+    assert _rates(topo, [(2, 0), (3, 2)]) == [pytest.approx(link), pytest.approx(link)]
+
+
+def test_cross_socket_shm_flows_share_the_socket_link_per_direction() -> None:
+    topo = build_topology(get_gpu("l20"), 8, "pcie")
+    socket = HOST_BUSES["pcie-gen4"].socket_link
+    rates = _rates(topo, [(0, 4), (2, 6)])  # both cross socket 0 -> 1
+    assert sum(rates) == pytest.approx(socket)
+    back = _rates(topo, [(0, 4), (6, 2)])  # one each way: each has a direction to itself
+    assert back == [pytest.approx(socket), pytest.approx(socket)]
+
+
+def test_all_to_all_efficiency_only_where_many_peers_go_through_host_memory() -> None:
+    l20 = build_topology(get_gpu("l20"), 8, "pcie")
+    eff = HOST_BUSES["pcie-gen4"].many_to_many
+    assert l20.all_to_all_efficiency((0, 1, 2, 3)) == eff
+    assert l20.all_to_all_efficiency((0, 1)) == 1.0  # two peers: not many-to-many
+    nv = build_topology(get_gpu("a100-sxm-80g"), 8, "nvlink")
+    assert nv.all_to_all_efficiency(tuple(range(8))) == 1.0
+    _, per_flow, _ = collective_call(l20, OpKind.ALL_TO_ALL, (0, 1, 2, 3), 4e6)
+    assert per_flow == pytest.approx(4e6 / 4 / eff)
+
+
+def test_nccl_latency_model_closed_forms() -> None:
+    assert hops(OpKind.ALL_REDUCE, 8) == 14 and hops(OpKind.ALL_GATHER, 8) == 7
+    assert hops(OpKind.ALL_TO_ALL, 8) == 1
+    # A tiny all-reduce takes LL: 6.6 us + 14 hops x 0.6 us over NVLink.
+    lat, factor = protocol(OpKind.ALL_REDUCE, 8, 1024, 200e9, nvlink=True)
+    assert lat == pytest.approx(LL[0] + 14 * LL[2]) and factor == 2.0
+    # A large one takes Simple at the full rate: 8.4 us + 14 x 5.7 us over PCIe.
+    lat, factor = protocol(OpKind.ALL_REDUCE, 8, 64e6, 25e9, nvlink=False)
+    assert lat == pytest.approx(SIMPLE[0] + 14 * SIMPLE[1]) and factor == 1.0
+    # A ring rotation pays a whole call per step.
+    lat, _ = protocol(OpKind.RING_KV, 4, 64e6, 25e9, nvlink=False)
+    assert lat == pytest.approx(3 * (SIMPLE[0] + SIMPLE[1]))
+
+
+@pytest.mark.parametrize("size", [1e3, 1e5, 1e7, 1e9])
+def test_protocol_choice_never_slower_than_either_protocol(size: float) -> None:
+    bw = 25e9
+    lat, factor = protocol(OpKind.ALL_GATHER, 4, size, bw, nvlink=False)
+    chosen = lat + size * factor / bw
+    ll = LL[0] + 3 * LL[1] + size * 2 / bw
+    simple = SIMPLE[0] + 3 * SIMPLE[1] + size / bw
+    assert chosen == pytest.approx(min(ll, simple))
+
+
+def test_ulysses_over_pcie_slower_with_shm_than_all_p2p_and_monotone_in_gpus() -> None:
+    wl = Workload(get_model("pixart"), 1024, 1024, 20, text_encoder=False, vae=False)
+    gpu = get_gpu("l20")
+    lat = {}
+    for n in (2, 4, 8):
+        topo = build_topology(gpu, n, "pcie")
+        lat[n] = evaluate(wl, ParallelConfig(n, ulysses=n), gpu, topo).metrics.exposed_comm_s
+    assert lat[2] < lat[4] < lat[8]  # 2 GPUs share a switch; 4 and 8 go through the host
+
+
+def test_overlapped_compute_is_slowed_on_nvlink_only() -> None:
+    assert OVERLAP_SLOWDOWN["pcie"] == 1.0 and OVERLAP_SLOWDOWN["nvlink"] > 1.0
+    wl = Workload(get_model("pixart"), 2048, 2048, 8, text_encoder=False, vae=False)
+    gpu = GPUS["a100-sxm-80g"]
+    topo = build_topology(gpu, 4, "nvlink")
+    cfg = ParallelConfig(4, distrifusion=4, warmup=1)
+    slowed = evaluate(wl, cfg, gpu, topo).latency_s
+    topo.graph.graph["overlap_slowdown"] = 1.0
+    free = evaluate(wl, cfg, gpu, topo).latency_s
+    assert slowed > free
+    assert slowed <= free * OVERLAP_SLOWDOWN["nvlink"] + 1e-9
