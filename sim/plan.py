@@ -142,6 +142,9 @@ def why(ranked: list[Prediction]) -> str:
         parts.append(f"bubbles {m.bubble_fraction:.0%} of GPU time; of "
                      f"{m.comm_bytes_per_step / 1e6:.1f} MB sent per step only "
                      f"{max(m.exposed_comm_s) * 1e3:.1f} ms in all is not hidden by compute")
+        route = best.topology.transport_summary(best.config.gpus)
+        if route:
+            parts.append(route)
     other_n = [p for p in ranked[1:] if not p.oom and p.config.gpus != best.config.gpus]
     if other_n:
         o = other_n[0]

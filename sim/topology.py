@@ -117,6 +117,26 @@ class Topology:
             return 1.0
         return eff
 
+    def transport_summary(self, ranks: int) -> str | None:
+        """One clause on how the first ``ranks`` GPUs reach each other, when some pairs go
+        through host memory or the network (None when every pair is NVLink or P2P)."""
+        pairs = [(a, b) for a in range(ranks) for b in range(ranks) if a != b]
+        kinds = [self.transport(a, b) for a, b in pairs]
+        parts = []
+        shm = [p for p, k in zip(pairs, kinds) if k == "shm"]
+        if shm:
+            router = self.graph.graph["router"]
+            cross = sum(any(self.graph.edges[e]["kind"] == "upi"
+                            for e in router(self.gpu_nodes[a], self.gpu_nodes[b]))
+                        for a, b in shm)
+            parts.append(f"{len(shm)} of {len(pairs)} GPU pairs go through host memory "
+                         f"(NCCL's SHM transport, no P2P outside a PCIe switch)"
+                         + (f", {cross} of them across the CPU socket link" if cross else ""))
+        net = kinds.count("net")
+        if net:
+            parts.append(f"{net} of {len(pairs)} GPU pairs cross the network between nodes")
+        return "; ".join(parts) or None
+
     def transport(self, src: int, dst: int) -> str:
         """How data moves between the two ranks' GPUs: ``nvlink``, ``p2p`` (PCIe peer to
         peer), ``shm`` (through host memory), ``net`` (between nodes) or ``loopback``."""
