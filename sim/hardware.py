@@ -130,15 +130,16 @@ class HostBus:
 
     name: str
     socket_link: float  # the CPU socket link, per direction, as NCCL models it
-    many_to_many: float  # all-to-all among 3+ GPUs: achieved / sum of the link rates
+    many_to_many: float  # all-to-all across the sockets: achieved / sum of the link rates
     source: str
 
 
 # Socket link: NCCL's own assumed rates (nccl src/graph/topo.h): Intel Skylake 10 GB/s (the
 # Gen3 hosts), AMD 16 GB/s (Gen4 hosts are mostly EPYC Rome/Milan), Sapphire Rapids 22 GB/s
 # (Gen5). (9.7 GB/s in aggregate, flashinfer PR #4870, was P2P through the CPUs, which NCCL no
-# longer uses across sockets.) Many-to-many: all-to-all on 8-GPU PCIe boxes reaches 0.41-0.44
-# of the ideal aggregate (rtx6kpro pcie-bandwidth notes); 0.42 taken.
+# longer uses across sockets.) Many-to-many: all-to-all on 8-GPU two-socket PCIe boxes reaches
+# 0.41-0.44 of the ideal aggregate (rtx6kpro pcie-bandwidth notes); 0.42 taken. Inside one
+# socket there is no such collapse (nccl #1603: all-to-all = all-reduce = 18 GB/s via SHM).
 _BUS = ("GPU-COMM.md sections 1-2: nccl src/graph/topo.h (socket link); rtx6kpro "
         "pcie-bandwidth notes (all-to-all 0.41-0.44 of ideal)")
 HOST_BUSES: dict[str, HostBus] = {b.name: b for b in [

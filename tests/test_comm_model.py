@@ -64,11 +64,12 @@ def test_cross_socket_shm_flows_share_the_socket_link_per_direction() -> None:
 def test_all_to_all_efficiency_only_where_many_peers_go_through_host_memory() -> None:
     l20 = build_topology(get_gpu("l20"), 8, "pcie")
     eff = HOST_BUSES["pcie-gen4"].many_to_many
-    assert l20.all_to_all_efficiency((0, 1, 2, 3)) == eff
-    assert l20.all_to_all_efficiency((0, 1)) == 1.0  # two peers: not many-to-many
+    assert l20.all_to_all_efficiency((0, 1, 4, 5)) == eff  # across the sockets
+    assert l20.all_to_all_efficiency((0, 1, 2, 3)) == 1.0  # inside one socket
+    assert l20.all_to_all_efficiency((0, 4)) == 1.0  # two peers: not many-to-many
     nv = build_topology(get_gpu("a100-sxm-80g"), 8, "nvlink")
     assert nv.all_to_all_efficiency(tuple(range(8))) == 1.0
-    _, per_flow, _ = collective_call(l20, OpKind.ALL_TO_ALL, (0, 1, 2, 3), 4e6)
+    _, per_flow, _ = collective_call(l20, OpKind.ALL_TO_ALL, (0, 1, 4, 5), 4e6)
     assert per_flow == pytest.approx(4e6 / 4 / eff)
 
 
