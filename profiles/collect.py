@@ -38,7 +38,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from profiles import DATA_DIR
 from profiles.device import device_slug
 from profiles.settings import (
     DTYPES,
@@ -75,8 +74,8 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
     ap.add_argument("--patches", help="PipeFusion patch counts M of the q = kv/M grid; unset: "
                     f"{','.join(map(str, PATCHES))} (--quick "
                     f"{','.join(map(str, QUICK_PATCHES))})")
-    ap.add_argument("--out", help="output CSV; unset: profiles/data/<device>_<model>_<dtype>"
-                    ".csv")
+    ap.add_argument("--out", help="output CSV; unset: <device>_<model>_<dtype>.csv in the "
+                    "current folder (the shipped profiles live in profiles/data/)")
     ap.add_argument("--quick", action="store_true", help="reduced grid, few repeats")
     ap.add_argument("--threads", type=int, help="CPU threads per process; unset: 1, as "
                     "torchrun and the executor")
@@ -130,9 +129,10 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
 
 
 def default_out(s: Settings, name: str) -> Path:
-    """``profiles/data/<device>_<model>_<dtype>.csv``: collections keyed by device and model."""
+    """``<device>_<model>_<dtype>.csv`` in the current folder (not the package's shipped
+    ``profiles/data/``): collections keyed by device and model."""
     co = f"_co{s.co_run}" if s.co_run else ""
-    return DATA_DIR / (f"{device_slug(s.device, name, s.threads)}_{s.model.name}_{s.dtype}"
+    return Path.cwd() / (f"{device_slug(s.device, name, s.threads)}_{s.model.name}_{s.dtype}"
                        f"{co}.csv")
 
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if out is not None:
         check_writable(out, "--out", make_folders=True)
     else:
-        check_folder(DATA_DIR, "--out (default)")
+        check_folder(Path.cwd(), "--out (default: the current folder)")
     # Imported once the flags are good: loading torch and diffusers takes seconds, which
     # --help and a mistyped flag should not wait for.
     from profiles.compute import collect

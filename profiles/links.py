@@ -40,7 +40,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from profiles import DATA_DIR
 from profiles.device import device_name, device_slug
 from profiles.progress import progress_bar
 from sim.cli import at_least, finite, parser, run_main
@@ -129,8 +128,8 @@ def parse(argv: list[str] | None) -> LinkSettings:
                     "in shuffled orders (--quick: 1)")
     ap.add_argument("--quick", action="store_true", help="up to 16 MiB by factors of 4, "
                     "3 repeats")
-    ap.add_argument("--out", help="output CSV; unset: profiles/data/links_<backend>_<kind>_"
-                    "w<world>_<device>.csv")
+    ap.add_argument("--out", help="output CSV; unset: links_<backend>_<kind>_w<world>_"
+                    "<device>.csv in the current folder")
     ap.add_argument("--busy", action="store_true",
                     help="keep one compute thread busy on every rank while timing, as the "
                          "executor's compute does: on CPU processes sharing few cores a "
@@ -467,11 +466,11 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
 
 
 def default_out(prof: LinkProfile) -> Path:
-    """``profiles/data/links_<backend>_<kind>_w<world>[_busy]_<device>.csv``."""
+    """``links_<backend>_<kind>_w<world>[_busy]_<device>.csv`` in the current folder."""
     m = prof.meta
     dev = device_slug(m["device"], m["device_name"], m["threads"])
     busy = "_busy" if m.get("busy") else ""
-    return DATA_DIR / (f"links_{m['backend']}_{m['link_kind']}_w{m['world_size']}{busy}_"
+    return Path.cwd() / (f"links_{m['backend']}_{m['link_kind']}_w{m['world_size']}{busy}_"
                        f"{dev}.csv")
 
 
@@ -484,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         if s.out is not None:
             check_writable(s.out, "--out", make_folders=True)
         else:
-            check_folder(DATA_DIR, "--out (default)")
+            check_folder(Path.cwd(), "--out (default: the current folder)")
         prof = collect_links(s)
     except UserError:
         if os.environ.get("RANK", "0") != "0":

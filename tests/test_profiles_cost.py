@@ -352,3 +352,15 @@ def test_profile_cost_splits_sequence_parallel_blocks() -> None:
         cost.compute_time(whole))
     assert 0 < cost.compute_time(attn) < cost.compute_time(whole)
     assert cost.source(proj) == "interpolated"
+
+
+def test_cpu_profile_from_another_cpu_model_leaves_a_note() -> None:
+    from sim.cost.profile import other_host, this_cpu
+
+    meta = {"device": "cpu", "device_name": "Some Other CPU 9000", "model": "pixart-tiny",
+            "date": "2026-01-01"}
+    note = other_host(meta)
+    assert note is not None and "Some Other CPU 9000" in note and this_cpu() in note
+    assert "profiles.collect --model pixart-tiny --device cpu" in note
+    assert other_host({**meta, "device_name": this_cpu()}) is None
+    assert other_host({**meta, "device": "cuda"}) is None  # GPU profiles plan from anywhere

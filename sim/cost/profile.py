@@ -29,6 +29,7 @@ Imports no torch: the loader and interpolation live in ``sim.cost.profile_format
 from __future__ import annotations
 
 import math
+import platform
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -95,6 +96,9 @@ class ProfileCost:
         self.scale = scale
         self.roof = RooflineCost(wl, gpu)
         self.notes: set[str] = set()
+        other = other_host(prof.meta)
+        if other:
+            self.notes.add(other)
         self._cache: dict[tuple, tuple[float, str]] = {}
         self._blocks: dict[str, _BlockTable] = {}
         for variant in sorted({s.variant for s in prof.select("block")}):
@@ -319,6 +323,33 @@ class ProfileCost:
                 "attention_scale": {k: round(t.attention_scale, 4)
                                     for k, t in self._blocks.items()},
                 "notes": sorted(self.notes)}
+
+
+def this_cpu() -> str:
+    """This machine's CPU model as profiles record it (``/proc/cpuinfo``'s model name)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def other_host(meta: dict) -> str | None:
+    """A note when a CPU profile was measured on another CPU model than this machine's:
+    its times are that CPU's, and a CPU run here (the executor, the validation) differs by the
+    two CPUs' speed. None for GPU profiles (planning for a GPU from a laptop is the point) and
+    for profiles measured here."""
+    if meta.get("device") != "cpu":
+        return None
+    theirs, mine = str(meta.get("device_name", "")), this_cpu()
+    if not theirs or theirs == mine:
+        return None
+    model = meta.get("model", "MODEL")
+    return (f"profile measured on {theirs} ({meta.get('date', 'date unknown')}), this machine "
+            f"is {mine}: CPU runs here will differ by the two CPUs' speed; refresh it with "
+            f"python -m profiles.collect --model {model} --device cpu --quick --out FILE")
 
 
 def _attention_scale(usable: list[tuple[int, float, float]]) -> float:
