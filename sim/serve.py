@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="rows of the ranking to print")
     p.add_argument("--trace", default=None, metavar="FILE",
                    help="write the request timeline of the run at --rate (or the replay) as CSV")
+    p.add_argument("--no-capacity", action="store_true",
+                   help="with --replicas and --rate (or --replay): only the run at that rate, "
+                        "no capacity bisection")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -232,11 +235,12 @@ def write_timeline(run: ServeRun, names: list[str], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(["request", "class", "arrival_s", "replica", "start_s", "finish_s",
                     "deadline_s", "latency_s", "within_slo"])
+        # repr: the shortest text that reads back as the same float (exact round trip).
         for s in run.served:
-            w.writerow([s.request.index, names[s.request.cls], f"{s.request.arrival_s:.6f}",
-                        s.replica, "" if s.dropped else f"{s.start_s:.6f}",
-                        "" if s.dropped else f"{s.finish_s:.6f}", f"{s.deadline_s:.6f}",
-                        "" if s.dropped else f"{s.latency_s:.6f}", int(s.good)])
+            w.writerow([s.request.index, names[s.request.cls], repr(s.request.arrival_s),
+                        s.replica, "" if s.dropped else repr(s.start_s),
+                        "" if s.dropped else repr(s.finish_s), repr(s.deadline_s),
+                        "" if s.dropped else repr(s.latency_s), int(s.good)])
 
 
 def split_config_text(split: Split) -> str:
@@ -400,9 +404,12 @@ def main(argv: list[str] | None = None) -> int:
                                                       routers or ROUTERS):
             groups = tuple(ReplicaGroup(n, k, usable[k]) for n, k in shape)
             splits.append(Split(groups, router, assign))
-    if args.replay and trace_rate is None:
+    if args.no_capacity and not (groups_fixed and (args.rate is not None or args.replay)):
+        raise UserError("--no-capacity needs --replicas and a run to report (--rate or "
+                        "--replay)")
+    if (args.replay and trace_rate is None) or args.no_capacity:
         ranked: list[Candidate] = [Candidate(s, model.bound(s, args.target)) for s in splits]
-        pruned = 0
+        pruned = missed = 0
     else:
         ranked, pruned, missed = search_splits(model, splits, args.target, args.top,
                                        lambda d, n: progress("searching splits", d, n))
