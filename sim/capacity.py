@@ -96,9 +96,10 @@ class ServeModel:
                           for cg in split.class_groups)
         return Policy(split.router, self.queue, self.admission, pools)
 
-    def run(self, split: Split, rate: float | None) -> ServeRun:
+    def run(self, split: Split, rate: float | None, max_misses: int | None = None
+            ) -> ServeRun:
         """Serve the stream on ``split`` at ``rate`` requests per second (``None``: the
-        trace as recorded)."""
+        trace as recorded); ``max_misses`` as in ``simulate_pool``."""
         base = self.trace_rate or 1.0
         stream = self.stream if rate is None else scaled(self.stream, base / rate)
         reps = split.replicas()
@@ -106,12 +107,16 @@ class ServeModel:
         lat = [[table.latency(cfg, c) for c in range(len(table.classes))] for _, cfg in reps]
         self.runs += 1
         return simulate_pool(stream, [cfg.gpus for _, cfg in reps],
-                             lambda r, req: lat[r][req.cls], self._slo, self.policy(split))
+                             lambda r, req: lat[r][req.cls], self._slo, self.policy(split),
+                             max_misses)
 
-    def attainment(self, split: Split, rate: float) -> float:
-        """Fraction of the requests within SLO at ``rate`` requests per second."""
-        served = self.run(split, rate).served
-        return sum(1 for s in served if s.good) / len(served)
+    def meets(self, split: Split, rate: float, target: float) -> bool:
+        """Whether at least ``target`` of the requests finish within SLO at ``rate``
+        requests per second (the run stops once too many have missed to reach it)."""
+        n = len(self.stream)
+        allowed = math.floor(n * (1 - target) + 1e-9)  # misses that still leave target good
+        run = self.run(split, rate, max_misses=allowed)
+        return not run.stopped and sum(1 for s in run.served if s.good) >= target * n - 1e-9
 
     def bound(self, split: Split, target: float) -> float:
         """An arrival rate (requests per second) above which attainment ``target`` is
@@ -148,24 +153,24 @@ class ServeModel:
         if hi <= 0:
             return 0.0  # unloaded, the classes that can be on time weigh less than target
         if floor is not None:
-            if floor >= hi or self.attainment(split, floor) < target:
+            if floor >= hi or not self.meets(split, floor, target):
                 return None
             lo = floor
         else:
             lo = 0.0
-        if self.attainment(split, hi) >= target:
+        if self.meets(split, hi, target):
             return hi
         if lo == 0.0:
             # Halve down from the bound until the target is met (the bound is usually within
             # a small factor of the capacity); a rate a millionth of it is an idle pool.
             lo = hi / 2
-            while self.attainment(split, lo) < target:
+            while not self.meets(split, lo, target):
                 hi, lo = lo, lo / 2
                 if lo < bound_floor(hi):
                     return 0.0
         while hi - lo > REL_TOL * lo:
             mid = (lo + hi) / 2
-            if self.attainment(split, mid) >= target:
+            if self.meets(split, mid, target):
                 lo = mid
             else:
                 hi = mid

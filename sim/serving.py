@@ -101,6 +101,7 @@ class ServeRun:
     replica_gpus: list[int]
     busy_s: list[float]
     idle_while_queued_gpu_s: float
+    stopped: bool = False  # ended early by ``max_misses``: not every request is in ``served``
 
     @property
     def start_s(self) -> float:
@@ -141,24 +142,41 @@ class _Replica:
 
 def simulate_pool(requests: list[Request], replica_gpus: list[int],
                   service: Callable[[int, Request], float],
-                  slo: Callable[[Request], float], policy: Policy) -> ServeRun:
+                  slo: Callable[[Request], float], policy: Policy,
+                  max_misses: int | None = None) -> ServeRun:
     """Serve ``requests`` (sorted by arrival) on replicas of ``replica_gpus`` GPUs each.
     ``service(r, req)`` is the seconds replica ``r`` takes for ``req`` (``inf``: it cannot
-    run it); ``slo(req)`` the request's SLO in seconds (deadline = arrival + SLO)."""
+    run it); ``slo(req)`` the request's SLO in seconds (deadline = arrival + SLO).
+
+    With ``max_misses`` the run stops as soon as more requests than that are known to miss
+    their SLO (dropped, or starting too late to finish in time): enough to know that the
+    attainment is below a target, and far cheaper in overload. The run returned is then
+    partial (``ServeRun.stopped``)."""
     env = simpy.Environment()
     reps = [_Replica(env) for _ in replica_gpus]
     served: list[Served] = []
     busy = [0.0] * len(reps)
     total_gpus_queued = [0.0]  # idle GPU-seconds while a request waits somewhere
-    state = {"last": 0.0, "queued": 0}
+    state = {"last": 0.0, "queued": 0, "idle_gpus": sum(replica_gpus), "misses": 0}
+    stop = env.event()
+
+    def missed() -> None:
+        state["misses"] += 1
+        if max_misses is not None and state["misses"] > max_misses and not stop.triggered:
+            stop.succeed()
+
+    def record(outcome: Served) -> None:
+        served.append(outcome)
+        # The replicas wait forever for more work; the run ends with the last request.
+        if len(served) == len(requests) and not stop.triggered:
+            stop.succeed()
 
     def account() -> None:
         # Called before every change of who is busy or how many wait: integrates idle GPUs
         # over the time some request waited.
         now = env.now
         if state["queued"] > 0:
-            idle = sum(g for g, rep in zip(replica_gpus, reps) if not rep.busy)
-            total_gpus_queued[0] += (now - state["last"]) * idle
+            total_gpus_queued[0] += (now - state["last"]) * state["idle_gpus"]
         state["last"] = now
 
     def route(req: Request) -> tuple[int, float]:
@@ -190,7 +208,8 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
                 if env.now + ahead + s > deadline * (1 + 1e-12):
                     r = -1
             if r < 0:
-                served.append(Served(req, -1, math.nan, math.nan, deadline, math.nan))
+                record(Served(req, -1, math.nan, math.nan, deadline, math.nan))
+                missed()
                 continue
             account()
             rep = reps[r]
@@ -212,17 +231,23 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
             rep.queued_work -= s
             state["queued"] -= 1
             rep.busy = True
+            state["idle_gpus"] -= replica_gpus[r]
             start = env.now
             rep.finish_current = start + s
+            if start + s > deadline * (1 + 1e-12):
+                missed()
             yield env.timeout(s)
             account()
             rep.busy = False
+            state["idle_gpus"] += replica_gpus[r]
             busy[r] += s
-            served.append(Served(req, r, start, env.now, deadline, s))
+            record(Served(req, r, start, env.now, deadline, s))
 
     env.process(arrivals())
     for r in range(len(reps)):
         env.process(replica(r))
-    env.run()
+    if requests:
+        env.run(until=stop)
     served.sort(key=lambda x: x.request.index)
-    return ServeRun(served, list(replica_gpus), busy, total_gpus_queued[0])
+    return ServeRun(served, list(replica_gpus), busy, total_gpus_queued[0],
+                    stopped=len(served) < len(requests))
