@@ -499,13 +499,13 @@ def print_text(args: argparse.Namespace, result: dict, ranked: list[Candidate],
         print(f"why: {why(ranked, model, names, r['target'], args.top)}")
         print()
     rate_txt = (f"at {args.rate:g} req/s" if args.rate is not None else "replayed")
-    head = f"{'#':>3}  {'split':<14}{'router':<30}{'capacity/s':>11}{'bound/s':>9}"
+    head = f"{'#':>3}  {'split':<14}{'router':<36}{'capacity/s':>11}{'bound/s':>9}"
     if at_rate:
         head += (f"  | {rate_txt}: {'in SLO':>7}{'P99 s':>8}{'goodput/s':>10}{'busy':>6}"
                  + (f"{'cost/1k':>9}" if args.price else ""))
     lines = [head, "-" * len(head)]
     for i, c in enumerate(ranked[:args.top]):
-        row = (f"{i + 1:>3}  {c.split.label():<14}{c.split.router_label(names):<30}"
+        row = (f"{i + 1:>3}  {c.split.label():<14}{c.split.router_label(names):<36}"
                f"{_f(c.capacity, '.3g'):>11}{c.bound:>9.3g}")
         if i in at_rate:
             s = at_rate[i]
