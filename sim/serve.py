@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 import time
 from pathlib import Path
@@ -141,10 +142,10 @@ class Progress:
             sys.stderr.flush()
 
 
-def parse_slo(text: str, names: list[str], refs: list[tuple[float, int]]) -> list[float]:
-    """SLO per class in seconds from ``--slo``: ``S`` seconds or ``Kx`` for every class, or
+def parse_slo(text: str, names: list[str]) -> list[str]:
+    """Each class's SLO text from ``--slo``: ``S`` seconds or ``Kx`` for every class, or
     ``CLASS:VALUE,...`` per class (a bare value first is the default of classes not named).
-    ``refs`` are each class's reference latency and its width (``Kx`` multiplies it)."""
+    Checked before any simulation; ``resolve_slo`` turns them into seconds."""
     default: str | None = None
     per: dict[str, str] = {}
     for i, item in enumerate(text.split(",")):
@@ -160,25 +161,27 @@ def parse_slo(text: str, names: list[str], refs: list[tuple[float, int]]) -> lis
         else:
             per[name] = value
     out = []
-    for c, name in enumerate(names):
+    for name in names:
         value = per.get(name, default)
         if value is None:
             raise UserError(f"--slo gives no SLO for class {name}; name it or give a default "
                             f"first (e.g. --slo 2x,{name}:30)")
         v = value.strip().lower()
         try:
-            if v.endswith("x"):
-                k = float(v[:-1])
-                finite(k, f"--slo {name} multiple", low=0)
-                seconds = k * refs[c][0]
-            else:
-                seconds = float(v[:-1] if v.endswith("s") else v)
+            number = float(v[:-1] if v.endswith(("x", "s")) else v)
         except ValueError:
             raise UserError(f"--slo: '{value}' is neither seconds nor Kx (e.g. 12 or "
                             f"1.5x)") from None
-        positive(seconds, f"--slo of class {name} (seconds)")
-        out.append(seconds)
+        positive(number, f"--slo of class {name}")
+        out.append(v)
     return out
+
+
+def resolve_slo(texts: list[str], refs: list[tuple[float, int]]) -> list[float]:
+    """SLO per class in seconds: ``Kx`` times the class's reference latency (``refs``: its
+    seconds and the width it is taken on), else seconds."""
+    return [float(v[:-1]) * ref if v.endswith("x") else float(v.rstrip("s"))
+            for v, (ref, _) in zip(texts, refs)]
 
 
 def parse_names(text: str | None, flag: str, choices: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -245,6 +248,10 @@ def write_timeline(run: ServeRun, names: list[str], path: Path) -> None:
 
 def split_config_text(split: Split) -> str:
     return " + ".join(f"{g.count}x{g.gpus} {g.config.label()}" for g in split.groups)
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if math.isfinite(v) else None
 
 
 def _f(v: float | None, fmt: str = ".2f") -> str:
@@ -346,6 +353,15 @@ def main(argv: list[str] | None = None) -> int:
                              1.0 if args.arrivals == "poisson" else args.cv, args.seed)
         trace_rate = None
     names = class_names(classes)
+    slo_texts = parse_slo(args.slo, names)
+    # Flags that contradict each other are refused before any simulation.
+    if args.no_capacity and not (args.replicas and (args.rate is not None or args.replay)):
+        raise UserError("--no-capacity needs --replicas and a run to report (--rate or "
+                        "--replay)")
+    if args.pools and not args.replicas:
+        raise UserError("--pools applies to --replicas; a search tries every assignment")
+    if args.replicas and routers is not None and len(routers) != 1:
+        raise UserError("--replicas evaluates one split: give one --router")
     spec = cost_spec_from_args(args)
     scale = calibration_from_args(args, wl, gpu, spec)
     table = ServiceTable(wl.model, classes, cluster, wl.dtype, wl.text_encoder, wl.vae, spec,
@@ -379,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                         "does not apply to some size); allow wider replicas with --widths")
 
     refs = [table.reference(c) for c in range(len(classes))]
-    slo = parse_slo(args.slo, names, refs)
+    slo = resolve_slo(slo_texts, refs)
     for c, name in enumerate(names):
         best_alone = min(table.latency(cfg, c) for cfg in usable.values())
         if slo[c] < best_alone and not (args.replay and all(
@@ -391,22 +407,15 @@ def main(argv: list[str] | None = None) -> int:
     # The splits to evaluate.
     if groups_fixed:
         router = (routers or ("lwl",))
-        if len(router) != 1:
-            raise UserError("--replicas evaluates one split: give one --router")
         assign = (_pools_assignment(args.pools, names, groups_fixed) if router[0] == "pools"
                   else None)
         splits = [Split(groups_fixed, router[0], assign)]
     else:
-        if args.pools:
-            raise UserError("--pools applies to --replicas; a search tries every assignment")
         splits = []
         for shape, router, assign in enumerate_splits(args.gpus, sorted(usable), len(classes),
                                                       routers or ROUTERS):
             groups = tuple(ReplicaGroup(n, k, usable[k]) for n, k in shape)
             splits.append(Split(groups, router, assign))
-    if args.no_capacity and not (groups_fixed and (args.rate is not None or args.replay)):
-        raise UserError("--no-capacity needs --replicas and a run to report (--rate or "
-                        "--replay)")
     if (args.replay and trace_rate is None) or args.no_capacity:
         ranked: list[Candidate] = [Candidate(s, model.bound(s, args.target)) for s in splits]
         pruned = missed = 0
@@ -435,12 +444,14 @@ def main(argv: list[str] | None = None) -> int:
         "cv": args.cv if args.arrivals == "gamma" and not args.replay else None,
         "requests": len(stream), "seed": args.seed, "price_per_gpu_hour": args.price,
         "classes": [{"name": n, "width": cl.width, "height": cl.height, "steps": cl.steps,
-                     "weight": cl.weight, "slo_s": slo[c], "reference_latency_s": refs[c][0],
+                     "weight": cl.weight, "slo_s": slo[c], "slo_given": slo_texts[c],
+                     "reference_latency_s": refs[c][0],
                      "reference_gpus": refs[c][1]}
                     for c, (n, cl) in enumerate(zip(names, classes))],
         "widths": [{"gpus": k, "config": cfg.as_dict(), "label": cfg.label(),
-                    "isolated_latency_s": {n: table.latency(cfg, c) for c, n in
-                                           enumerate(names)}}
+                    # None: the configuration cannot run that class (size, memory).
+                    "isolated_latency_s": {n: _finite_or_none(table.latency(cfg, c))
+                                           for c, n in enumerate(names)}}
                    for k, cfg in sorted(usable.items())],
         "candidates": [{"split": c.split.label(), "router": c.split.router_label(names),
                         "replicas": [{"count": g.count, "gpus": g.gpus,
@@ -479,13 +490,15 @@ def print_text(args: argparse.Namespace, result: dict, ranked: list[Candidate],
     print(f"{r['model']} on {r['gpus']} x {r['gpu']} ({r['link']}{nodes}); classes {mix}; "
           f"{arrivals}, {r['requests']} requests, seed {r['seed']}")
     slos = ", ".join(f"{n} {s:.3g} s" + (f" ({s / ref:.3g} x {ref:.3g} s on {k} GPU"
-                                         f"{'s' if k > 1 else ''})" if args.slo.count("x") else "")
-                     for n, s, (ref, k) in zip(names, slo, refs))
+                                         f"{'s' if k > 1 else ''})" if cl["slo_given"][-1:] == "x"
+                                         else "")
+                     for n, s, (ref, k), cl in zip(names, slo, refs, r["classes"]))
     print(f"SLO: {slos}; target {r['target']:.0%} within SLO; queue {r['queue']}, "
           f"{'admission control' if r['admission'] else 'no admission control'}")
     print("\nreplica widths (configuration chosen for the mix; isolated latency per class):")
     for k, cfg in sorted(usable.items()):
-        lats = "  ".join(f"{n} {model.table.latency(cfg, c):.3f} s" for c, n in enumerate(names))
+        lats = "  ".join(f"{n} {_f(_finite_or_none(model.table.latency(cfg, c)), '.3f')} s"
+                         for c, n in enumerate(names))
         print(f"  {k:>3} GPU{'s' if k > 1 else ' '}  {cfg.label():<34}{lats}")
     print()
     if not ranked:
