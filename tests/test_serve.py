@@ -199,6 +199,19 @@ def test_pools_send_each_class_only_to_its_replicas() -> None:
     assert {s.replica for s in served if s.request.cls == 1} == {2}
 
 
+def test_slo_multiples_refer_to_the_one_gpu_latency_of_each_class() -> None:
+    res = _serve_json(["--model", "pixart", "--gpus", "4", "--mix", "1024:0.5,2048:0.5",
+                       "--slo", "1.5x,2048:40", "--replicas", "1x4", "--requests", "200",
+                       "--quiet"])
+    by_name = {c["name"]: c for c in res["classes"]}
+    serial = _serve_json(["--model", "pixart", "--gpus", "1", "--mix", "1024:0.5,2048:0.5",
+                          "--replicas", "1x1", "--requests", "50", "--quiet", "--slo", "100"])
+    one_gpu = serial["widths"][0]["isolated_latency_s"]
+    assert by_name["1024"]["reference_gpus"] == 1
+    assert by_name["1024"]["slo_s"] == pytest.approx(1.5 * one_gpu["1024"])
+    assert by_name["2048"]["slo_s"] == 40.0
+
+
 # --- capacity and search --------------------------------------------------------------------
 
 def test_capacity_grows_with_the_pool() -> None:
