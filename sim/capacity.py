@@ -163,10 +163,11 @@ class ServeModel:
         if lo == 0.0:
             # Halve down from the bound until the target is met (the bound is usually within
             # a small factor of the capacity); a rate a millionth of it is an idle pool.
+            idle = hi * IDLE_FRACTION
             lo = hi / 2
             while not self.meets(split, lo, target):
                 hi, lo = lo, lo / 2
-                if lo < bound_floor(hi):
+                if lo < idle:
                     return 0.0
         while hi - lo > REL_TOL * lo:
             mid = (lo + hi) / 2
@@ -175,12 +176,6 @@ class ServeModel:
             else:
                 hi = mid
         return lo
-
-
-def bound_floor(rate: float) -> float:
-    """Below this the bisection calls a pool idle (a millionth of ``rate``, which starts at
-    the bound): a split missing its target there misses it at any load."""
-    return rate * IDLE_FRACTION
 
 
 def enumerate_splits(gpus: int, widths: list[int], classes: int,

@@ -304,6 +304,17 @@ def test_trace_replay_reads_sorts_and_keeps_per_request_slos(tmp_path: Path) -> 
     assert [int(r["within_slo"]) for r in rows] == [1, 1, 1]
 
 
+def test_trace_whose_own_slos_cannot_be_met_has_capacity_zero(tmp_path: Path) -> None:
+    """Per-request SLOs (0.1 s) below any latency: the bound cannot tell (a trace's SLOs are
+    per request), so the bisection halves down to an idle pool and reports 0."""
+    path = tmp_path / "trace.csv"
+    path.write_text("".join(f"{10.0 * i},pixart,1024,1024,20,0.1\n" for i in range(40)))
+    res = _serve_json(["--model", "pixart", "--gpus", "1", "--replicas", "1x1", "--replay",
+                       str(path), "--quiet"])
+    assert res["candidates"][0]["bound_rps"] > 0
+    assert res["candidates"][0]["capacity_rps"] == 0.0
+
+
 def test_trace_replay_time_scaled_to_a_rate(tmp_path: Path) -> None:
     path = tmp_path / "trace.csv"
     path.write_text("".join(f"{10.0 * i},pixart,1024,1024,20\n" for i in range(50)))
