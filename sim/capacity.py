@@ -107,7 +107,7 @@ class ServeModel:
         lat = [[table.latency(cfg, c) for c in range(len(table.classes))] for _, cfg in reps]
         self.runs += 1
         return simulate_pool(stream, [cfg.gpus for _, cfg in reps],
-                             lambda r, req: lat[r][req.cls], self._slo, self.policy(split),
+                             lat, self._slo, self.policy(split),
                              max_misses)
 
     def meets(self, split: Split, rate: float, target: float) -> bool:

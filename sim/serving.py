@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import simpy
@@ -136,17 +136,16 @@ class _Replica:
         queued = sum(item[4] for item in self.heap if item[0] <= deadline)
         return max(0.0, self.finish_current - self.env.now) + queued
 
-    def requests(self) -> int:
-        return len(self.heap) + (1 if self.busy else 0)
-
 
 def simulate_pool(requests: list[Request], replica_gpus: list[int],
-                  service: Callable[[int, Request], float],
+                  service: Callable[[int, Request], float] | Sequence[Sequence[float]],
                   slo: Callable[[Request], float], policy: Policy,
                   max_misses: int | None = None) -> ServeRun:
     """Serve ``requests`` (sorted by arrival) on replicas of ``replica_gpus`` GPUs each.
     ``service(r, req)`` is the seconds replica ``r`` takes for ``req`` (``inf``: it cannot
-    run it); ``slo(req)`` the request's SLO in seconds (deadline = arrival + SLO).
+    run it), or a table ``service[r][class]`` of them (deterministic service: each class's
+    usable replicas are then listed once, not looked up per request); ``slo(req)`` the
+    request's SLO in seconds (deadline = arrival + SLO).
 
     With ``max_misses`` the run stops as soon as more requests than that are known to miss
     their SLO (dropped, or starting too late to finish in time): enough to know that the
@@ -179,22 +178,42 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
             total_gpus_queued[0] += (now - state["last"]) * state["idle_gpus"]
         state["last"] = now
 
+    def allowed(req: Request) -> Sequence[int]:
+        return policy.pools[req.cls] if policy.pools is not None else range(len(reps))
+
+    per_class: dict[int, list[tuple[int, float]]] = {}
+
+    def options(req: Request) -> list[tuple[int, float]]:
+        """(replica, service seconds) of the replicas that may and can serve ``req``."""
+        if callable(service):
+            pairs = [(r, service(r, req)) for r in allowed(req)]
+            return [(r, t) for r, t in pairs if math.isfinite(t)]
+        if req.cls not in per_class:
+            per_class[req.cls] = [(r, service[r][req.cls]) for r in allowed(req)
+                                  if math.isfinite(service[r][req.cls])]
+        return per_class[req.cls]
+
+    jsq = policy.router == "jsq"
+
     def route(req: Request) -> tuple[int, float]:
-        """The chosen replica and the request's service time there (-1 when none can)."""
-        allowed = (policy.pools[req.cls] if policy.pools is not None
-                   else range(len(reps)))
-        best: tuple | None = None
-        for r in allowed:
-            s = service(r, req)
-            if not math.isfinite(s):
-                continue
-            if policy.router == "jsq":
-                key = (reps[r].requests(), s, r)
-            else:  # lwl, and pools (least work left inside the class's pool)
-                key = (reps[r].work_left() + s, r)
-            if best is None or key < best[0]:
-                best = (key, r, s)
-        return (best[1], best[2]) if best else (-1, math.nan)
+        """The chosen replica and the request's service time there (-1 when none can).
+        The key is compared by hand (it runs for every replica of every request): jsq by
+        (requests held, service, index), the others by (finish if sent there, index)."""
+        now = env.now
+        best_r, best_s = -1, math.nan
+        best_a = best_b = math.inf
+        for r, t in options(req):
+            rep = reps[r]
+            if jsq:
+                a, b = len(rep.heap) + rep.busy, t
+                if a < best_a or (a == best_a and b < best_b):
+                    best_r, best_s, best_a, best_b = r, t, a, b
+            else:
+                left = rep.finish_current - now
+                a = (left if left > 0.0 else 0.0) + rep.queued_work + t
+                if a < best_a:
+                    best_r, best_s, best_a = r, t, a
+        return best_r, best_s
 
     def arrivals():
         for req in requests:
