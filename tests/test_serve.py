@@ -366,6 +366,13 @@ BASE = ["--model", "pixart", "--gpus", "2", "--requests", "50", "--quiet"]
     (["--requests", "0"], "--requests must be at least 1"),
     (["--no-capacity"], "--no-capacity needs --replicas"),
     (["--widths", "3"], "does not pack"),
+    (["--mix", "1024:0.5,2048:0.5", "--replicas", "1x2", "--router", "pools", "--pools",
+      "4096:2"], "unknown class '4096'"),
+    (["--mix", "1024:0.5,2048:0.5", "--replicas", "1x2", "--router", "pools", "--pools",
+      "1024:2"], "no replicas to class 2048"),
+    (["--pools", "1024:1"], "--pools applies to --replicas"),
+    (["--cv", "0"], "--cv must be positive"),
+    (["--price", "-2"], "--price must be positive"),
 ])
 def test_bad_input_is_one_error_line(argv: list[str], fragment: str) -> None:
     code, out, err = _serve(BASE + argv)
