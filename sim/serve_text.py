@@ -100,7 +100,8 @@ def why(ranked: list[Candidate], model: ServeModel, names: list[str], target: fl
                      f"but {quick.split.label()} sustains {cap}: narrower replicas queue "
                      f"less under load")
     else:
-        parts.append(f"its {k_b}-GPU replica{'s are' if k_b > 1 else ' is'} also the fastest "
+        n_b = sum(g.count for g in best.split.groups if g.gpus == k_b)
+        parts.append(f"its {k_b}-GPU replica{'s are' if n_b > 1 else ' is'} also the fastest "
                      f"alone for {names[c0]} ({lat_b:.2f} s)")
     return "; ".join(parts)
 
