@@ -381,8 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print_json(result)
         return 0
+    def run_at(split: Split) -> RunSummary:
+        return summarize(model.run(split, rate), names, args.price)
+
     print_text(args, result, ranked, at_rate, model, names, classes, refs, slo, usable,
-               len(splits), pruned, missed, elapsed)
+               len(splits), pruned, missed, elapsed, run_at if rate is not None else None)
     if args.trace and timeline is None:
         print("note: --trace needs a run to write: give --rate (or --replay)", file=sys.stderr)
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from sim.arrivals import RequestClass
@@ -69,9 +70,12 @@ def _fastest(split: Split, table: ServiceTable, c: int) -> tuple[float, int]:
 
 
 def why(ranked: list[Candidate], model: ServeModel, names: list[str], target: float,
-        top: int) -> str:
+        top: int, at_rate: Callable[[Split], RunSummary] | None = None,
+        rate: float | None = None) -> str:
     """One line on why the first split wins: its margin over the next split, and the
-    trade-off against the split with the fastest replicas (latency alone vs throughput)."""
+    trade-off against the split with the fastest replicas (latency alone vs throughput);
+    with ``at_rate`` (the run of a split at ``rate`` requests per second), how the two
+    compare at that rate."""
     best = ranked[0]
     if not best.capacity:
         return (f"no split reaches {target:.0%} within SLO even unloaded: loosen --slo or "
@@ -99,6 +103,12 @@ def why(ranked: list[Candidate], model: ServeModel, names: list[str], target: fl
                      f"({lat_q:.2f} s vs {lat_b:.2f} s on {k_b} GPU{'s' if k_b > 1 else ''}) "
                      f"but {quick.split.label()} sustains {cap}: narrower replicas queue "
                      f"less under load")
+        if at_rate is not None and rate is not None:
+            b, q = at_rate(best.split).overall, at_rate(quick.split).overall
+            parts.append(f"at {rate:g} req/s {quick.split.label()} has "
+                         f"{_f(q['attainment'], '.0%')} within SLO (P99 "
+                         f"{_f(q['latency_s']['p99'])} s), {best.split.label()} "
+                         f"{_f(b['attainment'], '.0%')} (P99 {_f(b['latency_s']['p99'])} s)")
     else:
         n_b = sum(g.count for g in best.split.groups if g.gpus == k_b)
         parts.append(f"its {k_b}-GPU replica{'s are' if n_b > 1 else ' is'} also the fastest "
@@ -109,8 +119,10 @@ def why(ranked: list[Candidate], model: ServeModel, names: list[str], target: fl
 def print_text(args: argparse.Namespace, result: dict, ranked: list[Candidate],
                at_rate: dict[int, RunSummary], model: ServeModel, names: list[str],
                classes: list[RequestClass], refs: list[tuple[float, int]], slo: list[float],
-               usable: dict, searched: int, pruned: int, missed: int, elapsed: float) -> None:
-    """The human-readable plan."""
+               usable: dict, searched: int, pruned: int, missed: int, elapsed: float,
+               run_at: Callable[[Split], RunSummary] | None = None) -> None:
+    """The human-readable plan; ``run_at`` gives a split's run at ``--rate`` for the why
+    line."""
     r = result
     mix = ", ".join(f"{n} ({cl.weight:.0%})" for n, cl in zip(names, classes))
     arrivals = ("replayed trace" if args.replay else
@@ -139,7 +151,7 @@ def print_text(args: argparse.Namespace, result: dict, ranked: list[Candidate],
         print(f"recommended: {split_config_text(best.split)}, router "
               f"{best.split.router_label(names)}  ->  capacity {best.capacity:.3g} req/s at "
               f"{r['target']:.0%} within SLO")
-        print(f"why: {why(ranked, model, names, r['target'], args.top)}")
+        print(f"why: {why(ranked, model, names, r['target'], args.top, run_at, args.rate)}")
         print()
     rate_txt = (f"at {args.rate:g} req/s" if args.rate is not None else "replayed")
     head = f"{'#':>3}  {'split':<14}{'router':<36}{'capacity/s':>11}{'bound/s':>9}"
