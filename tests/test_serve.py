@@ -236,6 +236,16 @@ def test_capacity_meets_the_target_and_just_above_misses_it(tmp_path: Path) -> N
         assert (att >= 0.9) == meets, (rate, att)
 
 
+def test_above_the_bound_the_target_is_missed() -> None:
+    """The bound is a real limit, not only a cap: 20 % above it the pool is overloaded and
+    misses the target (here with a loose SLO, so only throughput limits)."""
+    base = ["--model", "pixart", "--gpus", "2", "--replicas", "2x1", "--slo", "20x",
+            "--requests", "3000", "--quiet"]
+    bound = _serve_json(base)["candidates"][0]["bound_rps"]
+    res = _serve_json(base + ["--rate", repr(1.2 * bound), "--no-capacity"])
+    assert res["candidates"][0]["at_rate"]["overall"]["attainment"] < 0.9
+
+
 def test_search_ranks_by_capacity_and_reports_the_recommendation() -> None:
     code, out, err = _serve(["--model", "pixart", "--gpus", "4", "--mix",
                              "1024:0.7,2048:0.3", "--rate", "0.2", "--price", "2",
