@@ -1,0 +1,226 @@
+"""A serving pool's replicas: the split of the GPUs, where each replica sits, which parallel
+configuration it runs, and each request class's isolated latency on it (cached).
+
+A replica of ``k`` GPUs serves one request at a time with one ``ParallelConfig`` on ``k``
+GPUs. Its isolated latency for a class is the per-request simulation of ``sim.evaluate``
+(planner mode), run once per (configuration, class) and cached. Replicas are packed into the
+nodes in order of size, each inside one node unless it spans whole nodes, so a replica's
+topology is that of ``k`` GPUs of one node (or of ``k / per_node`` whole nodes).
+
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sim.arrivals import RequestClass, class_names
+from sim.config import ParallelConfig, Workload, validate
+from sim.cost import CostSpec
+from sim.cost.link_profile import apply_link_profile
+from sim.errors import UserError
+from sim.evaluate import evaluate
+from sim.hardware import GPU
+from sim.models import DiTModel
+from sim.search import search
+from sim.topology import Topology, build_topology
+
+# Configurations per class kept from each replica width's planner search: the replica's
+# configuration is chosen among their union for the whole mix (see ServiceTable.best_config).
+KEEP_PER_CLASS = 3
+_DEGREES = ("pipefusion", "ulysses", "ring", "tensor", "cfg", "distrifusion", "patches",
+            "warmup")
+
+
+@dataclass(frozen=True)
+class ReplicaGroup:
+    """``count`` replicas of ``gpus`` GPUs each, running ``config`` (``None``: chosen by the
+    planner for the mix)."""
+
+    count: int
+    gpus: int
+    config: ParallelConfig | None = None
+
+    def label(self) -> str:
+        """``4x1`` or ``1x4:pipefusion4(M=4,W=1)``."""
+        return f"{self.count}x{self.gpus}" + (f":{self.config.label()}" if self.config else "")
+
+
+def _parse_config(text: str, gpus: int, where: str) -> ParallelConfig:
+    """``pipefusion=4/patches=4/warmup=1`` -> ParallelConfig on ``gpus`` GPUs; degrees not
+    named are 1 except PipeFusion, which takes the GPUs the others leave."""
+    values: dict[str, int] = {}
+    for item in text.split("/"):
+        name, eq, value = item.partition("=")
+        if not eq or name not in _DEGREES:
+            raise UserError(f"{where}: configuration entries are NAME=VALUE joined by '/', "
+                            f"NAME one of {', '.join(_DEGREES)}; got '{item}'")
+        try:
+            values[name] = int(value)
+        except ValueError:
+            raise UserError(f"{where}: {name} must be a whole number, got '{value}'") from None
+    others = math.prod(values.get(n, 1) for n in ("ulysses", "ring", "tensor", "cfg",
+                                                  "distrifusion"))
+    if "pipefusion" not in values:
+        values["pipefusion"] = gpus // others if others > 0 and gpus % others == 0 else 1
+    return ParallelConfig(gpus, **values)
+
+
+def parse_replicas(text: str, total_gpus: int) -> list[ReplicaGroup]:
+    """Groups of ``--replicas COUNTxGPUS[:CONFIG],...`` (e.g. ``4x1,1x4`` or
+    ``1x4:pipefusion=4/patches=4/warmup=1,4x1``); their GPUs must add up to ``total_gpus``."""
+    groups = []
+    for item in text.split(","):
+        item = item.strip()
+        shape, colon, conf = item.partition(":")
+        count_text, x, gpus_text = shape.partition("x")
+        try:
+            count, gpus = int(count_text), int(gpus_text)
+        except ValueError:
+            raise UserError(f"--replicas entries are COUNTxGPUS[:CONFIG], e.g. 4x1,1x4; got "
+                            f"'{item}'") from None
+        if not x or count < 1 or gpus < 1:
+            raise UserError(f"--replicas: count and GPUs per replica must be at least 1, got "
+                            f"'{item}'")
+        cfg = _parse_config(conf, gpus, f"--replicas {item}") if colon else None
+        groups.append(ReplicaGroup(count, gpus, cfg))
+    used = sum(g.count * g.gpus for g in groups)
+    if used != total_gpus:
+        raise UserError(f"--replicas {text} uses {used} GPUs but --gpus is {total_gpus}; "
+                        f"the replicas must use the whole pool")
+    return groups
+
+
+@dataclass
+class Cluster:
+    """The pool's hardware: GPU kind, total GPUs, intra-node link, nodes and network, and an
+    optional measured link profile."""
+
+    gpu: GPU
+    gpus: int
+    link: str
+    nodes: int = 1
+    inter_node: str = "ib-ndr"
+    link_profile: str | None = None
+
+    def __post_init__(self) -> None:
+        self._topos: dict[int, Topology] = {}
+        build_topology(self.gpu, self.gpus, self.link, self.nodes, self.inter_node)  # checks
+
+    @property
+    def per_node(self) -> int:
+        """GPUs in one node."""
+        return self.gpus // self.nodes
+
+    def fits(self, k: int) -> bool:
+        """Whether a replica of ``k`` GPUs packs into the nodes: it divides a node, or spans
+        whole nodes."""
+        return k <= self.gpus and (self.per_node % k == 0 or k % self.per_node == 0)
+
+    def topology(self, k: int) -> Topology:
+        """The graph a replica of ``k`` GPUs runs on (cached)."""
+        if k not in self._topos:
+            if not self.fits(k):
+                raise UserError(f"a replica of {k} GPUs does not pack into nodes of "
+                                f"{self.per_node} GPUs: use replica sizes that divide a node "
+                                f"or span whole nodes")
+            nodes = max(1, k // self.per_node)
+            topo = build_topology(self.gpu, k, self.link, nodes, self.inter_node)
+            if self.link_profile:
+                topo = apply_link_profile(topo, Path(self.link_profile))
+            self._topos[k] = topo
+        return self._topos[k]
+
+
+class ServiceTable:
+    """Isolated latencies (seconds) of each request class on each replica configuration,
+    simulated once and cached; also picks a replica width's configuration for the mix."""
+
+    def __init__(self, model: DiTModel, classes: list[RequestClass], cluster: Cluster,
+                 dtype: str = "bf16", text_encoder: bool = True, vae: bool = True,
+                 spec: CostSpec | None = None, scale: float = 1.0,
+                 warmups: tuple[int, ...] = (1,)) -> None:
+        self.model = model
+        self.classes = classes
+        self.names = class_names(classes)
+        self.cluster = cluster
+        self.spec = spec or CostSpec()
+        self.scale = scale
+        self.warmups = warmups
+        self.workloads = [Workload(model, c.height, c.width, c.steps, dtype, text_encoder, vae)
+                          for c in classes]
+        for wl in self.workloads:
+            validate(wl, ParallelConfig(1))  # resolution on the patch grid, steps >= 1
+        self._costs = [self.spec.build(wl, cluster.gpu, scale) for wl in self.workloads]
+        self._latency: dict[tuple[ParallelConfig, int], float] = {}
+        self._best: dict[int, ParallelConfig | None] = {}
+        self.simulated = 0  # per-request simulations run (cache misses)
+
+    def _warmup_for(self, cfg: ParallelConfig, c: int) -> ParallelConfig:
+        # A warmup count above a class's steps cannot apply to it: its whole run is warmup.
+        return replace(cfg, warmup=min(cfg.warmup, self.workloads[c].steps))
+
+    def latency(self, cfg: ParallelConfig, c: int) -> float:
+        """Isolated latency of class ``c`` on a replica running ``cfg``, seconds; ``inf``
+        when the configuration does not apply to the class (invalid for its size) or does not
+        fit in memory."""
+        key = (cfg, c)
+        if key not in self._latency:
+            wl = self.workloads[c]
+            run = self._warmup_for(cfg, c)
+            try:
+                validate(wl, run)
+            except UserError:
+                self._latency[key] = math.inf
+                return math.inf
+            pred = evaluate(wl, run, self.cluster.gpu, self.cluster.topology(cfg.gpus),
+                            self._costs[c], self.scale, fast=True, spec=self.spec)
+            self.simulated += 1
+            self._latency[key] = math.inf if pred.oom else pred.latency_s
+        return self._latency[key]
+
+    def mean_latency(self, cfg: ParallelConfig) -> float:
+        """Mix-weighted mean isolated latency on ``cfg``, seconds (``inf`` if a class cannot
+        run on it): the mean service time that bounds the replica's throughput."""
+        return sum(cl.weight * self.latency(cfg, c) for c, cl in enumerate(self.classes))
+
+    def best_config(self, k: int) -> ParallelConfig | None:
+        """The configuration of a ``k``-GPU replica with the lowest mix-weighted mean
+        latency, among the best ``KEEP_PER_CLASS`` of each class's planner search on ``k``
+        GPUs (``sim.search``, with its pruning); ``None`` when no configuration serves every
+        class. Cached per ``k``."""
+        if k not in self._best:
+            if k == 1:
+                options = [ParallelConfig(1)]
+            else:
+                options = []
+                for wl in self.workloads:
+                    warmups = sorted({min(w, wl.steps) for w in self.warmups})
+                    res = search(wl, self.cluster.gpu, self.cluster.topology(k), warmups,
+                                 self.scale, top=KEEP_PER_CLASS, per_family=1, only=k,
+                                 spec=self.spec)
+                    self.simulated += len(res.ranked)
+                    kept = [p.config for p in res.ranked if p.config.gpus == k and not p.oom]
+                    for cfg in kept[:KEEP_PER_CLASS]:
+                        if cfg not in options:
+                            options.append(cfg)
+            scored = [(self.mean_latency(cfg), i, cfg) for i, cfg in enumerate(options)]
+            scored = [s for s in scored if math.isfinite(s[0])]
+            self._best[k] = min(scored)[2] if scored else None
+        return self._best[k]
+
+    def reference(self, c: int) -> tuple[float, int]:
+        """The latency a ``Kx`` SLO multiplies for class ``c``, seconds, and the replica width
+        it is taken on: the isolated latency on the narrowest replica of this cluster that runs
+        the class (one GPU, serial, whenever the model fits on one). One reference for every
+        split, so that splits are compared under the same SLO."""
+        for k in range(1, self.cluster.gpus + 1):
+            if not self.cluster.fits(k):
+                continue
+            cfg = self.best_config(k)
+            if cfg is not None and math.isfinite(self.latency(cfg, c)):
+                return self.latency(cfg, c), k
+        raise UserError(f"class {self.names[c]} runs on no replica of this pool: it is out of "
+                        f"memory on every width up to {self.cluster.gpus} GPUs")
