@@ -107,16 +107,19 @@ class Topology:
 
     def all_to_all_efficiency(self, group: tuple[int, ...] | list[int]) -> float:
         """Fraction of the link rates an all-to-all among ``group`` achieves: on a PCIe host
-        many simultaneous peer flows through host memory and across the CPU sockets collapse
-        well below the sum of their links (``HostBus.many_to_many``, measured on 8-GPU
-        two-socket boxes). Inside one socket they do not (4x RTX 4090 through host memory:
-        all-to-all and all-reduce both at 18 GB/s, nccl #1603), nor over NVLink."""
+        many simultaneous peer flows through host memory that leave their CPU socket (across
+        the socket link, or out through a NIC) collapse well below the sum of their links
+        (``HostBus.many_to_many``, measured on 8-GPU two-socket boxes). Inside one socket
+        they do not (4x RTX 4090 through host memory: all-to-all and all-reduce both at
+        18 GB/s, nccl #1603), nor over NVLink."""
         eff = self.graph.graph.get("many_to_many")
         if eff is None or len(group) < 3:
             return 1.0
         router = self.graph.graph["router"]
         a = self.gpu_nodes[group[0]]
-        spans = any(self.graph.edges[e]["kind"] == "upi"
+        # Leaving the socket: over the socket link, or out through a NIC to another node.
+        spans = any(self.graph.edges[e]["kind"] in ("upi", "net")
+                    or e[0].endswith(".nic") or e[1].endswith(".nic")
                     for b in group[1:] for e in router(a, self.gpu_nodes[b]))
         return eff if spans else 1.0
 
