@@ -27,10 +27,12 @@ from sim.strategies import build_schedule  # noqa: E402
 from sim.trace import Trace, join_traces  # noqa: E402
 from tests.test_executor import (  # noqa: E402
     BASE,
+    HANG_GUARD_S,
     MODEL,
     RES,
     STEPS,
     TOL,
+    _launch_ranks,
     _rel_diff,
     _torchrun,
     pipeline_reference,
@@ -191,6 +193,28 @@ def test_collective_rows_are_the_strategies_calls(two, four):
     assert d["all_gather"] == layers + 1  # and the final latent
     hybrid = Counter(r.op for r in four["ulysses2_ring2"][2].rows if r.rank == 0)
     assert hybrid["all_to_all"] == hybrid["ring_kv_async"] == blocks
+
+
+# ---- faults --------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, fault, needle", [
+    # A peer that dies: gloo reports the closed connection inside the all-to-all at once.
+    ("--ulysses 2 --timeout 60", "1:2:exit",
+     "rank 0: all_to_all of ulysses (step 2, patch 0, layer 0) with ranks (0, 1) failed"),
+    # A peer that hangs: the ring round it never sends ends the wait at the timeout.
+    ("--ring 2 --timeout 3", "1:2:hang",
+     "rank 0: wait for ring (step 2, patch 0, layer 0) failed"),
+])
+def test_a_rank_lost_inside_a_collective_ends_the_run_naming_rank_and_op(flags, fault, needle):
+    procs = _launch_ranks([*BASE.split(), *flags.split()], 2, fault)
+    try:
+        err0 = procs[0].communicate(timeout=HANG_GUARD_S)[1]
+        assert procs[0].returncode == 1
+        assert needle in err0 and len(err0.strip().splitlines()) == 1
+    finally:
+        for p in procs:
+            if p.poll() is None:  # the hung rank: ours to end
+                p.kill()
+            p.communicate()
 
 
 # ---- bad input ------------------------------------------------------------------------------
