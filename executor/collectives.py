@@ -116,11 +116,12 @@ class Collectives:
         except Exception as e:  # noqa: BLE001 - gloo/NCCL raise RuntimeError and subclasses
             raise self.fail(op, e) from e
 
-    def issue(self, op: Collective, work, keep: object, nbytes: int) -> Pending:
+    def issue(self, op: Collective, work, keep: object) -> Pending:
         """Hand the asynchronous ``work`` of ``op`` to the watcher, which stamps its
         completion; ``keep`` stays alive with it (buffers)."""
         start = self.clock()
-        p = Pending(op.kind + OpKind.ASYNC_SUFFIX, -1, op.tag, nbytes, None, work, start,
+        sent = int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count))
+        p = Pending(op.kind + OpKind.ASYNC_SUFFIX, -1, op.tag, sent, None, work, start,
                     group=op.group, keep=keep)
         self.comm.watch(p)
         return p
@@ -253,7 +254,7 @@ class BlockOps:
                                             dist.P2POp(dist.irecv, buf, prev, group)])
         except Exception as e:  # noqa: BLE001
             raise self.coll.fail(op, e) from e
-        p = self.coll.issue(op, _Works(works), (kv, buf), kv.numel() * kv.element_size())
+        p = self.coll.issue(op, _Works(works), (kv, buf))
         self.ring.append(p)
         if self.calls[i] == 0:
             self.first[i] = p.start_s
@@ -295,7 +296,7 @@ class BlockOps:
             work = dist.all_gather(out, kv, group=self.coll.group(op), async_op=True)
         except Exception as e:  # noqa: BLE001
             raise self.coll.fail(op, e) from e
-        p = self.coll.issue(op, work, (kv, out), 0)
+        p = self.coll.issue(op, work, (kv, out))
         self.coll.pending[op.tag] = (op, p, out)
         self.calls[i] += 1
         self.switch(back)
@@ -323,10 +324,8 @@ class BlockOps:
         self.switch(self.proj)
         for i, op in enumerate(self.ops):
             if isinstance(op, Collective):
-                want = op.count if op.kind != OpKind.RING_KV else \
-                    op.count * (len(op.group) - 1)
-                if op.kind == OpKind.ALL_GATHER:
-                    want = 1
+                # A ring rotation is R-1 rounds of point-to-point exchanges.
+                want = op.count * (len(op.group) - 1 if op.kind == OpKind.RING_KV else 1)
                 if self.calls[i] != want:
                     raise RuntimeError(f"rank {self.coll.rank}: {describe(op)} stands for "
                                        f"{want} call(s) but the block made {self.calls[i]}")
