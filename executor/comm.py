@@ -143,12 +143,13 @@ class Comm:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._send_w = _Watcher(f"send-watch-{rank}", clock, poll, self.describe)
         self._recv_w = _Watcher(f"recv-watch-{rank}", clock, poll, self.describe)
-        # Asynchronous collectives (ring rounds, DistriFusion's K,V gathers): their own
-        # watcher, so their stamps do not queue behind the messages'.
-        self._coll_w = _Watcher(f"collective-watch-{rank}", clock, poll, self.describe)
         self._send_w.start()
         self._recv_w.start()
-        self._coll_w.start()
+        self._poll = poll
+        # Asynchronous collectives (ring rounds, DistriFusion's K,V gathers) get their own
+        # watcher, so their stamps do not queue behind the messages'; started on first use,
+        # so message-only runs keep two threads.
+        self._coll_w: _Watcher | None = None
         self.sends: list[Pending] = []
         self.recvs: dict[Tag, Pending] = {}
         self.finished: list[Pending] = []
@@ -181,6 +182,10 @@ class Comm:
     def watch(self, p: Pending) -> None:
         """Have the collective watcher stamp the completion of ``p`` (an asynchronous
         collective's work); a failure ends the process with a line naming the op."""
+        if self._coll_w is None:
+            self._coll_w = _Watcher(f"collective-watch-{self.rank}", self.clock, self._poll,
+                                    self.describe)
+            self._coll_w.start()
         self._coll_w.q.put(p)
 
     def is_posted(self, tag: Tag) -> bool:
@@ -232,4 +237,5 @@ class Comm:
         """Stop the watcher threads (after every message has been waited for)."""
         self._send_w.q.put(None)
         self._recv_w.q.put(None)
-        self._coll_w.q.put(None)
+        if self._coll_w is not None:
+            self._coll_w.q.put(None)
