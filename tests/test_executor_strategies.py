@@ -157,16 +157,19 @@ def _predicted(world: int, degrees: dict) -> Trace:
     return predict(predict_parser().parse_args(argv)).trace
 
 
-@pytest.mark.parametrize("name", ["cfg2", "ulysses2", "ring2", "tensor2", "distrifusion2_w1"])
-def test_trace_has_a_row_per_op_that_joins_the_prediction(two, name):
-    _, summary, trace = two[name]
-    degrees = TWO[name][1]
-    sched = _schedule(2, degrees)
+@pytest.mark.parametrize("world, name", [
+    (2, "cfg2"), (2, "ulysses2"), (2, "ring2"), (2, "tensor2"), (2, "distrifusion2_w1"),
+    (4, "ulysses2_ring2"), (4, "pipefusion2_ulysses2_w1"), (4, "cfg2_tensor2"),
+])
+def test_trace_has_a_row_per_op_that_joins_the_prediction(two, four, world, name):
+    _, summary, trace = (two if world == 2 else four)[name]
+    degrees = (TWO if world == 2 else FOUR)[name][1]
+    sched = _schedule(world, degrees)
     for rank, ops in enumerate(sched.ranks):
         assert sum(1 for r in trace.rows if r.rank == rank) == len(ops)
     assert {r.source for r in trace.rows} == {"measured"}
     assert all(r.end_s >= r.start_s >= 0 for r in trace.rows)
-    predicted = _predicted(2, degrees)
+    predicted = _predicted(world, degrees)
     assert Counter(r.op for r in trace.rows) == Counter(r.op for r in predicted.rows)
     pairs = join_traces(trace, predicted)
     assert len(pairs) == len(trace.rows)  # every measured row meets its predicted one
