@@ -307,7 +307,18 @@ def _columns(linear: nn.Linear, lo: int, hi: int) -> nn.Linear:
 
 def shard_block(block: nn.Module, t: int, T: int, slot: BlockSlot) -> None:
     """Keep tensor-parallel rank ``t`` of ``T``'s share of a PixArt ``BasicTransformerBlock``
-    (in place): heads ``t*H/T..`` of both attentions and the matching MLP columns."""
+    (in place): heads ``t*H/T..`` of both attentions and the matching MLP columns. A block
+    already sharded so (an earlier run of the same process) only has its layers re-pointed at
+    ``slot``."""
+    done = getattr(block, "tensor_shard", None)
+    if done == (t, T):
+        for m in block.modules():
+            if isinstance(m, RowShardLinear):
+                m.slot = slot
+        return
+    if done is not None:
+        raise ValueError(f"block already sharded as {done}, not ({t}, {T})")
+    block.tensor_shard = (t, T)
     for attn in (block.attn1, block.attn2):
         heads = attn.heads
         d = attn.to_q.out_features // heads

@@ -42,7 +42,8 @@ TWO = {  # name -> (executor flags, ParallelConfig degrees); two CPU processes e
     "cfg2": ("--cfg 2", dict(cfg=2)),
     "ulysses2": ("--ulysses 2", dict(ulysses=2)),
     "ring2": ("--ring 2", dict(ring=2)),
-    "tensor2": ("--tensor 2", dict(tensor=2)),
+    # Two runs: every run of a process starts from the same state (the shards included).
+    "tensor2": ("--tensor 2 --runs 2", dict(tensor=2)),
     "distrifusion2_w8": ("--distrifusion 2 --warmup 8", dict(distrifusion=2, warmup=8)),
     "distrifusion2_w0": ("--distrifusion 2 --warmup 0", dict(distrifusion=2, warmup=0)),
     "distrifusion2_w1": ("--distrifusion 2 --warmup 1", dict(distrifusion=2, warmup=1)),
