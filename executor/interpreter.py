@@ -1,6 +1,7 @@
-"""The interpreter: performs one rank's ops of a PipeFusion schedule with a diffusers PixArt
-transformer, exactly as ``PixArtAlphaPipeline.__call__`` would compute them, and records a trace
-row per op (the columns of ``sim.trace``, ``source = "measured"``).
+"""The interpreter: performs one rank's ops of a schedule (PipeFusion, CFG, Ulysses, ring,
+tensor, DistriFusion and their hybrids) with a diffusers PixArt transformer, exactly as
+``PixArtAlphaPipeline.__call__`` would compute them up to float32 reordering, and records a
+trace row per op (the columns of ``sim.trace``, ``source = "measured"``).
 
 What each op does on its rank (docs/design.md, sections PipeFusion and Executor):
 
@@ -15,6 +16,16 @@ What each op does on its rank (docs/design.md, sections PipeFusion and Executor)
   timesteps, own model-output history. The multistep update is elementwise, so this equals the
   full-latent step restricted to the patch; a full-image step is split into the patch bands.
 - ``Send`` / ``Recv``: ``executor.comm``; receives are posted ahead within a byte budget.
+- a ``blocks`` op whose block holds collectives (Ulysses, ring, tensor, DistriFusion) runs with
+  the ops that follow it for the same block as one unit: the processors and sharded layers
+  (``executor.parallel_attention``) make the calls, ``executor.collectives.BlockOps`` times
+  them per op.
+- ``Collective`` (cfg): the halves' noise predictions gathered and combined; (latent): the
+  final latent gathered onto the decoding rank.
+
+Under CFG parallelism each half runs a batch of one with its own prompt; under Ulysses and
+ring a rank holds runs of tokens (``executor.tokens``), so its latents, embeddings, noise and
+scheduler steps use a token layout.
 
 The timestep and caption conditioning are cheap, so every stage computes them itself instead of
 receiving them.
