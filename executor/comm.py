@@ -70,6 +70,8 @@ class Pending:
     end_s: float = -1.0
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    group: tuple[int, ...] = ()  # members of an asynchronous collective (peer is -1)
+    keep: object = None  # buffers an asynchronous collective reads or writes
 
 
 # How long a watcher lets gloo wait: practically forever. The user's timeout is enforced by the
@@ -143,6 +145,11 @@ class Comm:
         self._recv_w = _Watcher(f"recv-watch-{rank}", clock, poll, self.describe)
         self._send_w.start()
         self._recv_w.start()
+        self._poll = poll
+        # Asynchronous collectives (ring rounds, DistriFusion's K,V gathers) get their own
+        # watcher, so their stamps do not queue behind the messages'; started on first use,
+        # so message-only runs keep two threads.
+        self._coll_w: _Watcher | None = None
         self.sends: list[Pending] = []
         self.recvs: dict[Tag, Pending] = {}
         self.finished: list[Pending] = []
@@ -171,6 +178,15 @@ class Comm:
         p = Pending(OpKind.RECV, src, tag, buf.numel() * buf.element_size(), buf, work, start)
         self.recvs[tag] = p
         self._recv_w.q.put(p)
+
+    def watch(self, p: Pending) -> None:
+        """Have the collective watcher stamp the completion of ``p`` (an asynchronous
+        collective's work); a failure ends the process with a line naming the op."""
+        if self._coll_w is None:
+            self._coll_w = _Watcher(f"collective-watch-{self.rank}", self.clock, self._poll,
+                                    self.describe)
+            self._coll_w.start()
+        self._coll_w.q.put(p)
 
     def is_posted(self, tag: Tag) -> bool:
         """Whether the receive of ``tag`` has been posted and not yet consumed."""
@@ -204,11 +220,16 @@ class Comm:
             raise CommError(self.describe(p)) from p.error
 
     def describe(self, p: Pending) -> str:
-        """One line naming this rank, the peer and the message that failed."""
-        verb = "send to" if p.kind == OpKind.SEND else "receive from"
+        """One line naming this rank, the peer (or the group) and the message that failed."""
         reason = str(p.error).strip().splitlines()[0] if str(p.error).strip() else \
             type(p.error).__name__
         reason = reason.split(". This is typically")[0]  # gloo appends generic advice
+        if p.kind not in (OpKind.SEND, OpKind.RECV):
+            t = p.tag
+            return (f"rank {self.rank}: {p.kind} of {t.what} (step {t.step}, patch {t.patch}, "
+                    f"layer {t.layer}) with ranks {p.group} failed: a peer died, hung or "
+                    f"timed out ({reason})")
+        verb = "send to" if p.kind == OpKind.SEND else "receive from"
         return (f"rank {self.rank}: {verb} rank {p.peer} of {p.tag.what} (step {p.tag.step}, "
                 f"patch {p.tag.patch}) failed: rank {p.peer} died, hung or timed out ({reason})")
 
@@ -216,3 +237,5 @@ class Comm:
         """Stop the watcher threads (after every message has been waited for)."""
         self._send_w.q.put(None)
         self._recv_w.q.put(None)
+        if self._coll_w is not None:
+            self._coll_w.q.put(None)

@@ -1,6 +1,7 @@
-"""The interpreter: performs one rank's ops of a PipeFusion schedule with a diffusers PixArt
-transformer, exactly as ``PixArtAlphaPipeline.__call__`` would compute them, and records a trace
-row per op (the columns of ``sim.trace``, ``source = "measured"``).
+"""The interpreter: performs one rank's ops of a schedule (PipeFusion, CFG, Ulysses, ring,
+tensor, DistriFusion and their hybrids) with a diffusers PixArt transformer, exactly as
+``PixArtAlphaPipeline.__call__`` would compute them up to float32 reordering, and records a
+trace row per op (the columns of ``sim.trace``, ``source = "measured"``).
 
 What each op does on its rank (docs/design.md, sections PipeFusion and Executor):
 
@@ -15,6 +16,16 @@ What each op does on its rank (docs/design.md, sections PipeFusion and Executor)
   timesteps, own model-output history. The multistep update is elementwise, so this equals the
   full-latent step restricted to the patch; a full-image step is split into the patch bands.
 - ``Send`` / ``Recv``: ``executor.comm``; receives are posted ahead within a byte budget.
+- a ``blocks`` op whose block holds collectives (Ulysses, ring, tensor, DistriFusion) runs with
+  the ops that follow it for the same block as one unit: the processors and sharded layers
+  (``executor.parallel_attention``) make the calls, ``executor.collectives.BlockOps`` times
+  them per op.
+- ``Collective`` (cfg): the halves' noise predictions gathered and combined; (latent): the
+  final latent gathered onto the decoding rank.
+
+Under CFG parallelism each half runs a batch of one with its own prompt; under Ulysses and
+ring a rank holds runs of tokens (``executor.tokens``), so its latents, embeddings, noise and
+scheduler steps use a token layout.
 
 The timestep and caption conditioning are cheap, so every stage computes them itself instead of
 receiving them.
@@ -28,10 +39,22 @@ from dataclasses import dataclass, field
 
 import torch
 
+from executor.collectives import BlockOps, Collectives, Groups
 from executor.comm import Comm
 from executor.kv_attention import PatchWindow, StaleKVAttnProcessor
-from sim.schedule import Compute, OpKind, Recv, Schedule, Send
+from executor.parallel_attention import (
+    BlockSlot,
+    DistriFusionAttnProcessor,
+    SeqGeometry,
+    SequenceParallelAttnProcessor,
+    shard_block,
+)
+from executor.tokens import Ranges, TokenPlan, count, put, take, to_image, to_tokens
+from sim.schedule import Collective, Compute, Op, OpKind, Recv, Schedule, Send, Wait
 from sim.trace import TraceRow
+
+# Collective tags performed inside a block (``executor.collectives.BlockOps``).
+BLOCK_TAGS = ("ulysses", "ring", "tensor", "kv")
 
 
 @dataclass
@@ -71,22 +94,36 @@ class StageExecutor:
 
     def __init__(self, net, sched: Schedule, rank: int, prompts: PromptInputs, seed: int,
                  guidance_scale: float, scheduler, device: torch.device, dtype: torch.dtype,
-                 comm: Comm | None = None, fault: tuple[int, int, str] | None = None) -> None:
+                 comm: Comm | None = None, fault: tuple[int, int, str] | None = None,
+                 groups: Groups | None = None) -> None:
         self.net = net
         self.sched = sched
         self.rank = rank
         self.ops = sched.ranks[rank]
-        stage = sched.layout.stage(rank)
+        layout = sched.layout
+        at = layout.coords(rank)
+        stage = at.stage
         self.first_layer, self.last_layer = sched.stage_layers[stage]
         self.is_first = stage == 0
         self.is_last = stage == len(sched.stage_layers) - 1
+        # The rank that ends up with the whole final latent (the simulator's VAE rank).
+        self.holds_result = rank == layout.rank(stage=len(sched.stage_layers) - 1)
+        self.cfg_half = at.cfg if layout.cfg > 1 else -1  # -1: both halves in the batch
+        self.seq = layout.ulysses * layout.ring
+        self.seq_pos = at.ring * layout.ulysses + at.ulysses
+        self.distrifusion = layout.patches > 1
+        # Collectives inside blocks: each block runs as one unit of ops (``_run_unit``).
+        self.block_units = self.seq > 1 or layout.tensor > 1 or self.distrifusion
         self.device = device
         self.dtype = dtype
         self.comm = comm
         self.fault = fault
         self.guidance_scale = guidance_scale
         self.cfg = guidance_scale > 1.0  # as the pipeline: no guidance batch at scale <= 1
-        self.batch = 2 if self.cfg else 1
+        if self.cfg_half >= 0 and not self.cfg:
+            raise ValueError("CFG parallelism needs a guidance scale above 1")
+        # Under CFG parallelism each half's ranks run a batch of one (0: unconditional).
+        self.batch = 2 if self.cfg and self.cfg_half < 0 else 1
         self.p = net.config.patch_size
         self.rows = sum(sched.patch_rows)
         self.cols = sched.token_cols
@@ -98,7 +135,10 @@ class StageExecutor:
         # --- conditioning inputs, prepared as PixArtAlphaPipeline.__call__ does -------------
         pe = prompts.prompt_embeds.to(device=device, dtype=dtype)
         pm = prompts.prompt_attention_mask.to(device)
-        if self.cfg:
+        if self.cfg_half == 0:
+            pe = prompts.negative_prompt_embeds.to(device=device, dtype=dtype)
+            pm = prompts.negative_prompt_attention_mask.to(device)
+        elif self.cfg and self.cfg_half < 0:
             ne = prompts.negative_prompt_embeds.to(device=device, dtype=dtype)
             nm = prompts.negative_prompt_attention_mask.to(device)
             pe = torch.cat([ne, pe], dim=0)
@@ -114,7 +154,7 @@ class StageExecutor:
             res = torch.tensor([sched.height, sched.width]).repeat(1, 1)
             ar = torch.tensor([float(sched.height / sched.width)]).repeat(1, 1)
             res, ar = res.to(dtype=dtype, device=device), ar.to(dtype=dtype, device=device)
-            if self.cfg:
+            if self.batch == 2:
                 res, ar = torch.cat([res, res]), torch.cat([ar, ar])
             self.added_cond = {"resolution": res, "aspect_ratio": ar}
 
@@ -137,14 +177,30 @@ class StageExecutor:
         # --- positional table of the full image (stage 0) -------------------------------------
         self.pos_table = self._full_pos_table() if self.is_first else None
 
-        # --- stale K,V processors -------------------------------------------------------------
+        # --- attention processors and sharded layers -----------------------------------------
+        self.tokens = TokenPlan(self.rows, self.cols, tuple(sched.patch_rows), self.seq)
         self.window = PatchWindow(0, self.full_tokens)
-        self.kv_procs: list[StaleKVAttnProcessor] = []
-        if sched.patches > 1 and sched.warmup < sched.steps:
-            for blk in self.blocks:
+        self.slot = BlockSlot()
+        self.kv_procs: list = []
+        stale = sched.patches > 1 and sched.warmup < sched.steps and not self.distrifusion
+        for blk in self.blocks:
+            if layout.tensor > 1:
+                shard_block(blk, at.tensor, layout.tensor, self.slot)
+            if self.distrifusion:
+                bands = [self.tokens.patch_range(d) for d in range(layout.patches)]
+                proc = DistriFusionAttnProcessor(self.slot, bands[at.patch], bands)
+            elif self.seq > 1:
+                geo = SeqGeometry(self.tokens, layout.ulysses, layout.ring, at.ulysses, at.ring,
+                                  layout.group(rank, "ring"))
+                proc = SequenceParallelAttnProcessor(self.slot, geo, stale)
+            elif stale:
                 proc = StaleKVAttnProcessor(self.window)
-                blk.attn1.set_processor(proc)
-                self.kv_procs.append(proc)
+            else:
+                continue
+            blk.attn1.set_processor(proc)
+            self.kv_procs.append(proc)
+        self.coll = Collectives(rank, groups or {}, comm, comm.clock, None) \
+            if comm is not None else None
 
         self._cond_step = -1
         self._temb: torch.Tensor | None = None
@@ -215,18 +271,37 @@ class StageExecutor:
             self._next_post += 1
 
     # ---- the ops -----------------------------------------------------------------------------
-    def embed(self, step: int, patch: int) -> None:
-        """Patch embedding of the patch's latent band plus its positional rows."""
-        self._conditioning(step)
-        lo, hi = self._band(patch)
+    def _owned(self, patch: int) -> Ranges:
+        """Token ranges this rank holds of ``patch`` (``executor.tokens``)."""
+        return self.tokens.owned(patch, self.seq_pos)
+
+    def _embed_rows(self, lo: int, hi: int) -> torch.Tensor:
+        """Embedded tokens of latent rows ``lo..hi`` (pixels), without positions."""
         lat = self.latent[:, :, lo:hi]
-        x = torch.cat([lat] * 2) if self.cfg else lat
+        x = torch.cat([lat] * self.batch) if self.batch > 1 else lat
         pe = self.net.pos_embed
         x = pe.proj(x)
         if pe.flatten:
             x = x.flatten(2).transpose(1, 2)
         if pe.layer_norm:
             x = pe.norm(x)
+        return x
+
+    def embed(self, step: int, patch: int) -> None:
+        """Patch embedding of the patch's latent band (or, sequence parallel, of this rank's
+        runs of tokens) plus its positional rows."""
+        self._conditioning(step)
+        if self.seq > 1:
+            parts = []
+            for a, b in self._owned(patch):
+                r0, r1 = a // self.cols, -(-b // self.cols)  # the rows covering the run
+                x = self._embed_rows(r0 * self.p, r1 * self.p)
+                x = x[:, a - r0 * self.cols:b - r0 * self.cols]
+                parts.append((x + self.pos_table[:, a:b]).to(x.dtype))
+            self.h = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            return
+        lo, hi = self._band(patch)
+        x = self._embed_rows(lo, hi)
         t0 = lo // self.p * self.cols
         t1 = hi // self.p * self.cols
         self.h = (x + self.pos_table[:, t0:t1]).to(x.dtype)
@@ -256,19 +331,72 @@ class StageExecutor:
         h = h * (1 + scale.to(h.device)) + shift.to(h.device)
         h = net.proj_out(h).squeeze(1)
         oc = net.out_channels
-        h = h.reshape(shape=(-1, rows, self.cols, self.p, self.p, oc))
-        h = torch.einsum("nhwpqc->nchpwq", h)
-        noise = h.reshape(shape=(-1, oc, rows * self.p, self.cols * self.p))
-        if self.cfg:
+        if self.seq > 1:
+            # Token layout (B, oc, tokens, p*p): a run of tokens need not be whole rows.
+            n = h.shape[1]
+            noise = h.reshape(-1, n, self.p, self.p, oc).permute(0, 4, 1, 2, 3)
+            noise = noise.reshape(-1, oc, n, self.p * self.p)
+        else:
+            h = h.reshape(shape=(-1, rows, self.cols, self.p, self.p, oc))
+            h = torch.einsum("nhwpqc->nchpwq", h)
+            noise = h.reshape(shape=(-1, oc, rows * self.p, self.cols * self.p))
+        if net.config.out_channels // 2 == self.latent_channels:
+            # The learned-sigma split first: guidance is elementwise, so this commutes with it.
+            noise = noise.chunk(2, dim=1)[0]
+        if self.batch == 2:
             uncond, text = noise.chunk(2)
             noise = uncond + self.guidance_scale * (text - uncond)
-        if net.config.out_channels // 2 == self.latent_channels:
-            noise = noise.chunk(2, dim=1)[0]
-        self.noise = noise
+        self.noise = noise  # under CFG parallelism one half's, combined by the cfg gather
+
+    def cfg_gather(self, op: Collective) -> None:
+        """CFG parallelism: gather both halves' noise predictions and combine them as the
+        pipeline does (member 0 holds the unconditional half)."""
+        uncond, text = self.coll.all_gather(op, self.noise)
+        self.noise = uncond + self.guidance_scale * (text - uncond)
+
+    def latent_gather(self, op: Collective) -> None:
+        """The final latent onto every holder: DistriFusion's bands, or the runs of a stage's
+        sequence-parallel ranks."""
+        layout = self.sched.layout
+        if self.distrifusion:
+            bands = [self._band(d) for d in range(layout.patches)]
+            pad = max(hi - lo for lo, hi in bands)
+            lo, hi = self._band(layout.coords(self.rank).patch)
+            mine = self.latent[:, :, lo:hi]
+            mine = torch.nn.functional.pad(mine, (0, 0, 0, pad - (hi - lo)))
+            for (a, b), part in zip(bands, self.coll.all_gather(op, mine)):
+                self.latent[:, :, a:b] = part[:, :, :b - a]
+            return
+        tok = to_tokens(self.latent, self.p)
+        mine = take(tok, self._owned(-1), 2)
+        for member, part in zip(op.group, self.coll.all_gather(op, mine)):
+            at = layout.coords(member)
+            put(tok, self.tokens.owned(-1, at.ring * layout.ulysses + at.ulysses), 2, part)
+        self.latent = to_image(tok, self.p, self.rows, self.cols)
+
+    def _latent_tokens(self, ranges: Ranges) -> torch.Tensor:
+        """This rank's latent elements of ``ranges``, ``(1, C, tokens, p*p)``."""
+        return take(to_tokens(self.latent, self.p), ranges, 2).contiguous()
+
+    def _set_latent_tokens(self, ranges: Ranges, values: torch.Tensor) -> None:
+        tok = to_tokens(self.latent, self.p)
+        put(tok, ranges, 2, values)
+        self.latent = to_image(tok, self.p, self.rows, self.cols)
 
     def scheduler_step(self, step: int, patch: int) -> None:
         """Multistep update of the patch (or of every patch band, for a full-image step)."""
         t = self.timesteps[step]
+        if self.seq > 1:
+            # Each run belongs to one patch and keeps its scheduler (``executor.tokens``).
+            at = 0
+            for a, b in self._owned(patch):
+                j = self.tokens.patch_of(a)
+                noise = self.noise[:, :, at:at + b - a].contiguous()
+                sample = self._latent_tokens([(a, b)])
+                out = self.schedulers[j].step(noise, t, sample, return_dict=False)[0]
+                self._set_latent_tokens([(a, b)], out)
+                at += b - a
+            return
         patches = range(self.sched.patches) if patch < 0 else [patch]
         base, _ = self._band(patch)
         for j in patches:
@@ -287,13 +415,24 @@ class StageExecutor:
         rank = self.rank
         clock = time.perf_counter
         fault = self.fault
+        if self.coll is not None:
+            self.coll.sync = sync
+        ops = self.ops
+        i = 0
         with torch.no_grad():
-            for op in self.ops:
+            while i < len(ops):
+                op = ops[i]
+                i += 1
                 if self.comm is not None:
                     self._post_ahead()
                 if isinstance(op, Compute):
                     if fault is not None and fault[0] == rank and fault[1] == op.step:
                         _inject(fault[2], rank)
+                    if op.kind == OpKind.BLOCKS and self.block_units:
+                        end = _unit_end(ops, i - 1)
+                        rows += self._run_unit(ops[i - 1:end])
+                        i = end
+                        continue
                     start = clock() - origin
                     if op.kind == OpKind.CONDITION:
                         self._conditioning(op.step)
@@ -316,8 +455,12 @@ class StageExecutor:
                     self._send(op)
                 elif isinstance(op, Recv):
                     self._recv(op)
+                elif isinstance(op, Collective) and op.tag.what == "cfg":
+                    self.cfg_gather(op)
+                elif isinstance(op, Collective) and op.tag.what == "latent":
+                    self.latent_gather(op)
                 else:
-                    raise TypeError(f"the executor cannot perform {op!r}")
+                    raise TypeError(f"the executor cannot perform {op!r} here")
             if self.comm is not None:
                 self.comm.wait_sends()
         if sync is not None:
@@ -327,14 +470,29 @@ class StageExecutor:
             for p in self.comm.finished:
                 rows.append(TraceRow.for_message(rank, p.kind, p.tag, p.start_s, p.end_s,
                                                  p.nbytes, p.peer, "measured"))
-        latents = self.latent.detach().to("cpu") if self.is_last else None
+        if self.coll is not None:
+            rows += self.coll.rows
+        latents = self.latent.detach().to("cpu") if self.holds_result else None
         return RankResult(rank, loop_s, rows, latents,
                           sum(p.nbytes for p in self.kv_procs))
+
+    def _run_unit(self, ops: list[Op]) -> list[TraceRow]:
+        """One block with the collectives inside it (``executor.collectives.BlockOps``): the
+        processors and sharded layers make the calls, the rows come back per op."""
+        first = ops[0]
+        self.slot.patch = first.patch
+        self.slot.ops = BlockOps(self.coll, ops)
+        self.run_blocks(first.step, first.patch, first.layers)
+        rows = self.slot.ops.finish()
+        self.slot.ops = None
+        return rows
 
     def _send(self, op: Send) -> None:
         what = op.tag.what
         if what == "hidden":
             tensor = self.h
+        elif what == "latent" and self.seq > 1:
+            tensor = self._latent_tokens(self._owned(op.tag.patch)).reshape(op.shape)
         elif what == "latent":
             lo, hi = self._band(op.tag.patch)
             tensor = self.latent[:, :, lo:hi]
@@ -350,6 +508,10 @@ class StageExecutor:
         what = op.tag.what
         if what == "hidden":
             self.h = data
+        elif what == "latent" and self.seq > 1:
+            ranges = self._owned(op.tag.patch)
+            shape = (1, self.latent_channels, count(ranges), self.p * self.p)
+            self._set_latent_tokens(ranges, data.reshape(shape))
         elif what == "latent":
             lo, hi = self._band(op.tag.patch)
             self.latent[:, :, lo:hi] = data
@@ -361,12 +523,23 @@ class StageExecutor:
 LOOP_KINDS = tuple(k for k in OpKind.COMPUTE if k not in OpKind.OUTSIDE_LOOP)
 
 
+# Collectives the executor performs, by tag: (kinds, where).
+PERFORMED = {
+    "ulysses": ((OpKind.ALL_TO_ALL,), "block"),
+    "ring": ((OpKind.RING_KV,), "block"),
+    "tensor": ((OpKind.ALL_REDUCE,), "block"),
+    "kv": ((OpKind.ALL_GATHER,), "block"),
+    "cfg": ((OpKind.ALL_GATHER,), "loop"),
+    "latent": ((OpKind.ALL_GATHER,), "loop"),
+}
+
+
 def unsupported_ops(sched: Schedule) -> str | None:
-    """Why the executor cannot run ``sched`` (``None`` if it can): it performs PipeFusion's
-    point-to-point ops and whole-block computes, not collectives or sharded blocks. First
-    checks the schedule contract as the engine does (matched messages, no deadlock), so a
-    broken schedule raises ``ScheduleError`` before any process starts instead of hanging
-    until the timeout."""
+    """Why the executor cannot run ``sched`` (``None`` if it can): it performs PixArt's
+    messages (hidden states, latents), whole, split (``proj``/``attn``) and tensor-sharded
+    blocks, and the collectives of ``PERFORMED``. First checks the schedule contract as the
+    engine does (matched messages, no deadlock), so a broken schedule raises ``ScheduleError``
+    before any process starts instead of hanging until the timeout."""
     sched.validate()
     sched.check_progress()
     for rank, ops in enumerate(sched.ranks):
@@ -377,11 +550,32 @@ def unsupported_ops(sched: Schedule) -> str | None:
             elif isinstance(op, Compute):
                 if op.kind not in LOOP_KINDS:
                     return f"rank {rank} has a '{op.kind}' op outside the denoising loop"
-                if getattr(op, "part", "all") != "all" or getattr(op, "shard", 1) != 1:
-                    return f"rank {rank} runs sharded blocks (sequence or tensor parallel)"
+            elif isinstance(op, Collective | Wait):
+                kinds, _ = PERFORMED.get(op.tag.what, ((), ""))
+                if isinstance(op, Collective) and op.kind not in kinds:
+                    return (f"rank {rank} has a {op.kind} of '{op.tag.what}' tensors, which "
+                            "the executor does not perform")
             else:
-                return f"rank {rank} has a {type(op).__name__} op (collectives)"
+                return f"rank {rank} has a {type(op).__name__} op"
     return None
+
+
+def _unit_end(ops: list[Op], start: int) -> int:
+    """Index after the block unit that starts with the ``blocks`` compute at ``start``: its
+    collectives and waits, its ``attn`` part, up to the next block or the block's end."""
+    first = ops[start]
+    j = start + 1
+    while j < len(ops):
+        op = ops[j]
+        if isinstance(op, Collective | Wait) and op.tag.what in BLOCK_TAGS \
+                and op.tag.layer == first.layers[0]:
+            j += 1
+        elif isinstance(op, Compute) and op.kind == OpKind.BLOCKS and op.part == "attn" \
+                and op.layers == first.layers:
+            j += 1
+        else:
+            break
+    return j
 
 
 def _inject(mode: str, rank: int) -> None:

@@ -70,17 +70,26 @@ def plan_run(args: argparse.Namespace, world_size: int) -> RunPlan:
                    ("--chrome-trace", args.chrome_trace)])
     steps = args.steps if args.steps is not None else model.default_steps
     wl = Workload(model, height, width, steps, dtype=dtype, text_encoder=False, vae=False)
-    cfg = ParallelConfig(gpus=world_size,
-                         pipefusion=args.pipefusion if args.pipefusion is not None
-                         else world_size,
-                         patches=args.patches if args.patches is not None else world_size,
-                         warmup=args.warmup, stage_blocks=stage_blocks)
+    degrees = dict(cfg=args.cfg, ulysses=args.ulysses, ring=args.ring, tensor=args.tensor,
+                   distrifusion=args.distrifusion)
+    # sim.predict's rule: PipeFusion takes the GPUs the other degrees leave.
+    others = args.ulysses * args.ring * args.tensor * args.cfg * args.distrifusion
+    pipefusion = args.pipefusion
+    if pipefusion is None:
+        pipefusion = world_size // others if others > 0 and world_size % others == 0 else 1
+    patches = args.patches if args.patches is not None else pipefusion
+    cfg = ParallelConfig(gpus=world_size, pipefusion=pipefusion, patches=patches,
+                         warmup=args.warmup, stage_blocks=stage_blocks, **degrees)
     sched = build_schedule(wl, cfg)
+    if args.cfg > 1 and not args.guidance_scale > 1.0:
+        raise UserError(f"--cfg 2 splits the guidance batch, which the pipeline only runs at "
+                        f"a guidance scale above 1 (got --guidance-scale "
+                        f"{args.guidance_scale:g}); use --cfg 1 or a larger scale")
     if args.prompt_embeds:
         load_prompts(args.prompt_embeds, model)  # a bad file fails here, before start-up
     why = unsupported_ops(sched)
     if why:
-        raise UserError(f"the executor runs PipeFusion schedules only: {why}")
+        raise UserError(f"the executor cannot run this schedule: {why}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
     return RunPlan(model, wl, cfg, sched, args.device, dtype, args.model_dir)

@@ -1,4 +1,4 @@
-"""Run a PipeFusion schedule for real: ``torchrun --nproc_per_node N -m executor.run [options]``
+"""Run a parallel schedule for real: ``torchrun --nproc_per_node N -m executor.run [options]``
 (or ``python -m executor.run`` for one process). This module is the command line; the request
 is checked in ``executor.request``, run in ``executor.runtime`` and summarised in
 ``executor.summary``.
@@ -32,10 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of ``executor.run``."""
     p = parser(
         "executor.run",
-        "Run PipeFusion (the schedule sim builds) on torch.distributed with a "
-        "diffusers PixArt transformer, and record a measured trace. Launch with "
-        "torchrun --nproc_per_node N -m executor.run ...; the pipeline degree is "
-        "the world size.")
+        "Run a parallel schedule sim builds (PipeFusion, Ulysses, ring, tensor, CFG, "
+        "DistriFusion and their hybrids) on torch.distributed with a diffusers PixArt "
+        "transformer, and record a measured trace. Launch with torchrun "
+        "--nproc_per_node N -m executor.run ...; the degrees multiply to N.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="registry model built from its config with seeded random "
                      "weights (PixArt family: pixart-alpha, pixart-sigma, pixart-tiny, "
@@ -45,11 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", default="1024",
                    help="image size in pixels: N for NxN, or WIDTHxHEIGHT")
     p.add_argument("--steps", type=int, help="diffusion steps (default: the model's)")
-    p.add_argument("--patches", type=int, help="PipeFusion patches M (default: world size)")
+    p.add_argument("--patches", type=int, help="PipeFusion patches M (default: the "
+                   "PipeFusion degree)")
     p.add_argument("--warmup", type=int, default=1,
                    help="synchronous full-image warmup steps W")
     p.add_argument("--pipefusion", type=int,
-                   help="pipeline degree (default: the world size; must equal it)")
+                   help="PipeFusion degree (pipeline stages); default: the processes the "
+                   "other degrees leave, as sim.predict")
+    p.add_argument("--ulysses", type=int, default=1,
+                   help="Ulysses sequence-parallel degree (must divide the head count)")
+    p.add_argument("--ring", type=int, default=1, help="ring-attention degree")
+    p.add_argument("--tensor", type=int, default=1, help="tensor-parallel degree (Megatron)")
+    p.add_argument("--cfg", type=int, default=1, choices=[1, 2],
+                   help="2 runs the two guidance halves on two groups of processes")
+    p.add_argument("--distrifusion", type=int, default=1,
+                   help="DistriFusion degree (patch parallel; combines only with --cfg)")
     p.add_argument("--stage-blocks", help="blocks per stage, comma separated (default: "
                    "ceil(L/N) per stage)")
     p.add_argument("--seed", type=int, default=0,
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             c = summary["config"]
             print(f"{c['model']} {c['resolution'][0]}x{c['resolution'][1]} {c['steps']} steps, "
-                  f"{c['world_size']} rank(s), M={c['patches']} W={c['warmup']}: loop "
+                  f"{c['world_size']} rank(s), {c['label']}: loop "
                   f"{summary['latency_s']:.3f} s, peak memory {summary['peak_memory_gb']:.3f} "
                   f"GB ({summary['memory_kind']}; simulator predicts "
                   f"{summary['predicted_memory_gb']:.3f} GB)")

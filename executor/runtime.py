@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from diffusers.utils import logging as dlogging
 
+from executor.collectives import Groups, axis_groups, clear_groups
 from executor.comm import Comm
 from executor.diffusers_models import build_transformer, load_transformer
 from executor.host import steady_heap, trim_heap
@@ -29,8 +30,8 @@ from executor.summary import summarize
 
 FAULT_ENV = "DITSIM_EXECUTOR_FAULT"
 
-Groups = tuple[dist.ProcessGroup, dist.ProcessGroup, dist.ProcessGroup]
-_GROUPS: dict[tuple[int, str], Groups] = {}
+PointGroups = tuple[dist.ProcessGroup, dist.ProcessGroup, dist.ProcessGroup]
+_GROUPS: dict[tuple[int, str], PointGroups] = {}
 
 
 def _fault() -> tuple[int, int, str] | None:
@@ -60,12 +61,15 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     probe = PeakMemory(device)
     baseline = probe.current_bytes()
     fwd = back = ctl = None
+    groups: Groups = {}
     owns_pg = False
+    sched = plan.schedule
     if world > 1:
         owns_pg = not dist.is_initialized()
         fwd, back, ctl = process_groups(rank, world, device, args.timeout)
-
-    sched = plan.schedule
+        # The schedule's collective groups, built once (every rank, same order).
+        groups = axis_groups(sched.layout, args.timeout, "nccl" if device.type == "cuda"
+                             else "gloo")
     stage = sched.layout.stage(rank)
     first, last = sched.stage_layers[stage]
     if plan.model_dir:
@@ -93,7 +97,8 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
             comm = Comm(rank, sched.patches, plan.model.num_blocks, args.timeout, clock,
                         device, fwd=fwd, back=back)
         return comm, StageExecutor(net, sched, rank, prompts, args.seed, args.guidance_scale,
-                                   scheduler, device, tdtype, comm=comm, fault=_fault())
+                                   scheduler, device, tdtype, comm=comm, fault=_fault(),
+                                   groups=groups)
 
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     # Trimmed before the first run, not between runs: a trim hands the heap back to the OS and
@@ -133,6 +138,7 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
         if owns_pg:
             dist.destroy_process_group()
             _GROUPS.clear()
+            clear_groups()
     else:
         gathered = [mine]
     if rank != 0:
@@ -140,7 +146,8 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     return summarize(plan, model, args, gathered, probe.kind)
 
 
-def process_groups(rank: int, world: int, device: torch.device, timeout_s: float) -> Groups:
+def process_groups(rank: int, world: int, device: torch.device,
+                   timeout_s: float) -> PointGroups:
     """Initialise the default process group (``env://``, as torchrun sets it up) unless one
     exists, and return the executor's groups ``(fwd, back, ctl)``: separate groups for hidden
     states and latents (see ``executor.comm``) and a gloo group for control messages (barrier,

@@ -57,7 +57,8 @@ def summarize(plan: RunPlan, model: DiTModel, args: argparse.Namespace, gathered
                    ("--trace", args.trace, trace.write_csv),
                    ("--chrome-trace", args.chrome_trace, trace.write_chrome)])
     cfg = plan.config.as_dict()
-    cfg.update(model=model.name, resolution=[wl.height, wl.width], steps=wl.steps,
+    cfg.update(label=plan.config.label(), model=model.name,
+               resolution=[wl.height, wl.width], steps=wl.steps,
                dtype=plan.dtype, device=plan.device, world_size=world,
                patches=sched.patches, warmup=sched.warmup,
                stage_layers=[list(s) for s in sched.stage_layers],

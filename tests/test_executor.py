@@ -48,11 +48,12 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _torchrun(*args: str, nproc: int = 2, env: dict | None = None,
-              new_session: bool = False) -> subprocess.CompletedProcess:
+              new_session: bool = False, timeout: float | None = None
+              ) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", *args]
     return subprocess.run(cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True,
-                          timeout=HANG_GUARD_S, start_new_session=new_session)
+                          timeout=timeout or HANG_GUARD_S, start_new_session=new_session)
 
 
 def _free_port() -> int:
@@ -80,6 +81,11 @@ def _rel_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def reference() -> torch.Tensor:
+    """Final latents of diffusers' PixArtAlphaPipeline for the test workload."""
+    return pipeline_reference()
+
+
+def pipeline_reference() -> torch.Tensor:
     """Final latents of diffusers' PixArtAlphaPipeline for the test workload."""
     from executor.diffusers_models import build_transformer
     from executor.inputs import random_prompts

@@ -195,14 +195,58 @@ def test_plan_rejects_what_sim_rejects_with_the_same_message():
     assert isinstance(args, argparse.Namespace)
 
 
-def test_schedules_with_collectives_are_refused():
-    import dataclasses
+def test_every_pixart_strategy_is_accepted_and_other_ops_refused():
+    from dataclasses import replace
 
     from executor.interpreter import unsupported_ops
+    from sim.schedule import Collective, Tag
 
-    assert unsupported_ops(_schedule(world=2, patches=4, warmup=1)) is None
-    if "ulysses" not in {f.name for f in dataclasses.fields(ParallelConfig)}:
-        pytest.skip("this sim has no sequence parallelism")
     wl = Workload(TINY, 256, 256, 2, dtype="fp32", text_encoder=False, vae=False)
-    sched = build_schedule(wl, ParallelConfig(gpus=2, ulysses=2))
-    assert "collectives" in unsupported_ops(sched) or "sharded" in unsupported_ops(sched)
+    for degrees in (dict(pipefusion=2, patches=4, warmup=1), dict(ulysses=2), dict(ring=2),
+                    dict(tensor=2), dict(cfg=2), dict(distrifusion=2, warmup=1),
+                    dict(cfg=2, pipefusion=2, patches=2), dict(ulysses=2, ring=2)):
+        world = 1
+        for k in ("pipefusion", "ulysses", "ring", "tensor", "cfg", "distrifusion"):
+            world *= degrees.get(k, 1)
+        sched = build_schedule(wl, ParallelConfig(gpus=world, **degrees))
+        assert unsupported_ops(sched) is None, degrees
+    # MM-DiT's text stream between stages is not PixArt's.
+    sd3 = Workload(get_model("sd3-medium"), 256, 256, 2, dtype="fp32", text_encoder=False,
+                   vae=False)
+    assert "'text'" in unsupported_ops(build_schedule(sd3, ParallelConfig(2, pipefusion=2)))
+    # A collective no strategy of the executor performs.
+    sched = build_schedule(wl, ParallelConfig(gpus=2, tensor=2))
+    odd = Collective("reduce_scatter", (0, 1), 64, Tag("tensor", 0, -1, 0))
+    sched = replace(sched, ranks=[ops + [odd] for ops in sched.ranks])
+    assert "reduce_scatter" in unsupported_ops(sched)
+
+
+def test_token_plan_gives_each_rank_the_same_elements_in_every_step():
+    from executor.tokens import TokenPlan, count, to_image, to_tokens
+
+    plan = TokenPlan(rows=6, cols=4, patch_rows=(2, 2, 2), seq=4)
+    for s in range(4):
+        # The whole image (a warmup step) is the union of the rank's runs of every patch.
+        assert plan.owned(-1, s) == [r for j in range(3) for r in plan.owned(j, s)]
+    every = sorted(r for s in range(4) for j in range(3) for r in plan.owned(j, s))
+    assert every[0][0] == 0 and every[-1][1] == plan.full
+    assert all(a[1] == b[0] for a, b in zip(every, every[1:]))  # a partition of the tokens
+    assert sum(count(plan.owned(-1, s)) for s in range(4)) == plan.full
+    x = torch.randn(1, 4, 12, 8)
+    assert torch.equal(to_image(to_tokens(x, 2), 2, 6, 4), x)
+    # Token (row 1, col 2) holds the 2x2 pixels at rows 2-3, columns 4-5.
+    assert torch.equal(to_tokens(x, 2)[0, :, 1 * 4 + 2].reshape(4, 2, 2), x[0, :, 2:4, 4:6])
+
+
+def test_online_softmax_merge_equals_attention_over_all_keys():
+    import torch.nn.functional as F
+
+    from executor.parallel_attention import attention_lse, merge
+
+    torch.manual_seed(3)
+    q = torch.randn(2, 3, 16, 8)
+    k, v = torch.randn(2, 3, 40, 8), torch.randn(2, 3, 40, 8)
+    acc = None
+    for lo, hi in ((24, 40), (0, 10), (10, 24)):  # any order, as the ring delivers them
+        acc = merge(acc, attention_lse(q, k[:, :, lo:hi], v[:, :, lo:hi]))
+    assert torch.allclose(acc[0], F.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=0)
