@@ -110,6 +110,19 @@ def load_prompts(path: str | Path, model: DiTModel) -> PromptInputs:
                 or t.shape[-1] != width:
             raise UserError(f"--prompt-embeds {path}: {k} must have shape (1, tokens, {width}) "
                             f"for {model.name}, got {tuple(getattr(t, 'shape', ()))}")
+        if t.shape[1] == 0:
+            raise UserError(f"--prompt-embeds {path}: {k} has no tokens; give at least one")
+        if not t.is_floating_point():
+            raise UserError(f"--prompt-embeds {path}: {k} must hold floating-point values, "
+                            f"got {t.dtype}")
+        if not bool(torch.isfinite(t).all()):
+            raise UserError(f"--prompt-embeds {path}: {k} holds NaN or infinite values; "
+                            f"every latent would come out NaN")
+    if d["prompt_embeds"].shape[1] != d["negative_prompt_embeds"].shape[1]:
+        raise UserError(f"--prompt-embeds {path}: prompt_embeds has "
+                        f"{d['prompt_embeds'].shape[1]} tokens, negative_prompt_embeds "
+                        f"{d['negative_prompt_embeds'].shape[1]}; the guidance batch needs the "
+                        f"same count (pad the shorter one and mask the padding)")
     for k, e in (("prompt_attention_mask", "prompt_embeds"),
                  ("negative_prompt_attention_mask", "negative_prompt_embeds")):
         t = d[k]

@@ -313,3 +313,29 @@ def test_bad_prompt_embeds_file(tmp_path):
     torch.save(wrong, bad)
     with pytest.raises(UserError, match=r"shape \(1, tokens, 64\)"):
         load_prompts(bad, get_model(MODEL))
+
+
+def _prompts(pos: torch.Tensor, neg: torch.Tensor) -> dict:
+    return {"prompt_embeds": pos, "negative_prompt_embeds": neg,
+            "prompt_attention_mask": torch.ones(pos.shape[:2], dtype=torch.long),
+            "negative_prompt_attention_mask": torch.ones(neg.shape[:2], dtype=torch.long)}
+
+
+@pytest.mark.parametrize("pos,neg,needle", [
+    (torch.zeros(1, 8, 64), torch.zeros(1, 5, 64), "8 tokens, negative_prompt_embeds 5"),
+    (torch.zeros(1, 0, 64), torch.zeros(1, 0, 64), "has no tokens"),
+    (torch.full((1, 8, 64), float("nan")), torch.zeros(1, 8, 64), "NaN or infinite"),
+    (torch.zeros(1, 8, 64), torch.full((1, 8, 64), float("inf")), "NaN or infinite"),
+    (torch.zeros(1, 8, 64, dtype=torch.long), torch.zeros(1, 8, 64), "floating-point"),
+])
+def test_prompt_embeds_checked_before_the_run(tmp_path, pos, neg, needle) -> None:
+    """Issue 18: these reached torch as RuntimeError, or ran to all-NaN latents."""
+    from executor.inputs import load_prompts
+
+    bad = tmp_path / "p.pt"
+    torch.save(_prompts(pos, neg), bad)
+    with pytest.raises(UserError, match=needle):
+        load_prompts(bad, get_model(MODEL))
+    ok = tmp_path / "ok.pt"
+    torch.save(_prompts(torch.zeros(1, 8, 64), torch.zeros(1, 8, 64)), ok)
+    assert load_prompts(ok, get_model(MODEL)).prompt_embeds.shape == (1, 8, 64)
