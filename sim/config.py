@@ -154,8 +154,9 @@ def validate(wl: Workload, cfg: ParallelConfig) -> None:
     if cfg.patches < 1 or cfg.patches > rows:
         raise UserError(f"--patches must be between 1 and {rows} (the latent has {rows} rows "
                         f"of {m.patch_size}-row patches at {wl.height} px), got {cfg.patches}")
-    if cfg.patches > 1 and cfg.pipefusion == 1 and cfg.gpus > 1:
-        raise UserError("--patches applies to PipeFusion; with --pipefusion 1 use --patches 1")
+    if cfg.patches > 1 and cfg.pipefusion == 1:
+        raise UserError(f"--patches applies to PipeFusion; with a PipeFusion degree of 1 (here "
+                        f"{cfg.gpus} GPU(s) or process(es)) use --patches 1")
     if cfg.distrifusion > rows:
         raise UserError(f"--distrifusion {cfg.distrifusion} exceeds the {rows} latent rows "
                         f"at {wl.height} px")
