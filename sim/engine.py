@@ -51,6 +51,9 @@ class Network:
         self.flows: list[_Flow] = []
         self.last = 0.0
         self.generation = 0
+        # Rates of each set of routes seen (the rates depend on nothing else): steady steps
+        # start the same collectives over the same links again and again.
+        self._rate_memo: dict[tuple, tuple[float, ...]] = {}
 
     def transfer(self, src: int, dst: int, nbytes: int, done: Callable[[], None]) -> None:
         """Move ``nbytes`` from rank ``src`` to ``dst``; call ``done`` on arrival."""
@@ -68,8 +71,13 @@ class Network:
                done: Callable[[], None]) -> None:
         """Start one flow of ``nbytes`` per (src, dst) pair after ``latency_s``; call ``done``
         once all have arrived (a collective's transfers, started together)."""
-        left = [len(pairs)]
-        if not pairs or nbytes <= 0:
+        self.bundle_routes([self.topo.route(a, b) for a, b in pairs], nbytes, latency_s, done)
+
+    def bundle_routes(self, routes: list[tuple[int, ...]], nbytes: float, latency_s: float,
+                      done: Callable[[], None]) -> None:
+        """``bundle`` with the routes (edge ids) already looked up."""
+        left = [len(routes)]
+        if not routes or nbytes <= 0:
             self.env.timeout(latency_s).callbacks.append(lambda _: done())
             return
 
@@ -80,8 +88,8 @@ class Network:
 
         def start(_: object) -> None:
             self._advance()
-            for a, b in pairs:
-                self.flows.append(_Flow(self.topo.route(a, b), nbytes, one_done))
+            for edges in routes:
+                self.flows.append(_Flow(edges, nbytes, one_done))
             self._reschedule()
 
         self.env.timeout(latency_s).callbacks.append(start)
@@ -94,40 +102,58 @@ class Network:
         self.last = self.env.now
 
     def _rates(self) -> None:
-        """Progressive filling: repeatedly saturate the edge with the smallest fair share."""
+        """Max-min fair rates by progressive filling: repeatedly saturate the edge with the
+        smallest fair share. Flows that share no edge with another (the common case: the
+        groups of a hybrid talk on disjoint links) get their narrowest edge at once."""
+        capacity = self.capacity
+        count: dict[int, int] = {}
+        for f in self.flows:
+            for e in f.edges:
+                count[e] = count.get(e, 0) + 1
+        if len(count) == sum(len(f.edges) for f in self.flows):  # no edge is shared
+            for f in self.flows:
+                f.rate = min(capacity[e] for e in f.edges)
+            return
         cap: dict[int, float] = {}
         users: dict[int, list[_Flow]] = {}
         for f in self.flows:
             f.rate = -1.0
             for e in f.edges:
                 if e not in cap:
-                    cap[e] = self.capacity[e]
+                    cap[e] = capacity[e]
                     users[e] = []
                 users[e].append(f)
-        if len(self.flows) == 1:  # the common case: one flow gets its narrowest edge
-            f = self.flows[0]
-            f.rate = min(cap.values())
-            return
-        active = {e: [f for f in fl] for e, fl in users.items()}
-        while active:
-            edge, share = min(((e, cap[e] / len(fl)) for e, fl in active.items()),
-                              key=lambda x: x[1])
-            for f in active[edge]:
+        # ``count`` holds, per edge, the flows on it whose rate is not yet fixed; its order
+        # (first use) breaks ties between equal shares as the per-edge lists did.
+        while count:
+            edge = min(count, key=lambda e: cap[e] / count[e])
+            share = cap[edge] / count[edge]
+            for f in users[edge]:
+                if f.rate >= 0.0:
+                    continue
                 f.rate = share
                 for e in f.edges:
-                    if e in active and e != edge:
+                    if e != edge and e in count:
                         cap[e] -= share
-                        active[e].remove(f)
-                        if not active[e]:
-                            del active[e]
-            del active[edge]
+                        if count[e] == 1:
+                            del count[e]
+                        else:
+                            count[e] -= 1
+            del count[edge]
 
     def _reschedule(self) -> None:
         finished = [f for f in self.flows if f.remaining <= _EPS_BYTES]
         if finished:
             self.flows = [f for f in self.flows if f.remaining > _EPS_BYTES]
         if self.flows:
-            self._rates()
+            key = tuple([f.edges for f in self.flows])
+            rates = self._rate_memo.get(key)
+            if rates is None:
+                self._rates()
+                self._rate_memo[key] = tuple([f.rate for f in self.flows])
+            else:
+                for f, r in zip(self.flows, rates):
+                    f.rate = r
             dt = min(f.remaining / f.rate for f in self.flows)
             # The flows due at the wake-up are finished explicitly: with very fast links,
             # now + dt can round to now and the fluid update alone would never reach zero.
@@ -226,22 +252,36 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     meetings: dict[tuple, _Rendezvous] = {}
     pending: dict[tuple, _Rendezvous] = {}
 
+    # Steady steps issue the same collectives over and over: their flows and row fields are
+    # worked out once per (kind, group, bytes, count).
+    plans: dict[tuple, tuple[list[tuple[int, ...]], float, float]] = {}
+    row_fields: dict[tuple, tuple[str, int]] = {}
+
     def launch(op: Collective, rv: _Rendezvous) -> None:
         """All members are in: run the collective's transfers on the topology."""
-        n = len(op.group)
         rv.start = env.now
-        if n == 1:
+        if len(op.group) == 1:
             rv.event.succeed()
             return
-        pairs, per_flow, lat_steps = collective_flows(
-            op.kind, [r + rank_offset for r in op.group], rv.nbytes)
-        latency = max(topo.route_latency(a, b) for a, b in pairs) * lat_steps * op.count
-        net.bundle(pairs, per_flow * op.count, latency, lambda: rv.event.succeed())
+        key = (op.kind, op.group, rv.nbytes, op.count)
+        plan = plans.get(key)
+        if plan is None:
+            pairs, per_flow, lat_steps = collective_flows(
+                op.kind, [r + rank_offset for r in op.group], rv.nbytes)
+            latency = max(topo.route_latency(a, b) for a, b in pairs) * lat_steps * op.count
+            plan = plans[key] = ([topo.route(a, b) for a, b in pairs], per_flow * op.count,
+                                 latency)
+        routes, nbytes, latency = plan
+        net.bundle_routes(routes, nbytes, latency, rv.event.succeed)
 
     def collective_row(rank: int, op: Collective, rv: _Rendezvous) -> None:
-        name = op.kind + (OpKind.ASYNC_SUFFIX if op.asynchronous else "")
-        sent = int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count))
-        rows.append(message_row(rank, name, op.tag, rv.start, env.now, sent))
+        key = (op.kind, op.asynchronous, len(op.group), op.nbytes, op.count)
+        fields = row_fields.get(key)
+        if fields is None:
+            fields = row_fields[key] = (
+                op.kind + (OpKind.ASYNC_SUFFIX if op.asynchronous else ""),
+                int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count)))
+        rows.append(message_row(rank, fields[0], op.tag, rv.start, env.now, fields[1]))
 
     def rank_proc(rank: int):
         gpu = rank + rank_offset

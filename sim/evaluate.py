@@ -16,10 +16,10 @@ from sim.errors import UserError
 from sim.hardware import GPU
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
-from sim.schedule import Collective, Compute, OpKind
+from sim.schedule import Collective, Compute
 from sim.strategies import build_schedule
 from sim.topology import Topology, build_topology
-from sim.trace import Trace, TraceRow
+from sim.trace import ExtendedTrace, Trace
 
 # Factors on compute costs that --single-gpu-latency may ask for: a real run differs from the
 # roofline (or a measured profile) by a small factor; a thousandfold gap is a wrong input.
@@ -81,23 +81,23 @@ class Prediction:
 
 def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
              cost: CostModel | None = None, scale: float = 1.0, fast: bool = False,
-             spec: CostSpec | None = None) -> Prediction:
+             spec: CostSpec | None = None, exact: bool = False) -> Prediction:
     """Simulate ``cfg`` for ``wl`` on ``topo`` (ranks on its first GPUs).
 
-    ``fast`` (the planner's mode) merges per-block communication into one op per stage and
-    simulates only ``W + 4`` steps; when the two middle steps are identical up to a time shift
-    the remaining steps are copies of them, and the full trace is assembled from shifted
-    copies. Otherwise it falls back to the full simulation.
+    Steady steps repeat: unless ``exact``, only ``W + 4`` steps are simulated and, when the
+    two middle steps are identical up to a time shift, the rest are shifted copies of them
+    (``ExtendedTrace``: metrics come from the short run, the full rows are built only when
+    read). Otherwise, and with ``exact``, every step is simulated. ``fast`` (the planner's
+    mode) also merges a stage's per-block communication into one op per stage.
 
     ``cost`` (already scaled) wins over ``spec``, which builds one scaled by ``scale``
     (default: the roofline).
     """
     spec = spec or CostSpec()
     cost = cost or spec.build(wl, gpu, scale)
-    trace = None
-    if fast and wl.steps > cfg.warmup + 4:
-        short = replace(wl, steps=cfg.warmup + 4)
-        sched = build_schedule(short, cfg, coarse=True)
+    trace: Trace | None = None
+    if not exact and wl.steps > cfg.warmup + 4:
+        sched = build_schedule(replace(wl, steps=cfg.warmup + 4), cfg, coarse=fast)
         trace = periodic_extension(simulate(sched, topo, cost), cfg.warmup + 1, wl.steps)
     if trace is None:
         sched = build_schedule(wl, cfg, coarse=fast)
@@ -114,43 +114,26 @@ _STEP_ORDER = attrgetter("rank", "start_s", "op", "patch", "layer_first")
 _SAME_OP = attrgetter("rank", "op", "patch", "layer_first", "nbytes")
 
 
-def _step_rows(trace: Trace) -> dict[int, list[TraceRow]]:
-    """Rows by step, each step's in a fixed order (rank, start, op, patch, layer) so that
-    two periodic steps line up row by row."""
-    by_step: dict[int, list[TraceRow]] = {}
-    for r in trace.rows:
-        by_step.setdefault(r.step, []).append(r)
-    for rows in by_step.values():
-        rows.sort(key=_STEP_ORDER)
-    return by_step
-
-
-def periodic_extension(trace: Trace, first_middle: int, steps: int) -> Trace | None:
+def periodic_extension(trace: Trace, first_middle: int, steps: int) -> ExtendedTrace | None:
     """Extend a trace of ``first_middle + 3`` steps (steps ``first_middle`` and
     ``first_middle + 1`` are middle steps, the last is the final step) to ``steps`` steps by
     repeating the second middle step, shifted by one step period each time. Returns ``None``
     when the two middle steps are not identical up to a shift (then the run is not periodic
     and must be simulated in full)."""
-    by_step = _step_rows(trace)
     a, b = first_middle, first_middle + 1
-    short_last = first_middle + 2
-    if a not in by_step or b not in by_step or len(by_step[a]) != len(by_step[b]):
+    rows_a = [r for r in trace.rows if r.step == a]
+    rows_b = [r for r in trace.rows if r.step == b]
+    if not rows_a or len(rows_a) != len(rows_b):
         return None
-    ends = {t: max(r.end_s for r in rows) for t, rows in by_step.items() if t >= 0}
-    period = ends[b] - ends[a]
+    rows_a.sort(key=_STEP_ORDER)
+    rows_b.sort(key=_STEP_ORDER)
+    period = max(r.end_s for r in rows_b) - max(r.end_s for r in rows_a)
     tol = 1e-9 * max(1.0, trace.end_s)
-    for ra, rb in zip(by_step[a], by_step[b], strict=True):
+    for ra, rb in zip(rows_a, rows_b, strict=True):
         if _SAME_OP(ra) != _SAME_OP(rb) or abs(ra.start_s + period - rb.start_s) > tol or \
                 abs(ra.end_s + period - rb.end_s) > tol:
             return None
-    extra = steps - (short_last + 1)  # middle steps the short run lacks
-    rows = [r for r in trace.rows if 0 <= r.step <= b or r.op == OpKind.TEXT_ENCODE]
-    for k in range(1, extra + 1):
-        rows.extend(r.shifted(k * period, b + k) for r in by_step[b])
-    rows.extend(r.shifted(extra * period, steps - 1) for r in by_step[short_last])
-    rows.extend(r.shifted(extra * period, -1) for r in by_step.get(-1, [])
-                if r.op != OpKind.TEXT_ENCODE)
-    return Trace(rows)
+    return ExtendedTrace(trace, b, steps - (first_middle + 3), period)
 
 
 def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,

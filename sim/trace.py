@@ -146,6 +146,68 @@ class Trace:
         Path(path).write_text(json.dumps(self.to_chrome()))
 
 
+class ExtendedTrace(Trace):
+    """The trace of a run whose steady steps repeat: a short run's rows plus how to extend
+    them, materialised into ``rows`` only when someone reads them (metrics, ``end_s`` and
+    source counts work on the short rows directly, so the planner never builds them).
+
+    The short run has steps ``0..step + 1`` with ``step`` a steady step, then its final step
+    ``step + 1``; the full run repeats ``step`` ``copies`` more times, each ``period``
+    seconds after the one before, and relabels the final step as ``step + 1 + copies``.
+    Rows outside the loop (step -1) but the text encode come after the loop, so they move
+    by ``copies * period`` too."""
+
+    def __init__(self, short: Trace, step: int, copies: int, period: float) -> None:
+        # ``rows`` is deliberately not set: __getattr__ builds it on first use.
+        self.short = short
+        self.step = step
+        self.copies = copies
+        self.period = period
+
+    def __getattr__(self, name: str) -> object:
+        if name == "rows":
+            rows = self._extend()
+            self.__dict__["rows"] = rows
+            return rows
+        raise AttributeError(name)
+
+    def __reduce__(self) -> tuple:  # pickle the recipe, not the rows
+        return (ExtendedTrace, (self.short, self.step, self.copies, self.period))
+
+    def shift(self, row: TraceRow) -> float:
+        """Seconds by which ``row`` of the short run moves in the full run (its last copy,
+        for rows of the repeated step)."""
+        s = row.step
+        if s >= self.step or (s < 0 and row.op != OpKind.TEXT_ENCODE):
+            return self.copies * self.period
+        return 0.0
+
+    def weight(self, row: TraceRow) -> int:
+        """How many rows of the full run ``row`` of the short run stands for."""
+        return 1 + self.copies if row.step == self.step else 1
+
+    @property
+    def end_s(self) -> float:
+        return max((r.end_s + self.shift(r) for r in self.short.rows), default=0.0)
+
+    def __len__(self) -> int:
+        return sum(map(self.weight, self.short.rows))
+
+    def _extend(self) -> list[TraceRow]:
+        b, extra, period = self.step, self.copies, self.period
+        last = b + 1
+        by_step: dict[int, list[TraceRow]] = {}
+        for r in self.short.rows:
+            by_step.setdefault(r.step, []).append(r)
+        rows = [r for r in self.short.rows if 0 <= r.step <= b or r.op == OpKind.TEXT_ENCODE]
+        for k in range(1, extra + 1):
+            rows.extend(r.shifted(k * period, b + k) for r in by_step[b])
+        rows.extend(r.shifted(extra * period, b + extra + 1) for r in by_step.get(last, []))
+        rows.extend(r.shifted(extra * period, -1) for r in by_step.get(-1, [])
+                    if r.op != OpKind.TEXT_ENCODE)
+        return rows
+
+
 def join_traces(measured: Trace, predicted: Trace) -> list[dict]:
     """Pair the rows of two traces of the same schedule on (rank, op, step, patch, layers,
     tag); each pair gives both durations (s) and the relative error of the prediction."""
