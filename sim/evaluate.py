@@ -16,7 +16,7 @@ from sim.errors import UserError
 from sim.hardware import GPU
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
-from sim.schedule import Collective, Compute
+from sim.schedule import Collective, Compute, Schedule
 from sim.strategies import build_schedule
 from sim.topology import Topology, build_topology
 from sim.trace import ExtendedTrace, Trace
@@ -136,6 +136,33 @@ def periodic_extension(trace: Trace, first_middle: int, steps: int) -> ExtendedT
     return ExtendedTrace(trace, b, steps - (first_middle + 3), period)
 
 
+def step_seconds(sched: Schedule, topo: Topology, cost: CostModel) -> list[dict[int, float]]:
+    """Per rank and step (-1: outside the loop), the seconds a rank cannot overlap with
+    anything else of its own: its compute plus the uncontended time of its blocking
+    collectives."""
+    out = []
+    for ops in sched.ranks:
+        totals: dict[int, float] = {}
+        for op in ops:
+            if type(op) is Compute:
+                t, step = cost.compute_time(op), op.step
+            elif type(op) is Collective and not op.asynchronous and len(op.group) > 1:
+                t, step = collective_alone_s(op, topo), op.tag.step
+            else:
+                continue
+            totals[step] = totals.get(step, 0.0) + t
+        out.append(totals)
+    return out
+
+
+def collective_alone_s(op: Collective, topo: Topology) -> float:
+    """Seconds of ``op`` with the links to itself: its bytes over the narrowest route of the
+    group plus the launch latency of each step."""
+    pairs, per_flow, lat_steps = collective_flows(op.kind, op.group, op.nbytes)
+    return op.count * (per_flow / min(topo.route_bandwidth(a, b) for a, b in pairs)
+                       + lat_steps * max(topo.route_latency(a, b) for a, b in pairs))
+
+
 def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
                         cost: CostModel | None = None, scale: float = 1.0,
                         spec: CostSpec | None = None) -> tuple[float, list[MemoryBreakdown]]:
@@ -144,27 +171,51 @@ def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topol
     collectives (a rank can overlap neither with its own compute). Steps after the warmup
     are identical but for the last, so a short schedule is summed and its middle step
     repeated. Also returns the memory per rank (which needs no simulation)."""
-    cost = cost or (spec or CostSpec()).build(wl, gpu, scale)
-    short_steps = min(wl.steps, cfg.warmup + 2)
-    sched = build_schedule(replace(wl, steps=short_steps), cfg, coarse=True)
-    repeat = wl.steps - short_steps  # extra copies of the middle step (index cfg.warmup)
-    best = 0.0
-    for ops in sched.ranks:
-        total = 0.0
-        for op in ops:
-            if isinstance(op, Compute):
-                t = cost.compute_time(op)
-            elif isinstance(op, Collective) and not op.asynchronous and len(op.group) > 1:
-                pairs, per_flow, lat_steps = collective_flows(op.kind, op.group, op.nbytes)
-                t = op.count * (per_flow / min(topo.route_bandwidth(a, b) for a, b in pairs)
-                                + lat_steps * max(topo.route_latency(a, b) for a, b in pairs))
-            else:
-                continue
-            step = op.step if isinstance(op, Compute) else op.tag.step
-            total += t * (1 + repeat if step == cfg.warmup and short_steps - 1 > cfg.warmup
-                          else 1)
-        best = max(best, total)
-    return best, memory_per_rank(wl, cfg, sched, gpu)
+    return lower_bounds(wl, [cfg], gpu, topo, cost or (spec or CostSpec()).build(wl, gpu, scale),
+                        template=False)[0]
+
+
+def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topology,
+                 cost: CostModel, template: bool = True
+                 ) -> list[tuple[float, list[MemoryBreakdown]]]:
+    """``latency_lower_bound`` of each of ``cfgs``, seconds, with the memory per rank.
+
+    Configurations that differ only in their warmup count share one ``template``: a
+    three-step schedule with one warmup step holds a warm step, a steady step and the last
+    step, and a run with ``W`` warmup steps of ``S`` is ``W`` warm steps, ``S - W - 1``
+    steady ones and the last (which adds only sends, not counted here, and the final latent
+    gather of sequence-parallel ranks). Without
+    ``template`` each gets its own short schedule (``W + 2`` steps, middle step repeated)."""
+    out: list[tuple[float, list[MemoryBreakdown]] | None] = [None] * len(cfgs)
+    groups: dict[ParallelConfig, list[int]] = {}
+    for i, c in enumerate(cfgs):
+        groups.setdefault(replace(c, warmup=0) if template and wl.steps >= 3 else c,
+                          []).append(i)
+    for base, members in groups.items():
+        if base.warmup == 0 and template and wl.steps >= 3:
+            sched = build_schedule(replace(wl, steps=3), replace(base, warmup=1), coarse=True)
+            per_rank = step_seconds(sched, topo, cost)
+            for i in members:
+                w = cfgs[i].warmup
+                # With every step warm, the last is warm too: what the last step adds to a
+                # steady one (the sequence-parallel ranks' final latent gather) still counts.
+                best = max(t.get(-1, 0.0) + w * t.get(0, 0.0)
+                           + max(0, wl.steps - w - 1) * t.get(1, 0.0)
+                           + (t.get(2, 0.0) if w < wl.steps else
+                              max(0.0, t.get(2, 0.0) - t.get(1, 0.0))) for t in per_rank)
+                shape = replace(sched, warmup=w, steps=wl.steps)
+                out[i] = (best, memory_per_rank(wl, cfgs[i], shape, gpu))
+            continue
+        for i in members:
+            cfg = cfgs[i]
+            short_steps = min(wl.steps, cfg.warmup + 2)
+            sched = build_schedule(replace(wl, steps=short_steps), cfg, coarse=True)
+            repeat = wl.steps - short_steps  # extra copies of the middle step (cfg.warmup)
+            middle = cfg.warmup if short_steps - 1 > cfg.warmup else None
+            best = max(sum(v * (1 + repeat if s == middle else 1) for s, v in t.items())
+                       for t in step_seconds(sched, topo, cost))
+            out[i] = (best, memory_per_rank(wl, cfg, sched, gpu))
+    return out  # type: ignore[return-value]
 
 
 def calibration_scale(wl: Workload, gpu: GPU, single_gpu_latency_s: float,

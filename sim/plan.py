@@ -50,7 +50,8 @@ def build_parser(prog: str = "python -m sim.plan") -> argparse.ArgumentParser:
     p.add_argument("--warmup", default="0,1,2",
                    help="warmup step counts to consider, comma-separated")
     p.add_argument("--exhaustive", action="store_true",
-                   help="simulate every candidate (--json always does)")
+                   help="simulate every candidate (otherwise --json lists those a lower bound "
+                        "ruled out with 'simulated': false and their bound)")
     p.add_argument("--chrome-trace", default=None, metavar="FILE",
                    help="write the recommended configuration's Chrome/Perfetto trace")
     return p
@@ -86,12 +87,25 @@ def run_search(args: argparse.Namespace) -> PlanRun:
     scale = calibration_from_args(args, wl, gpu, spec)
     result = search(wl, gpu, topo, warmups, scale, spec=spec, top=args.top,
                     per_family=args.per_family,
-                    exhaustive=args.json or args.exhaustive,
+                    exhaustive=args.exhaustive,
                     progress=not args.json and sys.stderr.isatty())
     # A NaN would rank arbitrarily and print as "nan": refused before anything is written.
-    check_finite([p.as_dict() for p in result.ranked], "the ranking")
+    check_finite(plan_json(result), "the ranking")
     return PlanRun(args, wl, gpu, topo, warmups, scale, spec, result,
                    time.perf_counter() - t0)
+
+
+def plan_json(result: SearchResult) -> list[dict]:
+    """``sim.plan --json``: every candidate, the simulated ones ranked first (``simulated``:
+    true, with their lower bound), then those the lower bound ruled out (``simulated``:
+    false, ``latency_s``: null), by bound."""
+    out = []
+    for p in result.ranked:
+        d = p.as_dict()
+        d["simulated"] = True
+        d["lower_bound_s"] = result.lower_bound(p.config)
+        out.append(d)
+    return out + [c.as_dict() for c in result.skipped()]
 
 
 def recommended_in_full(run: PlanRun) -> Prediction:
@@ -188,7 +202,7 @@ def print_plan(run: PlanRun) -> None:
     args, wl, gpu, result = run.args, run.workload, run.gpu, run.result
     ranked = result.ranked
     if args.json:
-        print_json([p.as_dict() for p in ranked])
+        print_json(plan_json(result))
         return
     print(f"{wl.model.name} at {wl.width}x{wl.height}, {wl.steps} steps, {wl.dtype}; "
           f"{run.topo.num_gpus} x {gpu.name} ({gpu.memory_bytes / 1e9:.0f} GB) over {args.link}"
