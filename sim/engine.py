@@ -10,8 +10,7 @@ socket link or a NIC slows down for as long as it overlaps. Time is in seconds.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import simpy
+from typing import TYPE_CHECKING
 
 from sim.cost import CostModel
 from sim.schedule import (
@@ -27,6 +26,9 @@ from sim.schedule import (
 )
 from sim.topology import Topology
 from sim.trace import Trace, TraceRow
+
+if TYPE_CHECKING:  # simpy (and the importlib.metadata it loads) is imported by simulate()
+    import simpy
 
 _EPS_BYTES = 1e-3
 
@@ -54,11 +56,15 @@ class Network:
         # Rates of each set of routes seen (the rates depend on nothing else): steady steps
         # start the same collectives over the same links again and again.
         self._rate_memo: dict[tuple, tuple[float, ...]] = {}
+        self._paths: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {}
 
     def transfer(self, src: int, dst: int, nbytes: int, done: Callable[[], None]) -> None:
         """Move ``nbytes`` from rank ``src`` to ``dst``; call ``done`` on arrival."""
-        latency = self.topo.route_latency(src, dst)
-        edges = self.topo.route(src, dst)
+        path = self._paths.get((src, dst))
+        if path is None:
+            path = self._paths[(src, dst)] = (self.topo.route_latency(src, dst),
+                                              self.topo.route(src, dst))
+        latency, edges = path
 
         def start(_: object) -> None:
             self._advance()
@@ -236,6 +242,8 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     if schedule.world_size + rank_offset > topo.num_gpus:
         raise ValueError(f"schedule needs {schedule.world_size} GPUs, topology has "
                          f"{topo.num_gpus}")
+    import simpy
+
     env = simpy.Environment()
     net = Network(env, topo)
     rows: list[TraceRow] = []
@@ -283,15 +291,21 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                 int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count)))
         rows.append(message_row(rank, fields[0], op.tag, rv.start, env.now, fields[1]))
 
+    # Bound once: the loop below runs for every op of every rank.
+    timeout, compute_time, source = env.timeout, cost.compute_time, cost.source
+    # Host time is charged only on CPU transports; most topologies have none.
+    host_time = topo.route_host if any(topo.host) else None
+
     def rank_proc(rank: int):
         gpu = rank + rank_offset
         for i, op in enumerate(schedule.ranks[rank]):
             at[rank] = i
-            if isinstance(op, Compute):
+            kind = type(op)
+            if kind is Compute:
                 start = env.now
-                yield env.timeout(cost.compute_time(op))
-                rows.append(compute_row(rank, op, start, env.now, cost.source(op)))
-            elif isinstance(op, Send):
+                yield timeout(compute_time(op))
+                rows.append(compute_row(rank, op, start, env.now, source(op)))
+            elif kind is Send:
                 ev = slot((rank, op.dst, op.tag))
                 start = env.now
 
@@ -301,20 +315,20 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                     ev.succeed(start)
 
                 net.transfer(gpu, op.dst + rank_offset, op.nbytes, arrived)
-                host = topo.route_host(gpu, op.dst + rank_offset, op.nbytes)
+                host = host_time(gpu, op.dst + rank_offset, op.nbytes) if host_time else 0.0
                 if host:  # a CPU transport: issuing takes the sender's own time
-                    yield env.timeout(host)
-            elif isinstance(op, Recv):
+                    yield timeout(host)
+            elif kind is Recv:
                 start = env.now
                 key = (op.src, rank, op.tag)
                 yield slot(key)
                 del mailbox[key]  # what is left at the end was sent and never received
-                host = topo.route_host(op.src + rank_offset, gpu, op.nbytes)
+                host = host_time(op.src + rank_offset, gpu, op.nbytes) if host_time else 0.0
                 if host:  # and completing it the receiver's
-                    yield env.timeout(host)
+                    yield timeout(host)
                 rows.append(message_row(rank, OpKind.RECV, op.tag, start, env.now, op.nbytes,
                                         op.src))
-            elif isinstance(op, Collective):
+            elif kind is Collective:
                 key = (op.tag, op.group)
                 rv = meetings.get(key)
                 if rv is None:
@@ -331,7 +345,7 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                 else:
                     yield rv.event
                     collective_row(rank, op, rv)
-            elif isinstance(op, Wait):
+            elif kind is Wait:
                 rv = pending.pop((rank, op.tag), None)
                 if rv is None:
                     raise ScheduleError(f"{schedule.where(rank, i)} waits for no asynchronous "

@@ -19,11 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from sim.errors import UserError
 from sim.hardware import GPU, LINKS
+
+if TYPE_CHECKING:  # networkx takes a tenth of a second to import: loaded when first used
+    import networkx as nx
 
 GPUS_PER_SOCKET = 4
 GPUS_PER_SWITCH = 2
@@ -70,6 +72,8 @@ class Topology:
         """Edge ids from rank ``src``'s GPU to rank ``dst``'s GPU (fewest hops)."""
         key = (src, dst)
         if key not in self._routes:
+            import networkx as nx
+
             path = nx.shortest_path(self.graph, self.gpu_nodes[src], self.gpu_nodes[dst])
             self._routes[key] = tuple(self.edge_ids[(u, v)] for u, v in zip(path, path[1:]))
         return self._routes[key]
@@ -133,6 +137,8 @@ def build_topology(gpu: GPU, gpus: int, link: str = "pcie", nodes: int = 1,
     if inter_node not in INTER_NODE:
         raise UserError(f"unknown --inter-node '{inter_node}'; choose one of: "
                         f"{', '.join(INTER_NODE)}")
+    import networkx as nx
+
     per_node = gpus // nodes
     g = nx.DiGraph()
     gpu_nodes: list[str] = []
