@@ -13,7 +13,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sim.schedule import Compute, OpKind, Tag
 
@@ -91,6 +91,19 @@ class Trace:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def to_frame(self) -> Any:
+        """The rows as a ``pandas.DataFrame``, one column per field of ``TraceRow`` (times
+        in seconds); pandas is imported only here (``pip install 'ditsim[api]'``).
+
+        >>> from sim.trace import Trace, TraceRow
+        >>> row = TraceRow(0, "blocks", 0, -1, 0, 27, 0.0, 0.25, 0, -1, "roofline", "")
+        >>> Trace([row]).to_frame().loc[0, "op"], float(Trace([row]).to_frame().loc[0, "end_s"])
+        ('blocks', 0.25)
+        """
+        from sim.frames import data_frame
+
+        return data_frame(self.rows, COLUMNS)
 
     def dicts(self) -> list[dict]:
         """Rows as dicts keyed by column name."""
