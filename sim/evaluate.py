@@ -244,32 +244,27 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
 
     Configurations that differ only in their warmup count share one ``template``: a
     three-step schedule with one warmup step holds a warm step, a steady step and the last
-    step, and a run with ``W`` warmup steps of ``S`` is ``W`` warm steps, ``S - W - 1``
-    steady ones and the last (which adds only sends, not counted here, and the final latent
-    gather of sequence-parallel ranks). Without
-    ``template`` each gets its own short schedule (``W + 2`` steps, middle step repeated)."""
+    step, and a run with ``W < S`` warmup steps of ``S`` is ``W`` warm steps, ``S - W - 1``
+    steady ones and the last. Without ``template`` (and for runs with every step warm) each
+    gets its own short schedule (``W + 2`` steps, middle step repeated)."""
     out: list[tuple[float, list[MemoryBreakdown]] | None] = [None] * len(cfgs)
     groups: dict[ParallelConfig, list[int]] = {}
     for i, c in enumerate(cfgs):
-        groups.setdefault(replace(c, warmup=0) if template and wl.steps >= 3 else c,
-                          []).append(i)
+        # A run with every step warm has no steady step: it gets its own short schedule.
+        shared = template and wl.steps >= 3 and c.warmup < wl.steps
+        groups.setdefault(replace(c, warmup=0) if shared else c, []).append(i)
     for base, members in groups.items():
-        if base.warmup == 0 and template and wl.steps >= 3:
+        if base.warmup == 0 and template and wl.steps >= 3 and \
+                all(cfgs[i].warmup < wl.steps for i in members):
             sched = build_schedule(replace(wl, steps=3), replace(base, warmup=1), coarse=True)
             per_rank = step_seconds(sched, topo, cost)
             for i in members:
                 w = cfgs[i].warmup
-                # With every step warm, the last is warm too: what the last step adds to a
-                # steady one (the sequence-parallel ranks' final latent gather) still counts.
                 best = max(t.by_step.get(-1, 0.0) + w * t.by_step.get(0, 0.0)
-                           + max(0, wl.steps - w - 1) * t.by_step.get(1, 0.0)
-                           + (t.by_step.get(2, 0.0) if w < wl.steps else
-                              max(0.0, t.by_step.get(2, 0.0) - t.by_step.get(1, 0.0)))
+                           + (wl.steps - w - 1) * t.by_step.get(1, 0.0) + t.by_step.get(2, 0.0)
                            for t in per_rank)
-                if w < wl.steps:
-                    best = max(best, _chain_bound(sched, per_rank, [
-                        (0, w, True), (1, wl.steps - w - 1, False), (2, 1, False)],
-                        sched.patches))
+                best = max(best, _chain_bound(sched, per_rank, [
+                    (0, w, True), (1, wl.steps - w - 1, False), (2, 1, False)], sched.patches))
                 shape = replace(sched, warmup=w, steps=wl.steps)
                 out[i] = (best, memory_per_rank(wl, cfgs[i], shape, gpu))
             continue
