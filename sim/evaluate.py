@@ -14,6 +14,7 @@ from sim.cost import CostModel, CostSpec
 from sim.engine import collective_flows, simulate
 from sim.errors import UserError
 from sim.hardware import GPU
+from sim.layout import RankLayout
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
 from sim.schedule import Collective, Compute, OpKind, Schedule, Send
@@ -237,6 +238,16 @@ def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topol
                         template=False)[0]
 
 
+def _bound_ranks(cfg: ParallelConfig) -> frozenset[int]:
+    """The ranks whose ops the bounds sum: one chain of stage peers, the one that holds the
+    VAE decode (first CFG half, first sequence position). Any subset of ranks gives a valid
+    bound (a maximum over fewer ranks and chains); the ranks of a stage run the same shapes,
+    so little is lost, and at 64 GPUs building every rank's ops cost more than the rest of
+    the search."""
+    layout = RankLayout.of(cfg)
+    return frozenset(layout.group(layout.rank(stage=layout.stages - 1), "stage"))
+
+
 def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topology,
                  cost: CostModel, template: bool = True
                  ) -> list[tuple[float, list[MemoryBreakdown]]]:
@@ -256,7 +267,8 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
     for base, members in groups.items():
         if base.warmup == 0 and template and wl.steps >= 3 and \
                 all(cfgs[i].warmup < wl.steps for i in members):
-            sched = build_schedule(replace(wl, steps=3), replace(base, warmup=1), coarse=True)
+            sched = build_schedule(replace(wl, steps=3), replace(base, warmup=1), coarse=True,
+                                   only=_bound_ranks(base))
             per_rank = step_seconds(sched, topo, cost)
             for i in members:
                 w = cfgs[i].warmup
@@ -271,7 +283,8 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
         for i in members:
             cfg = cfgs[i]
             short_steps = min(wl.steps, cfg.warmup + 2)
-            sched = build_schedule(replace(wl, steps=short_steps), cfg, coarse=True)
+            sched = build_schedule(replace(wl, steps=short_steps), cfg, coarse=True,
+                                   only=_bound_ranks(cfg))
             repeat = wl.steps - short_steps  # extra copies of the middle step (cfg.warmup)
             middle = cfg.warmup if short_steps - 1 > cfg.warmup else None
             per_rank = step_seconds(sched, topo, cost)
