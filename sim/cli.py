@@ -8,8 +8,10 @@ import json
 import math
 import os
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sim.config import DTYPE_BYTES, Workload
 from sim.cost import CostSpec
@@ -242,6 +244,51 @@ def print_json(obj: object) -> None:
     it is, before anything is printed."""
     check_finite(obj, "the JSON output")
     sys.stdout.write(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+# Keyword arguments of the Python API whose flag says the opposite (``vae=False``).
+NEGATED_FLAGS = {"text_encoder": "--no-text-encoder", "vae": "--no-vae"}
+
+
+def argv_from_kwargs(kwargs: dict[str, Any]) -> list[str]:
+    """The command-line flags that say what the Python API's keyword arguments say, so that
+    both go through the same parser, defaults and checks: ``None`` leaves a flag out (its
+    default), ``True`` sets a switch, lists and tuples join with commas, a (width, height)
+    ``resolution`` reads ``WIDTHxHEIGHT``, ``text_encoder=False`` is ``--no-text-encoder``."""
+    argv: list[str] = []
+    for key, value in kwargs.items():
+        if value is None:
+            continue
+        if key in NEGATED_FLAGS:
+            if value is not True and value is not False:
+                raise UserError(f"{key} must be True or False, got {value!r}")
+            if value is False:
+                argv.append(NEGATED_FLAGS[key])
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True or value is False:
+            if value:
+                argv.append(flag)
+            continue
+        if key == "resolution" and isinstance(value, (list, tuple)):
+            value = "x".join(str(v) for v in value)
+        elif isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        argv += [flag, str(value)]
+    return argv
+
+
+def callable_module(name: str, fn: Callable[..., Any]) -> None:
+    """Make module ``name`` callable as ``fn``: ``sim.predict`` is both the module of
+    ``python -m sim.predict`` and, called, the Python API's ``predict`` (the package exports
+    the API under the commands' names, and a submodule's import would otherwise replace the
+    function by the module)."""
+
+    class CommandModule(types.ModuleType):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+    sys.modules[name].__class__ = CommandModule
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:

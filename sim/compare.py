@@ -9,16 +9,22 @@ Example::
     python -m sim.compare --model pixart --gpu l40 --gpus 8 --link pcie \\
         --resolutions 1024,2048,4096
 
-HTML report: ``python -m reports.compare``, same flags plus ``--report FILE``.
+HTML report: ``python -m reports.compare``, same flags plus ``--report FILE``. From Python,
+``sim.compare(model=..., gpus=..., ...)`` (this module, called) or ``sim.api.compare``
+returns a ``Comparison`` (``api_compare``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from sim.cli import (
     add_workload_args,
+    argv_from_kwargs,
+    callable_module,
     check_finite,
     cluster_from_args,
     cost_spec_from_args,
@@ -94,6 +100,61 @@ def compare(args: argparse.Namespace) -> tuple[list[int], Cells, dict[str, str]]
     return list(resolutions), cells, missing
 
 
+# Columns of ``Comparison.to_frame``.
+COMPARE_COLUMNS = ("strategy", "resolution", "label", "gpus", "latency_s", "speedup",
+                   "memory_gb", "oom")
+
+
+@dataclass
+class Comparison:
+    """What ``sim.compare`` finds, as an object: per strategy family and resolution (px)
+    the best configuration on every GPU (``cells``), and why a family has no cell
+    (``missing``). Seconds throughout."""
+
+    resolutions: list[int]
+    cells: Cells
+    missing: dict[str, str]
+
+    def to_frame(self) -> Any:
+        """One row per (family, resolution) cell (``COMPARE_COLUMNS``); ``speedup`` is
+        against the serial cell at that resolution (NaN without one). Needs pandas.
+
+        >>> import sim
+        >>> cmp = sim.compare(model="pixart", gpus=2, steps=4, resolutions=[512, 1024])
+        >>> df = cmp.to_frame()
+        >>> sorted(set(df["resolution"])), bool((df[df.strategy == "serial"].speedup == 1).all())
+        ([512, 1024], True)
+        """
+        from sim.frames import data_frame
+
+        serial = self.cells.get("serial", {})
+        rows = [(fam, res, p.config.label(), p.config.gpus, p.latency_s,
+                 serial[res].latency_s / p.latency_s if res in serial else float("nan"),
+                 p.memory_gb, p.oom)
+                for fam, row in self.cells.items() for res, p in sorted(row.items())]
+        return data_frame(rows, COMPARE_COLUMNS)
+
+
+def api_compare(*, model: str, gpus: int, gpu: str | None = None, link: str = "pcie",
+                nodes: int = 1, inter_node: str | None = None, steps: int | None = None,
+                dtype: str = "bf16", text_encoder: bool = True, vae: bool = True,
+                profile: str | None = None, link_profile: str | None = None,
+                resolutions: list[int] | str = "1024,2048,4096",
+                warmup: int = 1) -> Comparison:
+    """Strategies x resolutions: ``sim.compare``'s flags as keyword arguments, with its
+    defaults and checks (a ``UserError`` carries the message the command prints after
+    ``error:``); ``resolutions`` is a list of square sizes in pixels.
+
+    >>> import sim
+    >>> cmp = sim.compare(model="pixart", gpus=2, steps=4, resolutions=[1024])
+    >>> cmp.cells["serial"][1024].config.label(), "ulysses" in cmp.cells
+    ('serial', True)
+    """
+    args = build_parser().parse_args(argv_from_kwargs(dict(locals())))
+    args.json = True  # no progress bar from a library call
+    return Comparison(*compare(args))
+
+
 def _why_missing(family: str, gpus: int, valid_at: set[int]) -> str:
     """Why ``family`` has no cell at all; ``valid_at`` are the resolutions (px) where it had
     a valid configuration (so that one was skipped as out of memory)."""
@@ -155,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     print_comparison(args, *compare(args))
     return 0
 
+
+callable_module(__name__, api_compare)
 
 if __name__ == "__main__":
     run_main(main)

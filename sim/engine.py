@@ -10,8 +10,7 @@ socket link or a NIC slows down for as long as it overlaps. Time is in seconds.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import simpy
+from typing import TYPE_CHECKING
 
 from sim.cost import CostModel
 from sim.host import HostModel, issue
@@ -29,6 +28,9 @@ from sim.schedule import (
 )
 from sim.topology import Topology
 from sim.trace import Trace, TraceRow
+
+if TYPE_CHECKING:  # simpy (and the importlib.metadata it loads) is imported by simulate()
+    import simpy
 
 _EPS_BYTES = 1e-3
 
@@ -53,11 +55,18 @@ class Network:
         self.flows: list[_Flow] = []
         self.last = 0.0
         self.generation = 0
+        # Rates of each set of routes seen (the rates depend on nothing else): steady steps
+        # start the same collectives over the same links again and again.
+        self._rate_memo: dict[tuple, tuple[float, ...]] = {}
+        self._paths: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {}
 
     def transfer(self, src: int, dst: int, nbytes: int, done: Callable[[], None]) -> None:
         """Move ``nbytes`` from rank ``src`` to ``dst``; call ``done`` on arrival."""
-        latency = self.topo.route_latency(src, dst)
-        edges = self.topo.route(src, dst)
+        path = self._paths.get((src, dst))
+        if path is None:
+            path = self._paths[(src, dst)] = (self.topo.route_latency(src, dst),
+                                              self.topo.route(src, dst))
+        latency, edges = path
 
         def start(_: object) -> None:
             self._advance()
@@ -70,8 +79,13 @@ class Network:
                done: Callable[[], None]) -> None:
         """Start one flow of ``nbytes`` per (src, dst) pair after ``latency_s``; call ``done``
         once all have arrived (a collective's transfers, started together)."""
-        left = [len(pairs)]
-        if not pairs or nbytes <= 0:
+        self.bundle_routes([self.topo.route(a, b) for a, b in pairs], nbytes, latency_s, done)
+
+    def bundle_routes(self, routes: list[tuple[int, ...]], nbytes: float, latency_s: float,
+                      done: Callable[[], None]) -> None:
+        """``bundle`` with the routes (edge ids) already looked up."""
+        left = [len(routes)]
+        if not routes or nbytes <= 0:
             self.env.timeout(latency_s).callbacks.append(lambda _: done())
             return
 
@@ -82,8 +96,8 @@ class Network:
 
         def start(_: object) -> None:
             self._advance()
-            for a, b in pairs:
-                self.flows.append(_Flow(self.topo.route(a, b), nbytes, one_done))
+            for edges in routes:
+                self.flows.append(_Flow(edges, nbytes, one_done))
             self._reschedule()
 
         self.env.timeout(latency_s).callbacks.append(start)
@@ -96,40 +110,58 @@ class Network:
         self.last = self.env.now
 
     def _rates(self) -> None:
-        """Progressive filling: repeatedly saturate the edge with the smallest fair share."""
+        """Max-min fair rates by progressive filling: repeatedly saturate the edge with the
+        smallest fair share. Flows that share no edge with another (the common case: the
+        groups of a hybrid talk on disjoint links) get their narrowest edge at once."""
+        capacity = self.capacity
+        count: dict[int, int] = {}
+        for f in self.flows:
+            for e in f.edges:
+                count[e] = count.get(e, 0) + 1
+        if len(count) == sum(len(f.edges) for f in self.flows):  # no edge is shared
+            for f in self.flows:
+                f.rate = min(capacity[e] for e in f.edges)
+            return
         cap: dict[int, float] = {}
         users: dict[int, list[_Flow]] = {}
         for f in self.flows:
             f.rate = -1.0
             for e in f.edges:
                 if e not in cap:
-                    cap[e] = self.capacity[e]
+                    cap[e] = capacity[e]
                     users[e] = []
                 users[e].append(f)
-        if len(self.flows) == 1:  # the common case: one flow gets its narrowest edge
-            f = self.flows[0]
-            f.rate = min(cap.values())
-            return
-        active = {e: [f for f in fl] for e, fl in users.items()}
-        while active:
-            edge, share = min(((e, cap[e] / len(fl)) for e, fl in active.items()),
-                              key=lambda x: x[1])
-            for f in active[edge]:
+        # ``count`` holds, per edge, the flows on it whose rate is not yet fixed; its order
+        # (first use) breaks ties between equal shares as the per-edge lists did.
+        while count:
+            edge = min(count, key=lambda e: cap[e] / count[e])
+            share = cap[edge] / count[edge]
+            for f in users[edge]:
+                if f.rate >= 0.0:
+                    continue
                 f.rate = share
                 for e in f.edges:
-                    if e in active and e != edge:
+                    if e != edge and e in count:
                         cap[e] -= share
-                        active[e].remove(f)
-                        if not active[e]:
-                            del active[e]
-            del active[edge]
+                        if count[e] == 1:
+                            del count[e]
+                        else:
+                            count[e] -= 1
+            del count[edge]
 
     def _reschedule(self) -> None:
         finished = [f for f in self.flows if f.remaining <= _EPS_BYTES]
         if finished:
             self.flows = [f for f in self.flows if f.remaining > _EPS_BYTES]
         if self.flows:
-            self._rates()
+            key = tuple([f.edges for f in self.flows])
+            rates = self._rate_memo.get(key)
+            if rates is None:
+                self._rates()
+                self._rate_memo[key] = tuple([f.rate for f in self.flows])
+            else:
+                for f, r in zip(self.flows, rates):
+                    f.rate = r
             dt = min(f.remaining / f.rate for f in self.flows)
             # The flows due at the wake-up are finished explicitly: with very fast links,
             # now + dt can round to now and the fluid update alone would never reach zero.
@@ -234,6 +266,8 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     if schedule.world_size + rank_offset > topo.num_gpus:
         raise ValueError(f"schedule needs {schedule.world_size} GPUs, topology has "
                          f"{topo.num_gpus}")
+    import simpy
+
     env = simpy.Environment()
     net = Network(env, topo)
     rows: list[TraceRow] = []
@@ -250,26 +284,45 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     meetings: dict[tuple, _Rendezvous] = {}
     pending: dict[tuple, _Rendezvous] = {}
 
+    # Steady steps issue the same collectives over and over: their flows and row fields are
+    # worked out once per (kind, group, bytes, count).
+    plans: dict[tuple, tuple[list[tuple[int, ...]], float, float]] = {}
+    row_fields: dict[tuple, tuple[str, int]] = {}
+
     def launch(op: Collective, rv: _Rendezvous) -> None:
         """All members are in: run the collective's transfers on the topology."""
-        n = len(op.group)
         rv.start = env.now
-        if n == 1:
+        if len(op.group) == 1:
             rv.event.succeed()
             return
-        pairs, per_flow, latency = collective_call(
-            topo, op.kind, [r + rank_offset for r in op.group], rv.nbytes)
-        net.bundle(pairs, per_flow * op.count, latency * op.count, lambda: rv.event.succeed())
-        if op.asynchronous and slowdown > 1.0:  # the members compute meanwhile
+        key = (op.kind, op.group, rv.nbytes, op.count)
+        plan = plans.get(key)
+        if plan is None:
+            pairs, per_flow, latency = collective_call(
+                topo, op.kind, [r + rank_offset for r in op.group], rv.nbytes)
             bw = min(topo.route_bandwidth(a, b) for a, b in pairs)
-            until = env.now + op.count * (latency + per_flow / bw)
+            plan = plans[key] = ([topo.route(a, b) for a, b in pairs], per_flow * op.count,
+                                 latency * op.count, op.count * (latency + per_flow / bw))
+        routes, nbytes, latency, alone = plan
+        net.bundle_routes(routes, nbytes, latency, rv.event.succeed)
+        if op.asynchronous and slowdown > 1.0:  # the members compute meanwhile
+            until = env.now + alone
             for r in op.group:
                 comm_until[r] = max(comm_until[r], until)
 
     def collective_row(rank: int, op: Collective, rv: _Rendezvous) -> None:
-        name = op.kind + (OpKind.ASYNC_SUFFIX if op.asynchronous else "")
-        sent = int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count))
-        rows.append(message_row(rank, name, op.tag, rv.start, env.now, sent))
+        key = (op.kind, op.asynchronous, len(op.group), op.nbytes, op.count)
+        fields = row_fields.get(key)
+        if fields is None:
+            fields = row_fields[key] = (
+                op.kind + (OpKind.ASYNC_SUFFIX if op.asynchronous else ""),
+                int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count)))
+        rows.append(message_row(rank, fields[0], op.tag, rv.start, env.now, fields[1]))
+
+    # Bound once: the loop below runs for every op of every rank.
+    timeout, compute_time, source = env.timeout, cost.compute_time, cost.source
+    # Host time is charged only on CPU transports; most topologies have none.
+    host_time = topo.route_host if any(topo.host) else None
 
     hosted = host is not None and host.active
     # Compute slows down while its GPU's own transfers run (sim.hardware.OVERLAP_SLOWDOWN).
@@ -278,32 +331,47 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     comm_until = [0.0] * schedule.world_size
 
     def gpu_time(rank: int, op: Compute, start: float) -> float:
-        g = cost.compute_time(op)
+        g = compute_time(op)
         if slowdown > 1.0 and comm_until[rank] > start:
             g += (slowdown - 1.0) * min(g, comm_until[rank] - start)
         return g
 
+    cpu_ahead: dict[tuple[int, int], float] = {}
+    max_lead = host.max_lead_s if hosted else 0.0
+
     def rank_proc(rank: int):
         gpu = rank + rank_offset
         cpu = 0.0  # when this rank's CPU has issued everything so far
+        step = None
         for i, op in enumerate(schedule.ranks[rank]):
             at[rank] = i
+            kind = type(op)
             if hosted:
+                s = op.step if kind is Compute else getattr(getattr(op, "tag", None), "step",
+                                                            step)
+                if env.now - cpu > max_lead:  # the launch queue is full: the CPU waits
+                    cpu = env.now - max_lead
+                if s != step:
+                    step = s
+                    cpu_ahead.setdefault((rank, s), env.now - cpu)
                 h = host.seconds(op)
-                if isinstance(op, Compute):
+                if kind is Compute:
                     g = gpu_time(rank, op, max(env.now, cpu))
                     start, end, cpu = issue(env.now, cpu, h, g, host.granularity(op))
-                    yield env.timeout(end - env.now)
-                    rows.append(compute_row(rank, op, start, end, cost.source(op)))
+                    yield timeout(end - env.now)
+                    rows.append(compute_row(rank, op, start, end, source(op)))
                     continue
+                # A merged collective (``count`` calls, the planner's coarse ops) starts once
+                # its first call is issued; it cannot end before its last one is.
+                first = cpu + (h / op.count if kind is Collective else h)
                 cpu += h
-                if cpu > env.now and not isinstance(op, (Recv, Wait)):
-                    yield env.timeout(cpu - env.now)  # not issued yet: the GPU waits
-            if isinstance(op, Compute):
+                if first > env.now and kind is not Recv and kind is not Wait:
+                    yield timeout(first - env.now)  # not issued yet: the GPU waits
+            if kind is Compute:
                 start = env.now
-                yield env.timeout(gpu_time(rank, op, start))
-                rows.append(compute_row(rank, op, start, env.now, cost.source(op)))
-            elif isinstance(op, Send):
+                yield timeout(gpu_time(rank, op, start))
+                rows.append(compute_row(rank, op, start, env.now, source(op)))
+            elif kind is Send:
                 ev = slot((rank, op.dst, op.tag))
                 start = env.now
 
@@ -317,22 +385,22 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                     a, b = gpu, op.dst + rank_offset
                     comm_until[rank] = max(comm_until[rank], env.now + topo.route_latency(a, b)
                                            + op.nbytes / topo.route_bandwidth(a, b))
-                own = topo.route_host(gpu, op.dst + rank_offset, op.nbytes)
+                own = host_time(gpu, op.dst + rank_offset, op.nbytes) if host_time else 0.0
                 if own:  # a CPU transport: issuing takes the sender's own time
-                    yield env.timeout(own)
-            elif isinstance(op, Recv):
+                    yield timeout(own)
+            elif kind is Recv:
                 start = env.now
                 key = (op.src, rank, op.tag)
                 yield slot(key)
                 del mailbox[key]  # what is left at the end was sent and never received
                 if hosted and cpu > env.now:  # arrived before the receive was issued
-                    yield env.timeout(cpu - env.now)
-                own = topo.route_host(op.src + rank_offset, gpu, op.nbytes)
+                    yield timeout(cpu - env.now)
+                own = host_time(op.src + rank_offset, gpu, op.nbytes) if host_time else 0.0
                 if own:  # and completing it the receiver's
-                    yield env.timeout(own)
+                    yield timeout(own)
                 rows.append(message_row(rank, OpKind.RECV, op.tag, start, env.now, op.nbytes,
                                         op.src))
-            elif isinstance(op, Collective):
+            elif kind is Collective:
                 key = (op.tag, op.group)
                 rv = meetings.get(key)
                 if rv is None:
@@ -348,8 +416,10 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                                               collective_row(rank, op, rv))
                 else:
                     yield rv.event
+                    if hosted and cpu > env.now:
+                        yield timeout(cpu - env.now)
                     collective_row(rank, op, rv)
-            elif isinstance(op, Wait):
+            elif kind is Wait:
                 rv = pending.pop((rank, op.tag), None)
                 if rv is None:
                     raise ScheduleError(f"{schedule.where(rank, i)} waits for no asynchronous "
@@ -379,4 +449,4 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
         i = max(i for i, op in enumerate(schedule.ranks[rank])
                 if isinstance(op, Collective) and op.tag == tag)
         raise ScheduleError(f"{schedule.where(rank, i)} is never waited for")
-    return Trace(rows)
+    return Trace(rows, cpu_ahead)

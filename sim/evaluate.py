@@ -15,12 +15,13 @@ from sim.engine import collective_call, simulate
 from sim.errors import UserError
 from sim.hardware import GPU
 from sim.host import HostModel
+from sim.layout import RankLayout
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
-from sim.schedule import Collective, Compute, OpKind
+from sim.schedule import Collective, Compute, OpKind, Schedule, Send
 from sim.strategies import build_schedule
 from sim.topology import Topology, build_topology
-from sim.trace import Trace, TraceRow
+from sim.trace import ExtendedTrace, Trace
 
 # Factors on compute costs that --single-gpu-latency may ask for: a real run differs from the
 # roofline (or a measured profile) by a small factor; a thousandfold gap is a wrong input.
@@ -82,13 +83,14 @@ class Prediction:
 
 def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
              cost: CostModel | None = None, scale: float = 1.0, fast: bool = False,
-             spec: CostSpec | None = None) -> Prediction:
+             spec: CostSpec | None = None, exact: bool = False) -> Prediction:
     """Simulate ``cfg`` for ``wl`` on ``topo`` (ranks on its first GPUs).
 
-    ``fast`` (the planner's mode) merges per-block communication into one op per stage and
-    simulates only ``W + 4`` steps; when the two middle steps are identical up to a time shift
-    the remaining steps are copies of them, and the full trace is assembled from shifted
-    copies. Otherwise it falls back to the full simulation.
+    Steady steps repeat: unless ``exact``, only ``W + 4`` steps are simulated and, when the
+    two middle steps are identical up to a time shift, the rest are shifted copies of them
+    (``ExtendedTrace``: metrics come from the short run, the full rows are built only when
+    read). Otherwise, and with ``exact``, every step is simulated. ``fast`` (the planner's
+    mode) also merges a stage's per-block communication into one op per stage.
 
     ``cost`` (already scaled) wins over ``spec``, which builds one scaled by ``scale``
     (default: the roofline).
@@ -96,12 +98,15 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     spec = spec or CostSpec()
     cost = cost or spec.build(wl, gpu, scale)
     host = HostModel(wl.model, gpu)
-    trace = None
-    if fast and wl.steps > cfg.warmup + 4:
-        short = replace(wl, steps=cfg.warmup + 4)
-        sched = build_schedule(short, cfg, coarse=True)
-        trace = periodic_extension(simulate(sched, topo, cost, host=host), cfg.warmup + 1,
+    trace: Trace | None = None
+    # The short run lengthens while it is not yet periodic: a warmup that leaves the CPU
+    # ahead of the GPU takes some steady steps to use that lead up (see periodic_extension).
+    length = cfg.warmup + 4
+    while not exact and trace is None and wl.steps > length:
+        sched = build_schedule(replace(wl, steps=length), cfg, coarse=fast)
+        trace = periodic_extension(simulate(sched, topo, cost, host=host), length - 3,
                                    wl.steps)
+        length = cfg.warmup + 2 * (length - cfg.warmup)
     if trace is None:
         sched = build_schedule(wl, cfg, coarse=fast)
         trace = simulate(sched, topo, cost, host=host)
@@ -117,74 +122,192 @@ _STEP_ORDER = attrgetter("rank", "start_s", "op", "patch", "layer_first")
 _SAME_OP = attrgetter("rank", "op", "patch", "layer_first", "nbytes")
 
 
-def _step_rows(trace: Trace) -> dict[int, list[TraceRow]]:
-    """Rows by step, each step's in a fixed order (rank, start, op, patch, layer) so that
-    two periodic steps line up row by row."""
-    by_step: dict[int, list[TraceRow]] = {}
-    for r in trace.rows:
-        by_step.setdefault(r.step, []).append(r)
-    for rows in by_step.values():
-        rows.sort(key=_STEP_ORDER)
-    return by_step
-
-
-def periodic_extension(trace: Trace, first_middle: int, steps: int) -> Trace | None:
+def periodic_extension(trace: Trace, first_middle: int, steps: int) -> ExtendedTrace | None:
     """Extend a trace of ``first_middle + 3`` steps (steps ``first_middle`` and
     ``first_middle + 1`` are middle steps, the last is the final step) to ``steps`` steps by
     repeating the second middle step, shifted by one step period each time. Returns ``None``
     when the two middle steps are not identical up to a shift (then the run is not periodic
     and must be simulated in full)."""
-    by_step = _step_rows(trace)
     a, b = first_middle, first_middle + 1
-    short_last = first_middle + 2
-    if a not in by_step or b not in by_step or len(by_step[a]) != len(by_step[b]):
+    rows_a = [r for r in trace.rows if r.step == a]
+    rows_b = [r for r in trace.rows if r.step == b]
+    if not rows_a or len(rows_a) != len(rows_b):
         return None
-    ends = {t: max(r.end_s for r in rows) for t, rows in by_step.items() if t >= 0}
-    period = ends[b] - ends[a]
+    rows_a.sort(key=_STEP_ORDER)
+    rows_b.sort(key=_STEP_ORDER)
+    period = max(r.end_s for r in rows_b) - max(r.end_s for r in rows_a)
     tol = 1e-9 * max(1.0, trace.end_s)
-    for ra, rb in zip(by_step[a], by_step[b], strict=True):
+    # With a host clock, repeating step b is exact only if no rank's CPU lead shrinks over
+    # it: a shrinking lead (a GPU-bound warmup followed by host-bound steps) runs out in some
+    # later copy, which would then wait for the CPU.
+    lead = trace.cpu_ahead
+    for (rank, s), ahead in lead.items():
+        if s == b and ahead - lead.get((rank, b + 1), ahead) > tol:
+            return None
+    for ra, rb in zip(rows_a, rows_b, strict=True):
         if _SAME_OP(ra) != _SAME_OP(rb) or abs(ra.start_s + period - rb.start_s) > tol or \
                 abs(ra.end_s + period - rb.end_s) > tol:
             return None
-    extra = steps - (short_last + 1)  # middle steps the short run lacks
-    rows = [r for r in trace.rows if 0 <= r.step <= b or r.op == OpKind.TEXT_ENCODE]
-    for k in range(1, extra + 1):
-        rows.extend(r.shifted(k * period, b + k) for r in by_step[b])
-    rows.extend(r.shifted(extra * period, steps - 1) for r in by_step[short_last])
-    rows.extend(r.shifted(extra * period, -1) for r in by_step.get(-1, [])
-                if r.op != OpKind.TEXT_ENCODE)
-    return Trace(rows)
+    return ExtendedTrace(trace, b, steps - (first_middle + 3), period)
+
+
+# Compute kinds on the path of one patch through the stages (the step's conditioning, the
+# text encode and the VAE decode are not tied to a patch).
+_CHAIN_KINDS = frozenset((OpKind.EMBED, OpKind.BLOCKS, OpKind.FINAL, OpKind.SCHEDULER_STEP))
+
+
+@dataclass
+class RankSeconds:
+    """What one rank cannot overlap with anything else of its own, seconds: ``by_step`` sums
+    its compute and the uncontended time of its blocking collectives per step (-1: outside
+    the loop); ``by_slot`` the part of it on one patch's path per (step, patch), plus the
+    uncontended transfer of the hidden states or latent that carry the patch on."""
+
+    by_step: dict[int, float]
+    by_slot: dict[tuple[int, int], float]
+    text_s: float
+    vae_s: float
+
+
+def step_seconds(sched: Schedule, topo: Topology, cost: CostModel) -> list[RankSeconds]:
+    """``RankSeconds`` of every rank of ``sched``."""
+    out = []
+    alone: dict[tuple, float] = {}  # the same collectives recur on every step and rank
+    for rank, ops in enumerate(sched.ranks):
+        by_step: dict[int, float] = {}
+        by_slot: dict[tuple[int, int], float] = {}
+        text = vae = 0.0
+        for op in ops:
+            kind = type(op)
+            if kind is Compute:
+                t, step = cost.compute_time(op), op.step
+                if op.kind in _CHAIN_KINDS:
+                    by_slot[(step, op.patch)] = by_slot.get((step, op.patch), 0.0) + t
+                elif op.kind == OpKind.TEXT_ENCODE:
+                    text += t
+                elif op.kind == OpKind.VAE_DECODE:
+                    vae += t
+            elif kind is Collective and not op.asynchronous and len(op.group) > 1:
+                key = (op.kind, op.group, op.nbytes, op.count)
+                t = alone.get(key)
+                if t is None:
+                    t = alone[key] = collective_alone_s(op, topo)
+                step = op.tag.step
+                if op.tag.patch >= -1 and op.tag.what != "latent":
+                    key = (step, op.tag.patch)
+                    by_slot[key] = by_slot.get(key, 0.0) + t
+            elif kind is Send and op.tag.what in ("hidden", "latent"):
+                key = (op.tag.step, op.tag.patch)
+                by_slot[key] = by_slot.get(key, 0.0) + (
+                    topo.route_latency(rank, op.dst) + op.nbytes / topo.route_bandwidth(
+                        rank, op.dst))
+                continue
+            else:
+                continue
+            by_step[step] = by_step.get(step, 0.0) + t
+        out.append(RankSeconds(by_step, by_slot, text, vae))
+    return out
+
+
+def _chain_bound(sched: Schedule, per_rank: list[RankSeconds],
+                 steps: list[tuple[int, int, bool]], patches: int) -> float:
+    """The longest path of one patch through the pipeline, seconds: on each chain of stage
+    peers, stage 0's text encode, then for every step (``steps``: (step, copies, warm)) the
+    patch's work on every stage and the transfers between them, then the VAE decode. Each
+    part waits for the one before (hidden states from the stage before, the latent from the
+    step before), so no run is shorter."""
+    layout = sched.layout
+    if layout is None:
+        return 0.0
+    best = 0.0
+    for chain in layout.groups("stage"):
+        for j in range(patches):
+            total = per_rank[chain[0]].text_s + per_rank[chain[-1]].vae_s
+            for step, copies, warm in steps:
+                slot = (step, -1 if warm else j)
+                total += copies * sum(per_rank[r].by_slot.get(slot, 0.0) for r in chain)
+            best = max(best, total)
+    return best
+
+
+def collective_alone_s(op: Collective, topo: Topology) -> float:
+    """Seconds of ``op`` with the links to itself: its bytes over the narrowest route of the
+    group plus the call's latency (``sim.engine.collective_call``, as the engine charges)."""
+    pairs, per_flow, latency = collective_call(topo, op.kind, op.group, op.nbytes)
+    return op.count * (per_flow / min(topo.route_bandwidth(a, b) for a, b in pairs) + latency)
 
 
 def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
                         cost: CostModel | None = None, scale: float = 1.0,
                         spec: CostSpec | None = None) -> tuple[float, list[MemoryBreakdown]]:
     """A latency no simulation of ``cfg`` (planner mode) can beat, seconds, without running
-    the engine: the busiest rank's compute plus the uncontended time of its blocking
-    collectives (a rank can overlap neither with its own compute). Steps after the warmup
-    are identical but for the last, so a short schedule is summed and its middle step
-    repeated. Also returns the memory per rank (which needs no simulation)."""
-    cost = cost or (spec or CostSpec()).build(wl, gpu, scale)
-    short_steps = min(wl.steps, cfg.warmup + 2)
-    sched = build_schedule(replace(wl, steps=short_steps), cfg, coarse=True)
-    repeat = wl.steps - short_steps  # extra copies of the middle step (index cfg.warmup)
-    best = 0.0
-    for ops in sched.ranks:
-        total = 0.0
-        for op in ops:
-            if isinstance(op, Compute):
-                t = cost.compute_time(op)
-            elif isinstance(op, Collective) and not op.asynchronous and len(op.group) > 1:
-                pairs, per_flow, latency = collective_call(topo, op.kind, op.group, op.nbytes)
-                t = op.count * (per_flow / min(topo.route_bandwidth(a, b) for a, b in pairs)
-                                + latency)
-            else:
-                continue
-            step = op.step if isinstance(op, Compute) else op.tag.step
-            total += t * (1 + repeat if step == cfg.warmup and short_steps - 1 > cfg.warmup
-                          else 1)
-        best = max(best, total)
-    return best, memory_per_rank(wl, cfg, sched, gpu)
+    the engine: the larger of the busiest rank's compute plus the uncontended time of its
+    blocking collectives (a rank can overlap neither with its own compute) and the longest
+    path of one patch through the pipeline stages, step after step (``_chain_bound``).
+    Steps after the warmup are identical but for the last, so a short schedule is summed
+    and its middle step repeated. Also returns the memory per rank (which needs no
+    simulation)."""
+    return lower_bounds(wl, [cfg], gpu, topo, cost or (spec or CostSpec()).build(wl, gpu, scale),
+                        template=False)[0]
+
+
+def _bound_ranks(cfg: ParallelConfig) -> frozenset[int]:
+    """The ranks whose ops the bounds sum: one chain of stage peers, the one that holds the
+    VAE decode (first CFG half, first sequence position). Any subset of ranks gives a valid
+    bound (a maximum over fewer ranks and chains); the ranks of a stage run the same shapes,
+    so little is lost, and at 64 GPUs building every rank's ops cost more than the rest of
+    the search."""
+    layout = RankLayout.of(cfg)
+    return frozenset(layout.group(layout.rank(stage=layout.stages - 1), "stage"))
+
+
+def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topology,
+                 cost: CostModel, template: bool = True
+                 ) -> list[tuple[float, list[MemoryBreakdown]]]:
+    """``latency_lower_bound`` of each of ``cfgs``, seconds, with the memory per rank.
+
+    Configurations that differ only in their warmup count share one ``template``: a
+    three-step schedule with one warmup step holds a warm step, a steady step and the last
+    step, and a run with ``W < S`` warmup steps of ``S`` is ``W`` warm steps, ``S - W - 1``
+    steady ones and the last. Without ``template`` (and for runs with every step warm) each
+    gets its own short schedule (``W + 2`` steps, middle step repeated)."""
+    out: list[tuple[float, list[MemoryBreakdown]] | None] = [None] * len(cfgs)
+    groups: dict[ParallelConfig, list[int]] = {}
+    for i, c in enumerate(cfgs):
+        # A run with every step warm has no steady step: it gets its own short schedule.
+        shared = template and wl.steps >= 3 and c.warmup < wl.steps
+        groups.setdefault(replace(c, warmup=0) if shared else c, []).append(i)
+    for base, members in groups.items():
+        if base.warmup == 0 and template and wl.steps >= 3 and \
+                all(cfgs[i].warmup < wl.steps for i in members):
+            sched = build_schedule(replace(wl, steps=3), replace(base, warmup=1), coarse=True,
+                                   only=_bound_ranks(base))
+            per_rank = step_seconds(sched, topo, cost)
+            for i in members:
+                w = cfgs[i].warmup
+                best = max(t.by_step.get(-1, 0.0) + w * t.by_step.get(0, 0.0)
+                           + (wl.steps - w - 1) * t.by_step.get(1, 0.0) + t.by_step.get(2, 0.0)
+                           for t in per_rank)
+                best = max(best, _chain_bound(sched, per_rank, [
+                    (0, w, True), (1, wl.steps - w - 1, False), (2, 1, False)], sched.patches))
+                shape = replace(sched, warmup=w, steps=wl.steps)
+                out[i] = (best, memory_per_rank(wl, cfgs[i], shape, gpu))
+            continue
+        for i in members:
+            cfg = cfgs[i]
+            short_steps = min(wl.steps, cfg.warmup + 2)
+            sched = build_schedule(replace(wl, steps=short_steps), cfg, coarse=True,
+                                   only=_bound_ranks(cfg))
+            repeat = wl.steps - short_steps  # extra copies of the middle step (cfg.warmup)
+            middle = cfg.warmup if short_steps - 1 > cfg.warmup else None
+            per_rank = step_seconds(sched, topo, cost)
+            best = max(sum(v * (1 + repeat if s == middle else 1) for s, v in t.by_step.items())
+                       for t in per_rank)
+            best = max(best, _chain_bound(sched, per_rank, [
+                (t, 1 + repeat if t == middle else 1, t < cfg.warmup)
+                for t in range(short_steps)], sched.patches))
+            out[i] = (best, memory_per_rank(wl, cfg, sched, gpu))
+    return out  # type: ignore[return-value]
 
 
 def _bisect_scale(latency, target: float, lo: float, hi: float) -> float:

@@ -39,6 +39,11 @@ ULYSSES_LAYOUT_OPS = 4
 # attention, and the merge of two partial outputs by their log-sum-exp (out -= sigmoid(lse_b -
 # lse) * (out - out_b); lse -= logsigmoid(lse - lse_b): eight elementwise operators).
 RING_STEP_OPS = 4 + 1 + 8
+# How far the CPU can run ahead: CUDA queues about 1024 pending kernel launches per context,
+# after which a launch blocks until the GPU frees a slot (NVIDIA developer forums on
+# cudaLaunchKernel blocking; the figure PyTorch users meet as "launch queue full"). The lead is
+# capped at that many operators' host time.
+QUEUE_OPS = 1024
 # Gathering into a preallocated buffer (DistriFusion's stale K,V, the CFG halves): the call and
 # one copy out of the gathered tensor.
 GATHER_OPS = 2
@@ -52,6 +57,7 @@ class HostModel:
         self.op_s = gpu.launch_overhead_s
         self.active = gpu.name != "cpu" and gpu.launch_overhead_s > 0
         self._block_ops = [model.block_host_ops(i) for i in range(model.num_blocks)]
+        self.max_lead_s = QUEUE_OPS * self.op_s  # the CPU runs at most this far ahead
 
     def ops(self, op: object) -> float:
         """Operators the CPU dispatches to issue ``op``."""

@@ -31,7 +31,10 @@ class MemoryBreakdown:
 
     @property
     def total(self) -> float:
-        return sum(asdict(self).values())
+        # Field by field, not through asdict (which deep-copies): the planner asks for the
+        # total of every rank of every candidate.
+        return (self.weights + self.text_encoder + self.vae + self.activations
+                + self.kv_buffers + self.recv_buffers + self.runtime)
 
     def as_dict(self) -> dict:
         d = {k: v / 1e9 for k, v in asdict(self).items()}
@@ -79,6 +82,7 @@ def memory_per_rank(wl: Workload, cfg: ParallelConfig, sched: Schedule,
                          "sim.strategies.build_schedule")
     out = []
     n_stages = len(sched.stage_layers)
+    outside = m.outside_params  # a sum over every block: worked out once, not per rank
     for rank in range(len(sched.ranks)):
         stage = layout.stage(rank)
         first, lst = sched.stage_layers[stage]
@@ -96,7 +100,7 @@ def memory_per_rank(wl: Workload, cfg: ParallelConfig, sched: Schedule,
             comm += 2 * batch * (qs + text) * h * b / T  # collective staging buffers
         if stage == n_stages - 1:
             comm += latent * 3  # DPM-Solver multistep keeps two previous model outputs
-        weights = (m.blocks_params(first, lst) / T + m.outside_params) * b
+        weights = (m.blocks_params(first, lst) / T + outside) * b
         out.append(MemoryBreakdown(
             weights=weights,
             text_encoder=m.text_encoder_params * b if wl.text_encoder else 0.0,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sim.cost.base import SOURCES
 from sim.schedule import OpKind
-from sim.trace import Trace, TraceRow
+from sim.trace import ExtendedTrace, Trace, TraceRow
 
 
 @dataclass
@@ -51,10 +51,15 @@ class Metrics:
 
 
 def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> Metrics:
-    """Metrics of ``trace`` for a run of ``steps`` steps of which ``warmup`` synchronous."""
+    """Metrics of ``trace`` for a run of ``steps`` steps of which ``warmup`` synchronous. An
+    ``ExtendedTrace`` is measured on its short rows, each repeated row counted as often as it
+    repeats (the same sums as over the full rows, without building them)."""
+    rows = trace.rows if not isinstance(trace, ExtendedTrace) else trace.short.rows
+    repeated, copies = (trace.step, trace.copies) if isinstance(trace, ExtendedTrace) \
+        else (None, 0)
     latency = trace.end_s
-    text_end = max((r.end_s for r in trace.rows if r.op == OpKind.TEXT_ENCODE), default=0.0)
-    vae = sum(r.end_s - r.start_s for r in trace.rows if r.op == OpKind.VAE_DECODE)
+    text_end = max((r.end_s for r in rows if r.op == OpKind.TEXT_ENCODE), default=0.0)
+    vae = sum(r.end_s - r.start_s for r in rows if r.op == OpKind.VAE_DECODE)
     loop = max(latency - text_end - vae, 1e-30)
     busy = [0.0] * world_size
     exposed = [0.0] * world_size
@@ -63,8 +68,9 @@ def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> M
     # Local names: this loop runs over every row of every planner candidate's trace.
     send, recv, wait, suffix = OpKind.SEND, OpKind.RECV, OpKind.WAIT, OpKind.ASYNC_SUFFIX
     collectives, outside = OpKind.COLLECTIVES, OpKind.OUTSIDE_LOOP
-    for r in trace.rows:
+    for r in rows:
         rank, op = r.rank, r.op
+        w = 1 + copies if r.step == repeated else 1
         if op == send:
             sends[(rank, r.peer, r.step, r.patch, r.layer_first, r.tag)] = r
             sent_by_step[(rank, r.step)] += r.nbytes
@@ -73,18 +79,22 @@ def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> M
         elif op in collectives:
             # A blocking collective holds its rank for as long as its data is on the wire.
             sent_by_step[(rank, r.step)] += r.nbytes
-            exposed[rank] += r.end_s - r.start_s
+            exposed[rank] += (r.end_s - r.start_s) * w
         elif op == wait:
-            exposed[rank] += r.end_s - r.start_s
+            exposed[rank] += (r.end_s - r.start_s) * w
         elif op != recv and op not in outside:
-            busy[rank] += r.end_s - r.start_s
-    for r in trace.rows:
+            busy[rank] += (r.end_s - r.start_s) * w
+    for r in rows:
         if r.op == recv:
             s = sends.get((r.peer, r.rank, r.step, r.patch, r.layer_first, r.tag))
             in_flight_from = max(r.start_s, s.start_s) if s else r.start_s
-            exposed[r.rank] += max(0.0, r.end_s - in_flight_from)
+            w = 1 + copies if r.step == repeated else 1
+            exposed[r.rank] += max(0.0, r.end_s - in_flight_from) * w
     idle = sum(loop - b - e for b, e in zip(busy, exposed))
-    steady = [t for t in range(warmup, steps - 1)] or list(range(steps))
+    # The repeated step's copies send what it sends: the short run's steady steps have the
+    # same maximum as the full run's.
+    run_steps = steps - copies
+    steady = [t for t in range(warmup, run_steps - 1)] or list(range(run_steps))
     per_step = [max((sent_by_step.get((rank, t), 0) for t in steady), default=0)
                 for rank in range(world_size)]
     return Metrics(
@@ -99,10 +109,15 @@ def source_summary(rows: Trace | Iterable[TraceRow]) -> dict[str, dict[str, int]
     """Per compute kind, how many ops took their time from each source, from a trace (a
     ``sim.trace.Trace`` or its rows): e.g. ``{"blocks": {"measured": 8, "interpolated": 4}}``.
     Communication rows are skipped."""
-    if isinstance(rows, Trace):
-        rows = rows.rows
+    counts: Counter = Counter()
+    if isinstance(rows, ExtendedTrace):
+        for r in rows.short.rows:
+            counts[(r.op, r.source)] += rows.weight(r)
+    else:
+        counts.update((r.op, r.source) for r in (rows.rows if isinstance(rows, Trace)
+                                                  else rows))
     out: dict[str, dict[str, int]] = {}
-    for (kind, source), n in Counter((r.op, r.source) for r in rows).items():
+    for (kind, source), n in counts.items():
         if kind in (OpKind.SEND, OpKind.RECV) or source not in SOURCES:
             continue
         out.setdefault(kind, {})[source] = n

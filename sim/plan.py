@@ -5,7 +5,9 @@ Example::
     python -m sim.plan --model pixart --gpus 8 --link pcie
 
 The search itself (what is searched, how it prunes) is ``sim.search``; this command turns the
-flags into a search and prints the recommendation, why it wins and the ranking. Warmup counts
+flags into a search and prints the recommendation, why it wins and the ranking. From Python,
+``sim.plan(model=..., gpus=..., ...)`` (this module, called) or ``sim.api.plan`` returns a
+``Plan`` (``api_plan``). Warmup counts
 default to 0..2. HTML reports: ``python -m reports.plan``, same flags plus ``--report FILE``.
 """
 
@@ -15,11 +17,14 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sim.cli import (
     add_workload_args,
+    argv_from_kwargs,
     at_least,
     calibration_from_args,
+    callable_module,
     check_finite,
     cluster_from_args,
     cost_spec_from_args,
@@ -36,7 +41,7 @@ from sim.cost import CostSpec
 from sim.evaluate import Prediction, evaluate
 from sim.hardware import GPU
 from sim.outputs import check_outputs, write_output
-from sim.search import SearchResult, best_per_family, search
+from sim.search import Candidate, SearchResult, best_per_family, search
 from sim.topology import Topology
 
 
@@ -50,7 +55,8 @@ def build_parser(prog: str = "python -m sim.plan") -> argparse.ArgumentParser:
     p.add_argument("--warmup", default="0,1,2",
                    help="warmup step counts to consider, comma-separated")
     p.add_argument("--exhaustive", action="store_true",
-                   help="simulate every candidate (--json always does)")
+                   help="simulate every candidate (otherwise --json lists those a lower bound "
+                        "ruled out with 'simulated': false and their bound)")
     p.add_argument("--chrome-trace", default=None, metavar="FILE",
                    help="write the recommended configuration's Chrome/Perfetto trace")
     return p
@@ -71,8 +77,9 @@ class PlanRun:
     elapsed_s: float  # from parsed flags to the ranking
 
 
-def run_search(args: argparse.Namespace) -> PlanRun:
-    """Check the planner's flags and run the search they describe."""
+def run_search(args: argparse.Namespace, progress: bool | None = None) -> PlanRun:
+    """Check the planner's flags and run the search they describe; ``progress`` draws a bar
+    on stderr (default: when stderr is a terminal and the output is not JSON)."""
     t0 = time.perf_counter()
     wl = workload_from_args(args)
     gpu, topo = cluster_from_args(args)
@@ -86,12 +93,26 @@ def run_search(args: argparse.Namespace) -> PlanRun:
     scale = calibration_from_args(args, wl, gpu, spec)
     result = search(wl, gpu, topo, warmups, scale, spec=spec, top=args.top,
                     per_family=args.per_family,
-                    exhaustive=args.json or args.exhaustive,
-                    progress=not args.json and sys.stderr.isatty())
+                    exhaustive=args.exhaustive,
+                    progress=(not args.json and sys.stderr.isatty()) if progress is None
+                    else progress)
     # A NaN would rank arbitrarily and print as "nan": refused before anything is written.
-    check_finite([p.as_dict() for p in result.ranked], "the ranking")
+    check_finite(plan_json(result), "the ranking")
     return PlanRun(args, wl, gpu, topo, warmups, scale, spec, result,
                    time.perf_counter() - t0)
+
+
+def plan_json(result: SearchResult) -> list[dict]:
+    """``sim.plan --json``: every candidate, the simulated ones ranked first (``simulated``:
+    true, with their lower bound), then those the lower bound ruled out (``simulated``:
+    false, ``latency_s``: null), by bound."""
+    out = []
+    for p in result.ranked:
+        d = p.as_dict()
+        d["simulated"] = True
+        d["lower_bound_s"] = result.lower_bound(p.config)
+        out.append(d)
+    return out + [c.as_dict() for c in result.skipped()]
 
 
 def recommended_in_full(run: PlanRun) -> Prediction:
@@ -191,7 +212,7 @@ def print_plan(run: PlanRun) -> None:
     args, wl, gpu, result = run.args, run.workload, run.gpu, run.result
     ranked = result.ranked
     if args.json:
-        print_json([p.as_dict() for p in ranked])
+        print_json(plan_json(result))
         return
     print(f"{wl.model.name} at {wl.width}x{wl.height}, {wl.steps} steps, {wl.dtype}; "
           f"{run.topo.num_gpus} x {gpu.name} ({gpu.memory_bytes / 1e9:.0f} GB) over {args.link}"
@@ -211,6 +232,101 @@ def print_plan(run: PlanRun) -> None:
           f"Costs: {cost_note(run)}.")
 
 
+# Columns of ``Plan.to_frame``: the configuration, then what the search found.
+PLAN_COLUMNS = ("label", "strategy", "gpus", "pipefusion", "patches", "warmup", "ulysses",
+                "ring", "tensor", "cfg", "distrifusion", "simulated", "lower_bound_s",
+                "latency_s", "speedup", "memory_gb", "oom", "bubble_fraction",
+                "exposed_comm_s", "comm_bytes_per_step")
+
+
+@dataclass
+class Plan:
+    """What ``sim.plan`` finds, as an object: the ranking (simulated configurations, those
+    that fit first, fastest first), the recommendation and why, and every candidate the
+    search considered with its latency lower bound. Seconds throughout."""
+
+    run: PlanRun
+
+    @property
+    def ranked(self) -> list[Prediction]:
+        """The simulated configurations, fitting ones first, fastest first."""
+        return self.run.result.ranked
+
+    @property
+    def recommended(self) -> Prediction:
+        """The first of the ranking (check ``.oom``: when nothing fits it does not either)."""
+        return self.ranked[0]
+
+    @property
+    def why(self) -> str:
+        """The command's one line on why the recommendation wins."""
+        return why(self.ranked)
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        """Every configuration searched, with its lower bound and whether it was simulated."""
+        return self.run.result.considered
+
+    def table(self, top: int = 10) -> str:
+        """The command's ranking table (fitting configurations, or all when none fits)."""
+        return table([p for p in self.ranked if not p.oom] or self.ranked, top)
+
+    def as_json(self) -> list[dict]:
+        """What ``sim.plan --json`` prints."""
+        return plan_json(self.run.result)
+
+    def to_frame(self) -> Any:
+        """Every candidate as a row of a ``pandas.DataFrame`` (``PLAN_COLUMNS``): the
+        simulated ones in ranking order, then those the lower bound ruled out (``simulated``
+        False, ``latency_s`` NaN); ``speedup`` is against the serial run. Needs pandas.
+
+        >>> import sim
+        >>> plan = sim.plan(model="pixart", gpus=2, steps=4, warmup=[1])
+        >>> df = plan.to_frame()
+        >>> len(df) == len(plan.candidates), df.loc[0, "label"] == plan.recommended.config.label()
+        (True, True)
+        """
+        from sim.frames import data_frame
+
+        serial = next((p.latency_s for p in self.ranked if p.config.strategy == "serial"),
+                      None)
+        rows = []
+        for d in self.as_json():
+            c = d["config"]
+            lat = d["latency_s"]
+            rows.append((c["label"], c["strategy"], c["gpus"], c["pipefusion"], c["patches"],
+                         c["warmup"], c["ulysses"], c["ring"], c["tensor"], c["cfg"],
+                         c["distrifusion"], d["simulated"], d["lower_bound_s"],
+                         float("nan") if lat is None else lat,
+                         serial / lat if serial and lat else float("nan"), d["memory_gb"],
+                         d["oom"], d.get("bubble_fraction", float("nan")),
+                         d.get("exposed_comm_s", float("nan")),
+                         d.get("comm_bytes_per_step", float("nan"))))
+        return data_frame(rows, PLAN_COLUMNS)
+
+
+def api_plan(*, model: str, gpus: int, gpu: str | None = None, link: str = "pcie",
+             nodes: int = 1, inter_node: str | None = None, resolution: int | str = 1024,
+             steps: int | None = None, dtype: str = "bf16", text_encoder: bool = True,
+             vae: bool = True, single_gpu_latency: float | None = None,
+             profile: str | None = None, link_profile: str | None = None, top: int = 10,
+             per_family: int = 2, warmup: list[int] | str = "0,1,2",
+             exhaustive: bool = False) -> Plan:
+    """Search and rank every configuration: ``sim.plan``'s flags as keyword arguments, with
+    its defaults and checks (a ``UserError`` carries the message the command prints after
+    ``error:``); ``warmup`` is a list of step counts. No progress bar is drawn.
+
+    >>> import sim
+    >>> plan = sim.plan(model="pixart", gpus=4, steps=6)
+    >>> plan.recommended.config.gpus in (1, 2, 4), plan.recommended.latency_s > 0
+    (True, True)
+    >>> sum(c.simulated for c in plan.candidates) == len(plan.ranked)
+    True
+    """
+    args = build_parser().parse_args(argv_from_kwargs(dict(locals())))
+    return Plan(run_search(args, progress=False))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     moved_report_flag(p, "reports.plan")
@@ -224,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     print_plan(run)
     return 0
 
+
+callable_module(__name__, api_plan)
 
 if __name__ == "__main__":
     run_main(main)

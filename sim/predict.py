@@ -4,6 +4,9 @@ Example::
 
     python -m sim.predict --model pixart --gpu l40 --gpus 8 --link pcie --resolution 1024 \\
         --steps 20 --pipefusion 8 --patches 8 --warmup 1 --json
+
+From Python, ``sim.predict(model=..., gpus=..., ...)`` (this module, called) or
+``sim.api.predict``: the same flags as keyword arguments (``api_predict``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from dataclasses import replace
 
 from sim.cli import (
     add_workload_args,
+    argv_from_kwargs,
     calibration_from_args,
+    callable_module,
     check_finite,
     cluster_from_args,
     cost_spec_from_args,
@@ -109,6 +114,33 @@ def predict(args: argparse.Namespace) -> Prediction:
     return evaluate(wl, cfg, gpu, topo, cost, scale)
 
 
+def api_predict(*, model: str, gpus: int, gpu: str | None = None, link: str = "pcie",
+                nodes: int = 1, inter_node: str | None = None, resolution: int | str = 1024,
+                steps: int | None = None, dtype: str = "bf16", text_encoder: bool = True,
+                vae: bool = True, single_gpu_latency: float | None = None,
+                profile: str | None = None, link_profile: str | None = None,
+                pipefusion: int | None = None, ulysses: int = 1, ring: int = 1, tensor: int = 1,
+                cfg: int = 1, distrifusion: int = 1, patches: int | str = "auto",
+                warmup: int = 1, stage_blocks: list[int] | None = None) -> Prediction:
+    """Predict one configuration: ``sim.predict``'s flags as keyword arguments, with its
+    defaults and checks (a ``UserError`` carries the message the command prints after
+    ``error:``). Latencies in seconds; ``resolution`` is N, ``"WIDTHxHEIGHT"`` or (width,
+    height) in pixels; ``stage_blocks`` a list of block counts.
+
+    >>> import sim
+    >>> p = sim.predict(model="pixart", gpus=4, pipefusion=4, patches=4, steps=8)
+    >>> p.config.label(), p.latency_s > 0, len(p.memory)
+    ('pipefusion4(M=4,W=1)', True, 4)
+    >>> frame = p.trace.to_frame()  # needs pandas
+    >>> sorted(set(frame["rank"])) == [0, 1, 2, 3], len(frame) == len(p.trace)
+    (True, True)
+    """
+    args = build_parser().parse_args(argv_from_kwargs(dict(locals())))
+    pred = predict(args)
+    check_finite(pred.as_dict(), "the prediction")
+    return pred
+
+
 def summary(pred: Prediction) -> str:
     """A human-readable report of one prediction."""
     d = pred.as_dict()
@@ -157,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(pred))
     return 0
 
+
+callable_module(__name__, api_predict)
 
 if __name__ == "__main__":
     run_main(main)

@@ -21,13 +21,13 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sim.config import ParallelConfig, Workload, check_warmup, validate
 from sim.cost import CostSpec
 from sim.errors import RunFailed, UserError
-from sim.evaluate import Prediction, evaluate, latency_lower_bound
+from sim.evaluate import Prediction, evaluate, lower_bounds
 from sim.hardware import GPU
 from sim.topology import Topology
 
@@ -120,14 +120,31 @@ def _evaluate_chunk(job: _Job) -> list[Prediction]:
             for c in cfgs]
 
 
-def _bound_chunk(job: _Job) -> list[tuple[float, bool]]:
+def _bound_chunk(job: _Job) -> list[tuple[float, bool, float]]:
     wl, cfgs, gpu, topo, scale, spec = job
     cost = spec.build(wl, gpu, scale)
-    out = []
-    for c in cfgs:
-        lb, mem = latency_lower_bound(wl, c, gpu, topo, cost, scale)
-        out.append((lb, max(m.total for m in mem) > gpu.memory_bytes))
-    return out
+    return [(lb, max(m.total for m in mem) > gpu.memory_bytes, max(m.total for m in mem))
+            for lb, mem in lower_bounds(wl, cfgs, gpu, topo, cost)]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration the search considered: its latency lower bound (seconds), whether
+    it fits in memory, its fullest rank's memory (bytes), and whether it was simulated."""
+
+    config: ParallelConfig
+    lower_bound_s: float
+    oom: bool
+    memory_bytes: float
+    simulated: bool
+
+    def as_dict(self) -> dict:
+        """JSON of a candidate the search did not simulate (``sim.plan --json``)."""
+        cfg = self.config.as_dict()
+        cfg["label"] = self.config.label()
+        return {"simulated": self.simulated, "lower_bound_s": self.lower_bound_s,
+                "latency_s": None, "oom": self.oom, "memory_gb": self.memory_bytes / 1e9,
+                "config": cfg}
 
 
 @dataclass
@@ -138,6 +155,16 @@ class SearchResult:
     candidates: int
     pruned: int  # provably slower than every row shown, never simulated
     oom_skipped: int  # do not fit in memory, never simulated
+    considered: list[Candidate] = field(default_factory=list)  # every candidate, in order
+
+    def lower_bound(self, cfg: ParallelConfig) -> float | None:
+        """The lower bound the search computed for ``cfg`` (seconds), if any."""
+        return next((c.lower_bound_s for c in self.considered if c.config == cfg), None)
+
+    def skipped(self) -> list[Candidate]:
+        """The candidates that were not simulated, by lower bound."""
+        return sorted((c for c in self.considered if not c.simulated),
+                      key=lambda c: (c.oom, c.lower_bound_s))
 
 
 class _Pool:
@@ -151,11 +178,20 @@ class _Pool:
         self.workers = workers
 
     def map(self, fn: Callable[[_Job], list[Any]], wl: Workload, cfgs: list[ParallelConfig],
-            gpu: GPU, topo: Topology, scale: float, spec: CostSpec) -> list[Any]:
-        """``fn``'s result for each of ``cfgs``, in order."""
+            gpu: GPU, topo: Topology, scale: float, spec: CostSpec,
+            contiguous: bool = False) -> list[Any]:
+        """``fn``'s result for each of ``cfgs``, in order. Chunks interleave the list (the
+        costly configurations spread over the workers) unless ``contiguous`` (neighbours,
+        such as the warmup variants of one configuration, stay in one chunk)."""
         if not cfgs:
             return []
         n = max(1, min(len(cfgs), 4 * self.workers)) if self.pool else 1
+        if contiguous:
+            size = -(-len(cfgs) // n)
+            jobs = [(wl, cfgs[i:i + size], gpu, topo, scale, spec)
+                    for i in range(0, len(cfgs), size)]
+            results = list(self.pool.map(fn, jobs)) if self.pool else [fn(j) for j in jobs]
+            return [x for res in results for x in res]
         jobs = [(wl, cfgs[i::n], gpu, topo, scale, spec) for i in range(n)]
         results = list(self.pool.map(fn, jobs)) if self.pool else [fn(j) for j in jobs]
         out: list[Any] = [None] * len(cfgs)
@@ -186,10 +222,16 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
     workers = workers or (min(os.cpu_count() or 1, 8) if len(cands) > 40 else 1)
     pool = _Pool(workers)
     try:
+        bounds = pool.map(_bound_chunk, wl, cands, gpu, topo, scale, spec, contiguous=True)
+
+        def considered(simulated: set[int]) -> list[Candidate]:
+            return [Candidate(c, b[0], b[1], b[2], i in simulated)
+                    for i, (c, b) in enumerate(zip(cands, bounds))]
+
         if exhaustive:
             preds = pool.map(_evaluate_chunk, wl, cands, gpu, topo, scale, spec)
-            return SearchResult(rank(preds), len(cands), 0, 0)
-        bounds = pool.map(_bound_chunk, wl, cands, gpu, topo, scale, spec)
+            return SearchResult(rank(preds), len(cands), 0, 0,
+                                considered(set(range(len(cands)))))
         order = sorted(range(len(cands)), key=lambda i: bounds[i][0])
         fitting = [i for i in order if not bounds[i][1]]
         oom = [i for i in order if bounds[i][1]]
@@ -203,6 +245,7 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
         pruned = 0
         batch = 4 * workers
         pos = 0
+        done: set[int] = set()
         while pos < len(todo):
             keep = []
             for i in todo[pos:pos + batch]:
@@ -215,6 +258,7 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                     pruned += 1
                 else:
                     keep.append(cands[i])
+                    done.add(i)
             pos += batch
             for p in pool.map(_evaluate_chunk, wl, keep, gpu, topo, scale, spec):
                 preds.append(p)
@@ -231,7 +275,8 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                 sys.stderr.flush()
         if progress:
             sys.stderr.write("\r" + " " * 60 + "\r")
-        return SearchResult(rank(preds), len(cands), pruned, len(oom) if fitting else 0)
+        return SearchResult(rank(preds), len(cands), pruned, len(oom) if fitting else 0,
+                            considered(done))
     except BrokenProcessPool:
         # A worker died (killed by a signal, or by the kernel when memory ran out): nothing in
         # the input caused it, so exit 1 (a failed run, which may succeed if rerun), not 2.

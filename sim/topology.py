@@ -27,11 +27,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property, partial
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from sim.errors import UserError
 from sim.hardware import GPU, HOST_BUSES, LINKS, OVERLAP_SLOWDOWN
+
+if TYPE_CHECKING:  # networkx takes a tenth of a second to import: loaded when first used
+    import networkx as nx
 
 GPUS_PER_SOCKET = 4
 GPUS_PER_SWITCH = 2
@@ -100,6 +102,8 @@ class Topology:
             if router is not None:
                 edges = router(a, b)
             else:
+                import networkx as nx
+
                 path = nx.shortest_path(self.graph, a, b)
                 edges = list(zip(path, path[1:]))
             self._routes[key] = tuple(self.edge_ids[e] for e in edges)
@@ -261,6 +265,8 @@ def build_topology(gpu: GPU, gpus: int, link: str = "pcie", nodes: int = 1,
     if inter_node not in INTER_NODE:
         raise UserError(f"unknown --inter-node '{inter_node}'; choose one of: "
                         f"{', '.join(INTER_NODE)}")
+    import networkx as nx
+
     per_node = gpus // nodes
     g = nx.DiGraph()
     gpu_nodes: list[str] = []

@@ -13,7 +13,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sim.schedule import Compute, OpKind, Tag
 
@@ -88,9 +88,25 @@ class Trace:
     """The rows of the trace table."""
 
     rows: list[TraceRow] = field(default_factory=list)
+    # (rank, step) -> seconds the rank's CPU had issued ahead of its GPU when the step's
+    # first op came up (negative: the GPU waited for it). Filled by the engine's host clock.
+    cpu_ahead: dict[tuple[int, int], float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def to_frame(self) -> Any:
+        """The rows as a ``pandas.DataFrame``, one column per field of ``TraceRow`` (times
+        in seconds); pandas is imported only here (``pip install 'ditsim[api]'``).
+
+        >>> from sim.trace import Trace, TraceRow
+        >>> row = TraceRow(0, "blocks", 0, -1, 0, 27, 0.0, 0.25, 0, -1, "roofline", "")
+        >>> Trace([row]).to_frame().loc[0, "op"], float(Trace([row]).to_frame().loc[0, "end_s"])
+        ('blocks', 0.25)
+        """
+        from sim.frames import data_frame
+
+        return data_frame(self.rows, COLUMNS)
 
     def dicts(self) -> list[dict]:
         """Rows as dicts keyed by column name."""
@@ -144,6 +160,69 @@ class Trace:
     def write_chrome(self, path: str | Path) -> None:
         """Write the Chrome / Perfetto JSON trace."""
         Path(path).write_text(json.dumps(self.to_chrome()))
+
+
+class ExtendedTrace(Trace):
+    """The trace of a run whose steady steps repeat: a short run's rows plus how to extend
+    them, materialised into ``rows`` only when someone reads them (metrics, ``end_s`` and
+    source counts work on the short rows directly, so the planner never builds them).
+
+    The short run has steps ``0..step + 1`` with ``step`` a steady step, then its final step
+    ``step + 1``; the full run repeats ``step`` ``copies`` more times, each ``period``
+    seconds after the one before, and relabels the final step as ``step + 1 + copies``.
+    Rows outside the loop (step -1) but the text encode come after the loop, so they move
+    by ``copies * period`` too."""
+
+    def __init__(self, short: Trace, step: int, copies: int, period: float) -> None:
+        # ``rows`` is deliberately not set: __getattr__ builds it on first use.
+        self.short = short
+        self.cpu_ahead = short.cpu_ahead
+        self.step = step
+        self.copies = copies
+        self.period = period
+
+    def __getattr__(self, name: str) -> object:
+        if name == "rows":
+            rows = self._extend()
+            self.__dict__["rows"] = rows
+            return rows
+        raise AttributeError(name)
+
+    def __reduce__(self) -> tuple:  # pickle the recipe, not the rows
+        return (ExtendedTrace, (self.short, self.step, self.copies, self.period))
+
+    def shift(self, row: TraceRow) -> float:
+        """Seconds by which ``row`` of the short run moves in the full run (its last copy,
+        for rows of the repeated step)."""
+        s = row.step
+        if s >= self.step or (s < 0 and row.op != OpKind.TEXT_ENCODE):
+            return self.copies * self.period
+        return 0.0
+
+    def weight(self, row: TraceRow) -> int:
+        """How many rows of the full run ``row`` of the short run stands for."""
+        return 1 + self.copies if row.step == self.step else 1
+
+    @property
+    def end_s(self) -> float:
+        return max((r.end_s + self.shift(r) for r in self.short.rows), default=0.0)
+
+    def __len__(self) -> int:
+        return sum(map(self.weight, self.short.rows))
+
+    def _extend(self) -> list[TraceRow]:
+        b, extra, period = self.step, self.copies, self.period
+        last = b + 1
+        by_step: dict[int, list[TraceRow]] = {}
+        for r in self.short.rows:
+            by_step.setdefault(r.step, []).append(r)
+        rows = [r for r in self.short.rows if 0 <= r.step <= b or r.op == OpKind.TEXT_ENCODE]
+        for k in range(1, extra + 1):
+            rows.extend(r.shifted(k * period, b + k) for r in by_step[b])
+        rows.extend(r.shifted(extra * period, b + extra + 1) for r in by_step.get(last, []))
+        rows.extend(r.shifted(extra * period, -1) for r in by_step.get(-1, [])
+                    if r.op != OpKind.TEXT_ENCODE)
+        return rows
 
 
 def join_traces(measured: Trace, predicted: Trace) -> list[dict]:

@@ -151,14 +151,27 @@ def test_plan_table_and_json(capsys) -> None:
     assert "recommended:" in out and "why:" in out and "GPU assumed" in out and "l40" in out
     code, out, _ = _run(plan.main, ["--model", "pixart", "--gpus", "4", "--steps", "8",
                                     "--json"], capsys)
-    ranked = json.loads(out)
+    every = json.loads(out)
+    # Every candidate is listed: the simulated ones ranked first, then those the lower bound
+    # ruled out (no latency), each with its bound.
+    ranked = [d for d in every if d["simulated"]]
+    skipped = [d for d in every if not d["simulated"]]
+    assert every == ranked + skipped and skipped
+    assert all(d["latency_s"] is None for d in skipped)
+    assert all(d["lower_bound_s"] <= d["latency_s"] * (1 + 1e-9) for d in ranked)
     fits = [d for d in ranked if not d["oom"]]
     assert [d["latency_s"] for d in fits] == sorted(d["latency_s"] for d in fits)
-    assert {d["config"]["strategy"] for d in ranked} == {
+    # Pruned means provably slower than the best found: no skipped bound beats the winner.
+    assert min(d["lower_bound_s"] for d in skipped) >= fits[0]["latency_s"]
+    assert {d["config"]["strategy"] for d in every} == {
         "serial", "pipefusion", "ulysses", "ring", "tensor", "distrifusion", "cfg", "hybrid"}
-    stale = [d for d in ranked if d["config"]["strategy"] == "pipefusion"
+    stale = [d for d in every if d["config"]["strategy"] == "pipefusion"
              and d["config"]["patches"] > 1]
     assert {d["config"]["warmup"] for d in stale} == {0, 1, 2}
+    code, out, _ = _run(plan.main, ["--model", "pixart", "--gpus", "4", "--steps", "8",
+                                    "--json", "--exhaustive"], capsys)
+    assert all(d["simulated"] for d in json.loads(out))
+    assert len(json.loads(out)) == len(every)
 
 
 def test_plan_marks_oom_and_never_recommends_it(capsys) -> None:

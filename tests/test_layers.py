@@ -24,8 +24,11 @@ LAYERS = {"sim": 0, "reports": 1, "executor": 2, "profiles": 3, "validation": 4,
 # The simulator's declared dependencies (pyproject's ``dependencies``): a planning host installs
 # only these, so anything else imported by ``sim`` breaks ``pip install ditsim``.
 SIM_THIRD_PARTY = {"simpy", "networkx"}
+# Optional extras ``sim`` may import inside a function, only when asked (the API's to_frame()
+# tables: pyproject's ``api`` extra); the import-time test below checks they stay unloaded.
+SIM_OPTIONAL = {"pandas"}
 # Heavy optional packages that must never be imported when ``sim`` is.
-NOT_IN_SIM = ("torch", "diffusers", "plotly", "numpy")
+NOT_IN_SIM = ("torch", "diffusers", "plotly", "numpy", "pandas")
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ def test_no_import_cycle_between_modules() -> None:
 
 
 def test_sim_imports_only_its_declared_dependencies() -> None:
-    allowed = set(sys.stdlib_module_names) | SIM_THIRD_PARTY | set(LAYERS)
+    allowed = set(sys.stdlib_module_names) | SIM_THIRD_PARTY | SIM_OPTIONAL | set(LAYERS)
     bad = [imp for imp in project_imports()
            if _top(imp.source) == "sim" and _top(imp.target) not in allowed]
     assert not bad, ("sim imports beyond the standard library, simpy and networkx:\n"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from sim.cost.profile_format import MAX_TIME_S, LinkProfile, ProfileError, check_fit
 from sim.errors import UserError
 from sim.topology import Topology
+
+if TYPE_CHECKING:  # only an annotation here; networkx loads with the first topology
+    import networkx as nx
 
 
 def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,

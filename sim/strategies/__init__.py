@@ -14,11 +14,16 @@ from sim.schedule import Schedule
 FAMILIES = ("serial", "pipefusion", "ulysses", "ring", "tensor", "distrifusion", "cfg", "hybrid")
 
 
-def build_schedule(wl: Workload, cfg: ParallelConfig, coarse: bool = False) -> Schedule:
+def build_schedule(wl: Workload, cfg: ParallelConfig, coarse: bool = False,
+                   only: frozenset[int] | None = None) -> Schedule:
     """Validate the request and build its schedule (raises ``UserError`` on a broken rule).
     ``coarse`` merges per-block communication into one op per stage (planner speed). The
     schedule is checked against the contract (``Schedule.validate``) before it is returned:
-    a strategy bug raises ``ScheduleError`` here instead of giving a fast, wrong prediction."""
+    a strategy bug raises ``ScheduleError`` here instead of giving a fast, wrong prediction.
+
+    ``only`` asks for the ops of those ranks alone where the strategy can build them apart
+    (the hybrids; the others build every rank): a partial schedule, not validated (its
+    messages have no other end), for the planner's lower bounds, never for simulation."""
     from sim.strategies import distrifusion, hybrid, serial
 
     validate(wl, cfg)
@@ -29,6 +34,8 @@ def build_schedule(wl: Workload, cfg: ParallelConfig, coarse: bool = False) -> S
         # and the next step's earlier ones, which one merged gather per step would not.
         sched = distrifusion.build(wl, cfg)
     else:
-        sched = hybrid.build(wl, cfg, coarse)
+        sched = hybrid.build(wl, cfg, coarse, only)
+        if only is not None:
+            return sched
     sched.validate()
     return sched

@@ -120,8 +120,10 @@ class Slot:
     prev_warm: bool  # the step before was a warmup step (or there was none)
 
 
-def build(wl: Workload, cfg: ParallelConfig, coarse: bool = False) -> Schedule:
-    """Per-rank ops of the hybrid ``cfg`` for ``wl``."""
+def build(wl: Workload, cfg: ParallelConfig, coarse: bool = False,
+          only: frozenset[int] | None = None) -> Schedule:
+    """Per-rank ops of the hybrid ``cfg`` for ``wl``; with ``only``, the ops of those ranks
+    alone (the others' lists stay empty: a partial schedule, for the planner's bounds)."""
     job = _job(wl, cfg, coarse)
     sched = Schedule(
         model=job.model.name, strategy=cfg.strategy, height=wl.height, width=wl.width,
@@ -130,16 +132,19 @@ def build(wl: Workload, cfg: ParallelConfig, coarse: bool = False) -> Schedule:
         token_cols=job.cols, ranks=[[] for _ in range(job.layout.world)],
         config=cfg.as_dict(), layout=job.layout,
     )
-    seats = [_seat(job, rank) for rank in range(job.layout.world)]
+    seats = [_seat(job, rank) for rank in range(job.layout.world)
+             if only is None or rank in only]
     if wl.text_encoder:
-        for ops in sched.ranks:
-            ops.append(Compute(OpKind.TEXT_ENCODE, -1, -1, batch=job.model.batch))
+        for seat in seats:
+            sched.ranks[seat.rank].append(Compute(OpKind.TEXT_ENCODE, -1, -1,
+                                                  batch=job.model.batch))
     for step in range(job.steps):
         for slot in _slots(job, step):
             for seat in seats:
                 sched.ranks[seat.rank].extend(patch_ops(job, seat, slot))
     for rank, op in decode_ops(job, wl.vae):
-        sched.ranks[rank].append(op)
+        if only is None or rank in only:
+            sched.ranks[rank].append(op)
     return sched
 
 
