@@ -97,3 +97,18 @@ def test_calibration_reproduces_the_measured_single_gpu_latency() -> None:
         s = calibration_scale(wl, gpu, target)
         got = evaluate(wl, ParallelConfig(1), gpu, build_topology(gpu, 1), scale=s).latency_s
         assert got == pytest.approx(target, rel=1e-6)
+
+
+def test_cpu_lead_is_capped_by_the_launch_queue() -> None:
+    """After a long GPU op the CPU is at most QUEUE_OPS operators' host time ahead, so the
+    next ops wait for the GPU no longer than that lead allows."""
+    from sim.host import QUEUE_OPS
+
+    wl = Workload(get_model("pixart"), 1024, 1024, 6, text_encoder=True, vae=False)
+    gpu = get_gpu("h100-sxm")
+    host = HostModel(wl.model, gpu)
+    sched = build_schedule(wl, ParallelConfig(1))
+    # The text encoder: tens of ms of GPU work for a few hundred operators.
+    trace = simulate(sched, build_topology(gpu, 1), RooflineCost(wl, gpu), host=host)
+    leads = [v for (r, s), v in trace.cpu_ahead.items()]
+    assert max(leads) == pytest.approx(QUEUE_OPS * gpu.launch_overhead_s)  # reached, not passed
