@@ -12,7 +12,7 @@ import torch
 from executor.inputs import load_prompts, local_model, registry_model
 from executor.interpreter import unsupported_ops
 from sim.cli import at_least, finite, parse_int_list, parse_resolution, positive
-from sim.config import ParallelConfig, Workload
+from sim.config import ParallelConfig, Workload, check_patches_need_pipefusion
 from sim.errors import UserError
 from sim.models import DiTModel
 from sim.outputs import check_outputs
@@ -77,6 +77,7 @@ def plan_run(args: argparse.Namespace, world_size: int) -> RunPlan:
     pipefusion = args.pipefusion
     if pipefusion is None:
         pipefusion = world_size // others if others > 0 and world_size % others == 0 else 1
+    check_patches_need_pipefusion(args.patches, world_size, "processes")
     patches = args.patches if args.patches is not None else pipefusion
     cfg = ParallelConfig(gpus=world_size, pipefusion=pipefusion, patches=patches,
                          warmup=args.warmup, stage_blocks=stage_blocks, **degrees)

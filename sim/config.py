@@ -111,6 +111,15 @@ def check_warmup(warmup: int, steps: int) -> None:
                         f"got {warmup}")
 
 
+def check_patches_need_pipefusion(patches: int | None, units: int, what: str) -> None:
+    """Refuse patches asked for on a launch of one GPU or process (``units``, named ``what``),
+    where no PipeFusion runs. ``validate`` lets a one-GPU schedule with patches through:
+    profilers build such schedules on purpose to time patch-shaped ops."""
+    if patches is not None and patches > 1 and units == 1:
+        raise UserError(f"--patches applies to PipeFusion, which needs 2 or more {what}; on "
+                        f"one use --patches 1")
+
+
 def validate(wl: Workload, cfg: ParallelConfig) -> None:
     """Raise ``UserError`` for the first rule ``wl`` and ``cfg`` break."""
     m = wl.model
@@ -154,9 +163,8 @@ def validate(wl: Workload, cfg: ParallelConfig) -> None:
     if cfg.patches < 1 or cfg.patches > rows:
         raise UserError(f"--patches must be between 1 and {rows} (the latent has {rows} rows "
                         f"of {m.patch_size}-row patches at {wl.height} px), got {cfg.patches}")
-    if cfg.patches > 1 and cfg.pipefusion == 1:
-        raise UserError(f"--patches applies to PipeFusion; with a PipeFusion degree of 1 (here "
-                        f"{cfg.gpus} GPU(s) or process(es)) use --patches 1")
+    if cfg.patches > 1 and cfg.pipefusion == 1 and cfg.gpus > 1:
+        raise UserError("--patches applies to PipeFusion; with --pipefusion 1 use --patches 1")
     if cfg.distrifusion > rows:
         raise UserError(f"--distrifusion {cfg.distrifusion} exceeds the {rows} latent rows "
                         f"at {wl.height} px")

@@ -28,7 +28,7 @@ from sim.cli import (
     run_main,
     workload_from_args,
 )
-from sim.config import ParallelConfig, Workload, validate
+from sim.config import ParallelConfig, Workload, check_patches_need_pipefusion, validate
 from sim.cost import CostModel
 from sim.errors import UserError
 from sim.evaluate import Prediction, evaluate
@@ -110,6 +110,7 @@ def predict(args: argparse.Namespace) -> Prediction:
     except ValueError:
         raise UserError(f"--patches must be a whole number or 'auto', "
                         f"got '{args.patches}'") from None
+    check_patches_need_pipefusion(patches, args.gpus, "GPUs")
     cfg = ParallelConfig(args.gpus, degree, patches, args.warmup, stage_blocks, **degrees)
     return evaluate(wl, cfg, gpu, topo, cost, scale)
 

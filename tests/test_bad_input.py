@@ -96,7 +96,8 @@ ROWS = [
     # Issue 17: flags a launch cannot honour are refused, not dropped (one GPU has no
     # PipeFusion, so no patches).
     row("sim.predict", ["--model", "pixart", "--gpus", "1", "--patches", "4"],
-        "--patches applies to PipeFusion", "use --patches 1", id="predict-patches-one-gpu"),
+        "--patches applies to PipeFusion, which needs 2 or more GPUs",
+        id="predict-patches-one-gpu"),
     # 1. Non-finite and absurd numbers on the command line.
     row("sim.predict", PREDICT + ["--single-gpu-latency", "nan"],
         "--single-gpu-latency must be positive and finite, got nan", id="predict-sgl-nan"),
