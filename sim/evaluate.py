@@ -86,8 +86,10 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
              spec: CostSpec | None = None, exact: bool = False) -> Prediction:
     """Simulate ``cfg`` for ``wl`` on ``topo`` (ranks on its first GPUs).
 
-    Steady steps repeat: unless ``exact``, only ``W + 4`` steps are simulated and, when the
-    two middle steps are identical up to a time shift, the rest are shifted copies of them
+    Steady steps repeat: unless ``exact``, only ``W + 4`` steps are simulated (then
+    ``W + 8``, ``W + 16``, ... while shorter than the run) and, once the two steps before
+    the last are identical up to a time shift with no CPU lead shrinking over them
+    (``periodic_extension``), the rest are shifted copies of them
     (``ExtendedTrace``: metrics come from the short run, the full rows are built only when
     read). Otherwise, and with ``exact``, every step is simulated. ``fast`` (the planner's
     mode) also merges a stage's per-block communication into one op per stage.
