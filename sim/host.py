@@ -39,10 +39,10 @@ ULYSSES_LAYOUT_OPS = 4
 # attention, and the merge of two partial outputs by their log-sum-exp (out -= sigmoid(lse_b -
 # lse) * (out - out_b); lse -= logsigmoid(lse - lse_b): eight elementwise operators).
 RING_STEP_OPS = 4 + 1 + 8
-# How far the CPU can run ahead: CUDA queues about 1024 pending kernel launches per context,
-# after which a launch blocks until the GPU frees a slot (NVIDIA developer forums on
-# cudaLaunchKernel blocking; the figure PyTorch users meet as "launch queue full"). The lead is
-# capped at that many operators' host time.
+# How far the CPU can run ahead: CUDA queues about 1024 pending kernel launches per stream,
+# after which a launch blocks until the GPU frees a slot (as reported on the NVIDIA developer
+# forums for cudaLaunchKernel; not a documented constant). The lead is capped at that many
+# operators' host time.
 QUEUE_OPS = 1024
 # Gathering into a preallocated buffer (DistriFusion's stale K,V, the CFG halves): the call and
 # one copy out of the gathered tensor.
