@@ -101,14 +101,18 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     cost = cost or spec.build(wl, gpu, scale)
     host = HostModel(wl.model, gpu)
     trace: Trace | None = None
-    # The short run lengthens while it is not yet periodic: a warmup that leaves the CPU
-    # ahead of the GPU takes some steady steps to use that lead up (see periodic_extension).
+    # A warmup that leaves the CPU ahead of the GPU takes some steady steps to use that lead
+    # up (see periodic_extension): the short run is lengthened by as many steps as the lead
+    # needs at its rate of shrinking, once; any other mismatch means a full simulation.
     length = cfg.warmup + 4
     while not exact and trace is None and wl.steps > length:
         sched = build_schedule(replace(wl, steps=length), cfg, coarse=fast)
-        trace = periodic_extension(simulate(sched, topo, cost, host=host), length - 3,
-                                   wl.steps)
-        length = cfg.warmup + 2 * (length - cfg.warmup)
+        short = simulate(sched, topo, cost, host=host)
+        trace = periodic_extension(short, length - 3, wl.steps)
+        more = lead_settles_in(short, length - 2) if length == cfg.warmup + 4 else None
+        if trace is None and more is None:
+            break
+        length += more or 0
     if trace is None:
         sched = build_schedule(wl, cfg, coarse=fast)
         trace = simulate(sched, topo, cost, host=host)
@@ -117,6 +121,20 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     return Prediction(wl, cfg, gpu, topo, metrics, memory, trace, scale,
                       stage_layers=list(sched.stage_layers),
                       cost_sources=source_summary(trace), cost_model=spec.describe(cost))
+
+
+def lead_settles_in(trace: Trace, step: int) -> int | None:
+    """Steps after ``step`` until no rank's CPU lead shrinks any more, at the rate it shrank
+    over ``step`` (the lead stops shrinking once it is used up); None when none shrank."""
+    lead = trace.cpu_ahead
+    need = 0
+    for (rank, s), ahead in lead.items():
+        if s != step:
+            continue
+        rate = ahead - lead.get((rank, step + 1), ahead)
+        if rate > 1e-12:
+            need = max(need, math.ceil(max(lead[(rank, step + 1)], 0.0) / rate) + 2)
+    return need or None
 
 
 # Field getters built in C: they run on every row of every planner candidate.

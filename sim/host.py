@@ -58,6 +58,7 @@ class HostModel:
         self.active = gpu.name != "cpu" and gpu.launch_overhead_s > 0
         self._block_ops = [model.block_host_ops(i) for i in range(model.num_blocks)]
         self.max_lead_s = QUEUE_OPS * self.op_s  # the CPU runs at most this far ahead
+        self._seconds: dict[object, float] = {}
 
     def ops(self, op: object) -> float:
         """Operators the CPU dispatches to issue ``op``."""
@@ -86,8 +87,14 @@ class HostModel:
         raise TypeError(f"unknown op {op!r}")
 
     def seconds(self, op: object) -> float:
-        """Host seconds to issue ``op`` (0 when the model is inactive)."""
-        return self.ops(op) * self.op_s if self.active else 0.0
+        """Host seconds to issue ``op`` (0 when the model is inactive); memoised, as steady
+        steps issue the same ops again and again."""
+        if not self.active:
+            return 0.0
+        t = self._seconds.get(op)
+        if t is None:
+            t = self._seconds[op] = self.ops(op) * self.op_s
+        return t
 
     def granularity(self, op: Compute) -> int:
         """Equal pieces the CPU issues ``op`` in (one per block of a block range): the GPU
