@@ -206,6 +206,16 @@ def table(ranked: list[Prediction], top: int) -> str:
     return "\n".join(lines)
 
 
+# What the table's terms mean, printed under it (issue 17: they were defined only deep in
+# the README).
+LEGEND = """\
+columns: M = patches per image (PipeFusion); W = warmup steps run on the full image before
+  stale K,V are used (W=0 is fastest but can hurt image quality); bubble = share of GPU time
+  spent idle waiting for other stages; exposed ms = communication not hidden under compute,
+  per rank, whole run; MB/step = bytes the busiest rank sends per steady step; speedup =
+  against one GPU; mem GB = peak memory of the fullest GPU."""
+
+
 def print_plan(run: PlanRun) -> None:
     """Print the recommendation, why, the ranking and the best of each family (or, with
     --json, every prediction)."""
@@ -226,6 +236,7 @@ def print_plan(run: PlanRun) -> None:
     print(table([p for p in ranked if not p.oom] or ranked, args.top))
     print("\nbest of each family (the trade-off, not only the winner):")
     print(table(best_per_family(ranked, args.per_family), 10**6))
+    print("\n" + LEGEND)
     print(f"\n{result.candidates} configurations searched in {run.elapsed_s:.2f} s: "
           f"{len(ranked)} simulated, {result.pruned} skipped by a latency lower bound (provably "
           f"slower than every row shown), {result.oom_skipped} skipped as out of memory. "

@@ -149,6 +149,11 @@ def test_plan_table_and_json(capsys) -> None:
     code, out, _ = _run(plan.main, BASE + ["--steps", "8"], capsys)
     assert code == 0
     assert "recommended:" in out and "why:" in out and "GPU assumed" in out and "l40" in out
+    # The legend under the table defines every column a newcomer meets (issue 17).
+    legend = out[out.index("columns:"):]
+    for term in ("M =", "W =", "bubble =", "exposed ms =", "MB/step =", "speedup =",
+                 "mem GB ="):
+        assert term in legend
     code, out, _ = _run(plan.main, ["--model", "pixart", "--gpus", "4", "--steps", "8",
                                     "--json"], capsys)
     every = json.loads(out)
