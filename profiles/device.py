@@ -6,9 +6,7 @@ names before deciding to measure, and answer ``--help`` or bad flags without loa
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
-
+from sim.cost.profile import this_cpu
 from sim.cost.profile_format import slug
 
 
@@ -18,13 +16,7 @@ def device_name(device: str) -> str:
         import torch
 
         return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return this_cpu()  # the name sim.cost.profile compares a profile's host with
 
 
 def device_slug(device: str, name: str, threads: int) -> str:

@@ -104,15 +104,16 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     # A warmup that leaves the CPU ahead of the GPU takes some steady steps to use that lead
     # up (see periodic_extension): the short run is lengthened by as many steps as the lead
     # needs at its rate of shrinking, once; any other mismatch means a full simulation.
-    length = cfg.warmup + 4
+    length, lengthened = cfg.warmup + 4, False
     while not exact and trace is None and wl.steps > length:
         sched = build_schedule(replace(wl, steps=length), cfg, coarse=fast)
         short = simulate(sched, topo, cost, host=host)
         trace = periodic_extension(short, length - 3, wl.steps)
-        more = lead_settles_in(short, length - 2) if length == cfg.warmup + 4 else None
-        if trace is None and more is None:
-            break
-        length += more or 0
+        if trace is None:
+            more = None if lengthened else lead_settles_in(short, length - 2)
+            if more is None:
+                break
+            length, lengthened = length + more, True
     if trace is None:
         sched = build_schedule(wl, cfg, coarse=fast)
         trace = simulate(sched, topo, cost, host=host)

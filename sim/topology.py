@@ -97,17 +97,20 @@ class Topology:
         route where the layout has one (PCIe hosts), else the fewest hops."""
         key = (src, dst)
         if key not in self._routes:
-            a, b = self.gpu_nodes[src], self.gpu_nodes[dst]
-            router = self.graph.graph.get("router")
-            if router is not None:
-                edges = router(a, b)
-            else:
-                import networkx as nx
-
-                path = nx.shortest_path(self.graph, a, b)
-                edges = list(zip(path, path[1:]))
+            edges = self._route_edges(self.gpu_nodes[src], self.gpu_nodes[dst])
             self._routes[key] = tuple(self.edge_ids[e] for e in edges)
         return self._routes[key]
+
+    def _route_edges(self, a: str, b: str) -> list[tuple[str, str]]:
+        """Graph edges (node pairs) from GPU node ``a`` to ``b``: the layout's explicit
+        transport route where it has one, else the fewest hops."""
+        router = self.graph.graph.get("router")
+        if router is not None:
+            return router(a, b)
+        import networkx as nx
+
+        path = nx.shortest_path(self.graph, a, b)
+        return list(zip(path, path[1:]))
 
     def all_to_all_efficiency(self, group: tuple[int, ...] | list[int]) -> float:
         """Fraction of the link rates an all-to-all among ``group`` achieves: on a PCIe host
@@ -119,13 +122,16 @@ class Topology:
         eff = self.graph.graph.get("many_to_many")
         if eff is None or len(group) < 3:
             return 1.0
-        router = self.graph.graph["router"]
-        a = self.gpu_nodes[group[0]]
+        a = group[0]
         # Leaving the socket: over the socket link, or out through a NIC to another node.
-        spans = any(self.graph.edges[e]["kind"] in ("upi", "net")
-                    or e[0].endswith(".nic") or e[1].endswith(".nic")
-                    for b in group[1:] for e in router(a, self.gpu_nodes[b]))
+        spans = any(self.crosses_sockets(a, b) or self.transport(a, b) == "net"
+                    for b in group[1:])
         return eff if spans else 1.0
+
+    def crosses_sockets(self, src: int, dst: int) -> bool:
+        """Whether the route between the two ranks' GPUs crosses a CPU socket link."""
+        return any(self.graph.edges[e]["kind"] == "upi"
+                   for e in self._route_edges(self.gpu_nodes[src], self.gpu_nodes[dst]))
 
     def transport_summary(self, ranks: int) -> str | None:
         """One clause on how the first ``ranks`` GPUs reach each other, when some pairs go
@@ -135,10 +141,7 @@ class Topology:
         parts = []
         shm = [p for p, k in zip(pairs, kinds) if k == "shm"]
         if shm:
-            router = self.graph.graph["router"]
-            cross = sum(any(self.graph.edges[e]["kind"] == "upi"
-                            for e in router(self.gpu_nodes[a], self.gpu_nodes[b]))
-                        for a, b in shm)
+            cross = sum(self.crosses_sockets(a, b) for a, b in shm)
             parts.append(f"{len(shm)} of {len(pairs)} GPU pairs go through host memory "
                          f"(NCCL's SHM transport, no P2P outside a PCIe switch)"
                          + (f", {cross} of them across the CPU socket link" if cross else ""))
