@@ -50,7 +50,8 @@ def gather(run: PlanRun) -> Alternatives:
     link_gpu = gpu if gpu.nvlink else get_gpu(DEFAULT_GPU["nvlink"])
     links: dict[str, dict[str, float]] = {}
     for link in ("pcie", "nvlink"):
-        lt = build_topology(link_gpu, args.gpus, link, args.nodes, args.inter_node)
+        lt = build_topology(link_gpu, args.gpus, link, args.nodes, args.inter_node, args.nccl,
+                            args.host_cpu)
         res = run.result if (link == args.link and link_gpu is gpu) else search(
             wl, link_gpu, lt, run.warmups, run.scale, top=1, per_family=1, spec=run.spec)
         links[f"{link_gpu.name} {link}"] = {p.config.strategy: p.latency_s

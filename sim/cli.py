@@ -18,7 +18,7 @@ from sim.cost import CostSpec
 from sim.cost.link_profile import apply_link_profile
 from sim.errors import RunFailed, UserError
 from sim.evaluate import calibration_scale
-from sim.hardware import DEFAULT_GPU, GPU, get_gpu
+from sim.hardware import DEFAULT_GPU, GPU, HOST_CPUS, NCCL_VERSIONS, get_gpu
 from sim.models import get_model
 from sim.topology import INTER_NODE, Topology, build_topology
 
@@ -51,6 +51,14 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     # told apart and warned about.
     p.add_argument("--inter-node", default=None, choices=list(INTER_NODE),
                    help=f"network between nodes (default {DEFAULT_INTER_NODE})")
+    p.add_argument("--nccl", default=NCCL_VERSIONS[0], choices=list(NCCL_VERSIONS),
+                   help="NCCL behaviour on PCIe hosts: 2.23 (2.23.4 and later: peer-to-peer "
+                        "only behind a shared PCIe switch, else through host memory) or 2.22 "
+                        "(earlier: also peer-to-peer across the CPU on AMD hosts)")
+    p.add_argument("--host-cpu", default=None, choices=list(HOST_CPUS),
+                   help="CPU vendor of PCIe hosts (default: amd for PCIe Gen4 hosts, intel "
+                        "for Gen3 and Gen5); sets the socket-link rate NCCL assumes and "
+                        "whether it goes peer-to-peer across the CPU")
     p.add_argument("--resolution", default="1024",
                    help="image size in pixels: N for NxN, or WIDTHxHEIGHT")
     p.add_argument("--steps", type=int, default=None,
@@ -164,7 +172,11 @@ def cluster_from_args(args: argparse.Namespace) -> tuple[GPU, Topology]:
               file=sys.stderr)
     if args.inter_node is None:
         args.inter_node = DEFAULT_INTER_NODE  # later users (reports.plan) read it too
-    topo = build_topology(gpu, args.gpus, args.link, args.nodes, args.inter_node)
+    if args.link == "nvlink" and args.host_cpu is not None:
+        print(f"warning: --host-cpu {args.host_cpu} is ignored with --link nvlink (it decides "
+              f"PCIe transports only)", file=sys.stderr)
+    topo = build_topology(gpu, args.gpus, args.link, args.nodes, args.inter_node,
+                          args.nccl, args.host_cpu)
     if args.link_profile:
         _exists(args.link_profile, "--link-profile")
         topo = apply_link_profile(topo, args.link_profile)

@@ -7,7 +7,7 @@ DiT pipelines reach.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sim.errors import UserError
 
@@ -132,6 +132,7 @@ class HostBus:
     socket_link: float  # the CPU socket link, per direction, as NCCL models it
     many_to_many: float  # all-to-all across the sockets: achieved / sum of the link rates
     source: str
+    cpu: str = "intel"  # the CPU vendor such hosts usually have (see HOST_CPUS)
 
 
 # Socket link: NCCL's own assumed rates (nccl src/graph/topo.h): Intel Skylake 10 GB/s (the
@@ -143,10 +144,58 @@ class HostBus:
 _BUS = ("GPU-COMM.md sections 1-2: nccl src/graph/topo.h (socket link); rtx6kpro "
         "pcie-bandwidth notes (all-to-all 0.41-0.44 of ideal)")
 HOST_BUSES: dict[str, HostBus] = {b.name: b for b in [
-    HostBus("pcie-gen3", 10 * GB, 0.42, _BUS),
-    HostBus("pcie-gen4", 16 * GB, 0.42, _BUS),
-    HostBus("pcie-gen5", 22 * GB, 0.42, _BUS),
+    HostBus("pcie-gen3", 10 * GB, 0.42, _BUS, "intel"),
+    HostBus("pcie-gen4", 16 * GB, 0.42, _BUS, "amd"),
+    HostBus("pcie-gen5", 22 * GB, 0.42, _BUS, "intel"),
 ]}
+
+# The host CPU vendor decides two things NCCL does differently (GPU-COMM.md sections 1-2):
+# the socket link rate it assumes (nccl src/graph/topo.h: Intel Skylake/Ice Lake 10 GB/s,
+# Sapphire Rapids 22, any AMD 16) and whether PCIe peer-to-peer may cross the CPU's root
+# complex (see nccl_p2p_through_cpu). ``--host-cpu`` overrides the generation's usual vendor.
+HOST_CPUS = ("intel", "amd")
+_SOCKET_LINK = {("intel", "pcie-gen3"): 10 * GB, ("intel", "pcie-gen4"): 10 * GB,
+                ("intel", "pcie-gen5"): 22 * GB}
+AMD_SOCKET_LINK = 16 * GB
+
+
+def host_bus(pcie: str, cpu: str | None = None) -> HostBus:
+    """The host bus of a ``pcie`` generation with ``cpu`` (default: the generation's usual
+    vendor) and the socket-link rate NCCL assumes for that vendor and generation."""
+    bus = HOST_BUSES[pcie]
+    if cpu is None or cpu == bus.cpu:
+        return bus
+    if cpu not in HOST_CPUS:
+        raise UserError(f"unknown --host-cpu '{cpu}'; choose one of: {', '.join(HOST_CPUS)}")
+    rate = AMD_SOCKET_LINK if cpu == "amd" else _SOCKET_LINK[("intel", pcie)]
+    return replace(bus, socket_link=rate, cpu=cpu)
+
+
+# NCCL behaviour by version (GPU-COMM.md section 1): "2.23" is 2.23.4 and later (the
+# default: current releases), "2.22" is 2.22 and earlier.
+NCCL_VERSIONS = ("2.23", "2.22")
+
+
+def nccl_p2p_through_cpu(nccl: str, cpu: str, gpus_per_node: int) -> bool:
+    """Whether NCCL uses PCIe peer-to-peer across the CPU's root complex (rather than SHM
+    through host memory) between GPUs that share no PCIe switch. NCCL >= 2.23.4 does so only
+    on AMD hosts with at most 2 GPUs (NVIDIA/nccl commit 68b54236, v2.23.4 release notes);
+    NCCL <= 2.22 does so on every AMD host, never on Intel (nccl src/graph/paths.cc at
+    v2.20.5/v2.21.5). NCCL decides per communicator; the node's GPU count stands in for it."""
+    if nccl not in NCCL_VERSIONS:
+        raise UserError(f"unknown --nccl '{nccl}'; choose one of: {', '.join(NCCL_VERSIONS)} "
+                        f"(2.23 means 2.23.4 and later)")
+    if cpu != "amd":
+        return False
+    return nccl == "2.22" or gpus_per_node <= 2
+
+
+# All-to-all over PCIe P2P through the CPU collapses: 4x RTX 4090 reached an all-to-all bus
+# bandwidth of 2 GB/s with P2P against 18 GB/s through host memory ("CPUs make very poor PCI
+# switches", nccl #1603), i.e. 2 / 24 of the Gen4 x16 rate NCCL models. Taken as the
+# many-to-many efficiency of such flows (ring patterns, neighbour-only, are not affected).
+P2P_CPU_MANY_TO_MANY = 2 / 24
+P2P_CPU_SOURCE = "nccl #1603: all-to-all 2 GB/s with P2P through the CPU vs 18 via SHM"
 
 # Compute that overlaps the GPU's own communication runs slower: HBM bandwidth and SMs are
 # shared with NCCL's kernels. Overlapped compute slowed 18.9 % on average (max 40 %) in

@@ -104,10 +104,13 @@ class Cluster:
     nodes: int = 1
     inter_node: str = "ib-ndr"
     link_profile: str | None = None
+    nccl: str = "2.23"
+    host_cpu: str | None = None
 
     def __post_init__(self) -> None:
         self._topos: dict[int, Topology] = {}
-        build_topology(self.gpu, self.gpus, self.link, self.nodes, self.inter_node)  # checks
+        build_topology(self.gpu, self.gpus, self.link, self.nodes, self.inter_node,  # checks
+                       self.nccl, self.host_cpu)
 
     @property
     def per_node(self) -> int:
@@ -127,7 +130,8 @@ class Cluster:
                                 f"{self.per_node} GPUs: use replica sizes that divide a node "
                                 f"or span whole nodes")
             nodes = max(1, k // self.per_node)
-            topo = build_topology(self.gpu, k, self.link, nodes, self.inter_node)
+            topo = build_topology(self.gpu, k, self.link, nodes, self.inter_node, self.nccl,
+                                  self.host_cpu)
             if self.link_profile:
                 topo = apply_link_profile(topo, Path(self.link_profile))
             self._topos[k] = topo

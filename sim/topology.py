@@ -18,8 +18,12 @@ Layouts:
 - ``nodes > 1``: nodes joined by one network switch; PCIe nodes have one NIC per socket, NVLink
   nodes one NIC per GPU (as DGX-class machines).
 
-Not modelled: NCCL before 2.23.4, which also used P2P across the root complex on AMD hosts
-(and on any host for two GPUs), and ACS/IOMMU settings that force P2P through the root complex.
+Where NCCL uses P2P across the CPU's root complex instead of SHM (``--nccl 2.22`` on an AMD
+host, or an AMD host with at most 2 GPUs: ``sim.hardware.nccl_p2p_through_cpu``), such a pair
+moves its bytes over the same PCIe links and socket link, and an all-to-all over such pairs
+collapses (``sim.hardware.P2P_CPU_MANY_TO_MANY``).
+
+Not modelled: ACS/IOMMU settings that force P2P through the root complex.
 """
 
 from __future__ import annotations
@@ -30,10 +34,19 @@ from functools import cached_property, partial
 from typing import TYPE_CHECKING
 
 from sim.errors import UserError
-from sim.hardware import GPU, HOST_BUSES, LINKS, OVERLAP_SLOWDOWN
+from sim.hardware import (
+    GPU,
+    LINKS,
+    OVERLAP_SLOWDOWN,
+    P2P_CPU_MANY_TO_MANY,
+    host_bus,
+    nccl_p2p_through_cpu,
+)
 
 if TYPE_CHECKING:  # networkx takes a tenth of a second to import: loaded when first used
     import networkx as nx
+
+    from sim.hardware import HostBus
 
 GPUS_PER_SOCKET = 4
 GPUS_PER_SWITCH = 2
@@ -118,15 +131,26 @@ class Topology:
         the socket link, or out through a NIC) collapse well below the sum of their links
         (``HostBus.many_to_many``, measured on 8-GPU two-socket boxes). Inside one socket
         they do not (4x RTX 4090 through host memory: all-to-all and all-reduce both at
-        18 GB/s, nccl #1603), nor over NVLink."""
+        18 GB/s, nccl #1603), nor over NVLink. Flows that go peer-to-peer through the CPU's
+        root complex collapse further, inside a socket too (``P2P_CPU_MANY_TO_MANY``)."""
         eff = self.graph.graph.get("many_to_many")
         if eff is None or len(group) < 3:
             return 1.0
         a = group[0]
+        if self.graph.graph.get("p2p_through_cpu") and any(
+                self.transport(a, b) == "p2p" and self.crosses_root_complex(a, b)
+                for b in group[1:]):
+            return P2P_CPU_MANY_TO_MANY
         # Leaving the socket: over the socket link, or out through a NIC to another node.
         spans = any(self.crosses_sockets(a, b) or self.transport(a, b) == "net"
                     for b in group[1:])
         return eff if spans else 1.0
+
+    def crosses_root_complex(self, src: int, dst: int) -> bool:
+        """Whether the route between the two ranks' GPUs goes through a CPU (host memory or
+        the root complex) rather than only through a PCIe switch or NVLink."""
+        return any(v.endswith(".host") for _, v in
+                   self._route_edges(self.gpu_nodes[src], self.gpu_nodes[dst]))
 
     def crosses_sockets(self, src: int, dst: int) -> bool:
         """Whether the route between the two ranks' GPUs crosses a CPU socket link."""
@@ -135,7 +159,8 @@ class Topology:
 
     def transport_summary(self, ranks: int) -> str | None:
         """One clause on how the first ``ranks`` GPUs reach each other, when some pairs go
-        through host memory or the network (None when every pair is NVLink or P2P)."""
+        through host memory, P2P through the CPU or the network (None when every pair is
+        NVLink or P2P behind a switch)."""
         pairs = [(a, b) for a in range(ranks) for b in range(ranks) if a != b]
         kinds = [self.transport(a, b) for a, b in pairs]
         parts = []
@@ -145,6 +170,10 @@ class Topology:
             parts.append(f"{len(shm)} of {len(pairs)} GPU pairs go through host memory "
                          f"(NCCL's SHM transport, no P2P outside a PCIe switch)"
                          + (f", {cross} of them across the CPU socket link" if cross else ""))
+        cpu_p2p = [p for p, k in zip(pairs, kinds) if k == "p2p" and self.crosses_root_complex(*p)]
+        if cpu_p2p:
+            parts.append(f"{len(cpu_p2p)} of {len(pairs)} GPU pairs go peer-to-peer through the "
+                         f"CPU root complex (NCCL on an AMD host), where all-to-all collapses")
         net = kinds.count("net")
         if net:
             parts.append(f"{net} of {len(pairs)} GPU pairs cross the network between nodes")
@@ -162,7 +191,9 @@ class Topology:
         if router is None:
             return "loopback"
         first_hop = router(a, b)[0][1]
-        return "p2p" if first_hop.rsplit(".", 1)[-1].startswith("sw") else "shm"
+        if first_hop.rsplit(".", 1)[-1].startswith("sw"):
+            return "p2p"
+        return "p2p" if self.graph.graph.get("p2p_through_cpu") else "shm"
 
     def route_latency(self, src: int, dst: int) -> float:
         """Fixed cost of one message, seconds: the slowest protocol on the route dominates,
@@ -223,11 +254,10 @@ def _pcie_route(place: dict[str, tuple[str, str, str | None]], a: str, b: str
     return up + ([(sa, sb)] if sa != sb else []) + down
 
 
-def _pcie_node(g: nx.DiGraph, gpu: GPU, n: int, per_node: int, nodes: int, inter_node: str,
-               place: dict[str, tuple[str, str, str | None]]) -> list[str]:
+def _pcie_node(g: nx.DiGraph, gpu: GPU, bus: HostBus, n: int, per_node: int, nodes: int,
+               inter_node: str, place: dict[str, tuple[str, str, str | None]]) -> list[str]:
     """One PCIe machine's GPUs, switches, sockets and SHM budgets (edges and their rates)."""
     lk = LINKS[gpu.pcie]
-    bus = HOST_BUSES[gpu.pcie]
     sockets = max(1, -(-per_node // GPUS_PER_SOCKET))
     names = [f"n{n}.gpu{i}" for i in range(per_node)]
 
@@ -254,8 +284,11 @@ def _pcie_node(g: nx.DiGraph, gpu: GPU, n: int, per_node: int, nodes: int, inter
 
 
 def build_topology(gpu: GPU, gpus: int, link: str = "pcie", nodes: int = 1,
-                   inter_node: str = "ib-ndr") -> Topology:
-    """Graph of ``nodes`` machines with ``gpus`` GPUs in all, linked by ``link``."""
+                   inter_node: str = "ib-ndr", nccl: str = "2.23",
+                   host_cpu: str | None = None) -> Topology:
+    """Graph of ``nodes`` machines with ``gpus`` GPUs in all, linked by ``link``; on PCIe
+    hosts the transports follow NCCL ``nccl`` ("2.23": 2.23.4 and later, or "2.22") on a
+    ``host_cpu`` ("intel" or "amd"; default: the PCIe generation's usual vendor)."""
     if link not in ("pcie", "nvlink"):
         raise UserError(f"unknown --link '{link}'; choose pcie or nvlink")
     if link == "nvlink" and gpu.nvlink is None:
@@ -271,6 +304,9 @@ def build_topology(gpu: GPU, gpus: int, link: str = "pcie", nodes: int = 1,
     import networkx as nx
 
     per_node = gpus // nodes
+    bus = host_bus(gpu.pcie, host_cpu) if gpu.pcie != "loopback" else None
+    # Checked even where it has nothing to act on (NVLink), so that a typo is still caught.
+    p2p_cpu = nccl_p2p_through_cpu(nccl, bus.cpu if bus else "intel", per_node)
     g = nx.DiGraph()
     gpu_nodes: list[str] = []
     if gpu.pcie != "loopback":
@@ -278,10 +314,12 @@ def build_topology(gpu: GPU, gpus: int, link: str = "pcie", nodes: int = 1,
                        overlap_slowdown=OVERLAP_SLOWDOWN[link])
     if link == "pcie" and gpu.pcie != "loopback":
         place: dict[str, tuple[str, str, str | None]] = {}
+        assert bus is not None
         for n in range(nodes):
-            gpu_nodes += _pcie_node(g, gpu, n, per_node, nodes, inter_node, place)
+            gpu_nodes += _pcie_node(g, gpu, bus, n, per_node, nodes, inter_node, place)
         g.graph["router"] = partial(_pcie_route, place)
-        g.graph["many_to_many"] = HOST_BUSES[gpu.pcie].many_to_many
+        g.graph["many_to_many"] = bus.many_to_many
+        g.graph["p2p_through_cpu"] = p2p_cpu and gpu.p2p
         g.add_nodes_from(gpu_nodes)
         return Topology(g, gpu_nodes, link, nodes)
     for n in range(nodes):

@@ -41,6 +41,8 @@ BASE = ["--model", "pixart", "--gpus", "8", "--link", "pcie"]
      "--single-gpu-latency must be positive"),
     (["--model", "pixart", "--gpus", "3", "--nodes", "2"], "does not split evenly"),
     (["--gpus", "2"], "required: --model"),
+    (BASE + ["--nccl", "2.18"], "invalid choice: '2.18'"),
+    (BASE + ["--host-cpu", "arm"], "invalid choice: 'arm'"),
 ])
 def test_predict_bad_input_exits_2_with_one_line(argv, needle, capsys) -> None:
     code, out, err = _run(predict.main, argv, capsys)
@@ -302,3 +304,18 @@ def test_inter_node_with_one_node_warns_on_one_line(capsys) -> None:
     assert err.startswith("warning: --inter-node eth-100g is ignored") and err.count("\n") == 1
     code, _, err = _run(predict.main, argv + ["--nodes", "2"], capsys)
     assert code == 0 and "warning" not in err
+
+
+def test_host_cpu_with_nvlink_warns_and_old_nccl_names_the_root_complex(capsys) -> None:
+    nv = ["--model", "pixart", "--gpus", "8", "--link", "nvlink", "--ulysses", "8",
+          "--pipefusion", "1"]
+    code, out, err = _run(predict.main, nv + ["--host-cpu", "amd"], capsys)
+    assert code == 0 and err.startswith("warning: --host-cpu amd is ignored")
+    pcie = BASE + ["--gpu", "l20", "--ulysses", "8", "--pipefusion", "1", "--json"]
+    code, out, _ = _run(predict.main, pcie, capsys)
+    new = json.loads(out)["latency_s"]
+    code, out, _ = _run(predict.main, pcie + ["--nccl", "2.22"], capsys)
+    assert code == 0 and json.loads(out)["latency_s"] > 1.5 * new
+    code, out, _ = _run(plan.main, BASE + ["--gpu", "l20", "--nccl", "2.22", "--top", "3"],
+                        capsys)
+    assert code == 0 and "peer-to-peer through the CPU root complex" in out

@@ -118,3 +118,67 @@ def test_overlapped_compute_is_slowed_on_nvlink_only() -> None:
     free = evaluate(wl, cfg, gpu, topo).latency_s
     assert slowed > free
     assert slowed <= free * OVERLAP_SLOWDOWN["nvlink"] + 1e-9
+
+
+@pytest.mark.parametrize("nccl,cpu,per_node,expected", [
+    ("2.23", "intel", 8, False), ("2.23", "amd", 8, False), ("2.23", "amd", 2, True),
+    ("2.22", "amd", 8, True), ("2.22", "intel", 8, False), ("2.22", "intel", 2, False),
+])
+def test_p2p_through_the_cpu_follows_nccl_version_and_host_vendor(nccl, cpu, per_node,
+                                                                    expected) -> None:
+    from sim.hardware import nccl_p2p_through_cpu
+
+    assert nccl_p2p_through_cpu(nccl, cpu, per_node) is expected
+
+
+def test_older_nccl_on_an_amd_host_goes_peer_to_peer_across_the_cpu() -> None:
+    gpu = get_gpu("l20")  # a Gen4 host: AMD by default
+    new = build_topology(gpu, 8, "pcie")
+    old = build_topology(gpu, 8, "pcie", nccl="2.22")
+    intel = build_topology(gpu, 8, "pcie", nccl="2.22", host_cpu="intel")
+    assert [old.transport(0, j) for j in range(1, 8)] == ["p2p"] * 7
+    assert [intel.transport(0, j) for j in range(1, 8)] == [new.transport(0, j)
+                                                           for j in range(1, 8)]
+    # Same links either way: P2P through the CPU and SHM load the PCIe links and socket link.
+    assert old.route(0, 5) == new.route(0, 5)
+    assert old.crosses_root_complex(0, 2) and not old.crosses_root_complex(0, 1)
+    # An all-to-all over such pairs collapses, inside one socket too; a pair does not.
+    from sim.hardware import P2P_CPU_MANY_TO_MANY
+
+    assert old.all_to_all_efficiency((0, 1, 2, 3)) == P2P_CPU_MANY_TO_MANY
+    assert new.all_to_all_efficiency((0, 1, 2, 3)) == 1.0
+    assert old.all_to_all_efficiency((0, 2)) == 1.0
+    assert "root complex" in old.transport_summary(8)
+    assert "root complex" not in new.transport_summary(8)
+
+
+def test_socket_link_rate_follows_the_host_vendor() -> None:
+    from sim.hardware import AMD_SOCKET_LINK, host_bus
+
+    assert host_bus("pcie-gen4").socket_link == AMD_SOCKET_LINK
+    assert host_bus("pcie-gen4", "intel").socket_link == 10e9
+    assert host_bus("pcie-gen5").socket_link == 22e9
+    assert host_bus("pcie-gen5", "amd").socket_link == AMD_SOCKET_LINK
+    slow = build_topology(get_gpu("l20"), 8, "pcie", host_cpu="intel")
+    assert _rates(slow, [(0, 4), (2, 6)]) == [pytest.approx(5e9), pytest.approx(5e9)]
+
+
+def test_ulysses_slows_under_old_nccl_on_amd_while_the_ring_does_not() -> None:
+    wl = Workload(get_model("pixart"), 1024, 1024, 4)
+    gpu = get_gpu("l20")
+    new = build_topology(gpu, 4, "pcie")
+    old = build_topology(gpu, 4, "pcie", nccl="2.22")
+    uly = ParallelConfig(4, 1, 1, 0, ulysses=4)
+    ring = ParallelConfig(4, 1, 1, 0, ring=4)
+    assert evaluate(wl, uly, gpu, old).latency_s > 1.5 * evaluate(wl, uly, gpu, new).latency_s
+    r_old, r_new = evaluate(wl, ring, gpu, old).latency_s, evaluate(wl, ring, gpu, new).latency_s
+    assert r_old == pytest.approx(r_new, rel=0.02)
+
+
+def test_unknown_nccl_or_host_cpu_is_refused() -> None:
+    from sim.errors import UserError
+
+    with pytest.raises(UserError, match="--nccl"):
+        build_topology(get_gpu("l20"), 8, "pcie", nccl="2.18")
+    with pytest.raises(UserError, match="--host-cpu"):
+        build_topology(get_gpu("l20"), 8, "pcie", host_cpu="arm")
