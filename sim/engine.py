@@ -18,6 +18,7 @@ from sim.nccl import protocol
 from sim.schedule import (
     Collective,
     Compute,
+    Op,
     OpKind,
     Recv,
     Schedule,
@@ -250,7 +251,8 @@ class _Rendezvous:
 
 
 def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
-             rank_offset: int = 0, host: HostModel | None = None) -> Trace:
+             rank_offset: int = 0, host: HostModel | None = None,
+             mirrors: bool = True) -> Trace:
     """Run ``schedule`` with ranks placed on the topology's GPUs ``rank_offset..``; returns
     the trace (one row per executed op, times in seconds from the start).
 
@@ -262,7 +264,16 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     (deadlock: each stuck rank is named with the op it is blocked on), a message is never
     received, an asynchronous collective is never waited for or a ``Wait`` has no collective.
     These checks cost nothing on the way; ``build_schedule`` has already run the full
-    ``Schedule.validate`` (sizes and shapes too) on the schedules it returns."""
+    ``Schedule.validate`` (sizes and shapes too) on the schedules it returns.
+
+    With ``mirrors`` (the default) ranks whose op lists are equal and hold no point-to-point
+    message (the members of a pure Ulysses, ring, tensor or CFG group, but for the rank that
+    decodes the image) are simulated once: such ranks start together, run ops of equal cost,
+    and meet only in collectives, which end at one instant for every member, so their
+    timelines are equal. The representative's arrival at a collective counts for its whole
+    class, the collective's flows still cross the topology as every member's, and its rows
+    are copied to each mirror rank afterwards. ``mirrors=False`` simulates every rank (the
+    tests check that both give the same trace)."""
     if schedule.world_size + rank_offset > topo.num_gpus:
         raise ValueError(f"schedule needs {schedule.world_size} GPUs, topology has "
                          f"{topo.num_gpus}")
@@ -273,6 +284,13 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     rows: list[TraceRow] = []
     compute_row, message_row = TraceRow.for_compute, TraceRow.for_message
     at = [0] * schedule.world_size  # index of the op each rank is on, to name a deadlock
+    # Overlap slowdown is charged from a collective's launch, which the last member to
+    # arrive triggers: members that arrived before it start their compute unslowed, so
+    # members of one class would part ways there.
+    copies = mirror_classes(schedule.ranks, topo.overlap_slowdown == 1.0) if mirrors else {}
+    weight = [1] * schedule.world_size
+    for rep, others in copies.items():
+        weight[rep] += len(others)
     mailbox: dict[tuple, simpy.Event] = {}  # (src, dst, tag) -> arrival, until received
 
     def slot(key: tuple) -> simpy.Event:
@@ -405,7 +423,7 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                 rv = meetings.get(key)
                 if rv is None:
                     rv = meetings[key] = _Rendezvous(env)
-                rv.arrived += 1
+                rv.arrived += weight[rank]
                 rv.nbytes = max(rv.nbytes, op.nbytes)
                 if rv.arrived == len(op.group):
                     del meetings[key]
@@ -433,9 +451,14 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                 raise TypeError(f"unknown op {op!r}")
         at[rank] = len(schedule.ranks[rank])
 
+    mirrored = {m for others in copies.values() for m in others}
     for r in range(schedule.world_size):
-        env.process(rank_proc(r))
+        if r not in mirrored:
+            env.process(rank_proc(r))
     env.run()
+    for rep, others in copies.items():
+        for m in others:
+            at[m] = at[rep]
     # The event loop ran dry: a rank still short of its last op waits for something no
     # other rank will ever do.
     stuck = {r: i for r, i in enumerate(at) if i < len(schedule.ranks[r])}
@@ -449,4 +472,30 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
         i = max(i for i, op in enumerate(schedule.ranks[rank])
                 if isinstance(op, Collective) and op.tag == tag)
         raise ScheduleError(f"{schedule.where(rank, i)} is never waited for")
+    if copies:
+        rows += [row._replace(rank=m) for row in rows if row.rank in copies
+                 for m in copies[row.rank]]
+        cpu_ahead.update({(m, s): v for (r, s), v in list(cpu_ahead.items()) if r in copies
+                          for m in copies[r]})
     return Trace(rows, cpu_ahead)
+
+
+def mirror_classes(ranks: list[list[Op]], overlap_free: bool = True) -> dict[int, list[int]]:
+    """Representative rank -> the other ranks whose op lists equal its own, among ranks that
+    send and receive no point-to-point message (their flows would differ per rank) and,
+    unless ``overlap_free`` (no overlap slowdown on the topology), issue no asynchronous
+    collective; only classes of two or more ranks are listed."""
+    out: dict[int, list[int]] = {}
+    reps: list[int] = []
+    for r, ops in enumerate(ranks):
+        if any(type(op) is Send or type(op) is Recv
+               or (not overlap_free and type(op) is Collective and op.asynchronous)
+               for op in ops):
+            continue
+        for rep in reps:
+            if ranks[rep] == ops:
+                out.setdefault(rep, []).append(r)
+                break
+        else:
+            reps.append(r)
+    return out
