@@ -284,10 +284,7 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     rows: list[TraceRow] = []
     compute_row, message_row = TraceRow.for_compute, TraceRow.for_message
     at = [0] * schedule.world_size  # index of the op each rank is on, to name a deadlock
-    # Overlap slowdown is charged from a collective's launch, which the last member to
-    # arrive triggers: members that arrived before it start their compute unslowed, so
-    # members of one class would part ways there.
-    copies = mirror_classes(schedule.ranks, topo.overlap_slowdown == 1.0) if mirrors else {}
+    copies = mirror_classes(schedule.ranks) if mirrors else {}
     weight = [1] * schedule.world_size
     for rep, others in copies.items():
         weight[rep] += len(others)
@@ -326,7 +323,9 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
         if op.asynchronous and slowdown > 1.0:  # the members compute meanwhile
             until = env.now + alone
             for r in op.group:
-                comm_until[r] = max(comm_until[r], until)
+                if until > comm_until[r]:
+                    comm_until[r] = until
+                    comm_from[r] = env.now
 
     def collective_row(rank: int, op: Collective, rv: _Rendezvous) -> None:
         key = (op.kind, op.asynchronous, len(op.group), op.nbytes, op.count)
@@ -347,12 +346,21 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     # The overlap is taken from each transfer's uncontended duration, issued time onwards.
     slowdown = topo.overlap_slowdown
     comm_until = [0.0] * schedule.world_size
+    comm_from = [0.0] * schedule.world_size  # when the latest such transfer started
 
     def gpu_time(rank: int, op: Compute, start: float) -> float:
         g = compute_time(op)
         if slowdown > 1.0 and comm_until[rank] > start:
             g += (slowdown - 1.0) * min(g, comm_until[rank] - start)
         return g
+
+    def late_slowdown(rank: int, start: float, end: float, seen: float) -> float:
+        """Seconds to add to compute run from ``start`` to ``end`` for transfers of its GPU
+        that started while it ran (an asynchronous collective launched by a member arriving
+        after this one started computing): the overlap beyond ``seen``, the end of the
+        transfers known at its start, which ``gpu_time`` already charged."""
+        late = min(end, comm_until[rank]) - max(start, seen, comm_from[rank])
+        return (slowdown - 1.0) * late if late > 0 else 0.0
 
     cpu_ahead: dict[tuple[int, int], float] = {}
     max_lead = host.max_lead_s if hosted else 0.0
@@ -374,10 +382,15 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                     cpu_ahead.setdefault((rank, s), env.now - cpu)
                 h = host.seconds(op)
                 if kind is Compute:
+                    seen = comm_until[rank]
                     g = gpu_time(rank, op, max(env.now, cpu))
                     start, end, cpu = issue(env.now, cpu, h, g, host.granularity(op))
                     yield timeout(end - env.now)
-                    rows.append(compute_row(rank, op, start, end, source(op)))
+                    if comm_until[rank] > seen:
+                        extra = late_slowdown(rank, start, end, seen)
+                        if extra:
+                            yield timeout(extra)
+                    rows.append(compute_row(rank, op, start, env.now, source(op)))
                     continue
                 # A merged collective (``count`` calls, the planner's coarse ops) starts once
                 # its first call is issued; it cannot end before its last one is.
@@ -387,7 +400,12 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                     yield timeout(first - env.now)  # not issued yet: the GPU waits
             if kind is Compute:
                 start = env.now
+                seen = comm_until[rank]
                 yield timeout(gpu_time(rank, op, start))
+                if comm_until[rank] > seen:
+                    extra = late_slowdown(rank, start, env.now, seen)
+                    if extra:
+                        yield timeout(extra)
                 rows.append(compute_row(rank, op, start, env.now, source(op)))
             elif kind is Send:
                 ev = slot((rank, op.dst, op.tag))
@@ -401,8 +419,11 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                 net.transfer(gpu, op.dst + rank_offset, op.nbytes, arrived)
                 if slowdown > 1.0:
                     a, b = gpu, op.dst + rank_offset
-                    comm_until[rank] = max(comm_until[rank], env.now + topo.route_latency(a, b)
-                                           + op.nbytes / topo.route_bandwidth(a, b))
+                    until = (env.now + topo.route_latency(a, b)
+                             + op.nbytes / topo.route_bandwidth(a, b))
+                    if until > comm_until[rank]:
+                        comm_until[rank] = until
+                        comm_from[rank] = env.now
                 own = host_time(gpu, op.dst + rank_offset, op.nbytes) if host_time else 0.0
                 if own:  # a CPU transport: issuing takes the sender's own time
                     yield timeout(own)
@@ -480,17 +501,14 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     return Trace(rows, cpu_ahead)
 
 
-def mirror_classes(ranks: list[list[Op]], overlap_free: bool = True) -> dict[int, list[int]]:
+def mirror_classes(ranks: list[list[Op]]) -> dict[int, list[int]]:
     """Representative rank -> the other ranks whose op lists equal its own, among ranks that
-    send and receive no point-to-point message (their flows would differ per rank) and,
-    unless ``overlap_free`` (no overlap slowdown on the topology), issue no asynchronous
-    collective; only classes of two or more ranks are listed."""
+    send and receive no point-to-point message (their flows would differ per rank); only
+    classes of two or more ranks are listed."""
     out: dict[int, list[int]] = {}
     reps: list[int] = []
     for r, ops in enumerate(ranks):
-        if any(type(op) is Send or type(op) is Recv
-               or (not overlap_free and type(op) is Collective and op.asynchronous)
-               for op in ops):
+        if any(type(op) is Send or type(op) is Recv for op in ops):
             continue
         for rep in reps:
             if ranks[rep] == ops:
