@@ -79,7 +79,8 @@ def grouped(categories: list[str], series: dict[str, list[float | None]], title:
     fig = go.Figure()
     for name, vals in series.items():
         fig.add_trace(go.Bar(x=categories, y=vals, name=name))
-    fig.update_layout(barmode="group", title=title, yaxis_title=ytitle,
+    fig.update_layout(barmode="group", title=title,
+                      yaxis_title=f"{ytitle} (log scale)" if log else ytitle,
                       yaxis_type="log" if log else "linear")
     return fig
 
@@ -104,6 +105,7 @@ def predicted_vs_measured(measured: list[float], predicted: list[float], labels:
                              line=dict(dash="dash", color="grey")))
     fig.add_trace(go.Scatter(x=measured, y=predicted, mode="markers", name="configurations",
                              text=labels, hoverinfo="text+x+y"))
-    fig.update_layout(title=title, xaxis_title="measured (s)", yaxis_title="predicted (s)",
-                      xaxis_type="log", yaxis_type="log")
+    fig.update_layout(title=title, xaxis_title="measured (s, log scale)",
+                      yaxis_title="predicted (s, log scale)", xaxis_type="log",
+                      yaxis_type="log")
     return fig

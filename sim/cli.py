@@ -20,6 +20,7 @@ from sim.errors import RunFailed, UserError
 from sim.evaluate import calibration_scale
 from sim.hardware import DEFAULT_GPU, GPU, get_gpu
 from sim.models import get_model
+from sim.progress import Progress
 from sim.topology import INTER_NODE, Topology, build_topology
 
 DEFAULT_INTER_NODE = "ib-ndr"  # the network between nodes when --inter-node is not given
@@ -70,6 +71,18 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
                    help="measured link profile (python -m profiles.links): its fitted "
                         "point-to-point latency and bandwidth replace the registry's")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def add_quiet_arg(p: argparse.ArgumentParser) -> None:
+    """``--quiet``: no progress lines on stderr (warnings, errors and the names of the files
+    written still go there)."""
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def progress_from_args(args: argparse.Namespace, t0: float | None = None) -> Progress:
+    """The command's progress on stderr, from ``t0`` (``time.perf_counter``; default now),
+    silenced by ``--quiet``. Shown with ``--json`` too: it never touches stdout."""
+    return Progress(quiet=bool(getattr(args, "quiet", False)), t0=t0)
 
 
 def is_finite(value: float) -> bool:
