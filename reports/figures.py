@@ -91,7 +91,9 @@ def lines(x: list, series: dict[str, list[float | None]], title: str, xtitle: st
     fig = go.Figure()
     for name, ys in series.items():
         fig.add_trace(go.Scatter(x=x, y=ys, mode="lines+markers", name=name))
-    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=ytitle)
+    # Ticks at the given x values only (GPU counts: no 1.5 GPUs).
+    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=ytitle,
+                      xaxis=dict(tickmode="array", tickvals=list(x)))
     return fig
 
 

@@ -235,9 +235,9 @@ def riskier_line(ranked: list[Prediction]) -> str | None:
     if fast is None:
         return None
     gap = margin(best.latency_s, fast.latency_s)
-    return (f"faster, riskier: {describe(fast)}  ->  {fast.latency_s:.3f} s"
-            f"{f' ({gap} faster)' if gap else ''}; W=0 attends to empty K,V buffers in its "
-            f"first steps, which can hurt image quality")
+    by = f"{gap} faster" if gap else "within 0.5% of the recommendation"
+    return (f"faster, riskier: {describe(fast)}  ->  {fast.latency_s:.3f} s ({by}); W=0 "
+            f"attends to empty K,V buffers in its first steps, which can hurt image quality")
 
 
 def table(ranked: list[Prediction], top: int) -> str:
