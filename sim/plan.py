@@ -240,8 +240,20 @@ def riskier_line(ranked: list[Prediction]) -> str | None:
             f"attends to empty K,V buffers in its first steps, which can hurt image quality")
 
 
-def table(ranked: list[Prediction], top: int) -> str:
-    """The given configurations as a fixed-width table (speedups against serial)."""
+def marks(ranked: list[Prediction]) -> dict[int, str]:
+    """Row notes for ``table``: the recommendation and its faster, riskier alternative, by
+    ``id`` of their predictions."""
+    best, fast = recommend(ranked) if ranked else (None, None)
+    out = {id(best): "<- recommended"} if best is not None else {}
+    if fast is not None:
+        out[id(fast)] = "<- faster, riskier (W=0)"
+    return out
+
+
+def table(ranked: list[Prediction], top: int, notes: dict[int, str] | None = None) -> str:
+    """The given configurations as a fixed-width table (speedups against serial); ``notes``
+    (``marks``) follow their rows."""
+    notes = notes or {}
     serial = next((p for p in ranked if p.config.strategy == "serial"), None)
     width = max([len(p.config.label()) for p in ranked[:top]] + [8])
     head = (f"{'#':>3}  {'configuration':<{width}}{'gpus':>5}{'latency s':>11}{'speedup':>9}"
@@ -255,7 +267,8 @@ def table(ranked: list[Prediction], top: int) -> str:
             f"{i if not p.oom else '-':>3}  {c.label():<{width}}{c.gpus:>5}"
             f"{p.latency_s:>11.3f}{speed:>8.2f}x{p.memory_gb:>8.1f}"
             f"{m.bubble_fraction:>8.1%}{max(m.exposed_comm_s) * 1e3:>11.1f}"
-            f"{m.comm_bytes_per_step / 1e6:>10.1f}  {'OOM' if p.oom else 'yes'}")
+            f"{m.comm_bytes_per_step / 1e6:>10.1f}  {'OOM' if p.oom else 'yes'}"
+            + (f"  {notes[id(p)]}" if id(p) in notes else ""))
     return "\n".join(lines)
 
 
@@ -289,9 +302,10 @@ def print_plan(run: PlanRun) -> None:
     if risky:
         print(risky)
     print()
-    print(table([p for p in ranked if not p.oom] or ranked, args.top))
+    notes = marks(ranked)
+    print(table([p for p in ranked if not p.oom] or ranked, args.top, notes))
     print("\nbest of each family (the trade-off, not only the winner):")
-    print(table(best_per_family(ranked, args.per_family), 10**6))
+    print(table(best_per_family(ranked, args.per_family), 10**6, notes))
     print("\n" + LEGEND)
     print(f"\n{result.candidates} configurations searched in {run.elapsed_s:.2f} s: "
           f"{len(ranked)} simulated, {result.pruned} skipped by a latency lower bound (provably "
@@ -344,7 +358,8 @@ class Plan:
 
     def table(self, top: int = 10) -> str:
         """The command's ranking table (fitting configurations, or all when none fits)."""
-        return table([p for p in self.ranked if not p.oom] or self.ranked, top)
+        return table([p for p in self.ranked if not p.oom] or self.ranked, top,
+                     marks(self.ranked))
 
     def as_json(self) -> list[dict]:
         """What ``sim.plan --json`` prints."""

@@ -146,6 +146,11 @@ def test_plan_recommends_a_warmed_up_run_and_shows_w0_as_the_riskier_one(capsys)
     assert f"why: {p.why}" in out and "W=0 starts from empty" not in p.why
     risky_line = next(ln for ln in out.splitlines() if ln.startswith("faster, riskier:"))
     assert risky.config.label() in risky_line and "image quality" in risky_line
+    # The ranking marks both rows.
+    lines = out.splitlines()
+    assert any(ln.endswith("<- recommended") and f" {rec.config.label()} " in ln for ln in lines)
+    assert any(ln.endswith("<- faster, riskier (W=0)") and f" {risky.config.label()} " in ln
+               for ln in lines)
     _, out, _ = _run(plan.main, SMALL + ["--json", "--quiet"], capsys)
     every = json.loads(out)
     assert [d["config"]["label"] for d in every if d.get("recommended")] == [
