@@ -52,24 +52,23 @@ def gather(run: PlanRun, progress: Progress = QUIET) -> Alternatives:
     counts = [d for d in range(1, topo.num_gpus + 1) if topo.num_gpus % d == 0]
     total = 2 + len(counts)
     links: dict[str, dict[str, float]] = {}
-    for i, link in enumerate(("pcie", "nvlink")):
-        progress("report: searching other links and GPU counts", i, total)
+    for link in ("pcie", "nvlink"):
         lt = build_topology(link_gpu, args.gpus, link, args.nodes, args.inter_node)
         res = run.result if (link == args.link and link_gpu is gpu) else search(
             wl, link_gpu, lt, run.warmups, run.scale, top=1, per_family=1, spec=run.spec)
         links[f"{link_gpu.name} {link}"] = {p.config.strategy: p.latency_s
                                             for p in best_per_family(res.ranked, 1) if not p.oom}
+        progress("report: searching other links and GPU counts", len(links), total)
     note = "same GPU" if link_gpu is gpu else \
         f"{gpu.name} has no NVLink, so {link_gpu.name} is shown over both"
     by_gpus: dict[str, dict[int, float]] = {}
     for i, n in enumerate(counts):
-        progress("report: searching other links and GPU counts", 2 + i, total)
         res = search(wl, gpu, topo, run.warmups, run.scale, top=1, per_family=1, only=n,
                      spec=run.spec)
         for p in best_per_family(res.ranked, 1):
             if not p.oom and (p.config.gpus == n):
                 by_gpus.setdefault(p.config.strategy, {})[n] = p.latency_s
-    progress("report: searching other links and GPU counts", total, total)
+        progress("report: searching other links and GPU counts", 3 + i, total)
     progress.end()
     return Alternatives(links, note, by_gpus)
 
