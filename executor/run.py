@@ -24,6 +24,7 @@ import sys
 from executor.launch import abort_rank, env_int
 from executor.request import TORCH_DTYPES, plan_run
 from executor.runtime import execute
+from executor.summary import memory_line
 from sim.cli import parser, run_main
 from sim.errors import UserError
 
@@ -128,9 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             c = summary["config"]
             print(f"{c['model']} {c['resolution'][0]}x{c['resolution'][1]} {c['steps']} steps, "
                   f"{c['world_size']} rank(s), {c['label']}: loop "
-                  f"{summary['latency_s']:.3f} s, peak memory {summary['peak_memory_gb']:.3f} "
-                  f"GB ({summary['memory_kind']}; simulator predicts "
-                  f"{summary['predicted_memory_gb']:.3f} GB)")
+                  f"{summary['latency_s']:.3f} s")
+            print(memory_line(summary))
     sys.stdout.flush()
     return 0
 

@@ -104,6 +104,8 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     # Trimmed before the first run, not between runs: a trim hands the heap back to the OS and
     # the next run would pay page faults on every large tensor, which a warm process does not.
     trim_heap()
+    # The process with its stage's model in place: peak - loaded is what the loop adds.
+    loaded = probe.current_bytes()
 
     def one_run() -> RankResult:
         # A fresh executor and message layer per run: every run starts from the same state
@@ -130,6 +132,7 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
 
     mine = {"rank": rank, "loop_s": result.loop_s, "loops": loops, "rows": result.rows,
             "latents": result.latents, "peak": peak, "baseline": baseline,
+            "loaded": loaded,
             "kv": result.kv_buffer_bytes, "window_reset": probe.window_reset}
     if world > 1:
         gathered: list | None = [None] * world if rank == 0 else None

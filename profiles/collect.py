@@ -52,6 +52,7 @@ from sim.cli import at_least, parse_int_list, parser, run_main
 from sim.errors import UserError
 from sim.models import get_model
 from sim.outputs import check_folder, check_writable, output_errors
+from sim.progress import Progress
 
 
 def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
@@ -144,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(out, "--out", make_folders=True)
     else:
         check_folder(Path.cwd(), "--out (default: the current folder)")
+    stages = Progress(quiet=not progress)
     # Imported once the flags are good: loading torch and diffusers takes seconds, which
     # --help and a mistyped flag should not wait for.
-    from profiles.compute import collect
-
+    with stages.stage("loading torch and diffusers"):
+        from profiles.compute import collect
+    stages.line(f"building {s.model.name} and timing its ops on {s.device}")
     prof = collect(s, progress)
     path = out or default_out(s, prof.meta["device_name"])
     with output_errors("--out", path):

@@ -20,6 +20,7 @@ from profiles.grid import Task, plan
 from profiles.progress import progress_bar
 from profiles.settings import Settings, check_supported
 from profiles.timing import measure_tasks, summarise
+from sim.cost.probe import REFERENCE_OP, reference_op_seconds
 from sim.cost.profile_format import ComputeProfile
 from sim.errors import UserError
 
@@ -63,6 +64,9 @@ def _collect(s: Settings, progress: bool, extra: list[Task] | tuple[Task, ...] =
     bar = progress_bar(len(every) * max(1, s.passes), f"{s.model.name} {s.device} {s.dtype}",
                        progress, unit="shape")
     started = time.perf_counter()
+    # Before the co-runners start: the reference time is this machine's alone, as the probe
+    # that compares with it at prediction time (sim.cost.probe) runs alone.
+    ref_s = reference_op_seconds(None, s.clock) if s.device == "cpu" else None
     stop = start_co_runners(s, runner) if s.co_run else None
     try:
         all_times = measure_tasks(runner, s, every, bar)
@@ -101,4 +105,6 @@ def _collect(s: Settings, progress: bool, extra: list[Task] | tuple[Task, ...] =
         "collect_s": round(time.perf_counter() - started, 2),
         "command": "python -m profiles.collect " + " ".join(sys.argv[1:]),
     }
+    if ref_s is not None:
+        meta.update(reference_op=REFERENCE_OP, reference_op_s=ref_s)
     return ComputeProfile(meta, samples), extra_times

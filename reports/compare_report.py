@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reports.figures import grouped
-from reports.html import table_html, write_page
+from reports.html import fixed, table_html, write_page
 from sim.evaluate import Prediction
 
 
@@ -32,6 +32,9 @@ def write_compare_report(path: str | Path, title: str, intro: str, resolutions: 
             line += [p.latency_s, speed, p.memory_gb, "OOM" if p.oom else "yes"]
         rows.append(line)
         classes.append("oom" if any(p.oom for p in row.values()) else "")
+    # Per resolution: latency, speedup, GB per GPU (then the fits column).
+    formats = {2 + 4 * i + k: f for i in range(len(resolutions))
+               for k, f in enumerate((fixed(3, " s"), fixed(2, "x"), fixed(1)))}
     fams = [f for f, row in cells.items() if row]
     labels = [f"{r} px" for r in resolutions]
     lat = {f: [cells[f][r].latency_s if r in cells[f] else None for r in resolutions]
@@ -44,8 +47,8 @@ def write_compare_report(path: str | Path, title: str, intro: str, resolutions: 
     notes = "".join(f"<p class='note'>{f}: {'' if why.startswith('OOM') else 'n/a, '}{why}</p>"
                     for f, why in missing.items())
     write_page(path, title, [
-        ("Strategies x resolutions (click a header to sort)", table_html(cols, rows, classes)
-         + notes),
+        ("Strategies x resolutions (click a header to sort)", table_html(cols, rows, classes,
+                                                                          formats) + notes),
         ("Latency", grouped(labels, lat, "latency per strategy", "seconds", log=True)),
         ("Speedup over one GPU", grouped(labels, speed, "speedup", "x")),
         ("Memory per GPU", grouped(labels, mem, "fullest GPU (GB)", "GB")),

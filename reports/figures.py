@@ -79,7 +79,8 @@ def grouped(categories: list[str], series: dict[str, list[float | None]], title:
     fig = go.Figure()
     for name, vals in series.items():
         fig.add_trace(go.Bar(x=categories, y=vals, name=name))
-    fig.update_layout(barmode="group", title=title, yaxis_title=ytitle,
+    fig.update_layout(barmode="group", title=title,
+                      yaxis_title=f"{ytitle} (log scale)" if log else ytitle,
                       yaxis_type="log" if log else "linear")
     return fig
 
@@ -90,7 +91,9 @@ def lines(x: list, series: dict[str, list[float | None]], title: str, xtitle: st
     fig = go.Figure()
     for name, ys in series.items():
         fig.add_trace(go.Scatter(x=x, y=ys, mode="lines+markers", name=name))
-    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=ytitle)
+    # Ticks at the given x values only (GPU counts: no 1.5 GPUs).
+    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=ytitle,
+                      xaxis=dict(tickmode="array", tickvals=list(x)))
     return fig
 
 
@@ -104,6 +107,7 @@ def predicted_vs_measured(measured: list[float], predicted: list[float], labels:
                              line=dict(dash="dash", color="grey")))
     fig.add_trace(go.Scatter(x=measured, y=predicted, mode="markers", name="configurations",
                              text=labels, hoverinfo="text+x+y"))
-    fig.update_layout(title=title, xaxis_title="measured (s)", yaxis_title="predicted (s)",
-                      xaxis_type="log", yaxis_type="log")
+    fig.update_layout(title=title, xaxis_title="measured (s, log scale)",
+                      yaxis_title="predicted (s, log scale)", xaxis_type="log",
+                      yaxis_type="log")
     return fig

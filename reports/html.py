@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import html
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# Formats a cell's number for reading (the raw value stays in data-v for sorting).
+Format = Callable[[float], str]
+
+
+def percent(v: float) -> str:
+    """A fraction as a percentage: 0.138 -> ``13.8 %`` (1.4e-14 -> ``0.0 %``)."""
+    return f"{100 * v:.1f} %"
+
+
+def ms(seconds: float) -> str:
+    """Seconds as milliseconds: 0.0171 -> ``17.1 ms``."""
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def fixed(digits: int, unit: str = "") -> Format:
+    """A format with ``digits`` decimals and an optional unit: ``fixed(3, " s")``."""
+    return lambda v: f"{v:.{digits}f}{unit}"
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
@@ -15,6 +35,8 @@ table.sortable th, table.sortable td { border: 1px solid #ccc; padding: 3px 8px;
 table.sortable th { background: #f0f0f0; cursor: pointer; user-select: none; }
 table.sortable td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.oom td { color: #a00; }
+div.answer { background: #f4f8fc; border: 1px solid #c9d9ea; padding: 8px 16px; }
+div.answer ul { margin: 4px 0; } details summary { cursor: pointer; font-size: 17px; }
 """
 
 # Click a header to sort by it (numbers numerically), click again to reverse.
@@ -38,18 +60,22 @@ document.querySelectorAll('table.sortable').forEach(function (t) {
 """
 
 
-def table_html(columns: list[str], rows: list[list[Any]], row_classes: list[str] | None = None
-               ) -> str:
-    """A sortable HTML table; numbers are right-aligned and sort numerically."""
+def table_html(columns: list[str], rows: list[list[Any]], row_classes: list[str] | None = None,
+               formats: dict[int, Format] | None = None) -> str:
+    """A sortable HTML table; numbers are right-aligned and sort numerically. ``formats``
+    maps a column index to how its numbers read (``percent``, ``ms``, ``fixed``); other
+    floats show four significant digits, a NaN shows ``-``."""
+    formats = formats or {}
     out = ['<table class="sortable"><thead><tr>']
     out += [f"<th>{html.escape(c)}</th>" for c in columns]
     out.append("</tr></thead><tbody>")
     for i, row in enumerate(rows):
         cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
         out.append(f"<tr{cls}>")
-        for v in row:
+        for col, v in enumerate(row):
             if isinstance(v, float):
-                out.append(f'<td class="num" data-v="{v!r}">{v:.4g}</td>')
+                text = "-" if math.isnan(v) else formats.get(col, lambda x: f"{x:.4g}")(v)
+                out.append(f'<td class="num" data-v="{v!r}">{html.escape(text)}</td>')
             elif isinstance(v, int) and not isinstance(v, bool):
                 out.append(f'<td class="num" data-v="{v}">{v}</td>')
             else:

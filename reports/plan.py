@@ -16,11 +16,12 @@ import argparse
 from dataclasses import dataclass
 
 from sim import plan
-from sim.cli import run_main
+from sim.cli import progress_from_args, run_main
 from sim.errors import UserError
 from sim.hardware import DEFAULT_GPU, get_gpu
 from sim.outputs import check_outputs, write_outputs
 from sim.plan import PlanRun
+from sim.progress import QUIET, Progress
 from sim.search import best_per_family, search
 from sim.topology import build_topology
 
@@ -42,12 +43,14 @@ class Alternatives:
     by_gpus: dict[str, dict[int, float]]  # family -> GPU count -> latency
 
 
-def gather(run: PlanRun) -> Alternatives:
+def gather(run: PlanRun, progress: Progress = QUIET) -> Alternatives:
     """Search again over PCIe and over NVLink (on an NVLink GPU when the planned one has
     none), and for each GPU count that divides the planned one; the planned search is reused
-    where it is the same."""
+    where it is the same. ``progress`` counts the searches."""
     args, wl, gpu, topo = run.args, run.workload, run.gpu, run.topo
     link_gpu = gpu if gpu.nvlink else get_gpu(DEFAULT_GPU["nvlink"])
+    counts = [d for d in range(1, topo.num_gpus + 1) if topo.num_gpus % d == 0]
+    total = 2 + len(counts)
     links: dict[str, dict[str, float]] = {}
     for link in ("pcie", "nvlink"):
         lt = build_topology(link_gpu, args.gpus, link, args.nodes, args.inter_node, args.nccl,
@@ -56,15 +59,18 @@ def gather(run: PlanRun) -> Alternatives:
             wl, link_gpu, lt, run.warmups, run.scale, top=1, per_family=1, spec=run.spec)
         links[f"{link_gpu.name} {link}"] = {p.config.strategy: p.latency_s
                                             for p in best_per_family(res.ranked, 1) if not p.oom}
+        progress("report: searching other links and GPU counts", len(links), total)
     note = "same GPU" if link_gpu is gpu else \
         f"{gpu.name} has no NVLink, so {link_gpu.name} is shown over both"
     by_gpus: dict[str, dict[int, float]] = {}
-    for n in [d for d in range(1, topo.num_gpus + 1) if topo.num_gpus % d == 0]:
+    for i, n in enumerate(counts):
         res = search(wl, gpu, topo, run.warmups, run.scale, top=1, per_family=1, only=n,
                      spec=run.spec)
         for p in best_per_family(res.ranked, 1):
             if not p.oom and (p.config.gpus == n):
                 by_gpus.setdefault(p.config.strategy, {})[n] = p.latency_s
+        progress("report: searching other links and GPU counts", 3 + i, total)
+    progress.end()
     return Alternatives(links, note, by_gpus)
 
 
@@ -84,16 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("reports need plotly: pip install 'ditsim[reports]'") from None
     # Refused before the searches, not after them.
     check_outputs([("--report", args.report), ("--chrome-trace", args.chrome_trace)])
-    run = plan.run_search(args)
-    rec = plan.recommended_in_full(run)
-    alt = gather(run)
+    progress = progress_from_args(args)
+    run = plan.run_search(args, progress)
+    with progress.stage("report: simulating the recommendation in full for its timeline"):
+        rec = plan.recommended_in_full(run)
+    alt = gather(run, progress)
     ranked = run.result.ranked
     # Both files or neither: a report whose trace failed to write is removed with it.
     write_outputs([
         ("--chrome-trace", args.chrome_trace, rec.trace.write_chrome),
         ("--report", args.report, lambda p: write_plan_report(
             p, "ditsim plan", intro(run), ranked, rec, best_per_family(ranked, 1), alt.links,
-            alt.link_note, alt.by_gpus))])
+            alt.link_note, alt.by_gpus, plan.why(ranked), plan.riskier_line(ranked)))])
     plan.print_plan(run)
     return 0
 

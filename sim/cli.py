@@ -16,10 +16,13 @@ from typing import Any
 from sim.config import DTYPE_BYTES, Workload
 from sim.cost import CostSpec
 from sim.cost.link_profile import apply_link_profile
+from sim.cost.profile import speed_check
+from sim.cost.profile_format import ComputeProfile
 from sim.errors import RunFailed, UserError
 from sim.evaluate import calibration_scale
 from sim.hardware import DEFAULT_GPU, GPU, HOST_CPUS, NCCL_VERSIONS, get_gpu
 from sim.models import get_model
+from sim.progress import Progress
 from sim.topology import INTER_NODE, Topology, build_topology
 
 DEFAULT_INTER_NODE = "ib-ndr"  # the network between nodes when --inter-node is not given
@@ -78,6 +81,18 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
                    help="measured link profile (python -m profiles.links): its fitted "
                         "point-to-point latency and bandwidth replace the registry's")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def add_quiet_arg(p: argparse.ArgumentParser) -> None:
+    """``--quiet``: no progress lines on stderr (warnings, errors and the names of the files
+    written still go there)."""
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def progress_from_args(args: argparse.Namespace, t0: float | None = None) -> Progress:
+    """The command's progress on stderr, from ``t0`` (``time.perf_counter``; default now),
+    silenced by ``--quiet``. Shown with ``--json`` too: it never touches stdout."""
+    return Progress(quiet=bool(getattr(args, "quiet", False)), t0=t0)
 
 
 def is_finite(value: float) -> bool:
@@ -183,11 +198,24 @@ def cluster_from_args(args: argparse.Namespace) -> tuple[GPU, Topology]:
     return gpu, topo
 
 
+# Warnings already printed by this process: a command that builds its costs once per
+# resolution (sim.compare), or a notebook calling the API in a loop, sees each once.
+_WARNED: set[str] = set()
+
+
 def cost_spec_from_args(args: argparse.Namespace) -> CostSpec:
-    """How to cost compute ops: the profile given with --profile, else the roofline."""
-    if args.profile:
-        _exists(args.profile, "--profile")
-    return CostSpec(args.profile)
+    """How to cost compute ops: the profile given with --profile, else the roofline. A CPU
+    profile from another CPU model, or one whose reference op runs more than 10 % faster or
+    slower here now (``speed_check``), prints a ``warning:`` line on stderr (once per
+    process); the check's notes travel with the spec into the prediction's JSON."""
+    if not args.profile:
+        return CostSpec()
+    _exists(args.profile, "--profile")
+    warning, note = speed_check(ComputeProfile.read(args.profile).meta)
+    if warning and warning not in _WARNED:
+        _WARNED.add(warning)
+        print(f"warning: --profile {args.profile}: {warning}", file=sys.stderr)
+    return CostSpec(args.profile, tuple(n for n in (warning, note) if n))
 
 
 def calibration_from_args(args: argparse.Namespace, wl: Workload, gpu: GPU,

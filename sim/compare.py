@@ -17,11 +17,11 @@ returns a ``Comparison`` (``api_compare``).
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 from sim.cli import (
+    add_quiet_arg,
     add_workload_args,
     argv_from_kwargs,
     callable_module,
@@ -32,6 +32,7 @@ from sim.cli import (
     parse_int_list,
     parser,
     print_json,
+    progress_from_args,
     reject_moved_report,
     run_main,
     workload_from_args,
@@ -39,6 +40,7 @@ from sim.cli import (
 from sim.config import ParallelConfig, check_warmup, validate
 from sim.errors import UserError
 from sim.evaluate import Prediction
+from sim.progress import QUIET, Progress
 from sim.search import candidates, search
 from sim.strategies import FAMILIES
 
@@ -53,6 +55,7 @@ def build_parser(prog: str = "python -m sim.compare") -> argparse.ArgumentParser
     """The comparison's flags (``reports.compare`` adds ``--report`` to them)."""
     p = parser(prog, "Compare parallel strategies across resolutions on the same cluster.")
     add_workload_args(p)
+    add_quiet_arg(p)
     p.add_argument("--resolutions", default="1024,2048,4096",
                    help="square resolutions in pixels, comma-separated")
     p.add_argument("--warmup", type=int, default=1,
@@ -60,9 +63,13 @@ def build_parser(prog: str = "python -m sim.compare") -> argparse.ArgumentParser
     return p
 
 
-def compare(args: argparse.Namespace) -> tuple[list[int], Cells, dict[str, str]]:
+def compare(args: argparse.Namespace, progress: Progress | None = None
+            ) -> tuple[list[int], Cells, dict[str, str]]:
     """The resolutions (px), the best prediction per (family, resolution), and why a family
-    has no entry."""
+    has no entry; ``progress`` is told how far it is (default: lines on stderr after 2 s
+    unless ``--quiet``)."""
+    if progress is None:
+        progress = progress_from_args(args)
     if args.single_gpu_latency is not None:
         raise UserError("--single-gpu-latency is measured at one resolution; calibrate with "
                         "sim.predict or sim.plan at that resolution")
@@ -81,9 +88,12 @@ def compare(args: argparse.Namespace) -> tuple[list[int], Cells, dict[str, str]]
         check_warmup(args.warmup, wl.steps)
         for c in candidates(wl, topo.num_gpus, [args.warmup], all_gpus=True):
             valid[c.strategy].add(res)
-        result = search(wl, gpu, topo, [args.warmup], top=1, per_family=1, all_gpus=True,
-                      spec=cost_spec_from_args(args),
-                      progress=not args.json and sys.stderr.isatty())
+        with progress.stage(f"comparing the strategies at {res} px"):
+            result = search(wl, gpu, topo, [args.warmup], top=1, per_family=1, all_gpus=True,
+                            spec=cost_spec_from_args(args),
+                            progress=lambda what, d, n, r=res: progress(f"{r} px: {what}", d,
+                                                                         n))
+        progress.end()
         for p in result.ranked:
             fam = p.config.strategy
             if res not in cells[fam] or (cells[fam][res].oom, cells[fam][res].latency_s) > \
@@ -153,7 +163,7 @@ def api_compare(*, model: str, gpus: int, gpu: str | None = None, link: str = "p
     """
     args = build_parser().parse_args(argv_from_kwargs(dict(locals())))
     args.json = True  # no progress bar from a library call
-    return Comparison(*compare(args))
+    return Comparison(*compare(args, QUIET))
 
 
 def _why_missing(family: str, gpus: int, valid_at: set[int]) -> str:

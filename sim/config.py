@@ -78,6 +78,12 @@ class ParallelConfig:
         """Whether some step attends to K,V from the previous step (warmup matters)."""
         return self.distrifusion > 1 or (self.pipefusion > 1 and self.patches > 1)
 
+    @property
+    def cold_start(self) -> bool:
+        """Stale context from the first step (W=0): the first steps attend to empty K,V
+        buffers, which can hurt image quality; the planner prefers warmed-up runs."""
+        return self.stale and self.warmup == 0
+
     def label(self) -> str:
         """Short description, e.g. ``cfg2 x pipefusion2(M=4,W=1) x ulysses2``."""
         parts = []

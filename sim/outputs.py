@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sim.errors import UserError
+from sim.progress import announce_written
 
 # A writer: fills the file at the path it is given (a temporary one, later renamed).
 Writer = Callable[[Path], object]
@@ -157,12 +158,15 @@ def output_errors(flag: str, path: str | Path) -> Iterator[None]:
         raise UserError(f"{flag} {path}: cannot write ({_reason(e)})") from None
 
 
-def write_outputs(outputs: list[tuple[str, str | Path | None, Writer]]) -> None:
+def write_outputs(outputs: list[tuple[str, str | Path | None, Writer]],
+                  announce: bool = True) -> None:
     """Write each ``(flag, path, writer)`` whose path is given, all or none: every file goes to
     a temporary name first, and only when all are complete are they renamed into place. If a
     write fails, the temporary files are removed and the targets keep what they held; if a
     rename fails (the target changed since the check), the files this call already put in
-    place are removed too. Errors become a ``UserError`` naming the flag and path."""
+    place are removed too. Errors become a ``UserError`` naming the flag and path. With
+    ``announce``, each file written is then named on stderr (``wrote PATH (FLAG)``; not
+    ``/dev/null`` and other special files)."""
     staged: list[tuple[str, str | Path, Path, Path]] = []  # flag, path, temp, target
     placed: list[Path] = []
     try:
@@ -188,8 +192,11 @@ def write_outputs(outputs: list[tuple[str, str | Path | None, Writer]]) -> None:
     finally:
         for _, _, tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+    if announce:
+        announce_written([(flag, str(path)) for flag, path, _, _ in staged])
 
 
-def write_output(path: str | Path, write: Writer, flag: str = "output") -> None:
+def write_output(path: str | Path, write: Writer, flag: str = "output",
+                 announce: bool = True) -> None:
     """Write one file atomically (``write_outputs`` with one entry)."""
-    write_outputs([(flag, path, write)])
+    write_outputs([(flag, path, write)], announce)

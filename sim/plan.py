@@ -14,12 +14,12 @@ default to 0..2. HTML reports: ``python -m reports.plan``, same flags plus ``--r
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from sim.cli import (
+    add_quiet_arg,
     add_workload_args,
     argv_from_kwargs,
     at_least,
@@ -32,6 +32,7 @@ from sim.cli import (
     parse_int_list,
     parser,
     print_json,
+    progress_from_args,
     reject_moved_report,
     run_main,
     workload_from_args,
@@ -41,6 +42,7 @@ from sim.cost import CostSpec
 from sim.evaluate import Prediction, evaluate
 from sim.hardware import GPU
 from sim.outputs import check_outputs, write_output
+from sim.progress import QUIET, Progress
 from sim.search import Candidate, SearchResult, best_per_family, search
 from sim.topology import Topology
 
@@ -49,6 +51,7 @@ def build_parser(prog: str = "python -m sim.plan") -> argparse.ArgumentParser:
     """The planner's flags (``reports.plan`` adds ``--report`` to them)."""
     p = parser(prog, "Rank every valid parallel configuration by predicted latency.")
     add_workload_args(p)
+    add_quiet_arg(p)
     p.add_argument("--top", type=int, default=10, help="rows of the ranking to print")
     p.add_argument("--per-family", type=int, default=2,
                    help="best configurations shown for each strategy family")
@@ -77,10 +80,12 @@ class PlanRun:
     elapsed_s: float  # from parsed flags to the ranking
 
 
-def run_search(args: argparse.Namespace, progress: bool | None = None) -> PlanRun:
-    """Check the planner's flags and run the search they describe; ``progress`` draws a bar
-    on stderr (default: when stderr is a terminal and the output is not JSON)."""
+def run_search(args: argparse.Namespace, progress: Progress | None = None) -> PlanRun:
+    """Check the planner's flags and run the search they describe, telling ``progress``
+    how far it is (default: lines on stderr after 2 s unless ``--quiet``)."""
     t0 = time.perf_counter()
+    if progress is None:
+        progress = progress_from_args(args, t0)
     wl = workload_from_args(args)
     gpu, topo = cluster_from_args(args)
     at_least(args.top, 1, "--top")
@@ -91,11 +96,12 @@ def run_search(args: argparse.Namespace, progress: bool | None = None) -> PlanRu
         check_warmup(w, wl.steps)
     spec = cost_spec_from_args(args)
     scale = calibration_from_args(args, wl, gpu, spec)
-    result = search(wl, gpu, topo, warmups, scale, spec=spec, top=args.top,
-                    per_family=args.per_family,
-                    exhaustive=args.exhaustive,
-                    progress=(not args.json and sys.stderr.isatty()) if progress is None
-                    else progress)
+    with progress.stage(f"searching the configurations of {wl.model.name} on "
+                        f"{topo.num_gpus} x {gpu.name}"):
+        result = search(wl, gpu, topo, warmups, scale, spec=spec, top=args.top,
+                        per_family=args.per_family, exhaustive=args.exhaustive,
+                        progress=progress)
+    progress.end()
     # A NaN would rank arbitrarily and print as "nan": refused before anything is written.
     check_finite(plan_json(result), "the ranking")
     return PlanRun(args, wl, gpu, topo, warmups, scale, spec, result,
@@ -105,12 +111,16 @@ def run_search(args: argparse.Namespace, progress: bool | None = None) -> PlanRu
 def plan_json(result: SearchResult) -> list[dict]:
     """``sim.plan --json``: every candidate, the simulated ones ranked first (``simulated``:
     true, with their lower bound), then those the lower bound ruled out (``simulated``:
-    false, ``latency_s``: null), by bound."""
+    false, ``latency_s``: null), by bound. ``recommended`` marks the recommendation
+    (``recommend``), ``riskier_alternative`` the faster cold-start one shown beside it."""
     out = []
+    best, fast = recommend(result.ranked) if result.ranked else (None, None)
     for p in result.ranked:
         d = p.as_dict()
         d["simulated"] = True
         d["lower_bound_s"] = result.lower_bound(p.config)
+        d["recommended"] = p is best
+        d["riskier_alternative"] = p is fast
         out.append(d)
     return out + [c.as_dict() for c in result.skipped()]
 
@@ -118,7 +128,7 @@ def plan_json(result: SearchResult) -> list[dict]:
 def recommended_in_full(run: PlanRun) -> Prediction:
     """The recommendation simulated again in full (per-block schedule, not the search's
     coarse one), for its timeline."""
-    return evaluate(run.workload, run.result.ranked[0].config, run.gpu, run.topo,
+    return evaluate(run.workload, recommend(run.result.ranked)[0].config, run.gpu, run.topo,
                     scale=run.scale, spec=run.spec)
 
 
@@ -148,47 +158,102 @@ def margin(slower: float, faster: float) -> str | None:
     return None if gap < EQUAL_WITHIN else f"{gap:.0%}"
 
 
+def recommend(ranked: list[Prediction]) -> tuple[Prediction, Prediction | None]:
+    """The recommendation among ``ranked`` (fitting first, fastest first) and, when one is
+    faster, the riskier alternative: the fastest configuration that fits and does not start
+    cold (W=0 with PipeFusion or DistriFusion attends to empty K,V buffers in its first steps,
+    which can hurt image quality), and the fastest cold-start one if it beats it. When every
+    fitting configuration starts cold the fastest is recommended, with no alternative."""
+    fitting = [p for p in ranked if not p.oom]
+    if not fitting:
+        return ranked[0], None
+    warm = next((p for p in fitting if not p.config.cold_start), None)
+    if warm is None or warm is fitting[0]:
+        return fitting[0], None
+    return warm, fitting[0]
+
+
+def duration(seconds: float) -> str:
+    """``0.541`` -> ``541 ms``, ``3.812`` -> ``3.81 s``: three significant digits."""
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
 def why(ranked: list[Prediction]) -> str:
-    """One line on why the first configuration wins."""
-    best = ranked[0]
+    """One line on why the recommendation (``recommend``) wins, compared only with the
+    configurations it was chosen among (warmed-up ones when it is warmed up)."""
+    best, _ = recommend(ranked)
     if best.oom:
         return "nothing fits in memory: use GPUs with more memory or drop the text encoder " \
                "(--no-text-encoder) if it runs elsewhere"
-    serial = next((p for p in ranked if p.config.strategy == "serial"), None)
+    pool = [p for p in ranked if best.config.cold_start or not p.config.cold_start]
+    serial = next((p for p in pool if p.config.strategy == "serial"), None)
     parts = []
     if serial is not None and serial is not best:
         parts.append(f"{serial.latency_s / best.latency_s:.2f}x faster than one GPU")
     m = best.metrics
     if best.config.gpus > 1:
-        parts.append(f"bubbles {m.bubble_fraction:.0%} of GPU time; of "
-                     f"{m.comm_bytes_per_step / 1e6:.1f} MB sent per step only "
-                     f"{max(m.exposed_comm_s) * 1e3:.1f} ms in all is not hidden by compute")
+        exposed = max(m.exposed_comm_s)
+        sent = f"{m.comm_bytes_per_step / 1e6:.3g} MB sent per step by the busiest GPU"
+        if exposed < 0.0005 * best.latency_s:
+            parts.append(f"communication: all of it overlapped with compute ({sent})")
+        else:
+            parts.append(f"communication: {duration(exposed)} of {duration(best.latency_s)} "
+                         f"is not overlapped with compute ({sent})")
+        if m.bubble_fraction >= 0.005:
+            parts.append(f"GPUs idle {m.bubble_fraction:.0%} of the time waiting for each "
+                         f"other (bubbles)")
         route = best.topology.transport_summary(best.config.gpus)
         if route:
             parts.append(route)
-    other_n = [p for p in ranked[1:] if not p.oom and p.config.gpus != best.config.gpus]
+    other_n = [p for p in pool if p is not best and not p.oom
+               and p.config.gpus != best.config.gpus]
     if other_n:
         o = other_n[0]
         gap = margin(o.latency_s, best.latency_s)
         lead = f"{gap} ahead of" if gap else "equal (within 0.5%) to"
         parts.append(f"{lead} the best on "
                      f"{o.config.gpus} GPU{'s' if o.config.gpus > 1 else ''} ({describe(o)})")
-    same_n = [p for p in ranked[1:] if not p.oom and p.config.gpus == best.config.gpus
-              and p.config.patches != best.config.patches]
+    same_n = [p for p in pool if p is not best and not p.oom
+              and p.config.gpus == best.config.gpus and p.config.patches != best.config.patches]
     if same_n and best.config.pipefusion > 1:
         o = same_n[0]
         gap = margin(o.latency_s, best.latency_s)
         parts.append(f"M={best.config.patches} beats M={o.config.patches} by {gap}" if gap
                      else f"M={best.config.patches} and M={o.config.patches} are equal "
                      f"(within 0.5%)")
-    if best.config.stale and best.config.warmup == 0:
+    if best.config.cold_start:
         parts.append("note: W=0 starts from empty K,V buffers, which can hurt image quality; "
                      "--warmup 1,2 keeps the search to warmed-up runs")
     return "; ".join(parts)
 
 
-def table(ranked: list[Prediction], top: int) -> str:
-    """The given configurations as a fixed-width table (speedups against serial)."""
+def riskier_line(ranked: list[Prediction]) -> str | None:
+    """The faster, riskier alternative to the recommendation in one line, if there is one."""
+    best, fast = recommend(ranked)
+    if fast is None:
+        return None
+    gap = margin(best.latency_s, fast.latency_s)
+    by = f"{gap} faster" if gap else "within 0.5% of the recommendation"
+    return (f"faster, riskier: {describe(fast)}  ->  {fast.latency_s:.3f} s ({by}); W=0 "
+            f"attends to empty K,V buffers in its first steps, which can hurt image quality")
+
+
+def marks(ranked: list[Prediction]) -> dict[int, str]:
+    """Row notes for ``table``: the recommendation and its faster, riskier alternative, by
+    ``id`` of their predictions."""
+    best, fast = recommend(ranked) if ranked else (None, None)
+    out = {id(best): "<- recommended"} if best is not None else {}
+    if fast is not None:
+        out[id(fast)] = "<- faster, riskier (W=0)"
+    return out
+
+
+def table(ranked: list[Prediction], top: int, notes: dict[int, str] | None = None) -> str:
+    """The given configurations as a fixed-width table (speedups against serial); ``notes``
+    (``marks``) follow their rows."""
+    notes = notes or {}
     serial = next((p for p in ranked if p.config.strategy == "serial"), None)
     width = max([len(p.config.label()) for p in ranked[:top]] + [8])
     head = (f"{'#':>3}  {'configuration':<{width}}{'gpus':>5}{'latency s':>11}{'speedup':>9}"
@@ -202,7 +267,8 @@ def table(ranked: list[Prediction], top: int) -> str:
             f"{i if not p.oom else '-':>3}  {c.label():<{width}}{c.gpus:>5}"
             f"{p.latency_s:>11.3f}{speed:>8.2f}x{p.memory_gb:>8.1f}"
             f"{m.bubble_fraction:>8.1%}{max(m.exposed_comm_s) * 1e3:>11.1f}"
-            f"{m.comm_bytes_per_step / 1e6:>10.1f}  {'OOM' if p.oom else 'yes'}")
+            f"{m.comm_bytes_per_step / 1e6:>10.1f}  {'OOM' if p.oom else 'yes'}"
+            + (f"  {notes[id(p)]}" if id(p) in notes else ""))
     return "\n".join(lines)
 
 
@@ -228,14 +294,18 @@ def print_plan(run: PlanRun) -> None:
           f"{run.topo.num_gpus} x {gpu.name} ({gpu.memory_bytes / 1e9:.0f} GB) over {args.link}"
           f"{f', {args.nodes} nodes' if args.nodes > 1 else ''}"
           f"{'' if args.gpu else ' (GPU assumed: pass --gpu to change)'}")
-    best = ranked[0]
+    best, _ = recommend(ranked)
     print(f"recommended: {describe(best)}  ->  {best.latency_s:.3f} s, "
           f"{best.memory_gb:.1f} GB per GPU" + ("  (does NOT fit)" if best.oom else ""))
     print(f"why: {why(ranked)}")
+    risky = riskier_line(ranked)
+    if risky:
+        print(risky)
     print()
-    print(table([p for p in ranked if not p.oom] or ranked, args.top))
+    notes = marks(ranked)
+    print(table([p for p in ranked if not p.oom] or ranked, args.top, notes))
     print("\nbest of each family (the trade-off, not only the winner):")
-    print(table(best_per_family(ranked, args.per_family), 10**6))
+    print(table(best_per_family(ranked, args.per_family), 10**6, notes))
     print("\n" + LEGEND)
     print(f"\n{result.candidates} configurations searched in {run.elapsed_s:.2f} s: "
           f"{len(ranked)} simulated, {result.pruned} skipped by a latency lower bound (provably "
@@ -265,8 +335,16 @@ class Plan:
 
     @property
     def recommended(self) -> Prediction:
-        """The first of the ranking (check ``.oom``: when nothing fits it does not either)."""
-        return self.ranked[0]
+        """What the command recommends: the fastest configuration that fits without a cold
+        start (W=0 stale context), else the first of the ranking (check ``.oom``: when
+        nothing fits it does not either)."""
+        return recommend(self.ranked)[0]
+
+    @property
+    def riskier_alternative(self) -> Prediction | None:
+        """The faster cold-start (W=0) configuration the command shows beside the
+        recommendation, or None."""
+        return recommend(self.ranked)[1]
 
     @property
     def why(self) -> str:
@@ -280,7 +358,8 @@ class Plan:
 
     def table(self, top: int = 10) -> str:
         """The command's ranking table (fitting configurations, or all when none fits)."""
-        return table([p for p in self.ranked if not p.oom] or self.ranked, top)
+        return table([p for p in self.ranked if not p.oom] or self.ranked, top,
+                     marks(self.ranked))
 
     def as_json(self) -> list[dict]:
         """What ``sim.plan --json`` prints."""
@@ -336,7 +415,7 @@ def api_plan(*, model: str, gpus: int, gpu: str | None = None, link: str = "pcie
     True
     """
     args = build_parser().parse_args(argv_from_kwargs(dict(locals())))
-    return Plan(run_search(args, progress=False))
+    return Plan(run_search(args, progress=QUIET))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,10 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     reject_moved_report(args, "reports.plan")
     check_outputs([("--chrome-trace", args.chrome_trace)])  # before the search, not after
-    run = run_search(args)
+    progress = progress_from_args(args)
+    run = run_search(args, progress)
     if args.chrome_trace:
-        write_output(args.chrome_trace, recommended_in_full(run).trace.write_chrome,
-                     "--chrome-trace")
+        with progress.stage("simulating the recommendation in full for --chrome-trace"):
+            rec = recommended_in_full(run)
+        write_output(args.chrome_trace, rec.trace.write_chrome, "--chrome-trace")
     print_plan(run)
     return 0
 

@@ -15,6 +15,7 @@ import argparse
 from dataclasses import replace
 
 from sim.cli import (
+    add_quiet_arg,
     add_workload_args,
     argv_from_kwargs,
     calibration_from_args,
@@ -25,6 +26,7 @@ from sim.cli import (
     parse_int_list,
     parser,
     print_json,
+    progress_from_args,
     run_main,
     workload_from_args,
 )
@@ -34,6 +36,7 @@ from sim.errors import UserError
 from sim.evaluate import Prediction, evaluate
 from sim.hardware import GPU
 from sim.outputs import check_outputs, write_outputs
+from sim.progress import QUIET, Progress
 from sim.topology import Topology
 
 
@@ -41,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = parser("python -m sim.predict",
                "Predict latency, memory and communication of one parallel configuration.")
     add_workload_args(p)
+    add_quiet_arg(p)
     p.add_argument("--pipefusion", type=int, default=None,
                    help="PipeFusion degree (pipeline stages); default: the GPUs the other "
                         "degrees leave (all of them when none is given)")
@@ -87,8 +91,11 @@ def best_patches(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     return best
 
 
-def predict(args: argparse.Namespace) -> Prediction:
-    """Prediction for parsed command-line ``args``."""
+def predict(args: argparse.Namespace, progress: Progress | None = None) -> Prediction:
+    """Prediction for parsed command-line ``args``; a long simulation says so on stderr
+    after 2 s (``progress``; default: unless ``--quiet``)."""
+    if progress is None:
+        progress = progress_from_args(args)
     wl = workload_from_args(args)
     gpu, topo = cluster_from_args(args)
     others = args.ulysses * args.ring * args.tensor * args.cfg * args.distrifusion
@@ -104,7 +111,8 @@ def predict(args: argparse.Namespace) -> Prediction:
     if args.patches == "auto":
         cfg = ParallelConfig(args.gpus, degree, 1, args.warmup, stage_blocks, **degrees)
         validate(wl, cfg)
-        return best_patches(wl, cfg, gpu, topo, cost, scale)
+        with progress.stage(f"simulating {cfg.label()} at every patch count M in 1..4N"):
+            return best_patches(wl, cfg, gpu, topo, cost, scale)
     try:
         patches = int(args.patches)
     except ValueError:
@@ -112,7 +120,8 @@ def predict(args: argparse.Namespace) -> Prediction:
                         f"got '{args.patches}'") from None
     check_patches_need_pipefusion(patches, args.gpus, "GPUs")
     cfg = ParallelConfig(args.gpus, degree, patches, args.warmup, stage_blocks, **degrees)
-    return evaluate(wl, cfg, gpu, topo, cost, scale)
+    with progress.stage(f"simulating {cfg.label()}"):
+        return evaluate(wl, cfg, gpu, topo, cost, scale)
 
 
 def api_predict(*, model: str, gpus: int, gpu: str | None = None, link: str = "pcie",
@@ -138,7 +147,7 @@ def api_predict(*, model: str, gpus: int, gpu: str | None = None, link: str = "p
     (True, True)
     """
     args = build_parser().parse_args(argv_from_kwargs(dict(locals())))
-    pred = predict(args)
+    pred = predict(args, QUIET)
     check_finite(pred.as_dict(), "the prediction")
     return pred
 

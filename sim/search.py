@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from math import inf
 from typing import Any
 
 from sim.config import ParallelConfig, Workload, check_warmup, validate
@@ -206,17 +206,19 @@ class _Pool:
 
 def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: float = 1.0,
            top: int = 10, per_family: int = 2, exhaustive: bool = False,
-           progress: bool = False, workers: int | None = None,
+           progress: Callable[[str, int, int], None] | None = None,
+           workers: int | None = None,
            all_gpus: bool = False, only: int | None = None,
            spec: CostSpec | None = None) -> SearchResult:
     """Simulate the candidates (planner mode: coarse communication, periodic steps) and rank
     them by latency (seconds). ``warmups`` are step counts, ``scale`` the factor on compute
     costs. Unless ``exhaustive``, a candidate is skipped when a lower bound on its latency
     (``latency_lower_bound``) already shows it cannot enter the ``top`` overall nor the best
-    ``per_family`` of its family nor beat the best on its GPU count, and candidates that do
+    ``per_family`` of its family nor beat the best on its GPU count (nor, without a cold start,
+    the best without one on its GPU count: ``sim.plan`` recommends that), and candidates that do
     not fit in memory are not simulated (unless nothing fits). The rows shown are therefore
     exactly those an exhaustive search would show, and so is the best of each GPU count.
-    ``progress`` draws a bar on stderr."""
+    ``progress(what, done, total)`` is told how far the simulations are (``sim.progress``)."""
     spec = spec or CostSpec()
     cands = candidates(wl, topo.num_gpus, warmups, all_gpus, only)
     workers = workers or (min(os.cpu_count() or 1, 8) if len(cands) > 40 else 1)
@@ -242,6 +244,10 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
         # Best latency so far on each GPU count: sim.plan's why line compares the winner with
         # the best of another count, which must be the true best, never a pruned candidate.
         by_gpus: dict[int, float] = {}
+        # The same without a cold start (W=0 stale context): sim.plan recommends the best of
+        # these over a faster cold-start one and compares it with the others, so they must be
+        # the true best too.
+        warm_by_gpus: dict[int, float] = {}
         pruned = 0
         batch = 4 * workers
         pos = 0
@@ -254,7 +260,8 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                 n_best = by_gpus.get(cands[i].gpus)
                 if (len(overall) >= top and lb >= overall[top - 1] and
                         len(fam_best) >= per_family and lb >= fam_best[per_family - 1] and
-                        n_best is not None and lb >= n_best):
+                        n_best is not None and lb >= n_best and
+                        (cands[i].cold_start or lb >= warm_by_gpus.get(cands[i].gpus, inf))):
                     pruned += 1
                 else:
                     keep.append(cands[i])
@@ -268,20 +275,15 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                     by_family[fam] = sorted(by_family.get(fam, []) + [p.latency_s])[:per_family]
                     n = p.config.gpus
                     by_gpus[n] = min(by_gpus.get(n, p.latency_s), p.latency_s)
+                    if not p.config.cold_start:
+                        warm_by_gpus[n] = min(warm_by_gpus.get(n, inf), p.latency_s)
             if progress:
-                frac = min(pos, len(todo)) / len(todo)
-                sys.stderr.write(f"\rsimulating [{'#' * int(30 * frac):<30}] "
-                                 f"{min(pos, len(todo))}/{len(todo)}")
-                sys.stderr.flush()
-        if progress:
-            sys.stderr.write("\r" + " " * 60 + "\r")
+                progress("configurations simulated or ruled out", min(pos, len(todo)), len(todo))
         return SearchResult(rank(preds), len(cands), pruned, len(oom) if fitting else 0,
                             considered(done))
     except BrokenProcessPool:
         # A worker died (killed by a signal, or by the kernel when memory ran out): nothing in
         # the input caused it, so exit 1 (a failed run, which may succeed if rerun), not 2.
-        if progress:
-            sys.stderr.write("\n")
         raise RunFailed(f"a planner worker process died (killed, or out of memory?) while "
                         f"simulating {len(cands)} configurations on {workers} processes; "
                         f"nothing was recommended. Rerun, or search fewer configurations "

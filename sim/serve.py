@@ -47,6 +47,7 @@ from sim.cli import (
 )
 from sim.errors import UserError
 from sim.outputs import check_outputs, write_outputs
+from sim.progress import Progress
 from sim.replicas import Cluster, ReplicaGroup, ServiceTable, parse_replicas
 from sim.serve_metrics import RunSummary, summarize
 from sim.serve_text import finite_or_none, print_text, write_timeline
@@ -108,36 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "no capacity bisection")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
-
-
-class Progress:
-    """Progress on stderr, only once a command has run for more than 2 s (one updating line
-    on a terminal, a line per fifth of the work otherwise)."""
-
-    DELAY_S = 2.0
-
-    def __init__(self, t0: float, quiet: bool) -> None:
-        self.t0 = t0
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.shown = False
-        self.last_fifth = -1
-
-    def __call__(self, what: str, done: int, total: int) -> None:
-        if self.quiet or time.perf_counter() - self.t0 < self.DELAY_S:
-            return
-        if self.tty:
-            sys.stderr.write(f"\r{what} {done}/{total}    ")
-        elif done * 5 // total != self.last_fifth or done == total:
-            self.last_fifth = done * 5 // total
-            sys.stderr.write(f"{what} {done}/{total}\n")
-        sys.stderr.flush()
-        self.shown = True
-
-    def end(self) -> None:
-        if self.shown and self.tty:
-            sys.stderr.write("\r" + " " * 70 + "\r")
-            sys.stderr.flush()
 
 
 def parse_slo(text: str, names: list[str]) -> list[str]:
@@ -279,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = calibration_from_args(args, wl, gpu, spec)
     table = ServiceTable(wl.model, classes, cluster, wl.dtype, wl.text_encoder, wl.vae, spec,
                          scale, warmups)
-    progress = Progress(t0, args.quiet or args.json)
+    progress = Progress(quiet=args.quiet, t0=t0)  # on stderr: --json on stdout stays clean
 
     # Replica widths and their configurations.
     if args.replicas:

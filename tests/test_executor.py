@@ -190,6 +190,17 @@ def test_two_process_trace_and_json(two_process):
     assert [m["rank"] for m in per_rank] == [0, 1]
     assert all(m["peak_memory_gb"] > 0 and m["predicted_memory_gb"] > 0 for m in per_rank)
     assert summary["config"]["backend"] == "gloo"
+    # Issue 17: the peak as baseline + model + loop, and model + loop against the simulator's
+    # figure for the same parts (its runtime allowance left out).
+    for m in per_rank:
+        parts = m["baseline_memory_gb"] + m["weights_memory_gb"] + m["loop_memory_gb"]
+        assert parts >= m["peak_memory_gb"] - 1e-9
+        pred = m["predicted_memory"]
+        assert m["predicted_weights_gb"] + m["predicted_loop_gb"] == pytest.approx(
+            pred["total"] - pred["runtime"])
+    cm = summary["comparable_memory"]
+    assert cm["measured_gb"] == pytest.approx(cm["model_gb"] + cm["loop_gb"])
+    assert cm["predicted_gb"] == pytest.approx(cm["predicted_model_gb"] + cm["predicted_loop_gb"])
 
 
 def test_stale_runs_hold_kv_buffers_of_the_full_sequence(two_process):

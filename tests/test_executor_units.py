@@ -250,3 +250,22 @@ def test_online_softmax_merge_equals_attention_over_all_keys():
     for lo, hi in ((24, 40), (0, 10), (10, 24)):  # any order, as the ring delivers them
         acc = merge(acc, attention_lse(q, k[:, :, lo:hi], v[:, :, lo:hi]))
     assert torch.allclose(acc[0], F.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=0)
+
+
+def test_memory_line_splits_the_peak_and_compares_like_with_like():
+    from executor.summary import comparable_memory, memory_line
+
+    def rank(i: int, model: float, loop: float) -> dict:
+        return {"rank": i, "peak_memory_gb": 0.4 + model + loop, "baseline_memory_gb": 0.4,
+                "weights_memory_gb": model, "loop_memory_gb": loop,
+                "predicted_weights_gb": 0.001, "predicted_loop_gb": 0.002}
+
+    ranks = [rank(0, 0.010, 0.003), rank(1, 0.012, 0.004)]
+    cm = comparable_memory(ranks)
+    assert cm["rank"] == 1 and cm["measured_gb"] == pytest.approx(0.016)
+    line = memory_line({"peak_memory_gb": 0.416, "memory_kind": "rss",
+                        "comparable_memory": cm})
+    assert "0.416 GB (rss, rank 1) = baseline 0.400" in line
+    assert "model 0.012 + loop 0.004" in line
+    # The process baseline is not set beside the simulator's figure: model + loop is.
+    assert "model + loop 0.016 GB against the simulator's 0.003 GB" in line

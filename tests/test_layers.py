@@ -25,8 +25,10 @@ LAYERS = {"sim": 0, "reports": 1, "executor": 2, "profiles": 3, "validation": 4,
 # only these, so anything else imported by ``sim`` breaks ``pip install ditsim``.
 SIM_THIRD_PARTY = {"simpy", "networkx"}
 # Optional extras ``sim`` may import inside a function, only when asked (the API's to_frame()
-# tables: pyproject's ``api`` extra); the import-time test below checks they stay unloaded.
-SIM_OPTIONAL = {"pandas"}
+# tables: pyproject's ``api`` extra; torch for the speed probe of a CPU profile used on this
+# machine's CPU, sim.cost.probe, which says so in a note when torch is missing); the
+# import-time test below checks they stay unloaded.
+SIM_OPTIONAL = {"pandas", "torch"}
 # Heavy optional packages that must never be imported when ``sim`` is.
 NOT_IN_SIM = ("torch", "diffusers", "plotly", "numpy", "pandas")
 

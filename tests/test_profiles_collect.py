@@ -56,6 +56,8 @@ def test_quick_collection_on_a_tiny_config(tmp_path: Path) -> None:
         "pixart-tiny", "cpu", "fp32", 1, True)
     assert m["torch"] == torch.__version__ and m["diffusers"] and m["date"]
     assert "scaled_dot_product_attention" in m["attention_backend"]
+    # Issue 17: the reference op's time on this machine, which a later use compares with.
+    assert m["reference_op_s"] > 0 and "torch.mm" in m["reference_op"]
     shapes = {(s.op, s.q_tokens, s.kv_tokens) for s in prof.samples}
     for q in (256, 128, 64, 32):  # M = 1, 2, 4, 8 patches of a 256-token image
         assert ("block", q, 256) in shapes and ("attention", q, 256) in shapes

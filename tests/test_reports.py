@@ -4,9 +4,11 @@ error; Chrome traces load as JSON. Skipped (with the reason) where Chromium is m
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,77 @@ def test_predict_chrome_trace_of_a_hybrid(tmp_path: Path) -> None:
     names = {e["name"] for e in events}
     assert "blocks" in names and any(n.startswith("all_to_all") for n in names)
     assert {e["tid"] for e in events if e["ph"] == "X"} == {0, 1}
+
+
+class _Text(HTMLParser):
+    """The rendered page's text, with the text of each table cell of the ranking and the
+    order in which the answer, the figures and the folded table appear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.cells: list[str] = []
+        self.headers: list[str] = []
+        self.events: list[str] = []  # "answer", "figure", "details"
+        self._in: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        cls = dict(attrs).get("class") or ""
+        if tag == "div" and "answer" in cls:
+            self.events.append("answer")
+        elif tag == "div" and "plotly-graph-div" in cls:
+            self.events.append("figure")
+        elif tag == "details":
+            self.events.append("details")
+        if tag in ("td", "th"):
+            self._in = tag
+            (self.cells if tag == "td" else self.headers).append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th"):
+            self._in = None
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+        if self._in == "td":
+            self.cells[-1] += data
+        elif self._in == "th":
+            self.headers[-1] += data
+
+
+@needs_chromium
+def test_plan_report_reads_well_once_rendered(tmp_path: Path, capsys) -> None:
+    """Issue 17: read the page as Chromium renders it: the recommendation and its why come
+    first, numbers are formatted (percent, ms; no 1e-14), log axes say so, and the long
+    table is folded after the charts."""
+    out = tmp_path / "plan.html"
+    argv = ["--model", "pixart", "--gpus", "4", "--steps", "6", "--link", "nvlink", "--quiet"]
+    _run(plan.main, argv + ["--report", str(out)])
+    printed = capsys.readouterr().out
+    why = next(ln for ln in printed.splitlines() if ln.startswith("why: "))[5:]
+    rec = next(ln for ln in printed.splitlines() if ln.startswith("recommended: "))
+    dom, errors = render(out)
+    assert errors == []
+    page = _Text()
+    page.feed(dom)
+    text = " ".join(" ".join(page.parts).split())
+    label = rec.split("recommended: ")[1].split(" on ")[0]
+    assert f"Recommended: {label}" in text
+    for reason in why.split("; "):
+        assert reason in text
+    assert "faster, riskier:" in text
+    # The answer before every figure; the folded table after them.
+    assert page.events[0] == "answer" and page.events[-1] == "details"
+    assert "figure" in page.events and dom.count("<details") == 1
+    # Formatted cells: the bubble column in percent, exposed communication in ms, and no
+    # number in exponent notation anywhere in the table.
+    cols = page.headers
+    width = len(cols)
+    rows = [page.cells[i:i + width] for i in range(0, len(page.cells), width)]
+    assert rows and all(len(r) == width for r in rows)
+    bubble, exposed = cols.index("bubble"), cols.index("exposed comm")
+    assert all(re.fullmatch(r"\d+\.\d %", r[bubble]) for r in rows)
+    assert all(re.fullmatch(r"\d+\.\d ms", r[exposed]) for r in rows)
+    assert not any(re.search(r"\de[-+]\d", c) for c in page.cells)
+    # Plotly drew the log axis title with its scale named.
+    assert "seconds (log scale)" in text

@@ -92,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--device cuda: no CUDA device here; use --device cpu")
     out = Path(args.out)
     check_folder(out, "--out")  # before the runs; the folder itself is created as they start
+    try:  # plotly is optional: said before the runs, not after them
+        from reports.validation_report import write_validation_report
+    except ImportError:
+        write_validation_report = None
+        print("note: plotly is not installed, so validation.html will be skipped (pip "
+              "install 'ditsim[reports]'); validation.csv is written", file=sys.stderr)
     progress = not args.no_progress
     t0 = time.perf_counter()
     cases = grid_cases(args.grid, args.nproc, only)
@@ -120,12 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     errs = [abs(r["rel_err"]) for r in rows]
     elapsed = time.perf_counter() - t0
     outputs = [("--out", out / "validation.csv", lambda p: write_csv(p, rows))]
-    try:  # plotly is optional: without it the HTML report is skipped
-        from reports.validation_report import write_validation_report
-    except ImportError:
-        print("plotly is not installed: validation.html skipped (pip install "
-              "'ditsim[reports]')", file=sys.stderr)
-    else:
+    if write_validation_report is not None:
         outputs.append(("--out", out / "validation.html", lambda p: write_validation_report(
             p, cases, rows, elapsed, args)))
     write_outputs(outputs)  # CSV and HTML together or neither, each complete

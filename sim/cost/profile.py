@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import platform
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,10 +71,10 @@ class _BlockTable:
 class ProfileCost:
     """Compute-op durations (seconds) for ``wl`` from a measured profile, with the roofline of
     ``gpu`` as the fallback outside the measured range; ``scale`` multiplies every time (1.0
-    unless calibrating, as for ``RooflineCost``)."""
+    unless calibrating, as for ``RooflineCost``); ``notes`` join the notes it reports."""
 
     def __init__(self, wl: Workload, gpu: GPU, profile: ComputeProfile | str | Path,
-                 scale: float = 1.0) -> None:
+                 scale: float = 1.0, notes: Iterable[str] = ()) -> None:
         if isinstance(profile, ComputeProfile):
             prof = profile
             prof.check()  # built in memory: validated here as read() validates a file
@@ -95,7 +95,7 @@ class ProfileCost:
         self.profile = prof
         self.scale = scale
         self.roof = RooflineCost(wl, gpu)
-        self.notes: set[str] = set()
+        self.notes: set[str] = set(notes)  # e.g. speed_check's, from the command line
         other = other_host(prof.meta)
         if other:
             self.notes.add(other)
@@ -346,10 +346,73 @@ def other_host(meta: dict) -> str | None:
     theirs, mine = str(meta.get("device_name", "")), this_cpu()
     if not theirs or theirs == mine:
         return None
-    model = meta.get("model", "MODEL")
     return (f"profile measured on {theirs} ({meta.get('date', 'date unknown')}), this machine "
             f"is {mine}: CPU runs here will differ by the two CPUs' speed; refresh it with "
-            f"python -m profiles.collect --model {model} --device cpu --quick --out FILE")
+            f"{refresh_command(meta)}")
+
+
+def refresh_command(meta: dict) -> str:
+    """The command that collects a fresh CPU profile like the one ``meta`` describes."""
+    threads = meta.get("threads")
+    return (f"python -m profiles.collect --model {meta.get('model', 'MODEL')} --device cpu "
+            f"--quick{f' --threads {threads}' if threads and threads != 1 else ''} --out FILE")
+
+
+# Probe results by (threads, clock): one probe per process, however many profiles and
+# planner workers use them (forked workers inherit it).
+_PROBED: dict[tuple[int | None, str], float | None] = {}
+
+
+def _probe_once(threads: int | None, clock: str) -> float | None:
+    key = (threads, clock)
+    if key not in _PROBED:
+        from sim.cost import probe  # its torch import waits until a probe is due
+
+        _PROBED[key] = probe.reference_op_seconds(threads, clock)
+    return _PROBED[key]
+
+
+def speed_check(meta: dict, probe: Callable[[int | None, str], float | None] | None = None
+                ) -> tuple[str | None, str | None]:
+    """(warning, note) on whether a compute profile's speed still holds on this machine.
+
+    GPU profiles: neither (planning for a GPU from a laptop is the point). A CPU profile from
+    another CPU model: ``other_host``'s warning, and no probe (the two CPUs differ anyway).
+    The same CPU model: ``probe(threads, clock)`` (default: ``reference_op_seconds``, run
+    once per process, about a second) times the reference op the profile recorded; a factor
+    beyond ``SPEED_TOLERANCE`` is a warning naming it and the refresh command, a factor
+    within it a note. The note also says when the probe was skipped: the profile records no
+    reference time, or torch is not installed (the probe returns None)."""
+    from sim.cost.probe import REFERENCE_OP, SPEED_TOLERANCE
+
+    if meta.get("device") != "cpu":
+        return None, None
+    other = other_host(meta)
+    if other:
+        return other, None
+    ref = meta.get("reference_op_s")
+    when = meta.get("date", "date unknown")
+    if not isinstance(ref, (int, float)) or not ref > 0:
+        return None, (f"speed probe skipped: the profile ({when}) records no reference-op "
+                      f"time, so whether this machine still runs at its speed is unchecked; "
+                      f"a profile collected now records one: {refresh_command(meta)}")
+    threads = meta.get("threads")
+    clock = str(meta.get("clock", "thread"))
+    here = (probe or _probe_once)(threads if isinstance(threads, int) else None, clock)
+    if here is None:
+        return None, ("speed probe skipped: torch is not installed here, so this machine's "
+                      "speed was not compared with the profile's (pip install torch to "
+                      "check it)")
+    factor = here / ref
+    if abs(factor - 1) > SPEED_TOLERANCE:
+        how = f"{factor:.2f}x slower" if factor > 1 else f"{1 / factor:.2f}x faster"
+        return (f"this machine runs the reference op ({REFERENCE_OP}) {how} than when the "
+                f"profile was collected ({when}: {ref * 1e3:.3g} ms, now {here * 1e3:.3g} "
+                f"ms): CPU runs here will differ by about that factor; refresh it with "
+                f"{refresh_command(meta)}"), None
+    return None, (f"speed probe: the reference op takes {here * 1e3:.3g} ms here, "
+                  f"{ref * 1e3:.3g} ms when the profile was collected (factor {factor:.2f}, "
+                  f"within {SPEED_TOLERANCE:.0%})")
 
 
 def _attention_scale(usable: list[tuple[int, float, float]]) -> float:

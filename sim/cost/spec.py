@@ -19,12 +19,13 @@ class CostSpec:
     data, so planner worker processes can build their own cost model from it."""
 
     profile: str | None = None
+    notes: tuple[str, ...] = ()  # about the profile (sim.cost.profile.speed_check)
 
     def build(self, wl: Workload, gpu: GPU, scale: float = 1.0) -> CostModel:
         """The cost model for ``wl`` on ``gpu`` with every time multiplied by ``scale``."""
         if self.profile is None:
             return RooflineCost(wl, gpu, scale)
-        return ProfileCost(wl, gpu, self.profile, scale)
+        return ProfileCost(wl, gpu, self.profile, scale, self.notes)
 
     def describe(self, cost: CostModel) -> dict:
         """What the cost model rests on, for JSON output."""
