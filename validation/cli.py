@@ -2,12 +2,14 @@
 command line; the grid is in ``validation.grid``, profiles in ``validation.profiling``, runs in
 ``validation.measure``, predictions in ``validation.predict``, the CSV in ``validation.results``).
 
-For a grid of configurations (one and two processes, patches 1/2/4/8, warmup 0/1/2, two model
-sizes, two resolutions) it runs the executor under torchrun, simulates the same configuration
+For a grid of configurations (one and two processes, PipeFusion with patches 1/2/4/8 and warmup
+0/1/2, and in the quick grid Ulysses, ring, tensor, CFG and DistriFusion on two processes; two
+model sizes, two resolutions) it runs the executor under torchrun, simulates the same configuration
 with the profiles measured on this machine (collecting them first when missing), and writes
 ``validation.csv`` (configuration, measured and predicted seconds, relative error, per-op
-error summary) and ``validation.html`` (predicted against measured, error by configuration,
-measured and simulated timelines one above the other, the ops that disagree most).
+error summary) and ``validation.html`` (predicted against measured, error by configuration and
+by strategy family, measured and simulated timelines one above the other, the ops that
+disagree most); the summary line gives the median and worst error of each strategy family.
 
 Profiles: by default collected fresh into ``OUT/profiles`` right before the runs (a shared
 machine's speed drifts by several percent within an hour), covering only the grid's shapes;
@@ -41,7 +43,7 @@ from validation.grid import GRIDS, grid_cases
 from validation.measure import run_cases, runs_per_launch
 from validation.predict import predict_case
 from validation.profiling import ensure_profiles
-from validation.results import result_rows, write_csv
+from validation.results import family_summary, result_rows, row_name, write_csv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
               "'ditsim[reports]')", file=sys.stderr)
     else:
         outputs.append(("--out", out / "validation.html", lambda p: write_validation_report(
-            p, cases, rows, elapsed, args)))
+            p, cases, rows, elapsed, args, family_summary(rows))))
     write_outputs(outputs)  # CSV and HTML together or neither, each complete
     launches = f"{args.repeats} launch{'es' if args.repeats > 1 else ''}"
     worst = rows[errs.index(max(errs))]
     print(f"{len(rows)} configurations ({args.grid} grid, {launches} each) in "
           f"{elapsed:.0f} s: median |error| {statistics.median(errs):.1%}, worst "
-          f"{max(errs):.1%} ({worst['model']} {worst['resolution']}px n={worst['nproc']}"
-          f" M={worst['patches']}); wrote {out / 'validation.csv'}")
+          f"{max(errs):.1%} ({row_name(worst)}); wrote {out / 'validation.csv'}")
+    for f in family_summary(rows):
+        print(f"  {f['family']:<13} {f['configs']:>2} configurations: median |error| "
+              f"{f['median']:.1%}, worst {f['worst']:.1%} ({row_name(f['worst_row'])})")
     return 0

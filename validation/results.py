@@ -11,7 +11,8 @@ from pathlib import Path
 from sim.trace import Trace, join_traces, op_error_summary
 from validation.grid import Case
 
-CSV_COLUMNS = ("model", "resolution", "steps", "nproc", "patches", "warmup", "measured_s",
+CSV_COLUMNS = ("model", "resolution", "steps", "nproc", "strategy", "patches", "warmup",
+               "measured_s",
                "measured_runs", "measured_iqr", "predicted_s", "rel_err", "op_errors",
                "cost_sources")
 
@@ -28,7 +29,7 @@ def result_rows(cases: list[Case]) -> list[dict]:
                                                c.prediction.trace))
         rows.append({
             "model": c.model, "resolution": c.resolution, "steps": c.steps, "nproc": c.nproc,
-            "patches": c.patches, "warmup": c.warmup, "measured_s": meas,
+            "strategy": c.family, "patches": c.patches, "warmup": c.warmup, "measured_s": meas,
             "measured_runs": len(c.measured),
             # Interquartile range of the measured runs over their median: how far apart the
             # middle half of the runs lie (the extremes of 30 short runs say little).
@@ -38,6 +39,33 @@ def result_rows(cases: list[Case]) -> list[dict]:
             "cost_sources": json.dumps(c.prediction.cost_sources),
         })
     return rows
+
+
+FAMILIES = ("serial", "pipefusion", "ulysses", "ring", "tensor", "cfg", "distrifusion")
+
+
+def family_summary(rows: list[dict]) -> list[dict]:
+    """Per strategy family present in ``rows`` (``result_rows``; ``FAMILIES`` order, then any
+    other): its configuration count, median and worst absolute relative error (fractions),
+    and the row of the worst."""
+    out = []
+    names = [f for f in FAMILIES if any(r["strategy"] == f for r in rows)]
+    names += sorted({r["strategy"] for r in rows} - set(names))
+    for name in names:
+        mine = [r for r in rows if r["strategy"] == name]
+        errs = [abs(r["rel_err"]) for r in mine]
+        out.append({"family": name, "configs": len(mine), "median": statistics.median(errs),
+                    "worst": max(errs), "worst_row": mine[errs.index(max(errs))]})
+    return out
+
+
+def row_name(r: dict) -> str:
+    """A result row for people: ``pixart-tiny 256px n=2 M=4`` or ``pixart-small 512px
+    ulysses2``."""
+    where = f"{r['model']} {r['resolution']}px"
+    if r["strategy"] in ("serial", "pipefusion"):
+        return f"{where} n={r['nproc']} M={r['patches']} W={r['warmup']}"
+    return f"{where} {r['strategy']}{r['nproc']}"
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
