@@ -32,6 +32,10 @@ def test_validate_smoke_grid(tmp_path: Path) -> None:
         # (one launch here), and every one of them is kept.
         assert int(r["measured_runs"]) == max(1, min(10, math.ceil(0.5 / pred)))
         assert float(r["measured_iqr"]) >= 0
+        # How much of the loop the ranks computed: measured (CPU seconds of the compute
+        # threads over the loop) and predicted.
+        assert 0 < float(r["cpu_share"]) <= 1.05
+        assert 0 < float(r["predicted_busy_share"]) <= 1 + 1e-9
         ops = json.loads(r["op_errors"])
         assert {"blocks", "embed", "final", "scheduler_step"} <= set(ops)
         # Every compute time of the prediction came from the measured profile.
@@ -58,8 +62,13 @@ def test_validate_smoke_grid(tmp_path: Path) -> None:
     # one and two processes, and messages with the host time they cost on CPU.
     from sim.cost.profile_format import LinkProfile
 
-    compute = sorted(p.name for p in (out / "profiles").glob("*pixart-tiny_fp32*.csv"))
-    assert len(compute) == 2 and compute[1].endswith("_co1.csv")
+    compute = sorted((out / "profiles").glob("*pixart-tiny_fp32*.csv"))
+    assert len(compute) == 2 and compute[1].name.endswith("_co1.csv")
+    # The one-process profile on the compute thread's CPU clock, the co-run one on the wall
+    # clock the two-process runs are charged on.
+    from sim.cost.profile_format import ComputeProfile
+
+    assert [ComputeProfile.read(p).meta["clock"] for p in compute] == ["thread", "wall"]
     link = LinkProfile.read(next(p for p in (out / "profiles").glob("links_*.csv")))
     assert link.host_table()
     assert link.collective_table("ring_kv_async") and link.collective_table("all_gather")

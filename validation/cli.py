@@ -17,7 +17,9 @@ for the full grid (about 20 minutes) again before every launch, each launch pred
 own profiles (``--profile-each-launch``), and the median of those predictions is compared. A
 run of N processes on one host is predicted from a profile collected with N-1 processes
 computing beside the profiler (``profiles.collect --co-run N-1``), since the ranks share the
-host's caches and memory bandwidth; one process from an idle-host profile. Messages use a
+host's caches and memory bandwidth, timed on the wall clock (``--co-run-clock``: with every
+core held by a rank, anything else that runs delays a rank, as in the run); one process from
+an idle-host profile on the compute thread's CPU clock. Messages use a
 link profile timed while every rank computes (``profiles.links --busy``), which also measures
 the host time a message costs its two ranks on CPU.
 
@@ -69,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure fresh profiles before every launch and predict each launch "
                         "from its own (default: on for the full grid, whose 20 minutes see "
                         "the machine's speed drift; off for the quick grid)")
+    p.add_argument("--co-run-clock", choices=("wall", "cpu"), default="wall",
+                   help="clock of the CPU compute profiles of multi-process runs, measured "
+                        "with the other processes computing beside the profiler: wall (the "
+                        "default: the run's ranks hold every core, so anything else that runs "
+                        "takes a rank's core, and the run is charged wall time) or cpu (the "
+                        "compute thread's CPU time, blind to those waits; the choice before "
+                        "issue 11)")
     p.add_argument("--models", default="",
                    help="comma-separated subset of the grid's models (default: all)")
     p.add_argument("--no-progress", action="store_true")
@@ -109,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.profile_dir) if args.profile_dir else \
             out / "profiles" / (f"launch-{r}" if each else "")
         compute, link = ensure_profiles(cases, args.device, folder,
-                                        fresh=args.profile_dir is None, progress=progress)
+                                        fresh=args.profile_dir is None, progress=progress,
+                                        co_run_clock=args.co_run_clock)
         for c in cases:
             c.prediction = predict_case(c, compute, link, args.device)
             c.predicted.append(c.prediction.latency_s)

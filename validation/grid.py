@@ -37,6 +37,9 @@ class Case:
     strategy: str = "pipefusion"  # the parallel degree nproc goes to (one process: serial)
     runs: int = 1  # measured runs per launch (short configurations get more)
     measured: list[float] = field(default_factory=list)
+    # Per launch, the last run's compute-thread CPU seconds over its loop's wall seconds,
+    # averaged over the ranks: how much of the loop the ranks spent computing.
+    cpu_share: list[float] = field(default_factory=list)
     predicted: list[float] = field(default_factory=list)  # per set of profiles (seconds)
     trace_path: Path | None = None
     prediction: Prediction | None = None

@@ -1,5 +1,6 @@
 """``validation.csv``: one row per configuration with measured and predicted seconds, the
-relative error and the per-op error summary."""
+relative error, how much of the loop the ranks spent computing (measured CPU share and
+predicted busy share) and the per-op error summary; the error per strategy family."""
 
 from __future__ import annotations
 
@@ -8,13 +9,25 @@ import json
 import statistics
 from pathlib import Path
 
+from sim.evaluate import Prediction
+from sim.schedule import OpKind
 from sim.trace import Trace, join_traces, op_error_summary
 from validation.grid import Case
 
 CSV_COLUMNS = ("model", "resolution", "steps", "nproc", "strategy", "patches", "warmup",
-               "measured_s",
-               "measured_runs", "measured_iqr", "predicted_s", "rel_err", "op_errors",
-               "cost_sources")
+               "measured_s", "measured_runs", "measured_iqr", "predicted_s", "rel_err",
+               "cpu_share", "predicted_busy_share", "op_errors", "cost_sources")
+
+
+def busy_share(pred: Prediction) -> float:
+    """The fraction of the predicted loop the ranks spend in compute ops, averaged over the
+    ranks (the prediction's counterpart of the measured ``cpu_share``)."""
+    world = pred.config.gpus
+    busy = [0.0] * world
+    for r in pred.trace.rows:
+        if r.op in OpKind.COMPUTE:
+            busy[r.rank] += r.duration_s
+    return sum(busy) / world / pred.latency_s
 
 
 def result_rows(cases: list[Case]) -> list[dict]:
@@ -35,6 +48,11 @@ def result_rows(cases: list[Case]) -> list[dict]:
             # middle half of the runs lie (the extremes of 30 short runs say little).
             "measured_iqr": (q[2] - q[0]) / meas,
             "predicted_s": pred, "rel_err": pred / meas - 1,
+            # Compute-thread CPU seconds over loop seconds (median over launches): below the
+            # predicted busy share, the ranks lost time not computing (waiting for data, or
+            # runnable while other threads held the cores); above it, compute ran longer.
+            "cpu_share": statistics.median(c.cpu_share) if c.cpu_share else float("nan"),
+            "predicted_busy_share": busy_share(c.prediction),
             "op_errors": json.dumps({k: round(v["rel_err"], 4) for k, v in summary.items()}),
             "cost_sources": json.dumps(c.prediction.cost_sources),
         })
