@@ -144,7 +144,9 @@ def parse(argv: list[str] | None) -> LinkSettings:
     ap.add_argument("--busy", action="store_true",
                     help="keep one compute thread busy on every rank while timing, as the "
                          "executor's compute does: on CPU processes sharing few cores a "
-                         "message then waits for its receiver to be scheduled")
+                         "message then waits for its receiver to be scheduled; collectives "
+                         "are timed idle first (plain names, as a blocking call waits) and "
+                         "then busy, issued asynchronously (<op>_async rows)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     kind = a.link_kind or ("loopback" if a.backend == "gloo" else None)
