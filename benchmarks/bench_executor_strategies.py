@@ -8,8 +8,12 @@ DistriFusion (W=1), each with ``--warmup-runs 1 --runs R``; each is predicted wi
 ``python -m validation`` predicts its PipeFusion rows. The profiles were measured on the
 machine they are named after: elsewhere, collect them first (``python -m profiles.collect``,
 ``python -m profiles.links``) and pass ``--profile``/``--link-profile``. Collectives are priced
-from the link profile's point-to-point fit (no collective profile exists yet). Run it on a
-quiet machine: a loaded one slows the measurement, not the prediction.
+from the link profile's collective rows where it has them (``sim.engine.collective_call``;
+the shipped AMD EPYC profile predates issue 11: its collectives were timed with the ranks busy
+under their plain names and it has no ``ring_kv`` rows, so the ring keeps the point-to-point
+model), else from its point-to-point fit. ``python -m validation`` runs the same strategies
+with profiles it measures first. Run it on a quiet machine: a loaded one slows the
+measurement, not the prediction.
 
     python benchmarks/bench_executor_strategies.py [--model pixart-small] [--resolution 256]
 """

@@ -115,11 +115,18 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
             sync()
         if world > 1:
             dist.barrier(group=ctl)
+        cpu0, proc0 = time.thread_time(), time.process_time()
         origin_box[0] = time.perf_counter()
         result = stage.run(origin_box[0], sync=sync)
+        # CPU seconds the loop took: this (compute) thread's, and the whole process's
+        # (transport and watcher threads too). Against the loop's wall time they say how long
+        # the rank waited: for messages, or runnable while other threads held the cores.
+        cpu[:] = [time.thread_time() - cpu0, time.process_time() - proc0]
         if comm is not None:
             comm.close()
         return result
+
+    cpu = [0.0, 0.0]
 
     for _ in range(args.warmup_runs):
         one_run()
@@ -133,7 +140,8 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     mine = {"rank": rank, "loop_s": result.loop_s, "loops": loops, "rows": result.rows,
             "latents": result.latents, "peak": peak, "baseline": baseline,
             "loaded": loaded,
-            "kv": result.kv_buffer_bytes, "window_reset": probe.window_reset}
+            "kv": result.kv_buffer_bytes, "window_reset": probe.window_reset,
+            "thread_cpu_s": cpu[0], "process_cpu_s": cpu[1], "threads": torch.get_num_threads()}
     if world > 1:
         gathered: list | None = [None] * world if rank == 0 else None
         dist.gather_object(mine, gathered, dst=0, group=ctl)

@@ -50,7 +50,8 @@ def summarize(plan: RunPlan, model: DiTModel, args: argparse.Namespace, gathered
     """Write the requested outputs and return the summary (JSON object; times in seconds,
     memory in GB). ``gathered`` holds every rank's results (``rank``, ``loop_s``, ``loops``,
     ``rows``, ``latents``, ``peak``, ``baseline``, ``loaded`` (the process once its model is
-    in place) and ``kv`` in bytes, ``window_reset``);
+    in place) and ``kv`` in bytes, ``window_reset``, the last loop's ``thread_cpu_s`` and
+    ``process_cpu_s``, torch ``threads``);
     ``model`` is ``plan.model`` with the parameter counts of the network actually run."""
     sched = plan.schedule
     world = sched.world_size
@@ -70,6 +71,10 @@ def summarize(plan: RunPlan, model: DiTModel, args: argparse.Namespace, gathered
         ranks.append({
             "rank": g["rank"],
             "loop_s": g["loop_s"],
+            # The last run's loop in CPU seconds: the compute thread's and the process's.
+            "loop_thread_cpu_s": g["thread_cpu_s"],
+            "loop_process_cpu_s": g["process_cpu_s"],
+            "threads": g["threads"],
             "peak_memory_gb": g["peak"] / 1e9,
             "baseline_memory_gb": g["baseline"] / 1e9,
             "model_memory_gb": max(0, g["peak"] - g["baseline"]) / 1e9,

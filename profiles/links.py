@@ -10,8 +10,18 @@ For each message size from ``--min-bytes`` (1 KiB) to ``--max-bytes`` (256 MiB) 
 
 - ``p2p``: a ping-pong between ranks 0 and 1; one way is half the round trip.
 - ``all_reduce``, ``all_gather``, ``all_to_all`` over all ranks, ``nbytes`` being each rank's
-  input. A call's time is the slowest rank's (each rank times its own call; the per-call
-  maximum over ranks is kept), as a collective has finished only when every rank has.
+  input, with the calls the executor makes (``all_to_all_single``, ``all_gather`` into a list);
+  ``ring_kv``: ring attention's K,V rotation, ``world - 1`` rounds of ``batch_isend_irecv``
+  (send ``nbytes`` to the next rank, receive as many from the previous). A call's time is the
+  slowest rank's (each rank times its own call; the per-call maximum over ranks is kept), as a
+  collective has finished only when every rank has.
+
+With ``--busy`` a compute thread runs on every rank while ``p2p`` is timed, and the
+collectives are timed twice: idle (their plain names: a blocking call waits with its rank
+idle) and busy, issued asynchronously and waited for (``<op>_async``: an asynchronous
+collective overlaps the rank's compute, and on CPU processes sharing few cores its transport
+threads compete with that compute). The engine costs each ``Collective`` of the schedule from
+the row of its name (``sim.engine.collective_call``).
 
 Each size: warm-up calls, then timed samples (at least ``--repeats``, more for fast sizes),
 spread over interleaved passes over all sizes in shuffled orders (a slow spell of a shared
@@ -26,6 +36,7 @@ Rank 0 writes the link profile (format: ``sim/cost/profile_format.py``, ``profil
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import platform
@@ -35,7 +46,6 @@ import statistics
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +58,11 @@ from sim.cost.profile_format import LinkProfile, LinkSample
 from sim.errors import UserError
 from sim.hardware import LINKS
 from sim.outputs import check_folder, check_writable, output_errors
-from sim.schedule import Tag
+from sim.schedule import OpKind, Tag
 from sim.stats import nearest_rank
 
-OPS = ("p2p", "all_reduce", "all_gather", "all_to_all")
+OPS = ("p2p", "all_reduce", "all_gather", "all_to_all", "ring_kv")
+COLLECTIVES = OPS[1:]
 KIB = 1024
 INNER_S = 2e-3  # a timed sample lasts at least this long (seconds), see _measure
 MIB = 1024 * 1024
@@ -133,7 +144,9 @@ def parse(argv: list[str] | None) -> LinkSettings:
     ap.add_argument("--busy", action="store_true",
                     help="keep one compute thread busy on every rank while timing, as the "
                          "executor's compute does: on CPU processes sharing few cores a "
-                         "message then waits for its receiver to be scheduled")
+                         "message then waits for its receiver to be scheduled; collectives "
+                         "are timed idle first (plain names, as a blocking call waits) and "
+                         "then busy, issued asynchronously (<op>_async rows)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     kind = a.link_kind or ("loopback" if a.backend == "gloo" else None)
@@ -172,7 +185,9 @@ def bus_factor(op: str, world: int) -> float:
     return 1.0
 
 
-def _measure(s: LinkSettings) -> tuple[list[LinkSample], dict]:
+def _measure(s: LinkSettings, overlapped: bool = False) -> tuple[list[LinkSample], dict]:
+    """Time ``s.ops`` at ``s.sizes``; with ``overlapped`` the collectives are issued
+    asynchronously and waited for, and their rows are named ``<op>_async``."""
     import torch
     import torch.distributed as dist
 
@@ -203,15 +218,33 @@ def _measure(s: LinkSettings) -> tuple[list[LinkSample], dict]:
                     dist.send(buf, 0)
                 sync()
             return ping, 0.5  # one way is half the round trip
+        if op == "ring_kv":
+            nxt, prv = (rank + 1) % world, (rank - 1) % world
+            bufs = [torch.empty_like(x) for _ in range(world - 1)]
+
+            def rotate() -> None:
+                send = x
+                for buf in bufs:  # each round passes on what the last one brought
+                    for w in dist.batch_isend_irecv([dist.P2POp(dist.isend, send, nxt),
+                                                     dist.P2POp(dist.irecv, buf, prv)]):
+                        w.wait()
+                    send = buf
+                sync()
+            return rotate, 1.0
+
+        def call(fn: Callable[..., object]) -> Callable[[], None]:
+            if not overlapped:
+                return lambda: (fn(), sync())
+            return lambda: (fn(async_op=True).wait(), sync())
+
         if op == "all_reduce":
-            return (lambda: (dist.all_reduce(x), sync())), 1.0
+            return call(lambda **k: dist.all_reduce(x, **k)), 1.0
         if op == "all_gather":
-            out = torch.empty(elems * world, dtype=x.dtype, device=dev)
-            gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-            return (lambda: (gather(out, x), sync())), 1.0
+            outs = [torch.empty_like(x) for _ in range(world)]
+            return call(lambda **k: dist.all_gather(outs, x, **k)), 1.0
         out = torch.empty(elems - elems % world, dtype=x.dtype, device=dev)
         xa = x[: out.numel()]
-        return (lambda: (dist.all_to_all_single(out, xa), sync())), 1.0
+        return call(lambda **k: dist.all_to_all_single(out, xa, **k)), 1.0
 
     tasks = [(op, n) for op in s.ops for n in s.sizes]
     passes = max(1, s.passes)
@@ -269,7 +302,8 @@ def _measure(s: LinkSettings) -> tuple[list[LinkSample], dict]:
         med = statistics.median(xs)
         algbw = n / med
         # Nearest-rank quartiles (not interpolated), as the shipped link profiles hold.
-        samples.append(LinkSample(op, world if op != "p2p" else 2, n, len(xs), med, xs[0],
+        name = op + OpKind.ASYNC_SUFFIX if overlapped and op in COLLECTIVES else op
+        samples.append(LinkSample(name, world if op != "p2p" else 2, n, len(xs), med, xs[0],
                                   nearest_rank(xs, 0.25), nearest_rank(xs, 0.75), xs[-1], algbw,
                                   algbw * bus_factor(op, world)))
     hosts: list = [None] * world
@@ -425,11 +459,14 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
             raise UserError("link profiles need at least 2 processes (torchrun "
                             "--nproc_per_node 2 ...)")
         started = time.perf_counter()
+        samples: list[LinkSample] = []
+        idle = tuple(op for op in s.ops if op in COLLECTIVES)
+        if s.busy and idle:  # blocking collectives wait with their ranks idle
+            samples, info = _measure(dataclasses.replace(s, ops=idle, busy=False))
         stop = _busy_thread() if s.busy else None
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # all_gather_into_tensor
-                samples, info = _measure(s)
+            more, info = _measure(s, overlapped=s.busy)
+            samples += more
         finally:
             if stop is not None:
                 stop()
@@ -442,7 +479,7 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
     if rank != 0:
         return None
     fits = {}
-    for op in s.ops:
+    for op in dict.fromkeys(x.op for x in samples if x.op != "host_msg"):
         pts = [x for x in samples if x.op == op]
         fits[op] = fit_regimes([x.nbytes for x in pts], [x.median_s for x in pts], robust=True)
     meta = {

@@ -1,6 +1,6 @@
-"""The validation report: predicted against measured, error by configuration, and for the
-worst configuration the measured and simulated timelines one above the other with the ops
-whose durations disagree most."""
+"""The validation report: predicted against measured, error by configuration (and by strategy
+family), and for the worst configuration the measured and simulated timelines one above the
+other with the ops whose durations disagree most."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from sim.trace import Trace, join_traces, op_error_summary
 
 
 def write_validation_report(path: str | Path, cases: list[Any], rows: list[dict],
-                            elapsed_s: float, args: Any) -> None:
-    """``cases`` carry ``name``, ``trace_path`` and ``prediction``; ``rows`` are the CSV rows."""
+                            elapsed_s: float, args: Any, families: list[dict] = ()) -> None:
+    """``cases`` carry ``name``, ``trace_path`` and ``prediction``; ``rows`` are the CSV rows;
+    ``families`` the error per strategy family (``family``, ``configs``, ``median`` and
+    ``worst`` absolute relative error), shown as a table when given."""
     names = [c.name for c in cases]
     meas = [r["measured_s"] for r in rows]
     pred = [r["predicted_s"] for r in rows]
@@ -32,7 +34,8 @@ def write_validation_report(path: str | Path, cases: list[Any], rows: list[dict]
                                                           case.prediction.trace)]
     per_op = [[k, int(v["count"]), v["measured_s"], v["predicted_s"], 100 * v["rel_err"]]
               for k, v in sorted(op_error_summary(all_pairs).items())]
-    cfg_rows = [[r["model"], r["resolution"], r["nproc"], r["patches"], r["warmup"],
+    cfg_rows = [[r["model"], r["resolution"], r["nproc"], r["strategy"], r["patches"],
+                 r["warmup"],
                  r["measured_s"], r["predicted_s"], 100 * r["rel_err"], r["measured_runs"],
                  100 * r["measured_iqr"]] for r in rows]
     abs_errs = [abs(e) for e in errs]
@@ -50,8 +53,12 @@ def write_validation_report(path: str | Path, cases: list[Any], rows: list[dict]
                                         "relative error of the prediction (%)", "%",
                                         ["#c44" if abs(e) > 0.15 else "#4c78a8" for e in errs])),
         ("Configurations (click a header to sort)",
-         table_html(["model", "px", "processes", "M", "W", "measured s", "predicted s",
-                     "error %", "runs", "run-to-run IQR %"], cfg_rows)),
+         table_html(["model", "px", "processes", "strategy", "M", "W", "measured s",
+                     "predicted s", "error %", "runs", "run-to-run IQR %"], cfg_rows)),
+        *([("Error per strategy family",
+            table_html(["family", "configurations", "median |error| %", "worst |error| %"],
+                       [[f["family"], f["configs"], 100 * f["median"], 100 * f["worst"]]
+                        for f in families]))] if families else []),
         ("Error per op kind, all configurations (summed durations)",
          table_html(["op", "count", "measured s", "predicted s", "error %"], per_op)),
         (f"Measured timeline: {c.name} (largest error)",

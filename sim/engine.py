@@ -215,13 +215,28 @@ def collective_flows(kind: str, group: tuple[int, ...] | list[int], nbytes: floa
 
 
 def collective_call(topo: Topology, kind: str, group: tuple[int, ...] | list[int],
-                    nbytes: float) -> tuple[list[tuple[int, int]], float, float]:
+                    nbytes: float, asynchronous: bool = False
+                    ) -> tuple[list[tuple[int, int]], float, float]:
     """The flows one call of a collective runs on ``topo`` (GPU indices in ``group``), the
-    bytes each flow moves and the call's fixed latency, seconds. On NCCL clusters the latency
-    and protocol follow NCCL's model (``sim.nccl``) and an all-to-all through host memory
-    moves its bytes at the many-to-many efficiency; between CPU processes (gloo) every
-    latency step costs the route's latency."""
+    bytes each flow moves and the call's fixed latency, seconds.
+
+    Where a link profile timed this collective at this group size on the links its flows
+    cross (``Topology.measured_collective``; an asynchronous call takes the timing with the
+    ranks busy, ``<kind>_async``, when there is one), the call alone lasts exactly the
+    measured time: the flows keep their bytes, so concurrent traffic still slows them, and the
+    latency is what the measurement leaves beyond the wire time (when the wire alone would
+    take longer, the flows carry the bytes the measured time moves at the route's rate).
+    Otherwise the model: on NCCL clusters the latency and protocol follow NCCL's model
+    (``sim.nccl``) and an all-to-all through host memory moves its bytes at the many-to-many
+    efficiency; between CPU processes (gloo) every latency step costs the route's latency."""
     pairs, per_flow, lat_steps = collective_flows(kind, group, nbytes)
+    names = (kind + OpKind.ASYNC_SUFFIX, kind) if asynchronous else (kind,)
+    measured = topo.measured_collective(names, group, pairs, nbytes)
+    if measured is not None:
+        wire = per_flow / min(topo.route_bandwidth(a, b) for a, b in pairs)
+        if wire <= measured:
+            return pairs, per_flow, measured - wire
+        return pairs, per_flow * measured / wire, 0.0
     if not topo.nccl:
         return pairs, per_flow, max(topo.route_latency(a, b) for a, b in pairs) * lat_steps
     if kind == OpKind.ALL_TO_ALL:
@@ -310,11 +325,12 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
         if len(op.group) == 1:
             rv.event.succeed()
             return
-        key = (op.kind, op.group, rv.nbytes, op.count)
+        key = (op.kind, op.group, rv.nbytes, op.count, op.asynchronous)
         plan = plans.get(key)
         if plan is None:
             pairs, per_flow, latency = collective_call(
-                topo, op.kind, [r + rank_offset for r in op.group], rv.nbytes)
+                topo, op.kind, [r + rank_offset for r in op.group], rv.nbytes,
+                op.asynchronous)
             bw = min(topo.route_bandwidth(a, b) for a, b in pairs)
             plan = plans[key] = ([topo.route(a, b) for a, b in pairs], per_flow * op.count,
                                  latency * op.count, op.count * (latency + per_flow / bw))

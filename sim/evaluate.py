@@ -254,7 +254,8 @@ def _chain_bound(sched: Schedule, per_rank: list[RankSeconds],
 def collective_alone_s(op: Collective, topo: Topology) -> float:
     """Seconds of ``op`` with the links to itself: its bytes over the narrowest route of the
     group plus the call's latency (``sim.engine.collective_call``, as the engine charges)."""
-    pairs, per_flow, latency = collective_call(topo, op.kind, op.group, op.nbytes)
+    pairs, per_flow, latency = collective_call(topo, op.kind, op.group, op.nbytes,
+                                               op.asynchronous)
     return op.count * (per_flow / min(topo.route_bandwidth(a, b) for a, b in pairs) + latency)
 
 

@@ -29,6 +29,7 @@ Not modelled: ACS/IOMMU settings that force P2P through the root complex.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import TYPE_CHECKING
@@ -206,6 +207,31 @@ class Topology:
         sending and the receiving rank each (CPU transports; empty elsewhere)."""
         return [self.graph.edges[u, v].get("host", ()) for (u, v), _ in
                 sorted(self.edge_ids.items(), key=lambda kv: kv[1])]
+
+    @cached_property
+    def collectives(self) -> list[dict[str, Callable[[float], float]]]:
+        """Per edge id, the measured seconds of one collective call against the bytes per
+        rank, by op name (``all_gather``, ``ring_kv_async``, ...), from a link profile
+        (``sim.cost.link_profile.CollectiveCurve``, whose ``world`` is the group size it
+        was measured at); empty where none was applied."""
+        return [self.graph.edges[u, v].get("collectives", {}) for (u, v), _ in
+                sorted(self.edge_ids.items(), key=lambda kv: kv[1])]
+
+    def measured_collective(self, names: tuple[str, ...], group: tuple[int, ...] | list[int],
+                            pairs: list[tuple[int, int]], nbytes: float) -> float | None:
+        """Seconds of one collective call over ``group`` (flows ``pairs``) of ``nbytes`` per
+        rank from the link profile's measurement, the first of ``names`` measured, or
+        ``None`` unless every edge the flows cross has a curve of that name measured at the
+        group's size (the slowest such curve counts)."""
+        if not any(self.collectives):
+            return None
+        edges = {e for a, b in pairs for e in self.route(a, b)}
+        for name in names:
+            curves = [self.collectives[e].get(name) for e in edges]
+            if curves and all(c is not None and getattr(c, "world", None) == len(group)
+                              for c in curves):
+                return max(c(nbytes) for c in curves)
+        return None
 
     def route_host(self, src: int, dst: int, nbytes: float) -> float:
         """Seconds of its own time a rank spends on one message of ``nbytes`` it sends to or

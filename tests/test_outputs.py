@@ -342,9 +342,11 @@ def test_validation_csv_and_html_together_or_neither(tmp_path: Path, capsys,
     import reports.validation_report
     from validation import cli
 
-    row = {"model": "pixart-tiny", "resolution": 256, "steps": 2, "nproc": 1, "patches": 1,
-           "warmup": 0, "measured_s": 1.0, "measured_runs": 1, "measured_iqr": 0.0,
-           "predicted_s": 1.1, "rel_err": 0.1, "op_errors": "{}", "cost_sources": "{}"}
+    row = {"model": "pixart-tiny", "resolution": 256, "steps": 2, "nproc": 1,
+           "strategy": "serial", "patches": 1, "warmup": 0, "measured_s": 1.0,
+           "measured_runs": 1, "measured_iqr": 0.0, "predicted_s": 1.1, "rel_err": 0.1,
+           "cpu_share": 0.9, "predicted_busy_share": 1.0, "op_errors": "{}",
+           "cost_sources": "{}"}
     # The runs create the folder; the results are then written into it.
     monkeypatch.setattr(cli, "run_cases", lambda cases, out, *a, **k: out.mkdir(parents=True))
     monkeypatch.setattr(cli, "result_rows", lambda cases: [row])

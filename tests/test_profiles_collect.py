@@ -101,6 +101,36 @@ def test_link_collection_under_torchrun(tmp_path: Path) -> None:
     assert prof.host_table() == ()  # host time per message is measured with --busy only
 
 
+def test_link_collection_times_the_ring_rotation_and_gathers(tmp_path: Path) -> None:
+    """The K,V rotation and the all-gather the executor makes are timed, load as collective
+    tables and reach the engine's topology."""
+    pytest.importorskip("torch")
+    out = tmp_path / "links.csv"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+         "profiles.links", "--backend", "gloo", "--ops", "p2p,all_gather,ring_kv",
+         "--max-bytes", "16KiB", "--factor", "4", "--repeats", "3", "--min-time", "0",
+         "--out", str(out), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    prof = LinkProfile.read(out)
+    assert {s.op for s in prof.samples} == {"p2p", "all_gather", "ring_kv"}
+    for op in ("all_gather", "ring_kv"):
+        world, table = prof.collective_table(op)
+        assert world == 2 and [n for n, _ in table] == [1024, 4096, 16384]
+        assert all(t > 0 for _, t in table)
+        assert prof.fit(op).bandwidth_Bps > 0
+    from sim.cost.link_profile import CollectiveCurve, apply_link_profile
+    from sim.hardware import GPUS
+    from sim.topology import build_topology
+
+    # The medians go through the monotone interpolation (noise that makes a larger size
+    # faster is pooled), and that curve is what the engine's topology holds.
+    topo = apply_link_profile(build_topology(GPUS["cpu"], 2, "pcie"), prof)
+    assert topo.measured_collective(("ring_kv",), (0, 1), [(0, 1), (1, 0)], 4096) == \
+        pytest.approx(CollectiveCurve(world, table, "")(4096), rel=1e-9)
+
+
 def test_busy_link_collection_measures_host_time_per_message(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     out = tmp_path / "links.csv"

@@ -22,7 +22,8 @@ def test_validate_smoke_grid(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "validation.csv")))
-    assert [(r["nproc"], r["patches"]) for r in rows] == [("1", "1"), ("2", "2")]
+    assert [(r["nproc"], r["strategy"], r["patches"]) for r in rows] == [
+        ("1", "serial", "1"), ("2", "pipefusion", "2"), ("2", "ring", "1")]
     for r in rows:
         meas, pred = float(r["measured_s"]), float(r["predicted_s"])
         assert meas > 0 and pred > 0
@@ -31,6 +32,10 @@ def test_validate_smoke_grid(tmp_path: Path) -> None:
         # (one launch here), and every one of them is kept.
         assert int(r["measured_runs"]) == max(1, min(10, math.ceil(0.5 / pred)))
         assert float(r["measured_iqr"]) >= 0
+        # How much of the loop the ranks computed: measured (CPU seconds of the compute
+        # threads over the loop) and predicted.
+        assert 0 < float(r["cpu_share"]) <= 1.05
+        assert 0 < float(r["predicted_busy_share"]) <= 1 + 1e-9
         ops = json.loads(r["op_errors"])
         assert {"blocks", "embed", "final", "scheduler_step"} <= set(ops)
         # Every compute time of the prediction came from the measured profile.
@@ -44,15 +49,29 @@ def test_validate_smoke_grid(tmp_path: Path) -> None:
         dom, errors = render(out / "validation.html")
         assert errors == [] and dom.count('class="main-svg"') >= 4
     assert "median |error|" in res.stdout
-    assert len(list((out / "traces").glob("*.csv"))) == 2
+    assert len(list((out / "traces").glob("*.csv"))) == 3
+    # The error of each strategy family, one line each after the summary.
+    for family in ("serial", "pipefusion", "ring"):
+        assert f"  {family} " in res.stdout
+    assert "Error per strategy family" in html
+    # The ring run's K,V rotations were measured and predicted op by op, the prediction
+    # costing them from the link profile's busy timing of the rotation.
+    ring = json.loads(rows[2]["op_errors"])
+    assert {"ring_kv_async", "wait", "blocks"} <= set(ring)
     # Profiles were measured for this validation, next to its results: compute profiles for
     # one and two processes, and messages with the host time they cost on CPU.
     from sim.cost.profile_format import LinkProfile
 
-    compute = sorted(p.name for p in (out / "profiles").glob("*pixart-tiny_fp32*.csv"))
-    assert len(compute) == 2 and compute[1].endswith("_co1.csv")
-    link = next(p for p in (out / "profiles").glob("links_*.csv"))
-    assert LinkProfile.read(link).host_table()
+    compute = sorted((out / "profiles").glob("*pixart-tiny_fp32*.csv"))
+    assert len(compute) == 2 and compute[1].name.endswith("_co1.csv")
+    # The one-process profile on the compute thread's CPU clock, the co-run one on the wall
+    # clock the two-process runs are charged on.
+    from sim.cost.profile_format import ComputeProfile
+
+    assert [ComputeProfile.read(p).meta["clock"] for p in compute] == ["thread", "wall"]
+    link = LinkProfile.read(next(p for p in (out / "profiles").glob("links_*.csv")))
+    assert link.host_table()
+    assert link.collective_table("ring_kv_async") and link.collective_table("all_gather")
 
 
 def test_grid_cases_and_runs_per_launch() -> None:
@@ -64,7 +83,15 @@ def test_grid_cases_and_runs_per_launch() -> None:
     # Per resolution: one single-process case, then the grid's six two-process pairs.
     assert [(c.nproc, c.patches, c.warmup) for c in cases[:7]] == [
         (1, 1, 0), (2, 1, 1), (2, 2, 1), (2, 4, 1), (2, 8, 1), (2, 4, 0), (2, 4, 2)]
+    # then every other pure strategy on two processes
+    assert [(c.strategy, c.nproc) for c in cases[7:12]] == [
+        ("ulysses", 2), ("ring", 2), ("tensor", 2), ("cfg", 2), ("distrifusion", 2)]
+    assert {c.family for c in cases} == {"serial", "pipefusion", "ulysses", "ring", "tensor",
+                                         "cfg", "distrifusion"}
+    assert "--ulysses 2" in cases[7].executor_args(Path("o"), "cpu", 0, 1)
+    assert cases[11].name == "pixart-tiny 256px distrifusion2 W=1"
     assert len(grid_cases("quick", 1)) == 4  # two models x two resolutions, one process
+    assert {c.strategy for c in grid_cases("quick", 4)} == {"pipefusion"}  # CFG is 2 only
     assert runs_per_launch(2.0) == 1 and runs_per_launch(0.2) == 3
     assert runs_per_launch(1e-4) == MAX_RUNS
 
@@ -92,3 +119,21 @@ def test_validate_bad_input() -> None:
     res = subprocess.run([sys.executable, "-m", "validation", "--models", "flux-dev"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "not in the quick grid" in res.stderr
+
+
+def test_error_per_strategy_family() -> None:
+    from validation.results import family_summary, row_name
+
+    def row(strategy: str, err: float, nproc: int = 2) -> dict:
+        return {"model": "pixart-tiny", "resolution": 256, "nproc": nproc, "patches": 1,
+                "warmup": 1, "strategy": strategy, "rel_err": err}
+
+    rows = [row("ring", -0.10), row("serial", 0.02, 1), row("ring", 0.04), row("ring", 0.01),
+            row("pipefusion", -0.03)]
+    got = family_summary(rows)
+    assert [f["family"] for f in got] == ["serial", "pipefusion", "ring"]
+    ring = got[2]
+    assert ring["configs"] == 3 and ring["median"] == pytest.approx(0.04)
+    assert ring["worst"] == pytest.approx(0.10) and ring["worst_row"] is rows[0]
+    assert row_name(rows[0]) == "pixart-tiny 256px ring2"
+    assert row_name(rows[4]) == "pixart-tiny 256px n=2 M=1 W=1"

@@ -2,12 +2,14 @@
 command line; the grid is in ``validation.grid``, profiles in ``validation.profiling``, runs in
 ``validation.measure``, predictions in ``validation.predict``, the CSV in ``validation.results``).
 
-For a grid of configurations (one and two processes, patches 1/2/4/8, warmup 0/1/2, two model
-sizes, two resolutions) it runs the executor under torchrun, simulates the same configuration
+For a grid of configurations (one and two processes, PipeFusion with patches 1/2/4/8 and warmup
+0/1/2, and in the quick grid Ulysses, ring, tensor, CFG and DistriFusion on two processes; two
+model sizes, two resolutions) it runs the executor under torchrun, simulates the same configuration
 with the profiles measured on this machine (collecting them first when missing), and writes
 ``validation.csv`` (configuration, measured and predicted seconds, relative error, per-op
-error summary) and ``validation.html`` (predicted against measured, error by configuration,
-measured and simulated timelines one above the other, the ops that disagree most).
+error summary) and ``validation.html`` (predicted against measured, error by configuration and
+by strategy family, measured and simulated timelines one above the other, the ops that
+disagree most); the summary line gives the median and worst error of each strategy family.
 
 Profiles: by default collected fresh into ``OUT/profiles`` right before the runs (a shared
 machine's speed drifts by several percent within an hour), covering only the grid's shapes;
@@ -15,7 +17,9 @@ for the full grid (about 20 minutes) again before every launch, each launch pred
 own profiles (``--profile-each-launch``), and the median of those predictions is compared. A
 run of N processes on one host is predicted from a profile collected with N-1 processes
 computing beside the profiler (``profiles.collect --co-run N-1``), since the ranks share the
-host's caches and memory bandwidth; one process from an idle-host profile. Messages use a
+host's caches and memory bandwidth, timed on the wall clock (``--co-run-clock``: with every
+core held by a rank, anything else that runs delays a rank, as in the run); one process from
+an idle-host profile on the compute thread's CPU clock. Messages use a
 link profile timed while every rank computes (``profiles.links --busy``), which also measures
 the host time a message costs its two ranks on CPU.
 
@@ -41,7 +45,7 @@ from validation.grid import GRIDS, grid_cases
 from validation.measure import run_cases, runs_per_launch
 from validation.predict import predict_case
 from validation.profiling import ensure_profiles
-from validation.results import result_rows, write_csv
+from validation.results import family_summary, result_rows, row_name, write_csv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure fresh profiles before every launch and predict each launch "
                         "from its own (default: on for the full grid, whose 20 minutes see "
                         "the machine's speed drift; off for the quick grid)")
+    p.add_argument("--co-run-clock", choices=("wall", "cpu"), default="wall",
+                   help="clock of the CPU compute profiles of multi-process runs, measured "
+                        "with the other processes computing beside the profiler: wall (the "
+                        "default: the run's ranks hold every core, so anything else that runs "
+                        "takes a rank's core, and the run is charged wall time) or cpu (the "
+                        "compute thread's CPU time, blind to those waits; the choice before "
+                        "issue 11)")
     p.add_argument("--models", default="",
                    help="comma-separated subset of the grid's models (default: all)")
     p.add_argument("--no-progress", action="store_true")
@@ -113,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.profile_dir) if args.profile_dir else \
             out / "profiles" / (f"launch-{r}" if each else "")
         compute, link = ensure_profiles(cases, args.device, folder,
-                                        fresh=args.profile_dir is None, progress=progress)
+                                        fresh=args.profile_dir is None, progress=progress,
+                                        co_run_clock=args.co_run_clock)
         for c in cases:
             c.prediction = predict_case(c, compute, link, args.device)
             c.predicted.append(c.prediction.latency_s)
@@ -128,12 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     outputs = [("--out", out / "validation.csv", lambda p: write_csv(p, rows))]
     if write_validation_report is not None:
         outputs.append(("--out", out / "validation.html", lambda p: write_validation_report(
-            p, cases, rows, elapsed, args)))
+            p, cases, rows, elapsed, args, family_summary(rows))))
     write_outputs(outputs)  # CSV and HTML together or neither, each complete
     launches = f"{args.repeats} launch{'es' if args.repeats > 1 else ''}"
     worst = rows[errs.index(max(errs))]
     print(f"{len(rows)} configurations ({args.grid} grid, {launches} each) in "
           f"{elapsed:.0f} s: median |error| {statistics.median(errs):.1%}, worst "
-          f"{max(errs):.1%} ({worst['model']} {worst['resolution']}px n={worst['nproc']}"
-          f" M={worst['patches']}); wrote {out / 'validation.csv'}")
+          f"{max(errs):.1%} ({row_name(worst)}); wrote {out / 'validation.csv'}")
+    for f in family_summary(rows):
+        print(f"  {f['family']:<13} {f['configs']:>2} configurations: median |error| "
+              f"{f['median']:.1%}, worst {f['worst']:.1%} ({row_name(f['worst_row'])})")
     return 0

@@ -14,14 +14,24 @@ from validation.launch import say, torchrun
 
 
 def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bool,
-                    progress: bool) -> tuple[dict[tuple[str, int], Path], Path | None]:
+                    progress: bool, co_run_clock: str = "wall"
+                    ) -> tuple[dict[tuple[str, int], Path], Path | None]:
     """The compute profile of each model for runs of each process count (a run of N
     processes is profiled with N-1 processes computing beside it: on one host they share
     caches and memory bandwidth) and the link profile of the largest count, collected into
     ``profile_dir`` first when missing (or always, with ``fresh``). Compute profiles cover the
     grid's resolutions and patch counts and the ops the executor runs: a machine's speed drifts
     by several percent within an hour (other tenants of a VM, clocks), so validation measures
-    what it needs right before the runs instead of trusting a profile from earlier."""
+    what it needs right before the runs instead of trusting a profile from earlier.
+
+    Clocks on CPU: a one-process run leaves the other cores free, so whatever else wants a
+    core (the launcher, the kernel, another tenant of the VM) takes a free one, and the
+    profile times its op on the compute thread's CPU clock, immune to that. A run of N
+    processes on N cores leaves none free: each such thread takes a core from a rank's compute
+    thread, and the run's trace charges the op its wall time. The profile with N-1 processes
+    beside it keeps every core busy in the same way, so it times on the wall clock
+    (``co_run_clock="wall"``, which then holds the same waits; ``"cpu"``: the thread clock, as
+    before issue 11)."""
     name = device_name(device)
     dev = device_slug(device, name, 1)
     dtype = "fp32"
@@ -39,8 +49,10 @@ def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bo
                 say(f"profiling {model} on this {device}"
                     f"{f' with {co} process(es) computing beside it' if co else ''} "
                     f"-> {path}", progress)
+                clock = co_run_clock if co and device == "cpu" else "auto"
                 argv = ["--model", model, "--device", device, "--dtype", dtype, "--threads",
-                        "1", "--co-run", str(co), "--resolutions", resolutions, "--patches",
+                        "1", "--co-run", str(co), "--clock", clock, "--resolutions",
+                        resolutions, "--patches",
                         patches, "--ops", "block,embed,final,scheduler_step,condition",
                         "--no-curve", "--out", str(path)] + \
                     ([] if progress else ["--no-progress"])

@@ -1,8 +1,9 @@
 """Link profiles applied to a topology: measured latency and bandwidth replace the registry's.
 
 ``apply_link_profile`` overrides the bandwidth and latency of one link kind of a ``Topology``
-with those fitted to a link profile (collected by ``python -m profiles.links``). Imports no
-torch: the loader lives in ``sim.cost.profile_format``.
+with those fitted to a link profile (collected by ``python -m profiles.links``), and hands the
+engine the measured time of each collective the profile timed (``CollectiveCurve``). Imports
+no torch: the loader lives in ``sim.cost.profile_format``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,54 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sim.cost.profile_format import MAX_TIME_S, LinkProfile, ProfileError, check_fit
+from sim.cost.interp import MonotoneLogLog
+from sim.cost.profile_format import (
+    COLLECTIVE_OPS,
+    MAX_TIME_S,
+    LinkProfile,
+    ProfileError,
+    check_fit,
+)
 from sim.errors import UserError
+from sim.schedule import OpKind
 from sim.topology import Topology
 
 if TYPE_CHECKING:  # only an annotation here; networkx loads with the first topology
     import networkx as nx
+
+
+class CollectiveCurve:
+    """Measured seconds of one call of a collective against the bytes each rank puts in, for
+    groups of ``world`` ranks: monotone log-log interpolation between the measured sizes
+    (``sim.cost.interp``); below the smallest size its time (a call that small is all fixed
+    cost); beyond the largest, that time grown in proportion to the bytes (bandwidth-bound)."""
+
+    def __init__(self, world: int, table: tuple[tuple[int, float], ...], source: str) -> None:
+        self.world = world
+        self.source = source
+        self._curve = MonotoneLogLog([n for n, _ in table], [t for _, t in table])
+
+    def __call__(self, nbytes: float) -> float:
+        """Seconds of one call moving ``nbytes`` per rank."""
+        c = self._curve
+        if nbytes <= c.lo:
+            return c(c.lo)
+        if nbytes >= c.hi:
+            return c(c.hi) * nbytes / c.hi
+        return c(nbytes)
+
+
+def collective_curves(prof: LinkProfile) -> dict[str, CollectiveCurve]:
+    """The curve of every collective ``prof`` timed, by op name (``all_gather``,
+    ``all_gather_async``, ...)."""
+    out = {}
+    for kind in COLLECTIVE_OPS:
+        for name in (kind, kind + OpKind.ASYNC_SUFFIX):
+            table = prof.collective_table(name)
+            if table is not None:
+                out[name] = CollectiveCurve(table[0], table[1],
+                                            f"link profile {prof.path or prof.backend}")
+    return out
 
 
 def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
@@ -24,7 +67,10 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
     """A copy of ``topo`` whose edges of link ``kind`` (default: the kind the profile was
     measured on, e.g. ``loopback`` for gloo between processes of one host) take the profile's
     fitted point-to-point latency (s) and bandwidth (bytes/s), and, where the profile measured
-    it (CPU transports), the host time a message costs each of its two ranks.
+    it (CPU transports), the host time a message costs each of its two ranks, and the
+    measured time of the collectives it timed (``collective_curves``; the engine costs a
+    collective of the profile's group size whose flows stay on these edges from them,
+    ``sim.engine.collective_call``).
 
     The engine models a message as one latency plus size over bandwidth, so one regime of the
     piecewise fit is chosen: the one holding ``nbytes`` (the typical message size, bytes) when
@@ -43,6 +89,7 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
             raise ProfileError(f"link profile {prof.path or '(in memory)'}: host time {t} s "
                                f"of {n}-byte messages is not a usable time")
     host = prof.host_table()
+    curves = collective_curves(prof)
     kinds = sorted({d["kind"] for _, _, d in topo.graph.edges(data=True)})
     if kind not in kinds:
         raise UserError(f"link profile {prof.path or ''} measures '{kind}' links but the "
@@ -56,4 +103,6 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
             d["source"] = f"link profile {prof.path or prof.backend} ({fit.regime} regime)"
             if host:
                 d["host"] = host
+            if curves:
+                d["collectives"] = curves
     return Topology(g, list(topo.gpu_nodes), topo.link, topo.nodes)

@@ -23,9 +23,14 @@ p75_s, max_s
 =============  ========================================================================
 
 Link profiles (``format`` = ``ditsim-link-profile/1``), one row per (op, message size):
-``op`` (``p2p``, ``all_reduce``, ``all_gather``, ``all_to_all``), ``world`` (ranks),
-``nbytes`` (each rank's message, bytes), ``repeats``, ``median_s`` ... ``max_s`` (seconds;
-``p2p`` is one way: half a ping-pong round trip), ``algbw_Bps`` (nbytes / median, bytes/s) and
+``op`` (``p2p``; ``host_msg``, the host time one message costs each of its ranks on CPU; the
+collectives under their schedule names ``all_reduce``, ``all_gather``, ``all_to_all``,
+``ring_kv`` (one whole K,V rotation: ``world - 1`` rounds of isend/irecv around the ring) and
+``reduce_scatter``, each timed with the ranks idle, as a blocking call waits, or with
+``_async`` appended when timed while every rank computes, as an asynchronous one overlaps
+compute), ``world`` (ranks), ``nbytes`` (each rank's message, bytes), ``repeats``,
+``median_s`` ... ``max_s`` (seconds; ``p2p`` is one way: half a ping-pong round trip),
+``algbw_Bps`` (nbytes / median, bytes/s) and
 ``busbw_Bps`` (the nccl-tests bus bandwidth: algbw x 2(n-1)/n for all-reduce, x (n-1)/n for
 all-gather and all-to-all). The metadata's ``fits`` holds, per op, the fitted latency (s) and
 bandwidth (bytes/s) of each message-size regime: ``time = latency_s + nbytes / bandwidth_Bps``.
@@ -33,7 +38,8 @@ bandwidth (bytes/s) of each message-size regime: ``time = latency_s + nbytes / b
 Every number is checked as the file loads (``RANGES``: finite, counts and sizes at least 1,
 times and fitted bandwidths above zero, nothing beyond a day, a terabyte or a petabyte per
 second): one bad value refuses the whole file, naming its line and column, so a corrupted
-profile is never partly used.
+profile is never partly used. A link profile's rows must also name a known op, measure each
+(op, size) once, hold one world size per op, and a collective at least 2 ranks.
 """
 
 from __future__ import annotations
@@ -42,16 +48,25 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 from sim.errors import UserError
 from sim.outputs import atomic_write
+from sim.schedule import OpKind
 
 COMPUTE_FORMAT = "ditsim-compute-profile/1"
 LINK_FORMAT = "ditsim-link-profile/1"
 HEADER_PREFIX = "# ditsim-profile "
+
+
+# Collectives a link profile may time, by their schedule names (``Collective.kind``).
+COLLECTIVE_OPS = (OpKind.ALL_REDUCE, OpKind.ALL_GATHER, OpKind.ALL_TO_ALL, OpKind.RING_KV,
+                  OpKind.REDUCE_SCATTER)
+LINK_OPS = ("p2p", "host_msg", *COLLECTIVE_OPS,
+            *(op + OpKind.ASYNC_SUFFIX for op in COLLECTIVE_OPS))
 
 
 class ProfileError(UserError):
@@ -278,6 +293,8 @@ class _Profile:
             if not meta.get(key):
                 raise ProfileError(f"{path}: metadata lacks '{key}'")
         prof = cls(meta, rows, str(path))
+        # Line 1 is the metadata, line 2 the header: sample i is on line i + 3.
+        prof.check_samples(lambda i: f"{path} line {i + 3}")
         prof.check_meta(f"{path} line 1 (metadata)")
         return prof
 
@@ -285,12 +302,17 @@ class _Profile:
         """Raise ``ProfileError`` naming ``where`` when the metadata holds an unusable value
         (subclasses check theirs; the compute format's metadata is descriptive only)."""
 
+    def check_samples(self, where: Callable[[int], str]) -> None:
+        """Raise ``ProfileError`` naming ``where(i)`` for a sample that is valid alone but not
+        in this profile (subclasses check theirs; every compute row stands alone)."""
+
     def check(self) -> None:
         """Validate a profile built in memory (``read`` validates each row as it loads): raise
         ``ProfileError`` at the first non-finite or out-of-range value, naming the sample."""
         name = self.path or f"{type(self).__name__} in memory"
         for i, s in enumerate(self.samples):
             check_row(s, f"{name} sample {i}")
+        self.check_samples(lambda i: f"{name} sample {i}")
         self.check_meta(f"{name} metadata")
 
 
@@ -360,6 +382,39 @@ class LinkProfile(_Profile):
                                    f"with exactly {', '.join(sorted(names))}")
             for e in entries:
                 check_fit(LinkFit(**e), f"{where}, fit of '{op}'")
+
+    def check_samples(self, where: Callable[[int], str]) -> None:
+        """Raise ``ProfileError`` naming ``where(i)`` (file and line) at the first sample
+        whose op is unknown, whose (op, size) was already measured, whose world size differs
+        from the op's earlier rows, or that is a collective over fewer than 2 ranks."""
+        seen: set[tuple[str, int]] = set()
+        worlds: dict[str, int] = {}
+        for i, s in enumerate(self.samples):
+            if s.op not in LINK_OPS:
+                raise ProfileError(f"{where(i)}, column 'op': unknown op '{s.op}' (a link "
+                                   f"profile holds {', '.join(LINK_OPS)}); the profile is "
+                                   f"refused")
+            if (s.op, s.nbytes) in seen:
+                raise ProfileError(f"{where(i)}: {s.op} at {s.nbytes} bytes is measured twice; "
+                                   f"the profile is refused")
+            seen.add((s.op, s.nbytes))
+            if worlds.setdefault(s.op, s.world) != s.world:
+                raise ProfileError(f"{where(i)}, column 'world': {s.op} over {s.world} ranks "
+                                   f"beside rows over {worlds[s.op]}; one profile holds one "
+                                   f"world size per op (collect one per group size); the "
+                                   f"profile is refused")
+            if s.op not in ("p2p", "host_msg") and s.world < 2:
+                raise ProfileError(f"{where(i)}, column 'world': a collective over {s.world} "
+                                   f"rank is no communication; the profile is refused")
+
+    def collective_table(self, op: str) -> tuple[int, tuple[tuple[int, float], ...]] | None:
+        """(ranks, ((bytes per rank, median seconds), ...) by size) of collective ``op``
+        (a schedule name, ``_async`` appended for the busy timing), or ``None`` when the
+        profile did not time it."""
+        rows = self.select(op)
+        if not rows or op not in LINK_OPS[2:]:
+            return None
+        return rows[0].world, tuple((s.nbytes, s.median_s) for s in rows)
 
     def fit(self, op: str = "p2p", nbytes: float | None = None) -> LinkFit:
         """The fit of ``op`` whose regime holds ``nbytes`` (the ``all`` fit when ``None``)."""
