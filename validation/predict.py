@@ -22,7 +22,8 @@ def predict_case(c: Case, compute: dict[tuple[str, int], Path], link: Path | Non
     gpu = get_gpu("cpu" if device == "cpu" else "h100-sxm")
     wl = Workload(get_model(c.model), c.resolution, c.resolution, c.steps, dtype="fp32",
                   text_encoder=False, vae=False)
-    cfg = ParallelConfig(c.nproc, c.nproc, c.patches, c.warmup)
+    cfg = ParallelConfig(c.nproc, c.nproc // c.ulysses, c.patches, c.warmup,
+                         ulysses=c.ulysses)
     topo = build_topology(gpu, c.nproc, "pcie" if device == "cpu" else "nvlink")
     if link is not None:
         # The link fit of the regime holding this run's typical message: a patch's hidden

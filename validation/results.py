@@ -11,7 +11,8 @@ from pathlib import Path
 from sim.trace import Trace, join_traces, op_error_summary
 from validation.grid import Case
 
-CSV_COLUMNS = ("model", "resolution", "steps", "nproc", "patches", "warmup", "measured_s",
+CSV_COLUMNS = ("model", "resolution", "steps", "nproc", "ulysses", "patches", "warmup",
+               "measured_s",
                "measured_runs", "measured_iqr", "predicted_s", "rel_err", "op_errors",
                "cost_sources")
 
@@ -28,7 +29,7 @@ def result_rows(cases: list[Case]) -> list[dict]:
                                                c.prediction.trace))
         rows.append({
             "model": c.model, "resolution": c.resolution, "steps": c.steps, "nproc": c.nproc,
-            "patches": c.patches, "warmup": c.warmup, "measured_s": meas,
+            "ulysses": c.ulysses, "patches": c.patches, "warmup": c.warmup, "measured_s": meas,
             "measured_runs": len(c.measured),
             # Interquartile range of the measured runs over their median: how far apart the
             # middle half of the runs lie (the extremes of 30 short runs say little).
