@@ -63,8 +63,17 @@ class MMDiTRunner:
         """The cut transformer for ``kind`` at ``res`` px (built on first use)."""
         key = (kind, res)
         if key not in self._nets:
-            net = build_transformer(self.model_of(kind), res, seed=self.seed)
-            self._nets[key] = net.to(device=self.dev, dtype=self.dt).eval()
+            from diffusers.utils import logging as dlogging
+
+            verbosity = dlogging.get_verbosity()
+            # diffusers warns that .to(dtype) bypasses keep-in-fp32 lists; these models have
+            # none (the list it prints is empty): noise on the terminal.
+            dlogging.set_verbosity_error()
+            try:
+                net = build_transformer(self.model_of(kind), res, seed=self.seed)
+                self._nets[key] = net.to(device=self.dev, dtype=self.dt).eval()
+            finally:
+                dlogging.set_verbosity(verbosity)
         return self._nets[key]
 
     def _patches_for(self, res: int, q: int) -> int:

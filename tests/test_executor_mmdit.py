@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("torch.distributed")
 
+from executor.mmdit import all_blocks  # noqa: E402
 from executor.run import build_parser  # noqa: E402
 from executor.run import main as run_main  # noqa: E402
 from sim.config import ParallelConfig, Workload  # noqa: E402
@@ -211,3 +212,15 @@ def test_trace_has_a_row_per_op_that_joins_the_prediction(two, model, name):
     predicted = _predicted(model, degrees)
     assert Counter(r.op for r in trace.rows) == Counter(r.op for r in predicted.rows)
     assert len(join_traces(trace, predicted)) == len(trace.rows)
+
+
+@pytest.mark.parametrize("name", ["sd3-medium", "flux-dev"])
+def test_real_configs_build_on_the_meta_device_with_the_published_size(name):
+    # The checkpoints' architectures, without allocating 2-12 B parameters: the built model's
+    # parameter count matches the registry's published figure.
+    from executor.diffusers_models import build_transformer
+
+    m = get_model(name)
+    net = build_transformer(m, 1024, device="meta")
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(m.params, rel=2e-3)
+    assert len(all_blocks(net)) == m.num_blocks
