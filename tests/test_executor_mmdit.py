@@ -224,3 +224,32 @@ def test_real_configs_build_on_the_meta_device_with_the_published_size(name):
     net = build_transformer(m, 1024, device="meta")
     assert sum(p.numel() for p in net.parameters()) == pytest.approx(m.params, rel=2e-3)
     assert len(all_blocks(net)) == m.num_blocks
+
+
+def test_local_checkpoint_and_prompt_file_give_the_registry_latents(tmp_path):
+    # A save_pretrained folder of flux-tiny's weights with the same prompt and pooled
+    # embeddings from a file: the latents of the registry model.
+    from executor.diffusers_models import build_transformer
+    from executor.inputs import random_prompts
+
+    m = get_model("flux-tiny")
+    build_transformer(m, RES, seed=SEED).save_pretrained(tmp_path / "flux")
+    torch.save(random_prompts(m, SEED).as_dict(), tmp_path / "prompts.pt")
+    common = ["--resolution", str(RES), "--steps", "2", "--prompt-embeds",
+              str(tmp_path / "prompts.pt")]
+    assert run_main(["--model", "flux-tiny", *common, "--save-latents",
+                     str(tmp_path / "a.pt")]) == 0
+    assert run_main(["--model-dir", str(tmp_path / "flux"), *common, "--save-latents",
+                     str(tmp_path / "b.pt")]) == 0
+    assert torch.equal(torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt"))
+
+
+def test_prompt_file_without_pooled_embeddings_is_refused(tmp_path):
+    from executor.inputs import load_prompts, random_prompts
+
+    m = get_model("sd3-tiny")
+    d = random_prompts(m, SEED).as_dict()
+    d["pooled_prompt_embeds"] = d["pooled_prompt_embeds"][:, :3]
+    torch.save(d, tmp_path / "p.pt")
+    with pytest.raises(UserError, match="pooled_prompt_embeds must be"):
+        load_prompts(tmp_path / "p.pt", m)
