@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="registry model built from its config with seeded random "
                      "weights (pixart-alpha, pixart-sigma, pixart-tiny, pixart-small; "
-                     "sd3-medium, sd35-large, sd3-tiny; flux-dev, flux-tiny)")
+                     "sd3-medium, sd35-large, sd3-tiny, sd3-small; flux-dev, flux-tiny, "
+                     "flux-small)")
     src.add_argument("--model-dir", help="local diffusers checkpoint: a save_pretrained folder "
                      "of PixArtTransformer2DModel, SD3Transformer2DModel or "
                      "FluxTransformer2DModel, or a pipeline folder with transformer/")

@@ -210,6 +210,8 @@ _SD3_VAE = 83.8e6  # SD3/Flux 16-channel AutoencoderKL, same layout as SD-VAE, 8
 # from their configs (executor.diffusers_models.diffusers_config).
 SD3_TINY_PARAMS = 589_248
 FLUX_TINY_PARAMS = 489_664
+SD3_SMALL_PARAMS = 41_575_744
+FLUX_SMALL_PARAMS = 31_329_088
 
 
 def _src(**extra: str) -> dict[str, str]:
@@ -311,6 +313,20 @@ MODELS: dict[str, DiTModel] = {
             "flux-tiny", "FluxTransformer2DModel", "flux", 4, 64, 2, 32, 8, 16,
             FLUX_TINY_PARAMS, 8, False, 0.0, 0.0, double_blocks=2, caption_channels=32,
             pooled_dim=32, kernels_per_block=_KERNELS["flux"], host_ops=_HOST_OPS["flux"],
+            guidance_scale=_GUIDANCE["flux"],
+            sources={"all": "test configuration; params counted from the diffusers model"},
+        ),
+        DiTModel(
+            "sd3-small", "SD3Transformer2DModel", "joint", 8, 384, 6, 64, 16, 16,
+            SD3_SMALL_PARAMS, 8, True, 0.0, 0.0, caption_channels=256, pooled_dim=256,
+            kernels_per_block=_KERNELS["sd3"], host_ops=_HOST_OPS["sd3"],
+            guidance_scale=_GUIDANCE["sd3"],
+            sources={"all": "test configuration; params counted from the diffusers model"},
+        ),
+        DiTModel(
+            "flux-small", "FluxTransformer2DModel", "flux", 8, 384, 6, 64, 16, 16,
+            FLUX_SMALL_PARAMS, 8, False, 0.0, 0.0, double_blocks=4, caption_channels=256,
+            pooled_dim=256, kernels_per_block=_KERNELS["flux"], host_ops=_HOST_OPS["flux"],
             guidance_scale=_GUIDANCE["flux"],
             sources={"all": "test configuration; params counted from the diffusers model"},
         ),

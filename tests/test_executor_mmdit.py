@@ -102,6 +102,21 @@ def two(model, tmp_path_factory) -> dict:
 
 
 # ---- correctness against diffusers ------------------------------------------------------------
+@pytest.mark.parametrize("name", ["sd3-small", "flux-small"])
+def test_small_configurations_serial_match_the_pipeline(name, tmp_path):
+    from executor.diffusers_models import build_transformer
+    from executor.inputs import random_prompts
+    from executor.reference import mmdit_pipeline, mmdit_reference_latents
+
+    m = get_model(name)
+    pipe = mmdit_pipeline(build_transformer(m, RES, seed=SEED))
+    ref = mmdit_reference_latents(pipe, random_prompts(m, SEED), SEED, 2, RES, RES)
+    out = tmp_path / "lat.pt"
+    assert run_main(["--model", name, "--resolution", str(RES), "--steps", "2",
+                     "--save-latents", str(out)]) == 0
+    assert _rel_diff(torch.load(out), ref) == 0.0
+
+
 def test_serial_matches_the_pipeline(model, reference, tmp_path):
     lat_file = tmp_path / "lat.pt"
     assert run_main([*_base(model).split(), "--save-latents", str(lat_file)]) == 0
