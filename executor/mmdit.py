@@ -417,6 +417,11 @@ class MMDiTStageExecutor(StageExecutor):
                               layout.group(rank, "ring"))
         procs = []
         for blk in self.blocks:
+            if getattr(blk, "attn2", None) is not None:
+                # SD3.5-medium's dual-attention blocks add an image-only self-attention that
+                # would need its own stale buffer and sequence split.
+                raise ValueError("dual-attention SD3.5 blocks run serial only (or with W = S "
+                                 "and no sequence parallelism)")
             proc = JointAttnProcessor(self.slot, self.window, geo, stale, self.flux,
                                       self.text_tokens)
             blk.attn.set_processor(proc)
