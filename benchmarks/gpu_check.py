@@ -11,8 +11,8 @@ time left of the budget is below what it needs.
 1. env: nvidia-smi, torch / CUDA versions, the GPU's name and free memory -> ``env.json``.
 2. profiles: ``python -m profiles.collect`` on CUDA, bf16, full-size pixart-alpha at 1024 and
    2048 px with PipeFusion's patch counts M = 1..8 -> ``profiles/<device>_<model>_bf16.csv``
-   (the name ``profiles/data/`` uses). sd3-medium and flux-dev too once the profiler accepts
-   them; until then each is skipped with the profiler's own message.
+   (the name ``profiles/data/`` uses). sd3-medium and flux-dev too (the profiler builds
+   MM-DiT blocks since issue 12), each skipped with a line when the stage's budget is spent.
 3. executor: the executor's loop on one GPU (the serial schedule ``executor.run`` runs on one
    process) against the diffusers pipeline's loop on the same weights, prompt embeddings
    and seed, pixart-alpha 1024 px, 20 steps, bf16: one warm-up run of each, then alternating

@@ -35,24 +35,41 @@ def diffusers_config(model: DiTModel, height: int = 1024) -> dict:
                     num_layers=model.num_blocks, sample_size=sample,
                     patch_size=model.patch_size)
     if model.diffusers_class == "SD3Transformer2DModel":
+        # sd3-medium's checkpoint: sample_size 128, pos_embed_max_size 192 (a 192x192 table
+        # cropped to the image); larger images need a larger table.
         return dict(sample_size=sample, patch_size=model.patch_size,
                     in_channels=model.latent_channels, num_layers=model.num_blocks,
                     attention_head_dim=model.head_dim, num_attention_heads=model.heads,
-                    joint_attention_dim=4096, caption_projection_dim=model.hidden,
-                    pooled_projection_dim=2048, out_channels=model.latent_channels,
+                    joint_attention_dim=model.caption_channels or 4096,
+                    caption_projection_dim=model.hidden,
+                    pooled_projection_dim=model.pooled_dim or 2048,
+                    out_channels=model.latent_channels,
                     pos_embed_max_size=max(192, sample // model.patch_size))
     if model.diffusers_class == "FluxTransformer2DModel":
+        # Flux packs 2x2 latent pixels into one token of 4x the channels (patch_size 1).
         return dict(patch_size=1, in_channels=model.latent_channels * 4,
                     num_layers=model.double_blocks,
                     num_single_layers=model.num_blocks - model.double_blocks,
                     attention_head_dim=model.head_dim, num_attention_heads=model.heads,
-                    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True)
+                    joint_attention_dim=model.caption_channels or 4096,
+                    pooled_projection_dim=model.pooled_dim or 768, guidance_embeds=True,
+                    axes_dims_rope=rope_axes(model.head_dim))
     if model.diffusers_class == "HunyuanDiT2DModel":
         return dict(num_attention_heads=model.heads, attention_head_dim=model.head_dim,
                     in_channels=model.latent_channels, patch_size=model.patch_size,
                     sample_size=sample, num_layers=model.num_blocks,
                     mlp_ratio=model.mlp_ratio, cross_attention_dim=1024)
     raise ValueError(f"no diffusers builder for {model.diffusers_class}")
+
+
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """Flux's rotary dimensions per position axis (text/index, row, column): FLUX.1-dev's
+    (16, 56, 56) for its head size 128; smaller heads keep that proportion (each even)."""
+    if head_dim == 128:
+        return (16, 56, 56)
+    first = max(2, head_dim // 8 // 2 * 2)
+    rest = (head_dim - first) // 2 // 2 * 2
+    return (head_dim - 2 * rest, rest, rest)
 
 
 def build_transformer(model: DiTModel, height: int = 1024, seed: int = 0,

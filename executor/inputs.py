@@ -13,12 +13,21 @@ from pathlib import Path
 import torch
 
 from executor.interpreter import PromptInputs
+from executor.mmdit import (
+    FLUX,
+    JOINT_PROMPT_KEYS,
+    MMDIT_CLASSES,
+    JointPromptInputs,
+    keep_mmdit_stage,
+)
 from sim.errors import UserError
 from sim.models import DiTModel, get_model
 
 PROMPT_KEYS = ("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
                "negative_prompt_attention_mask")
 SUPPORTED_CLASS = "PixArtTransformer2DModel"
+# The diffusers classes the executor runs: PixArt and the MM-DiT models (executor.mmdit).
+SUPPORTED_CLASSES = (SUPPORTED_CLASS, *MMDIT_CLASSES)
 # PixArt-alpha's T5 prompt length; used for local checkpoints when no embeddings are given.
 DEFAULT_TEXT_TOKENS = 120
 
@@ -26,9 +35,9 @@ DEFAULT_TEXT_TOKENS = 120
 def registry_model(name: str) -> DiTModel:
     """The registry model ``name``, if the executor can run it (PixArt family)."""
     model = get_model(name)
-    if model.diffusers_class != SUPPORTED_CLASS:
-        raise UserError(f"the executor runs {SUPPORTED_CLASS} models (pixart-alpha, "
-                        f"pixart-sigma, pixart-tiny, pixart-small); {model.name} is a "
+    if model.diffusers_class not in SUPPORTED_CLASSES:
+        raise UserError(f"the executor runs {', '.join(SUPPORTED_CLASSES)} models (pixart-*, "
+                        f"sd3-*, sd35-large, flux-*); {model.name} is a "
                         f"{model.diffusers_class}")
     return model
 
@@ -51,9 +60,11 @@ def local_model(path: str | Path) -> DiTModel:
     except (OSError, ValueError) as e:
         raise UserError(f"--model-dir {path}: cannot read {cfg_file.name}: {e}") from None
     cls = cfg.get("_class_name", "")
-    if cls != SUPPORTED_CLASS:
-        raise UserError(f"--model-dir {path}: the executor runs {SUPPORTED_CLASS} checkpoints, "
-                        f"this one is '{cls}'")
+    if cls not in SUPPORTED_CLASSES:
+        raise UserError(f"--model-dir {path}: the executor runs {', '.join(SUPPORTED_CLASSES)} "
+                        f"checkpoints, this one is '{cls}'")
+    if cls in MMDIT_CLASSES:
+        return _local_mmdit(cfg, cls, path, cfg_file)
     heads = int(cfg.get("num_attention_heads", 16))
     head_dim = int(cfg.get("attention_head_dim", 72))
     hidden = heads * head_dim
@@ -71,18 +82,46 @@ def local_model(path: str | Path) -> DiTModel:
     )
 
 
+def _local_mmdit(cfg: dict, cls: str, path: Path, cfg_file: Path) -> DiTModel:
+    """The registry-style description of a local SD3 or Flux checkpoint; the registry model of
+    the same family gives what a config does not record (text tokens, steps, guidance)."""
+    flux = cls == FLUX
+    base = get_model("flux-dev" if flux else "sd3-medium")
+    heads = int(cfg.get("num_attention_heads", base.heads))
+    head_dim = int(cfg.get("attention_head_dim", base.head_dim))
+    double = int(cfg.get("num_layers", base.double_blocks if flux else base.num_blocks))
+    single = int(cfg.get("num_single_layers", 0)) if flux else 0
+    channels = int(cfg.get("in_channels", 64 if flux else 16)) // (4 if flux else 1)
+    return replace(base, name=f"local:{path.name}", num_blocks=double + single,
+                   double_blocks=double if flux else 0, hidden=heads * head_dim, heads=heads,
+                   head_dim=head_dim, latent_channels=channels, params=0.0,
+                   text_encoder_params=0.0, vae_params=0.0,
+                   caption_channels=int(cfg.get("joint_attention_dim", base.caption_channels)),
+                   pooled_dim=int(cfg.get("pooled_projection_dim", base.pooled_dim)),
+                   sources={"all": f"read from {cfg_file}; text tokens, steps and guidance "
+                            f"from {base.name}"})
+
+
 def with_counted_params(model: DiTModel, net: torch.nn.Module) -> DiTModel:
     """``model`` with ``params`` set to the loaded transformer's parameter count."""
     return replace(model, params=float(sum(p.numel() for p in net.parameters())))
 
 
-def random_prompts(model: DiTModel, seed: int, text_tokens: int | None = None) -> PromptInputs:
+def random_prompts(model: DiTModel, seed: int, text_tokens: int | None = None
+                   ) -> PromptInputs | JointPromptInputs:
     """Seeded random prompt embeddings (standard normal, ``(1, tokens, caption_channels)``)
-    with all-ones masks, for runs without a text encoder. The generator is seeded with
-    ``seed + 1`` so the embeddings do not repeat the initial noise drawn from ``seed``."""
+    with all-ones masks (PixArt) or pooled embeddings ``(1, pooled_dim)`` (SD3, Flux), for
+    runs without a text encoder. The generator is seeded with ``seed + 1`` so the embeddings
+    do not repeat the initial noise drawn from ``seed``."""
     tokens = text_tokens or model.text_tokens or DEFAULT_TEXT_TOKENS
     width = model.caption_channels or model.hidden
     gen = torch.Generator().manual_seed(seed + 1)
+    if model.diffusers_class in MMDIT_CLASSES:
+        pe = torch.randn(1, tokens, width, generator=gen)
+        pp = torch.randn(1, model.pooled_dim, generator=gen)
+        ne = torch.randn(1, tokens, width, generator=gen)
+        npp = torch.randn(1, model.pooled_dim, generator=gen)
+        return JointPromptInputs(pe, pp, ne, npp)
     pe = torch.randn(1, tokens, width, generator=gen)
     ne = torch.randn(1, tokens, width, generator=gen)
     mask = torch.ones(1, tokens, dtype=torch.long)
@@ -100,9 +139,11 @@ def load_prompts(path: str | Path, model: DiTModel) -> PromptInputs:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise UserError(f"--prompt-embeds {path}: cannot load ({type(e).__name__})") from None
-    if not isinstance(d, dict) or any(k not in d for k in PROMPT_KEYS):
+    mmdit = model.diffusers_class in MMDIT_CLASSES
+    keys = JOINT_PROMPT_KEYS if mmdit else PROMPT_KEYS
+    if not isinstance(d, dict) or any(k not in d for k in keys):
         raise UserError(f"--prompt-embeds {path}: expected a dict with keys "
-                        f"{', '.join(PROMPT_KEYS)}")
+                        f"{', '.join(keys)}")
     width = model.caption_channels or model.hidden
     for k in ("prompt_embeds", "negative_prompt_embeds"):
         t = d[k]
@@ -123,6 +164,15 @@ def load_prompts(path: str | Path, model: DiTModel) -> PromptInputs:
                         f"{d['prompt_embeds'].shape[1]} tokens, negative_prompt_embeds "
                         f"{d['negative_prompt_embeds'].shape[1]}; the guidance batch needs the "
                         f"same count (pad the shorter one and mask the padding)")
+    if mmdit:
+        for k in ("pooled_prompt_embeds", "negative_pooled_prompt_embeds"):
+            t = d[k]
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != (1, model.pooled_dim) \
+                    or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+                raise UserError(f"--prompt-embeds {path}: {k} must be a finite floating-point "
+                                f"tensor of shape (1, {model.pooled_dim}) for {model.name}, got "
+                                f"{tuple(getattr(t, 'shape', ()))}")
+        return JointPromptInputs(*(d[k] for k in JOINT_PROMPT_KEYS))
     for k, e in (("prompt_attention_mask", "prompt_embeds"),
                  ("negative_prompt_attention_mask", "negative_prompt_embeds")):
         t = d[k]
@@ -137,6 +187,9 @@ def keep_stage(net: torch.nn.Module, first: int, last: int, is_first: bool,
     """Drop the parts of ``net`` a stage holding blocks ``first..last`` never uses, so its
     memory holds only its share of the weights (the conditioning embedders stay everywhere).
     Block indices are kept: dropped blocks become ``Identity``."""
+    if type(net).__name__ in MMDIT_CLASSES:
+        keep_mmdit_stage(net, first, last, is_first, is_last)
+        return
     blocks = net.transformer_blocks
     for i in range(len(blocks)):
         if not first <= i <= last:

@@ -119,7 +119,7 @@ class StageExecutor:
         self.comm = comm
         self.fault = fault
         self.guidance_scale = guidance_scale
-        self.cfg = guidance_scale > 1.0  # as the pipeline: no guidance batch at scale <= 1
+        self.cfg = self._guidance_batch(guidance_scale)
         if self.cfg_half >= 0 and not self.cfg:
             raise ValueError("CFG parallelism needs a guidance scale above 1")
         # Under CFG parallelism each half's ranks run a batch of one (0: unconditional).
@@ -129,10 +129,58 @@ class StageExecutor:
         self.cols = sched.token_cols
         self.full_tokens = self.rows * self.cols
         self.latent_channels = net.config.in_channels
-        self.blocks = [net.transformer_blocks[i]
-                       for i in range(self.first_layer, self.last_layer + 1)]
+        self.blocks = [self._block(i) for i in range(self.first_layer, self.last_layer + 1)]
 
-        # --- conditioning inputs, prepared as PixArtAlphaPipeline.__call__ does -------------
+        self._prepare_inputs(prompts)
+
+        # --- schedulers: one per patch, identical timesteps -----------------------------------
+        template = copy.deepcopy(scheduler)
+        self._set_timesteps(template)
+        if hasattr(template, "set_begin_index"):
+            template.set_begin_index(0)
+        self.timesteps = template.timesteps
+        self.schedulers = [copy.deepcopy(template) for _ in range(sched.patches)]
+
+        # --- initial latents: every rank draws the same noise, so none is sent -----------------
+        self.latent = self._initial_latent(seed, template)
+
+        # --- positional table of the full image (stage 0) -------------------------------------
+        self.pos_table = self._full_pos_table() if self.is_first else None
+
+        # --- attention processors and sharded layers -----------------------------------------
+        self.tokens = TokenPlan(self.rows, self.cols, tuple(sched.patch_rows), self.seq)
+        self.window = PatchWindow(0, self.full_tokens)
+        self.slot = BlockSlot()
+        stale = sched.patches > 1 and sched.warmup < sched.steps and not self.distrifusion
+        self.kv_procs: list = self._install_processors(stale)
+        self.coll = Collectives(rank, groups or {}, comm, comm.clock, None) \
+            if comm is not None else None
+
+        self._cond_step = -1
+        self._temb: torch.Tensor | None = None
+        self._embedded_t: torch.Tensor | None = None
+        self.h: torch.Tensor | None = None  # hidden states of the patch in flight
+        self.noise: torch.Tensor | None = None  # guided noise prediction of the patch
+        # Receive-ahead budget: at most the largest single message, but always one.
+        recvs = [op for op in self.ops if isinstance(op, Recv)]
+        self._recv_ops = recvs
+        self._recv_budget = max((self._nbytes(op) for op in recvs), default=0)
+        self._next_post = 0
+
+    # ---- model hooks (PixArt here; executor.mmdit overrides them for SD3 and Flux) ----------
+    def _guidance_batch(self, guidance_scale: float) -> bool:
+        """Whether the pipeline runs a guidance batch of two: as PixArtAlphaPipeline, at a
+        scale above 1."""
+        return guidance_scale > 1.0
+
+    def _block(self, index: int) -> torch.nn.Module:
+        """Transformer block ``index`` (global numbering)."""
+        return self.net.transformer_blocks[index]
+
+    def _prepare_inputs(self, prompts) -> None:
+        """Caption embeddings, mask bias and resolution conditioning, prepared as
+        ``PixArtAlphaPipeline.__call__`` does."""
+        net, device, dtype = self.net, self.device, self.dtype
         pe = prompts.prompt_embeds.to(device=device, dtype=dtype)
         pm = prompts.prompt_attention_mask.to(device)
         if self.cfg_half == 0:
@@ -151,6 +199,7 @@ class StageExecutor:
                             * net.config.attention_head_dim)
         self.added_cond = {"resolution": None, "aspect_ratio": None}
         if net.config.sample_size == 128:
+            sched = self.sched
             res = torch.tensor([sched.height, sched.width]).repeat(1, 1)
             ar = torch.tensor([float(sched.height / sched.width)]).repeat(1, 1)
             res, ar = res.to(dtype=dtype, device=device), ar.to(dtype=dtype, device=device)
@@ -158,31 +207,25 @@ class StageExecutor:
                 res, ar = torch.cat([res, res]), torch.cat([ar, ar])
             self.added_cond = {"resolution": res, "aspect_ratio": ar}
 
-        # --- schedulers: one per patch, identical timesteps -----------------------------------
-        template = copy.deepcopy(scheduler)
-        template.set_timesteps(sched.steps, device=device)
-        if hasattr(template, "set_begin_index"):
-            template.set_begin_index(0)
-        self.timesteps = template.timesteps
-        self.schedulers = [copy.deepcopy(template) for _ in range(sched.patches)]
+    def _set_timesteps(self, template) -> None:
+        """The pipeline's timesteps on the scheduler ``template``."""
+        template.set_timesteps(self.sched.steps, device=self.device)
 
-        # --- initial latents: every rank draws the same noise, so none is sent -----------------
+    def _initial_latent(self, seed: int, template) -> torch.Tensor:
+        """The pipeline's initial noise in the image layout ``(1, C, rows*p, cols*p)``."""
         from diffusers.utils.torch_utils import randn_tensor
 
         shape = (1, self.latent_channels, self.rows * self.p, self.cols * self.p)
         gen = torch.Generator().manual_seed(seed)
-        self.latent = randn_tensor(shape, generator=gen, device=device, dtype=dtype)
-        self.latent = self.latent * template.init_noise_sigma
+        latent = randn_tensor(shape, generator=gen, device=self.device, dtype=self.dtype)
+        return latent * template.init_noise_sigma
 
-        # --- positional table of the full image (stage 0) -------------------------------------
-        self.pos_table = self._full_pos_table() if self.is_first else None
-
-        # --- attention processors and sharded layers -----------------------------------------
-        self.tokens = TokenPlan(self.rows, self.cols, tuple(sched.patch_rows), self.seq)
-        self.window = PatchWindow(0, self.full_tokens)
-        self.slot = BlockSlot()
-        self.kv_procs: list = []
-        stale = sched.patches > 1 and sched.warmup < sched.steps and not self.distrifusion
+    def _install_processors(self, stale: bool) -> list:
+        """Set the attention processors (and tensor-parallel shards) the strategy needs on
+        this stage's blocks; returns the processors that hold buffers."""
+        layout, rank = self.sched.layout, self.rank
+        at = layout.coords(rank)
+        procs: list = []
         for blk in self.blocks:
             if layout.tensor > 1:
                 shard_block(blk, at.tensor, layout.tensor, self.slot)
@@ -198,20 +241,26 @@ class StageExecutor:
             else:
                 continue
             blk.attn1.set_processor(proc)
-            self.kv_procs.append(proc)
-        self.coll = Collectives(rank, groups or {}, comm, comm.clock, None) \
-            if comm is not None else None
+            procs.append(proc)
+        return procs
 
-        self._cond_step = -1
-        self._temb: torch.Tensor | None = None
-        self._embedded_t: torch.Tensor | None = None
-        self.h: torch.Tensor | None = None  # hidden states of the patch in flight
-        self.noise: torch.Tensor | None = None  # guided noise prediction of the patch
-        # Receive-ahead budget: at most the largest single message, but always one.
-        recvs = [op for op in self.ops if isinstance(op, Recv)]
-        self._recv_ops = recvs
-        self._recv_budget = max((self._nbytes(op) for op in recvs), default=0)
-        self._next_post = 0
+    def _with_positions(self, x: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
+        """Embedded tokens ``t0..t1`` plus their rows of the positional table."""
+        return (x + self.pos_table[:, t0:t1]).to(x.dtype)
+
+    def _final_hidden(self) -> torch.Tensor:
+        """PixArt's final layer on the patch in flight: norm, modulation by the timestep
+        embedding, projection, ``(B, tokens, p*p*out_channels)``."""
+        net = self.net
+        shift, scale = (net.scale_shift_table[None]
+                        + self._embedded_t[:, None].to(net.scale_shift_table.device)).chunk(2, 1)
+        h = net.norm_out(self.h)
+        h = h * (1 + scale.to(h.device)) + shift.to(h.device)
+        return net.proj_out(h).squeeze(1)
+
+    def result_latent(self) -> torch.Tensor:
+        """The final latent as the pipeline returns it (``output_type="latent"``)."""
+        return self.latent
 
     # ---- helpers ---------------------------------------------------------------------------
     def _full_pos_table(self) -> torch.Tensor:
@@ -297,14 +346,14 @@ class StageExecutor:
                 r0, r1 = a // self.cols, -(-b // self.cols)  # the rows covering the run
                 x = self._embed_rows(r0 * self.p, r1 * self.p)
                 x = x[:, a - r0 * self.cols:b - r0 * self.cols]
-                parts.append((x + self.pos_table[:, a:b]).to(x.dtype))
+                parts.append(self._with_positions(x, a, b))
             self.h = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
             return
         lo, hi = self._band(patch)
         x = self._embed_rows(lo, hi)
         t0 = lo // self.p * self.cols
         t1 = hi // self.p * self.cols
-        self.h = (x + self.pos_table[:, t0:t1]).to(x.dtype)
+        self.h = self._with_positions(x, t0, t1)
 
     def run_blocks(self, step: int, patch: int, layers: tuple[int, int]) -> None:
         """Blocks ``layers`` (inclusive, global indices) on the patch in flight."""
@@ -325,11 +374,7 @@ class StageExecutor:
         net = self.net
         lo, hi = self._band(patch)
         rows = (hi - lo) // self.p
-        shift, scale = (net.scale_shift_table[None]
-                        + self._embedded_t[:, None].to(net.scale_shift_table.device)).chunk(2, 1)
-        h = net.norm_out(self.h)
-        h = h * (1 + scale.to(h.device)) + shift.to(h.device)
-        h = net.proj_out(h).squeeze(1)
+        h = self._final_hidden()
         oc = net.out_channels
         if self.seq > 1:
             # Token layout (B, oc, tokens, p*p): a run of tokens need not be whole rows.
@@ -340,7 +385,7 @@ class StageExecutor:
             h = h.reshape(shape=(-1, rows, self.cols, self.p, self.p, oc))
             h = torch.einsum("nhwpqc->nchpwq", h)
             noise = h.reshape(shape=(-1, oc, rows * self.p, self.cols * self.p))
-        if net.config.out_channels // 2 == self.latent_channels:
+        if oc // 2 == self.latent_channels:
             # The learned-sigma split first: guidance is elementwise, so this commutes with it.
             noise = noise.chunk(2, dim=1)[0]
         if self.batch == 2:
@@ -472,7 +517,7 @@ class StageExecutor:
                                                  p.nbytes, p.peer, "measured"))
         if self.coll is not None:
             rows += self.coll.rows
-        latents = self.latent.detach().to("cpu") if self.holds_result else None
+        latents = self.result_latent().detach().to("cpu") if self.holds_result else None
         return RankResult(rank, loop_s, rows, latents,
                           sum(p.nbytes for p in self.kv_procs))
 
@@ -535,18 +580,21 @@ PERFORMED = {
 
 
 def unsupported_ops(sched: Schedule) -> str | None:
-    """Why the executor cannot run ``sched`` (``None`` if it can): it performs PixArt's
-    messages (hidden states, latents), whole, split (``proj``/``attn``) and tensor-sharded
-    blocks, and the collectives of ``PERFORMED``. First checks the schedule contract as the
-    engine does (matched messages, no deadlock), so a broken schedule raises ``ScheduleError``
-    before any process starts instead of hanging until the timeout."""
+    """Why the executor cannot run ``sched`` (``None`` if it can): it performs the messages
+    of PixArt and MM-DiT schedules (hidden states, latents, text streams), whole, split
+    (``proj``/``attn``) and tensor-sharded blocks, and the collectives of ``PERFORMED``.
+    First checks the schedule contract as the engine does (matched messages, no deadlock),
+    so a broken schedule raises ``ScheduleError`` before any process starts instead of
+    hanging until the timeout."""
     sched.validate()
     sched.check_progress()
     for rank, ops in enumerate(sched.ranks):
         for op in ops:
             if isinstance(op, Send | Recv):
-                if op.tag.what not in ("hidden", "latent"):
-                    return f"rank {rank} exchanges '{op.tag.what}' tensors (MM-DiT or skips)"
+                # The text stream of MM-DiT models moves with the first patch
+                # (executor.mmdit); HunyuanDiT's long skips are not performed.
+                if op.tag.what not in ("hidden", "latent", "text"):
+                    return f"rank {rank} exchanges '{op.tag.what}' tensors (long skips)"
             elif isinstance(op, Compute):
                 if op.kind not in LOOP_KINDS:
                     return f"rank {rank} has a '{op.kind}' op outside the denoising loop"

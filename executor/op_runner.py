@@ -51,7 +51,8 @@ class OpRunner(Protocol):
 
     batch: int
 
-    def block(self, res: int, q: int, kv: int) -> Callable[[], object]: ...
+    def block(self, res: int, q: int, kv: int, kind: str | None = None
+              ) -> Callable[[], object]: ...
 
     def attention(self, q: int, kv: int, heads: int) -> Callable[[], object]: ...
 
@@ -119,8 +120,10 @@ class PixArtRunner:
             enc = net.caption_projection(caption)
         return ts, added, temb, emb, caption, enc
 
-    def block(self, res: int, q: int, kv: int) -> Callable[[], object]:
-        """One transformer block on ``q`` query tokens against ``kv`` K,V tokens."""
+    def block(self, res: int, q: int, kv: int, kind: str | None = None
+              ) -> Callable[[], object]:
+        """One transformer block on ``q`` query tokens against ``kv`` K,V tokens (PixArt has
+        one block kind: ``kind`` is ignored)."""
         net = self.net(res)
         blk = net.transformer_blocks[0]
         _, _, temb, _, _, enc = self._conditioning(net, res)
@@ -286,8 +289,10 @@ class ExecutorRunner:
             self._executors[key] = ex
         return self._executors[key]
 
-    def block(self, res: int, q: int, kv: int) -> Callable[[], object]:
-        """``StageExecutor.run_blocks`` on patch 0 (``q`` tokens) of a ``res``-px image."""
+    def block(self, res: int, q: int, kv: int, kind: str | None = None
+              ) -> Callable[[], object]:
+        """``StageExecutor.run_blocks`` on patch 0 (``q`` tokens) of a ``res``-px image
+        (``kind`` ignored: one block kind)."""
         if kv != self.m.image_tokens(res):
             # Full-image curve points between resolutions have no image of their own: the
             # block module alone (a full-image executor step is that call and nothing else).

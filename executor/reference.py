@@ -88,3 +88,57 @@ def timed_pipeline_loop(pipe, prompts: PromptInputs, seed: int, steps: int, heig
         handle.remove()
         del sched.step  # back to the class method
     return latents, ends[-1] - marks[0]
+
+
+# ---- MM-DiT: SD3 and Flux -----------------------------------------------------------------------
+def flow_scheduler(model_class: str):
+    """The ``FlowMatchEulerDiscreteScheduler`` of the public checkpoints'
+    ``scheduler/scheduler_config.json``: stable-diffusion-3-medium-diffusers shifts by 3.0;
+    FLUX.1-dev shifts dynamically with the image's token count (``mu`` from
+    ``calculate_shift``: base 0.5 at 256 tokens, max 1.15 at 4096)."""
+    import diffusers
+
+    if model_class == "FluxTransformer2DModel":
+        return diffusers.FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+            base_image_seq_len=256, max_image_seq_len=4096)
+    return diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+
+
+def mmdit_pipeline(net: torch.nn.Module, scheduler=None):
+    """``StableDiffusion3Pipeline`` or ``FluxPipeline`` around ``net``, built from components
+    with no text encoders, tokenizers or VAE (``output_type="latent"`` never needs them; both
+    pipelines fall back to their 8x VAE factor without one)."""
+    import diffusers
+
+    cls = type(net).__name__
+    sched = scheduler or flow_scheduler(cls)
+    if cls == "FluxTransformer2DModel":
+        pipe = diffusers.FluxPipeline(scheduler=sched, vae=None, text_encoder=None,
+                                      tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                                      transformer=net)
+    else:
+        pipe = diffusers.StableDiffusion3Pipeline(
+            transformer=net, scheduler=sched, vae=None, text_encoder=None, tokenizer=None,
+            text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def mmdit_reference_latents(pipe, prompts, seed: int, steps: int, height: int, width: int,
+                            guidance_scale: float | None = None) -> torch.Tensor:
+    """Final latents of an MM-DiT pipeline on prompt and pooled embeddings
+    (``executor.mmdit.JointPromptInputs``): SD3 ``(1, C, height/8, width/8)``, Flux packed
+    ``(1, tokens, 4C)`` as ``FluxPipeline`` returns them. SD3 passes both guidance halves'
+    embeddings; Flux takes the positive ones and embeds the guidance scale."""
+    guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+    kwargs = dict(prompt_embeds=prompts.prompt_embeds,
+                  pooled_prompt_embeds=prompts.pooled_prompt_embeds)
+    if type(pipe).__name__ != "FluxPipeline":
+        kwargs.update(negative_prompt_embeds=prompts.negative_prompt_embeds,
+                      negative_pooled_prompt_embeds=prompts.negative_pooled_prompt_embeds)
+    with torch.no_grad():
+        out = pipe(**kwargs, generator=torch.Generator().manual_seed(seed),
+                   output_type="latent", num_inference_steps=steps, height=height,
+                   width=width, **guidance)
+    return out.images

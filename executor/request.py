@@ -11,6 +11,7 @@ import torch
 
 from executor.inputs import load_prompts, local_model, registry_model
 from executor.interpreter import unsupported_ops
+from executor.mmdit import MMDIT_CLASSES
 from sim.cli import at_least, finite, parse_int_list, parse_resolution, positive
 from sim.config import ParallelConfig, Workload, check_patches_need_pipefusion
 from sim.errors import UserError
@@ -82,6 +83,10 @@ def plan_run(args: argparse.Namespace, world_size: int) -> RunPlan:
     cfg = ParallelConfig(gpus=world_size, pipefusion=pipefusion, patches=patches,
                          warmup=args.warmup, stage_blocks=stage_blocks, **degrees)
     sched = build_schedule(wl, cfg)
+    if model.diffusers_class in MMDIT_CLASSES and (args.tensor > 1 or args.distrifusion > 1):
+        raise UserError(f"the executor runs {model.name} serial or with PipeFusion, Ulysses, "
+                        f"ring and CFG parallelism; tensor parallelism and DistriFusion are "
+                        f"implemented for PixArt only (use --tensor 1 --distrifusion 1)")
     if args.cfg > 1 and not args.guidance_scale > 1.0:
         raise UserError(f"--cfg 2 splits the guidance batch, which the pipeline only runs at "
                         f"a guidance scale above 1 (got --guidance-scale "

@@ -34,15 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = parser(
         "executor.run",
         "Run a parallel schedule sim builds (PipeFusion, Ulysses, ring, tensor, CFG, "
-        "DistriFusion and their hybrids) on torch.distributed with a diffusers PixArt "
-        "transformer, and record a measured trace. Launch with torchrun "
+        "DistriFusion and their hybrids) on torch.distributed with a diffusers PixArt, SD3 "
+        "or Flux transformer, and record a measured trace. Launch with torchrun "
         "--nproc_per_node N -m executor.run ...; the degrees multiply to N.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="registry model built from its config with seeded random "
-                     "weights (PixArt family: pixart-alpha, pixart-sigma, pixart-tiny, "
-                     "pixart-small)")
+                     "weights (pixart-alpha, pixart-sigma, pixart-tiny, pixart-small; "
+                     "sd3-medium, sd35-large, sd3-tiny, sd3-small; flux-dev, flux-tiny, "
+                     "flux-small)")
     src.add_argument("--model-dir", help="local diffusers checkpoint: a save_pretrained folder "
-                     "of PixArtTransformer2DModel or a pipeline folder with transformer/")
+                     "of PixArtTransformer2DModel, SD3Transformer2DModel or "
+                     "FluxTransformer2DModel, or a pipeline folder with transformer/")
     p.add_argument("--resolution", default="1024",
                    help="image size in pixels: N for NxN, or WIDTHxHEIGHT")
     p.add_argument("--steps", type=int, help="diffusion steps (default: the model's)")
@@ -68,10 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "generator) and, seed+1, the random prompt embeddings")
     p.add_argument("--guidance-scale", type=float,
                    help="classifier-free guidance scale (default: the model's pipeline "
-                   "default, 4.5 for PixArt as PixArtAlphaPipeline)")
+                   "default: 4.5 PixArt, 7.0 SD3; Flux's 3.5 is an input of the model, "
+                   "with no guidance batch)")
     p.add_argument("--prompt-embeds", help="torch.save'd dict with prompt_embeds, "
                    "prompt_attention_mask, negative_prompt_embeds, "
-                   "negative_prompt_attention_mask (default: seeded random embeddings)")
+                   "negative_prompt_attention_mask (PixArt) or prompt_embeds, "
+                   "pooled_prompt_embeds, negative_prompt_embeds, "
+                   "negative_pooled_prompt_embeds (SD3, Flux); default: seeded random "
+                   "embeddings")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu (gloo) or cuda (NCCL)")
     p.add_argument("--dtype", choices=tuple(TORCH_DTYPES),

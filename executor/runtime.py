@@ -25,6 +25,8 @@ from executor.host import steady_heap, trim_heap
 from executor.inputs import keep_stage, load_prompts, random_prompts, with_counted_params
 from executor.interpreter import RankResult, StageExecutor
 from executor.memory import PeakMemory
+from executor.mmdit import MMDIT_CLASSES, MMDiTStageExecutor
+from executor.reference import flow_scheduler
 from executor.request import TORCH_DTYPES, RunPlan
 from executor.summary import summarize
 
@@ -57,7 +59,8 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     if device.type == "cuda":
         torch.cuda.set_device(device)
     # Load the lazily imported classes before the baseline: their code is runtime, not model.
-    _ = (diffusers.PixArtTransformer2DModel, diffusers.DPMSolverMultistepScheduler)
+    _ = (getattr(diffusers, plan.model.diffusers_class), diffusers.DPMSolverMultistepScheduler,
+         diffusers.FlowMatchEulerDiscreteScheduler)
     probe = PeakMemory(device)
     baseline = probe.current_bytes()
     fwd = back = ctl = None
@@ -84,7 +87,9 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
         prompts = load_prompts(args.prompt_embeds, model)
     else:
         prompts = random_prompts(model, args.seed)
-    scheduler = _scheduler(plan.model_dir)
+    scheduler = _scheduler(plan.model_dir, plan.model.diffusers_class)
+    executor_cls = MMDiTStageExecutor if plan.model.diffusers_class in MMDIT_CLASSES \
+        else StageExecutor
 
     origin_box = [0.0]
 
@@ -96,8 +101,8 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
         if world > 1:
             comm = Comm(rank, sched.patches, plan.model.num_blocks, args.timeout, clock,
                         device, fwd=fwd, back=back)
-        return comm, StageExecutor(net, sched, rank, prompts, args.seed, args.guidance_scale,
-                                   scheduler, device, tdtype, comm=comm, fault=_fault(),
+        return comm, executor_cls(net, sched, rank, prompts, args.seed, args.guidance_scale,
+                                  scheduler, device, tdtype, comm=comm, fault=_fault(),
                                    groups=groups)
 
     sync = torch.cuda.synchronize if device.type == "cuda" else None
@@ -179,10 +184,15 @@ def process_groups(rank: int, world: int, device: torch.device,
     return _GROUPS[key]
 
 
-def _scheduler(model_dir: str | None) -> diffusers.DPMSolverMultistepScheduler:
-    """``DPMSolverMultistepScheduler()`` as in the PixArt pipeline, or the one of a pipeline
-    folder's ``scheduler/`` config."""
+def _scheduler(model_dir: str | None, model_class: str):
+    """The pipeline's scheduler: ``DPMSolverMultistepScheduler()`` for PixArt, the
+    checkpoints' ``FlowMatchEulerDiscreteScheduler`` for SD3 and Flux
+    (``executor.reference.flow_scheduler``), or the one of a pipeline folder's
+    ``scheduler/`` config."""
+    mmdit = model_class in MMDIT_CLASSES
+    cls = diffusers.FlowMatchEulerDiscreteScheduler if mmdit \
+        else diffusers.DPMSolverMultistepScheduler
     if model_dir and (Path(model_dir) / "scheduler" / "scheduler_config.json").is_file():
-        cfg = diffusers.DPMSolverMultistepScheduler.load_config(model_dir, subfolder="scheduler")
-        return diffusers.DPMSolverMultistepScheduler.from_config(cfg)
-    return diffusers.DPMSolverMultistepScheduler()
+        cfg = cls.load_config(model_dir, subfolder="scheduler")
+        return cls.from_config(cfg)
+    return flow_scheduler(model_class) if mmdit else cls()

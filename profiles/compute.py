@@ -13,6 +13,8 @@ import diffusers
 import torch
 
 from executor.host import steady_heap
+from executor.mmdit import MMDIT_CLASSES
+from executor.mmdit_runner import MMDiTRunner
 from executor.op_runner import ExecutorRunner, OpRunner, PixArtRunner
 from profiles.corunners import start_co_runners
 from profiles.device import attention_backend, device_name, device_slug
@@ -49,7 +51,12 @@ def collect_with(s: Settings, extra: list[Task] | tuple[Task, ...], progress: bo
 
 def make_runner(s: Settings) -> OpRunner:
     """The op timer: the executor's own ops (default, what ``executor.run`` performs) or the
-    diffusers modules alone."""
+    diffusers modules alone (PixArt; MM-DiT models are timed through the executor only)."""
+    if s.model.diffusers_class in MMDIT_CLASSES:
+        if s.runner != "executor":
+            raise UserError(f"--runner block times PixArt modules only; profile "
+                            f"{s.model.name} with --runner executor")
+        return MMDiTRunner(s.model, s.device, s.dtype, s.resolutions, s.seed)
     cls = ExecutorRunner if s.runner == "executor" else PixArtRunner
     return cls(s.model, s.device, s.dtype, s.resolutions, s.seed)
 
@@ -86,7 +93,9 @@ def _collect(s: Settings, progress: bool, extra: list[Task] | tuple[Task, ...] =
         "torch": torch.__version__, "diffusers": diffusers.__version__,
         "python": platform.python_version(),
         "attention_backend": attention_backend(s.device),
-        "attention_processor": "executor.kv_attention.StaleKVAttnProcessor",
+        "attention_processor": "executor.mmdit.JointAttnProcessor"
+        if s.model.diffusers_class in MMDIT_CLASSES
+        else "executor.kv_attention.StaleKVAttnProcessor",
         "runner": s.runner, "co_run": s.co_run, "ops": list(s.ops), "curve": s.curve,
         "threads": torch.get_num_threads() if s.device == "cpu" else None,
         "cpu_count": os.cpu_count(),

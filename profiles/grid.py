@@ -53,16 +53,19 @@ def plan(s: Settings) -> list[Task]:
     m = s.model
     tasks: list[Task] = []
     grid = block_grid(m, s.resolutions, s.patches)
-    kind = m.block_kind(0)
-    for res, q, kv in grid:
-        tasks.append(("block", kind, res, q, kv, m.heads))
+    # Every block kind of the model, each its own variant (Flux: joint and single blocks).
+    kinds = sorted({m.block_kind(i) for i in range(m.num_blocks)})
+    for kind in kinds:
+        for res, q, kv in grid:
+            tasks.append(("block", kind, res, q, kv, m.heads))
     # Full-image blocks (q = kv) along a dense curve over n = q = kv too, for full images at
     # resolutions between the profiled ones.
     full = {kv for _, _, kv in grid}
     extra_n = sorted(set(full_sizes(grid, 2.0 if s.quick else FULL_RATIO)) - full) \
         if s.curve else []
-    for n in extra_n:
-        tasks.append(("block", kind, min(s.resolutions), n, n, m.heads))
+    for kind in kinds:
+        for n in extra_n:
+            tasks.append(("block", kind, min(s.resolutions), n, n, m.heads))
     for res, q, kv in grid:
         tasks.append(("attention", "self", res, q, kv, m.heads))
     for n in extra_n:  # and the attention core of those full images (fresh K,V layout)

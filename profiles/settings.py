@@ -15,7 +15,9 @@ CPU_RESOLUTIONS = (256, 384, 512)
 CUDA_RESOLUTIONS = (1024, 2048, 4096)
 PATCHES = (1, 2, 4, 8, 16, 32)
 QUICK_PATCHES = (1, 2, 4, 8)
-SUPPORTED_CLASSES = ("PixArtTransformer2DModel",)
+# The executor's model classes: PixArt, and the MM-DiT models SD3 and Flux (executor.mmdit).
+SUPPORTED_CLASSES = ("PixArtTransformer2DModel", "SD3Transformer2DModel",
+                     "FluxTransformer2DModel")
 
 
 @dataclass(frozen=True)

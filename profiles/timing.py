@@ -105,11 +105,11 @@ def measure_tasks(runner: OpRunner, s: Settings, tasks: list[Task], bar: Bar | N
         if passes > 1:  # a fresh order each pass: no shape always follows the same one
             random.Random(s.seed * 1000 + p).shuffle(order)
         for i in order:
-            op, _variant, res, q, kv, heads = tasks[i]
+            op, variant, res, q, kv, heads = tasks[i]
             if bar is not None:
                 bar.set_postfix_str(f"{op} q={q} kv={kv}")
             if op == "block":
-                fn = runner.block(res, q, kv)
+                fn = runner.block(res, q, kv, variant)
             elif op == "attention":
                 fn = runner.attention(q, kv, heads)
             else:

@@ -51,6 +51,7 @@ class DiTModel:
     # Flux's single-stream blocks (the blocks after ``double_blocks``).
     host_ops: tuple[int, int] = (0, 0)
     caption_channels: int = 0  # width of the text encoder's output (before caption projection)
+    pooled_dim: int = 0  # MM-DiT: width of the pooled text embedding (SD3 2048, Flux 768)
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     # ---- tokens ---------------------------------------------------------------------------
@@ -198,7 +199,19 @@ _HOST_OPS = {"pixart": (78, 0), "dit": (81, 0), "sd3": (119, 0), "flux": (158, 8
              "hunyuan": (116, 0)}
 _HOST_SRC = "counted by python -m profiles.host_ops (diffusers 0.42.1, torch 2.13)"
 
+# Text widths of the MM-DiT checkpoints' transformer configs: joint_attention_dim 4096 (T5-XXL
+# output) for SD3, SD3.5 and FLUX.1-dev; pooled_projection_dim 2048 (CLIP-L + bigG pooled) for
+# SD3/SD3.5 and 768 (CLIP-L pooled) for Flux.
+_MMDIT_DIMS = "transformer/config.json of the SD3, SD3.5 and FLUX.1-dev checkpoints"
 _SD3_VAE = 83.8e6  # SD3/Flux 16-channel AutoencoderKL, same layout as SD-VAE, 83.8 M parameters
+
+
+# Parameter counts of the MM-DiT test configurations, counted from the diffusers models built
+# from their configs (executor.diffusers_models.diffusers_config).
+SD3_TINY_PARAMS = 589_248
+FLUX_TINY_PARAMS = 489_664
+SD3_SMALL_PARAMS = 41_575_744
+FLUX_SMALL_PARAMS = 31_329_088
 
 
 def _src(**extra: str) -> dict[str, str]:
@@ -240,23 +253,26 @@ MODELS: dict[str, DiTModel] = {
         DiTModel(
             "sd3-medium", "SD3Transformer2DModel", "joint", 24, 1536, 24, 64, 333, 16,
             2.03e9, 28, True, _T5_XXL + 0.8e9, _SD3_VAE, kernels_per_block=_KERNELS["sd3"],
-            host_ops=_HOST_OPS["sd3"],
+            host_ops=_HOST_OPS["sd3"], caption_channels=4096, pooled_dim=2048,
             guidance_scale=_GUIDANCE["sd3"],
-            sources=_src(text_encoder=_T5_SRC + " + CLIP-L/G (~0.8 B, SD3 paper)"),
+            sources=_src(text_encoder=_T5_SRC + " + CLIP-L/G (~0.8 B, SD3 paper)",
+                         caption_channels=_MMDIT_DIMS),
         ),
         DiTModel(
             "sd35-large", "SD3Transformer2DModel", "joint", 38, 2432, 38, 64, 333, 16,
             8.06e9, 28, True, _T5_XXL + 0.8e9, _SD3_VAE, kernels_per_block=_KERNELS["sd3"],
-            host_ops=_HOST_OPS["sd3"],
+            host_ops=_HOST_OPS["sd3"], caption_channels=4096, pooled_dim=2048,
             guidance_scale=_GUIDANCE["sd3"],
-            sources=_src(text_encoder=_T5_SRC + " + CLIP-L/G (~0.8 B, SD3 paper)"),
+            sources=_src(text_encoder=_T5_SRC + " + CLIP-L/G (~0.8 B, SD3 paper)",
+                         caption_channels=_MMDIT_DIMS),
         ),
         DiTModel(
             "flux-dev", "FluxTransformer2DModel", "flux", 57, 3072, 24, 128, 512, 16,
             11.9e9, 28, False, _T5_XXL + 0.12e9, _SD3_VAE, double_blocks=19,
             kernels_per_block=_KERNELS["flux"],
             host_ops=_HOST_OPS["flux"], guidance_scale=_GUIDANCE["flux"],
-            sources=_src(text_encoder=_T5_SRC + " + CLIP-L (0.12 B)",
+            caption_channels=4096, pooled_dim=768,
+            sources=_src(text_encoder=_T5_SRC + " + CLIP-L (0.12 B)", caption_channels=_MMDIT_DIMS,
                          double_blocks=_DESIGN + ": 19 double + 38 single"),
         ),
         DiTModel(
@@ -282,6 +298,36 @@ MODELS: dict[str, DiTModel] = {
             20_332_448, 8, True, 0.0, 0.0, text_dim=384, caption_channels=256,
             kernels_per_block=_KERNELS["pixart"],
             host_ops=_HOST_OPS["pixart"], guidance_scale=_GUIDANCE["pixart"],
+            sources={"all": "test configuration; params counted from the diffusers model"},
+        ),
+        # MM-DiT test configurations (SD3: joint blocks with CFG; Flux: double then single
+        # blocks, guidance embedded), named like the PixArt ones. Parameters counted likewise.
+        DiTModel(
+            "sd3-tiny", "SD3Transformer2DModel", "joint", 4, 64, 2, 32, 8, 16,
+            SD3_TINY_PARAMS, 8, True, 0.0, 0.0, caption_channels=32, pooled_dim=32,
+            kernels_per_block=_KERNELS["sd3"], host_ops=_HOST_OPS["sd3"],
+            guidance_scale=_GUIDANCE["sd3"],
+            sources={"all": "test configuration; params counted from the diffusers model"},
+        ),
+        DiTModel(
+            "flux-tiny", "FluxTransformer2DModel", "flux", 4, 64, 2, 32, 8, 16,
+            FLUX_TINY_PARAMS, 8, False, 0.0, 0.0, double_blocks=2, caption_channels=32,
+            pooled_dim=32, kernels_per_block=_KERNELS["flux"], host_ops=_HOST_OPS["flux"],
+            guidance_scale=_GUIDANCE["flux"],
+            sources={"all": "test configuration; params counted from the diffusers model"},
+        ),
+        DiTModel(
+            "sd3-small", "SD3Transformer2DModel", "joint", 8, 384, 6, 64, 16, 16,
+            SD3_SMALL_PARAMS, 8, True, 0.0, 0.0, caption_channels=256, pooled_dim=256,
+            kernels_per_block=_KERNELS["sd3"], host_ops=_HOST_OPS["sd3"],
+            guidance_scale=_GUIDANCE["sd3"],
+            sources={"all": "test configuration; params counted from the diffusers model"},
+        ),
+        DiTModel(
+            "flux-small", "FluxTransformer2DModel", "flux", 8, 384, 6, 64, 16, 16,
+            FLUX_SMALL_PARAMS, 8, False, 0.0, 0.0, double_blocks=4, caption_channels=256,
+            pooled_dim=256, kernels_per_block=_KERNELS["flux"], host_ops=_HOST_OPS["flux"],
+            guidance_scale=_GUIDANCE["flux"],
             sources={"all": "test configuration; params counted from the diffusers model"},
         ),
     ]

@@ -287,7 +287,7 @@ def test_rejected_config_fails_before_any_process_group_with_sim_message(rank):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--model", "pixart-tiny", "--resolution", "250"], "not a multiple of 16 px"),
-    (["--model", "flux-dev", "--resolution", "256"], "the executor runs"),
+    (["--model", "hunyuan-dit", "--resolution", "256"], "the executor runs"),
     (["--model", "nope"], "unknown model"),
     (["--resolution", "256"], "give --model"),
     (["--model", "pixart-tiny", "--resolution", "256", "--warmup", "9", "--steps", "8"],

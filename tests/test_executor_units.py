@@ -210,10 +210,14 @@ def test_every_pixart_strategy_is_accepted_and_other_ops_refused():
             world *= degrees.get(k, 1)
         sched = build_schedule(wl, ParallelConfig(gpus=world, **degrees))
         assert unsupported_ops(sched) is None, degrees
-    # MM-DiT's text stream between stages is not PixArt's.
+    # MM-DiT's text stream between stages is performed (executor.mmdit); HunyuanDiT's long
+    # skips between stages are not.
     sd3 = Workload(get_model("sd3-medium"), 256, 256, 2, dtype="fp32", text_encoder=False,
                    vae=False)
-    assert "'text'" in unsupported_ops(build_schedule(sd3, ParallelConfig(2, pipefusion=2)))
+    assert unsupported_ops(build_schedule(sd3, ParallelConfig(2, pipefusion=2))) is None
+    hunyuan = Workload(get_model("hunyuan-dit"), 256, 256, 2, dtype="fp32",
+                       text_encoder=False, vae=False)
+    assert "'skip'" in unsupported_ops(build_schedule(hunyuan, ParallelConfig(2, pipefusion=2)))
     # A collective no strategy of the executor performs.
     sched = build_schedule(wl, ParallelConfig(gpus=2, tensor=2))
     odd = Collective("reduce_scatter", (0, 1), 64, Tag("tensor", 0, -1, 0))

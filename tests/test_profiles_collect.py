@@ -77,6 +77,29 @@ def test_quick_collection_on_a_tiny_config(tmp_path: Path) -> None:
     assert set(source_summary(pred.trace)["blocks"]) == {"measured"}
 
 
+def test_quick_collection_of_an_mmdit_model_times_each_block_kind(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    out = tmp_path / "flux.csv"
+    rc = main(["--model", "flux-tiny", "--device", "cpu", "--quick", "--resolutions", "256",
+               "--patches", "1,4", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    prof = ComputeProfile.read(out)
+    assert prof.meta["attention_processor"] == "executor.mmdit.JointAttnProcessor"
+    # Double-stream (joint) and single-stream blocks, each at the full image and a quarter.
+    for kind in ("joint", "single"):
+        assert {(s.q_tokens, s.kv_tokens) for s in prof.select("block", kind)} >= {
+            (256, 256), (64, 256)}
+    assert all(s.batch == 1 for s in prof.samples)  # Flux runs no guidance batch
+    # A Flux prediction takes both kinds of blocks from the profile.
+    wl = Workload(get_model("flux-tiny"), 256, 256, 3, "fp32", text_encoder=False, vae=False)
+    cpu = GPUS["cpu"]
+    pred = evaluate(wl, ParallelConfig(gpus=2, pipefusion=2, patches=4, warmup=1), cpu,
+                    build_topology(cpu, 2, "pcie"), ProfileCost(wl, cpu, out))
+    assert set(source_summary(pred.trace)["blocks"]) == {"measured"}
+    assert pred.latency_s > 0
+
+
 def test_link_collection_under_torchrun(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     out = tmp_path / "links.csv"
@@ -160,7 +183,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["profiles.collect", "--model", "pixart", "--resolutions", "a,b"], "integers"),
     (["profiles.collect", "--model", "pixart", "--repeats", "0"], "--repeats"),
     (["profiles.collect", "--model", "pixart", "--bogus"], "unrecognized"),
-    (["profiles.collect", "--model", "sd3", "--quick"], "supports"),
+    (["profiles.collect", "--model", "hunyuan", "--quick"], "supports"),
     (["profiles.collect", "--model", "pixart", "--threads", "2", "--clock", "cpu"],
      "--threads 1"),
     (["profiles.collect", "--model", "pixart", "--clock", "sundial"], "--clock"),

@@ -68,7 +68,7 @@ def test_slug() -> None:
     assert slug("  AMD EPYC (tm) ") == "amd-epyc-tm"
 
 
-@pytest.mark.parametrize("model", ["pixart-tiny", "pixart-small"])
+@pytest.mark.parametrize("model", ["pixart-tiny", "pixart-small", "sd3-tiny", "flux-tiny"])
 def test_shipped_cpu_profiles(model: str) -> None:
     paths = sorted(DATA.glob(f"cpu-*-t1_{model}_fp32.csv"))
     assert len(paths) == 1, paths

@@ -96,6 +96,26 @@ def test_grid_cases_and_runs_per_launch() -> None:
     assert runs_per_launch(1e-4) == MAX_RUNS
 
 
+def test_mmdit_grid_runs_pipefusion_and_ulysses_predicted_from_shipped_profiles() -> None:
+    from validation.grid import grid_cases
+    from validation.predict import predict_case
+
+    cases = grid_cases("mmdit", 2, only=("flux-tiny",))
+    per_res = [(c.nproc, c.strategy, c.patches, c.warmup) for c in cases[:6]]
+    assert per_res == [(1, "pipefusion", 1, 0), (2, "pipefusion", 1, 1), (2, "pipefusion", 2, 1),
+                       (2, "pipefusion", 4, 1), (2, "pipefusion", 4, 0), (2, "ulysses", 1, 1)]
+    ulysses = cases[5]
+    assert "--ulysses 2" in ulysses.executor_args(Path("out"), "cpu", 0, 1)
+    assert ulysses.slug == "flux-tiny-256-ulysses2-w1" and "ulysses2" in ulysses.name
+    data = Path(__file__).resolve().parents[1] / "profiles" / "data"
+    profile = next(data.glob("cpu-*-t1_flux-tiny_fp32_co1.csv"))
+    pred = predict_case(ulysses, {("flux-tiny", 2): profile}, None, "cpu")
+    ops = {r.op for r in pred.trace.rows}
+    assert "all_to_all" in ops and pred.latency_s > 0
+    # The double- and single-stream blocks both come from the profile.
+    assert pred.cost_sources["blocks"].get("roofline", 0) == 0
+
+
 def test_validate_range_checks() -> None:
     from sim.errors import UserError
     from validation.cli import main

@@ -21,6 +21,9 @@ GRIDS = {
               ((1, 1), (2, 1), (4, 1), (8, 1), (4, 0), (4, 2)), STRATEGIES),
     "full": (("pixart-tiny", "pixart-small"), (256, 384, 512), 8,
              tuple((m, w) for m in (1, 2, 4, 8) for w in (0, 1, 2)), ()),
+    # The MM-DiT test models (issue 12): PipeFusion as above, plus Ulysses at two processes.
+    "mmdit": (("sd3-tiny", "flux-tiny"), (256, 512), 6, ((1, 1), (2, 1), (4, 1), (4, 0)),
+              (("ulysses", 1),)),
 }
 
 
