@@ -68,9 +68,10 @@ def _parse_config(text: str, gpus: int, where: str) -> ParallelConfig:
     return ParallelConfig(gpus, **values)
 
 
-def parse_replicas(text: str, total_gpus: int) -> list[ReplicaGroup]:
+def parse_replicas(text: str, total_gpus: int | None) -> list[ReplicaGroup]:
     """Groups of ``--replicas COUNTxGPUS[:CONFIG],...`` (e.g. ``4x1,1x4`` or
-    ``1x4:pipefusion=4/patches=4/warmup=1,4x1``); their GPUs must add up to ``total_gpus``."""
+    ``1x4:pipefusion=4/patches=4/warmup=1,4x1``); their GPUs must add up to ``total_gpus``
+    (``None``: any total, as for the executor's replicas, which are processes)."""
     groups = []
     for item in text.split(","):
         item = item.strip()
@@ -87,7 +88,7 @@ def parse_replicas(text: str, total_gpus: int) -> list[ReplicaGroup]:
         cfg = _parse_config(conf, gpus, f"--replicas {item}") if colon else None
         groups.append(ReplicaGroup(count, gpus, cfg))
     used = sum(g.count * g.gpus for g in groups)
-    if used != total_gpus:
+    if total_gpus is not None and used != total_gpus:
         raise UserError(f"--replicas {text} uses {used} GPUs but --gpus is {total_gpus}; "
                         f"the replicas must use the whole pool")
     return groups

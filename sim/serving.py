@@ -137,6 +137,38 @@ class _Replica:
         return max(0.0, self.finish_current - self.env.now) + queued
 
 
+def queue_key(queue: str, req: Request, deadline_s: float) -> tuple[float, float, int]:
+    """Where ``req`` sits in a replica's queue (smallest first): FCFS by arrival, EDF by
+    deadline (seconds) then arrival; ties by the request's index. Shared by the simulation
+    and the executor's dispatcher (``executor.serve``)."""
+    return (deadline_s if queue == "edf" else req.arrival_s, req.arrival_s, req.index)
+
+
+def choose_replica(jsq: bool, options: Sequence[tuple[int, float]], held: Sequence[int],
+                   in_service_left_s: Sequence[float], queued_work_s: Sequence[float]
+                   ) -> tuple[int, float]:
+    """The router's choice among ``options`` ((replica, service seconds of the request
+    there)): with ``jsq`` the fewest requests ``held`` (queued or in service), ties to the
+    faster service, then the lower index; otherwise (least work left) the replica where the
+    request would finish first: the rest of the request in service (``in_service_left_s``,
+    negative or zero when idle), the queued work (``queued_work_s``) and its own service,
+    ties to the lower index. Returns (replica, service seconds), (-1, NaN) with no option.
+    Shared by the simulation and the executor's dispatcher (``executor.serve``)."""
+    best_r, best_s = -1, math.nan
+    best_a = best_b = math.inf
+    for r, t in options:
+        if jsq:
+            a, b = held[r], t
+            if a < best_a or (a == best_a and b < best_b):
+                best_r, best_s, best_a, best_b = r, t, a, b
+        else:
+            left = in_service_left_s[r]
+            a = (left if left > 0.0 else 0.0) + queued_work_s[r] + t
+            if a < best_a:
+                best_r, best_s, best_a = r, t, a
+    return best_r, best_s
+
+
 def simulate_pool(requests: list[Request], replica_gpus: list[int],
                   service: Callable[[int, Request], float] | Sequence[Sequence[float]],
                   slo: Callable[[Request], float], policy: Policy,
@@ -196,24 +228,12 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
     jsq = policy.router == "jsq"
 
     def route(req: Request) -> tuple[int, float]:
-        """The chosen replica and the request's service time there (-1 when none can).
-        The key is compared by hand (it runs for every replica of every request): jsq by
-        (requests held, service, index), the others by (finish if sent there, index)."""
+        """The chosen replica and the request's service time there (-1 when none can)."""
         now = env.now
-        best_r, best_s = -1, math.nan
-        best_a = best_b = math.inf
-        for r, t in options(req):
-            rep = reps[r]
-            if jsq:
-                a, b = len(rep.heap) + rep.busy, t
-                if a < best_a or (a == best_a and b < best_b):
-                    best_r, best_s, best_a, best_b = r, t, a, b
-            else:
-                left = rep.finish_current - now
-                a = (left if left > 0.0 else 0.0) + rep.queued_work + t
-                if a < best_a:
-                    best_r, best_s, best_a = r, t, a
-        return best_r, best_s
+        return choose_replica(jsq, options(req),
+                              [len(rep.heap) + rep.busy for rep in reps],
+                              [rep.finish_current - now + 0.0 for rep in reps],
+                              [rep.queued_work for rep in reps])
 
     def arrivals():
         for req in requests:
@@ -232,8 +252,8 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
                 continue
             account()
             rep = reps[r]
-            first = deadline if policy.queue == "edf" else req.arrival_s
-            heapq.heappush(rep.heap, (first, req.arrival_s, req.index, req, s, deadline))
+            heapq.heappush(rep.heap, (*queue_key(policy.queue, req, deadline), req, s,
+                                      deadline))
             rep.queued_work += s
             state["queued"] += 1
             if rep.wake is not None and not rep.wake.triggered:

@@ -1,0 +1,422 @@
+"""``python -m executor.serve``: replay an arrival trace against real executor replicas on this
+host and record when each request arrived, started and finished, to check ``sim.serve``.
+
+Example (two one-process replicas of pixart-tiny on CPU)::
+
+    python -m executor.serve --model pixart-tiny --replay trace.csv --replicas 2x1 \\
+        --router lwl --slo 2.5 --trace measured.csv --json
+
+The trace is ``sim.serve --replay``'s CSV (``arrival_s, model, width, height, steps[,
+slo_s]``). Each replica is a group of processes (``executor.serve_worker``) that load their
+stage of the transformer once and then run one request at a time with the executor's own
+request machinery (``executor.request.plan_run``, ``executor.runtime.LoadedRank``); a replica
+of several processes runs the configuration given as in ``sim.serve --replicas``
+(``1x2:pipefusion=2/patches=2/warmup=1``; gloo on CPU). This process is the dispatcher: it
+releases each request at its arrival time, routes it with ``sim.serving.choose_replica`` and
+orders each replica's queue with ``sim.serving.queue_key`` (the simulation's own router and
+discipline), and hands a replica its next request as soon as every one of its processes has
+reported the last one done. The router's service time of a class on a replica is the one
+measured on that replica after its warm-up runs (where the simulation uses its predicted
+latencies).
+
+Times are seconds from the dispatcher's origin, just before the first arrival, on the host's
+monotonic clock (shared by every process on Linux): a request starts when its replica's first
+process begins it and finishes when its last process ends it. The metrics are
+``sim.serve_metrics``'s, the timeline CSV is ``sim.serve --trace``'s.
+
+Exit status: 0, 2 on bad input (one ``error:`` line, checked before any process starts), 1
+when a replica's process fails or hangs past ``--timeout`` (a line naming it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import multiprocessing as mp
+import os
+import queue
+import socket
+import statistics
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+
+from sim.arrivals import Request, RequestClass, class_names, read_trace, scaled
+from sim.cli import at_least, parser, positive, run_main
+from sim.config import ParallelConfig
+from sim.errors import UserError
+from sim.outputs import check_outputs, write_outputs
+from sim.replicas import ReplicaGroup, parse_replicas
+from sim.serve import parse_slo
+from sim.serve_metrics import idle_while_queued_gpu_s, summarize
+from sim.serve_text import write_timeline
+from sim.serving import Served, ServeRun, choose_replica, queue_key
+
+ROUTERS = ("lwl", "jsq")
+# Seconds between the last warm-up run and the origin: the workers are waiting by then.
+LEAD_S = 0.2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``executor.serve``."""
+    p = parser("python -m executor.serve",
+               "Replay an arrival trace against real executor replicas on this host and record "
+               "each request's arrival, start and finish (the measurement sim.serve predicts).")
+    p.add_argument("--model", required=True,
+                   help="registry PixArt model every row of the trace names (pixart-tiny, ...)")
+    p.add_argument("--replay", required=True, metavar="CSV",
+                   help="the trace: rows arrival_s,model,width,height,steps[,slo_s]")
+    p.add_argument("--replicas", default="1x1", metavar="COUNTxPROCESSES[:CONFIG],...",
+                   help="replicas as in sim.serve --replicas, in processes: 2x1, or "
+                        "1x2:pipefusion=2/patches=2/warmup=1 (a replica of several processes "
+                        "needs its configuration)")
+    p.add_argument("--router", default="lwl", choices=ROUTERS,
+                   help="lwl (least work left) or jsq (join the shortest queue), as sim.serve")
+    p.add_argument("--queue", default="fcfs", choices=("fcfs", "edf"),
+                   help="queue discipline of each replica")
+    p.add_argument("--slo", default=None,
+                   help="SLO in seconds for rows without slo_s: one value, or CLASS:SECONDS,... "
+                        "with an optional bare default first")
+    p.add_argument("--rate", type=float, default=None,
+                   help="time-scale the trace to this many requests per second")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the weights, noise and prompt embeddings (every request)")
+    p.add_argument("--warmup-runs", type=int, default=1,
+                   help="untimed runs of each class on each replica before the replay (a "
+                        "process's first run pays one-off costs)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds to wait for a replica before failing the replay")
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="write the measured request timeline as CSV (sim.serve --trace's "
+                        "columns)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    return p
+
+
+def replica_config(group: ReplicaGroup) -> ParallelConfig:
+    """The configuration of a group's replicas: the one given, serial for one process."""
+    if group.config is not None:
+        return group.config
+    if group.gpus == 1:
+        return ParallelConfig(1)
+    raise UserError(f"--replicas {group.label()}: give the configuration of a {group.gpus}-"
+                    f"process replica, e.g. 1x2:pipefusion=2/patches=2/warmup=1")
+
+
+def run_argv(model: str, cls: RequestClass, cfg: ParallelConfig, seed: int,
+             timeout: float) -> list[str]:
+    """``executor.run``'s flags for one request of class ``cls`` on a replica running
+    ``cfg``: one torch thread per process, as torchrun gives the executor."""
+    argv = ["--model", model, "--resolution", f"{cls.width}x{cls.height}",
+            "--steps", str(cls.steps), "--seed", str(seed), "--threads", "1",
+            "--timeout", repr(timeout), "--device", "cpu",
+            # A warmup above a class's steps cannot apply to it (as sim.serve's table).
+            "--warmup", str(min(cfg.warmup, cls.steps)),
+            "--pipefusion", str(cfg.pipefusion), "--cfg", str(cfg.cfg), "--ulysses", str(cfg.ulysses), "--ring", str(cfg.ring),
+            "--tensor", str(cfg.tensor), "--distrifusion", str(cfg.distrifusion)]
+    if cfg.stage_blocks:
+        argv += ["--stage-blocks", ",".join(map(str, cfg.stage_blocks))]
+    if cfg.gpus > 1:  # executor.run refuses patches on one process
+        argv += ["--patches", str(cfg.patches)]
+    return argv
+
+
+def request_slos(stream: list[Request], names: list[str], text: str | None) -> list[float]:
+    """Each request's SLO in seconds: its own (``slo_s`` in the trace), else its class's from
+    ``--slo`` (seconds only: a ``Kx`` SLO needs the simulator's reference latency)."""
+    per_class: list[float | None] = [None] * len(names)
+    if text is not None:
+        for c, v in enumerate(parse_slo(text, names)):
+            if v.endswith("x"):
+                raise UserError(f"--slo {v}: executor.serve takes SLOs in seconds (a Kx SLO "
+                                f"multiplies a simulated latency; use sim.serve's number)")
+            per_class[c] = float(v.rstrip("s"))
+    out = []
+    for r in stream:
+        slo = r.slo_s if r.slo_s is not None else per_class[r.cls]
+        if slo is None:
+            raise UserError(f"request {r.index} (class {names[r.cls]}) has no SLO: give --slo "
+                            f"SECONDS or an slo_s column in the trace")
+        out.append(slo)
+    return out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now (a replica's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Replica:
+    """The dispatcher's view of one replica: its processes' inboxes, its queue (heap of
+    ``queue_key`` + request), the estimated work it holds, and the request in service."""
+
+    processes: int
+    inboxes: list[Queue]
+    heap: list = field(default_factory=list)
+    queued_work_s: float = 0.0
+    busy: bool = False
+    est_finish_s: float = -math.inf  # dispatch time + estimated service of the current one
+    current: int = -1  # request id in service
+    reports: list[tuple[float, float]] = field(default_factory=list)  # (start, finish) by rank
+
+    def send(self, request_id: int, cls: int) -> None:
+        for q in self.inboxes:
+            q.put((request_id, cls))
+        self.busy = True
+        self.current = request_id
+        self.reports = []
+
+
+class ReplicaFailed(Exception):
+    """A replica's process reported an error, died, or went silent past the timeout."""
+
+
+class Pool:
+    """The replica processes and the one queue they report on."""
+
+    def __init__(self, configs: list[ParallelConfig], argvs: list[list[list[str]]],
+                 timeout: float) -> None:
+        ctx = mp.get_context("spawn")
+        self.timeout = timeout
+        self.outbox: Queue = ctx.Queue()
+        self.procs: list[tuple[int, int, mp.process.BaseProcess]] = []
+        self.replicas: list[Replica] = []
+        # One torch thread per process, set before the children import torch.
+        os.environ["OMP_NUM_THREADS"] = "1"
+        from executor.serve_worker import serve_rank
+
+        for r, cfg in enumerate(configs):
+            port = free_port() if cfg.gpus > 1 else 0
+            inboxes = []
+            for rank in range(cfg.gpus):
+                inbox = ctx.Queue()
+                proc = ctx.Process(target=serve_rank, daemon=True,
+                                   args=(r, rank, cfg.gpus, port, argvs[r], inbox, self.outbox))
+                proc.start()
+                self.procs.append((r, rank, proc))
+                inboxes.append(inbox)
+            self.replicas.append(Replica(cfg.gpus, inboxes))
+
+    def receive(self, wait_s: float | None) -> tuple | None:
+        """The next report, waiting at most ``wait_s`` seconds (``None``: up to the timeout,
+        then ``ReplicaFailed``); ``None`` when ``wait_s`` passed quietly. A report of an error
+        or a process that died raises ``ReplicaFailed``."""
+        limit = self.timeout if wait_s is None else wait_s
+        end = time.monotonic() + limit
+        while True:
+            left = end - time.monotonic()
+            try:
+                msg = self.outbox.get(timeout=max(0.0, min(left, 1.0)))
+            except queue.Empty:
+                for r, rank, proc in self.procs:
+                    if proc.exitcode is not None:
+                        raise ReplicaFailed(f"replica {r} rank {rank}: the process exited "
+                                            f"(status {proc.exitcode})") from None
+                if time.monotonic() >= end:
+                    if wait_s is None:
+                        raise ReplicaFailed(f"no replica reported for {self.timeout:g} s "
+                                            f"(--timeout)") from None
+                    return None
+                continue
+            if msg[0] == "error":
+                raise ReplicaFailed(f"replica {msg[1]} rank {msg[2]}: {msg[3]}")
+            return msg
+
+    def close(self) -> None:
+        """Stop every process (asked first, then terminated)."""
+        for rep in self.replicas:
+            for q in rep.inboxes:
+                q.put(None)
+        for _, _, proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+
+
+def _complete(rep: Replica, msg: tuple) -> tuple[int, float, float] | None:
+    """Record a ``done`` report; once every process of the replica has reported, the request
+    id, its start (first process) and finish (last process), monotonic seconds."""
+    _, _, _, request_id, start, finish, _ = msg
+    if request_id != rep.current:
+        raise ReplicaFailed(f"replica reported request {request_id} while serving "
+                            f"{rep.current}")
+    rep.reports.append((start, finish))
+    if len(rep.reports) < rep.processes:
+        return None
+    rep.busy = False
+    return (request_id, min(s for s, _ in rep.reports), max(f for _, f in rep.reports))
+
+
+def warm_up(pool: Pool, classes: int, runs: int) -> list[list[float]]:
+    """``runs`` untimed runs and one timed run of each class on every replica, the replicas in
+    parallel; returns the timed run's seconds per replica and class (the router's service
+    times)."""
+    service = [[math.nan] * classes for _ in pool.replicas]
+    for c in range(classes):
+        for i in range(runs + 1):
+            for rep in pool.replicas:
+                rep.send(-1 - c, c)
+            waiting = len(pool.replicas)
+            while waiting:
+                msg = pool.receive(None)
+                r = msg[1]
+                done = _complete(pool.replicas[r], msg)
+                if done is not None:
+                    waiting -= 1
+                    if i == runs:
+                        service[r][c] = done[2] - done[1]
+    return service
+
+
+def replay(pool: Pool, stream: list[Request], slos: list[float], service: list[list[float]],
+           router: str, discipline: str) -> tuple[list[Served], list[float], float]:
+    """Serve ``stream`` (sorted by arrival; ``slos`` per request, seconds) on the pool;
+    returns each request's outcome (by index), each replica's busy seconds and the origin
+    (monotonic seconds)."""
+    reps = pool.replicas
+    jsq = router == "jsq"
+    options = [[(r, service[r][c]) for r in range(len(reps))] for c in range(len(service[0]))]
+    by_index = {req.index: req for req in stream}
+    pending = deque(stream)
+    served: dict[int, Served] = {}
+    busy = [0.0] * len(reps)
+    origin = time.monotonic() + LEAD_S
+    lags = []
+
+    def now() -> float:
+        return time.monotonic() - origin
+
+    while len(served) < len(stream):
+        t = now()
+        while pending and pending[0].arrival_s <= t:
+            req = pending.popleft()
+            lags.append(t - req.arrival_s)
+            r, s = choose_replica(jsq, options[req.cls],
+                                  [len(rep.heap) + rep.busy for rep in reps],
+                                  [rep.est_finish_s - t for rep in reps],
+                                  [rep.queued_work_s for rep in reps])
+            deadline = req.arrival_s + slos[req.index]
+            heapq.heappush(reps[r].heap, (*queue_key(discipline, req, deadline), s))
+            reps[r].queued_work_s += s
+        for rep in reps:
+            if not rep.busy and rep.heap:
+                *_, index, s = heapq.heappop(rep.heap)
+                rep.queued_work_s -= s
+                rep.est_finish_s = now() + s
+                rep.send(index, by_index[index].cls)
+        wait = max(0.0, pending[0].arrival_s - now()) if pending else None
+        if wait is None and not any(rep.busy for rep in reps):
+            raise ReplicaFailed("requests are left but no replica is serving")
+        msg = pool.receive(wait)
+        if msg is None or msg[0] != "done":
+            continue
+        r = msg[1]
+        done = _complete(reps[r], msg)
+        if done is None:
+            continue
+        index, start, finish = done
+        req = by_index[index]
+        start, finish = start - origin, finish - origin
+        busy[r] += finish - start
+        served[index] = Served(req, r, start, finish, req.arrival_s + slos[index],
+                               finish - start)
+    return [served[req.index] for req in sorted(stream, key=lambda q: q.index)], busy, \
+        max(lags, default=0.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    t0 = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    check_outputs([("--trace", args.trace)])
+    at_least(args.warmup_runs, 0, "--warmup-runs")
+    positive(args.timeout, "--timeout")
+    classes, stream = read_trace(args.replay, args.model)
+    names = class_names(classes)
+    if args.rate is not None:
+        positive(args.rate, "--rate")
+        span = stream[-1].arrival_s - stream[0].arrival_s
+        if span <= 0:
+            raise UserError("--rate needs a trace whose arrivals span some time")
+        stream = scaled(stream, len(stream) / span / args.rate)
+    slos = request_slos(stream, names, args.slo)
+    groups = parse_replicas(args.replicas, None)
+    configs = [replica_config(g) for g in groups for _ in range(g.count)]
+    argvs = [[run_argv(args.model, cl, cfg, args.seed, args.timeout) for cl in classes]
+             for cfg in configs]
+    # Every (replica configuration, class) is checked here, before any process starts.
+    from executor.request import plan_run
+    from executor.run import build_parser as run_parser
+
+    checked: set[tuple] = set()
+    for cfg, per_class in zip(configs, argvs):
+        for name, a in zip(names, per_class):
+            if (cfg, name) not in checked:
+                checked.add((cfg, name))
+                try:
+                    plan_run(run_parser().parse_args(a), cfg.gpus)
+                except UserError as e:
+                    raise UserError(f"class {name} on a replica of {cfg.label()}: {e}") \
+                        from None
+
+    pool = Pool(configs, argvs, args.timeout)
+    try:
+        loads = {}
+        while len(loads) < len(pool.procs):
+            msg = pool.receive(None)
+            loads[(msg[1], msg[2])] = msg[3]
+        service = warm_up(pool, len(classes), args.warmup_runs)
+        t_replay = time.perf_counter()
+        served, busy, max_lag = replay(pool, stream, slos, service, args.router, args.queue)
+        replay_s = time.perf_counter() - t_replay
+    except ReplicaFailed as e:
+        pool.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    pool.close()
+
+    gpus = [cfg.gpus for cfg in configs]
+    run = ServeRun(served, gpus, busy, idle_while_queued_gpu_s(served, gpus))
+    summary = summarize(run, names)
+    write_outputs([("--trace", args.trace, lambda p: write_timeline(run, names, p))])
+    result = {
+        "model": args.model, "replay": args.replay, "requests": len(stream),
+        "router": args.router, "queue": args.queue, "rate_rps": args.rate,
+        "replicas": [{"processes": cfg.gpus, "config": cfg.label()} for cfg in configs],
+        "classes": [{"name": n, "width": c.width, "height": c.height, "steps": c.steps}
+                    for n, c in zip(names, classes)],
+        "load_s": max(loads.values()),
+        "warm_service_s": [{n: service[r][c] for c, n in enumerate(names)}
+                           for r in range(len(configs))],
+        "service_s": {n: _median([s.service_s for s in served if s.request.cls == c])
+                      for c, n in enumerate(names)},
+        "max_dispatch_lag_s": max_lag,
+        "replay_s": replay_s, "wall_s": time.perf_counter() - t0,
+        "summary": summary.as_dict(),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    o = summary.overall
+    lat = o["latency_s"]
+    print(f"{len(stream)} requests on {len(configs)} replica(s) "
+          f"({', '.join(cfg.label() for cfg in configs)}), router {args.router}, "
+          f"queue {args.queue}: {o['attainment']:.1%} within SLO, latency P50 "
+          f"{lat['p50']:.3f} s, P90 {lat['p90']:.3f} s, P99 {lat['p99']:.3f} s; GPU busy "
+          f"{summary.busy_fraction:.0%}; replay {replay_s:.1f} s")
+    return 0
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+if __name__ == "__main__":
+    run_main(main)
