@@ -116,8 +116,9 @@ def run_argv(model: str, cls: RequestClass, cfg: ParallelConfig, seed: int,
             "--timeout", repr(timeout), "--device", "cpu",
             # A warmup above a class's steps cannot apply to it (as sim.serve's table).
             "--warmup", str(min(cfg.warmup, cls.steps)),
-            "--pipefusion", str(cfg.pipefusion), "--cfg", str(cfg.cfg), "--ulysses", str(cfg.ulysses), "--ring", str(cfg.ring),
-            "--tensor", str(cfg.tensor), "--distrifusion", str(cfg.distrifusion)]
+            "--pipefusion", str(cfg.pipefusion), "--cfg", str(cfg.cfg),
+            "--ulysses", str(cfg.ulysses), "--ring", str(cfg.ring), "--tensor",
+            str(cfg.tensor), "--distrifusion", str(cfg.distrifusion)]
     if cfg.stage_blocks:
         argv += ["--stage-blocks", ",".join(map(str, cfg.stage_blocks))]
     if cfg.gpus > 1:  # executor.run refuses patches on one process
@@ -164,7 +165,8 @@ class Replica:
     busy: bool = False
     est_finish_s: float = -math.inf  # dispatch time + estimated service of the current one
     current: int = -1  # request id in service
-    reports: list[tuple[float, float]] = field(default_factory=list)  # (start, finish) by rank
+    # (start, finish, CPU seconds) of the request in service, one per process reported
+    reports: list[tuple[float, float, float]] = field(default_factory=list)
 
     def send(self, request_id: int, cls: int) -> None:
         for q in self.inboxes:
@@ -241,18 +243,20 @@ class Pool:
                 proc.join(timeout=5)
 
 
-def _complete(rep: Replica, msg: tuple) -> tuple[int, float, float] | None:
+def _complete(rep: Replica, msg: tuple) -> tuple[int, float, float, float] | None:
     """Record a ``done`` report; once every process of the replica has reported, the request
-    id, its start (first process) and finish (last process), monotonic seconds."""
-    _, _, _, request_id, start, finish, _ = msg
+    id, its start (first process) and finish (last process), monotonic seconds, and the CPU
+    seconds of its busiest process."""
+    _, _, _, request_id, start, finish, cpu = msg
     if request_id != rep.current:
         raise ReplicaFailed(f"replica reported request {request_id} while serving "
                             f"{rep.current}")
-    rep.reports.append((start, finish))
+    rep.reports.append((start, finish, cpu))
     if len(rep.reports) < rep.processes:
         return None
     rep.busy = False
-    return (request_id, min(s for s, _ in rep.reports), max(f for _, f in rep.reports))
+    return (request_id, min(r[0] for r in rep.reports), max(r[1] for r in rep.reports),
+            max(r[2] for r in rep.reports))
 
 
 def warm_up(pool: Pool, classes: int, runs: int) -> list[list[float]]:
@@ -277,16 +281,19 @@ def warm_up(pool: Pool, classes: int, runs: int) -> list[list[float]]:
 
 
 def replay(pool: Pool, stream: list[Request], slos: list[float], service: list[list[float]],
-           router: str, discipline: str) -> tuple[list[Served], list[float], float]:
+           router: str, discipline: str
+           ) -> tuple[list[Served], list[float], dict[int, float], float]:
     """Serve ``stream`` (sorted by arrival; ``slos`` per request, seconds) on the pool;
-    returns each request's outcome (by index), each replica's busy seconds and the origin
-    (monotonic seconds)."""
+    returns each request's outcome (by index), each replica's busy seconds, each request's
+    CPU seconds (busiest process) and the largest delay between an arrival and the
+    dispatcher seeing it (seconds)."""
     reps = pool.replicas
     jsq = router == "jsq"
     options = [[(r, service[r][c]) for r in range(len(reps))] for c in range(len(service[0]))]
     by_index = {req.index: req for req in stream}
     pending = deque(stream)
     served: dict[int, Served] = {}
+    cpu: dict[int, float] = {}
     busy = [0.0] * len(reps)
     origin = time.monotonic() + LEAD_S
     lags = []
@@ -322,13 +329,13 @@ def replay(pool: Pool, stream: list[Request], slos: list[float], service: list[l
         done = _complete(reps[r], msg)
         if done is None:
             continue
-        index, start, finish = done
+        index, start, finish, cpu[index] = done
         req = by_index[index]
         start, finish = start - origin, finish - origin
         busy[r] += finish - start
         served[index] = Served(req, r, start, finish, req.arrival_s + slos[index],
                                finish - start)
-    return [served[req.index] for req in sorted(stream, key=lambda q: q.index)], busy, \
+    return [served[req.index] for req in sorted(stream, key=lambda q: q.index)], busy, cpu, \
         max(lags, default=0.0)
 
 
@@ -374,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             loads[(msg[1], msg[2])] = msg[3]
         service = warm_up(pool, len(classes), args.warmup_runs)
         t_replay = time.perf_counter()
-        served, busy, max_lag = replay(pool, stream, slos, service, args.router, args.queue)
+        served, busy, cpu, max_lag = replay(pool, stream, slos, service, args.router, args.queue)
         replay_s = time.perf_counter() - t_replay
     except ReplicaFailed as e:
         pool.close()
@@ -397,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
                            for r in range(len(configs))],
         "service_s": {n: _median([s.service_s for s in served if s.request.cls == c])
                       for c, n in enumerate(names)},
+        # CPU seconds of a request's busiest process: what the profiles (thread CPU time)
+        # predict, whatever else shares the cores.
+        "service_cpu_s": {n: _median([cpu[s.request.index] for s in served
+                                      if s.request.cls == c]) for c, n in enumerate(names)},
         "max_dispatch_lag_s": max_lag,
         "replay_s": replay_s, "wall_s": time.perf_counter() - t0,
         "summary": summary.as_dict(),
