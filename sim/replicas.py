@@ -197,12 +197,18 @@ class ServiceTable:
                 options = [ParallelConfig(1)]
             else:
                 options = []
-                for wl in self.workloads:
+                for c, wl in enumerate(self.workloads):
                     warmups = sorted({min(w, wl.steps) for w in self.warmups})
+                    # Only the best KEEP_PER_CLASS are read: no family rows to simulate.
                     res = search(wl, self.cluster.gpu, self.cluster.topology(k), warmups,
-                                 self.scale, top=KEEP_PER_CLASS, per_family=1, only=k,
+                                 self.scale, top=KEEP_PER_CLASS, per_family=0, only=k,
                                  spec=self.spec)
                     self.simulated += len(res.ranked)
+                    # The search simulated these for its class with this table's cost model
+                    # (same call as ``latency``): the mix's mean latency reuses them.
+                    for p in res.ranked:
+                        self._latency.setdefault((p.config, c),
+                                                 math.inf if p.oom else p.latency_s)
                     kept = [p.config for p in res.ranked if p.config.gpus == k and not p.oom]
                     for cfg in kept[:KEEP_PER_CLASS]:
                         if cfg not in options:
