@@ -308,8 +308,8 @@ def replay(pool: Pool, stream: list[Request], slos: list[float], service: list[l
             lags.append(t - req.arrival_s)
             r, s = choose_replica(jsq, options[req.cls],
                                   [len(rep.heap) + rep.busy for rep in reps],
-                                  [rep.est_finish_s - t for rep in reps],
-                                  [rep.queued_work_s for rep in reps])
+                                  [rep.est_finish_s for rep in reps],
+                                  [rep.queued_work_s for rep in reps], t)
             deadline = req.arrival_s + slos[req.index]
             heapq.heappush(reps[r].heap, (*queue_key(discipline, req, deadline), s))
             reps[r].queued_work_s += s

@@ -21,7 +21,7 @@ from sim.config import ParallelConfig, Workload, validate
 from sim.cost import CostSpec
 from sim.cost.link_profile import apply_link_profile
 from sim.errors import UserError
-from sim.evaluate import evaluate
+from sim.evaluate import evaluate, latency_lower_bound
 from sim.hardware import GPU
 from sim.models import DiTModel
 from sim.search import search
@@ -213,10 +213,37 @@ class ServiceTable:
                     for cfg in kept[:KEEP_PER_CLASS]:
                         if cfg not in options:
                             options.append(cfg)
-            scored = [(self.mean_latency(cfg), i, cfg) for i, cfg in enumerate(options)]
-            scored = [s for s in scored if math.isfinite(s[0])]
-            self._best[k] = min(scored)[2] if scored else None
+            # The options in order of a lower bound on their mean latency: once the bound
+            # passes the best mean found, no later option can win (ties go to the earlier
+            # option, as min over (mean, index) would), so it is never simulated.
+            bounds = sorted((sum(cl.weight * self._lower_bound(cfg, c)
+                                 for c, cl in enumerate(self.classes)), i, cfg)
+                            for i, cfg in enumerate(options))
+            best: tuple[float, int, ParallelConfig] | None = None
+            for lb, i, cfg in bounds:
+                if best is not None and (lb, i) > best[:2]:
+                    break
+                mean = self.mean_latency(cfg)
+                if math.isfinite(mean) and (best is None or (mean, i) < best[:2]):
+                    best = (mean, i, cfg)
+            self._best[k] = best[2] if best else None
         return self._best[k]
+
+    def _lower_bound(self, cfg: ParallelConfig, c: int) -> float:
+        """A latency of class ``c`` on ``cfg`` that its simulation cannot beat, seconds: the
+        simulated one when cached, else ``sim.evaluate.latency_lower_bound`` (``inf`` when the
+        configuration does not apply to the class)."""
+        if (cfg, c) in self._latency:
+            return self._latency[(cfg, c)]
+        wl = self.workloads[c]
+        run = self._warmup_for(cfg, c)
+        try:
+            validate(wl, run)
+        except UserError:
+            return math.inf
+        lb, _ = latency_lower_bound(wl, run, self.cluster.gpu, self.cluster.topology(cfg.gpus),
+                                    self._costs[c], self.scale, self.spec)
+        return lb
 
     def reference(self, c: int) -> tuple[float, int]:
         """The latency a ``Kx`` SLO multiplies for class ``c``, seconds, and the replica width
