@@ -1,11 +1,11 @@
 """``python -m reports.serve``: the serving planner with an HTML report.
 
-Takes every ``sim.serve`` flag plus ``--report FILE``, prints what ``sim.serve`` prints, and
-writes the report: the ranked splits; SLO attainment against arrival rate for the first rows
-(each run again on the same seeded stream at rates around the capacities); the latency CDF
-per class, the replicas' timeline (its first requests) and, with ``--price``, the Pareto front
-of cost per good image against P99 latency, all at ``--rate`` (or, without it, at 90 % of the
-first row's capacity, as the report says).
+Takes every ``sim.serve`` flag plus ``--report FILE``, prints what ``sim.serve`` prints (its
+JSON with ``--json``), and writes the report: the ranked splits; SLO attainment against
+arrival rate for the first rows (each run again on the same seeded stream at rates around the
+capacities); the latency CDF per class, the replicas' timeline (its first requests) and, with
+``--price``, the Pareto front of cost per good image against P99 latency, all at ``--rate``
+(or, without it, at 90 % of the first row's capacity, as the report says).
 
 Example::
 
@@ -20,7 +20,7 @@ import math
 import sys
 
 from sim import serve
-from sim.cli import run_main
+from sim.cli import print_json, run_main
 from sim.errors import UserError
 from sim.outputs import check_outputs, write_outputs
 from sim.serve_metrics import summarize
@@ -49,9 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         from reports.serve_report import Bar, Curve, Point, write_serve_report
     except ImportError:
         raise UserError("reports need plotly: pip install 'ditsim[reports]'") from None
-    if args.json:
-        raise UserError("--json prints the plan for scripts; the report is for people: use "
-                        "python -m sim.serve --json, or drop --json")
     check_outputs([("--report", args.report), ("--trace", args.trace)])
     plan = serve.plan_pool(args)
     model, names, ranked = plan.model, plan.names, plan.ranked
@@ -142,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             slo_s, f"{split_config_text(first.split)}, {where}", points, "--price's currency",
             at if at is not None else (model.trace_rate or 0.0), bars, labels,
             f"{split_config_text(first.split)}, {where}: the first {len(shown)} requests"))])
-    serve.print_plan(plan)
+    if args.json:
+        print_json(plan.result)
+    else:
+        serve.print_plan(plan)
     print(f"wrote report {args.report}", file=sys.stderr)
     return 0
 
