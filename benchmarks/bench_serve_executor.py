@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -122,6 +123,7 @@ def main() -> int:
                     help="profiles to reuse or collect into (default: OUT/profiles)")
     a = ap.parse_args()
     t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     compute, link = profiles(Path(a.profile_dir) if a.profile_dir else out / "profiles", a.case)
@@ -186,6 +188,7 @@ def main() -> int:
         "rows": rows, "attainment": {"simulated": s["attainment"],
                                      "measured": m["attainment"], "points": pts},
         "measured": measured, "simulated": sim_row,
+        "load_average": [load_before, os.getloadavg()[0]],
         "wall_s": time.perf_counter() - t0}, indent=1))
     return 0
 
