@@ -181,7 +181,9 @@ def main() -> int:
     print(f"\nprofiles {t_prof:.0f} s, executor.serve {t_exec:.0f} s (model load "
           f"{measured['load_s']:.0f} s, replay {measured['replay_s']:.0f} s, largest dispatch "
           f"lag {1000 * measured['max_dispatch_lag_s']:.0f} ms), whole "
-          f"{time.perf_counter() - t0:.0f} s; files in {out}/")
+          f"{time.perf_counter() - t0:.0f} s; load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after (a quiet run keeps it near the 2-3 processes of the "
+          f"check itself); files in {out}/")
     (out / "comparison.json").write_text(json.dumps({
         "case": a.case, "rate_rps": rate, "utilisation_predicted": a.utilisation,
         "slo_s": dict(zip(names, slo)), "predicted_isolated_s": dict(zip(names, lat)),
