@@ -174,7 +174,8 @@ def main() -> int:
           f"  {'ok' if abs(pts) <= TARGET_POINTS else 'MISSED'} (5 points)")
     print(f"{'GPU busy':<22}{s['busy']:>10.1%}{m['busy']:>10.1%}")
     for n in names:
-        for key, what in (("service_s", "wall"), ("service_cpu_s", "CPU")):
+        for key, what in (("service_s", "wall"), ("service_loop_s", "loop"),
+                          ("service_cpu_s", "CPU")):
             ms = measured[key][n]
             print(f"{f'service {n} s ({what})':<22}{pred_service[n]:>10.3f}{ms:>10.3f}"
                   f"{(pred_service[n] - ms) / ms:>+9.1%}")

@@ -46,7 +46,7 @@ class Replica:
     est_finish_s: float = -math.inf  # dispatch time + estimated service of the current one
     current: int = -1  # request id in service
     # (start, finish, CPU seconds) of the request in service, one per process reported
-    reports: list[tuple[float, float, float]] = field(default_factory=list)
+    reports: list[tuple[float, float, float, float]] = field(default_factory=list)
 
     def send(self, request_id: int, cls: int) -> None:
         for q in self.inboxes:
@@ -123,20 +123,21 @@ class Pool:
                 proc.join(timeout=5)
 
 
-def _complete(rep: Replica, msg: tuple) -> tuple[int, float, float, float] | None:
+def _complete(rep: Replica, msg: tuple
+              ) -> tuple[int, float, float, tuple[float, float]] | None:
     """Record a ``done`` report; once every process of the replica has reported, the request
     id, its start (first process) and finish (last process), monotonic seconds, and the CPU
-    seconds of its busiest process."""
-    _, _, _, request_id, start, finish, cpu = msg
+    seconds of its busiest process with its longest loop (seconds)."""
+    _, _, _, request_id, start, finish, cpu, loop = msg
     if request_id != rep.current:
         raise ReplicaFailed(f"replica reported request {request_id} while serving "
                             f"{rep.current}")
-    rep.reports.append((start, finish, cpu))
+    rep.reports.append((start, finish, cpu, loop))
     if len(rep.reports) < rep.processes:
         return None
     rep.busy = False
     return (request_id, min(r[0] for r in rep.reports), max(r[1] for r in rep.reports),
-            max(r[2] for r in rep.reports))
+            (max(r[2] for r in rep.reports), max(r[3] for r in rep.reports)))
 
 
 def warm_up(pool: Pool, classes: int, runs: int) -> list[list[float]]:
@@ -162,18 +163,18 @@ def warm_up(pool: Pool, classes: int, runs: int) -> list[list[float]]:
 
 def replay(pool: Pool, stream: list[Request], slos: list[float], service: list[list[float]],
            router: str, discipline: str
-           ) -> tuple[list[Served], list[float], dict[int, float], float]:
+           ) -> tuple[list[Served], list[float], dict[int, tuple[float, float]], float]:
     """Serve ``stream`` (sorted by arrival; ``slos`` per request, seconds) on the pool;
     returns each request's outcome (by index), each replica's busy seconds, each request's
-    CPU seconds (busiest process) and the largest delay between an arrival and the
-    dispatcher seeing it (seconds)."""
+    CPU seconds (busiest process) and loop seconds (longest), and the largest delay between
+    an arrival and the dispatcher seeing it (seconds)."""
     reps = pool.replicas
     jsq = router == "jsq"
     options = [[(r, service[r][c]) for r in range(len(reps))] for c in range(len(service[0]))]
     by_index = {req.index: req for req in stream}
     pending = deque(stream)
     served: dict[int, Served] = {}
-    cpu: dict[int, float] = {}
+    cpu: dict[int, tuple[float, float]] = {}
     busy = [0.0] * len(reps)
     origin = time.monotonic() + LEAD_S
     lags = []

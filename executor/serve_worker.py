@@ -49,10 +49,10 @@ def serve_rank(replica: int, rank: int, world: int, port: int, argvs: list[list[
                 break
             request_id, cls = msg
             start, cpu = time.monotonic(), time.process_time()
-            loaded.run(plans[cls][1].schedule)
+            result = loaded.run(plans[cls][1].schedule)
             finish = time.monotonic()
             outbox.put(("done", replica, rank, request_id, start, finish,
-                        time.process_time() - cpu))
+                        time.process_time() - cpu, result.loop_s))
         loaded.close()
     except BaseException as e:  # noqa: BLE001 - reported to the dispatcher as one line
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""

@@ -80,6 +80,8 @@ def test_two_one_process_replicas_record_a_consistent_timeline(tmp_path: Path) -
     assert result["summary"]["replica_busy_fraction"] == pytest.approx(
         [b / window for b in busy])
     assert set(result["service_cpu_s"]) == {"256", "384"}
+    for name in ("256", "384"):  # the loop is part of each request's service
+        assert 0 < result["service_loop_s"][name] <= result["service_s"][name]
 
 
 def test_a_two_process_pipefusion_replica_serves_in_order(tmp_path: Path) -> None:
