@@ -29,6 +29,7 @@ from executor.mmdit import MMDIT_CLASSES, MMDiTStageExecutor
 from executor.reference import flow_scheduler
 from executor.request import TORCH_DTYPES, RunPlan
 from executor.summary import summarize
+from sim.schedule import Schedule
 
 FAULT_ENV = "DITSIM_EXECUTOR_FAULT"
 
@@ -44,122 +45,147 @@ def _fault() -> tuple[int, int, str] | None:
     return int(rank), int(step), mode
 
 
+class LoadedRank:
+    """One rank of a launch with its share of the transformer loaded, ready to run schedules
+    of its parallel configuration one after another: the process groups, the stage's layers,
+    the prompt embeddings and the scheduler template are set up once (``executor.run`` runs one
+    request, ``executor.serve`` serves a stream of them in the same process).
+
+    ``plan`` gives the model, device, dtype and configuration (its schedule is the default of
+    ``run``); ``args`` the ``executor.run`` flags (seed, prompts, guidance, timeout, threads)."""
+
+    def __init__(self, plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
+                 local_rank: int) -> None:
+        dlogging.set_verbosity_error()  # the cast-with-.to() notice is noise for random weights
+        if plan.device == "cpu":
+            steady_heap()  # the allocator policy the profiler times under
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.plan, self.args, self.rank, self.world = plan, args, rank, world
+        self.tdtype = TORCH_DTYPES[plan.dtype]
+        device = torch.device("cuda", local_rank) if plan.device == "cuda" \
+            else torch.device("cpu")
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        # Load the lazily imported classes before the baseline: their code is runtime, not
+        # model.
+        _ = (getattr(diffusers, plan.model.diffusers_class),
+             diffusers.DPMSolverMultistepScheduler, diffusers.FlowMatchEulerDiscreteScheduler)
+        self.probe = PeakMemory(device)
+        self.baseline = self.probe.current_bytes()
+        self.fwd = self.back = self.ctl = None
+        self.groups: Groups = {}
+        self.owns_pg = False
+        sched = plan.schedule
+        if world > 1:
+            self.owns_pg = not dist.is_initialized()
+            self.fwd, self.back, self.ctl = process_groups(rank, world, device, args.timeout)
+            # The schedule's collective groups, built once (every rank, same order).
+            self.groups = axis_groups(sched.layout, args.timeout,
+                                      "nccl" if device.type == "cuda" else "gloo")
+        stage = sched.layout.stage(rank)
+        first, last = sched.stage_layers[stage]
+        if plan.model_dir:
+            net = load_transformer(plan.model_dir, dtype=torch.float32, device="cpu")
+        else:
+            net = build_transformer(plan.model, plan.workload.height, seed=args.seed,
+                                    dtype=torch.float32, device="cpu")
+        self.model = with_counted_params(plan.model, net)
+        keep_stage(net, first, last, stage == 0, stage == len(sched.stage_layers) - 1)
+        self.net = net.to(device=device, dtype=self.tdtype)
+        if args.prompt_embeds:
+            self.prompts = load_prompts(args.prompt_embeds, self.model)
+        else:
+            self.prompts = random_prompts(self.model, args.seed)
+        self.scheduler = _scheduler(plan.model_dir, plan.model.diffusers_class)
+        self.executor_cls = MMDiTStageExecutor if plan.model.diffusers_class in MMDIT_CLASSES \
+            else StageExecutor
+        self.origin = 0.0
+        # The last run's CPU seconds: this (compute) thread's, and the whole process's.
+        self.cpu = [0.0, 0.0]
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else None
+        # Trimmed before the first run, not between runs: a trim hands the heap back to the
+        # OS and the next run would pay page faults on every large tensor, which a warm
+        # process does not.
+        trim_heap()
+        # The process with its stage's model in place: peak - loaded is what the loop adds.
+        self.loaded = self.probe.current_bytes()
+
+    def clock(self) -> float:
+        """Seconds since the current run's origin."""
+        return time.perf_counter() - self.origin
+
+    def run(self, sched: Schedule | None = None) -> RankResult:
+        """Perform this rank's ops of ``sched`` (default: the plan's schedule), which must
+        have the plan's parallel configuration (same layout and stages). A fresh executor and
+        message layer per run: every run starts from the same state (latents, scheduler
+        history, stale buffers, tags). Every rank of the launch must call it with the same
+        schedule."""
+        sched = sched or self.plan.schedule
+        comm = None
+        if self.world > 1:
+            comm = Comm(self.rank, sched.patches, self.plan.model.num_blocks,
+                        self.args.timeout, self.clock, self.device, fwd=self.fwd,
+                        back=self.back)
+        stage = self.executor_cls(self.net, sched, self.rank, self.prompts, self.args.seed,
+                                  self.args.guidance_scale, self.scheduler, self.device,
+                                  self.tdtype, comm=comm, fault=_fault(), groups=self.groups)
+        if self.sync:
+            self.sync()
+        if self.world > 1:
+            dist.barrier(group=self.ctl)
+        cpu0, proc0 = time.thread_time(), time.process_time()
+        self.origin = time.perf_counter()
+        result = stage.run(self.origin, sync=self.sync)
+        # CPU seconds the loop took: this (compute) thread's, and the whole process's
+        # (transport and watcher threads too). Against the loop's wall time they say how long
+        # the rank waited: for messages, or runnable while other threads held the cores.
+        self.cpu = [time.thread_time() - cpu0, time.process_time() - proc0]
+        if comm is not None:
+            comm.close()
+        return result
+
+    def close(self) -> None:
+        """Leave the process group if this rank created it."""
+        if self.world > 1 and self.owns_pg:
+            dist.destroy_process_group()
+            _GROUPS.clear()
+            clear_groups()
+
+
 def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
             local_rank: int) -> dict | None:
     """Run this rank's share of ``plan`` (``args``: the ``executor.run`` flags; ``rank`` of
     ``world`` processes, ``local_rank`` selecting the CUDA device); rank 0 returns the summary
     (``executor.summary``), the others ``None``."""
-    dlogging.set_verbosity_error()  # the cast-with-.to() notice is noise for random weights
-    if plan.device == "cpu":
-        steady_heap()  # the allocator policy the profiler times under
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tdtype = TORCH_DTYPES[plan.dtype]
-    device = torch.device("cuda", local_rank) if plan.device == "cuda" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    # Load the lazily imported classes before the baseline: their code is runtime, not model.
-    _ = (getattr(diffusers, plan.model.diffusers_class), diffusers.DPMSolverMultistepScheduler,
-         diffusers.FlowMatchEulerDiscreteScheduler)
-    probe = PeakMemory(device)
-    baseline = probe.current_bytes()
-    fwd = back = ctl = None
-    groups: Groups = {}
-    owns_pg = False
-    sched = plan.schedule
-    if world > 1:
-        owns_pg = not dist.is_initialized()
-        fwd, back, ctl = process_groups(rank, world, device, args.timeout)
-        # The schedule's collective groups, built once (every rank, same order).
-        groups = axis_groups(sched.layout, args.timeout, "nccl" if device.type == "cuda"
-                             else "gloo")
-    stage = sched.layout.stage(rank)
-    first, last = sched.stage_layers[stage]
-    if plan.model_dir:
-        net = load_transformer(plan.model_dir, dtype=torch.float32, device="cpu")
-    else:
-        net = build_transformer(plan.model, plan.workload.height, seed=args.seed,
-                                dtype=torch.float32, device="cpu")
-    model = with_counted_params(plan.model, net)
-    keep_stage(net, first, last, stage == 0, stage == len(sched.stage_layers) - 1)
-    net = net.to(device=device, dtype=tdtype)
-    if args.prompt_embeds:
-        prompts = load_prompts(args.prompt_embeds, model)
-    else:
-        prompts = random_prompts(model, args.seed)
-    scheduler = _scheduler(plan.model_dir, plan.model.diffusers_class)
-    executor_cls = MMDiTStageExecutor if plan.model.diffusers_class in MMDIT_CLASSES \
-        else StageExecutor
-
-    origin_box = [0.0]
-
-    def clock() -> float:
-        return time.perf_counter() - origin_box[0]
-
-    def stage_executor() -> tuple[Comm | None, StageExecutor]:
-        comm = None
-        if world > 1:
-            comm = Comm(rank, sched.patches, plan.model.num_blocks, args.timeout, clock,
-                        device, fwd=fwd, back=back)
-        return comm, executor_cls(net, sched, rank, prompts, args.seed, args.guidance_scale,
-                                  scheduler, device, tdtype, comm=comm, fault=_fault(),
-                                   groups=groups)
-
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    # Trimmed before the first run, not between runs: a trim hands the heap back to the OS and
-    # the next run would pay page faults on every large tensor, which a warm process does not.
-    trim_heap()
-    # The process with its stage's model in place: peak - loaded is what the loop adds.
-    loaded = probe.current_bytes()
-
-    def one_run() -> RankResult:
-        # A fresh executor and message layer per run: every run starts from the same state
-        # (latents, scheduler history, stale buffers, tags).
-        comm, stage = stage_executor()
-        if sync:
-            sync()
-        if world > 1:
-            dist.barrier(group=ctl)
-        cpu0, proc0 = time.thread_time(), time.process_time()
-        origin_box[0] = time.perf_counter()
-        result = stage.run(origin_box[0], sync=sync)
-        # CPU seconds the loop took: this (compute) thread's, and the whole process's
-        # (transport and watcher threads too). Against the loop's wall time they say how long
-        # the rank waited: for messages, or runnable while other threads held the cores.
-        cpu[:] = [time.thread_time() - cpu0, time.process_time() - proc0]
-        if comm is not None:
-            comm.close()
-        return result
-
-    cpu = [0.0, 0.0]
-
+    loaded = LoadedRank(plan, args, rank, world, local_rank)
     for _ in range(args.warmup_runs):
-        one_run()
+        loaded.run()
+    probe = loaded.probe
     probe.reset()
     loops = []
     for _ in range(args.runs):
-        result = one_run()
+        result = loaded.run()
         loops.append(result.loop_s)
     peak = probe.peak_bytes()
 
     mine = {"rank": rank, "loop_s": result.loop_s, "loops": loops, "rows": result.rows,
-            "latents": result.latents, "peak": peak, "baseline": baseline,
-            "loaded": loaded,
+            "latents": result.latents, "peak": peak, "baseline": loaded.baseline,
+            "loaded": loaded.loaded,
             "kv": result.kv_buffer_bytes, "window_reset": probe.window_reset,
-            "thread_cpu_s": cpu[0], "process_cpu_s": cpu[1], "threads": torch.get_num_threads()}
+            "thread_cpu_s": loaded.cpu[0], "process_cpu_s": loaded.cpu[1],
+            "threads": torch.get_num_threads()}
     if world > 1:
         gathered: list | None = [None] * world if rank == 0 else None
-        dist.gather_object(mine, gathered, dst=0, group=ctl)
-        dist.barrier(group=ctl)
-        if owns_pg:
-            dist.destroy_process_group()
-            _GROUPS.clear()
-            clear_groups()
+        dist.gather_object(mine, gathered, dst=0, group=loaded.ctl)
+        dist.barrier(group=loaded.ctl)
+        loaded.close()
     else:
         gathered = [mine]
     if rank != 0:
         return None
-    return summarize(plan, model, args, gathered, probe.kind)
+    return summarize(plan, loaded.model, args, gathered, probe.kind)
 
 
 def process_groups(rank: int, world: int, device: torch.device,

@@ -194,3 +194,23 @@ def read_trace(path: str | Path, model: str) -> tuple[list[RequestClass], list[R
     stream = [Request(i, keys.index(key), arrival, slo)
               for i, (arrival, key, slo) in enumerate(rows)]
     return classes, stream
+
+
+def write_trace(path: str | Path, model: str, classes: list[RequestClass],
+                stream: list[Request], slo_s: list[float] | None = None) -> None:
+    """Write ``stream`` as a replayable trace (the rows ``read_trace`` reads, with a header):
+    ``arrival_s, model, width, height, steps[, slo_s]``, the SLO column (seconds) when
+    ``slo_s`` gives one per class or the requests carry their own. Arrival times are written
+    exactly (``repr``), so a replay has the same arrivals."""
+    name = get_model(model).name
+    own = slo_s is not None or any(r.slo_s is not None for r in stream)
+    with Path(path).open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arrival_s", "model", "width", "height", "steps"] + (["slo_s"] if own else []))
+        for r in stream:
+            c = classes[r.cls]
+            row = [repr(r.arrival_s), name, c.width, c.height, c.steps]
+            if own:
+                slo = r.slo_s if r.slo_s is not None else slo_s[r.cls]  # type: ignore[index]
+                row.append(repr(slo))
+            w.writerow(row)

@@ -21,7 +21,7 @@ from sim.config import ParallelConfig, Workload, validate
 from sim.cost import CostSpec
 from sim.cost.link_profile import apply_link_profile
 from sim.errors import UserError
-from sim.evaluate import evaluate
+from sim.evaluate import evaluate, latency_lower_bound
 from sim.hardware import GPU
 from sim.models import DiTModel
 from sim.search import search
@@ -68,9 +68,10 @@ def _parse_config(text: str, gpus: int, where: str) -> ParallelConfig:
     return ParallelConfig(gpus, **values)
 
 
-def parse_replicas(text: str, total_gpus: int) -> list[ReplicaGroup]:
+def parse_replicas(text: str, total_gpus: int | None) -> list[ReplicaGroup]:
     """Groups of ``--replicas COUNTxGPUS[:CONFIG],...`` (e.g. ``4x1,1x4`` or
-    ``1x4:pipefusion=4/patches=4/warmup=1,4x1``); their GPUs must add up to ``total_gpus``."""
+    ``1x4:pipefusion=4/patches=4/warmup=1,4x1``); their GPUs must add up to ``total_gpus``
+    (``None``: any total, as for the executor's replicas, which are processes)."""
     groups = []
     for item in text.split(","):
         item = item.strip()
@@ -87,7 +88,7 @@ def parse_replicas(text: str, total_gpus: int) -> list[ReplicaGroup]:
         cfg = _parse_config(conf, gpus, f"--replicas {item}") if colon else None
         groups.append(ReplicaGroup(count, gpus, cfg))
     used = sum(g.count * g.gpus for g in groups)
-    if used != total_gpus:
+    if total_gpus is not None and used != total_gpus:
         raise UserError(f"--replicas {text} uses {used} GPUs but --gpus is {total_gpus}; "
                         f"the replicas must use the whole pool")
     return groups
@@ -200,20 +201,53 @@ class ServiceTable:
                 options = [ParallelConfig(1)]
             else:
                 options = []
-                for wl in self.workloads:
+                for c, wl in enumerate(self.workloads):
                     warmups = sorted({min(w, wl.steps) for w in self.warmups})
+                    # Only the best KEEP_PER_CLASS are read: no family rows to simulate.
                     res = search(wl, self.cluster.gpu, self.cluster.topology(k), warmups,
-                                 self.scale, top=KEEP_PER_CLASS, per_family=1, only=k,
+                                 self.scale, top=KEEP_PER_CLASS, per_family=0, only=k,
                                  spec=self.spec)
                     self.simulated += len(res.ranked)
+                    # The search simulated these for its class with this table's cost model
+                    # (same call as ``latency``): the mix's mean latency reuses them.
+                    for p in res.ranked:
+                        self._latency.setdefault((p.config, c),
+                                                 math.inf if p.oom else p.latency_s)
                     kept = [p.config for p in res.ranked if p.config.gpus == k and not p.oom]
                     for cfg in kept[:KEEP_PER_CLASS]:
                         if cfg not in options:
                             options.append(cfg)
-            scored = [(self.mean_latency(cfg), i, cfg) for i, cfg in enumerate(options)]
-            scored = [s for s in scored if math.isfinite(s[0])]
-            self._best[k] = min(scored)[2] if scored else None
+            # The options in order of a lower bound on their mean latency: once the bound
+            # passes the best mean found, no later option can win (ties go to the earlier
+            # option, as min over (mean, index) would), so it is never simulated.
+            bounds = sorted((sum(cl.weight * self._lower_bound(cfg, c)
+                                 for c, cl in enumerate(self.classes)), i, cfg)
+                            for i, cfg in enumerate(options))
+            best: tuple[float, int, ParallelConfig] | None = None
+            for lb, i, cfg in bounds:
+                if best is not None and (lb, i) > best[:2]:
+                    break
+                mean = self.mean_latency(cfg)
+                if math.isfinite(mean) and (best is None or (mean, i) < best[:2]):
+                    best = (mean, i, cfg)
+            self._best[k] = best[2] if best else None
         return self._best[k]
+
+    def _lower_bound(self, cfg: ParallelConfig, c: int) -> float:
+        """A latency of class ``c`` on ``cfg`` that its simulation cannot beat, seconds: the
+        simulated one when cached, else ``sim.evaluate.latency_lower_bound`` (``inf`` when the
+        configuration does not apply to the class)."""
+        if (cfg, c) in self._latency:
+            return self._latency[(cfg, c)]
+        wl = self.workloads[c]
+        run = self._warmup_for(cfg, c)
+        try:
+            validate(wl, run)
+        except UserError:
+            return math.inf
+        lb, _ = latency_lower_bound(wl, run, self.cluster.gpu, self.cluster.topology(cfg.gpus),
+                                    self._costs[c], self.scale, self.spec)
+        return lb
 
     def reference(self, c: int) -> tuple[float, int]:
         """The latency a ``Kx`` SLO multiplies for class ``c``, seconds, and the replica width

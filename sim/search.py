@@ -214,8 +214,9 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
     them by latency (seconds). ``warmups`` are step counts, ``scale`` the factor on compute
     costs. Unless ``exhaustive``, a candidate is skipped when a lower bound on its latency
     (``latency_lower_bound``) already shows it cannot enter the ``top`` overall nor the best
-    ``per_family`` of its family nor beat the best on its GPU count (nor, without a cold start,
-    the best without one on its GPU count: ``sim.plan`` recommends that), and candidates that do
+    ``per_family`` of its family (``per_family=0``: no family rows are kept) nor beat the best
+    on its GPU count (nor, without a cold start, the best without one on its GPU count:
+    ``sim.plan`` recommends that), and candidates that do
     not fit in memory are not simulated (unless nothing fits). The rows shown are therefore
     exactly those an exhaustive search would show, and so is the best of each GPU count.
     ``progress(what, done, total)`` is told how far the simulations are (``sim.progress``)."""
@@ -259,7 +260,8 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                 fam_best = by_family.get(fam, [])
                 n_best = by_gpus.get(cands[i].gpus)
                 if (len(overall) >= top and lb >= overall[top - 1] and
-                        len(fam_best) >= per_family and lb >= fam_best[per_family - 1] and
+                        (per_family == 0 or (len(fam_best) >= per_family and
+                                             lb >= fam_best[per_family - 1])) and
                         n_best is not None and lb >= n_best and
                         (cands[i].cold_start or lb >= warm_by_gpus.get(cands[i].gpus, inf))):
                     pruned += 1
@@ -271,8 +273,10 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                 preds.append(p)
                 if not p.oom:
                     overall = sorted(overall + [p.latency_s])[:top]
-                    fam = p.config.strategy
-                    by_family[fam] = sorted(by_family.get(fam, []) + [p.latency_s])[:per_family]
+                    if per_family:
+                        fam = p.config.strategy
+                        by_family[fam] = sorted(by_family.get(fam, []) +
+                                                [p.latency_s])[:per_family]
                     n = p.config.gpus
                     by_gpus[n] = min(by_gpus.get(n, p.latency_s), p.latency_s)
                     if not p.config.cold_start:

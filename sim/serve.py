@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 
 from sim.arrivals import class_names, parse_mix, read_trace, unit_stream
 from sim.capacity import (
@@ -56,8 +57,10 @@ from sim.serving import QUEUES, ROUTERS, ServeRun
 DEFAULT_WIDTH_LIMIT = 8  # widest replica searched by default: one usual node
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = parser("python -m sim.serve",
+def build_parser(prog: str = "python -m sim.serve") -> argparse.ArgumentParser:
+    """The command line of ``sim.serve`` (``prog``: the name in its usage line, for commands
+    that take the same flags, such as ``reports.serve``)."""
+    p = parser(prog,
                "Plan a GPU pool serving a stream of requests under a latency SLO: split into "
                "replicas, configurations, router; capacity at a target SLO attainment.")
     add_workload_args(p)
@@ -200,10 +203,35 @@ def _pools_assignment(text: str | None, names: list[str],
     return tuple(got[n] for n in names)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class ServePlan:
+    """Everything ``sim.serve`` works out for one command line: the JSON result, the ranked
+    candidates with their runs at ``--rate`` (``at_rate``, by row), the serving model (latency
+    table, SLOs, stream), the first row's run at the rate (``timeline``), and what the text
+    output prints."""
+
+    args: argparse.Namespace
+    result: dict
+    ranked: list[Candidate]
+    at_rate: dict[int, RunSummary]
+    model: ServeModel
+    names: list[str]
+    classes: list
+    refs: list[tuple[float, int]]
+    slo: list[float]
+    usable: dict
+    splits: int
+    pruned: int
+    missed: int
+    elapsed: float
+    rate: float | None
+    timeline: ServeRun | None
+
+
+def plan_pool(args: argparse.Namespace) -> ServePlan:
+    """Run ``sim.serve``'s search (or its one split) for parsed flags ``args``; raises
+    ``UserError`` on bad input. Writes nothing and prints only progress on stderr."""
     t0 = time.perf_counter()
-    args = build_parser().parse_args(argv)
-    check_outputs([("--trace", args.trace)])
     wl = workload_from_args(args)
     gpu, _ = cluster_from_args(args)
     cluster = Cluster(gpu, args.gpus, args.link, args.nodes, args.inter_node, args.link_profile,
@@ -348,17 +376,33 @@ def main(argv: list[str] | None = None) -> int:
         "request_simulations": table.simulated, "elapsed_s": elapsed,
     }
     check_finite(result, "the serving plan")
-    write_outputs([("--trace", args.trace if timeline else None,
-                    lambda p: write_timeline(timeline, names, p))])
-    if args.json:
-        print_json(result)
-        return 0
-    def run_at(split: Split) -> RunSummary:
-        return summarize(model.run(split, rate), names, args.price)
+    return ServePlan(args, result, ranked, at_rate, model, names, classes, refs, slo, usable,
+                     len(splits), pruned, missed, elapsed, rate, timeline)
 
-    print_text(args, result, ranked, at_rate, model, names, classes, refs, slo, usable,
-               len(splits), pruned, missed, elapsed, run_at if rate is not None else None)
-    if args.trace and timeline is None:
+
+def print_plan(plan: ServePlan) -> None:
+    """The human-readable plan on stdout."""
+    args, model, names = plan.args, plan.model, plan.names
+
+    def run_at(split: Split) -> RunSummary:
+        return summarize(model.run(split, plan.rate), names, args.price)
+
+    print_text(args, plan.result, plan.ranked, plan.at_rate, model, names, plan.classes,
+               plan.refs, plan.slo, plan.usable, plan.splits, plan.pruned, plan.missed,
+               plan.elapsed, run_at if plan.rate is not None else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_outputs([("--trace", args.trace)])
+    plan = plan_pool(args)
+    write_outputs([("--trace", args.trace if plan.timeline else None,
+                    lambda p: write_timeline(plan.timeline, plan.names, p))])
+    if args.json:
+        print_json(plan.result)
+        return 0
+    print_plan(plan)
+    if args.trace and plan.timeline is None:
         print("note: --trace needs a run to write: give --rate (or --replay)", file=sys.stderr)
     return 0
 

@@ -88,3 +88,28 @@ def summarize(run: ServeRun, names: list[str], price_per_gpu_hour: float | None 
         images_per_s_per_gpu=served / gpu_s if gpu_s > 0 else 0.0,
         cost_per_1000_good=cost,
         replica_busy_fraction=[b / window if window > 0 else 0.0 for b in run.busy_s])
+
+
+def idle_while_queued_gpu_s(served: list[Served], replica_gpus: list[int]) -> float:
+    """GPU-seconds that GPUs sat idle while some request waited in a queue (arrived, not yet
+    started), from a timeline's arrival, start and finish times (seconds): what
+    ``simulate_pool`` integrates as it runs, for a timeline measured elsewhere
+    (``executor.serve``). Dropped requests never wait in a queue."""
+    events: list[tuple[float, int, int]] = []  # (time, change in queued, change in busy GPUs)
+    for s in served:
+        if s.dropped:
+            continue
+        g = replica_gpus[s.replica]
+        events += [(s.request.arrival_s, 1, 0), (s.start_s, -1, g), (s.finish_s, 0, -g)]
+    events.sort(key=lambda e: e[0])
+    total = sum(replica_gpus)
+    queued = busy = 0
+    last = events[0][0] if events else 0.0
+    out = 0.0
+    for t, dq, db in events:
+        if queued > 0:
+            out += (t - last) * (total - busy)
+        queued += dq
+        busy += db
+        last = t
+    return out

@@ -182,4 +182,4 @@ def print_text(args: argparse.Namespace, result: dict, ranked: list[Candidate],
     print(f"\n{searched} split x router candidates in {elapsed:.1f} s: "
           f"{searched - pruned - missed} bisected, {pruned} skipped by the throughput "
           f"bound, {missed} by one run missing the target at the last row's capacity; "
-          f"{model.runs} pool runs, {model.table.simulated} per-request simulations.")
+          f"{r['pool_runs']} pool runs, {r['request_simulations']} per-request simulations.")

@@ -117,24 +117,44 @@ class ServeRun:
 
 
 class _Replica:
-    """One replica's queue and the work it holds (seconds)."""
+    """One replica's queue (the work it holds lives in ``simulate_pool``'s per-replica lists,
+    which the router reads)."""
 
-    def __init__(self, env: simpy.Environment) -> None:
-        self.env = env
+    def __init__(self) -> None:
         self.heap: list[tuple[float, float, int, Request, float, float]] = []
-        self.queued_work = 0.0  # service seconds of the requests waiting
-        self.finish_current = -math.inf  # finish time of the request in service
-        self.busy = False
         self.wake: simpy.Event | None = None
 
-    def work_left(self) -> float:
-        """Seconds until this replica could start a new request served after all it holds."""
-        return max(0.0, self.finish_current - self.env.now) + self.queued_work
 
-    def ahead_of(self, deadline: float) -> float:
-        """Seconds of work an EDF queue serves before a request with ``deadline``."""
-        queued = sum(item[4] for item in self.heap if item[0] <= deadline)
-        return max(0.0, self.finish_current - self.env.now) + queued
+def queue_key(queue: str, req: Request, deadline_s: float) -> tuple[float, float, int]:
+    """Where ``req`` sits in a replica's queue (smallest first): FCFS by arrival, EDF by
+    deadline (seconds) then arrival; ties by the request's index. Shared by the simulation
+    and the executor's dispatcher (``executor.serve``)."""
+    return (deadline_s if queue == "edf" else req.arrival_s, req.arrival_s, req.index)
+
+
+def choose_replica(jsq: bool, options: Sequence[tuple[int, float]], held: Sequence[int],
+                   finish_s: Sequence[float], queued_work_s: Sequence[float], now: float
+                   ) -> tuple[int, float]:
+    """The router's choice among ``options`` ((replica, service seconds of the request
+    there)) at time ``now``: with ``jsq`` the fewest requests ``held`` (queued or in service),
+    ties to the faster service, then the lower index; otherwise (least work left) the replica
+    where the request would finish first: the rest of the request in service (it ends at
+    ``finish_s``; at or before ``now`` when idle), the queued work (``queued_work_s``) and its
+    own service, ties to the lower index. Returns (replica, service seconds), (-1, NaN) with
+    no option. Shared by the simulation and the executor's dispatcher (``executor.serve``)."""
+    best_r, best_s = -1, math.nan
+    best_a = best_b = math.inf
+    for r, t in options:
+        if jsq:
+            a, b = held[r], t
+            if a < best_a or (a == best_a and b < best_b):
+                best_r, best_s, best_a, best_b = r, t, a, b
+        else:
+            left = finish_s[r] - now
+            a = (left if left > 0.0 else 0.0) + queued_work_s[r] + t
+            if a < best_a:
+                best_r, best_s, best_a = r, t, a
+    return best_r, best_s
 
 
 def simulate_pool(requests: list[Request], replica_gpus: list[int],
@@ -152,7 +172,12 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
     attainment is below a target, and far cheaper in overload. The run returned is then
     partial (``ServeRun.stopped``)."""
     env = simpy.Environment()
-    reps = [_Replica(env) for _ in replica_gpus]
+    reps = [_Replica() for _ in replica_gpus]
+    # Per replica: requests held (queued or in service), finish time of the one in service,
+    # service seconds queued.
+    held = [0] * len(reps)
+    finish = [-math.inf] * len(reps)
+    queued = [0.0] * len(reps)
     served: list[Served] = []
     busy = [0.0] * len(reps)
     total_gpus_queued = [0.0]  # idle GPU-seconds while a request waits somewhere
@@ -195,35 +220,24 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
 
     jsq = policy.router == "jsq"
 
-    def route(req: Request) -> tuple[int, float]:
-        """The chosen replica and the request's service time there (-1 when none can).
-        The key is compared by hand (it runs for every replica of every request): jsq by
-        (requests held, service, index), the others by (finish if sent there, index)."""
-        now = env.now
-        best_r, best_s = -1, math.nan
-        best_a = best_b = math.inf
-        for r, t in options(req):
-            rep = reps[r]
-            if jsq:
-                a, b = len(rep.heap) + rep.busy, t
-                if a < best_a or (a == best_a and b < best_b):
-                    best_r, best_s, best_a, best_b = r, t, a, b
-            else:
-                left = rep.finish_current - now
-                a = (left if left > 0.0 else 0.0) + rep.queued_work + t
-                if a < best_a:
-                    best_r, best_s, best_a = r, t, a
-        return best_r, best_s
+    def work_left(r: int) -> float:
+        """Seconds until replica ``r`` could start a request served after all it holds."""
+        return max(0.0, finish[r] - env.now) + queued[r]
+
+    def ahead_of(r: int, deadline: float) -> float:
+        """Seconds of work replica ``r``'s EDF queue serves before a request with
+        ``deadline``."""
+        ahead = sum(item[4] for item in reps[r].heap if item[0] <= deadline)
+        return max(0.0, finish[r] - env.now) + ahead
 
     def arrivals():
         for req in requests:
             if req.arrival_s > env.now:
                 yield env.timeout(req.arrival_s - env.now)
             deadline = req.arrival_s + slo(req)
-            r, s = route(req)
+            r, s = choose_replica(jsq, options(req), held, finish, queued, env.now)
             if r >= 0 and policy.admission:
-                rep = reps[r]
-                ahead = rep.ahead_of(deadline) if policy.queue == "edf" else rep.work_left()
+                ahead = ahead_of(r, deadline) if policy.queue == "edf" else work_left(r)
                 if env.now + ahead + s > deadline * (1 + 1e-12):
                     r = -1
             if r < 0:
@@ -232,9 +246,10 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
                 continue
             account()
             rep = reps[r]
-            first = deadline if policy.queue == "edf" else req.arrival_s
-            heapq.heappush(rep.heap, (first, req.arrival_s, req.index, req, s, deadline))
-            rep.queued_work += s
+            heapq.heappush(rep.heap, (*queue_key(policy.queue, req, deadline), req, s,
+                                      deadline))
+            queued[r] += s
+            held[r] += 1
             state["queued"] += 1
             if rep.wake is not None and not rep.wake.triggered:
                 rep.wake.succeed()
@@ -247,17 +262,16 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
                 yield rep.wake
             _, _, _, req, s, deadline = heapq.heappop(rep.heap)
             account()
-            rep.queued_work -= s
+            queued[r] -= s
             state["queued"] -= 1
-            rep.busy = True
             state["idle_gpus"] -= replica_gpus[r]
             start = env.now
-            rep.finish_current = start + s
+            finish[r] = start + s
             if start + s > deadline * (1 + 1e-12):
                 missed()
             yield env.timeout(s)
             account()
-            rep.busy = False
+            held[r] -= 1
             state["idle_gpus"] += replica_gpus[r]
             busy[r] += s
             record(Served(req, r, start, env.now, deadline, s))

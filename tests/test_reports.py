@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -180,3 +181,57 @@ def test_plan_report_reads_well_once_rendered(tmp_path: Path, capsys) -> None:
     assert not any(re.search(r"\de[-+]\d", c) for c in page.cells)
     # Plotly drew the log axis title with its scale named.
     assert "seconds (log scale)" in text
+
+
+SERVE = ["--model", "pixart", "--gpu", "l40", "--gpus", "4", "--link", "pcie", "--mix",
+         "1024:0.7,2048:0.3", "--slo", "1.5x", "--requests", "300", "--widths", "1,2",
+         "--router", "lwl", "--quiet"]
+
+
+@needs_chromium
+def test_serve_report_draws_every_figure(tmp_path: Path, capsys) -> None:
+    from reports import serve as serve_report
+    from sim import serve
+
+    argv = SERVE + ["--rate", "0.25", "--price", "2"]
+    _run(serve.main, argv)
+    expected = capsys.readouterr().out
+    out = tmp_path / "serve.html"
+    _run(serve_report.main, argv + ["--report", str(out)])
+    got = capsys.readouterr()
+    # What sim.serve prints, but for the command's own duration on the last line.
+    assert got.out.splitlines()[:-1] == expected.splitlines()[:-1]
+    assert got.out.splitlines()[-1].split(" in ")[0] == expected.splitlines()[-1].split(
+        " in ")[0]
+    assert got.err.strip() == f"wrote report {out}"
+    html = out.read_text()
+    assert _figures(html) == 4  # attainment, latency CDF, Pareto front, replica timeline
+    assert "Pareto front" in html and "SLO 2048" in html
+    dom, errors = render(out)
+    assert errors == []
+    assert dom.count('class="main-svg"') >= 4
+
+
+def test_serve_report_without_a_price_or_rate_says_how_to_get_the_cost(tmp_path: Path,
+                                                                       capsys) -> None:
+    from reports import serve as serve_report
+
+    out = tmp_path / "serve.html"
+    _run(serve_report.main, SERVE + ["--report", str(out)])
+    html = out.read_text()
+    assert _figures(html) == 3
+    assert "Give --price" in html
+    assert "90 % of the first row" in html  # the rate the CDF and timeline were run at
+
+
+def test_serve_report_without_plotly_is_one_line_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "serve.html"
+    code = ("import sys; sys.modules['plotly'] = None; "
+            "sys.modules['plotly.graph_objects'] = None; "
+            "from reports.serve import main; from sim.cli import run_main; "
+            f"run_main(main, {SERVE + ['--report', str(out)]!r})")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: reports need plotly: pip install 'ditsim[reports]'"
+    assert res.stdout == "" and not out.exists()
