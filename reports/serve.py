@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
 from sim import serve
 from sim.cli import print_json, run_main
@@ -143,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
         print_json(plan.result)
     else:
         serve.print_plan(plan)
-    print(f"wrote report {args.report}", file=sys.stderr)
     return 0
 
 

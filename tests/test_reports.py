@@ -203,7 +203,7 @@ def test_serve_report_draws_every_figure(tmp_path: Path, capsys) -> None:
     assert got.out.splitlines()[:-1] == expected.splitlines()[:-1]
     assert got.out.splitlines()[-1].split(" in ")[0] == expected.splitlines()[-1].split(
         " in ")[0]
-    assert got.err.strip() == f"wrote report {out}"
+    assert got.err.strip() == f"wrote {out} (--report)"  # sim.outputs announces every file
     html = out.read_text()
     assert _figures(html) == 4  # attainment, latency CDF, Pareto front, replica timeline
     assert "Pareto front" in html and "SLO 2048" in html
