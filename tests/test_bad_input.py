@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.cli import print_json, run_main
-from sim.config import Workload
+from sim.config import ParallelConfig, Workload
 from sim.cost.link_profile import apply_link_profile
 from sim.cost.profile import ProfileCost
 from sim.cost.profile_format import ComputeProfile, LinkProfile, ProfileError
@@ -345,3 +345,123 @@ def test_fuzz_predict_numeric_flags(flags: dict[str, object]) -> None:
         assert d["config"]["gpus"] == flags["gpus"] and err == ""
     else:
         _assert_one_error_line(code, out, err)
+
+
+# --- values built in code: the API's dataclasses ---------------------------------------
+
+_PIXART = get_model("pixart")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(height=math.nan), "resolution (height) must be a whole number, got nan"),
+    (dict(width=1024.0), "resolution (width) must be a whole number, got 1024.0"),
+    (dict(steps=math.inf), "--steps must be a whole number, got inf"),
+    (dict(steps=0), "--steps must be at least 1, got 0"),
+    (dict(height=-16), "resolution must be positive, got 1024x-16"),
+    (dict(dtype="fp8"), "--dtype must be one of bf16, fp16, fp32, got 'fp8'"),
+    (dict(vae="no"), "vae must be True or False, got 'no'"),
+    (dict(model="pixart"), "model must be a registry model"),
+], ids=["height-nan", "width-float", "steps-inf", "steps-0", "height-negative", "dtype",
+        "vae-str", "model-str"])
+def test_workload_refuses_bad_values_when_built(kwargs: dict, message: str) -> None:
+    """Built directly, a NaN height or an infinite step count passed ``validate`` (every
+    comparison with NaN is false) or never ended; now refused with the command's message."""
+    args = dict(model=_PIXART, height=1024, width=1024, steps=20)
+    args.update(kwargs)
+    with pytest.raises(UserError) as e:
+        Workload(**args)
+    assert str(e.value).startswith(message), e.value
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(patches=math.nan), "--patches must be a whole number, got nan"),
+    (dict(warmup=math.inf), "--warmup must be a whole number, got inf"),
+    (dict(ring=True), "--ring must be a whole number, got True"),
+    (dict(gpus=0), "--gpus must be at least 1, got 0"),
+    (dict(ulysses=-2), "--ulysses must be at least 1, got -2"),
+    (dict(cfg=3), "--cfg must be 1 or 2 (the guidance batch has two halves), got 3"),
+    (dict(stage_blocks=[4, 3.5]), "--stage-blocks must be whole numbers"),
+], ids=["patches-nan", "warmup-inf", "ring-bool", "gpus-0", "ulysses-negative", "cfg-3",
+        "stage-blocks-float"])
+def test_parallel_config_refuses_bad_values_when_built(kwargs: dict, message: str) -> None:
+    args = dict(gpus=8, pipefusion=8, patches=8, warmup=1)
+    args.update(kwargs)
+    with pytest.raises(UserError) as e:
+        ParallelConfig(**args)
+    assert str(e.value) == message or str(e.value).startswith(message), e.value
+
+
+def test_cli_and_constructor_give_the_same_message() -> None:
+    """What the command prints after ``error:`` is what the constructor raises."""
+    code, _, err = _run("sim.predict", ["--model", "pixart", "--gpus", "8", "--ulysses", "0"])
+    assert code == 2
+    with pytest.raises(UserError) as e:
+        ParallelConfig(8, ulysses=0)
+    assert err == f"error: {e.value}\n"
+
+
+class _Index:
+    """An integer of another kind (as numpy's): usable wherever Python wants an index."""
+
+    def __index__(self) -> int:
+        return 8
+
+
+def test_built_values_are_plain_and_hashable() -> None:
+    """Integers of other kinds become ints; stage block lists become tuples (the search keys
+    dictionaries on configurations)."""
+    cfg = ParallelConfig(_Index(), pipefusion=2, ulysses=4, stage_blocks=[14, 14])
+    assert type(cfg.gpus) is int and cfg.gpus == 8
+    assert cfg.stage_blocks == (14, 14) and hash(cfg) == hash(replace(cfg))
+
+
+# --- trace CSVs read back (sim.trace.Trace.read_csv: validation's join) -------------------
+
+def _trace_csv(tmp_path: Path) -> Path:
+    from sim.api import predict
+
+    path = tmp_path / "t.csv"
+    predict(model="pixart-tiny", gpus=2, patches=2, steps=3).trace.write_csv(path)
+    return path
+
+
+@pytest.mark.parametrize("row,column,value,message", [
+    (2, "start_s", "nan", "row 2 (line 3), column 'start_s': nan is not a finite time >= 0 s"),
+    (3, "end_s", "inf", "row 3 (line 4), column 'end_s': inf is not a finite time >= 0 s"),
+    (1, "start_s", "-0.5", "row 1 (line 2), column 'start_s': -0.5 is not a finite time"),
+    (4, "end_s", "0", "row 4 (line 5): end_s 0 s is before start_s"),
+    (5, "nbytes", "-8", "row 5 (line 6), column 'nbytes': -8 is below 0"),
+    (5, "rank", "x", "row 5 (line 6), column 'rank': 'x' is not a whole number"),
+    (6, "start_s", "", "row 6 (line 7), column 'start_s': '' is not a number"),
+])
+def test_trace_csv_refused_by_row_and_column(tmp_path: Path, row: int, column: str,
+                                             value: str, message: str) -> None:
+    from sim.trace import Trace
+
+    good = _trace_csv(tmp_path)
+    lines = good.read_text().splitlines()
+    header = lines[0].split(",")
+    if column == "end_s":  # make sure the row has a positive start, so end 0 is before it
+        cells = lines[row].split(",")
+        cells[header.index("start_s")] = "0.25"
+        cells[header.index("end_s")] = "0.5"
+        lines[row] = ",".join(cells)
+    cells = lines[row].split(",")
+    cells[header.index(column)] = value
+    lines[row] = ",".join(cells)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError) as e:
+        Trace.read_csv(bad)
+    assert str(e.value) == f"{bad}, {message}" or str(e.value).startswith(f"{bad}, {message}")
+    assert "\n" not in str(e.value)
+    assert len(Trace.read_csv(good).rows) == len(lines) - 1
+
+
+def test_trace_csv_that_is_not_a_trace(tmp_path: Path) -> None:
+    from sim.trace import Trace
+
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match=r"not a trace CSV \(no column rank, op"):
+        Trace.read_csv(other)
