@@ -13,6 +13,7 @@ import io
 import json
 import math
 import re
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sim import search as search_module
 from sim.cli import print_json, run_main
 from sim.config import ParallelConfig, Workload
 from sim.cost.link_profile import apply_link_profile
@@ -182,6 +184,14 @@ ROWS = [
         id="reports-plan-warmup"),
     # (compare refused this before; kept as the same rule's row.)
     row("sim.compare", PLAN + ["--warmup", "5"], WARMUP_MSG, id="compare-warmup"),
+    # 6. Bounded time: the limit itself must be a usable number.
+    row("sim.plan", PLAN + ["--time-limit", "nan"],
+        "--time-limit must be a finite number of seconds >= 0 (0: no limit), got nan",
+        id="plan-time-limit-nan"),
+    row("sim.plan", PLAN + ["--time-limit=-5"], "got -5", id="plan-time-limit-negative"),
+    row("sim.predict", PREDICT + ["--time-limit", "inf"],
+        "--time-limit must be a finite number of seconds >= 0 (0: no limit), got inf",
+        id="predict-time-limit-inf"),
 ]
 
 
@@ -465,3 +475,121 @@ def test_trace_csv_that_is_not_a_trace(tmp_path: Path) -> None:
     other.write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match=r"not a trace CSV \(no column rank, op"):
         Trace.read_csv(other)
+
+
+# --- bounded time (item 3) ------------------------------------------------------------------
+
+HANG_GUARD_S = 120  # a search that ignored its limit would run for minutes; not a timing target
+
+
+def _slow_evaluate(job):
+    time.sleep(3600)  # a simulation that would never end in the test's time
+
+
+_REAL_BOUND_CHUNK = search_module._bound_chunk
+
+
+def _slow_bounds_above_two_gpus(job):
+    if any(c.gpus > 2 for c in job):
+        time.sleep(3600)
+    return _REAL_BOUND_CHUNK(job)
+
+
+def _forked() -> None:
+    if "fork" not in __import__("multiprocessing").get_all_start_methods():
+        pytest.skip("needs fork: the workers must inherit the patched function")
+
+
+def test_search_stops_at_its_time_limit_and_says_what_it_left_out(monkeypatch) -> None:
+    """Simulations that never end: the search kills them at the limit, recommends nothing
+    simulated, and its note says so (the code before the limit waited forever)."""
+    search_mod = search_module
+    _forked()
+    monkeypatch.setattr(search_mod, "_evaluate_chunk", _slow_evaluate)
+    wl = Workload(get_model("pixart"), 1024, 1024, 4)
+    gpu = GPUS["l40"]
+    t0 = time.monotonic()
+    res = search_mod.search(wl, gpu, build_topology(gpu, 4, "pcie"), [1], workers=2,
+                            time_limit_s=3.0)
+    assert time.monotonic() - t0 < HANG_GUARD_S
+    assert res.ranked == [] and res.stopped_at_s == 3.0
+    assert res.unsimulated == res.candidates and res.unbounded == 0
+    note = res.stop_note()
+    assert note.startswith("stopped by the time limit (--time-limit 3 s): ")
+    assert f"{res.candidates} were bounded but not simulated" in note
+    assert "nothing that fits was simulated" in note
+
+
+def test_search_bounds_fewest_gpus_first_and_drops_cut_counts_whole(monkeypatch) -> None:
+    """Bounds that take too long on 4 and 8 GPUs: the search answers from 1 and 2 GPUs, names
+    the counts it did not search, and compares the recommendation with the lowest bound of
+    what it did not simulate."""
+    search_mod = search_module
+    _forked()
+    monkeypatch.setattr(search_mod, "_bound_chunk", _slow_bounds_above_two_gpus)
+    wl = Workload(get_model("pixart"), 1024, 1024, 4)
+    gpu = GPUS["l40"]
+    res = search_mod.search(wl, gpu, build_topology(gpu, 8, "pcie"), [1], workers=2,
+                            time_limit_s=20.0)
+    assert res.stopped_at_s == 20.0 and res.unbounded_gpus == (4, 8)
+    assert {p.config.gpus for p in res.ranked} <= {1, 2} and res.ranked
+    full = candidates(wl, 8, [1])
+    assert res.unbounded == sum(c.gpus in (4, 8) for c in full)
+    assert res.candidates == len(full)
+    note = res.stop_note()
+    assert f"{res.unbounded} configurations on 4-8 GPUs were not searched" in note
+    # Every bounded candidate on 1-2 GPUs was simulated or pruned: nothing left but the cut.
+    assert res.unsimulated == 0 and "none of those bounded can beat" in note
+
+
+def test_plan_with_nothing_simulated_in_time_is_one_line(monkeypatch) -> None:
+    _forked()
+    monkeypatch.setattr(search_module, "_evaluate_chunk", _slow_evaluate)
+    code, out, err = _run("sim.plan", PLAN + ["--time-limit", "4"])
+    _assert_one_error_line(code, out, err)
+    assert "no configuration was simulated within --time-limit 4 s" in err
+
+
+def test_plan_json_stopped_by_the_limit_warns_on_stderr(monkeypatch) -> None:
+    """The ranking of what was searched on stdout (strict JSON), and one warning line on
+    stderr saying what the limit left out."""
+    _forked()
+    monkeypatch.setattr(search_module, "_bound_chunk", _slow_bounds_above_two_gpus)
+    argv = ["--model", "pixart", "--gpus", "8", "--steps", "4", "--warmup", "1",
+            "--time-limit", "25", "--json"]
+    code, out, err = _run("sim.plan", argv)
+    assert code == 0, err
+    rows = _finite_json(out)
+    assert rows and {r["config"]["gpus"] for r in rows} <= {1, 2}
+    assert err.startswith("warning: stopped by the time limit (--time-limit 25 s): ")
+    assert "configurations on 4-8 GPUs were not searched" in err and err.count("\n") == 1
+
+
+def test_predict_gives_up_at_its_time_limit(monkeypatch) -> None:
+    from sim import predict as predict_mod
+
+    def slow(*args, **kwargs):
+        time.sleep(3600)
+
+    monkeypatch.setattr(predict_mod, "evaluate", slow)
+    t0 = time.monotonic()
+    code, out, err = _run("sim.predict", PREDICT + ["--time-limit", "0.5"])
+    assert time.monotonic() - t0 < HANG_GUARD_S
+    _assert_one_error_line(code, out, err)
+    assert "the simulation did not finish within --time-limit 0.5 s" in err
+    assert "--time-limit 0 to wait for it" in err
+
+
+@pytest.mark.parametrize("stages,sp", [(8, 1), (8, 2), (4, 8), (2, 16)])
+def test_patch_counts_capped_as_xdit_caps_them(stages: int, sp: int) -> None:
+    """xDiT rounds a patch up to a whole token row per sequence-parallel rank, so a patch
+    count above rows // sp is not one it runs; the search does not list it either."""
+    from sim.search import patch_candidates
+
+    rows = 64  # 1024 px PixArt: 64 rows of 2-row patches in the latent
+    ms = patch_candidates(stages, rows, sp)
+    assert ms and max(ms) <= rows // sp
+    assert set(ms) == {m for m in patch_candidates(stages, rows) if m <= rows // sp}
+    wl = Workload(get_model("pixart"), 1024, 1024, 4)
+    for cfg in candidates(wl, 16, [1]):
+        assert cfg.patches <= rows // (cfg.ulysses * cfg.ring), cfg
