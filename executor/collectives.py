@@ -37,6 +37,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from executor import faults
 from executor.comm import Comm, CommError, Pending
 from sim.engine import collective_bytes_sent
 from sim.layout import AXES, RankLayout
@@ -103,8 +104,10 @@ class Collectives:
     def fail(self, op: Collective | Wait, e: BaseException) -> CommError:
         """The one-line error naming this rank, the op and its peers."""
         what = describe(op)
-        return CommError(f"rank {self.rank}: {what} failed: a peer died, hung or timed out "
-                         f"({_reason(e)})")
+        reason = _reason(e)
+        timed_out = isinstance(e, TimeoutError) or "timed out" in reason.lower()
+        return CommError(f"rank {self.rank}: {what} failed: "
+                         f"{faults.blame(op.group, timed_out)} ({reason})")
 
     # ---- blocking and asynchronous calls --------------------------------------------------
     def run_blocking(self, op: Collective, call: Callable[[dist.ProcessGroup], object]):

@@ -2,14 +2,18 @@
 runs of its ops (``executor.interpreter``), and gathering every rank's results on rank 0.
 
 Hidden fault injection for the fault tests: ``DITSIM_EXECUTOR_FAULT=RANK:STEP:exit`` (or
-``:hang``) makes that rank die (status 3) or stop forever at its first op of that step.
+``:hang``) makes that rank die (status 3) or stop forever at its first op of that step;
+``RANK:startup:MODE`` and ``RANK:barrier:MODE`` do so before the model is built and before the
+barrier that starts a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,12 +22,13 @@ import torch
 import torch.distributed as dist
 from diffusers.utils import logging as dlogging
 
+from executor import faults
 from executor.collectives import Groups, axis_groups, clear_groups
-from executor.comm import Comm
+from executor.comm import Comm, CommError
 from executor.diffusers_models import build_transformer, load_transformer
 from executor.host import steady_heap, trim_heap
 from executor.inputs import keep_stage, load_prompts, random_prompts, with_counted_params
-from executor.interpreter import RankResult, StageExecutor
+from executor.interpreter import RankResult, StageExecutor, inject
 from executor.memory import PeakMemory
 from executor.request import TORCH_DTYPES, RunPlan
 from executor.summary import summarize
@@ -35,11 +40,25 @@ _GROUPS: dict[tuple[int, str], PointGroups] = {}
 
 
 def _fault() -> tuple[int, int, str] | None:
+    """The injected fault of a loop step: (rank, step, mode), or None."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return None
     rank, step, mode = spec.split(":")
+    if not step.lstrip("-").isdigit():
+        return None  # a phase outside the loop (_phase_fault)
     return int(rank), int(step), mode
+
+
+def _phase_fault(rank: int, phase: str) -> None:
+    """Inject the fault of ``DITSIM_EXECUTOR_FAULT=RANK:PHASE:MODE`` if it names this rank and
+    ``phase``: ``startup`` (the process group is up, the groups and the model are not) or
+    ``barrier`` (right before the barrier that starts a run)."""
+    spec = os.environ.get(FAULT_ENV)
+    if spec:
+        r, where, mode = spec.split(":")
+        if int(r) == rank and where == phase:
+            inject(mode, rank)
 
 
 def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
@@ -66,10 +85,13 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     sched = plan.schedule
     if world > 1:
         owns_pg = not dist.is_initialized()
-        fwd, back, ctl = process_groups(rank, world, device, args.timeout)
+        with _naming(rank, world, "start-up (connecting the ranks)"):
+            fwd, back, ctl = process_groups(rank, world, device, args.timeout)
+        _phase_fault(rank, "startup")
         # The schedule's collective groups, built once (every rank, same order).
-        groups = axis_groups(sched.layout, args.timeout, "nccl" if device.type == "cuda"
-                             else "gloo")
+        with _naming(rank, world, "creating the process groups"):
+            groups = axis_groups(sched.layout, args.timeout, "nccl" if device.type == "cuda"
+                                 else "gloo")
     stage = sched.layout.stage(rank)
     first, last = sched.stage_layers[stage]
     if plan.model_dir:
@@ -105,14 +127,22 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     # the next run would pay page faults on every large tensor, which a warm process does not.
     trim_heap()
 
+    runs = [0]  # runs started, warm-up runs included
+
     def one_run() -> RankResult:
         # A fresh executor and message layer per run: every run starts from the same state
         # (latents, scheduler history, stale buffers, tags).
         comm, stage = stage_executor()
         if sync:
             sync()
+        runs[0] += 1
         if world > 1:
-            dist.barrier(group=ctl)
+            _phase_fault(rank, "barrier")
+            what = f"the barrier before run {runs[0]}"
+            faults.phase(what)
+            with _naming(rank, world, what):
+                dist.barrier(group=ctl)
+            faults.phase(f"run {runs[0]}")
         origin_box[0] = time.perf_counter()
         result = stage.run(origin_box[0], sync=sync)
         if comm is not None:
@@ -133,8 +163,10 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
             "kv": result.kv_buffer_bytes, "window_reset": probe.window_reset}
     if world > 1:
         gathered: list | None = [None] * world if rank == 0 else None
-        dist.gather_object(mine, gathered, dst=0, group=ctl)
-        dist.barrier(group=ctl)
+        faults.phase("gathering the results")
+        with _naming(rank, world, "gathering the results on rank 0"):
+            dist.gather_object(mine, gathered, dst=0, group=ctl)
+            dist.barrier(group=ctl)
         if owns_pg:
             dist.destroy_process_group()
             _GROUPS.clear()
@@ -144,6 +176,24 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     if rank != 0:
         return None
     return summarize(plan, model, args, gathered, probe.kind)
+
+
+@contextlib.contextmanager
+def _naming(rank: int, world: int, what: str) -> Iterator[None]:
+    """Turn a failure of ``what`` (a step every rank takes together: creating groups, a
+    barrier, gathering) into a ``CommError`` naming the rank to blame (``executor.faults``),
+    not gloo's "Connection closed by peer [address]"."""
+    try:
+        yield
+    except CommError:
+        raise
+    except Exception as e:  # noqa: BLE001 - gloo and NCCL raise RuntimeError and subclasses
+        text = str(e).strip()
+        reason = (text.splitlines()[0] if text else type(e).__name__)
+        reason = reason.split(". This is typically")[0]  # gloo appends generic advice
+        timed_out = "timed out" in reason.lower()
+        raise CommError(f"rank {rank}: {what} failed: "
+                        f"{faults.blame(list(range(world)), timed_out)} ({reason})") from e
 
 
 def process_groups(rank: int, world: int, device: torch.device,
@@ -159,6 +209,8 @@ def process_groups(rank: int, world: int, device: torch.device,
     if not dist.is_initialized():
         dist.init_process_group(backend, world_size=world, rank=rank,
                                 timeout=timeout)
+        faults.start(rank, world)  # the store exists from here: notes for the error lines
+        faults.phase("start-up")
     key = (world, backend)
     if key not in _GROUPS:
         ranks = list(range(world))
