@@ -184,6 +184,14 @@ ROWS = [
         id="reports-plan-warmup"),
     # (compare refused this before; kept as the same rule's row.)
     row("sim.compare", PLAN + ["--warmup", "5"], WARMUP_MSG, id="compare-warmup"),
+    # 11. The executor has no --gpus: its message names the launch's processes.
+    row("executor.run", ["--model", "pixart-tiny", "--resolution", "256", "--ulysses", "2"],
+        "parallel degrees multiply to 2 but the launch has 1 process; launch 2 (torchrun "
+        "--nproc_per_node 2) or change the degrees", id="executor-degrees-vs-processes"),
+    row("executor.run", EXECUTOR + ["--check", "0"], "--check must be at least 1, got 0",
+        id="executor-check-0"),
+    row("executor.run", ["--model", "pixart-tiny", "--resolution", "250", "--check", "2"],
+        "resolution 250x250 is not a multiple of 16 px", id="executor-check-bad-resolution"),
     # 6. Bounded time: the limit itself must be a usable number.
     row("sim.plan", PLAN + ["--time-limit", "nan"],
         "--time-limit must be a finite number of seconds >= 0 (0: no limit), got nan",
@@ -593,3 +601,19 @@ def test_patch_counts_capped_as_xdit_caps_them(stages: int, sp: int) -> None:
     wl = Workload(get_model("pixart"), 1024, 1024, 4)
     for cfg in candidates(wl, 16, [1]):
         assert cfg.patches <= rows // (cfg.ulysses * cfg.ring), cfg
+
+
+def test_executor_check_starts_nothing_and_says_how_to_launch(monkeypatch) -> None:
+    """Issue 18 (11): under torchrun bad input ends as torchrun's exit 1 and its report;
+    ``--check NPROC`` checks the flags for that launch first, in one process."""
+    import executor.run as run_mod
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("--check must not start a run")
+
+    monkeypatch.setattr(run_mod, "execute", no_run)
+    code, out, err = _run("executor.run", ["--model", "pixart-tiny", "--resolution", "256",
+                                           "--ulysses", "2", "--check", "2"])
+    assert code == 0 and err == ""
+    assert out == ("ok: ulysses2 on 2 processes; start it with torchrun --nproc_per_node 2 "
+                   "-m executor.run and the same flags (without --check)\n")
