@@ -424,6 +424,9 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                         f"simulating {len(cands)} configurations on {workers} processes; "
                         f"nothing was recommended. Rerun, or search fewer configurations "
                         f"(--warmup with fewer counts, fewer --gpus)") from None
+    except BaseException:
+        pool.stop()  # interrupted (a command's time limit, Ctrl-C): no worker outlives it
+        raise
     finally:
         pool.close()
 

@@ -197,6 +197,8 @@ ROWS = [
         "--time-limit must be a finite number of seconds >= 0 (0: no limit), got nan",
         id="plan-time-limit-nan"),
     row("sim.plan", PLAN + ["--time-limit=-5"], "got -5", id="plan-time-limit-negative"),
+    row("sim.compare", PLAN + ["--time-limit", "nan"], "--time-limit must be a finite number",
+        id="compare-time-limit-nan"),
     row("sim.predict", PREDICT + ["--time-limit", "inf"],
         "--time-limit must be a finite number of seconds >= 0 (0: no limit), got inf",
         id="predict-time-limit-inf"),
@@ -586,6 +588,22 @@ def test_predict_gives_up_at_its_time_limit(monkeypatch) -> None:
     _assert_one_error_line(code, out, err)
     assert "the simulation did not finish within --time-limit 0.5 s" in err
     assert "--time-limit 0 to wait for it" in err
+
+
+def test_compare_gives_up_at_its_time_limit_leaving_no_worker(monkeypatch) -> None:
+    """The limit interrupts the search's wait; its workers are killed, not waited for."""
+    _forked()
+    monkeypatch.setattr(search_module, "_evaluate_chunk", _slow_evaluate)
+    monkeypatch.setattr(search_module.os, "cpu_count", lambda: 2)
+    t0 = time.monotonic()
+    code, out, err = _run("sim.compare", ["--model", "pixart", "--gpus", "8", "--steps", "4",
+                                          "--resolutions", "1024", "--time-limit", "3"])
+    assert time.monotonic() - t0 < HANG_GUARD_S
+    _assert_one_error_line(code, out, err)
+    assert "the comparison did not finish within --time-limit 3 s" in err
+    import multiprocessing
+
+    assert [p for p in multiprocessing.active_children() if p.is_alive()] == []
 
 
 @pytest.mark.parametrize("stages,sp", [(8, 1), (8, 2), (4, 8), (2, 16)])
