@@ -260,6 +260,8 @@ class _Pool:
             self.pool.shutdown(wait=False, cancel_futures=True)
             for proc in procs:
                 proc.kill()
+            for proc in procs:
+                proc.join(5)  # reaped, so none is left behind even for a moment
             self.pool = None
 
     def map(self, fn: Callable[[_Job], list[Any]], cfgs: list[ParallelConfig],
