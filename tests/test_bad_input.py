@@ -146,6 +146,10 @@ ROWS = [
     row("sim.predict", CPU_PREDICT + ["--link-profile", "{link_nan_latency}"],
         "l1.csv line 1 (metadata), fit of 'all_gather', regime 'small', latency_s: nan is not "
         "a finite number", id="predict-link-nan-latency"),
+    # (the code before these checks hung on a negative bandwidth, with no output)
+    row("sim.predict", CPU_PREDICT + ["--link-profile", "{link_neg_bandwidth}"],
+        "l2.csv line 1 (metadata), fit of 'all_gather', regime 'small', bandwidth_Bps: -",
+        "is non-positive (must be > 0 B/s)", id="predict-link-negative-bandwidth"),
     row("sim.predict", CPU_PREDICT + ["--link-profile", "{link_zero_bandwidth}"],
         "l3.csv line 1 (metadata)", "bandwidth_Bps: 0.0 is non-positive (must be > 0 B/s)",
         id="predict-link-zero-bandwidth"),
