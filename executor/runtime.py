@@ -85,11 +85,11 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     sched = plan.schedule
     if world > 1:
         owns_pg = not dist.is_initialized()
-        with _naming(rank, world, "start-up (connecting the ranks)"):
+        with naming_the_culprit(rank, world, "start-up (connecting the ranks)"):
             fwd, back, ctl = process_groups(rank, world, device, args.timeout)
         _phase_fault(rank, "startup")
         # The schedule's collective groups, built once (every rank, same order).
-        with _naming(rank, world, "creating the process groups"):
+        with naming_the_culprit(rank, world, "creating the process groups"):
             groups = axis_groups(sched.layout, args.timeout, "nccl" if device.type == "cuda"
                                  else "gloo")
     stage = sched.layout.stage(rank)
@@ -140,7 +140,7 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
             _phase_fault(rank, "barrier")
             what = f"the barrier before run {runs[0]}"
             faults.phase(what)
-            with _naming(rank, world, what):
+            with naming_the_culprit(rank, world, what):
                 dist.barrier(group=ctl)
             faults.phase(f"run {runs[0]}")
         origin_box[0] = time.perf_counter()
@@ -164,7 +164,7 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     if world > 1:
         gathered: list | None = [None] * world if rank == 0 else None
         faults.phase("gathering the results")
-        with _naming(rank, world, "gathering the results on rank 0"):
+        with naming_the_culprit(rank, world, "gathering the results on rank 0"):
             dist.gather_object(mine, gathered, dst=0, group=ctl)
             dist.barrier(group=ctl)
         if owns_pg:
@@ -179,7 +179,7 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
 
 
 @contextlib.contextmanager
-def _naming(rank: int, world: int, what: str) -> Iterator[None]:
+def naming_the_culprit(rank: int, world: int, what: str) -> Iterator[None]:
     """Turn a failure of ``what`` (a step every rank takes together: creating groups, a
     barrier, gathering) into a ``CommError`` naming the rank to blame (``executor.faults``),
     not gloo's "Connection closed by peer [address]"."""
