@@ -262,6 +262,13 @@ class _Pool:
                 proc.kill()
             for proc in procs:
                 proc.join(5)  # reaped, so none is left behind even for a moment
+            # A worker killed while writing its result leaves half a message in the result
+            # pipe, and the executor's thread reading it would wait for the rest for ever
+            # (and the interpreter for that thread at exit). With the workers dead, closing
+            # this process's own writing end lets that read end at once (end of file).
+            writer = getattr(getattr(self.pool, "_result_queue", None), "_writer", None)
+            if writer is not None:
+                writer.close()
             self.pool = None
 
     def map(self, fn: Callable[[_Job], list[Any]], cfgs: list[ParallelConfig],
