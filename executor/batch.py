@@ -19,7 +19,7 @@ import torch.distributed as dist
 from executor.launch import abort_rank, env_int
 from executor.request import plan_run
 from executor.run import build_parser
-from executor.runtime import execute, process_groups
+from executor.runtime import execute, naming_the_culprit, process_groups
 from sim.cli import run_main
 from sim.errors import UserError
 from sim.outputs import check_folder, write_output
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for text in argv[1:]:
             args = build_parser().parse_args(shlex.split(text))
+            if args.check is not None:
+                raise UserError("--check applies to executor.run; executor.batch runs every "
+                                "request it is given")
             runs.append((args, plan_run(args, world)))
     except UserError as e:
         if rank == 0:
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         if world > 1:
             device = torch.device("cuda", local_rank) if runs[0][1].device == "cuda" \
                 else torch.device("cpu")
-            process_groups(rank, world, device, max(a.timeout for a, _ in runs))
+            with naming_the_culprit(rank, world, "start-up (connecting the ranks)"):
+                process_groups(rank, world, device, max(a.timeout for a, _ in runs))
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
         for i, (args, plan) in enumerate(runs):

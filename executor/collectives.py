@@ -37,6 +37,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from executor import faults
 from executor.comm import Comm, CommError, Pending
 from sim.engine import collective_bytes_sent
 from sim.layout import AXES, RankLayout
@@ -100,11 +101,16 @@ class Collectives:
         """The process group of ``op``'s members."""
         return self.groups[op.group]
 
-    def fail(self, op: Collective | Wait, e: BaseException) -> CommError:
-        """The one-line error naming this rank, the op and its peers."""
+    def fail(self, op: Collective | Wait, e: BaseException,
+             members: tuple[int, ...] = ()) -> CommError:
+        """The one-line error naming this rank, the op and the rank to blame among the
+        collective's ``members`` (a ``Wait`` does not hold them: its pending work does)."""
         what = describe(op)
-        return CommError(f"rank {self.rank}: {what} failed: a peer died, hung or timed out "
-                         f"({_reason(e)})")
+        reason = _reason(e)
+        timed_out = isinstance(e, TimeoutError) or "timed out" in reason.lower()
+        group = op.group if isinstance(op, Collective) else members
+        return CommError(f"rank {self.rank}: {what} failed: "
+                         f"{faults.blame(group, timed_out)} ({reason})")
 
     # ---- blocking and asynchronous calls --------------------------------------------------
     def run_blocking(self, op: Collective, call: Callable[[dist.ProcessGroup], object]):
@@ -130,9 +136,9 @@ class Collectives:
         """Block until ``p`` has completed; raises ``CommError`` naming ``op``."""
         if not p.done.wait(self.comm.timeout_s):
             raise self.fail(op, TimeoutError(f"nothing arrived within --timeout "
-                                             f"{self.comm.timeout_s:g} s"))
+                                             f"{self.comm.timeout_s:g} s"), p.group)
         if p.error is not None:
-            raise self.fail(op, p.error)
+            raise self.fail(op, p.error, p.group)
         if self.comm.device.type == "cuda":
             p.work.wait()  # order the compute stream after the collective
 

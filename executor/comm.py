@@ -25,6 +25,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from executor import faults
 from sim.schedule import OpKind, Tag
 
 SWITCH_INTERVAL_S = 2e-4  # seconds; bounds how late a watcher's completion stamp can be
@@ -39,6 +40,7 @@ def abort(message: str, status: int = 1) -> None:
     the compute thread and by the watcher threads alike: a rank whose compute thread is stuck
     still exits as soon as one of its outstanding messages fails (no orphans)."""
     with _ABORT:
+        faults.gave_up(message)  # for the peers' lines: they must not blame this rank
         print(f"error: {message}", file=sys.stderr, flush=True)
         os._exit(status)
 
@@ -224,14 +226,15 @@ class Comm:
         reason = str(p.error).strip().splitlines()[0] if str(p.error).strip() else \
             type(p.error).__name__
         reason = reason.split(". This is typically")[0]  # gloo appends generic advice
+        timed_out = isinstance(p.error, TimeoutError) or "timed out" in reason.lower()
         if p.kind not in (OpKind.SEND, OpKind.RECV):
             t = p.tag
             return (f"rank {self.rank}: {p.kind} of {t.what} (step {t.step}, patch {t.patch}, "
-                    f"layer {t.layer}) with ranks {p.group} failed: a peer died, hung or "
-                    f"timed out ({reason})")
+                    f"layer {t.layer}) with ranks {p.group} failed: "
+                    f"{faults.blame(p.group, timed_out)} ({reason})")
         verb = "send to" if p.kind == OpKind.SEND else "receive from"
         return (f"rank {self.rank}: {verb} rank {p.peer} of {p.tag.what} (step {p.tag.step}, "
-                f"patch {p.tag.patch}) failed: rank {p.peer} died, hung or timed out ({reason})")
+                f"patch {p.tag.patch}) failed: {faults.blame([p.peer], timed_out)} ({reason})")
 
     def close(self) -> None:
         """Stop the watcher threads (after every message has been waited for)."""

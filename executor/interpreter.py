@@ -472,7 +472,7 @@ class StageExecutor:
                     self._post_ahead()
                 if isinstance(op, Compute):
                     if fault is not None and fault[0] == rank and fault[1] == op.step:
-                        _inject(fault[2], rank)
+                        inject(fault[2], rank)
                     if op.kind == OpKind.BLOCKS and self.block_units:
                         end = _unit_end(ops, i - 1)
                         rows += self._run_unit(ops[i - 1:end])
@@ -626,7 +626,7 @@ def _unit_end(ops: list[Op], start: int) -> int:
     return j
 
 
-def _inject(mode: str, rank: int) -> None:
+def inject(mode: str, rank: int) -> None:
     """Fault injection for the fault tests: ``exit`` dies at once, ``hang`` stops forever."""
     import os
     import sys

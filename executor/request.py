@@ -80,6 +80,14 @@ def plan_run(args: argparse.Namespace, world_size: int) -> RunPlan:
         pipefusion = world_size // others if others > 0 and world_size % others == 0 else 1
     check_patches_need_pipefusion(args.patches, world_size, "processes")
     patches = args.patches if args.patches is not None else pipefusion
+    product = pipefusion * others
+    if product != world_size and min(pipefusion, others) >= 1:
+        # The executor has no --gpus: the processes are the launch's (validate would say
+        # "but --gpus is N").
+        s = "es" if world_size != 1 else ""
+        raise UserError(f"parallel degrees multiply to {product} but the launch has "
+                        f"{world_size} process{s}; launch {product} (torchrun "
+                        f"--nproc_per_node {product}) or change the degrees")
     cfg = ParallelConfig(gpus=world_size, pipefusion=pipefusion, patches=patches,
                          warmup=args.warmup, stage_blocks=stage_blocks, **degrees)
     sched = build_schedule(wl, cfg)

@@ -25,7 +25,7 @@ from executor.launch import abort_rank, env_int
 from executor.request import TORCH_DTYPES, plan_run
 from executor.runtime import execute
 from executor.summary import memory_line
-from sim.cli import parser, run_main
+from sim.cli import at_least, parser, run_main
 from sim.errors import UserError
 
 
@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "their median, the trace that of the last, the peak memory over all")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout (rank 0)")
+    p.add_argument("--check", type=int, metavar="NPROC",
+                   help="only check the flags for a launch of NPROC processes, starting "
+                   "nothing: exit 0 with one line, or 2 with the error (under torchrun, bad "
+                   "input makes torchrun itself exit 1 after its own report)")
     return p
 
 
@@ -114,11 +118,21 @@ def main(argv: list[str] | None = None) -> int:
         world = env_int("WORLD_SIZE", 1)
         local_rank = env_int("LOCAL_RANK", 0)
         args = build_parser().parse_args(argv)
+        if args.check is not None:
+            at_least(args.check, 1, "--check")
+            world = args.check
         plan = plan_run(args, world)
     except UserError as e:
         if rank == 0:  # every rank checks; one line per launch
             print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.check is not None:
+        s = "es" if world != 1 else ""
+        if rank == 0:
+            print(f"ok: {plan.config.label()} on {world} process{s}; start it with torchrun "
+                  f"--nproc_per_node {world} -m executor.run and the same flags (without "
+                  f"--check)")
+        return 0
     try:
         summary = execute(plan, args, rank, world, local_rank)
     except UserError as e:  # inputs only checkable after loading (prompt embeddings)

@@ -2,14 +2,18 @@
 runs of its ops (``executor.interpreter``), and gathering every rank's results on rank 0.
 
 Hidden fault injection for the fault tests: ``DITSIM_EXECUTOR_FAULT=RANK:STEP:exit`` (or
-``:hang``) makes that rank die (status 3) or stop forever at its first op of that step.
+``:hang``) makes that rank die (status 3) or stop forever at its first op of that step;
+``RANK:startup:MODE`` and ``RANK:barrier:MODE`` do so before the model is built and before the
+barrier that starts a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,12 +22,13 @@ import torch
 import torch.distributed as dist
 from diffusers.utils import logging as dlogging
 
+from executor import faults
 from executor.collectives import Groups, axis_groups, clear_groups
-from executor.comm import Comm
+from executor.comm import Comm, CommError
 from executor.diffusers_models import build_transformer, load_transformer
 from executor.host import steady_heap, trim_heap
 from executor.inputs import keep_stage, load_prompts, random_prompts, with_counted_params
-from executor.interpreter import RankResult, StageExecutor
+from executor.interpreter import RankResult, StageExecutor, inject
 from executor.memory import PeakMemory
 from executor.mmdit import MMDIT_CLASSES, MMDiTStageExecutor
 from executor.reference import flow_scheduler
@@ -38,10 +43,13 @@ _GROUPS: dict[tuple[int, str], PointGroups] = {}
 
 
 def _fault() -> tuple[int, int, str] | None:
+    """The injected fault of a loop step: (rank, step, mode), or None."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return None
     rank, step, mode = spec.split(":")
+    if not step.lstrip("-").isdigit():
+        return None  # a phase outside the loop (_phase_fault)
     return int(rank), int(step), mode
 
 
@@ -80,10 +88,14 @@ class LoadedRank:
         sched = plan.schedule
         if world > 1:
             self.owns_pg = not dist.is_initialized()
-            self.fwd, self.back, self.ctl = process_groups(rank, world, device, args.timeout)
+            with naming_the_culprit(rank, world, "start-up (connecting the ranks)"):
+                self.fwd, self.back, self.ctl = process_groups(rank, world, device,
+                                                               args.timeout)
+            _phase_fault(rank, "startup")
             # The schedule's collective groups, built once (every rank, same order).
-            self.groups = axis_groups(sched.layout, args.timeout,
-                                      "nccl" if device.type == "cuda" else "gloo")
+            with naming_the_culprit(rank, world, "creating the process groups"):
+                self.groups = axis_groups(sched.layout, args.timeout,
+                                          "nccl" if device.type == "cuda" else "gloo")
         stage = sched.layout.stage(rank)
         first, last = sched.stage_layers[stage]
         if plan.model_dir:
@@ -102,6 +114,7 @@ class LoadedRank:
         self.executor_cls = MMDiTStageExecutor if plan.model.diffusers_class in MMDIT_CLASSES \
             else StageExecutor
         self.origin = 0.0
+        self.runs = 0  # runs started, warm-up runs included
         # The last run's CPU seconds: this (compute) thread's, and the whole process's.
         self.cpu = [0.0, 0.0]
         self.sync = torch.cuda.synchronize if device.type == "cuda" else None
@@ -133,8 +146,14 @@ class LoadedRank:
                                   self.tdtype, comm=comm, fault=_fault(), groups=self.groups)
         if self.sync:
             self.sync()
+        self.runs += 1
         if self.world > 1:
-            dist.barrier(group=self.ctl)
+            _phase_fault(self.rank, "barrier")
+            what = f"the barrier before run {self.runs}"
+            faults.phase(what)
+            with naming_the_culprit(self.rank, self.world, what):
+                dist.barrier(group=self.ctl)
+            faults.phase(f"run {self.runs}")
         cpu0, proc0 = time.thread_time(), time.process_time()
         self.origin = time.perf_counter()
         result = stage.run(self.origin, sync=self.sync)
@@ -152,6 +171,17 @@ class LoadedRank:
             dist.destroy_process_group()
             _GROUPS.clear()
             clear_groups()
+
+
+def _phase_fault(rank: int, phase: str) -> None:
+    """Inject the fault of ``DITSIM_EXECUTOR_FAULT=RANK:PHASE:MODE`` if it names this rank and
+    ``phase``: ``startup`` (the process group is up, the groups and the model are not) or
+    ``barrier`` (right before the barrier that starts a run)."""
+    spec = os.environ.get(FAULT_ENV)
+    if spec:
+        r, where, mode = spec.split(":")
+        if int(r) == rank and where == phase:
+            inject(mode, rank)
 
 
 def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
@@ -178,14 +208,34 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
             "threads": torch.get_num_threads()}
     if world > 1:
         gathered: list | None = [None] * world if rank == 0 else None
-        dist.gather_object(mine, gathered, dst=0, group=loaded.ctl)
-        dist.barrier(group=loaded.ctl)
+        faults.phase("gathering the results")
+        with naming_the_culprit(rank, world, "gathering the results on rank 0"):
+            dist.gather_object(mine, gathered, dst=0, group=loaded.ctl)
+            dist.barrier(group=loaded.ctl)
         loaded.close()
     else:
         gathered = [mine]
     if rank != 0:
         return None
     return summarize(plan, loaded.model, args, gathered, probe.kind)
+
+
+@contextlib.contextmanager
+def naming_the_culprit(rank: int, world: int, what: str) -> Iterator[None]:
+    """Turn a failure of ``what`` (a step every rank takes together: creating groups, a
+    barrier, gathering) into a ``CommError`` naming the rank to blame (``executor.faults``),
+    not gloo's "Connection closed by peer [address]"."""
+    try:
+        yield
+    except CommError:
+        raise
+    except Exception as e:  # noqa: BLE001 - gloo and NCCL raise RuntimeError and subclasses
+        text = str(e).strip()
+        reason = (text.splitlines()[0] if text else type(e).__name__)
+        reason = reason.split(". This is typically")[0]  # gloo appends generic advice
+        timed_out = "timed out" in reason.lower()
+        raise CommError(f"rank {rank}: {what} failed: "
+                        f"{faults.blame(list(range(world)), timed_out)} ({reason})") from e
 
 
 def process_groups(rank: int, world: int, device: torch.device,
@@ -201,6 +251,8 @@ def process_groups(rank: int, world: int, device: torch.device,
     if not dist.is_initialized():
         dist.init_process_group(backend, world_size=world, rank=rank,
                                 timeout=timeout)
+        faults.start(rank, world)  # the store exists from here: notes for the error lines
+        faults.phase("start-up")
     key = (world, backend)
     if key not in _GROUPS:
         ranks = list(range(world))

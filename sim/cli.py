@@ -4,12 +4,15 @@ that user errors print one line and exit 2 with no traceback."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +267,47 @@ def non_finite(obj: object, path: str = "") -> tuple[str, float] | None:
         if found is not None:
             return found
     return None
+
+
+def time_limit_arg(p: argparse.ArgumentParser, default: float, what: str) -> None:
+    """Add ``--time-limit SECONDS`` to a command whose work ``what`` may run for minutes."""
+    p.add_argument("--time-limit", type=float, default=default, metavar="SECONDS",
+                   help=f"give up on {what} after this many seconds (default {default:g}) "
+                        f"with one line saying so; 0 waits for it")
+
+
+def checked_time_limit(seconds: float) -> float | None:
+    """``--time-limit`` in seconds, None for no limit (0); ``UserError`` unless finite and
+    >= 0."""
+    if not (is_finite(seconds) and seconds >= 0):
+        raise UserError(f"--time-limit must be a finite number of seconds >= 0 (0: no "
+                        f"limit), got {show(seconds)}")
+    return seconds or None
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str, advice: str) -> Iterator[None]:
+    """Run the block for at most ``seconds`` (None: no limit): past it, ``UserError`` ("``what``
+    did not finish within --time-limit N s; ``advice``") is raised in the block. A timer
+    signal, so only in the main thread of a process on a system that has one; elsewhere (a
+    library call in a worker thread) the block runs unbounded."""
+    usable = (seconds is not None and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise UserError(f"{what} did not finish within --time-limit {seconds:g} s; {advice}, "
+                        f"or --time-limit 0 to wait for it")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def check_finite(obj: object, what: str) -> None:

@@ -26,6 +26,7 @@ from sim.cli import (
     argv_from_kwargs,
     callable_module,
     check_finite,
+    checked_time_limit,
     cluster_from_args,
     cost_spec_from_args,
     moved_report_flag,
@@ -35,6 +36,8 @@ from sim.cli import (
     progress_from_args,
     reject_moved_report,
     run_main,
+    time_limit,
+    time_limit_arg,
     workload_from_args,
 )
 from sim.config import ParallelConfig, check_warmup, validate
@@ -60,7 +63,12 @@ def build_parser(prog: str = "python -m sim.compare") -> argparse.ArgumentParser
                    help="square resolutions in pixels, comma-separated")
     p.add_argument("--warmup", type=int, default=1,
                    help="warmup steps for strategies with stale context")
+    time_limit_arg(p, DEFAULT_TIME_LIMIT_S, "the comparison")
     return p
+
+
+# How long the command works before giving up, seconds (issue 18): 1,024 GPUs took minutes.
+DEFAULT_TIME_LIMIT_S = 60.0
 
 
 def compare(args: argparse.Namespace, progress: Progress | None = None
@@ -224,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     moved_report_flag(p, "reports.compare")
     args = p.parse_args(argv)
     reject_moved_report(args, "reports.compare")
-    print_comparison(args, *compare(args))
+    limit = checked_time_limit(args.time_limit)
+    with time_limit(limit, "the comparison", "fewer GPUs or resolutions compare faster"):
+        found = compare(args)
+    print_comparison(args, *found)
     return 0
 
 

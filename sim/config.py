@@ -3,6 +3,7 @@ must obey. Every broken rule raises ``UserError`` with the rule in one line."""
 
 from __future__ import annotations
 
+import operator
 from dataclasses import asdict, dataclass
 
 from sim.errors import UserError
@@ -10,6 +11,21 @@ from sim.models import DiTModel
 from sim.partition import split_even
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def _whole(obj: object, name: str, flag: str) -> None:
+    """Make field ``name`` of the frozen dataclass ``obj`` a plain ``int``, or raise
+    ``UserError`` naming ``flag``. Integers of other kinds (numpy) are accepted; booleans,
+    floats (NaN, inf, 2.5) and strings are not: a NaN compares false with every bound, so
+    ``validate`` would let it through, and an infinite step count never ends."""
+    value = getattr(obj, name)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        whole = operator.index(value)
+    except TypeError:
+        raise UserError(f"{flag} must be a whole number, got {value!r}") from None
+    object.__setattr__(obj, name, whole)
 
 
 @dataclass(frozen=True)
@@ -24,6 +40,26 @@ class Workload:
     dtype: str = "bf16"
     text_encoder: bool = True
     vae: bool = True
+
+    def __post_init__(self) -> None:
+        # Built directly (the Python API, scripts), a workload gets the checks the command
+        # line gives: the same messages as ``validate`` and the flags' parsers.
+        if not isinstance(self.model, DiTModel):
+            raise UserError(f"model must be a registry model (sim.models.get_model), got "
+                            f"{self.model!r}")
+        _whole(self, "height", "resolution (height)")
+        _whole(self, "width", "resolution (width)")
+        _whole(self, "steps", "--steps")
+        if self.height <= 0 or self.width <= 0:
+            raise UserError(f"resolution must be positive, got {self.width}x{self.height}")
+        if self.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {self.steps}")
+        if self.dtype not in DTYPE_BYTES:
+            raise UserError(f"--dtype must be one of {', '.join(sorted(DTYPE_BYTES))}, got "
+                            f"{self.dtype!r}")
+        for name in ("text_encoder", "vae"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     @property
     def dtype_bytes(self) -> int:
@@ -52,6 +88,25 @@ class ParallelConfig:
     ring: int = 1
     tensor: int = 1
     distrifusion: int = 1
+
+    def __post_init__(self) -> None:
+        # Whole numbers and the ranges that need no workload, with ``validate``'s messages;
+        # the rest (patches and warmup against the image and the steps) stays in ``validate``.
+        for name in _INT_FIELDS:
+            _whole(self, name, f"--{name}")
+        if self.stage_blocks is not None:
+            blocks = tuple(self.stage_blocks)
+            if any(isinstance(b, (bool, float, str)) for b in blocks):
+                raise UserError(f"--stage-blocks must be whole numbers, got {list(blocks)!r}")
+            object.__setattr__(self, "stage_blocks", tuple(operator.index(b) for b in blocks))
+        if self.gpus < 1:
+            raise UserError(f"--gpus must be at least 1, got {self.gpus}")
+        for name in ("pipefusion", "ulysses", "ring", "tensor", "distrifusion"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.cfg not in (1, 2):
+            raise UserError(f"--cfg must be 1 or 2 (the guidance batch has two halves), "
+                            f"got {self.cfg}")
 
     @property
     def sp(self) -> int:
@@ -105,6 +160,10 @@ class ParallelConfig:
         if d["stage_blocks"] is not None:
             d["stage_blocks"] = list(d["stage_blocks"])
         return d
+
+
+_INT_FIELDS = ("gpus", "pipefusion", "patches", "warmup", "cfg", "ulysses", "ring", "tensor",
+               "distrifusion")
 
 
 def check_warmup(warmup: int, steps: int) -> None:

@@ -14,6 +14,7 @@ default to 0..2. HTML reports: ``python -m reports.plan``, same flags plus ``--r
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from sim.cli import (
     calibration_from_args,
     callable_module,
     check_finite,
+    checked_time_limit,
     cluster_from_args,
     cost_spec_from_args,
     moved_report_flag,
@@ -39,6 +41,7 @@ from sim.cli import (
 )
 from sim.config import ParallelConfig, Workload, check_warmup, validate
 from sim.cost import CostSpec
+from sim.errors import UserError
 from sim.evaluate import Prediction, evaluate
 from sim.hardware import GPU
 from sim.outputs import check_outputs, write_output
@@ -62,7 +65,18 @@ def build_parser(prog: str = "python -m sim.plan") -> argparse.ArgumentParser:
                         "ruled out with 'simulated': false and their bound)")
     p.add_argument("--chrome-trace", default=None, metavar="FILE",
                    help="write the recommended configuration's Chrome/Perfetto trace")
+    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, metavar="SECONDS",
+                   help=f"answer within about this many seconds (default "
+                   f"{DEFAULT_TIME_LIMIT_S:g}): the search then stops and says what it left "
+                   f"out and how far the answer can be from the best; 0 searches everything")
     return p
+
+
+# The planner's answer time by default, seconds (issue 18: every command answers within a
+# documented bound). Small searches finish far sooner; 1,024 GPUs take minutes in full.
+DEFAULT_TIME_LIMIT_S = 60.0
+# Of the time limit, what the search leaves for everything after it (ranking, printing).
+_AFTER_SEARCH_S = 3.0
 
 
 @dataclass
@@ -94,14 +108,24 @@ def run_search(args: argparse.Namespace, progress: Progress | None = None) -> Pl
     validate(wl, ParallelConfig(1))
     for w in warmups:  # the rule sim.predict applies, to every count (none dropped)
         check_warmup(w, wl.steps)
+    limit = checked_time_limit(args.time_limit)
     spec = cost_spec_from_args(args)
     scale = calibration_from_args(args, wl, gpu, spec)
+    # The limit counts from the parsed flags (topology and calibration included).
+    left = None if limit is None else max(limit - _AFTER_SEARCH_S - (time.perf_counter() - t0),
+                                          0.1)
     with progress.stage(f"searching the configurations of {wl.model.name} on "
                         f"{topo.num_gpus} x {gpu.name}"):
         result = search(wl, gpu, topo, warmups, scale, spec=spec, top=args.top,
                         per_family=args.per_family, exhaustive=args.exhaustive,
-                        progress=progress)
+                        progress=progress, time_limit_s=left)
     progress.end()
+    if result.stopped_at_s is not None:
+        result.stopped_at_s = limit  # the user's figure, not the search's share of it
+        if not result.ranked:
+            raise UserError(f"no configuration was simulated within --time-limit {limit:g} s "
+                            f"({result.candidates} searched); allow more time, or fewer GPUs "
+                            f"or warmup counts")
     # A NaN would rank arbitrarily and print as "nan": refused before anything is written.
     check_finite(plan_json(result), "the ranking")
     return PlanRun(args, wl, gpu, topo, warmups, scale, spec, result,
@@ -287,8 +311,11 @@ def print_plan(run: PlanRun) -> None:
     --json, every prediction)."""
     args, wl, gpu, result = run.args, run.workload, run.gpu, run.result
     ranked = result.ranked
+    note = result.stop_note()
     if args.json:
         print_json(plan_json(result))
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
         return
     print(f"{wl.model.name} at {wl.width}x{wl.height}, {wl.steps} steps, {wl.dtype}; "
           f"{run.topo.num_gpus} x {gpu.name} ({gpu.memory_bytes / 1e9:.0f} GB) over {args.link}"
@@ -311,6 +338,8 @@ def print_plan(run: PlanRun) -> None:
           f"{len(ranked)} simulated, {result.pruned} skipped by a latency lower bound (provably "
           f"slower than every row shown), {result.oom_skipped} skipped as out of memory. "
           f"Costs: {cost_note(run)}.")
+    if note:
+        print(f"\n{note[0].upper()}{note[1:]}")
 
 
 # Columns of ``Plan.to_frame``: the configuration, then what the search found.
@@ -350,6 +379,11 @@ class Plan:
     def why(self) -> str:
         """The command's one line on why the recommendation wins."""
         return why(self.ranked)
+
+    @property
+    def stop_note(self) -> str | None:
+        """What the time limit left out of the search, or None when it searched everything."""
+        return self.run.result.stop_note()
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -402,10 +436,11 @@ def api_plan(*, model: str, gpus: int, gpu: str | None = None, link: str = "pcie
              vae: bool = True, single_gpu_latency: float | None = None,
              profile: str | None = None, link_profile: str | None = None, top: int = 10,
              per_family: int = 2, warmup: list[int] | str = "0,1,2",
-             exhaustive: bool = False) -> Plan:
+             exhaustive: bool = False, time_limit: float = DEFAULT_TIME_LIMIT_S) -> Plan:
     """Search and rank every configuration: ``sim.plan``'s flags as keyword arguments, with
     its defaults and checks (a ``UserError`` carries the message the command prints after
-    ``error:``); ``warmup`` is a list of step counts. No progress bar is drawn.
+    ``error:``); ``warmup`` is a list of step counts; ``time_limit`` in seconds (0: none;
+    ``Plan.stop_note`` says what a stopped search left out). No progress bar is drawn.
 
     >>> import sim
     >>> plan = sim.plan(model="pixart", gpus=4, steps=6)

@@ -21,6 +21,7 @@ from sim.cli import (
     calibration_from_args,
     callable_module,
     check_finite,
+    checked_time_limit,
     cluster_from_args,
     cost_spec_from_args,
     parse_int_list,
@@ -28,6 +29,8 @@ from sim.cli import (
     print_json,
     progress_from_args,
     run_main,
+    time_limit,
+    time_limit_arg,
     workload_from_args,
 )
 from sim.config import ParallelConfig, Workload, check_patches_need_pipefusion, validate
@@ -65,7 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, metavar="FILE", help="write the trace as CSV")
     p.add_argument("--chrome-trace", default=None, metavar="FILE",
                    help="write a Chrome/Perfetto trace (open in ui.perfetto.dev)")
+    time_limit_arg(p, DEFAULT_TIME_LIMIT_S, "the simulation")
     return p
+
+
+# How long the command simulates before giving up, seconds (issue 18: every command answers
+# or refuses within a documented bound). Flux on 64 GPUs at 8192 px with 64 patches took
+# about 5 minutes here.
+DEFAULT_TIME_LIMIT_S = 60.0
 
 
 def best_patches(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
@@ -189,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Refused before the simulation, not after it (large ones take seconds).
     check_outputs([("--trace", args.trace), ("--chrome-trace", args.chrome_trace)])
-    pred = predict(args)
+    limit = checked_time_limit(args.time_limit)
+    with time_limit(limit, "the simulation", "fewer patches, GPUs or steps, or a smaller "
+                    "image, simulate faster"):
+        pred = predict(args)
     result = pred.as_dict()
     check_finite(result, "the prediction")  # before any file or line is written
     write_outputs([("--trace", args.trace, pred.trace.write_csv),

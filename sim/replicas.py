@@ -65,7 +65,10 @@ def _parse_config(text: str, gpus: int, where: str) -> ParallelConfig:
                                                   "distrifusion"))
     if "pipefusion" not in values:
         values["pipefusion"] = gpus // others if others > 0 and gpus % others == 0 else 1
-    return ParallelConfig(gpus, **values)
+    try:
+        return ParallelConfig(gpus, **values)
+    except UserError as e:  # a degree below 1: name the entry it came from
+        raise UserError(f"{where}: {e}") from None
 
 
 def parse_replicas(text: str, total_gpus: int | None) -> list[ReplicaGroup]:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from math import inf
@@ -31,17 +32,37 @@ from sim.evaluate import Prediction, evaluate, lower_bounds
 from sim.hardware import GPU
 from sim.topology import Topology
 
-# One unit of work for a process: the configurations share the workload, cluster and costs.
-_Job = tuple[Workload, list[ParallelConfig], GPU, Topology, float, CostSpec]
+# What every unit of work shares: the workload, the GPU, the cluster, the factor on compute
+# costs and the cost spec. Set once per process (a worker inherits it when forked, else gets it
+# pickled once): a 1,024-GPU topology is 6 MB, too much to send with every chunk.
+_Shared = tuple[Workload, GPU, Topology, float, CostSpec]
+_SHARED: list = [None, None]  # [the shared tuple, its cost model once built]
+# One unit of work for a process: configurations to bound or simulate.
+_Job = list[ParallelConfig]
 
 
-def patch_candidates(n: int, rows: int) -> list[int]:
+def _share(shared: _Shared) -> None:
+    _SHARED[:] = [shared, None]
+
+
+def _shared() -> tuple[Workload, GPU, Topology, float, CostSpec, Any]:
+    """The shared inputs and their cost model (built on first use: one cache per process)."""
+    (wl, gpu, topo, scale, spec), cost = _SHARED
+    if cost is None:
+        cost = _SHARED[1] = spec.build(wl, gpu, scale)
+    return wl, gpu, topo, scale, spec, cost
+
+
+def patch_candidates(n: int, rows: int, sp: int = 1) -> list[int]:
     """Patch counts worth trying with ``n`` stages: powers of two and multiples of ``n`` up
-    to ``4n``, never more than the latent's token rows."""
+    to ``4n``, capped as xDiT caps them: each patch is at least one token row per
+    sequence-parallel rank (``sp`` = Ulysses x ring), so at most ``rows // sp`` patches
+    (xfuser 0.7.0, ``runtime_state.py``: a patch's height is rounded up to a multiple of
+    ``patch_size * sp`` latent rows and the patch count recomputed from it)."""
     if n == 1:
         return [1]
     ms = {1 << k for k in range(0, 8) if (1 << k) <= 4 * n} | {k * n for k in range(1, 5)}
-    return sorted(m for m in ms if m <= rows)
+    return sorted(m for m in ms if m <= rows // sp) or [1]
 
 
 def _factorizations(n: int, parts: int) -> list[tuple[int, ...]]:
@@ -83,7 +104,7 @@ def candidates(wl: Workload, gpus: int, warmups: list[int],
                 continue
             raw = []
             for p, u, r, t in _factorizations(n // c, 4):
-                for mm in patch_candidates(p, rows):
+                for mm in patch_candidates(p, rows, u * r):
                     raw += per_warmup(ParallelConfig(n, p, mm, cfg=c, ulysses=u, ring=r,
                                                      tensor=t))
             if n // c > 1:
@@ -114,17 +135,15 @@ def best_per_family(ranked: list[Prediction], per_family: int) -> list[Predictio
 
 
 def _evaluate_chunk(job: _Job) -> list[Prediction]:
-    wl, cfgs, gpu, topo, scale, spec = job
-    cost = spec.build(wl, gpu, scale)  # one cache for the whole chunk
+    wl, gpu, topo, scale, spec, cost = _shared()
     return [evaluate(wl, c, gpu, topo, cost, scale, fast=True, spec=spec).without_trace()
-            for c in cfgs]
+            for c in job]
 
 
 def _bound_chunk(job: _Job) -> list[tuple[float, bool, float]]:
-    wl, cfgs, gpu, topo, scale, spec = job
-    cost = spec.build(wl, gpu, scale)
+    wl, gpu, topo, scale, spec, cost = _shared()
     return [(lb, max(m.total for m in mem) > gpu.memory_bytes, max(m.total for m in mem))
-            for lb, mem in lower_bounds(wl, cfgs, gpu, topo, cost)]
+            for lb, mem in lower_bounds(wl, job, gpu, topo, cost)]
 
 
 @dataclass(frozen=True)
@@ -156,6 +175,41 @@ class SearchResult:
     pruned: int  # provably slower than every row shown, never simulated
     oom_skipped: int  # do not fit in memory, never simulated
     considered: list[Candidate] = field(default_factory=list)  # every candidate, in order
+    # The time limit (seconds), when it stopped the search; what it left out: candidates
+    # never bounded (the largest GPU counts: bounds are computed fewest GPUs first), and
+    # bounded ones that would have been simulated (neither pruned nor out of memory).
+    stopped_at_s: float | None = None
+    unbounded: int = 0
+    unbounded_gpus: tuple[int, ...] = ()
+    unsimulated: int = 0
+    best_unsimulated_bound_s: float | None = None  # the lowest bound among those, seconds
+
+    def stop_note(self) -> str | None:
+        """One sentence on what a search stopped by its time limit did not cover, and how far
+        the recommendation can be from the best of what it bounded; None if it finished."""
+        if self.stopped_at_s is None:
+            return None
+        parts = []
+        if self.unbounded:
+            counts = self.unbounded_gpus
+            span = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+            parts.append(f"{self.unbounded} configurations on {span} GPUs were not searched")
+        if self.unsimulated:
+            parts.append(f"{self.unsimulated} were bounded but not simulated")
+        fitting = [p for p in self.ranked if not p.oom]
+        lb = self.best_unsimulated_bound_s
+        if fitting and lb is not None and lb < fitting[0].latency_s:
+            verdict = (f"one of those not simulated could be up to "
+                       f"{fitting[0].latency_s / lb - 1:.0%} faster than the recommendation "
+                       f"(its latency lower bound is {lb:.3f} s)")
+        elif fitting:
+            verdict = ("none of those bounded can beat the recommendation (their latency "
+                       "lower bounds are above it)")
+        else:
+            verdict = "nothing that fits was simulated"
+        return (f"stopped by the time limit (--time-limit {self.stopped_at_s:g} s): "
+                f"{'; '.join(parts) or 'every candidate was bounded'}; {verdict}. "
+                f"--time-limit 0 searches everything")
 
     def lower_bound(self, cfg: ParallelConfig) -> float | None:
         """The lower bound the search computed for ``cfg`` (seconds), if any."""
@@ -168,35 +222,76 @@ class SearchResult:
 
 
 class _Pool:
-    """Runs chunks of work in ``workers`` processes (inline when 1)."""
+    """Runs chunks of work in ``workers`` processes (inline when 1 and no deadline: a
+    deadline needs processes, the only work that can be stopped half-way)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, shared: _Shared, deadline: float | None = None) -> None:
         self.pool: ProcessPoolExecutor | None = None
-        if workers > 1:
+        _share(shared)  # inline work, and workers forked from here
+        if workers > 1 or deadline is not None:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-            self.pool = ProcessPoolExecutor(workers, mp_context=ctx)
+            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_share,
+                                            initargs=(shared,))
         self.workers = workers
+        self.deadline = deadline  # time.monotonic() value; None: no limit
+        self.expired = False
 
-    def map(self, fn: Callable[[_Job], list[Any]], wl: Workload, cfgs: list[ParallelConfig],
-            gpu: GPU, topo: Topology, scale: float, spec: CostSpec,
+    def _results(self, fn: Callable[[_Job], list[Any]], jobs: list[_Job]
+                 ) -> list[list[Any] | None]:
+        """``fn(job)`` for each job; ``None`` for the jobs the deadline cut off."""
+        if self.pool is None:
+            return [fn(j) for j in jobs]
+        futures = [self.pool.submit(fn, j) for j in jobs]
+        left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        wait(futures, timeout=left)
+        finished = [f.done() for f in futures]  # before the kill fails the running ones
+        if all(finished):
+            return [f.result() for f in futures]
+        self.stop()
+        return [f.result() if ok else None for f, ok in zip(futures, finished)]
+
+    def stop(self) -> None:
+        """Out of time: end the workers now, half-done work and all."""
+        self.expired = True
+        if self.pool is not None:
+            # The executor's own shutdown waits for running work; its processes are killed
+            # instead (the private table is the only handle on them).
+            procs = list(getattr(self.pool, "_processes", {}).values())
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.kill()
+            for proc in procs:
+                proc.join(5)  # reaped, so none is left behind even for a moment
+            # A worker killed while writing its result leaves half a message in the result
+            # pipe, and the executor's thread reading it would wait for the rest for ever
+            # (and the interpreter for that thread at exit). With the workers dead, closing
+            # this process's own writing end lets that read end at once (end of file).
+            writer = getattr(getattr(self.pool, "_result_queue", None), "_writer", None)
+            if writer is not None:
+                writer.close()
+            self.pool = None
+
+    def map(self, fn: Callable[[_Job], list[Any]], cfgs: list[ParallelConfig],
             contiguous: bool = False) -> list[Any]:
-        """``fn``'s result for each of ``cfgs``, in order. Chunks interleave the list (the
-        costly configurations spread over the workers) unless ``contiguous`` (neighbours,
-        such as the warmup variants of one configuration, stay in one chunk)."""
-        if not cfgs:
-            return []
+        """``fn``'s result for each of ``cfgs``, in order (``None`` for those the deadline
+        cut off). Chunks interleave the list (the costly configurations spread over the
+        workers) unless ``contiguous`` (neighbours, such as the warmup variants of one
+        configuration, stay in one chunk, and chunks keep the list's order)."""
+        if not cfgs or self.expired:
+            return [None] * len(cfgs)
         n = max(1, min(len(cfgs), 4 * self.workers)) if self.pool else 1
         if contiguous:
             size = -(-len(cfgs) // n)
-            jobs = [(wl, cfgs[i:i + size], gpu, topo, scale, spec)
-                    for i in range(0, len(cfgs), size)]
-            results = list(self.pool.map(fn, jobs)) if self.pool else [fn(j) for j in jobs]
-            return [x for res in results for x in res]
-        jobs = [(wl, cfgs[i::n], gpu, topo, scale, spec) for i in range(n)]
-        results = list(self.pool.map(fn, jobs)) if self.pool else [fn(j) for j in jobs]
+            jobs = [cfgs[i:i + size] for i in range(0, len(cfgs), size)]
+            results = self._results(fn, jobs)
+            return [x for job, res in zip(jobs, results)
+                    for x in (res if res is not None else [None] * len(job))]
+        jobs = [cfgs[i::n] for i in range(n)]
+        results = self._results(fn, jobs)
         out: list[Any] = [None] * len(cfgs)
         for i, res in enumerate(results):
-            out[i::n] = res
+            if res is not None:
+                out[i::n] = res
         return out
 
     def close(self) -> None:
@@ -204,12 +299,16 @@ class _Pool:
             self.pool.shutdown()
 
 
+# Share of the time limit the lower bounds may take; the simulations get the rest.
+BOUND_SHARE = 0.5
+
+
 def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: float = 1.0,
            top: int = 10, per_family: int = 2, exhaustive: bool = False,
            progress: Callable[[str, int, int], None] | None = None,
            workers: int | None = None,
            all_gpus: bool = False, only: int | None = None,
-           spec: CostSpec | None = None) -> SearchResult:
+           spec: CostSpec | None = None, time_limit_s: float | None = None) -> SearchResult:
     """Simulate the candidates (planner mode: coarse communication, periodic steps) and rank
     them by latency (seconds). ``warmups`` are step counts, ``scale`` the factor on compute
     costs. Unless ``exhaustive``, a candidate is skipped when a lower bound on its latency
@@ -219,22 +318,54 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
     ``sim.plan`` recommends that), and candidates that do
     not fit in memory are not simulated (unless nothing fits). The rows shown are therefore
     exactly those an exhaustive search would show, and so is the best of each GPU count.
-    ``progress(what, done, total)`` is told how far the simulations are (``sim.progress``)."""
+    ``progress(what, done, total)`` is told how far the bounds and the simulations are
+    (``sim.progress``).
+
+    ``time_limit_s`` (seconds from the call) bounds the search: the lower bounds, fewest
+    GPUs first, may take ``BOUND_SHARE`` of it and the simulations, best bound first, the
+    rest; work still running then is stopped (worker processes killed) and the result says
+    what was left out and how far the recommendation can be from the best of what was
+    bounded (``SearchResult.stop_note``)."""
     spec = spec or CostSpec()
+    start = time.monotonic()
     cands = candidates(wl, topo.num_gpus, warmups, all_gpus, only)
     workers = workers or (min(os.cpu_count() or 1, 8) if len(cands) > 40 else 1)
-    pool = _Pool(workers)
+    limited = time_limit_s is not None and time_limit_s > 0
+    shared = (wl, gpu, topo, scale, spec)
+    pool = _Pool(workers, shared, start + BOUND_SHARE * time_limit_s if limited else None)
     try:
-        bounds = pool.map(_bound_chunk, wl, cands, gpu, topo, scale, spec, contiguous=True)
+        bounds = _bounds(pool, cands, progress)
+        unbounded = [c for c, b in zip(cands, bounds) if b is None]
+        if unbounded:  # the time limit cut the bounds off: search what was bounded
+            cands = [c for c, b in zip(cands, bounds) if b is not None]
+            bounds = [b for b in bounds if b is not None]
+        if pool.expired:  # its workers were killed: fresh ones for the simulations
+            pool.close()
+            pool = _Pool(workers, shared, start + time_limit_s)
+        pool.deadline = start + time_limit_s if limited else None
 
         def considered(simulated: set[int]) -> list[Candidate]:
             return [Candidate(c, b[0], b[1], b[2], i in simulated)
                     for i, (c, b) in enumerate(zip(cands, bounds))]
 
+        def stopped(result: SearchResult, left: list[int]) -> SearchResult:
+            # What the time limit left out: never bounded, or bounded and due for simulation.
+            if pool.expired or unbounded:
+                result.stopped_at_s = time_limit_s
+                result.unbounded = len(unbounded)
+                result.unbounded_gpus = tuple(sorted({c.gpus for c in unbounded}))
+                fits = [i for i in left if not bounds[i][1]]
+                result.unsimulated = len(fits)
+                result.best_unsimulated_bound_s = min((bounds[i][0] for i in fits),
+                                                      default=None)
+            return result
+
         if exhaustive:
-            preds = pool.map(_evaluate_chunk, wl, cands, gpu, topo, scale, spec)
-            return SearchResult(rank(preds), len(cands), 0, 0,
-                                considered(set(range(len(cands)))))
+            preds = pool.map(_evaluate_chunk, cands)
+            done = {i for i, p in enumerate(preds) if p is not None}
+            return stopped(SearchResult(rank([p for p in preds if p is not None]),
+                                        len(cands) + len(unbounded), 0, 0, considered(done)),
+                           [i for i in range(len(cands)) if i not in done])
         order = sorted(range(len(cands)), key=lambda i: bounds[i][0])
         fitting = [i for i in order if not bounds[i][1]]
         oom = [i for i in order if bounds[i][1]]
@@ -253,8 +384,10 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
         batch = 4 * workers
         pos = 0
         done: set[int] = set()
+        left: list[int] = []  # due for simulation when the time limit stopped the search
         while pos < len(todo):
             keep = []
+            idx = []
             for i in todo[pos:pos + batch]:
                 lb, fam = bounds[i][0], cands[i].strategy
                 fam_best = by_family.get(fam, [])
@@ -267,9 +400,14 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                     pruned += 1
                 else:
                     keep.append(cands[i])
-                    done.add(i)
+                    idx.append(i)
             pos += batch
-            for p in pool.map(_evaluate_chunk, wl, keep, gpu, topo, scale, spec):
+            results = pool.map(_evaluate_chunk, keep)
+            for i, p in zip(idx, results):
+                if p is None:
+                    left.append(i)
+                    continue
+                done.add(i)
                 preds.append(p)
                 if not p.oom:
                     overall = sorted(overall + [p.latency_s])[:top]
@@ -283,8 +421,11 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                         warm_by_gpus[n] = min(warm_by_gpus.get(n, inf), p.latency_s)
             if progress:
                 progress("configurations simulated or ruled out", min(pos, len(todo)), len(todo))
-        return SearchResult(rank(preds), len(cands), pruned, len(oom) if fitting else 0,
-                            considered(done))
+            if pool.expired:
+                left += todo[pos:]  # (pruning them would need the bounds only: not counted)
+                break
+        return stopped(SearchResult(rank(preds), len(cands) + len(unbounded), pruned,
+                                    len(oom) if fitting else 0, considered(done)), left)
     except BrokenProcessPool:
         # A worker died (killed by a signal, or by the kernel when memory ran out): nothing in
         # the input caused it, so exit 1 (a failed run, which may succeed if rerun), not 2.
@@ -292,5 +433,28 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                         f"simulating {len(cands)} configurations on {workers} processes; "
                         f"nothing was recommended. Rerun, or search fewer configurations "
                         f"(--warmup with fewer counts, fewer --gpus)") from None
+    except BaseException:
+        pool.stop()  # interrupted (a command's time limit, Ctrl-C): no worker outlives it
+        raise
     finally:
         pool.close()
+
+
+def _bounds(pool: _Pool, cands: list[ParallelConfig],
+            progress: Callable[[str, int, int], None] | None) -> list[tuple | None]:
+    """``_bound_chunk`` of every candidate, one GPU count after the other (the candidates come
+    fewest GPUs first, and a bound's cost grows with the GPUs); ``None`` for every candidate
+    of a GPU count the time limit cut off: "the best on N GPUs" must never be the best of an
+    arbitrary part of them."""
+    out: list[tuple | None] = []
+    lo = 0
+    while lo < len(cands) and not pool.expired:
+        hi = lo
+        while hi < len(cands) and cands[hi].gpus == cands[lo].gpus:
+            hi += 1
+        got = pool.map(_bound_chunk, cands[lo:hi], contiguous=True)
+        out += [None] * len(got) if pool.expired else got
+        lo = hi
+        if progress:
+            progress("configurations bounded", lo, len(cands))
+    return out + [None] * (len(cands) - len(out))

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from sim.errors import UserError
 from sim.schedule import Compute, OpKind, Tag
 
 # The generated ``__new__`` of a NamedTuple parses its arguments in Python; the builders below
@@ -81,6 +83,44 @@ def is_comm(op: str) -> bool:
 
 _INT = {"rank", "step", "patch", "layer_first", "layer_last", "nbytes", "peer"}
 _FLOAT = {"start_s", "end_s"}
+_OPTIONAL = {"tag"}  # traces written before messages carried a tag
+# Smallest valid value of each integer column: -1 marks "none" (no peer; the text encoder's
+# step and patch, which precede the loop).
+_INT_MIN = {"rank": 0, "step": -1, "patch": -1, "layer_first": -1, "layer_last": -1,
+            "nbytes": 0, "peer": -1}
+
+
+def _parse_row(d: dict[str, str | None], where: str) -> TraceRow:
+    """One CSV row as a ``TraceRow``; ``UserError`` starting with ``where`` for a bad value."""
+    values: list[Any] = []
+    for c in COLUMNS:
+        text = d.get(c)
+        if c in _INT:
+            try:
+                v: Any = int(text)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise UserError(f"{where}, column '{c}': {text!r} is not a whole number; the "
+                                f"trace is refused") from None
+            if v < _INT_MIN[c]:
+                raise UserError(f"{where}, column '{c}': {v} is below {_INT_MIN[c]}; the "
+                                f"trace is refused")
+        elif c in _FLOAT:
+            try:
+                v = float(text)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise UserError(f"{where}, column '{c}': {text!r} is not a number; the trace "
+                                f"is refused") from None
+            if not math.isfinite(v) or v < 0:
+                raise UserError(f"{where}, column '{c}': {text} is not a finite time >= 0 s; "
+                                f"the trace is refused")
+        else:
+            v = text or ""
+        values.append(v)
+    row = TraceRow._make(values)
+    if row.end_s < row.start_s:
+        raise UserError(f"{where}: end_s {row.end_s:g} s is before start_s {row.start_s:g} s; "
+                        f"the trace is refused")
+    return row
 
 
 @dataclass
@@ -127,12 +167,23 @@ class Trace:
 
     @classmethod
     def read_csv(cls, path: str | Path) -> Trace:
-        """Read a table written by ``write_csv`` (by the simulator or the executor)."""
+        """Read a table written by ``write_csv`` (by the simulator or the executor). Raises
+        ``UserError`` naming the file, the row and the column of the first value that is
+        missing, not a number, not finite or out of range (a negative time or count, an end
+        before its start): a corrupted trace is refused whole, never joined in part."""
         rows = []
-        with open(path, newline="") as fh:
-            for d in csv.DictReader(fh):
-                rows.append(TraceRow._make(int(d[c]) if c in _INT else float(d[c])
-                                           if c in _FLOAT else d.get(c, "") for c in COLUMNS))
+        try:
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                missing = [c for c in COLUMNS if c not in _OPTIONAL and c not in
+                           (reader.fieldnames or ())]
+                if missing:
+                    raise UserError(f"{path}: not a trace CSV (no column "
+                                    f"{', '.join(missing)}); the trace is refused")
+                for n, d in enumerate(reader, 1):
+                    rows.append(_parse_row(d, f"{path}, row {n} (line {reader.line_num})"))
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise UserError(f"cannot read trace {path}: {e}") from None
         return cls(rows)
 
     def to_chrome(self) -> dict:

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import re
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -21,8 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sim import search as search_module
 from sim.cli import print_json, run_main
-from sim.config import Workload
+from sim.config import ParallelConfig, Workload
 from sim.cost.link_profile import apply_link_profile
 from sim.cost.profile import ProfileCost
 from sim.cost.profile_format import ComputeProfile, LinkProfile, ProfileError
@@ -144,6 +146,10 @@ ROWS = [
     row("sim.predict", CPU_PREDICT + ["--link-profile", "{link_nan_latency}"],
         "l1.csv line 1 (metadata), fit of 'all_gather', regime 'small', latency_s: nan is not "
         "a finite number", id="predict-link-nan-latency"),
+    # (the code before these checks hung on a negative bandwidth, with no output)
+    row("sim.predict", CPU_PREDICT + ["--link-profile", "{link_neg_bandwidth}"],
+        "l2.csv line 1 (metadata), fit of 'all_gather', regime 'small', bandwidth_Bps: -",
+        "is non-positive (must be > 0 B/s)", id="predict-link-negative-bandwidth"),
     row("sim.predict", CPU_PREDICT + ["--link-profile", "{link_zero_bandwidth}"],
         "l3.csv line 1 (metadata)", "bandwidth_Bps: 0.0 is non-positive (must be > 0 B/s)",
         id="predict-link-zero-bandwidth"),
@@ -182,6 +188,24 @@ ROWS = [
         id="reports-plan-warmup"),
     # (compare refused this before; kept as the same rule's row.)
     row("sim.compare", PLAN + ["--warmup", "5"], WARMUP_MSG, id="compare-warmup"),
+    # 11. The executor has no --gpus: its message names the launch's processes.
+    row("executor.run", ["--model", "pixart-tiny", "--resolution", "256", "--ulysses", "2"],
+        "parallel degrees multiply to 2 but the launch has 1 process; launch 2 (torchrun "
+        "--nproc_per_node 2) or change the degrees", id="executor-degrees-vs-processes"),
+    row("executor.run", EXECUTOR + ["--check", "0"], "--check must be at least 1, got 0",
+        id="executor-check-0"),
+    row("executor.run", ["--model", "pixart-tiny", "--resolution", "250", "--check", "2"],
+        "resolution 250x250 is not a multiple of 16 px", id="executor-check-bad-resolution"),
+    # 6. Bounded time: the limit itself must be a usable number.
+    row("sim.plan", PLAN + ["--time-limit", "nan"],
+        "--time-limit must be a finite number of seconds >= 0 (0: no limit), got nan",
+        id="plan-time-limit-nan"),
+    row("sim.plan", PLAN + ["--time-limit=-5"], "got -5", id="plan-time-limit-negative"),
+    row("sim.compare", PLAN + ["--time-limit", "nan"], "--time-limit must be a finite number",
+        id="compare-time-limit-nan"),
+    row("sim.predict", PREDICT + ["--time-limit", "inf"],
+        "--time-limit must be a finite number of seconds >= 0 (0: no limit), got inf",
+        id="predict-time-limit-inf"),
 ]
 
 
@@ -345,3 +369,275 @@ def test_fuzz_predict_numeric_flags(flags: dict[str, object]) -> None:
         assert d["config"]["gpus"] == flags["gpus"] and err == ""
     else:
         _assert_one_error_line(code, out, err)
+
+
+# --- values built in code: the API's dataclasses ---------------------------------------
+
+_PIXART = get_model("pixart")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(height=math.nan), "resolution (height) must be a whole number, got nan"),
+    (dict(width=1024.0), "resolution (width) must be a whole number, got 1024.0"),
+    (dict(steps=math.inf), "--steps must be a whole number, got inf"),
+    (dict(steps=0), "--steps must be at least 1, got 0"),
+    (dict(height=-16), "resolution must be positive, got 1024x-16"),
+    (dict(dtype="fp8"), "--dtype must be one of bf16, fp16, fp32, got 'fp8'"),
+    (dict(vae="no"), "vae must be True or False, got 'no'"),
+    (dict(model="pixart"), "model must be a registry model"),
+], ids=["height-nan", "width-float", "steps-inf", "steps-0", "height-negative", "dtype",
+        "vae-str", "model-str"])
+def test_workload_refuses_bad_values_when_built(kwargs: dict, message: str) -> None:
+    """Built directly, a NaN height or an infinite step count passed ``validate`` (every
+    comparison with NaN is false) or never ended; now refused with the command's message."""
+    args = dict(model=_PIXART, height=1024, width=1024, steps=20)
+    args.update(kwargs)
+    with pytest.raises(UserError) as e:
+        Workload(**args)
+    assert str(e.value).startswith(message), e.value
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(patches=math.nan), "--patches must be a whole number, got nan"),
+    (dict(warmup=math.inf), "--warmup must be a whole number, got inf"),
+    (dict(ring=True), "--ring must be a whole number, got True"),
+    (dict(gpus=0), "--gpus must be at least 1, got 0"),
+    (dict(ulysses=-2), "--ulysses must be at least 1, got -2"),
+    (dict(cfg=3), "--cfg must be 1 or 2 (the guidance batch has two halves), got 3"),
+    (dict(stage_blocks=[4, 3.5]), "--stage-blocks must be whole numbers"),
+], ids=["patches-nan", "warmup-inf", "ring-bool", "gpus-0", "ulysses-negative", "cfg-3",
+        "stage-blocks-float"])
+def test_parallel_config_refuses_bad_values_when_built(kwargs: dict, message: str) -> None:
+    args = dict(gpus=8, pipefusion=8, patches=8, warmup=1)
+    args.update(kwargs)
+    with pytest.raises(UserError) as e:
+        ParallelConfig(**args)
+    assert str(e.value) == message or str(e.value).startswith(message), e.value
+
+
+def test_cli_and_constructor_give_the_same_message() -> None:
+    """What the command prints after ``error:`` is what the constructor raises."""
+    code, _, err = _run("sim.predict", ["--model", "pixart", "--gpus", "8", "--ulysses", "0"])
+    assert code == 2
+    with pytest.raises(UserError) as e:
+        ParallelConfig(8, ulysses=0)
+    assert err == f"error: {e.value}\n"
+
+
+class _Index:
+    """An integer of another kind (as numpy's): usable wherever Python wants an index."""
+
+    def __index__(self) -> int:
+        return 8
+
+
+def test_built_values_are_plain_and_hashable() -> None:
+    """Integers of other kinds become ints; stage block lists become tuples (the search keys
+    dictionaries on configurations)."""
+    cfg = ParallelConfig(_Index(), pipefusion=2, ulysses=4, stage_blocks=[14, 14])
+    assert type(cfg.gpus) is int and cfg.gpus == 8
+    assert cfg.stage_blocks == (14, 14) and hash(cfg) == hash(replace(cfg))
+
+
+# --- trace CSVs read back (sim.trace.Trace.read_csv: validation's join) -------------------
+
+def _trace_csv(tmp_path: Path) -> Path:
+    from sim.api import predict
+
+    path = tmp_path / "t.csv"
+    predict(model="pixart-tiny", gpus=2, patches=2, steps=3).trace.write_csv(path)
+    return path
+
+
+@pytest.mark.parametrize("row,column,value,message", [
+    (2, "start_s", "nan", "row 2 (line 3), column 'start_s': nan is not a finite time >= 0 s"),
+    (3, "end_s", "inf", "row 3 (line 4), column 'end_s': inf is not a finite time >= 0 s"),
+    (1, "start_s", "-0.5", "row 1 (line 2), column 'start_s': -0.5 is not a finite time"),
+    (4, "end_s", "0", "row 4 (line 5): end_s 0 s is before start_s"),
+    (5, "nbytes", "-8", "row 5 (line 6), column 'nbytes': -8 is below 0"),
+    (5, "rank", "x", "row 5 (line 6), column 'rank': 'x' is not a whole number"),
+    (6, "start_s", "", "row 6 (line 7), column 'start_s': '' is not a number"),
+])
+def test_trace_csv_refused_by_row_and_column(tmp_path: Path, row: int, column: str,
+                                             value: str, message: str) -> None:
+    from sim.trace import Trace
+
+    good = _trace_csv(tmp_path)
+    lines = good.read_text().splitlines()
+    header = lines[0].split(",")
+    if column == "end_s":  # make sure the row has a positive start, so end 0 is before it
+        cells = lines[row].split(",")
+        cells[header.index("start_s")] = "0.25"
+        cells[header.index("end_s")] = "0.5"
+        lines[row] = ",".join(cells)
+    cells = lines[row].split(",")
+    cells[header.index(column)] = value
+    lines[row] = ",".join(cells)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError) as e:
+        Trace.read_csv(bad)
+    assert str(e.value) == f"{bad}, {message}" or str(e.value).startswith(f"{bad}, {message}")
+    assert "\n" not in str(e.value)
+    assert len(Trace.read_csv(good).rows) == len(lines) - 1
+
+
+def test_trace_csv_that_is_not_a_trace(tmp_path: Path) -> None:
+    from sim.trace import Trace
+
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match=r"not a trace CSV \(no column rank, op"):
+        Trace.read_csv(other)
+
+
+# --- bounded time (item 3) ------------------------------------------------------------------
+
+HANG_GUARD_S = 120  # a search that ignored its limit would run for minutes; not a timing target
+
+
+def _slow_evaluate(job):
+    time.sleep(3600)  # a simulation that would never end in the test's time
+
+
+_REAL_BOUND_CHUNK = search_module._bound_chunk
+
+
+def _slow_bounds_above_two_gpus(job):
+    if any(c.gpus > 2 for c in job):
+        time.sleep(3600)
+    return _REAL_BOUND_CHUNK(job)
+
+
+def _forked() -> None:
+    if "fork" not in __import__("multiprocessing").get_all_start_methods():
+        pytest.skip("needs fork: the workers must inherit the patched function")
+
+
+def test_search_stops_at_its_time_limit_and_says_what_it_left_out(monkeypatch) -> None:
+    """Simulations that never end: the search kills them at the limit, recommends nothing
+    simulated, and its note says so (the code before the limit waited forever)."""
+    search_mod = search_module
+    _forked()
+    monkeypatch.setattr(search_mod, "_evaluate_chunk", _slow_evaluate)
+    wl = Workload(get_model("pixart"), 1024, 1024, 4)
+    gpu = GPUS["l40"]
+    t0 = time.monotonic()
+    res = search_mod.search(wl, gpu, build_topology(gpu, 4, "pcie"), [1], workers=2,
+                            time_limit_s=3.0)
+    assert time.monotonic() - t0 < HANG_GUARD_S
+    assert res.ranked == [] and res.stopped_at_s == 3.0
+    assert res.unsimulated == res.candidates and res.unbounded == 0
+    note = res.stop_note()
+    assert note.startswith("stopped by the time limit (--time-limit 3 s): ")
+    assert f"{res.candidates} were bounded but not simulated" in note
+    assert "nothing that fits was simulated" in note
+
+
+def test_search_bounds_fewest_gpus_first_and_drops_cut_counts_whole(monkeypatch) -> None:
+    """Bounds that take too long on 4 and 8 GPUs: the search answers from 1 and 2 GPUs, names
+    the counts it did not search, and compares the recommendation with the lowest bound of
+    what it did not simulate."""
+    search_mod = search_module
+    _forked()
+    monkeypatch.setattr(search_mod, "_bound_chunk", _slow_bounds_above_two_gpus)
+    wl = Workload(get_model("pixart"), 1024, 1024, 4)
+    gpu = GPUS["l40"]
+    res = search_mod.search(wl, gpu, build_topology(gpu, 8, "pcie"), [1], workers=2,
+                            time_limit_s=20.0)
+    assert res.stopped_at_s == 20.0 and res.unbounded_gpus == (4, 8)
+    assert {p.config.gpus for p in res.ranked} <= {1, 2} and res.ranked
+    full = candidates(wl, 8, [1])
+    assert res.unbounded == sum(c.gpus in (4, 8) for c in full)
+    assert res.candidates == len(full)
+    note = res.stop_note()
+    assert f"{res.unbounded} configurations on 4-8 GPUs were not searched" in note
+    # Every bounded candidate on 1-2 GPUs was simulated or pruned: nothing left but the cut.
+    assert res.unsimulated == 0 and "none of those bounded can beat" in note
+
+
+def test_plan_with_nothing_simulated_in_time_is_one_line(monkeypatch) -> None:
+    _forked()
+    monkeypatch.setattr(search_module, "_evaluate_chunk", _slow_evaluate)
+    code, out, err = _run("sim.plan", PLAN + ["--time-limit", "4"])
+    _assert_one_error_line(code, out, err)
+    assert "no configuration was simulated within --time-limit 4 s" in err
+
+
+def test_plan_json_stopped_by_the_limit_warns_on_stderr(monkeypatch) -> None:
+    """The ranking of what was searched on stdout (strict JSON), and one warning line on
+    stderr saying what the limit left out."""
+    _forked()
+    monkeypatch.setattr(search_module, "_bound_chunk", _slow_bounds_above_two_gpus)
+    argv = ["--model", "pixart", "--gpus", "8", "--steps", "4", "--warmup", "1",
+            "--time-limit", "25", "--json"]
+    code, out, err = _run("sim.plan", argv)
+    assert code == 0, err
+    rows = _finite_json(out)
+    assert rows and {r["config"]["gpus"] for r in rows} <= {1, 2}
+    assert err.startswith("warning: stopped by the time limit (--time-limit 25 s): ")
+    assert "configurations on 4-8 GPUs were not searched" in err and err.count("\n") == 1
+
+
+def test_predict_gives_up_at_its_time_limit(monkeypatch) -> None:
+    from sim import predict as predict_mod
+
+    def slow(*args, **kwargs):
+        time.sleep(3600)
+
+    monkeypatch.setattr(predict_mod, "evaluate", slow)
+    t0 = time.monotonic()
+    code, out, err = _run("sim.predict", PREDICT + ["--time-limit", "0.5"])
+    assert time.monotonic() - t0 < HANG_GUARD_S
+    _assert_one_error_line(code, out, err)
+    assert "the simulation did not finish within --time-limit 0.5 s" in err
+    assert "--time-limit 0 to wait for it" in err
+
+
+def test_compare_gives_up_at_its_time_limit_leaving_no_worker(monkeypatch) -> None:
+    """The limit interrupts the search's wait; its workers are killed, not waited for."""
+    _forked()
+    monkeypatch.setattr(search_module, "_evaluate_chunk", _slow_evaluate)
+    monkeypatch.setattr(search_module.os, "cpu_count", lambda: 2)
+    import multiprocessing
+
+    before = {p.pid for p in multiprocessing.active_children()}  # other tests' leftovers
+    t0 = time.monotonic()
+    code, out, err = _run("sim.compare", ["--model", "pixart", "--gpus", "8", "--steps", "4",
+                                          "--resolutions", "1024", "--time-limit", "3"])
+    assert time.monotonic() - t0 < HANG_GUARD_S
+    _assert_one_error_line(code, out, err)
+    assert "the comparison did not finish within --time-limit 3 s" in err
+    assert [p for p in multiprocessing.active_children()
+            if p.is_alive() and p.pid not in before] == []
+
+
+@pytest.mark.parametrize("stages,sp", [(8, 1), (8, 2), (4, 8), (2, 16)])
+def test_patch_counts_capped_as_xdit_caps_them(stages: int, sp: int) -> None:
+    """xDiT rounds a patch up to a whole token row per sequence-parallel rank, so a patch
+    count above rows // sp is not one it runs; the search does not list it either."""
+    from sim.search import patch_candidates
+
+    rows = 64  # 1024 px PixArt: 64 rows of 2-row patches in the latent
+    ms = patch_candidates(stages, rows, sp)
+    assert ms and max(ms) <= rows // sp
+    assert set(ms) == {m for m in patch_candidates(stages, rows) if m <= rows // sp}
+    wl = Workload(get_model("pixart"), 1024, 1024, 4)
+    for cfg in candidates(wl, 16, [1]):
+        assert cfg.patches <= rows // (cfg.ulysses * cfg.ring), cfg
+
+
+def test_executor_check_starts_nothing_and_says_how_to_launch(monkeypatch) -> None:
+    """Issue 18 (11): under torchrun bad input ends as torchrun's exit 1 and its report;
+    ``--check NPROC`` checks the flags for that launch first, in one process."""
+    import executor.run as run_mod
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("--check must not start a run")
+
+    monkeypatch.setattr(run_mod, "execute", no_run)
+    code, out, err = _run("executor.run", ["--model", "pixart-tiny", "--resolution", "256",
+                                           "--ulysses", "2", "--check", "2"])
+    assert code == 0 and err == ""
+    assert out == ("ok: ulysses2 on 2 processes; start it with torchrun --nproc_per_node 2 "
+                   "-m executor.run and the same flags (without --check)\n")

@@ -242,6 +242,30 @@ def test_hung_rank_times_out_everywhere_without_orphans():
     assert not leftover, "processes of the run outlived torchrun"
 
 
+@pytest.mark.parametrize("fault,culprit,phrase", [
+    ("1:startup:exit", 1, "rank 1 died (its last phase: start-up)"),
+    ("1:barrier:exit", 1, "rank 1 died"),
+    ("0:barrier:hang", 0, "rank 0 is alive but hung or too slow (its last phase: start-up)"),
+])
+def test_dead_or_hung_rank_named_outside_the_loop(fault, culprit, phrase):
+    """Issue 18: at start-up and in the barrier gloo said only "Connection reset by peer"
+    (or "Timed out waiting 5000ms"); the healthy rank's line now names the culprit."""
+    procs = _launch_ranks([*BASE.split(), "--patches", "2", "--timeout", "10"], 2, fault)
+    healthy = procs[1 - culprit]
+    try:
+        _, err = healthy.communicate(timeout=HANG_GUARD_S)
+    finally:
+        for p in procs:  # the hung one never ends by itself outside torchrun
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert healthy.returncode == 1, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: rank {1 - culprit}: "), line
+    assert " failed: " in line and phrase in line, line
+    assert "Connection reset" not in line.split("(", 1)[0]
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether any process of group ``pgid`` is still alive (zombies reaped by init aside),
     allowing a moment for torchrun's workers to be reaped."""

@@ -226,7 +226,7 @@ def test_a_rank_lost_inside_a_collective_ends_the_run_naming_rank_and_op(flags, 
     (2, ["--cfg", "2", "--guidance-scale", "1"], "--cfg 2 splits the guidance batch"),
     (4, ["--distrifusion", "2", "--ulysses", "2"], "--distrifusion combines only with --cfg"),
     (4, ["--ulysses", "4"], "does not divide the 2 attention heads"),
-    (2, ["--ring", "4"], "must equal the GPU count"),
+    (2, ["--ring", "4"], "multiply to 4 but the launch has 2 processes"),
     (2, ["--ulysses", "2", "--patches", "3", "--pipefusion", "1"], "--patches applies to"),
     (2, ["--ring", "2", "--resolution", "272"], "must split evenly over Ulysses x ring"),
 ])

@@ -231,6 +231,8 @@ class _BrokenPool:
     def map(self, fn, jobs):
         raise BrokenProcessPool("A process in the process pool was terminated abruptly")
 
+    submit = map
+
     def shutdown(self, *args, **kwargs) -> None:
         pass
 

@@ -154,12 +154,11 @@ def test_collectives_of_two_cfg_groups_share_the_socket_link() -> None:
 def test_invalid_combinations(kw, needle) -> None:
     from sim.config import validate
 
-    cfg = ParallelConfig(**kw)
     if needle is None:
-        validate(_wl(), cfg)
+        validate(_wl(), ParallelConfig(**kw))
         return
-    with pytest.raises(UserError, match=needle):
-        validate(_wl(), cfg)
+    with pytest.raises(UserError, match=needle):  # some rules hold from construction on
+        validate(_wl(), ParallelConfig(**kw))
 
 
 def test_flux_has_no_cfg_batch() -> None:
