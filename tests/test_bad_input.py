@@ -559,7 +559,7 @@ def test_search_bounds_fewest_gpus_first_and_drops_cut_counts_whole(monkeypatch)
 def test_plan_with_nothing_simulated_in_time_is_one_line(monkeypatch) -> None:
     _forked()
     monkeypatch.setattr(search_module, "_evaluate_chunk", _slow_evaluate)
-    code, out, err = _run("sim.plan", PLAN + ["--time-limit", "4"])
+    code, out, err = _run("sim.plan", PLAN + ["--time-limit", "4", "--quiet"])
     _assert_one_error_line(code, out, err)
     assert "no configuration was simulated within --time-limit 4 s" in err
 
@@ -570,7 +570,7 @@ def test_plan_json_stopped_by_the_limit_warns_on_stderr(monkeypatch) -> None:
     _forked()
     monkeypatch.setattr(search_module, "_bound_chunk", _slow_bounds_above_two_gpus)
     argv = ["--model", "pixart", "--gpus", "8", "--steps", "4", "--warmup", "1",
-            "--time-limit", "25", "--json"]
+            "--time-limit", "25", "--json", "--quiet"]  # progress lines would join the warning
     code, out, err = _run("sim.plan", argv)
     assert code == 0, err
     rows = _finite_json(out)
@@ -604,7 +604,8 @@ def test_compare_gives_up_at_its_time_limit_leaving_no_worker(monkeypatch) -> No
     before = {p.pid for p in multiprocessing.active_children()}  # other tests' leftovers
     t0 = time.monotonic()
     code, out, err = _run("sim.compare", ["--model", "pixart", "--gpus", "8", "--steps", "4",
-                                          "--resolutions", "1024", "--time-limit", "3"])
+                                          "--resolutions", "1024", "--time-limit", "3",
+                                          "--quiet"])
     assert time.monotonic() - t0 < HANG_GUARD_S
     _assert_one_error_line(code, out, err)
     assert "the comparison did not finish within --time-limit 3 s" in err
