@@ -40,8 +40,9 @@ from executor.parallel_attention import (
     SeqGeometry,
     attention_lse,
     merge,
+    ring_attention,
 )
-from executor.tokens import Ranges, take
+from executor.tokens import take
 from sim.schedule import Recv, Send
 
 FLUX = "FluxTransformer2DModel"
@@ -258,36 +259,11 @@ class JointAttnProcessor:
     def _ring(self, q_all, k, v, tk, tv) -> torch.Tensor:
         """Ring attention over the image K,V blocks, with the text K,V and (under PipeFusion)
         the stale image context outside the patch as further partial results."""
-        ops, geo, buf = self.slot.ops, self.geo, self.buffer
-        R, patch = geo.ring, self.slot.patch
+        ops = self.slot.ops
         ops.attention(True)
         acc = merge(None, attention_lse(q_all, tk, tv))
-        if buf is not None:
-            buf.ensure(k, geo.plan.full)
-            if patch >= 0:
-                lo, hi = geo.plan.patch_range(patch)
-                outside: Ranges = [(0, lo)] + ([(hi, buf.filled)] if buf.filled > hi else [])
-                outside = [(a, z) for a, z in outside if z > a]
-                if outside:
-                    acc = merge(acc, attention_lse(q_all, take(buf.k, outside, 2),
-                                                   take(buf.v, outside, 2)))
         ops.attention(False)
-        nxt = geo.ring_ranks[(geo.r + 1) % R]
-        prev = geo.ring_ranks[(geo.r - 1) % R]
-        kv = torch.stack([k, v])
-        owner = geo.r
-        for rnd in range(R):
-            pending = ops.ring_issue(kv, nxt, prev) if rnd < R - 1 else None
-            ops.attention(True)
-            acc = merge(acc, attention_lse(q_all, kv[0], kv[1]))
-            ops.attention(False)
-            if buf is not None:
-                buf.write(geo.block_ranges(patch, owner), kv[0], kv[1])
-            if pending is not None:
-                recv, p = pending
-                ops.ring_wait(p)
-                kv, owner = recv, (owner - 1) % R
-        return acc[0].to(q_all.dtype)
+        return ring_attention(ops, self.geo, self.buffer, self.slot.patch, q_all, k, v, acc)
 
 
 def _shift(tokens: int, cfg, max_shift: float) -> float:

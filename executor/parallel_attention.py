@@ -180,36 +180,43 @@ class SequenceParallelAttnProcessor:
         """Ring attention: ``R`` rounds, each attending over the K,V block in hand while the
         next one travels; partial results merged by log-sum-exp. Under PipeFusion the stale
         context (the buffer outside the patch) is one more partial result."""
-        ops, geo, buf = self.slot.ops, self.geo, self.buffer
-        R = geo.ring
-        acc = None
+        return ring_attention(self.slot.ops, self.geo, self.buffer, patch, q, k, v, None)
+
+
+def ring_attention(ops, geo, buf, patch: int, q, k, v, acc) -> torch.Tensor:
+    """Ring attention of ``q`` over the ring's K,V blocks (``k``, ``v``: this rank's), merged
+    by log-sum-exp into ``acc`` (the partial result so far, or ``None``): ``geo.ring`` rounds,
+    each attending over the block in hand while the next one travels. Under PipeFusion
+    (``buf``, the stale K,V buffer) the buffer outside ``patch`` is one more partial result and
+    each block that passes is written into it. Returns the output in ``q``'s dtype."""
+    R = geo.ring
+    if buf is not None:
+        buf.ensure(k, geo.plan.full)
+        if patch >= 0:
+            lo, hi = geo.plan.patch_range(patch)
+            outside = [(0, lo)] + ([(hi, buf.filled)] if buf.filled > hi else [])
+            outside = [(a, z) for a, z in outside if z > a]
+            if outside:
+                ops.attention(True)
+                acc = merge(acc, attention_lse(q, take(buf.k, outside, 2),
+                                               take(buf.v, outside, 2)))
+                ops.attention(False)
+    nxt = geo.ring_ranks[(geo.r + 1) % R]
+    prev = geo.ring_ranks[(geo.r - 1) % R]
+    kv = torch.stack([k, v])
+    owner = geo.r
+    for rnd in range(R):
+        pending = ops.ring_issue(kv, nxt, prev) if rnd < R - 1 else None
+        ops.attention(True)
+        acc = merge(acc, attention_lse(q, kv[0], kv[1]))
+        ops.attention(False)
         if buf is not None:
-            buf.ensure(k, geo.plan.full)
-            if patch >= 0:
-                lo, hi = geo.plan.patch_range(patch)
-                outside = [(0, lo)] + ([(hi, buf.filled)] if buf.filled > hi else [])
-                outside = [(a, z) for a, z in outside if z > a]
-                if outside:
-                    ops.attention(True)
-                    acc = merge(acc, attention_lse(q, take(buf.k, outside, 2),
-                                                   take(buf.v, outside, 2)))
-                    ops.attention(False)
-        nxt = geo.ring_ranks[(geo.r + 1) % R]
-        prev = geo.ring_ranks[(geo.r - 1) % R]
-        kv = torch.stack([k, v])
-        owner = geo.r
-        for rnd in range(R):
-            pending = ops.ring_issue(kv, nxt, prev) if rnd < R - 1 else None
-            ops.attention(True)
-            acc = merge(acc, attention_lse(q, kv[0], kv[1]))
-            ops.attention(False)
-            if buf is not None:
-                buf.write(geo.block_ranges(patch, owner), kv[0], kv[1])
-            if pending is not None:
-                recv, p = pending
-                ops.ring_wait(p)
-                kv, owner = recv, (owner - 1) % R
-        return acc[0].to(q.dtype)
+            buf.write(geo.block_ranges(patch, owner), kv[0], kv[1])
+        if pending is not None:
+            recv, p = pending
+            ops.ring_wait(p)
+            kv, owner = recv, (owner - 1) % R
+    return acc[0].to(q.dtype)
 
 
 class DistriFusionAttnProcessor:
