@@ -199,14 +199,8 @@ def validate(wl: Workload, cfg: ParallelConfig) -> None:
                         f"{wl.height // grid * grid or grid}")
     if wl.steps < 1:
         raise UserError(f"--steps must be at least 1, got {wl.steps}")
-    if cfg.gpus < 1:
-        raise UserError(f"--gpus must be at least 1, got {cfg.gpus}")
-    for name in ("pipefusion", "ulysses", "ring", "tensor", "distrifusion"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.cfg not in (1, 2):
-        raise UserError(f"--cfg must be 1 or 2 (the guidance batch has two halves), "
-                        f"got {cfg.cfg}")
+    # The counts and degrees themselves were checked when ``cfg`` was built
+    # (``ParallelConfig.__post_init__``).
     if cfg.cfg == 2 and not m.cfg:
         raise UserError(f"{m.name} has no classifier-free guidance batch to split "
                         f"(guidance is embedded); use --cfg 1")
