@@ -137,6 +137,29 @@ def test_batch_is_folded_into_tokens() -> None:
     assert c.source(blocks(256, 1024, batch=1)) == "interpolated"
 
 
+def test_a_cfg_half_is_costed_as_the_patch_with_its_rows() -> None:
+    c = tiny_cost()
+    # One image of the CFG pair on the full 1024-token image: the GEMM rows and attention
+    # pairs of the profile's batch-2 patch of 512 tokens over 1024, which the synthetic
+    # profile makes cost more than half the full block (its fixed part does not halve).
+    op = blocks(1024, 1024, batch=1)
+    assert c.compute_time(op) == pytest.approx(block(512, 1024), rel=1e-9)
+    assert c.compute_time(op) > block(1024, 1024) / 2 * 1.01
+    assert c.source(op) == "interpolated"
+
+
+def test_a_tensor_shard_is_costed_as_the_block_on_its_share_of_rows() -> None:
+    c = tiny_cost()
+    # 1/2 of the heads and MLP columns on 1024 tokens: the work of a block on 512 of them.
+    shard = Compute("blocks", 1, 0, (0, 1), 1024, 1024, 2, shard=2)
+    assert c.compute_time(shard) == pytest.approx(2 * block(512, 1024), rel=1e-9)
+    # Its pieces split that time in the roofline's proportions at the shard's shape.
+    proj = Compute("blocks", 1, 0, (0, 1), 1024, 1024, 2, part="proj", shard=2)
+    attn = Compute("blocks", 1, 0, (0, 1), 1024, 1024, 2, part="attn", shard=2)
+    assert c.compute_time(proj) + c.compute_time(attn) == pytest.approx(
+        c.compute_time(shard), rel=1e-9)
+
+
 def test_outside_the_range_falls_back_to_the_scaled_roofline() -> None:
     c = tiny_cost()
     q = kv = 4096

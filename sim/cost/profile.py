@@ -163,18 +163,24 @@ class ProfileCost:
     def _estimate(self, op: Compute) -> tuple[float, str]:
         if op.kind == OpKind.BLOCKS:
             total, src = 0.0, "measured"
+            # A tensor-parallel shard (1/shard of the heads and MLP columns) does the GEMM and
+            # attention work of a block on 1/shard of the query rows: costed as that block,
+            # whose measured time carries the lower efficiency of smaller GEMMs (on the
+            # 2-core Xeon VM half a block's work takes 0.6-0.7 of its time, not 0.5).
+            q = max(1, round(op.q_tokens / op.shard))
             for i in range(op.layers[0], op.layers[1] + 1):
-                t, s = self.block_time(i, op.q_tokens, op.kv_tokens, op.batch)
+                t, s = self.block_time(i, q, op.kv_tokens, op.batch)
                 total += t
                 src = _worst(src, s)
             if op.part != "all" or op.shard != 1:
-                # Sequence/tensor-parallel pieces of a block (projections or attention core,
-                # 1/shard of the heads) were not profiled: split the profiled block in the
-                # proportions of the roofline's pieces.
+                # Sequence/tensor-parallel pieces of a block (projections or attention core)
+                # were not profiled: split the block in the proportions of the roofline's
+                # pieces at the shard's own shape.
                 roof = self.roof
                 part = roof.compute_time(op)
                 whole = roof.compute_time(Compute("blocks", op.step, op.patch, op.layers,
-                                                  op.q_tokens, op.kv_tokens, op.batch))
+                                                  op.q_tokens, op.kv_tokens, op.batch,
+                                                  shard=op.shard))
                 return total * part / whole, _worst(src, "interpolated")
             return total, src
         if op.kind == OpKind.CONDITION and "condition" in self._tokens:
@@ -228,11 +234,19 @@ class ProfileCost:
         batch. Patch: the measured patch blocks of its kv interpolated along q (batch folded
         into q), or those of the neighbouring kv shifted by the attention fit; failing that
         (a q no kv level spans), the token-level part at q plus the attention at q·kv."""
+        qe = q * batch / table.batch
         if q >= kv:
+            if batch < table.batch:
+                # Fewer images than profiled (a CFG half): the same GEMM rows and attention
+                # pairs as a patch of q·b/B tokens over the whole image, whose measured time
+                # holds the lower efficiency of the smaller GEMMs that a linear scaling of
+                # the full image misses.
+                t = self._from_levels(table, qe, kv)
+                if t is not None:
+                    return t
             if table.full is None or not table.full.contains(kv):
                 return None
             return table.full(kv) * batch / table.batch
-        qe = q * batch / table.batch
         t = self._from_levels(table, qe, kv)
         if t is not None:
             return t
