@@ -35,10 +35,13 @@ CUDA the default is 1024, 2048 and 4096 px.
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 from profiles.device import device_slug
+from profiles.pooled import collect_in_processes, strip_flags
 from profiles.settings import (
     DTYPES,
     OPS,
@@ -98,9 +101,15 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
     ap.add_argument("--no-curve", action="store_true",
                     help="skip the full-image blocks between the grid's token counts (only "
                          "the grid's resolutions will then be predicted from measurements)")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="collect in this many fresh processes one after another, the "
+                         "repeats shared among them, and keep per shape the median process "
+                         "(CPU: a process's memory placement sets its speed for its whole "
+                         "life, by up to 15 %% on the 2-core Xeon VM); default 1")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     at_least(a.co_run, 0, "--co-run")
+    at_least(a.processes, 1, "--processes")
     model = get_model(a.model)
     check_supported(model)
     res = _positive_ints(a.resolutions, "--resolutions") if a.resolutions else None
@@ -125,7 +134,8 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
         if bad or not ops:
             raise UserError(f"--ops: unknown op kind(s) {', '.join(bad) or '(none given)'}; "
                             f"choose from {', '.join(OPS)}")
-    s = replace(s, runner=a.runner, co_run=a.co_run, ops=ops, curve=not a.no_curve)
+    s = replace(s, runner=a.runner, co_run=a.co_run, ops=ops, curve=not a.no_curve,
+                processes=a.processes)
     return s, Path(a.out) if a.out else None, not a.no_progress
 
 
@@ -139,6 +149,7 @@ def default_out(s: Settings, name: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Collect and write the profile; returns 0 (bad input raises ``UserError``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     s, out, progress = parse(argv)
     # Checked before minutes of timing, not after; missing folders are created at the end.
     if out is not None:
@@ -146,20 +157,31 @@ def main(argv: list[str] | None = None) -> int:
     else:
         check_folder(Path.cwd(), "--out (default: the current folder)")
     stages = Progress(quiet=not progress)
-    # Imported once the flags are good: loading torch and diffusers takes seconds, which
-    # --help and a mistyped flag should not wait for.
-    with stages.stage("loading torch and diffusers"):
-        from profiles.compute import collect
-    stages.line(f"building {s.model.name} and timing its ops on {s.device}")
-    prof = collect(s, progress)
+    if s.processes > 1:
+        child = strip_flags(argv, ("--out", "--processes", "--repeats", "--no-progress"))
+        stages.line(f"timing {s.model.name}'s ops on {s.device} in {s.processes} processes")
+        prof = collect_in_processes(child, s.processes, math.ceil(s.repeats / s.processes),
+                                    stages.line)
+        prof.meta["command"] = "python -m profiles.collect " + " ".join(argv)
+    else:
+        # Imported once the flags are good: loading torch and diffusers takes seconds, which
+        # --help and a mistyped flag should not wait for.
+        with stages.stage("loading torch and diffusers"):
+            from profiles.compute import collect
+        stages.line(f"building {s.model.name} and timing its ops on {s.device}")
+        prof = collect(s, progress)
     path = out or default_out(s, prof.meta["device_name"])
     with output_errors("--out", path):
         prof.write(path)  # atomically: a full disk leaves no truncated profile
     blocks = prof.select("block")
     where = (f"{prof.meta['threads']} thread(s), {s.clock} clock" if s.device == "cpu"
              else "CUDA events")
+    pooled = (f"; median of {s.processes} processes, which differed by "
+              f"{prof.meta['process_spread']:.1%} (median over block shapes)"
+              if "process_spread" in prof.meta else "")
     print(f"wrote {path}: {len(prof.samples)} shapes ({len(blocks)} block shapes) in "
-          f"{prof.meta['collect_s']} s on {prof.meta['device_name']} ({s.dtype}, {where})")
+          f"{prof.meta['collect_s']} s on {prof.meta['device_name']} ({s.dtype}, {where})"
+          f"{pooled}")
     return 0
 
 

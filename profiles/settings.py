@@ -42,6 +42,7 @@ class Settings:
     co_run: int = 0  # processes computing beside the measured one (the other ranks of a run)
     ops: tuple[str, ...] = OPS  # which op kinds to time
     curve: bool = True  # full-image blocks between the grid's sizes (for other resolutions)
+    processes: int = 1  # fresh processes the collection runs in, pooled (profiles.pooled)
 
 
 def check_supported(model: DiTModel) -> None:

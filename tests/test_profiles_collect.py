@@ -182,6 +182,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["profiles.collect", "--model", "pixart", "--resolutions", "250"], "multiple of 16"),
     (["profiles.collect", "--model", "pixart", "--resolutions", "a,b"], "integers"),
     (["profiles.collect", "--model", "pixart", "--repeats", "0"], "--repeats"),
+    (["profiles.collect", "--model", "pixart", "--processes", "0"], "--processes"),
     (["profiles.collect", "--model", "pixart", "--bogus"], "unrecognized"),
     (["profiles.collect", "--model", "hunyuan", "--quick"], "supports"),
     (["profiles.collect", "--model", "pixart", "--threads", "2", "--clock", "cpu"],

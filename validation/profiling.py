@@ -12,6 +12,11 @@ from sim.errors import UserError
 from validation.grid import Case
 from validation.launch import say, torchrun
 
+# Fresh processes each compute profile is pooled over (profiles.pooled): a CPU process keeps
+# the speed its memory placement gave it, as each launch of a run does, and the runs are
+# compared by their median launch.
+PROCESSES = 3
+
 
 def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bool,
                     progress: bool, co_run_clock: str = "wall"
@@ -22,7 +27,8 @@ def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bo
     ``profile_dir`` first when missing (or always, with ``fresh``). Compute profiles cover the
     grid's resolutions and patch counts and the ops the executor runs: a machine's speed drifts
     by several percent within an hour (other tenants of a VM, clocks), so validation measures
-    what it needs right before the runs instead of trusting a profile from earlier.
+    what it needs right before the runs instead of trusting a profile from earlier. Each is
+    the median of ``PROCESSES`` collections in fresh processes (``profiles.pooled``).
 
     Clocks on CPU: a one-process run leaves the other cores free, so whatever else wants a
     core (the launcher, the kernel, another tenant of the VM) takes a free one, and the
@@ -54,7 +60,7 @@ def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bo
                         "1", "--co-run", str(co), "--clock", clock, "--resolutions",
                         resolutions, "--patches",
                         patches, "--ops", "block,embed,final,scheduler_step,condition",
-                        "--no-curve", "--out", str(path)] + \
+                        "--no-curve", "--processes", str(PROCESSES), "--out", str(path)] + \
                     ([] if progress else ["--no-progress"])
                 if collect.main(argv) != 0:
                     raise UserError(f"profile collection for {model} failed")

@@ -1,0 +1,109 @@
+"""A compute profile pooled over several processes (``profiles.collect --processes K``).
+
+On a CPU, how fast one op runs depends on the process as well as on the shape: where its
+tensors and weights landed in memory sets cache-set conflicts and page placement for the
+process's whole life. On the 2-core Xeon VM four fresh processes timing the same pixart-small
+block (512 query tokens over 1,024) gave medians of 63.5, 71.2, 72.1 and 75.2 ms, each with a
+spread of a few percent inside its own process, and the executor's launches of one
+configuration differ the same way. A profile from one process carries that process's luck into
+every prediction; the validation compares against the median launch, so the profile takes the
+median process.
+
+Torch-free: the collections run in child processes (``python -m profiles.collect``), and this
+module only merges what they wrote.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from sim.cost.profile_format import ComputeProfile, Sample
+from sim.errors import UserError
+
+
+def strip_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """``argv`` without each of ``flags`` and its value (``--flag V`` or ``--flag=V``)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in flags:
+            skip = True
+            continue
+        if any(a.startswith(f + "=") for f in flags):
+            continue
+        out.append(a)
+    return out
+
+
+def collect_in_processes(argv: list[str], processes: int, repeats: int,
+                         say: Callable[[str], None]) -> ComputeProfile:
+    """Run ``profiles.collect`` with ``argv`` (no ``--out``, ``--processes`` or
+    ``--repeats``) in ``processes`` fresh child processes one after another, each timing
+    ``repeats`` calls per shape, and pool them with ``pool``. A child that fails is a
+    ``UserError`` carrying its last line."""
+    with tempfile.TemporaryDirectory(prefix="ditsim-profile-") as tmp:
+        parts = []
+        for i in range(processes):
+            say(f"process {i + 1} of {processes}")
+            out = Path(tmp) / f"part{i}.csv"
+            cmd = [sys.executable, "-m", "profiles.collect", *argv, "--repeats", str(repeats),
+                   "--no-progress", "--out", str(out)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                lines = (done.stderr or done.stdout).strip().splitlines() or ["(no output)"]
+                raise UserError(f"profile collection in process {i + 1} of {processes} "
+                                f"failed: {lines[-1]}")
+            parts.append(ComputeProfile.read(out))
+    return pool(parts)
+
+
+def pool(parts: list[ComputeProfile]) -> ComputeProfile:
+    """One profile from the same collection run in several processes: per shape the median
+    of the processes' medians (seconds), the smallest minimum and largest maximum, the median
+    of their quartiles, the calls summed. The metadata is the first part's, with the
+    processes' count, their summed collection time, the median reference-op time, and
+    ``process_spread``: over the block shapes, the median of (slowest - fastest process
+    median) / pooled median."""
+    if not parts:
+        raise ValueError("no profiles to pool")
+    keys = [_key(s) for s in parts[0].samples]
+    by_part = [{_key(s): s for s in p.samples} for p in parts]
+    for i, p in enumerate(by_part[1:], 2):
+        if set(p) != set(keys):
+            raise UserError(f"process {i}'s profile measured other shapes than process 1's; "
+                            f"the collections must run the same grid")
+    samples = []
+    spreads = []
+    for k in keys:
+        ss = [p[k] for p in by_part]
+        med = statistics.median(s.median_s for s in ss)
+        samples.append(Sample(*k, sum(s.repeats for s in ss), med, min(s.min_s for s in ss),
+                              statistics.median(s.p25_s for s in ss),
+                              statistics.median(s.p75_s for s in ss),
+                              max(s.max_s for s in ss)))
+        if k[0] == "block":
+            meds = [s.median_s for s in ss]
+            spreads.append((max(meds) - min(meds)) / med)
+    meta = dict(parts[0].meta)
+    meta["processes"] = len(parts)
+    meta["collect_s"] = round(sum(float(p.meta.get("collect_s", 0.0)) for p in parts), 2)
+    refs = [p.meta["reference_op_s"] for p in parts
+            if isinstance(p.meta.get("reference_op_s"), (int, float))]
+    if refs:
+        meta["reference_op_s"] = statistics.median(refs)
+    if spreads:
+        meta["process_spread"] = round(statistics.median(spreads), 4)
+    meta["repeats"] = sum(int(p.meta.get("repeats", 0)) for p in parts)
+    return ComputeProfile(meta, samples)
+
+
+def _key(s: Sample) -> tuple[str, str, int, int, int, int]:
+    return (s.op, s.variant, s.batch, s.q_tokens, s.kv_tokens, s.heads)
