@@ -358,3 +358,19 @@ def test_schedules_talk_along_the_axes_of_their_layout(kw) -> None:
                 peer = op.dst if isinstance(op, Send) else op.src
                 assert layout.coords(peer)._replace(stage=0) == \
                     layout.coords(rank)._replace(stage=0)
+
+
+@pytest.mark.parametrize("name", ["sd3-tiny", "flux-tiny", "pixart-tiny"])
+def test_ulysses_exchanges_carry_the_replicated_text_queries(name: str) -> None:
+    """Per block the executor's Ulysses sends the queries and gets the outputs back with the
+    text rows beside the image rows (each rank holds the whole text stream), and the keys and
+    values with image rows only: 2 (n + t) + 2 n rows of the hidden width, per rank."""
+    m = get_model(name)
+    wl = Workload(m, 256, 256, 2, dtype="fp32", text_encoder=False, vae=False)
+    sched = build_schedule(wl, ParallelConfig(2, ulysses=2))
+    n = wl.tokens // 2  # this rank's image rows
+    t = m.text_tokens if name != "pixart-tiny" else 0  # PixArt's text is cross-attention
+    a2a = [op for op in sched.ranks[0] if isinstance(op, Collective)
+           and op.kind == "all_to_all"]
+    per_step = sum(op.nbytes * op.count for op in a2a) / wl.steps
+    assert per_step == m.num_blocks * m.batch * (2 * (n + t) + 2 * n) * m.hidden * 4

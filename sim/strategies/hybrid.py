@@ -207,7 +207,12 @@ def block_ops(job: Job, seat: Seat, slot: Slot, lo: int, hi: int) -> list[Op]:
     ops: list[Op] = [Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
                              "proj" if split else "all", T)]
     if U > 1:
-        ops.append(Collective(OpKind.ALL_TO_ALL, seat.ulysses, shard, Tag("ulysses", t, j, lo),
+        # MM-DiT: the text stream is replicated, and its queries ride in the query exchange
+        # and come back in the output exchange (executor/mmdit.py; K,V carry image rows
+        # only): the four exchanges of a block average qs + text/2 rows each.
+        a2a = shard if not job.forwards_text else job.nbytes(
+            (job.batch, 2 * qs + job.model.text_tokens, job.model.hidden // T)) // 2
+        ops.append(Collective(OpKind.ALL_TO_ALL, seat.ulysses, a2a, Tag("ulysses", t, j, lo),
                               count=4 * n))
     if R > 1:
         ops.append(Collective(OpKind.RING_KV, seat.ring, 2 * shard, Tag("ring", t, j, lo),
