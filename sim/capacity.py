@@ -13,6 +13,13 @@ offer at most ``R`` replica-seconds per second; so with a fraction ``x`` good, `
 (cheapest way to make x of the requests good)`` cannot exceed ``R``. A split whose bound is
 below the capacities already found cannot enter the ranking and is never simulated.
 
+With batching (``Split.max_batch`` > 1) the bound stays an upper bound: a batch of ``b``
+requests of class ``c`` holds its replica for the engine's latency of that batch, ``L(b)``, so
+each of its requests holds at least ``L(b) / b``; a good request's batch took at most its
+SLO, so ``m_c`` becomes the least ``L(b) / b`` over the replicas allowed to serve the class and
+the batches they can form (memory) with ``L(b)`` within the SLO. Every ``L(b)`` comes from the
+engine (``ServiceTable.batch_latency``), none from an assumed scaling.
+
 Torch-free.
 """
 
@@ -27,7 +34,7 @@ from sim.arrivals import Request, scaled
 from sim.config import ParallelConfig, validate
 from sim.errors import UserError
 from sim.replicas import ReplicaGroup, ServiceTable
-from sim.serving import Policy, ServeRun, simulate_pool
+from sim.serving import Batching, Policy, ServeRun, simulate_pool
 
 # Bisection stops when the bracket is this narrow relative to its lower end.
 REL_TOL = 0.02
@@ -44,6 +51,7 @@ class Split:
     groups: tuple[ReplicaGroup, ...]
     router: str
     class_groups: tuple[int, ...] | None = None
+    max_batch: int = 1  # most same-class requests a replica serves as one batch
 
     def replicas(self) -> list[tuple[int, ParallelConfig]]:
         """(group index, configuration) of every replica, group by group."""
@@ -56,11 +64,12 @@ class Split:
         return " + ".join(f"{g.count}x{g.gpus}" for g in self.groups)
 
     def router_label(self, names: list[str]) -> str:
-        """``lwl``, or ``pools(2048->x4, 1024->x1)``."""
+        """``lwl``, or ``pools(2048->x4, 1024->x1)``; `` batch<=4`` appended with batching."""
+        batch = f" batch<={self.max_batch}" if self.max_batch > 1 else ""
         if self.class_groups is None:
-            return self.router
+            return self.router + batch
         return "pools(" + ", ".join(f"{n}->x{self.groups[g].gpus}"
-                                    for n, g in zip(names, self.class_groups)) + ")"
+                                    for n, g in zip(names, self.class_groups)) + ")" + batch
 
 
 @dataclass
@@ -108,7 +117,19 @@ class ServeModel:
         self.runs += 1
         return simulate_pool(stream, [cfg.gpus for _, cfg in reps],
                              lat, self._slo, self.policy(split),
-                             max_misses)
+                             max_misses, self.batching(split))
+
+    def batching(self, split: Split) -> Batching | None:
+        """The batching of ``split``'s replicas (``None`` without): each replica's batch
+        limit per class (``split.max_batch``, lower where a batch that large does not fit in
+        memory) and the engine's batch latencies."""
+        if split.max_batch <= 1:
+            return None
+        table, n = self.table, len(self.table.classes)
+        cfgs = [cfg for _, cfg in split.replicas()]
+        limit = [[max(1, table.batch_limit(cfg, c, split.max_batch)) for c in range(n)]
+                 for cfg in cfgs]
+        return Batching(limit, lambda r, c, b: table.batch_latency(cfgs[r], c, b))
 
     def meets(self, split: Split, rate: float, target: float) -> bool:
         """Whether at least ``target`` of the requests finish within SLO at ``rate``
@@ -127,9 +148,18 @@ class ServeModel:
         for c, share in enumerate(self.shares):
             allowed = [cfg for g, cfg in reps
                        if split.class_groups is None or split.class_groups[c] == g]
-            m = min((self.table.latency(cfg, c) for cfg in allowed), default=math.inf)
             # A replayed trace may carry per-request SLOs: then any class might be good.
-            if m <= self.slo_s[c] or (self.trace_rate is not None and math.isfinite(m)):
+            any_slo = self.trace_rate is not None
+            if split.max_batch <= 1:
+                m = min((self.table.latency(cfg, c) for cfg in allowed), default=math.inf)
+                good = m <= self.slo_s[c] or (any_slo and math.isfinite(m))
+            else:
+                per = [self.table.batch_latency(cfg, c, b) / b for cfg in allowed
+                       for b in range(1, self.table.batch_limit(cfg, c, split.max_batch) + 1)
+                       if any_slo or self.table.batch_latency(cfg, c, b) <= self.slo_s[c]]
+                m = min(per, default=math.inf)
+                good = math.isfinite(m)
+            if good:
                 cheapest.append((m, share))
         cheapest.sort()
         need, cost = target, 0.0

@@ -31,7 +31,10 @@ def _whole(obj: object, name: str, flag: str) -> None:
 @dataclass(frozen=True)
 class Workload:
     """One image request: model, size in pixels, diffusion steps, dtype, and which of the
-    non-parallel parts (text encoder, VAE decode) the latency should include."""
+    non-parallel parts (text encoder, VAE decode) the latency should include. ``images``
+    requests of this same shape may run together as one batch (a serving replica batching
+    them, ``sim.serve --max-batch``): every op then carries ``images`` times the batch of one
+    image, and the latency is the batch's."""
 
     model: DiTModel
     height: int
@@ -40,6 +43,7 @@ class Workload:
     dtype: str = "bf16"
     text_encoder: bool = True
     vae: bool = True
+    images: int = 1
 
     def __post_init__(self) -> None:
         # Built directly (the Python API, scripts), a workload gets the checks the command
@@ -50,6 +54,9 @@ class Workload:
         _whole(self, "height", "resolution (height)")
         _whole(self, "width", "resolution (width)")
         _whole(self, "steps", "--steps")
+        _whole(self, "images", "images (batch)")
+        if self.images < 1:
+            raise UserError(f"images (batch) must be at least 1, got {self.images}")
         if self.height <= 0 or self.width <= 0:
             raise UserError(f"resolution must be positive, got {self.width}x{self.height}")
         if self.steps < 1:

@@ -74,7 +74,7 @@ def memory_per_rank(wl: Workload, cfg: ParallelConfig, sched: Schedule,
         act += 3 * batch * (q_max // cfg.ring + text) * h * b / (cfg.ulysses * T)
     if cfg.ring > 1:
         act += 2 * 2 * batch * (qs + text) * h * b / T  # the block in hand and the next one
-    latent = m.latent_channels * full * m.patch_size**2 * 4  # fp32 latent
+    latent = wl.images * m.latent_channels * full * m.patch_size**2 * 4  # fp32 latents
     kv_layer = batch * m.stale_kv_elems(full) * b / T
     layout = sched.layout
     if layout is None:

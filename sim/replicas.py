@@ -1,9 +1,11 @@
 """A serving pool's replicas: the split of the GPUs, where each replica sits, which parallel
 configuration it runs, and each request class's isolated latency on it (cached).
 
-A replica of ``k`` GPUs serves one request at a time with one ``ParallelConfig`` on ``k``
-GPUs. Its isolated latency for a class is the per-request simulation of ``sim.evaluate``
-(planner mode), run once per (configuration, class) and cached. Replicas are packed into the
+A replica of ``k`` GPUs serves one request at a time (or, with batching, one batch of
+same-class requests) with one ``ParallelConfig`` on ``k`` GPUs. Its isolated latency for a
+class is the per-request simulation of ``sim.evaluate`` (planner mode), run once per
+(configuration, class, batch) and cached; a batch of ``b`` is the same simulation with
+``Workload.images = b`` (every op's batch ``b`` times one image's). Replicas are packed into the
 nodes in order of size, each inside one node unless it spans whole nodes, so a replica's
 topology is that of ``k`` GPUs of one node (or of ``k / per_node`` whole nodes).
 
@@ -163,6 +165,7 @@ class ServiceTable:
             validate(wl, ParallelConfig(1))  # resolution on the patch grid, steps >= 1
         self._costs = [self.spec.build(wl, cluster.gpu, scale) for wl in self.workloads]
         self._latency: dict[tuple[ParallelConfig, int], float] = {}
+        self._batched: dict[tuple[ParallelConfig, int, int], float] = {}
         self._best: dict[int, ParallelConfig | None] = {}
         self.simulated = 0  # per-request simulations run (cache misses)
 
@@ -188,6 +191,34 @@ class ServiceTable:
             self.simulated += 1
             self._latency[key] = math.inf if pred.oom else pred.latency_s
         return self._latency[key]
+
+    def batch_latency(self, cfg: ParallelConfig, c: int, b: int) -> float:
+        """Seconds a batch of ``b`` requests of class ``c`` takes on a replica running
+        ``cfg`` (every request of it finishes then); ``inf`` when it does not apply or does
+        not fit in memory. ``b`` = 1 is ``latency``."""
+        if b == 1:
+            return self.latency(cfg, c)
+        key = (cfg, c, b)
+        if key not in self._batched:
+            if not math.isfinite(self.latency(cfg, c)):
+                self._batched[key] = math.inf
+                return math.inf
+            wl = replace(self.workloads[c], images=b)
+            pred = evaluate(wl, self._warmup_for(cfg, c), self.cluster.gpu,
+                            self.cluster.topology(cfg.gpus), self._costs[c], self.scale,
+                            fast=True, spec=self.spec)
+            self.simulated += 1
+            self._batched[key] = math.inf if pred.oom else pred.latency_s
+        return self._batched[key]
+
+    def batch_limit(self, cfg: ParallelConfig, c: int, max_batch: int) -> int:
+        """The largest batch of class ``c`` up to ``max_batch`` that a replica running
+        ``cfg`` forms: every batch up to it fits in memory (``sim.memory``, through the
+        simulation's out-of-memory verdict). 0 when the class cannot run on it at all."""
+        k = 0
+        while k < max_batch and math.isfinite(self.batch_latency(cfg, c, k + 1)):
+            k += 1
+        return k
 
     def mean_latency(self, cfg: ParallelConfig) -> float:
         """Mix-weighted mean isolated latency on ``cfg``, seconds (``inf`` if a class cannot

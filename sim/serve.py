@@ -46,6 +46,7 @@ from sim.cli import (
     run_main,
     workload_from_args,
 )
+from sim.config import ParallelConfig
 from sim.errors import UserError
 from sim.outputs import check_outputs, write_outputs
 from sim.progress import Progress
@@ -100,6 +101,10 @@ def build_parser(prog: str = "python -m sim.serve") -> argparse.ArgumentParser:
                    help="queue discipline of each replica")
     p.add_argument("--admission", action="store_true",
                    help="drop a request at arrival when its predicted finish misses its SLO")
+    p.add_argument("--max-batch", type=int, default=1, metavar="B",
+                   help="serve up to B queued requests of the same class as one batch (default "
+                        "1: one at a time); a search also tries the powers of two below B, "
+                        "and a replica forms no batch larger than fits in its memory")
     p.add_argument("--warmup", default="1",
                    help="PipeFusion/DistriFusion warmup step counts the configurations may use")
     p.add_argument("--price", type=float, default=None, metavar="PER_GPU_HOUR",
@@ -167,6 +172,17 @@ def parse_names(text: str | None, flag: str, choices: tuple[str, ...]) -> tuple[
     return out
 
 
+def batch_caps(max_batch: int) -> list[int]:
+    """The batch limits a search tries for ``--max-batch``: 1, the powers of two below it,
+    and itself (a larger batch amortises more but holds the head request longer, so the best
+    limit depends on load and SLO)."""
+    caps, k = [], 1
+    while k < max_batch:
+        caps.append(k)
+        k *= 2
+    return caps + [max_batch]
+
+
 def default_widths(cluster: Cluster) -> list[int]:
     """Powers of two up to ``DEFAULT_WIDTH_LIMIT`` (and the pool) that pack into the nodes."""
     out, k = [], 1
@@ -201,6 +217,20 @@ def _pools_assignment(text: str | None, names: list[str],
     if missing:
         raise UserError(f"--pools gives no replicas to class {', '.join(missing)}")
     return tuple(got[n] for n in names)
+
+
+def batch_table(table: ServiceTable, cfg: ParallelConfig, names: list[str],
+                max_batch: int) -> dict:
+    """For ``--json`` with ``--max-batch`` above 1: per class, the largest batch a replica
+    running ``cfg`` forms (below ``max_batch`` when a larger one does not fit in its memory,
+    then ``memory_capped``) and the engine's latency of each batch size up to it, seconds."""
+    if max_batch <= 1:
+        return {}
+    limit = {n: table.batch_limit(cfg, c, max_batch) for c, n in enumerate(names)}
+    return {"batch_limit": limit,
+            "batch_memory_capped": {n: 0 < k < max_batch for n, k in limit.items()},
+            "batch_latency_s": {n: [table.batch_latency(cfg, c, b) for b in range(1, k + 1)]
+                                for c, (n, k) in enumerate(limit.items())}}
 
 
 @dataclass
@@ -243,6 +273,9 @@ def plan_pool(args: argparse.Namespace) -> ServePlan:
         positive(args.rate, "--rate")
     positive(args.cv, "--cv")
     at_least(args.requests, 1, "--requests")
+    if args.max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1 (1 serves one request at a time), "
+                        f"got {args.max_batch}")
     at_least(args.top, 1, "--top")
     if args.price is not None:
         positive(args.price, "--price")
@@ -321,13 +354,14 @@ def plan_pool(args: argparse.Namespace) -> ServePlan:
         router = (routers or ("lwl",))
         assign = (_pools_assignment(args.pools, names, groups_fixed) if router[0] == "pools"
                   else None)
-        splits = [Split(groups_fixed, router[0], assign)]
+        splits = [Split(groups_fixed, router[0], assign, args.max_batch)]
     else:
         splits = []
         for shape, router, assign in enumerate_splits(args.gpus, sorted(usable), len(classes),
                                                       routers or ROUTERS):
             groups = tuple(ReplicaGroup(n, k, usable[k]) for n, k in shape)
-            splits.append(Split(groups, router, assign))
+            for cap in batch_caps(args.max_batch):
+                splits.append(Split(groups, router, assign, cap))
     if (args.replay and trace_rate is None) or args.no_capacity:
         ranked: list[Candidate] = [Candidate(s, model.bound(s, args.target)) for s in splits]
         pruned = missed = 0
@@ -351,7 +385,7 @@ def plan_pool(args: argparse.Namespace) -> ServePlan:
     result = {
         "model": wl.model.name, "gpu": gpu.name, "gpus": args.gpus, "link": args.link,
         "nodes": args.nodes, "target": args.target, "queue": args.queue,
-        "admission": args.admission, "rate_rps": rate,
+        "admission": args.admission, "rate_rps": rate, "max_batch": args.max_batch,
         "arrivals": "replay" if args.replay else args.arrivals,
         "cv": args.cv if args.arrivals == "gamma" and not args.replay else None,
         "requests": len(stream), "seed": args.seed, "price_per_gpu_hour": args.price,
@@ -363,11 +397,13 @@ def plan_pool(args: argparse.Namespace) -> ServePlan:
         "widths": [{"gpus": k, "config": cfg.as_dict(), "label": cfg.label(),
                     # None: the configuration cannot run that class (size, memory).
                     "isolated_latency_s": {n: finite_or_none(table.latency(cfg, c))
-                                           for c, n in enumerate(names)}}
+                                           for c, n in enumerate(names)},
+                    **batch_table(table, cfg, names, args.max_batch)}
                    for k, cfg in sorted(usable.items())],
         "candidates": [{"split": c.split.label(), "router": c.split.router_label(names),
                         "replicas": [{"count": g.count, "gpus": g.gpus,
                                       "config": g.config.label()} for g in c.split.groups],
+                        "max_batch": c.split.max_batch,
                         "bound_rps": c.bound, "capacity_rps": c.capacity,
                         "at_rate": at_rate[i].as_dict() if i in at_rate else None}
                        for i, c in enumerate(ranked)],

@@ -10,6 +10,7 @@ Torch-free.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from sim.serving import Served, ServeRun
@@ -55,6 +56,7 @@ class RunSummary:
     images_per_s_per_gpu: float
     cost_per_1000_good: float | None  # in the unit of --price, per 1,000 images within SLO
     replica_busy_fraction: list[float]
+    batches: dict  # batches served: count, mean size, histogram {size: batches}
 
     def as_dict(self) -> dict:
         return {"overall": self.overall, "per_class": self.per_class,
@@ -63,7 +65,8 @@ class RunSummary:
                 "idle_while_queued_fraction": self.idle_while_queued_fraction,
                 "images_per_s_per_gpu": self.images_per_s_per_gpu,
                 "cost_per_1000_good": self.cost_per_1000_good,
-                "replica_busy_fraction": self.replica_busy_fraction}
+                "replica_busy_fraction": self.replica_busy_fraction,
+                "batches": self.batches}
 
 
 def summarize(run: ServeRun, names: list[str], price_per_gpu_hour: float | None = None
@@ -87,7 +90,18 @@ def summarize(run: ServeRun, names: list[str], price_per_gpu_hour: float | None 
         idle_while_queued_fraction=run.idle_while_queued_gpu_s / gpu_s if gpu_s > 0 else 0.0,
         images_per_s_per_gpu=served / gpu_s if gpu_s > 0 else 0.0,
         cost_per_1000_good=cost,
-        replica_busy_fraction=[b / window if window > 0 else 0.0 for b in run.busy_s])
+        replica_busy_fraction=[b / window if window > 0 else 0.0 for b in run.busy_s],
+        batches=batch_stats(run.served))
+
+
+def batch_stats(served: list[Served]) -> dict:
+    """The batches ``served`` ran in (requests that started together on one replica): how
+    many, their mean size (requests per batch) and a histogram {size: batches}."""
+    sizes = Counter((s.replica, s.start_s) for s in served if not s.dropped)
+    hist = Counter(sizes.values())
+    n = len(sizes)
+    return {"count": n, "mean_size": sum(sizes.values()) / n if n else None,
+            "histogram": {str(k): hist[k] for k in sorted(hist)}}
 
 
 def idle_while_queued_gpu_s(served: list[Served], replica_gpus: list[int]) -> float:

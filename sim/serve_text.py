@@ -136,7 +136,10 @@ def print_text(args: argparse.Namespace, result: dict, ranked: list[Candidate],
                                          else "")
                      for n, s, (ref, k), cl in zip(names, slo, refs, r["classes"]))
     print(f"SLO: {slos}; target {r['target']:.0%} within SLO; queue {r['queue']}, "
-          f"{'admission control' if r['admission'] else 'no admission control'}")
+          f"{'admission control' if r['admission'] else 'no admission control'}"
+          + (f"; same-class batches of up to {r['max_batch']} (limits tried: "
+             f"{', '.join(str(c) for c in sorted({c.split.max_batch for c in ranked}))})"
+             if r["max_batch"] > 1 else ""))
     print("\nreplica widths (configuration chosen for the mix; isolated latency per class):")
     for k, cfg in sorted(usable.items()):
         lats = "  ".join(f"{n} {_f(finite_or_none(model.table.latency(cfg, c)), '.3f')} s"
@@ -178,8 +181,11 @@ def print_text(args: argparse.Namespace, result: dict, ranked: list[Candidate],
         print(f"GPU busy {s.busy_fraction:.1%}, idle while requests queued "
               f"{s.idle_while_queued_fraction:.1%}, {s.images_per_s_per_gpu:.3f} images/s "
               f"per GPU" + (f", {s.cost_per_1000_good:.2f} per 1,000 images within SLO"
-                            if s.cost_per_1000_good is not None else ""))
-    print(f"\n{searched} split x router candidates in {elapsed:.1f} s: "
+                            if s.cost_per_1000_good is not None else "")
+              + (f"; {s.batches['count']} batches, mean {s.batches['mean_size']:.2f} requests"
+                 if r["max_batch"] > 1 and s.batches["count"] else ""))
+    kinds = "split x router x batch limit" if r["max_batch"] > 1 else "split x router"
+    print(f"\n{searched} {kinds} candidates in {elapsed:.1f} s: "
           f"{searched - pruned - missed} bisected, {pruned} skipped by the throughput "
           f"bound, {missed} by one run missing the target at the last row's capacity; "
           f"{r['pool_runs']} pool runs, {r['request_simulations']} per-request simulations.")

@@ -14,11 +14,22 @@ Policies:
 - admission control: a request whose predicted finish (work ahead of it in the chosen queue
   plus its own service) is past its deadline is dropped at arrival, so it costs no GPU time.
   Under EDF the prediction counts only the queued requests with earlier deadlines, so a later
-  arrival with an earlier deadline can still make it late.
+  arrival with an earlier deadline can still make it late;
+- batching (``Batching``, off by default): a replica that becomes free takes the request at
+  the head of its queue plus up to ``limit - 1`` more queued requests of the same class, in
+  queue order, and serves them as one batch whose service time is the engine's latency of
+  that batch; every request of the batch starts and finishes with it. It never waits for a
+  batch to fill. With batching, least work left counts a replica's queued work as the time
+  it needs to drain its queue in the batches it would form (per class, full batches of the
+  limit and one remainder: exact when nothing else arrives) and a request's own work as what
+  it adds to that (the next batch of its class grows by one, or a new batch starts), so that
+  a queue of same-class requests that batch together is not counted as if served one by
+  one; admission control predicts the finish of the batch the request would join by forming
+  the replica's batches from its queue in order, as the replica would.
 
 The router knows each request's service time on each replica when it routes it: the
 per-request latency is the deterministic simulated one (``ServiceTable``), so this is what a
-real router with the same latency table would know. Batching is not modelled (README, "Serving").
+real router with the same latency table would know.
 
 Torch-free.
 """
@@ -69,7 +80,8 @@ class Served:
     start_s: float
     finish_s: float
     deadline_s: float
-    service_s: float
+    service_s: float  # of the batch it was served in
+    batch: int = 1  # requests served together with it, itself included
 
     @property
     def dropped(self) -> bool:
@@ -116,6 +128,25 @@ class ServeRun:
         return max(ends, default=0.0)
 
 
+@dataclass(frozen=True)
+class Batching:
+    """Batching of same-class requests: ``limit[r][c]`` is the most requests of class ``c``
+    replica ``r`` serves as one batch (1: no batching; below the user's maximum where a larger
+    batch does not fit in the replica's memory), ``latency(r, c, b)`` the seconds a batch of
+    ``b`` requests of class ``c`` takes on replica ``r`` (for ``b`` = 1 the service time)."""
+
+    limit: Sequence[Sequence[int]]
+    latency: Callable[[int, int, int], float]
+
+    def drain_s(self, r: int, c: int, n: int) -> float:
+        """Seconds replica ``r`` needs for ``n`` queued requests of class ``c`` in the batches
+        it forms: full batches of the limit, then one of the rest."""
+        k = self.limit[r][c]
+        full, rest = divmod(n, k)
+        out = full * self.latency(r, c, k) if full else 0.0
+        return out + (self.latency(r, c, rest) if rest else 0.0)
+
+
 class _Replica:
     """One replica's queue (the work it holds lives in ``simulate_pool``'s per-replica lists,
     which the router reads)."""
@@ -160,7 +191,8 @@ def choose_replica(jsq: bool, options: Sequence[tuple[int, float]], held: Sequen
 def simulate_pool(requests: list[Request], replica_gpus: list[int],
                   service: Callable[[int, Request], float] | Sequence[Sequence[float]],
                   slo: Callable[[Request], float], policy: Policy,
-                  max_misses: int | None = None) -> ServeRun:
+                  max_misses: int | None = None, batching: Batching | None = None
+                  ) -> ServeRun:
     """Serve ``requests`` (sorted by arrival) on replicas of ``replica_gpus`` GPUs each.
     ``service(r, req)`` is the seconds replica ``r`` takes for ``req`` (``inf``: it cannot
     run it), or a table ``service[r][class]`` of them (deterministic service: each class's
@@ -170,7 +202,8 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
     With ``max_misses`` the run stops as soon as more requests than that are known to miss
     their SLO (dropped, or starting too late to finish in time): enough to know that the
     attainment is below a target, and far cheaper in overload. The run returned is then
-    partial (``ServeRun.stopped``)."""
+    partial (``ServeRun.stopped``). ``batching``: see the module docstring (``None``: one
+    request at a time)."""
     env = simpy.Environment()
     reps = [_Replica() for _ in replica_gpus]
     # Per replica: requests held (queued or in service), finish time of the one in service,
@@ -183,6 +216,10 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
     total_gpus_queued = [0.0]  # idle GPU-seconds while a request waits somewhere
     state = {"last": 0.0, "queued": 0, "idle_gpus": sum(replica_gpus), "misses": 0}
     stop = env.event()
+    if batching is not None and all(k <= 1 for row in batching.limit for k in row):
+        batching = None  # one request at a time: the unbatched bookkeeping, exactly
+    n_classes = 1 + max((req.cls for req in requests), default=0)
+    counts = [[0] * n_classes for _ in reps]  # queued requests per replica and class
 
     def missed() -> None:
         state["misses"] += 1
@@ -230,13 +267,64 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
         ahead = sum(item[4] for item in reps[r].heap if item[0] <= deadline)
         return max(0.0, finish[r] - env.now) + ahead
 
+    def batched_choice(req: Request) -> tuple[int, float]:
+        """Least work left with batching: queued work as drain time, the request's own as
+        what it adds to it (module docstring). Returns (replica, its service seconds
+        alone)."""
+        assert batching is not None
+        opts = options(req)
+        if jsq:
+            return choose_replica(True, opts, held, finish, queued, env.now)
+        c = req.cls
+        drain = [0.0] * len(reps)
+        added = []
+        for r, _ in opts:
+            drain[r] = sum(batching.drain_s(r, k, n) for k, n in enumerate(counts[r]) if n)
+            n = counts[r][c]
+            added.append((r, batching.drain_s(r, c, n + 1) - batching.drain_s(r, c, n)))
+        r, _ = choose_replica(False, added, held, finish, drain, env.now)
+        return r, next((t for q, t in opts if q == r), math.nan)
+
+    def batched_finish(r: int, item: tuple) -> float:
+        """When the batch that ``item`` (a queue entry) would join on replica ``r`` finishes,
+        forming batches from the queue in order as the replica does, with nothing else
+        arriving, seconds."""
+        assert batching is not None
+        pending = sorted([*reps[r].heap, item], key=lambda x: x[:3])
+        t = env.now + max(0.0, finish[r] - env.now)
+        taken = [False] * len(pending)
+        for i, head in enumerate(pending):
+            if taken[i]:
+                continue
+            c = head[3].cls
+            k = batching.limit[r][c]
+            members = []
+            for j in range(i, len(pending)):
+                if not taken[j] and pending[j][3].cls == c:
+                    members.append(j)
+                    if len(members) == k:
+                        break
+            for j in members:
+                taken[j] = True
+            t += batching.latency(r, c, len(members))
+            if any(pending[j] is item for j in members):
+                return t
+        return t  # not reached: the item is in ``pending``
+
     def arrivals():
         for req in requests:
             if req.arrival_s > env.now:
                 yield env.timeout(req.arrival_s - env.now)
             deadline = req.arrival_s + slo(req)
-            r, s = choose_replica(jsq, options(req), held, finish, queued, env.now)
-            if r >= 0 and policy.admission:
+            if batching is None:
+                r, s = choose_replica(jsq, options(req), held, finish, queued, env.now)
+            else:
+                r, s = batched_choice(req)
+            if r >= 0 and policy.admission and batching is not None:
+                entry = (*queue_key(policy.queue, req, deadline), req, s, deadline)
+                if batched_finish(r, entry) > deadline * (1 + 1e-12):
+                    r = -1
+            elif r >= 0 and policy.admission:
                 ahead = ahead_of(r, deadline) if policy.queue == "edf" else work_left(r)
                 if env.now + ahead + s > deadline * (1 + 1e-12):
                     r = -1
@@ -250,6 +338,7 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
                                       deadline))
             queued[r] += s
             held[r] += 1
+            counts[r][req.cls] += 1
             state["queued"] += 1
             if rep.wake is not None and not rep.wake.triggered:
                 rep.wake.succeed()
@@ -260,21 +349,38 @@ def simulate_pool(requests: list[Request], replica_gpus: list[int],
             if not rep.heap:
                 rep.wake = env.event()
                 yield rep.wake
-            _, _, _, req, s, deadline = heapq.heappop(rep.heap)
+            head = heapq.heappop(rep.heap)
+            members = [head]
+            c = head[3].cls
+            if batching is not None and batching.limit[r][c] > 1:
+                # The head plus the next requests of its class, in queue order.
+                same = [item for item in rep.heap if item[3].cls == c]
+                if same:
+                    more = heapq.nsmallest(batching.limit[r][c] - 1, same)
+                    chosen = {item[3].index for item in more}
+                    rep.heap = [item for item in rep.heap if item[3].index not in chosen]
+                    heapq.heapify(rep.heap)
+                    members += more
+            b = len(members)
             account()
-            queued[r] -= s
-            state["queued"] -= 1
+            for _, _, _, req, s, _ in members:
+                queued[r] -= s
+                counts[r][req.cls] -= 1
+            state["queued"] -= b
             state["idle_gpus"] -= replica_gpus[r]
             start = env.now
+            s = head[4] if b == 1 else batching.latency(r, c, b)  # type: ignore[union-attr]
             finish[r] = start + s
-            if start + s > deadline * (1 + 1e-12):
-                missed()
+            for item in members:
+                if start + s > item[5] * (1 + 1e-12):
+                    missed()
             yield env.timeout(s)
             account()
-            held[r] -= 1
+            held[r] -= b
             state["idle_gpus"] += replica_gpus[r]
             busy[r] += s
-            record(Served(req, r, start, env.now, deadline, s))
+            for _, _, _, req, _, deadline in members:
+                record(Served(req, r, start, env.now, deadline, s, b))
 
     env.process(arrivals())
     for r in range(len(reps)):

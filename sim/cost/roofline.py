@@ -93,8 +93,9 @@ class RooflineCost:
             t = self.roofline(batch * m.condition_flops(), 7 * m.hidden**2 * b, batch,
                               OP_KERNELS[kind])
         elif kind == OpKind.SCHEDULER_STEP:
-            # Elementwise over the latent patch: a few reads and writes of fp32 values.
-            elems = q * m.patch_size**2 * m.latent_channels
+            # Elementwise over the latent patch (of each of ``batch`` images): a few reads and
+            # writes of fp32 values.
+            elems = batch * q * m.patch_size**2 * m.latent_channels
             t = self.roofline(20.0 * elems, 12 * elems * 4, 1, OP_KERNELS[kind])
         elif kind == OpKind.TEXT_ENCODE:
             prompts = batch
@@ -107,8 +108,10 @@ class RooflineCost:
             h, w = self.wl.height, self.wl.width
             t = 0.0
             if m.vae_params:
-                t = self.roofline(vae_decode_flops(h, w), m.vae_params * b + 40.0 * h * w * b,
-                                  h * w / 64, OP_KERNELS[kind])
+                # ``batch`` images decoded together: the weights are read once.
+                t = self.roofline(batch * vae_decode_flops(h, w),
+                                  m.vae_params * b + batch * 40.0 * h * w * b,
+                                  batch * h * w / 64, OP_KERNELS[kind])
         else:
             raise ValueError(f"unknown compute kind {kind!r}")
         return t * self.scale

@@ -26,7 +26,7 @@ def build(wl: Workload, cfg: ParallelConfig) -> Schedule:
     steps, warmup = wl.steps, cfg.warmup
     rows, cols = m.token_grid(wl.height, wl.width)
     b = wl.dtype_bytes
-    batch = m.batch // C
+    batch = m.batch * wl.images // C
     patch_rows = split_even(rows, D)
     full = rows * cols
     layout = RankLayout.of(cfg)
@@ -44,10 +44,10 @@ def build(wl: Workload, cfg: ParallelConfig) -> Schedule:
         cfg_group = layout.group(rank, "cfg")
         q = patch_rows[d] * cols
         kv_bytes = numel((2, batch, q, m.hidden)) * b
-        latent = numel((1, m.latent_channels, patch_rows[d] * m.patch_size,
+        latent = numel((wl.images, m.latent_channels, patch_rows[d] * m.patch_size,
                         cols * m.patch_size)) * b
         if wl.text_encoder:
-            ops.append(Compute(OpKind.TEXT_ENCODE, -1, -1, batch=m.batch))
+            ops.append(Compute(OpKind.TEXT_ENCODE, -1, -1, batch=m.batch * wl.images))
         for t in range(steps):
             warm = t < warmup
             ops.append(Compute(OpKind.CONDITION, t, -1, batch=batch, warmup=warm))
@@ -72,11 +72,11 @@ def build(wl: Workload, cfg: ParallelConfig) -> Schedule:
             if C > 1:
                 ops.append(Collective(OpKind.ALL_GATHER, cfg_group, latent, Tag("cfg", t, d, -1)))
             ops.append(Compute(OpKind.SCHEDULER_STEP, t, d, q_tokens=q, kv_tokens=full,
-                               batch=1, warmup=warm))
+                               batch=wl.images, warmup=warm))
         if at.cfg == 0 and D > 1:
             # The VAE (first half, first patch) needs every patch of the first half's latent.
             ops.append(Collective(OpKind.ALL_GATHER, patch_group, latent,
                                   Tag("latent", steps - 1, -1, -1)))
     if wl.vae:
-        sched.ranks[layout.rank()].append(Compute(OpKind.VAE_DECODE, -1, -1, batch=1))
+        sched.ranks[layout.rank()].append(Compute(OpKind.VAE_DECODE, -1, -1, batch=wl.images))
     return sched

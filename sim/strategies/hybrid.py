@@ -59,6 +59,7 @@ class Job:
     steps: int
     warmup: int
     batch: int  # per CFG half
+    images: int  # images of the same shape run together (Workload.images)
     dtype_bytes: int
     rows: int  # token rows of the whole image
     cols: int  # token columns
@@ -88,9 +89,9 @@ class Job:
         m = self.model
         lat_rows = (self.rows if patch < 0 else self.patch_rows[patch]) * m.patch_size
         if self.seq == 1:
-            return (1, m.latent_channels, lat_rows, self.cols * m.patch_size)
+            return (self.images, m.latent_channels, lat_rows, self.cols * m.patch_size)
         # A sequence-parallel rank holds a run of tokens, not whole rows: flatten.
-        return (1, m.latent_channels, share * m.patch_size**2)
+        return (self.images, m.latent_channels, share * m.patch_size**2)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def build(wl: Workload, cfg: ParallelConfig, coarse: bool = False,
     if wl.text_encoder:
         for seat in seats:
             sched.ranks[seat.rank].append(Compute(OpKind.TEXT_ENCODE, -1, -1,
-                                                  batch=job.model.batch))
+                                                  batch=job.model.batch * job.images))
     for step in range(job.steps):
         for slot in _slots(job, step):
             for seat in seats:
@@ -258,8 +259,8 @@ def final_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
         # Guidance needs both halves' noise predictions: one all-gather per step (patch).
         ops.append(Collective(OpKind.ALL_GATHER, seat.cfg, job.nbytes(job.latent_shape(j, qs)),
                               Tag("cfg", t, j, -1)))
-    ops.append(Compute(OpKind.SCHEDULER_STEP, t, j, q_tokens=qs, kv_tokens=job.full, batch=1,
-                       warmup=slot.warm))
+    ops.append(Compute(OpKind.SCHEDULER_STEP, t, j, q_tokens=qs, kv_tokens=job.full,
+                       batch=job.images, warmup=slot.warm))
     if t < job.steps - 1 and job.last_stage > 0:
         shape = job.latent_shape(j, qs)
         ops.append(Send(seat.stage_peers[0], job.nbytes(shape), Tag("latent", t, j, -1),
@@ -279,7 +280,7 @@ def decode_ops(job: Job, vae: bool) -> list[tuple[int, Op]]:
         out += [(rank, Collective(OpKind.ALL_GATHER, holders, job.nbytes(shape),
                                   Tag("latent", job.steps - 1, -1, -1))) for rank in holders]
     if vae:
-        out.append((decoder, Compute(OpKind.VAE_DECODE, -1, -1, batch=1)))
+        out.append((decoder, Compute(OpKind.VAE_DECODE, -1, -1, batch=job.images)))
     return out
 
 
@@ -297,7 +298,8 @@ def _job(wl: Workload, cfg: ParallelConfig, coarse: bool) -> Job:
         n = m.num_blocks
         skips = [(i, n - 1 - i) for i in range(n // 2 - 1) if stage_of[i] != stage_of[n - 1 - i]]
     return Job(model=m, layout=layout, steps=wl.steps, warmup=cfg.warmup,
-               batch=m.batch // cfg.cfg, dtype_bytes=wl.dtype_bytes, rows=rows, cols=cols,
+               batch=m.batch * wl.images // cfg.cfg, images=wl.images,
+               dtype_bytes=wl.dtype_bytes, rows=rows, cols=cols,
                patches=patches, patch_rows=split_even(rows, patches), stages=stages,
                stage_of=stage_of, skips=skips, merge_blocks=coarse or cfg.sp == 1,
                full=rows * cols, seq=cfg.ulysses * cfg.ring, last_stage=len(stages) - 1,
