@@ -15,6 +15,7 @@ module only merges what they wrote.
 
 from __future__ import annotations
 
+import math
 import statistics
 import subprocess
 import sys
@@ -69,9 +70,10 @@ def pool(parts: list[ComputeProfile]) -> ComputeProfile:
     """One profile from the same collection run in several processes: per shape the median
     of the processes' medians (seconds), the smallest minimum and largest maximum, the median
     of their quartiles, the calls summed. The metadata is the first part's, with the
-    processes' count, their summed collection time, the median reference-op time, and
+    processes' count, their summed collection time, the median reference-op time,
     ``process_spread``: over the block shapes, the median of (slowest - fastest process
-    median) / pooled median."""
+    median) / pooled median, and ``process_factors``: each process's pace, the median over
+    block shapes of its median over the pooled one, sorted (dimensionless)."""
     if not parts:
         raise ValueError("no profiles to pool")
     keys = [_key(s) for s in parts[0].samples]
@@ -82,16 +84,17 @@ def pool(parts: list[ComputeProfile]) -> ComputeProfile:
                             f"the collections must run the same grid")
     samples = []
     spreads = []
+    med: dict[tuple, float] = {}
     for k in keys:
         ss = [p[k] for p in by_part]
-        med = statistics.median(s.median_s for s in ss)
-        samples.append(Sample(*k, sum(s.repeats for s in ss), med, min(s.min_s for s in ss),
+        med[k] = statistics.median(s.median_s for s in ss)
+        samples.append(Sample(*k, sum(s.repeats for s in ss), med[k], min(s.min_s for s in ss),
                               statistics.median(s.p25_s for s in ss),
                               statistics.median(s.p75_s for s in ss),
                               max(s.max_s for s in ss)))
         if k[0] == "block":
             meds = [s.median_s for s in ss]
-            spreads.append((max(meds) - min(meds)) / med)
+            spreads.append((max(meds) - min(meds)) / med[k])
     meta = dict(parts[0].meta)
     meta["processes"] = len(parts)
     meta["collect_s"] = round(sum(float(p.meta.get("collect_s", 0.0)) for p in parts), 2)
@@ -101,9 +104,30 @@ def pool(parts: list[ComputeProfile]) -> ComputeProfile:
         meta["reference_op_s"] = statistics.median(refs)
     if spreads:
         meta["process_spread"] = round(statistics.median(spreads), 4)
+        # Each process's pace: the median over block shapes of its time over the pooled one.
+        blocks = [k for k in keys if k[0] == "block"]
+        meta["process_factors"] = sorted(
+            round(statistics.median(p[k].median_s / med[k] for k in blocks), 4)
+            for p in by_part)
     meta["repeats"] = sum(int(p.meta.get("repeats", 0)) for p in parts)
     return ComputeProfile(meta, samples)
 
 
 def _key(s: Sample) -> tuple[str, str, int, int, int, int]:
     return (s.op, s.variant, s.batch, s.q_tokens, s.kv_tokens, s.heads)
+
+
+def expected_slowest(factors: list[float], n: int) -> float:
+    """Expected pace of the slowest of ``n`` processes drawn from those whose paces
+    ``factors`` were measured: the mean over every ``n``-subset of its largest factor (the
+    U-statistic of the maximum; the largest factor when ``n`` exceeds the count, 1.0 without
+    factors). A run of ``n`` processes that synchronise goes at its slowest one's pace."""
+    if not factors or n < 1:
+        return 1.0
+    f = sorted(factors)
+    k = len(f)
+    if n >= k:
+        return f[-1]
+    total = math.comb(k, n)
+    # f[i] is the largest of the subsets drawn from f[0..i] that contain it: C(i, n-1).
+    return sum(f[i] * math.comb(i, n - 1) for i in range(n - 1, k)) / total

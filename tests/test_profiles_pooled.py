@@ -64,3 +64,17 @@ def test_collection_in_two_processes(tmp_path: Path) -> None:
                                                                           (128, 256)}
     for s in prof.samples:  # the 4 repeats split as 2 per process
         assert s.repeats == 4 and 0 < s.min_s <= s.median_s <= s.max_s
+
+
+def test_process_factors_and_the_expected_slowest_process() -> None:
+    from profiles.pooled import expected_slowest
+
+    parts = [part({256: 1.0, 128: 0.6}, 3e-4), part({256: 1.1, 128: 0.66}, 2e-4),
+             part({256: 0.9, 128: 0.54}, 4e-4)]
+    assert pool(parts).meta["process_factors"] == [0.9, 1.0, 1.1]
+    f = [0.9, 1.0, 1.1]
+    # Pairs (0.9, 1.0), (0.9, 1.1), (1.0, 1.1): their maxima 1.0, 1.1, 1.1.
+    assert expected_slowest(f, 2) == pytest.approx((1.0 + 1.1 + 1.1) / 3)
+    assert expected_slowest(f, 1) == pytest.approx(1.0)  # the mean process
+    assert expected_slowest(f, 3) == expected_slowest(f, 8) == 1.1
+    assert expected_slowest([], 2) == 1.0

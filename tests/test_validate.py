@@ -116,6 +116,28 @@ def test_mmdit_grid_runs_pipefusion_and_ulysses_predicted_from_shipped_profiles(
     assert pred.cost_sources["blocks"].get("roofline", 0) == 0
 
 
+def test_predictions_go_at_the_pace_of_the_slowest_process(tmp_path: Path) -> None:
+    from sim.cost.profile_format import ComputeProfile
+    from validation.grid import Case
+    from validation.predict import predict_case
+
+    data = Path(__file__).resolve().parents[1] / "profiles" / "data"
+    prof = ComputeProfile.read(next(data.glob("cpu-*-t1_pixart-tiny_fp32_co1.csv")))
+    prof.meta["process_factors"] = [0.9, 1.0, 1.2]
+    path = prof.write(tmp_path / "pooled.csv")
+    one = Case("pixart-tiny", 256, 4, 1, 1, 0)
+    two = Case("pixart-tiny", 256, 4, 2, 2, 1)
+
+    def latency(c: Case, pace: str) -> float:
+        return predict_case(c, {(c.model, c.nproc): path}, None, "cpu", pace).latency_s
+
+    # One process: every op is compute from the profile, scaled by the mean pace.
+    assert latency(one, "slowest") / latency(one, "median") == pytest.approx(31 / 30, rel=1e-9)
+    # Two: the expected slower of two, (1.0 + 1.2 + 1.2) / 3, on the compute only.
+    ratio = latency(two, "slowest") / latency(two, "median")
+    assert 1.0 < ratio <= 3.4 / 3 + 1e-9
+
+
 def test_validate_range_checks() -> None:
     from sim.errors import UserError
     from validation.cli import main

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "takes a rank's core, and the run is charged wall time) or cpu (the "
                         "compute thread's CPU time, blind to those waits; the choice before "
                         "issue 11)")
+    p.add_argument("--pace", choices=("slowest", "median"), default="slowest",
+                   help="compute pace of a prediction: slowest (default: the expected slowest "
+                        "of the run's processes, from the paces of the processes that "
+                        "measured the profile) or median (the median process's profile as is)")
     p.add_argument("--models", default="",
                    help="comma-separated subset of the grid's models (default: all)")
     p.add_argument("--no-progress", action="store_true")
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                                         fresh=args.profile_dir is None, progress=progress,
                                         co_run_clock=args.co_run_clock)
         for c in cases:
-            c.prediction = predict_case(c, compute, link, args.device)
+            c.prediction = predict_case(c, compute, link, args.device, args.pace)
             c.predicted.append(c.prediction.latency_s)
             if r == 0:
                 c.runs = runs_per_launch(c.prediction.latency_s)
