@@ -73,12 +73,15 @@ class Progress:
 
     def _write_line(self, text: str) -> None:
         with self._lock:
-            out = self._out()
-            if self.shown:  # replace the counted line on a terminal
-                out.write("\r" + " " * 70 + "\r")
-                self.shown = False
-            out.write(text + "\n")
-            out.flush()
+            self._emit(text)
+
+    def _emit(self, text: str) -> None:  # the caller holds the lock
+        out = self._out()
+        if self.shown:  # replace the counted line on a terminal
+            out.write("\r" + " " * 70 + "\r")
+            self.shown = False
+        out.write(text + "\n")
+        out.flush()
 
     @contextlib.contextmanager
     def stage(self, what: str) -> Iterator[None]:
@@ -96,15 +99,19 @@ class Progress:
 
         def later() -> None:
             if not done.wait(wait):
-                self._write_line(f"{what}...")
+                with self._lock:  # the stage may have ended meanwhile: then say nothing
+                    if not done.is_set():
+                        self._emit(f"{what}...")
 
-        timer = threading.Thread(target=later, daemon=True)
-        timer.start()
+        # Not joined: join() waited for the timer thread to be scheduled again, which cost
+        # ms per stage on a busy host. The lock orders its line before the stage's end, and
+        # it exits once ``done`` is set.
+        threading.Thread(target=later, daemon=True).start()
         try:
             yield
         finally:
-            done.set()
-            timer.join()
+            with self._lock:
+                done.set()
 
     def end(self) -> None:
         """Clear the updating line on a terminal."""

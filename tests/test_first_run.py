@@ -79,6 +79,14 @@ def test_a_stage_still_running_after_the_delay_says_so() -> None:
     with p.stage("long"):
         time.sleep(1.0)
     assert out.getvalue() == "long...\n"
+    # The timer thread is not joined: a stage that ended before the delay stays silent
+    # after the delay has passed too.
+    p.DELAY_S = 0.2
+    p.t0 = time.perf_counter()
+    with p.stage("short"):
+        pass
+    time.sleep(0.5)
+    assert out.getvalue() == "long...\n"
 
 
 def test_plan_json_shows_progress_on_stderr_and_keeps_stdout_clean(monkeypatch,
