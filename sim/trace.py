@@ -64,6 +64,10 @@ class TraceRow(NamedTuple):
         """``end_s - start_s``, seconds."""
         return self.end_s - self.start_s
 
+    def on_rank(self, rank: int) -> TraceRow:
+        """This row as run by ``rank`` (a mirror rank's copy of its representative's)."""
+        return _new_row(TraceRow, (rank, *self[1:]))
+
     def shifted(self, dt: float, step: int) -> TraceRow:
         """This row moved ``dt`` seconds later and relabelled as step ``step``."""
         rank, op, _, patch, first, last, start, end, nbytes, peer, source, tag = self
