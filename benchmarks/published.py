@@ -18,13 +18,14 @@ CSVs, ``../shared/data/published-dev.csv`` and ``l20-pipefusion-sweep.csv``).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import statistics
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from sim.errors import UserError
 from sim.predict import build_parser, predict
@@ -32,182 +33,134 @@ from sim.predict import build_parser, predict
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_CSVS = [DATA / "published-dev.csv", DATA / "l20-pipefusion-sweep.csv"]
 DEGREES = ("pipefusion", "ulysses", "ring", "cfg", "tensor", "distrifusion")
+# The rows of one group are calibrated by its single-GPU row.
+GROUP = ["set", "model", "gpu", "link", "resolution", "steps"]
+INTS = ["gpus", "warmup", "resolution", "steps", *DEGREES]
+# What the simulator says of a row it refused.
+REFUSED = {"predicted_s": math.nan, "predicted_oom": False, "error": "", "config": "",
+           "exposed_comm_s": math.nan, "bubble_fraction": math.nan}
 
 
-@dataclass
-class Row:
-    """One measured configuration and what the simulator says of it."""
-
-    set: str
-    model: str
-    gpu: str
-    link: str
-    gpus: int
-    degrees: dict[str, int]
-    patches: str
-    warmup: int
-    resolution: int
-    steps: int
-    measured_s: float | None  # None: the source ran out of memory
-    label: str
-    predicted_s: float | None = None
-    predicted_oom: bool = False
-    error: str = ""  # the simulator refused the configuration (why)
-    config: str = ""  # the simulator's label, with the patch count it chose
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def group(self) -> tuple:
-        return (self.set, self.model, self.gpu, self.link, self.resolution, self.steps)
-
-    @property
-    def rel_err(self) -> float | None:
-        if self.measured_s is None or self.predicted_s is None or self.predicted_oom:
-            return None
-        return self.predicted_s / self.measured_s - 1
+def read_rows(path: Path) -> pd.DataFrame:
+    """One row per measured configuration of a published-measurement CSV (columns as in
+    ``../shared/data``; an empty or missing set, degree, patches or warmup reads as the file's
+    name, 1, ``auto`` and 0): ``GROUP``, ``gpus``, the degrees, ``patches``, ``warmup``,
+    ``label`` (the CSV's strategy) and ``measured_s`` (seconds; NaN where the source ran out of
+    memory)."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    defaults = {"set": path.stem, "patches": "auto", "warmup": "0", "strategy": "",
+                **dict.fromkeys(DEGREES, "1")}
+    for col, default in defaults.items():
+        df[col] = df[col].replace("", default) if col in df else default
+    latency = df["latency_s"].str.strip()
+    return df.astype(dict.fromkeys(INTS, int)).assign(
+        label=df["strategy"], measured_s=latency.mask(latency.str.upper() == "OOM").astype(float))
 
 
-def read_rows(path: Path) -> list[Row]:
-    """Rows of a published-measurement CSV (columns as in ``../shared/data``)."""
-    out = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            lat = r["latency_s"].strip()
-            degrees = {k: int(r.get(k) or 1) for k in DEGREES}
-            out.append(Row(
-                set=r.get("set") or path.stem, model=r["model"], gpu=r["gpu"], link=r["link"],
-                gpus=int(r["gpus"]), degrees=degrees, patches=r.get("patches") or "auto",
-                warmup=int(r.get("warmup") or 0), resolution=int(r["resolution"]),
-                steps=int(r["steps"]), measured_s=None if lat.upper() == "OOM" else float(lat),
-                label=r.get("strategy") or ""))
-    return out
-
-
-def _argv(row: Row, single_gpu_s: float | None) -> list[str]:
+def _argv(row: Any, single_gpu_s: float) -> list[str]:
     argv = ["--model", row.model, "--gpu", row.gpu, "--link", row.link,
             "--gpus", str(row.gpus), "--resolution", str(row.resolution),
             "--steps", str(row.steps), "--no-text-encoder",
             "--patches", row.patches, "--warmup", str(row.warmup)]
-    for k, v in row.degrees.items():
-        argv += [f"--{k}", str(v)]
-    if single_gpu_s is not None:
-        argv += ["--single-gpu-latency", repr(single_gpu_s)]
+    for k in DEGREES:
+        argv += [f"--{k}", str(getattr(row, k))]
+    if not math.isnan(single_gpu_s):
+        argv += ["--single-gpu-latency", repr(float(single_gpu_s))]
     return argv
 
 
-def predict_rows(rows: list[Row], calibrate: bool = True) -> None:
-    """Fill in each row's prediction, calibrated by its group's single-GPU row."""
-    single = {r.group: r.measured_s for r in rows if r.gpus == 1 and r.measured_s}
+def predict_rows(rows: pd.DataFrame, calibrate: bool = True) -> pd.DataFrame:
+    """``rows`` with what the simulator says of each, calibrated by its group's single-GPU
+    row: ``predicted_s`` (NaN when refused), ``predicted_oom``, ``error`` (why it refused),
+    ``config`` (its label, with the patch count it chose), ``exposed_comm_s``,
+    ``bubble_fraction`` and ``rel_err`` (predicted over measured - 1; NaN without both)."""
+    single = rows[(rows.gpus == 1) & (rows.measured_s > 0)].groupby(GROUP).measured_s.last()
+    cal = rows.join(single.rename("cal"), on=GROUP)["cal"] if calibrate else \
+        pd.Series(math.nan, index=rows.index)
     parser = build_parser()
-    for r in rows:
-        cal = single.get(r.group) if calibrate else None
-        try:
-            pred = predict(parser.parse_args(_argv(r, cal)))
-        except UserError as e:
-            r.error = str(e)
-            continue
-        r.predicted_s = pred.latency_s
-        r.predicted_oom = pred.oom
-        r.config = pred.config.label()
-        r.extra = {"exposed_comm_s": pred.metrics.exposed_comm_s,
-                   "bubble_fraction": pred.metrics.bubble_fraction}
-
-
-@dataclass
-class Contest:
-    """Configurations measured on the same hardware, model, resolution and GPU count."""
-
-    key: tuple
-    rows: list[Row]
-    best: Row  # measured fastest
-    pick: Row | None  # predicted fastest (among those predicted to fit)
-
-    @property
-    def won(self) -> bool:
-        return self.pick is self.best
-
-    @property
-    def regret(self) -> float | None:
-        """Measured latency of the pick over the measured best; None when the pick ran out
-        of memory in the measurement."""
-        if self.pick is None or self.pick.measured_s is None:
-            return None
-        assert self.best.measured_s is not None
-        return self.pick.measured_s / self.best.measured_s
-
-
-def contests(rows: list[Row]) -> list[Contest]:
-    """One contest per (group, GPU count > 1) with at least two measured configurations."""
-    by: dict[tuple, list[Row]] = {}
-    for r in rows:
-        if r.gpus > 1:
-            by.setdefault(r.group + (r.gpus,), []).append(r)
     out = []
-    for key, rs in by.items():
-        measured = [r for r in rs if r.measured_s is not None]
-        if len(rs) < 2 or not measured:
+    for r, c in zip(rows.itertuples(), cal):
+        try:
+            pred = predict(parser.parse_args(_argv(r, c)))
+        except UserError as e:
+            out.append({**REFUSED, "error": str(e)})
             continue
-        best = min(measured, key=lambda r: r.measured_s)
-        fits = [r for r in rs if r.predicted_s is not None and not r.predicted_oom]
-        pick = min(fits, key=lambda r: r.predicted_s) if fits else None
-        out.append(Contest(key, rs, best, pick))
-    return out
+        out.append({**REFUSED, "predicted_s": pred.latency_s, "predicted_oom": pred.oom,
+                    "config": pred.config.label(),
+                    "exposed_comm_s": pred.metrics.exposed_comm_s,
+                    "bubble_fraction": pred.metrics.bubble_fraction})
+    rows = rows.join(pd.DataFrame(out, index=rows.index))
+    return rows.assign(rel_err=(rows.predicted_s / rows.measured_s - 1)
+                       .where(~rows.predicted_oom))
 
 
-def summary(rows: list[Row]) -> dict:
+def contests(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per contest: configurations of one group and GPU count > 1, at least two, one
+    of them measured. Columns: ``GROUP``, ``gpus``, ``best`` (label and config of the one
+    measured fastest), ``pick`` (of the one predicted fastest among those predicted to fit;
+    None when none is), ``won`` and ``regret`` (measured latency of the pick over the measured
+    best; NaN when the pick ran out of memory in the measurement, or there is none)."""
+    out = []
+    for key, g in rows[rows.gpus > 1].groupby(GROUP + ["gpus"], sort=False):
+        if len(g) < 2 or g.measured_s.isna().all():
+            continue
+        best = g.loc[g.measured_s.idxmin()]
+        fits = g.predicted_s[~g.predicted_oom].dropna()
+        pick = g.loc[fits.idxmin()] if len(fits) else None
+        out.append((*key, best.label + " " + best.config,
+                    None if pick is None else pick.label + " " + pick.config,
+                    pick is not None and pick.name == best.name,
+                    math.nan if pick is None else pick.measured_s / best.measured_s))
+    return pd.DataFrame(out, columns=[*GROUP, "gpus", "best", "pick", "won", "regret"])
+
+
+def summary(rows: pd.DataFrame) -> dict:
     """The headline figures of one CSV (calibration rows are left out of the errors)."""
-    scored = [r for r in rows if r.gpus > 1]
-    errs = [abs(r.rel_err) for r in scored if r.rel_err is not None]
-    oom_known = [r for r in scored if r.predicted_s is not None]
-    agree = sum((r.measured_s is None) == r.predicted_oom for r in oom_known)
+    scored = rows[rows.gpus > 1]
+    errs = scored.rel_err.abs().dropna()
+    known = scored[scored.predicted_s.notna()]
     cs = contests(rows)
-    regrets = [c.regret for c in cs if c.regret is not None]
+    regrets = cs.regret.dropna()
     return {
         "rows": len(scored),
         "scored": len(errs),
-        "refused": sum(1 for r in scored if r.error),
-        "median_abs_err": statistics.median(errs) if errs else math.nan,
-        "worst_abs_err": max(errs) if errs else math.nan,
-        "within_20pct": sum(e <= 0.2 for e in errs) / len(errs) if errs else math.nan,
-        "oom_agreement": agree / len(oom_known) if oom_known else math.nan,
+        "refused": int((scored.error != "").sum()),
+        "median_abs_err": errs.median(),
+        "worst_abs_err": errs.max(),
+        "within_20pct": (errs <= 0.2).mean(),
+        "oom_agreement": (known.measured_s.isna() == known.predicted_oom).mean(),
         "contests": len(cs),
-        "contests_won": sum(c.won for c in cs),
-        "geomean_regret": math.exp(statistics.fmean(math.log(x) for x in regrets))
-        if regrets else math.nan,
-        "picks_oom": sum(1 for c in cs if c.pick is not None and c.regret is None),
+        "contests_won": int(cs.won.sum()),
+        "geomean_regret": statistics.geometric_mean(regrets) if len(regrets) else math.nan,
+        "picks_oom": int((cs.pick.notna() & cs.regret.isna()).sum()),
     }
 
 
-def _fmt_s(x: float | None) -> str:
-    return "OOM" if x is None else f"{x:.3f}"
+def _fmt_s(x: float) -> str:
+    return "OOM" if math.isnan(x) else f"{x:.3f}"
 
 
-def print_rows(rows: list[Row]) -> None:
+def print_rows(rows: pd.DataFrame) -> None:
     print(f"{'set':<24} {'model':<13} {'gpu':<13} {'n':>2} {'res':>5} {'config':<28} "
           f"{'measured':>9} {'predicted':>9} {'err':>7}")
-    for r in rows:
-        if r.gpus == 1:
-            continue
+    for r in rows[rows.gpus > 1].itertuples():
         pred = "refused" if r.error else ("OOM" if r.predicted_oom else _fmt_s(r.predicted_s))
-        err = f"{r.rel_err:+.1%}" if r.rel_err is not None else ""
-        if r.measured_s is None or r.predicted_oom:
-            err = "agree" if (r.measured_s is None) == r.predicted_oom else "OOM miss"
+        err = "" if math.isnan(r.rel_err) else f"{r.rel_err:+.1%}"
+        if math.isnan(r.measured_s) or r.predicted_oom:
+            err = "agree" if math.isnan(r.measured_s) == r.predicted_oom else "OOM miss"
         print(f"{r.set[:24]:<24} {r.model[:13]:<13} {r.gpu[:13]:<13} {r.gpus:>2} "
               f"{r.resolution:>5} {(r.config or r.label)[:28]:<28} {_fmt_s(r.measured_s):>9} "
               f"{pred:>9} {err:>7}")
 
 
-def print_contests(rows: list[Row]) -> None:
+def print_contests(rows: pd.DataFrame) -> None:
     print(f"{'set':<24} {'model':<13} {'gpu':<13} {'n':>2} {'res':>5} {'measured best':<24} "
           f"{'predicted pick':<24} {'regret':>7}")
-    for c in contests(rows):
-        s, model, gpu, _, res, _, n = c.key
-        pick = c.pick.label + " " + (c.pick.config or "") if c.pick else "-"
-        regret = "OOM" if c.regret is None else f"{c.regret:.2f}x"
-        mark = "" if c.won else "  *"
-        print(f"{s[:24]:<24} {model[:13]:<13} {gpu[:13]:<13} {n:>2} {res:>5} "
-              f"{(c.best.label + ' ' + c.best.config)[:24]:<24} {pick[:24]:<24} "
-              f"{regret:>7}{mark}")
+    for c in contests(rows).itertuples():
+        regret = "OOM" if math.isnan(c.regret) else f"{c.regret:.2f}x"
+        print(f"{c.set[:24]:<24} {c.model[:13]:<13} {c.gpu[:13]:<13} {c.gpus:>2} "
+              f"{c.resolution:>5} {c.best[:24]:<24} {(c.pick or '-')[:24]:<24} "
+              f"{regret:>7}{'' if c.won else '  *'}")
 
 
 def summary_line(name: str, s: dict) -> str:
@@ -236,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         rows = read_rows(path)
         if args.set:
-            rows = [r for r in rows if r.set.startswith(args.set)]
-        predict_rows(rows)
+            rows = rows[rows["set"].str.startswith(args.set)]
+        rows = predict_rows(rows)
         results[path.name] = summary(rows)
         if args.rows:
             print_rows(rows)

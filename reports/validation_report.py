@@ -10,14 +10,18 @@ from typing import Any
 
 from reports.figures import bars, gantt, predicted_vs_measured
 from reports.html import table_html, write_page
-from sim.trace import Trace, join_traces, op_error_summary
+from sim.trace import Trace
 
 
 def write_validation_report(path: str | Path, cases: list[Any], rows: list[dict],
-                            elapsed_s: float, args: Any, families: list[dict] = ()) -> None:
+                            pairs: list[Any], per_op: Any, elapsed_s: float, args: Any,
+                            families: Any = None) -> None:
     """``cases`` carry ``name``, ``trace_path`` and ``prediction``; ``rows`` are the CSV rows;
-    ``families`` the error per strategy family (``family``, ``configs``, ``median`` and
-    ``worst`` absolute relative error), shown as a table when given."""
+    ``pairs`` each case's measured and predicted ops joined (a DataFrame per case, as
+    ``validation.compare.join_traces`` makes them); ``per_op`` their error per op kind, all
+    cases together (``validation.compare.op_error_summary``); ``families`` the error per
+    strategy family (indexed by family: ``configs``, ``median`` and ``worst`` absolute
+    relative error), shown as a table when given."""
     names = [c.name for c in cases]
     meas = [r["measured_s"] for r in rows]
     pred = [r["predicted_s"] for r in rows]
@@ -25,15 +29,15 @@ def write_validation_report(path: str | Path, cases: list[Any], rows: list[dict]
     worst = max(range(len(rows)), key=lambda i: abs(errs[i]))
     c = cases[worst]
     measured = Trace.read_csv(c.trace_path)
-    pairs = join_traces(measured, c.prediction.trace)
-    pairs.sort(key=lambda p: -abs(p["predicted_s"] - p["measured_s"]))
-    top = [[p["rank"], p["op"], p["step"], p["patch"], f"{p['layer_first']}-{p['layer_last']}",
-            p["tag"], 1e3 * p["measured_s"], 1e3 * p["predicted_s"], 100 * p["rel_err"]]
-           for p in pairs[:25]]
-    all_pairs = [p for case in cases for p in join_traces(Trace.read_csv(case.trace_path),
-                                                          case.prediction.trace)]
-    per_op = [[k, int(v["count"]), v["measured_s"], v["predicted_s"], 100 * v["rel_err"]]
-              for k, v in sorted(op_error_summary(all_pairs).items())]
+    joined = pairs[worst]
+    gap = (joined.predicted_s - joined.measured_s).abs()
+    # astype(object): Python numbers, which table_html right-aligns and sorts as numbers
+    top = [[p.rank, p.op, p.step, p.patch, f"{p.layer_first}-{p.layer_last}", p.tag,
+            1e3 * p.measured_s, 1e3 * p.predicted_s, 100 * p.rel_err]
+           for p in joined.loc[gap.sort_values(ascending=False, kind="stable").index[:25]]
+           .astype(object).itertuples()]
+    op_rows = [[p.Index, p.count, p.measured_s, p.predicted_s, 100 * p.rel_err]
+               for p in per_op.sort_index().astype(object).itertuples()]
     cfg_rows = [[r["model"], r["resolution"], r["nproc"], r["strategy"], r["patches"],
                  r["warmup"],
                  r["measured_s"], r["predicted_s"], 100 * r["rel_err"], r["measured_runs"],
@@ -57,10 +61,11 @@ def write_validation_report(path: str | Path, cases: list[Any], rows: list[dict]
                      "predicted s", "error %", "runs", "run-to-run IQR %"], cfg_rows)),
         *([("Error per strategy family",
             table_html(["family", "configurations", "median |error| %", "worst |error| %"],
-                       [[f["family"], f["configs"], 100 * f["median"], 100 * f["worst"]]
-                        for f in families]))] if families else []),
+                       [[f.Index, f.configs, 100 * f.median, 100 * f.worst]
+                        for f in families.astype(object).itertuples()]))]
+          if families is not None else []),
         ("Error per op kind, all configurations (summed durations)",
-         table_html(["op", "count", "measured s", "predicted s", "error %"], per_op)),
+         table_html(["op", "count", "measured s", "predicted s", "error %"], op_rows)),
         (f"Measured timeline: {c.name} (largest error)",
          gantt(measured, f"measured {statistics.median(c.measured):.3f} s", warm)),
         (f"Simulated timeline: {c.name}",

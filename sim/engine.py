@@ -510,7 +510,7 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                 if isinstance(op, Collective) and op.tag == tag)
         raise ScheduleError(f"{schedule.where(rank, i)} is never waited for")
     if copies:
-        rows += [row._replace(rank=m) for row in rows if row.rank in copies
+        rows += [row.on_rank(m) for row in rows if row.rank in copies
                  for m in copies[row.rank]]
         cpu_ahead.update({(m, s): v for (r, s), v in list(cpu_ahead.items()) if r in copies
                           for m in copies[r]})

@@ -58,7 +58,7 @@ class HostModel:
         self.active = gpu.name != "cpu" and gpu.launch_overhead_s > 0
         self._block_ops = [model.block_host_ops(i) for i in range(model.num_blocks)]
         self.max_lead_s = QUEUE_OPS * self.op_s  # the CPU runs at most this far ahead
-        self._seconds: dict[object, float] = {}
+        self._range_ops: dict[tuple[int, int], int] = {}  # block range -> its operators
 
     def ops(self, op: object) -> float:
         """Operators the CPU dispatches to issue ``op``."""
@@ -68,7 +68,9 @@ class HostModel:
                 n = hi - lo + 1
                 if op.part == "attn":
                     return ATTN_CORE_OPS * n
-                total = sum(self._block_ops[lo:hi + 1])
+                total = self._range_ops.get(op.layers)
+                if total is None:
+                    total = self._range_ops[op.layers] = sum(self._block_ops[lo:hi + 1])
                 return total - ATTN_CORE_OPS * n if op.part == "proj" else total
             return OP_KERNELS.get(op.kind, 1)
         if isinstance(op, Collective):
@@ -87,14 +89,10 @@ class HostModel:
         raise TypeError(f"unknown op {op!r}")
 
     def seconds(self, op: object) -> float:
-        """Host seconds to issue ``op`` (0 when the model is inactive); memoised, as steady
-        steps issue the same ops again and again."""
-        if not self.active:
-            return 0.0
-        t = self._seconds.get(op)
-        if t is None:
-            t = self._seconds[op] = self.ops(op) * self.op_s
-        return t
+        """Host seconds to issue ``op`` (0 when the model is inactive). Not memoised per op:
+        ops differ in their step and patch, so such a memo almost never hit (2 % of the calls
+        of a PipeFusion prediction) and hashing the op cost three times the sum itself."""
+        return self.ops(op) * self.op_s if self.active else 0.0
 
     def granularity(self, op: Compute) -> int:
         """Equal pieces the CPU issues ``op`` in (one per block of a block range): the GPU

@@ -15,6 +15,8 @@ to stdout (``--json`` stays clean), and ``--quiet`` silences it all.
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import sys
 import threading
 import time
@@ -73,12 +75,15 @@ class Progress:
 
     def _write_line(self, text: str) -> None:
         with self._lock:
-            out = self._out()
-            if self.shown:  # replace the counted line on a terminal
-                out.write("\r" + " " * 70 + "\r")
-                self.shown = False
-            out.write(text + "\n")
-            out.flush()
+            self._emit(text)
+
+    def _emit(self, text: str) -> None:  # the caller holds the lock
+        out = self._out()
+        if self.shown:  # replace the counted line on a terminal
+            out.write("\r" + " " * 70 + "\r")
+            self.shown = False
+        out.write(text + "\n")
+        out.flush()
 
     @contextlib.contextmanager
     def stage(self, what: str) -> Iterator[None]:
@@ -92,19 +97,11 @@ class Progress:
             self._write_line(f"{what}...")
             yield
             return
-        done = threading.Event()
-
-        def later() -> None:
-            if not done.wait(wait):
-                self._write_line(f"{what}...")
-
-        timer = threading.Thread(target=later, daemon=True)
-        timer.start()
+        token = _TIMER.add(wait, lambda: self._write_line(f"{what}..."))
         try:
             yield
         finally:
-            done.set()
-            timer.join()
+            _TIMER.cancel(token)  # after its line, if that is being written
 
     def end(self) -> None:
         """Clear the updating line on a terminal."""
@@ -115,6 +112,55 @@ class Progress:
                 out.flush()
             self.shown = False
 
+
+class _Timer:
+    """One daemon thread that says the stages still running at their time, for every
+    ``Progress`` of the process. A thread per stage cost each ``sim.predict`` its start and
+    join, each waiting for the OS to schedule the other thread (ms on a busy host); this one
+    is started once, and woken only for a stage due before the one it waits for (the stages
+    of one command share their time, ``t0 + DELAY_S``)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[int, tuple[float, Callable[[], None]]] = {}  # token -> (when, say)
+        self._tokens = 0
+        self._until = math.inf  # when the thread wakes next (monotonic seconds)
+        self._thread: threading.Thread | None = None
+
+    def add(self, wait_s: float, say: Callable[[], None]) -> int:
+        """Call ``say`` in ``wait_s`` seconds unless cancelled; returns the token."""
+        with self._cond:
+            self._tokens += 1
+            at = time.monotonic() + wait_s
+            self._due[self._tokens] = (at, say)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True)
+                self._thread.start()
+            elif at < self._until:
+                self._cond.notify()
+            return self._tokens
+
+    def cancel(self, token: int) -> None:
+        """Forget ``token``: its ``say`` has run, or never will."""
+        with self._cond:
+            self._due.pop(token, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for token, (at, say) in list(self._due.items()):
+                    if at <= now:
+                        del self._due[token]
+                        with contextlib.suppress(OSError, ValueError):  # a closed stream
+                            say()
+                self._until = min((at for at, _ in self._due.values()), default=math.inf)
+                self._cond.wait(None if self._until == math.inf else self._until - now)
+
+
+_TIMER = _Timer()
+# A forked child has no timer thread (and maybe a lock held by one): it starts its own.
+os.register_at_fork(after_in_child=_TIMER.__init__)
 
 QUIET = Progress(quiet=True)  # for library callers (the Python API) that want no output
 

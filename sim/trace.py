@@ -64,6 +64,10 @@ class TraceRow(NamedTuple):
         """``end_s - start_s``, seconds."""
         return self.end_s - self.start_s
 
+    def on_rank(self, rank: int) -> TraceRow:
+        """This row as run by ``rank`` (a mirror rank's copy of its representative's)."""
+        return _new_row(TraceRow, (rank, *self[1:]))
+
     def shifted(self, dt: float, step: int) -> TraceRow:
         """This row moved ``dt`` seconds later and relabelled as step ``step``."""
         rank, op, _, patch, first, last, start, end, nbytes, peer, source, tag = self
@@ -275,37 +279,3 @@ class ExtendedTrace(Trace):
                     if r.op != OpKind.TEXT_ENCODE)
         return rows
 
-
-def join_traces(measured: Trace, predicted: Trace) -> list[dict]:
-    """Pair the rows of two traces of the same schedule on (rank, op, step, patch, layers,
-    tag); each pair gives both durations (s) and the relative error of the prediction."""
-    def key(r: TraceRow) -> tuple:
-        return (r.rank, r.op, r.step, r.patch, r.layer_first, r.layer_last, r.tag)
-
-    pred = {}
-    for r in predicted.rows:
-        pred.setdefault(key(r), r)
-    out = []
-    for r in measured.rows:
-        p = pred.get(key(r))
-        if p is None:
-            continue
-        m_d, p_d = r.duration_s, p.duration_s
-        out.append({"rank": r.rank, "op": r.op, "step": r.step, "patch": r.patch,
-                    "layer_first": r.layer_first, "layer_last": r.layer_last, "tag": r.tag,
-                    "measured_s": m_d, "predicted_s": p_d,
-                    "rel_err": (p_d / m_d - 1) if m_d > 0 else float("nan")})
-    return out
-
-
-def op_error_summary(pairs: list[dict]) -> dict[str, dict[str, float]]:
-    """Per op kind: count, summed measured and predicted seconds, relative error of the sums."""
-    out: dict[str, dict[str, float]] = {}
-    for p in pairs:
-        d = out.setdefault(p["op"], {"count": 0, "measured_s": 0.0, "predicted_s": 0.0})
-        d["count"] += 1
-        d["measured_s"] += p["measured_s"]
-        d["predicted_s"] += p["predicted_s"]
-    for d in out.values():
-        d["rel_err"] = d["predicted_s"] / d["measured_s"] - 1 if d["measured_s"] > 0 else 0.0
-    return out

@@ -30,8 +30,9 @@ from sim.models import get_model  # noqa: E402
 from sim.predict import build_parser as predict_parser  # noqa: E402
 from sim.predict import predict  # noqa: E402
 from sim.strategies import build_schedule  # noqa: E402
-from sim.trace import Trace, join_traces  # noqa: E402
+from sim.trace import Trace  # noqa: E402
 from tests.test_executor import TOL, _rel_diff, _torchrun  # noqa: E402
+from validation.compare import join_traces  # noqa: E402
 
 MODELS = ("sd3-tiny", "flux-tiny")
 RES, STEPS, SEED = 128, 4, 0  # 8 x 8 image tokens, 8 text tokens

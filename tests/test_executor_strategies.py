@@ -24,7 +24,7 @@ from sim.models import get_model  # noqa: E402
 from sim.predict import build_parser as predict_parser  # noqa: E402
 from sim.predict import predict  # noqa: E402
 from sim.strategies import build_schedule  # noqa: E402
-from sim.trace import Trace, join_traces  # noqa: E402
+from sim.trace import Trace  # noqa: E402
 from tests.test_executor import (  # noqa: E402
     BASE,
     HANG_GUARD_S,
@@ -37,6 +37,7 @@ from tests.test_executor import (  # noqa: E402
     _torchrun,
     pipeline_reference,
 )
+from validation.compare import join_traces  # noqa: E402
 
 TWO = {  # name -> (executor flags, ParallelConfig degrees); two CPU processes each
     "cfg2": ("--cfg 2", dict(cfg=2)),

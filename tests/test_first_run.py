@@ -79,6 +79,27 @@ def test_a_stage_still_running_after_the_delay_says_so() -> None:
     with p.stage("long"):
         time.sleep(1.0)
     assert out.getvalue() == "long...\n"
+    # The timer thread is not joined: a stage that ended before the delay stays silent
+    # after the delay has passed too.
+    p.DELAY_S = 0.2
+    p.t0 = time.perf_counter()
+    with p.stage("short"):
+        pass
+    time.sleep(0.5)
+    assert out.getvalue() == "long...\n"
+
+
+def test_a_stage_due_sooner_than_a_running_one_is_said_on_time() -> None:
+    # One timer thread serves every stage: it must wake for a stage due before the one it
+    # waits for.
+    late, soon = io.StringIO(), io.StringIO()
+    p_late, p_soon = Progress(stream=late), Progress(stream=soon)
+    p_late.DELAY_S, p_soon.DELAY_S = 30.0, 0.1
+    with p_late.stage("late"):
+        with p_soon.stage("soon"):
+            time.sleep(1.0)
+            assert soon.getvalue() == "soon...\n"
+    assert late.getvalue() == ""
 
 
 def test_plan_json_shows_progress_on_stderr_and_keeps_stdout_clean(monkeypatch,

@@ -342,7 +342,9 @@ def test_validation_csv_and_html_together_or_neither(tmp_path: Path, capsys,
                                                      monkeypatch) -> None:
     pytest.importorskip("plotly")
     import reports.validation_report
+    from sim.trace import Trace
     from validation import cli
+    from validation.compare import join_traces
 
     row = {"model": "pixart-tiny", "resolution": 256, "steps": 2, "nproc": 1,
            "strategy": "serial", "patches": 1, "warmup": 0, "measured_s": 1.0,
@@ -351,7 +353,8 @@ def test_validation_csv_and_html_together_or_neither(tmp_path: Path, capsys,
            "cost_sources": "{}"}
     # The runs create the folder; the results are then written into it.
     monkeypatch.setattr(cli, "run_cases", lambda cases, out, *a, **k: out.mkdir(parents=True))
-    monkeypatch.setattr(cli, "result_rows", lambda cases: [row])
+    monkeypatch.setattr(cli, "trace_pairs", lambda cases: [join_traces(Trace(), Trace())])
+    monkeypatch.setattr(cli, "result_rows", lambda cases, pairs: [row])
     monkeypatch.setattr(reports.validation_report, "write_validation_report",
                         lambda path, *a: _enospc("<html>")(None, path))
     out = tmp_path / "val"

@@ -171,11 +171,18 @@ def test_error_per_strategy_family() -> None:
                 "warmup": 1, "strategy": strategy, "rel_err": err}
 
     rows = [row("ring", -0.10), row("serial", 0.02, 1), row("ring", 0.04), row("ring", 0.01),
-            row("pipefusion", -0.03)]
+            row("pipefusion", -0.03), row("zigzag", 0.30), row("pipefusion", 0.05),
+            row("zigzag", -0.30), row("alpha", 0.5)]
     got = family_summary(rows)
-    assert [f["family"] for f in got] == ["serial", "pipefusion", "ring"]
-    ring = got[2]
-    assert ring["configs"] == 3 and ring["median"] == pytest.approx(0.04)
-    assert ring["worst"] == pytest.approx(0.10) and ring["worst_row"] is rows[0]
+    # FAMILIES order, then the unknown families alphabetically
+    assert list(got.index) == ["serial", "pipefusion", "ring", "alpha", "zigzag"]
+    assert list(got.configs) == [1, 2, 3, 1, 2]
+    # by hand: ring |errors| 0.10, 0.04, 0.01 -> median 0.04; pipefusion 0.03, 0.05 -> 0.04
+    assert got.loc["ring", "median"] == pytest.approx(0.04)
+    assert got.loc["pipefusion", "median"] == pytest.approx(0.04)
+    assert got.loc["zigzag", "median"] == pytest.approx(0.30)
+    assert list(got.worst) == pytest.approx([0.02, 0.05, 0.10, 0.5, 0.30])
+    # the row of the worst, the first one on a tie (zigzag: +30 % and -30 %)
+    assert list(got.worst_row) == [1, 6, 0, 8, 5]
     assert row_name(rows[0]) == "pixart-tiny 256px ring2"
     assert row_name(rows[4]) == "pixart-tiny 256px n=2 M=1 W=1"

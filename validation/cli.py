@@ -33,19 +33,21 @@ measured runs as fill about half a second (at least one, at most ten); the launc
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from sim.cli import at_least, parser
 from sim.errors import UserError
 from sim.outputs import check_folder, write_outputs
+from validation.compare import op_error_summary
 from validation.grid import GRIDS, grid_cases
 from validation.measure import run_cases, runs_per_launch
 from validation.predict import predict_case
 from validation.profiling import ensure_profiles
-from validation.results import family_summary, result_rows, row_name, write_csv
+from validation.results import family_summary, result_rows, row_name, trace_pairs, write_csv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,20 +140,22 @@ def main(argv: list[str] | None = None) -> int:
 
     run_cases(cases, out, args.device, args.repeats, progress, args.warmup_runs,
               before_repeat=profile_and_predict)
-    rows = result_rows(cases)
-    errs = [abs(r["rel_err"]) for r in rows]
+    pairs = trace_pairs(cases)
+    rows = result_rows(cases, pairs)
+    families = family_summary(rows)
     elapsed = time.perf_counter() - t0
     outputs = [("--out", out / "validation.csv", lambda p: write_csv(p, rows))]
     if write_validation_report is not None:
         outputs.append(("--out", out / "validation.html", lambda p: write_validation_report(
-            p, cases, rows, elapsed, args, family_summary(rows))))
+            p, cases, rows, pairs, op_error_summary(pd.concat(pairs)), elapsed, args,
+            families)))
     write_outputs(outputs)  # CSV and HTML together or neither, each complete
     launches = f"{args.repeats} launch{'es' if args.repeats > 1 else ''}"
-    worst = rows[errs.index(max(errs))]
+    errs = pd.Series([r["rel_err"] for r in rows]).abs()
     print(f"{len(rows)} configurations ({args.grid} grid, {launches} each) in "
-          f"{elapsed:.0f} s: median |error| {statistics.median(errs):.1%}, worst "
-          f"{max(errs):.1%} ({row_name(worst)}); wrote {out / 'validation.csv'}")
-    for f in family_summary(rows):
-        print(f"  {f['family']:<13} {f['configs']:>2} configurations: median |error| "
-              f"{f['median']:.1%}, worst {f['worst']:.1%} ({row_name(f['worst_row'])})")
+          f"{elapsed:.0f} s: median |error| {errs.median():.1%}, worst "
+          f"{errs.max():.1%} ({row_name(rows[errs.idxmax()])}); wrote {out / 'validation.csv'}")
+    for f in families.itertuples():
+        print(f"  {f.Index:<13} {f.configs:>2} configurations: median |error| "
+              f"{f.median:.1%}, worst {f.worst:.1%} ({row_name(rows[f.worst_row])})")
     return 0

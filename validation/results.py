@@ -9,9 +9,12 @@ import json
 import statistics
 from pathlib import Path
 
+import pandas as pd
+
 from sim.evaluate import Prediction
 from sim.schedule import OpKind
-from sim.trace import Trace, join_traces, op_error_summary
+from sim.trace import Trace
+from validation.compare import join_traces, op_error_summary
 from validation.grid import Case
 
 CSV_COLUMNS = ("model", "resolution", "steps", "nproc", "strategy", "patches", "warmup",
@@ -30,16 +33,21 @@ def busy_share(pred: Prediction) -> float:
     return sum(busy) / world / pred.latency_s
 
 
-def result_rows(cases: list[Case]) -> list[dict]:
-    """The rows of validation.csv for ``cases`` (measured and predicted): seconds; errors as
-    fractions."""
+def trace_pairs(cases: list[Case]) -> list[pd.DataFrame]:
+    """Per case (measured and predicted), its last measured trace joined op by op with its
+    prediction's (``validation.compare.join_traces``)."""
+    return [join_traces(Trace.read_csv(c.trace_path), c.prediction.trace) for c in cases]
+
+
+def result_rows(cases: list[Case], pairs: list[pd.DataFrame]) -> list[dict]:
+    """The rows of validation.csv for ``cases`` (measured and predicted) and their ``pairs``
+    (``trace_pairs``): seconds; errors as fractions."""
     rows = []
-    for c in cases:
+    for c, joined in zip(cases, pairs):
         meas = statistics.median(c.measured)
         q = statistics.quantiles(c.measured, n=4) if len(c.measured) > 1 else [meas] * 3
         pred = statistics.median(c.predicted)
-        summary = op_error_summary(join_traces(Trace.read_csv(c.trace_path),
-                                               c.prediction.trace))
+        per_op = op_error_summary(joined).rel_err
         rows.append({
             "model": c.model, "resolution": c.resolution, "steps": c.steps, "nproc": c.nproc,
             "strategy": c.family, "patches": c.patches, "warmup": c.warmup, "measured_s": meas,
@@ -53,7 +61,8 @@ def result_rows(cases: list[Case]) -> list[dict]:
             # runnable while other threads held the cores); above it, compute ran longer.
             "cpu_share": statistics.median(c.cpu_share) if c.cpu_share else float("nan"),
             "predicted_busy_share": busy_share(c.prediction),
-            "op_errors": json.dumps({k: round(v["rel_err"], 4) for k, v in summary.items()}),
+            # float(): numpy's round is not Python's (correctly rounded) one.
+            "op_errors": json.dumps({k: round(float(v), 4) for k, v in per_op.items()}),
             "cost_sources": json.dumps(c.prediction.cost_sources),
         })
     return rows
@@ -62,19 +71,17 @@ def result_rows(cases: list[Case]) -> list[dict]:
 FAMILIES = ("serial", "pipefusion", "ulysses", "ring", "tensor", "cfg", "distrifusion")
 
 
-def family_summary(rows: list[dict]) -> list[dict]:
-    """Per strategy family present in ``rows`` (``result_rows``; ``FAMILIES`` order, then any
-    other): its configuration count, median and worst absolute relative error (fractions),
-    and the row of the worst."""
-    out = []
-    names = [f for f in FAMILIES if any(r["strategy"] == f for r in rows)]
-    names += sorted({r["strategy"] for r in rows} - set(names))
-    for name in names:
-        mine = [r for r in rows if r["strategy"] == name]
-        errs = [abs(r["rel_err"]) for r in mine]
-        out.append({"family": name, "configs": len(mine), "median": statistics.median(errs),
-                    "worst": max(errs), "worst_row": mine[errs.index(max(errs))]})
-    return out
+def family_summary(rows: list[dict]) -> pd.DataFrame:
+    """Per strategy family present in ``rows`` (``result_rows``), indexed by family in
+    ``FAMILIES`` order, then any other: ``configs`` (how many), ``median`` and ``worst``
+    absolute relative error (fractions) and ``worst_row``, the index in ``rows`` of the worst
+    (the first, on a tie)."""
+    table = pd.DataFrame(rows)
+    found = set(table.strategy)
+    order = [f for f in FAMILIES if f in found] + sorted(found - set(FAMILIES))
+    errs = table.rel_err.abs().groupby(table.strategy)
+    return errs.agg(configs="size", median="median", worst="max", worst_row="idxmax") \
+        .loc[order].rename_axis("family")
 
 
 def row_name(r: dict) -> str:
