@@ -5,8 +5,9 @@
 
 1. Profiles this CPU for pixart-tiny at the classes' resolutions (``profiles.collect``, one
    thread, with one process computing beside the measured one, as when two replicas or two
-   ranks share the two cores), unless ``--profile-dir`` already holds them; the ``1x2`` case
-   also times messages between two busy processes (``profiles.links --busy``).
+   ranks share the two cores, pooled over three processes), unless ``--profile-dir`` already
+   holds them; the ``1x2`` case also times messages between two busy processes
+   (``profiles.links --busy``).
 2. Predicts each class's isolated latency on one replica from that profile, and sets the
    arrival rate so that the predicted utilisation of the pool is ``--utilisation`` (a load
    near capacity, where queueing dominates). Each class's SLO is ``--slo-factor`` times its
@@ -65,7 +66,9 @@ def profiles(profile_dir: Path, case: str) -> tuple[Path, Path | None]:
         argv = ["--model", MODEL, "--device", "cpu", "--dtype", "fp32", "--threads", "1",
                 "--co-run", "1", "--resolutions", res, "--patches", "1,2",
                 "--ops", "block,embed,final,scheduler_step,condition", "--no-curve",
-                "--out", str(compute), "--no-progress"]
+                # The median of three processes: one process's speed is partly its luck
+                # (profiles/pooled.py), and the replicas are other processes.
+                "--processes", "3", "--out", str(compute), "--no-progress"]
         if collect.main(argv) != 0:
             raise SystemExit("profile collection failed")
     link = None
