@@ -1,7 +1,8 @@
 """The profiler's runner for MM-DiT models (SD3, Flux): callables timing the executor's own ops
-(``executor.mmdit.MMDiTStageExecutor``) on one-rank schedules, as ``executor.op_runner``'s
-``ExecutorRunner`` does for PixArt, with the block kind as a parameter: SD3's joint blocks,
-Flux's double-stream (``joint``) and single-stream (``single``) blocks are timed separately.
+(``executor.mmdit.MMDiTStageExecutor``) on one-rank schedules, with PixArt's
+``ExecutorRunner`` through their common base ``executor.op_runner.StageOpRunner``, the block
+kind as a parameter: SD3's joint blocks, Flux's double-stream (``joint``) and single-stream
+(``single``) blocks are timed separately.
 
 A block call runs the image patch and the whole text stream beside it, over the stale image
 K,V buffer of the full image for a patch (q < kv), with diffusers' own processors for a full

@@ -11,7 +11,8 @@ one per measured shape, for a timer to call.
   diffusers module call. In a run the small ops (conditioning, embedding, final layer,
   scheduler step) follow a run of blocks, which has pushed their weights and buffers out of
   the caches; timed back to back they would look several times faster than they run, so each
-  timed call of those is preceded by an untimed block call (``fn.prep``).
+  timed call of those is preceded by an untimed block call (``fn.prep``). What it shares with
+  the MM-DiT runner (``executor.mmdit_runner``) is their base ``StageOpRunner``.
 - ``PixArtRunner`` (``--runner block``): the diffusers modules alone. A patch (q < kv) writes
   its fresh K,V into a full-sequence buffer and attends over the whole buffer, as PipeFusion's
   displaced-patch stages do (the executor's ``StaleKVAttnProcessor``); a full image (q = kv)
