@@ -11,7 +11,8 @@ one per measured shape, for a timer to call.
   diffusers module call. In a run the small ops (conditioning, embedding, final layer,
   scheduler step) follow a run of blocks, which has pushed their weights and buffers out of
   the caches; timed back to back they would look several times faster than they run, so each
-  timed call of those is preceded by an untimed block call (``fn.prep``).
+  timed call of those is preceded by an untimed block call (``fn.prep``). What it shares with
+  the MM-DiT runner (``executor.mmdit_runner``) is their base ``StageOpRunner``.
 - ``PixArtRunner`` (``--runner block``): the diffusers modules alone. A patch (q < kv) writes
   its fresh K,V into a full-sequence buffer and attends over the whole buffer, as PipeFusion's
   displaced-patch stages do (the executor's ``StaleKVAttnProcessor``); a full image (q = kv)
@@ -234,21 +235,53 @@ class PixArtRunner:
         return run
 
 
-class ExecutorRunner:
-    """Callables timing the executor's ops on ``q``-token patches of ``res``-px images; the
-    arguments are ``PixArtRunner``'s."""
+class StageOpRunner:
+    """What ``ExecutorRunner`` (PixArt) and ``executor.mmdit_runner.MMDiTRunner`` (SD3, Flux)
+    share: one-rank stage executors whose patch 0 has the wanted token count, and callables
+    timing their ``run_blocks``, ``embed``, ``final``, conditioning and ``scheduler_step`` on
+    that patch, each small op after an untimed block call (``fn.prep``). A subclass says how
+    to build its executor and its block module; ``kind`` names a block kind of the model
+    (``DiTModel.block_kind``), the first when None."""
 
-    def __init__(self, model: DiTModel, device: str, dtype: str,
-                 resolutions: tuple[int, ...], seed: int = 0) -> None:
-        # One-block nets per resolution, and the attention shapes (no executor op of its own).
-        self.base = PixArtRunner(model, device, dtype, resolutions, seed)
-        self.batch = self.base.batch
+    stage_executor: type  # the executor class a one-rank stage runs
+
+    def __init__(self, model: DiTModel, device: str, dtype: str, seed: int) -> None:
         self.m = model
-        self.device = device
+        self.dev = device
         self.dtype = dtype
+        self.dt = TORCH_DTYPES[dtype]
         self.seed = seed
-        self._executors: dict[tuple[int, int, int], StageExecutor] = {}
-        self.copies = min(self.m.num_blocks, COPIES)
+        self.batch = model.batch
+        self.kinds = sorted({model.block_kind(i) for i in range(model.num_blocks)})
+        self.copies = min(model.num_blocks, COPIES)
+        self._executors: dict[tuple[str, int, int, int], StageExecutor] = {}
+
+    def _randn(self, *shape: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def model_of(self, kind: str) -> DiTModel:
+        """The model cut to the blocks an executor timing ``kind`` blocks needs."""
+        raise NotImplementedError
+
+    def _stage_net(self, kind: str, res: int) -> torch.nn.Module:
+        """A fresh copy of the cut transformer, as a new executor takes it."""
+        raise NotImplementedError
+
+    def _scheduler_template(self, model: DiTModel) -> object:
+        """The diffusers scheduler the executor copies per patch."""
+        raise NotImplementedError
+
+    def _module_block(self, kind: str, res: int, q: int, kv: int) -> Callable[[], object]:
+        """The block module alone, for full-image points (``kv`` tokens) between the grid's
+        resolutions."""
+        raise NotImplementedError
+
+    def _load_patch(self, ex: StageExecutor, x: torch.Tensor) -> None:
+        """Set ``x`` as the hidden states the next ``run_blocks`` call takes."""
+        ex.h = x
+
+    def _warm_scheduler(self, ex: StageExecutor) -> None:
+        """Bring patch 0's scheduler to the state a run's steps find it in."""
 
     def _patches_for(self, res: int, q: int) -> int:
         """Patch count whose first band holds ``q`` tokens (as ``block_grid`` chose it)."""
@@ -259,31 +292,30 @@ class ExecutorRunner:
                 return m
         raise ValueError(f"no patch count gives a first band of {band} rows at {res} px")
 
-    def executor(self, res: int, q: int, replica: int = 0) -> StageExecutor:
-        """A one-rank executor whose patch 0 has ``q`` tokens (built on first use); each
-        ``replica`` has its own weights and buffers."""
-        key = (res, q, replica)
+    def executor(self, res: int, q: int, kind: str | None = None, replica: int = 0
+                 ) -> StageExecutor:
+        """A one-rank executor whose patch 0 has ``q`` image tokens, its stale K,V buffers
+        filled as a warmup step would (built on first use); each ``replica`` has its own
+        weights and buffers."""
+        kind = kind or self.kinds[0]
+        key = (kind, res, q, replica)
         if key not in self._executors:
-            one = replace(self.m, num_blocks=1)
+            one = self.model_of(kind)
             wl = Workload(one, res, res, 8, dtype=self.dtype, text_encoder=False, vae=False)
             patches = self._patches_for(res, q)
             cfg = ParallelConfig(1, 1, patches, 1 if patches > 1 else 0)
             validate(wl, cfg)
             # PipeFusion's generator on one rank keeps the patches (the serial entry would not).
             sched = pipefusion.build(wl, cfg)
-            net = copy.deepcopy(self.base.net(res))
-            for blk in net.transformer_blocks:  # the stock processor, as executor.run starts
-                blk.attn1.set_processor(AttnProcessor2_0())
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                template = DPMSolverMultistepScheduler()
-            dev = torch.device(self.device)
-            ex = StageExecutor(net, sched, 0, random_prompts(one, self.seed), self.seed,
-                               one.guidance_scale, template, dev, self.base.dt)
+            ex = self.stage_executor(self._stage_net(kind, res), sched, 0,
+                                     random_prompts(one, self.seed), self.seed,
+                                     one.guidance_scale, self._scheduler_template(one),
+                                     torch.device(self.dev), self.dt)
             with torch.no_grad():
                 ex._conditioning(1)
-                if patches > 1:  # fill the stale K,V buffers as a warmup step would
-                    ex.h = self.base._randn(self.batch, sched.patch_tokens(-1), self.m.hidden)
+                if patches > 1:
+                    self._load_patch(ex, self._randn(self.batch, sched.patch_tokens(-1),
+                                                     self.m.hidden))
                     ex.run_blocks(0, -1, (0, 0))
                     ex._conditioning(1)
             self._executors[key] = ex
@@ -291,31 +323,28 @@ class ExecutorRunner:
 
     def block(self, res: int, q: int, kv: int, kind: str | None = None
               ) -> Callable[[], object]:
-        """``StageExecutor.run_blocks`` on patch 0 (``q`` tokens) of a ``res``-px image
-        (``kind`` ignored: one block kind)."""
+        """``run_blocks`` of one ``kind`` block on patch 0 (``q`` image tokens) of a
+        ``res``-px image; a full image of ``kv`` tokens off the grid's resolutions: the
+        block module alone (a full-image executor step is that call and nothing else)."""
+        kind = kind or self.kinds[0]
         if kv != self.m.image_tokens(res):
-            # Full-image curve points between resolutions have no image of their own: the
-            # block module alone (a full-image executor step is that call and nothing else).
-            return self.base.block(res, q, kv)
+            return self._module_block(kind, res, q, kv)
         # Calls go round distinct copies of the block: in a run the other layers of the stage
         # (and the other patches) come between two calls of one layer, so its weights are no
         # longer in the caches; one copy called back to back keeps them there (pixart-small,
         # 10 MB of weights per block: 2-7 % faster on the 2-core EPYC VM than cycling 8).
-        exs = [self.executor(res, q, i) for i in range(self.copies)]
-        x = self.base._randn(self.batch, q, self.m.hidden)
+        exs = [self.executor(res, q, kind, i) for i in range(self.copies)]
+        x = self._randn(self.batch, q, self.m.hidden)
+        load = self._load_patch
         turn = [0]
 
         def run() -> None:
             ex = exs[turn[0] % len(exs)]
             turn[0] += 1
-            ex.h = x
+            load(ex, x)
             ex.run_blocks(1, 0, (0, 0))
 
         return run
-
-    def attention(self, q: int, kv: int, heads: int) -> Callable[[], object]:
-        """The attention core alone, as ``PixArtRunner.attention``."""
-        return self.base.attention(q, kv, heads)
 
     def _after_blocks(self, res: int, q: int, fn: Callable[[], object]) -> Callable[[], object]:
         """``fn`` with an untimed block call of the same patch before each timed call."""
@@ -323,7 +352,7 @@ class ExecutorRunner:
         return fn
 
     def embed(self, res: int, q: int) -> Callable[[], object]:
-        """``StageExecutor.embed`` of patch 0."""
+        """The executor's ``embed`` of patch 0."""
         ex = self.executor(res, q)
 
         def run() -> None:
@@ -332,9 +361,10 @@ class ExecutorRunner:
         return self._after_blocks(res, q, run)
 
     def final(self, res: int, q: int) -> Callable[[], object]:
-        """``StageExecutor.final`` of patch 0."""
+        """The executor's ``final`` of patch 0: norm, projection, unpatchify, guidance
+        combine."""
         ex = self.executor(res, q)
-        x = self.base._randn(self.batch, q, self.m.hidden)
+        x = self._randn(self.batch, q, self.m.hidden)
 
         def run() -> None:
             ex.h = x
@@ -343,7 +373,7 @@ class ExecutorRunner:
         return self._after_blocks(res, q, run)
 
     def condition(self, res: int, q: int) -> Callable[[], object]:
-        """The executor's per-step timestep conditioning."""
+        """The executor's per-step conditioning."""
         ex = self.executor(res, q)
 
         def run() -> None:
@@ -353,13 +383,12 @@ class ExecutorRunner:
         return self._after_blocks(res, q, run)
 
     def scheduler_step(self, res: int, q: int) -> Callable[[], object]:
-        """``StageExecutor.scheduler_step`` of patch 0 in its steady (second-order) state."""
+        """The executor's ``scheduler_step`` of patch 0 in its steady state."""
         ex = self.executor(res, q)
-        ex.h = self.base._randn(self.batch, q, self.m.hidden)
+        ex.h = self._randn(self.batch, q, self.m.hidden)
         with torch.no_grad():
             ex.final(1, 0)
-            for step in range(3):  # fill the multistep history: time the second-order update
-                ex.scheduler_step(step, 0)
+            self._warm_scheduler(ex)
         sched = ex.schedulers[0]
 
         def run() -> None:
@@ -367,3 +396,45 @@ class ExecutorRunner:
             ex.scheduler_step(3, 0)
 
         return self._after_blocks(res, q, run)
+
+
+class ExecutorRunner(StageOpRunner):
+    """Callables timing the executor's ops on ``q``-token patches of ``res``-px images; the
+    arguments are ``PixArtRunner``'s."""
+
+    stage_executor = StageExecutor
+
+    def __init__(self, model: DiTModel, device: str, dtype: str,
+                 resolutions: tuple[int, ...], seed: int = 0) -> None:
+        super().__init__(model, device, dtype, seed)
+        # One-block nets per resolution, and the attention shapes (no executor op of its own).
+        self.base = PixArtRunner(model, device, dtype, resolutions, seed)
+
+    def _randn(self, *shape: int) -> torch.Tensor:
+        return self.base._randn(*shape)
+
+    def model_of(self, kind: str) -> DiTModel:
+        """One block: PixArt's blocks all have the same shapes."""
+        return replace(self.m, num_blocks=1)
+
+    def _stage_net(self, kind: str, res: int) -> torch.nn.Module:
+        net = copy.deepcopy(self.base.net(res))
+        for blk in net.transformer_blocks:  # the stock processor, as executor.run starts
+            blk.attn1.set_processor(AttnProcessor2_0())
+        return net
+
+    def _scheduler_template(self, model: DiTModel) -> object:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return DPMSolverMultistepScheduler()
+
+    def _module_block(self, kind: str, res: int, q: int, kv: int) -> Callable[[], object]:
+        return self.base.block(res, q, kv)
+
+    def _warm_scheduler(self, ex: StageExecutor) -> None:
+        for step in range(3):  # fill the multistep history: time the second-order update
+            ex.scheduler_step(step, 0)
+
+    def attention(self, q: int, kv: int, heads: int) -> Callable[[], object]:
+        """The attention core alone, as ``PixArtRunner.attention``."""
+        return self.base.attention(q, kv, heads)

@@ -7,9 +7,7 @@ warmup rule shared by every command and the planner's search, and a fuzz test of
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import json
 import math
 import os
@@ -24,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim import search as search_module
-from sim.cli import print_json, run_main
+from sim.cli import print_json
 from sim.config import ParallelConfig, Workload
 from sim.cost.link_profile import apply_link_profile
 from sim.cost.profile import ProfileCost
@@ -34,6 +32,7 @@ from sim.hardware import GPUS
 from sim.models import get_model
 from sim.search import candidates
 from sim.topology import build_topology
+from tests.conftest import run_cli
 
 DATA = Path(__file__).resolve().parents[1] / "profiles" / "data"
 LINK = DATA / "links_gloo_loopback_w2_busy_cpu-amd-epyc-t1.csv"
@@ -212,12 +211,7 @@ ROWS = [
 
 def _run(module: str, argv: list[str]) -> tuple[int, str, str]:
     """Exit status, stdout and stderr of ``python -m module *argv``, run in this process."""
-    main = importlib.import_module(module).main
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            pytest.raises(SystemExit) as exc:
-        run_main(main, argv)
-    return exc.value.code, out.getvalue(), err.getvalue()
+    return run_cli(importlib.import_module(module).main, argv)
 
 
 def _assert_one_error_line(code: int, out: str, err: str) -> None:

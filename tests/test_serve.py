@@ -11,9 +11,7 @@ the check can fail either way. Seeds are fixed: the runs are reproducible.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import math
 import random
@@ -22,22 +20,16 @@ from pathlib import Path
 import pytest
 
 from sim.arrivals import Request, RequestClass, parse_mix, read_trace, unit_stream
-from sim.cli import run_main
 from sim.errors import UserError
 from sim.serve import main as serve_main
 from sim.serving import Policy, simulate_pool
 from sim.stats import quantile
+from tests.conftest import run_cli
 
 
 def _serve(argv: list[str]) -> tuple[int, str, str]:
     """Run ``python -m sim.serve argv`` in-process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_main(serve_main, argv)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(serve_main, argv)
 
 
 def _serve_json(argv: list[str]) -> dict:

@@ -17,8 +17,6 @@ What is checked, each against something computed another way:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from collections import Counter, defaultdict
 
@@ -26,7 +24,6 @@ import pytest
 
 from sim.arrivals import parse_mix, scaled, unit_stream
 from sim.capacity import ServeModel, Split
-from sim.cli import run_main
 from sim.config import ParallelConfig, Workload
 from sim.cost import CostSpec
 from sim.evaluate import evaluate
@@ -39,18 +36,12 @@ from sim.serve import build_parser, plan_pool
 from sim.serve import main as serve_main
 from sim.serving import Batching, Policy, simulate_pool
 from sim.strategies import build_schedule
+from tests.conftest import run_cli
 
 
 def _serve(argv: list[str]) -> tuple[int, str, str]:
     """Run ``python -m sim.serve argv`` in-process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_main(serve_main, argv)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(serve_main, argv)
 
 
 def _json(argv: list[str]) -> dict:
