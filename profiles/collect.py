@@ -101,6 +101,9 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
     ap.add_argument("--no-curve", action="store_true",
                     help="skip the full-image blocks between the grid's token counts (only "
                          "the grid's resolutions will then be predicted from measurements)")
+    ap.add_argument("--passes", type=int,
+                    help="interleaved passes over all shapes, sharing the repeats; unset: 3 "
+                         "(--quick 1)")
     ap.add_argument("--processes", type=int, default=1,
                     help="collect in this many fresh processes one after another, the "
                          "repeats shared among them, and keep per shape the median process "
@@ -118,7 +121,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
         if r % grid:
             raise UserError(f"resolution {r} is not a multiple of {grid} px for {model.name}")
     for flag, value, least in (("--threads", a.threads, 1), ("--repeats", a.repeats, 1),
-                               ("--warmup", a.warmup, 0)):
+                               ("--warmup", a.warmup, 0), ("--passes", a.passes, 1)):
         if value is not None:
             at_least(value, least, flag)
     if a.threads is not None and a.device == "cuda":
@@ -135,7 +138,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
             raise UserError(f"--ops: unknown op kind(s) {', '.join(bad) or '(none given)'}; "
                             f"choose from {', '.join(OPS)}")
     s = replace(s, runner=a.runner, co_run=a.co_run, ops=ops, curve=not a.no_curve,
-                processes=a.processes)
+                processes=a.processes, passes=a.passes or s.passes)
     return s, Path(a.out) if a.out else None, not a.no_progress
 
 
@@ -158,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         check_folder(Path.cwd(), "--out (default: the current folder)")
     stages = Progress(quiet=not progress)
     if s.processes > 1:
-        child = strip_flags(argv, ("--out", "--processes", "--repeats", "--no-progress"))
+        child = strip_flags(argv, ("--out", "--processes", "--repeats", "--passes",
+                                   "--no-progress"))
         stages.line(f"timing {s.model.name}'s ops on {s.device} in {s.processes} processes")
         prof = collect_in_processes(child, s.processes, math.ceil(s.repeats / s.processes),
                                     stages.line)

@@ -46,17 +46,20 @@ def strip_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 
 def collect_in_processes(argv: list[str], processes: int, repeats: int,
                          say: Callable[[str], None]) -> ComputeProfile:
-    """Run ``profiles.collect`` with ``argv`` (no ``--out``, ``--processes`` or
-    ``--repeats``) in ``processes`` fresh child processes one after another, each timing
-    ``repeats`` calls per shape, and pool them with ``pool``. A child that fails is a
+    """Run ``profiles.collect`` with ``argv`` (no ``--out``, ``--processes``, ``--repeats``
+    or ``--passes``) in ``processes`` fresh child processes one after another, each timing
+    ``repeats`` calls per shape in one pass, and pool them with ``pool``. A child that fails is a
     ``UserError`` carrying its last line."""
     with tempfile.TemporaryDirectory(prefix="ditsim-profile-") as tmp:
         parts = []
         for i in range(processes):
             say(f"process {i + 1} of {processes}")
             out = Path(tmp) / f"part{i}.csv"
+            # One pass each: the processes, run one after another, already spread the calls
+            # over time as interleaved passes do, and one pass pays the warm-up calls once
+            # (three passes of a third of the repeats would pay them three times).
             cmd = [sys.executable, "-m", "profiles.collect", *argv, "--repeats", str(repeats),
-                   "--no-progress", "--out", str(out)]
+                   "--passes", "1", "--no-progress", "--out", str(out)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 lines = (done.stderr or done.stdout).strip().splitlines() or ["(no output)"]
