@@ -2,9 +2,9 @@
 
 On a CPU, how fast one op runs depends on the process as well as on the shape: where its
 tensors and weights landed in memory sets cache-set conflicts and page placement for the
-process's whole life. On the 2-core Xeon VM four fresh processes timing the same pixart-small
-block (512 query tokens over 1,024) gave medians of 63.5, 71.2, 72.1 and 75.2 ms, each with a
-spread of a few percent inside its own process, and the executor's launches of one
+process's whole life. On the 2-core Xeon VM six fresh processes timing the same pixart-small
+block (1,024 tokens, quiet machine) gave medians from 0.120 to 0.155 s, while the fastest call
+of each was 0.117-0.121 s, and the executor's launches of one
 configuration differ the same way. A profile from one process carries that process's luck into
 every prediction; the validation compares against the median launch, so the profile takes the
 median process.
