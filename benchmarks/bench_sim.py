@@ -115,6 +115,11 @@ def extract(rev: str, into: Path) -> Path:
     return into
 
 
+def has_time_limit(root: Path) -> bool:
+    """Whether the checkout at ``root`` has ``sim.plan --time-limit`` (issue 18)."""
+    return "--time-limit" in (root / "sim" / "plan.py").read_text()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--baseline", default="b6488ac", help="previous release (git revision)")
@@ -129,10 +134,10 @@ def main() -> None:
             if args.quick and "64" in argv:
                 continue
             reps = 1 if "64" in argv else args.repeats
-            # The whole search, as the previous release ran it: no time limit (issue 18's
-            # default of 60 s would stop the 64-GPU plan early; the baseline has no such flag).
-            got = {label: time_command(root, argv + (["--time-limit", "0"] if label == "now"
-                                                     else []), reps)
+            # The whole search on both sides: no time limit (issue 18's default of 60 s would
+            # stop the 64-GPU plan early), passed to whichever revision has the flag.
+            got = {label: time_command(root, argv + (["--time-limit", "0"]
+                                                     if has_time_limit(root) else []), reps)
                    for label, root in roots}
             rows.append((f"`python -m {' '.join(argv)}`", target, got["previous"][0],
                          got["now"][0], f"{got['previous'][1]} -> {got['now'][1]}"))
