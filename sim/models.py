@@ -226,109 +226,106 @@ def _src(**extra: str) -> dict[str, str]:
     return base
 
 
+def _arch(key: str) -> dict:
+    """The fields every model of one architecture shares (``key``: pixart, dit, sd3, flux,
+    hunyuan): kernels and host ops per block and the pipeline's default guidance scale, each
+    from its table above."""
+    return {"kernels_per_block": _KERNELS[key], "host_ops": _HOST_OPS[key],
+            "guidance_scale": _GUIDANCE[key]}
+
+
+def _test_sources() -> dict[str, str]:
+    """Sources of a test configuration (a fresh dict per model)."""
+    return {"all": "test configuration; params counted from the diffusers model"}
+
+
 MODELS: dict[str, DiTModel] = {
     m.name: m
     for m in [
         DiTModel(
             "pixart-alpha", "PixArtTransformer2DModel", "cross", 28, 1152, 16, 72, 120, 4,
-            0.61e9, 20, True, _T5_XXL, _SD_VAE, text_dim=1152, kernels_per_block=_KERNELS["pixart"],
-            host_ops=_HOST_OPS["pixart"],
-            caption_channels=4096, guidance_scale=_GUIDANCE["pixart"],
-            sources=_src(text_encoder=_T5_SRC),
+            0.61e9, 20, True, _T5_XXL, _SD_VAE, text_dim=1152, caption_channels=4096,
+            sources=_src(text_encoder=_T5_SRC), **_arch("pixart"),
         ),
         DiTModel(
             "pixart-sigma", "PixArtTransformer2DModel", "cross", 28, 1152, 16, 72, 300, 4,
-            0.61e9, 20, True, _T5_XXL, _SD_VAE, text_dim=1152, kernels_per_block=_KERNELS["pixart"],
-            host_ops=_HOST_OPS["pixart"],
-            caption_channels=4096, guidance_scale=_GUIDANCE["pixart"],
-            sources=_src(text_encoder=_T5_SRC),
+            0.61e9, 20, True, _T5_XXL, _SD_VAE, text_dim=1152, caption_channels=4096,
+            sources=_src(text_encoder=_T5_SRC), **_arch("pixart"),
         ),
         DiTModel(
             "dit-xl-2", "DiTTransformer2DModel", "dit", 28, 1152, 16, 72, 0, 4,
-            0.75e9, 50, True, 0.0, _SD_VAE, kernels_per_block=_KERNELS["dit"],
-            host_ops=_HOST_OPS["dit"],
-            guidance_scale=_GUIDANCE["dit"],
-            sources=_src(text_encoder="none: class-label conditioning"),
+            0.75e9, 50, True, 0.0, _SD_VAE,
+            sources=_src(text_encoder="none: class-label conditioning"), **_arch("dit"),
         ),
         DiTModel(
             "sd3-medium", "SD3Transformer2DModel", "joint", 24, 1536, 24, 64, 333, 16,
-            2.03e9, 28, True, _T5_XXL + 0.8e9, _SD3_VAE, kernels_per_block=_KERNELS["sd3"],
-            host_ops=_HOST_OPS["sd3"], caption_channels=4096, pooled_dim=2048,
-            guidance_scale=_GUIDANCE["sd3"],
+            2.03e9, 28, True, _T5_XXL + 0.8e9, _SD3_VAE, caption_channels=4096, pooled_dim=2048,
             sources=_src(text_encoder=_T5_SRC + " + CLIP-L/G (~0.8 B, SD3 paper)",
                          caption_channels=_MMDIT_DIMS),
+            **_arch("sd3"),
         ),
         DiTModel(
             "sd35-large", "SD3Transformer2DModel", "joint", 38, 2432, 38, 64, 333, 16,
-            8.06e9, 28, True, _T5_XXL + 0.8e9, _SD3_VAE, kernels_per_block=_KERNELS["sd3"],
-            host_ops=_HOST_OPS["sd3"], caption_channels=4096, pooled_dim=2048,
-            guidance_scale=_GUIDANCE["sd3"],
+            8.06e9, 28, True, _T5_XXL + 0.8e9, _SD3_VAE, caption_channels=4096, pooled_dim=2048,
             sources=_src(text_encoder=_T5_SRC + " + CLIP-L/G (~0.8 B, SD3 paper)",
                          caption_channels=_MMDIT_DIMS),
+            **_arch("sd3"),
         ),
         DiTModel(
             "flux-dev", "FluxTransformer2DModel", "flux", 57, 3072, 24, 128, 512, 16,
             11.9e9, 28, False, _T5_XXL + 0.12e9, _SD3_VAE, double_blocks=19,
-            kernels_per_block=_KERNELS["flux"],
-            host_ops=_HOST_OPS["flux"], guidance_scale=_GUIDANCE["flux"],
             caption_channels=4096, pooled_dim=768,
             sources=_src(text_encoder=_T5_SRC + " + CLIP-L (0.12 B)", caption_channels=_MMDIT_DIMS,
                          double_blocks=_DESIGN + ": 19 double + 38 single"),
+            **_arch("flux"),
         ),
         DiTModel(
             "hunyuan-dit", "HunyuanDiT2DModel", "cross", 40, 1408, 16, 88, 333, 4,
             1.50e9, 50, True, 1.6e9 + 0.35e9, _SD_VAE, mlp_ratio=4.3637, text_dim=1024,
-            long_skips=True, kernels_per_block=_KERNELS["hunyuan"],
-            host_ops=_HOST_OPS["hunyuan"],
-            guidance_scale=_GUIDANCE["hunyuan"],
+            long_skips=True,
             sources=_src(text_encoder="mT5-XL (~1.6 B) + bilingual CLIP (~0.35 B), HunyuanDiT "
                          "paper", mlp_ratio="HunyuanDiT config: mlp_ratio 4.3637"),
+            **_arch("hunyuan"),
         ),
         # Small PixArt configurations for tests and CPU validation runs of the executor. Their
         # parameter counts are those of the diffusers model built from the config (counted).
         DiTModel(
             "pixart-tiny", "PixArtTransformer2DModel", "cross", 4, 64, 2, 32, 8, 4,
             324_192, 8, True, 0.0, 0.0, text_dim=64, caption_channels=64,
-            kernels_per_block=_KERNELS["pixart"],
-            host_ops=_HOST_OPS["pixart"], guidance_scale=_GUIDANCE["pixart"],
-            sources={"all": "test configuration; params counted from the diffusers model"},
+            sources=_test_sources(),
+            **_arch("pixart"),
         ),
         DiTModel(
             "pixart-small", "PixArtTransformer2DModel", "cross", 8, 384, 6, 64, 16, 4,
             20_332_448, 8, True, 0.0, 0.0, text_dim=384, caption_channels=256,
-            kernels_per_block=_KERNELS["pixart"],
-            host_ops=_HOST_OPS["pixart"], guidance_scale=_GUIDANCE["pixart"],
-            sources={"all": "test configuration; params counted from the diffusers model"},
+            sources=_test_sources(),
+            **_arch("pixart"),
         ),
         # MM-DiT test configurations (SD3: joint blocks with CFG; Flux: double then single
         # blocks, guidance embedded), named like the PixArt ones. Parameters counted likewise.
         DiTModel(
             "sd3-tiny", "SD3Transformer2DModel", "joint", 4, 64, 2, 32, 8, 16,
             SD3_TINY_PARAMS, 8, True, 0.0, 0.0, caption_channels=32, pooled_dim=32,
-            kernels_per_block=_KERNELS["sd3"], host_ops=_HOST_OPS["sd3"],
-            guidance_scale=_GUIDANCE["sd3"],
-            sources={"all": "test configuration; params counted from the diffusers model"},
+            sources=_test_sources(),
+            **_arch("sd3"),
         ),
         DiTModel(
             "flux-tiny", "FluxTransformer2DModel", "flux", 4, 64, 2, 32, 8, 16,
             FLUX_TINY_PARAMS, 8, False, 0.0, 0.0, double_blocks=2, caption_channels=32,
-            pooled_dim=32, kernels_per_block=_KERNELS["flux"], host_ops=_HOST_OPS["flux"],
-            guidance_scale=_GUIDANCE["flux"],
-            sources={"all": "test configuration; params counted from the diffusers model"},
+            pooled_dim=32, sources=_test_sources(),
+            **_arch("flux"),
         ),
         DiTModel(
             "sd3-small", "SD3Transformer2DModel", "joint", 8, 384, 6, 64, 16, 16,
             SD3_SMALL_PARAMS, 8, True, 0.0, 0.0, caption_channels=256, pooled_dim=256,
-            kernels_per_block=_KERNELS["sd3"], host_ops=_HOST_OPS["sd3"],
-            guidance_scale=_GUIDANCE["sd3"],
-            sources={"all": "test configuration; params counted from the diffusers model"},
+            sources=_test_sources(),
+            **_arch("sd3"),
         ),
         DiTModel(
             "flux-small", "FluxTransformer2DModel", "flux", 8, 384, 6, 64, 16, 16,
             FLUX_SMALL_PARAMS, 8, False, 0.0, 0.0, double_blocks=4, caption_channels=256,
-            pooled_dim=256, kernels_per_block=_KERNELS["flux"], host_ops=_HOST_OPS["flux"],
-            guidance_scale=_GUIDANCE["flux"],
-            sources={"all": "test configuration; params counted from the diffusers model"},
+            pooled_dim=256, sources=_test_sources(),
+            **_arch("flux"),
         ),
     ]
 }
