@@ -100,17 +100,23 @@ def test_quick_collection_of_an_mmdit_model_times_each_block_kind(tmp_path: Path
     assert pred.latency_s > 0
 
 
-def test_link_collection_under_torchrun(tmp_path: Path) -> None:
+def collect_links(tmp_path: Path, *flags: str, timeout: float = 180) -> LinkProfile:
+    """``profiles.links`` on gloo between two processes under torchrun, with ``flags``; the
+    profile it wrote."""
     pytest.importorskip("torch")
     out = tmp_path / "links.csv"
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-         "profiles.links", "--backend", "gloo", "--ops", "p2p,all_reduce,all_to_all",
-         "--max-bytes", "16KiB", "--factor", "4", "--repeats", "3", "--min-time", "0",
+         "profiles.links", "--backend", "gloo", *flags, "--repeats", "3", "--min-time", "0",
          "--out", str(out), "--no-progress"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180)
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-2000:]
-    prof = LinkProfile.read(out)
+    return LinkProfile.read(out)
+
+
+def test_link_collection_under_torchrun(tmp_path: Path) -> None:
+    prof = collect_links(tmp_path, "--ops", "p2p,all_reduce,all_to_all", "--max-bytes",
+                         "16KiB", "--factor", "4")
     assert prof.link_kind == "loopback" and prof.backend == "gloo"
     assert prof.meta["world_size"] == 2 and prof.meta["nodes"] == 1
     assert [s.nbytes for s in prof.select("p2p")] == [1024, 4096, 16384]
@@ -127,16 +133,8 @@ def test_link_collection_under_torchrun(tmp_path: Path) -> None:
 def test_link_collection_times_the_ring_rotation_and_gathers(tmp_path: Path) -> None:
     """The K,V rotation and the all-gather the executor makes are timed, load as collective
     tables and reach the engine's topology."""
-    pytest.importorskip("torch")
-    out = tmp_path / "links.csv"
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-         "profiles.links", "--backend", "gloo", "--ops", "p2p,all_gather,ring_kv",
-         "--max-bytes", "16KiB", "--factor", "4", "--repeats", "3", "--min-time", "0",
-         "--out", str(out), "--no-progress"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr[-2000:]
-    prof = LinkProfile.read(out)
+    prof = collect_links(tmp_path, "--ops", "p2p,all_gather,ring_kv", "--max-bytes", "16KiB",
+                         "--factor", "4")
     assert {s.op for s in prof.samples} == {"p2p", "all_gather", "ring_kv"}
     for op in ("all_gather", "ring_kv"):
         world, table = prof.collective_table(op)
@@ -155,15 +153,8 @@ def test_link_collection_times_the_ring_rotation_and_gathers(tmp_path: Path) -> 
 
 
 def test_busy_link_collection_measures_host_time_per_message(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    out = tmp_path / "links.csv"
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-         "profiles.links", "--backend", "gloo", "--ops", "p2p", "--max-bytes", "4KiB",
-         "--repeats", "3", "--min-time", "0", "--busy", "--out", str(out), "--no-progress"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    prof = LinkProfile.read(out)
+    prof = collect_links(tmp_path, "--ops", "p2p", "--max-bytes", "4KiB", "--busy",
+                         timeout=300)
     table = prof.host_table()
     assert [n for n, _ in table] == [4096, 32768, 262144, 2 << 20]
     # A message costs its ranks host time, well under the reference op's millisecond.
