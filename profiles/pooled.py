@@ -4,10 +4,9 @@ On a CPU, how fast one op runs depends on the process as well as on the shape: w
 tensors and weights landed in memory sets cache-set conflicts and page placement for the
 process's whole life. On the 2-core Xeon VM six fresh processes timing the same pixart-small
 block (1,024 tokens, quiet machine) gave medians from 0.120 to 0.155 s, while the fastest call
-of each was 0.117-0.121 s, and the executor's launches of one
-configuration differ the same way. A profile from one process carries that process's luck into
-every prediction; the validation compares against the median launch, so the profile takes the
-median process.
+of each was 0.117-0.121 s, and the executor's launches of one configuration differ the same
+way. A profile from one process carries that process's luck into every prediction; the
+validation compares against the median launch, so the profile takes the median process.
 
 Torch-free: the collections run in child processes (``python -m profiles.collect``), and this
 module only merges what they wrote.
@@ -48,8 +47,8 @@ def collect_in_processes(argv: list[str], processes: int, repeats: int,
                          say: Callable[[str], None]) -> ComputeProfile:
     """Run ``profiles.collect`` with ``argv`` (no ``--out``, ``--processes``, ``--repeats``
     or ``--passes``) in ``processes`` fresh child processes one after another, each timing
-    ``repeats`` calls per shape in one pass, and pool them with ``pool``. A child that fails is a
-    ``UserError`` carrying its last line."""
+    ``repeats`` calls per shape in one pass, and pool them with ``pool``. A child that fails
+    is a ``UserError`` carrying its last line."""
     with tempfile.TemporaryDirectory(prefix="ditsim-profile-") as tmp:
         parts = []
         for i in range(processes):
