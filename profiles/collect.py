@@ -108,8 +108,7 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
                     help="collect in this many fresh processes one after another, the "
                          "repeats shared among them, and keep per shape the median process "
                          "(CPU: a process's memory placement sets its speed for its whole "
-                         "life: processes differed by 8-47 %% on the 2-core Xeon VM); "
-                         "default 1")
+                         "life: processes differed by 7-47 %% on the 2-core Xeon VM)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     at_least(a.co_run, 0, "--co-run")
