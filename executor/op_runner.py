@@ -38,10 +38,22 @@ from executor.diffusers_models import diffusers_config
 from executor.inputs import random_prompts
 from executor.interpreter import StageExecutor
 from executor.kv_attention import PatchWindow, StaleKVAttnProcessor
+from executor.parallel_attention import BlockSlot, shard_block
 from executor.request import TORCH_DTYPES
 from sim.config import ParallelConfig, Workload, validate
+from sim.errors import UserError
 from sim.models import DiTModel
 from sim.strategies import pipefusion
+
+
+class _NoCollectives:
+    """The ``BlockOps`` a profiled tensor-parallel shard calls: its all-reduce returns the
+    rank's own partial sum (the run's all-reduce is timed as a collective of its own)."""
+
+    @staticmethod
+    def all_reduce(x: torch.Tensor) -> torch.Tensor:
+        return x
+
 
 COPIES = 4  # distinct block copies a block's timed calls go round (at most the model's blocks)
 
@@ -52,7 +64,7 @@ class OpRunner(Protocol):
 
     batch: int
 
-    def block(self, res: int, q: int, kv: int, kind: str | None = None
+    def block(self, res: int, q: int, kv: int, kind: str | None = None, shard: int = 1
               ) -> Callable[[], object]: ...
 
     def attention(self, q: int, kv: int, heads: int) -> Callable[[], object]: ...
@@ -292,13 +304,14 @@ class StageOpRunner:
                 return m
         raise ValueError(f"no patch count gives a first band of {band} rows at {res} px")
 
-    def executor(self, res: int, q: int, kind: str | None = None, replica: int = 0
-                 ) -> StageExecutor:
+    def executor(self, res: int, q: int, kind: str | None = None, replica: int = 0,
+                 shard: int = 1) -> StageExecutor:
         """A one-rank executor whose patch 0 has ``q`` image tokens, its stale K,V buffers
         filled as a warmup step would (built on first use); each ``replica`` has its own
-        weights and buffers."""
+        weights and buffers. ``shard`` > 1: its blocks keep tensor-parallel rank 0's share of
+        ``shard`` (``_shard``), as a tensor-parallel run's blocks do."""
         kind = kind or self.kinds[0]
-        key = (kind, res, q, replica)
+        key = (kind, res, q, replica, shard)
         if key not in self._executors:
             one = self.model_of(kind)
             wl = Workload(one, res, res, 8, dtype=self.dtype, text_encoder=False, vae=False)
@@ -311,6 +324,8 @@ class StageOpRunner:
                                      random_prompts(one, self.seed), self.seed,
                                      one.guidance_scale, self._scheduler_template(one),
                                      torch.device(self.dev), self.dt)
+            if shard > 1:
+                self._shard(ex, shard)  # before the warmup: the buffers take the shard's heads
             with torch.no_grad():
                 ex._conditioning(1)
                 if patches > 1:
@@ -321,19 +336,29 @@ class StageOpRunner:
             self._executors[key] = ex
         return self._executors[key]
 
-    def block(self, res: int, q: int, kv: int, kind: str | None = None
+    def _shard(self, ex: StageExecutor, shard: int) -> None:
+        """Cut ``ex``'s blocks to tensor-parallel rank 0's share of ``shard`` ranks."""
+        raise UserError(f"tensor-parallel shards of {self.m.name} blocks are not profiled "
+                        f"(the executor shards PixArt blocks only)")
+
+    def block(self, res: int, q: int, kv: int, kind: str | None = None, shard: int = 1
               ) -> Callable[[], object]:
         """``run_blocks`` of one ``kind`` block on patch 0 (``q`` image tokens) of a
         ``res``-px image; a full image of ``kv`` tokens off the grid's resolutions: the
-        block module alone (a full-image executor step is that call and nothing else)."""
+        block module alone (a full-image executor step is that call and nothing else).
+        ``shard`` > 1: the block cut to one tensor-parallel rank's share (1/shard of the
+        heads and MLP columns), its all-reduces left out (they are timed as collectives)."""
         kind = kind or self.kinds[0]
         if kv != self.m.image_tokens(res):
+            if shard > 1:
+                raise ValueError("tensor-parallel shards are profiled at the grid's "
+                                 "resolutions only")
             return self._module_block(kind, res, q, kv)
         # Calls go round distinct copies of the block: in a run the other layers of the stage
         # (and the other patches) come between two calls of one layer, so its weights are no
         # longer in the caches; one copy called back to back keeps them there (pixart-small,
         # 10 MB of weights per block: 2-7 % faster on the 2-core EPYC VM than cycling 8).
-        exs = [self.executor(res, q, kind, i) for i in range(self.copies)]
+        exs = [self.executor(res, q, kind, i, shard) for i in range(self.copies)]
         x = self._randn(self.batch, q, self.m.hidden)
         load = self._load_patch
         turn = [0]
@@ -422,6 +447,13 @@ class ExecutorRunner(StageOpRunner):
         for blk in net.transformer_blocks:  # the stock processor, as executor.run starts
             blk.attn1.set_processor(AttnProcessor2_0())
         return net
+
+    def _shard(self, ex: StageExecutor, shard: int) -> None:
+        # The run's all-reduces (BlockOps.all_reduce) are timed as collectives, not as the
+        # block's compute: here the sum over one rank is the rank's own partial result.
+        slot = BlockSlot(ops=_NoCollectives())
+        for blk in ex.blocks:
+            shard_block(blk, 0, shard, slot)
 
     def _scheduler_template(self, model: DiTModel) -> object:
         with warnings.catch_warnings():

@@ -109,6 +109,11 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
                          "repeats shared among them, and keep per shape the median process "
                          "(CPU: a process's memory placement sets its speed for its whole "
                          "life: processes differed by 7-47 %% on the 2-core Xeon VM)")
+    ap.add_argument("--tensor-shards", metavar="T[,T...]",
+                    help="also time the block as one rank of T-way tensor parallelism sees "
+                         "it (1/T of the heads and MLP columns, all-reduces left out) on the "
+                         "block grid, for each T given (dividing the head count; PixArt, "
+                         "--runner executor)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     at_least(a.co_run, 0, "--co-run")
@@ -137,8 +142,21 @@ def parse(argv: list[str] | None) -> tuple[Settings, Path | None, bool]:
         if bad or not ops:
             raise UserError(f"--ops: unknown op kind(s) {', '.join(bad) or '(none given)'}; "
                             f"choose from {', '.join(OPS)}")
+    shards = _positive_ints(a.tensor_shards, "--tensor-shards") if a.tensor_shards else ()
+    if shards:
+        bad = [t for t in shards if t < 2 or model.heads % t]
+        if bad:
+            raise UserError(f"--tensor-shards {','.join(map(str, bad))}: a tensor-parallel "
+                            f"degree must be at least 2 and divide {model.name}'s "
+                            f"{model.heads} heads")
+        if model.diffusers_class != "PixArtTransformer2DModel" or a.runner != "executor":
+            raise UserError("--tensor-shards times the executor's tensor-parallel PixArt "
+                            "blocks: use a PixArt model with --runner executor")
+        if "block" not in ops:
+            raise UserError("--tensor-shards times blocks: add block to --ops")
     s = replace(s, runner=a.runner, co_run=a.co_run, ops=ops, curve=not a.no_curve,
-                processes=a.processes, passes=a.passes or s.passes)
+                processes=a.processes, passes=a.passes or s.passes,
+                tensor_shards=tuple(sorted(set(shards))))
     return s, Path(a.out) if a.out else None, not a.no_progress
 
 

@@ -58,6 +58,12 @@ def plan(s: Settings) -> list[Task]:
     for kind in kinds:
         for res, q, kv in grid:
             tasks.append(("block", kind, res, q, kv, m.heads))
+    # Tensor-parallel shards: the block with heads/T heads (and 1/T of the MLP) on the same
+    # grid; its heads tell it apart from the whole block.
+    for t in s.tensor_shards:
+        for kind in kinds:
+            for res, q, kv in grid:
+                tasks.append(("block", kind, res, q, kv, m.heads // t))
     # Full-image blocks (q = kv) along a dense curve over n = q = kv too, for full images at
     # resolutions between the profiled ones.
     full = {kv for _, _, kv in grid}

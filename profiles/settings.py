@@ -43,6 +43,9 @@ class Settings:
     ops: tuple[str, ...] = OPS  # which op kinds to time
     curve: bool = True  # full-image blocks between the grid's sizes (for other resolutions)
     processes: int = 1  # fresh processes the collection runs in, pooled (profiles.pooled)
+    # Tensor-parallel degrees T whose block shards (1/T of the heads and MLP columns, as
+    # executor.parallel_attention.shard_block cuts them) are timed on the block grid.
+    tensor_shards: tuple[int, ...] = ()
 
 
 def check_supported(model: DiTModel) -> None:

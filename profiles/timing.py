@@ -108,7 +108,9 @@ def measure_tasks(runner: OpRunner, s: Settings, tasks: list[Task], bar: Bar | N
             op, variant, res, q, kv, heads = tasks[i]
             if bar is not None:
                 bar.set_postfix_str(f"{op} q={q} kv={kv}")
-            if op == "block":
+            if op == "block" and heads != s.model.heads:  # a tensor-parallel shard
+                fn = runner.block(res, q, kv, variant, shard=s.model.heads // heads)
+            elif op == "block":
                 fn = runner.block(res, q, kv, variant)
             elif op == "attention":
                 fn = runner.attention(q, kv, heads)

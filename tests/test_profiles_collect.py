@@ -77,6 +77,40 @@ def test_quick_collection_on_a_tiny_config(tmp_path: Path) -> None:
     assert set(source_summary(pred.trace)["blocks"]) == {"measured"}
 
 
+def test_tensor_shards_are_timed_as_the_executor_cuts_them(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from executor.op_runner import ExecutorRunner
+
+    m = get_model("pixart-small")  # 6 heads, MLP of 4 x 384 columns
+    runner = ExecutorRunner(m, "cpu", "fp32", (256,), 0)
+    fn = runner.block(256, 256, 256, shard=2)
+    fn()
+    ex = runner.executor(256, 256, None, 0, 2)
+    blk = ex.blocks[0]
+    # Rank 0 of 2: half the heads of both attentions and half the MLP's inner columns.
+    assert (blk.attn1.heads, blk.attn2.heads) == (3, 3)
+    assert blk.attn1.to_q.out_features == 192 and blk.ff.net[0].proj.out_features == 768
+    assert blk.tensor_shard == (0, 2)
+    # The whole block's executor is a different one, left whole.
+    assert runner.executor(256, 256).blocks[0].attn1.heads == 6
+    # A collection with --tensor-shards 2: whole and shard rows on the same grid, the shard's
+    # told apart by its heads, and costed from them.
+    out = tmp_path / "tp.csv"
+    assert main(["--model", "pixart-small", "--quick", "--resolutions", "256", "--ops",
+                 "block", "--tensor-shards", "2", "--no-curve", "--out", str(out),
+                 "--no-progress"]) == 0
+    prof = ComputeProfile.read(out)
+    rows = {(s.heads, s.q_tokens) for s in prof.select("block")}
+    assert rows == {(h, q) for h in (6, 3) for q in (256, 128, 64, 32)}
+    assert prof.meta["tensor_shards"] == [2]
+    wl = Workload(m, 256, 256, 3, "fp32")
+    cpu = GPUS["cpu"]
+    pred = evaluate(wl, ParallelConfig(gpus=2, tensor=2), cpu,
+                    build_topology(cpu, 2, "pcie"), ProfileCost(wl, cpu, out))
+    assert set(source_summary(pred.trace)["blocks"]) == {"measured"}
+
+
 def test_quick_collection_of_an_mmdit_model_times_each_block_kind(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("diffusers")
@@ -179,6 +213,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["profiles.collect", "--model", "pixart", "--threads", "2", "--clock", "cpu"],
      "--threads 1"),
     (["profiles.collect", "--model", "pixart", "--clock", "sundial"], "--clock"),
+    (["profiles.collect", "--model", "pixart", "--tensor-shards", "5"], "divide"),
+    (["profiles.collect", "--model", "pixart", "--tensor-shards", "2", "--ops", "embed"],
+     "add block"),
+    (["profiles.collect", "--model", "sd3-tiny", "--tensor-shards", "2"], "PixArt"),
     (["profiles.links", "--backend", "mpi"], "--backend"),
     (["profiles.links", "--backend", "nccl"], "--link-kind"),
     (["profiles.links", "--backend", "gloo", "--max-bytes", "lots"], "cannot read size"),

@@ -160,6 +160,30 @@ def test_a_tensor_shard_is_costed_as_the_block_on_its_share_of_rows() -> None:
         c.compute_time(shard), rel=1e-9)
 
 
+def test_a_measured_tensor_shard_is_costed_from_its_own_rows() -> None:
+    # profiles.collect --tensor-shards 2: block rows with half of pixart-tiny's 2 heads, here
+    # made 1.3 times the whole block's q/2 estimate so that the two paths cannot agree.
+    prof = synthetic()
+    shard = {(q, kv): 1.3 * block(q // 2, kv) for kv in LEVELS for q in (kv, kv // 2, kv // 4)}
+    prof = ComputeProfile(prof.meta, prof.samples + [
+        sample("block", "cross", 2, q, kv, t, heads=1) for (q, kv), t in shard.items()],
+        "synthetic.csv")
+    wl = Workload(get_model("pixart-tiny"), 512, 512, 8, "fp32")
+    c = ProfileCost(wl, CPU, prof)
+    op = Compute("blocks", 1, 0, (0, 1), 1024, 1024, 2, shard=2)
+    assert c.compute_time(op) == pytest.approx(2 * shard[(1024, 1024)], rel=1e-12)
+    assert c.source(op) == "measured"
+    # Between the measured patch sizes: interpolated along the shard's own rows.
+    mid = Compute("blocks", 1, 0, (0, 0), 384, 1024, 2, shard=2)
+    lo, hi = shard[(256, 1024)], shard[(512, 1024)]
+    assert c.source(mid) == "interpolated" and lo < c.compute_time(mid) < hi
+    # The whole block is untouched by the shard rows, and a degree with no rows of its own
+    # (4) falls back to the whole block on its share of the rows.
+    assert c.compute_time(blocks(1024, 1024)) == pytest.approx(block(1024, 1024), rel=1e-12)
+    four = Compute("blocks", 1, 0, (0, 0), 1024, 1024, 2, shard=4)
+    assert c.compute_time(four) == pytest.approx(block(256, 1024), rel=1e-9)
+
+
 def test_outside_the_range_falls_back_to_the_scaled_roofline() -> None:
     c = tiny_cost()
     q = kv = 4096

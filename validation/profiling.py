@@ -49,6 +49,9 @@ def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bo
     compute = {}
     for model in models:
         for n in nprocs:
+            # Tensor-parallel runs execute sharded blocks: those shards are timed as such.
+            shards = sorted({c.nproc for c in cases if c.model == model and c.nproc == n
+                             and c.strategy == "tensor" and c.nproc > 1})
             co = n - 1 if device == "cpu" else 0  # GPUs share no caches between ranks
             path = profile_dir / f"{dev}_{model}_{dtype}{f'_co{co}' if co else ''}.csv"
             if fresh or not path.exists():
@@ -61,6 +64,7 @@ def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bo
                         resolutions, "--patches",
                         patches, "--ops", "block,embed,final,scheduler_step,condition",
                         "--no-curve", "--processes", str(PROCESSES), "--out", str(path)] + \
+                    (["--tensor-shards", ",".join(map(str, shards))] if shards else []) + \
                     ([] if progress else ["--no-progress"])
                 if collect.main(argv) != 0:
                     raise UserError(f"profile collection for {model} failed")

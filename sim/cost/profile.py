@@ -101,8 +101,16 @@ class ProfileCost:
             self.notes.add(other)
         self._cache: dict[tuple, tuple[float, str]] = {}
         self._blocks: dict[str, _BlockTable] = {}
+        # Tensor-parallel shards measured as such (block rows with heads/T heads), per
+        # (block kind, T).
+        self._shards: dict[tuple[str, int], _BlockTable] = {}
         for variant in sorted({s.variant for s in prof.select("block")}):
-            self._blocks[variant] = self._block_table(variant)
+            # The whole block has the most heads: the collector times shards besides it.
+            heads = sorted({s.heads for s in prof.select("block", variant)})
+            self._blocks[variant] = self._block_table(variant, heads[-1])
+            for h in heads[:-1]:
+                if heads[-1] % h == 0:
+                    self._shards[(variant, heads[-1] // h)] = self._block_table(variant, h)
         self._tokens: dict[str, tuple[MonotoneLogLog, dict[tuple[int, int], float], int]] = {}
         for op in TOKEN_OPS.values():
             samples = prof.select(op)
@@ -114,8 +122,8 @@ class ProfileCost:
                 self._tokens[op] = (fn, exact, batch)
 
     # ---- tables -------------------------------------------------------------------------
-    def _block_table(self, variant: str) -> _BlockTable:
-        samples = self.profile.select("block", variant)
+    def _block_table(self, variant: str, heads: int) -> _BlockTable:
+        samples = [s for s in self.profile.select("block", variant) if s.heads == heads]
         batch = max(Counter(s.batch for s in samples).items(), key=lambda kv: kv[1])[0]
         samples = [s for s in samples if s.batch == batch]
         patches = [s for s in samples if s.q_tokens < s.kv_tokens]
@@ -163,16 +171,12 @@ class ProfileCost:
     def _estimate(self, op: Compute) -> tuple[float, str]:
         if op.kind == OpKind.BLOCKS:
             total, src = 0.0, "measured"
-            # A tensor-parallel shard (1/shard of the heads and MLP columns) does the GEMM and
-            # attention work of a block on 1/shard of the query rows: costed as that block,
-            # whose measured time carries the lower efficiency of smaller GEMMs (on the
-            # 2-core Xeon VM half a block's work takes 0.6-0.7 of its time, not 0.5).
-            q = max(1, round(op.q_tokens / op.shard))
             for i in range(op.layers[0], op.layers[1] + 1):
-                t, s = self.block_time(i, q, op.kv_tokens, op.batch)
+                t, s = self._shard_time(i, op) if op.shard > 1 else \
+                    self.block_time(i, op.q_tokens, op.kv_tokens, op.batch)
                 total += t
                 src = _worst(src, s)
-            if op.part != "all" or op.shard != 1:
+            if op.part != "all":
                 # Sequence/tensor-parallel pieces of a block (projections or attention core)
                 # were not profiled: split the block in the proportions of the roofline's
                 # pieces at the shard's own shape.
@@ -200,6 +204,26 @@ class ProfileCost:
         return t * ratio, "roofline"
 
     # ---- blocks ---------------------------------------------------------------------------
+    def _shard_time(self, index: int, op: Compute) -> tuple[float, str]:
+        """(seconds, source) of block ``index`` cut to one rank's tensor-parallel share
+        (``op.shard`` ranks): from the shard's own measurements where the profile has them
+        (``profiles.collect --tensor-shards``) and ``op`` lies inside them; otherwise as the
+        whole block on 1/shard of the query rows, which does the shard's GEMM and attention
+        work and whose measured time carries the lower efficiency of smaller GEMMs (on the
+        2-core Xeon VM half a block's work takes 0.6-0.7 of its time, not 0.5), though not
+        that of the shard's narrower GEMMs and fewer heads: a pixart-small shard of 2 ran
+        about 1.25 times that estimate in the 2026-11-30 validation runs."""
+        table = self._shards.get((self.model.block_kind(index), op.shard))
+        if table is not None:
+            if op.batch == table.batch and (op.q_tokens, op.kv_tokens) in table.exact:
+                return table.exact[(op.q_tokens, op.kv_tokens)], "measured"
+            t = self._interpolate_block(table, op.q_tokens, op.kv_tokens, op.batch)
+            if t is not None:
+                return t, "interpolated"
+        t, src = self.block_time(index, max(1, round(op.q_tokens / op.shard)), op.kv_tokens,
+                                 op.batch)
+        return t, _worst(src, "interpolated")
+
     def block_time(self, index: int, q: int, kv: int, batch: int) -> tuple[float, str]:
         """(seconds, source) of block ``index`` on ``q`` query tokens over ``kv`` tokens."""
         kind = self.model.block_kind(index)
