@@ -57,6 +57,14 @@ from sim.trace import TraceRow
 BLOCK_TAGS = ("ulysses", "ring", "tensor", "kv")
 
 
+def loop_mode() -> torch.autograd.grad_mode.no_grad:
+    """The autograd mode the loop performs its ops under, which the profiler's timer uses too
+    (``profiles.timing``): ``torch.inference_mode`` would reach other kernels by another path
+    (``aten.linear`` whole instead of through its autograd decomposition into ``t`` and
+    ``addmm``), so a profile timed under it would time other calls than the run makes."""
+    return torch.no_grad()
+
+
 @dataclass
 class PromptInputs:
     """Prompt embeddings as the PixArt pipeline takes them (batch 1 each):
@@ -472,7 +480,7 @@ class StageExecutor:
             self.coll.sync = sync
         ops = self.ops
         i = 0
-        with torch.no_grad():
+        with loop_mode():
             while i < len(ops):
                 op = ops[i]
                 i += 1
