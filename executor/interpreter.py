@@ -57,6 +57,14 @@ from sim.trace import TraceRow
 BLOCK_TAGS = ("ulysses", "ring", "tensor", "kv")
 
 
+def loop_mode() -> torch.autograd.grad_mode.no_grad:
+    """The autograd mode the loop performs its ops under, which the profiler's timer uses too
+    (``profiles.timing``): ``torch.inference_mode`` would reach other kernels by another path
+    (``aten.linear`` whole instead of through its autograd decomposition into ``t`` and
+    ``addmm``), so a profile timed under it would time other calls than the run makes."""
+    return torch.no_grad()
+
+
 @dataclass
 class PromptInputs:
     """Prompt embeddings as the PixArt pipeline takes them (batch 1 each):
@@ -338,7 +346,8 @@ class StageExecutor:
 
     def embed(self, step: int, patch: int) -> None:
         """Patch embedding of the patch's latent band (or, sequence parallel, of this rank's
-        runs of tokens) plus its positional rows."""
+        runs of tokens) plus its positional rows, in a contiguous ``(B, tokens, hidden)``
+        layout."""
         self._conditioning(step)
         if self.seq > 1:
             parts = []
@@ -348,12 +357,19 @@ class StageExecutor:
                 x = x[:, a - r0 * self.cols:b - r0 * self.cols]
                 parts.append(self._with_positions(x, a, b))
             self.h = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-            return
-        lo, hi = self._band(patch)
-        x = self._embed_rows(lo, hi)
-        t0 = lo // self.p * self.cols
-        t1 = hi // self.p * self.cols
-        self.h = self._with_positions(x, t0, t1)
+        else:
+            lo, hi = self._band(patch)
+            x = self._embed_rows(lo, hi)
+            t0 = lo // self.p * self.cols
+            t1 = hi // self.p * self.cols
+            self.h = self._with_positions(x, t0, t1)
+        # The convolution's tokens come out as a transposed view, (B, hidden, tokens)
+        # underneath, and the positional add keeps that layout. SD3's residual stream would
+        # carry it through every block (PixArt's through its first): two more copies and
+        # strided adds per block, 10-20 % of an sd3-tiny block on one CPU thread. Blocks that
+        # receive their input (later stages) and the profiler's blocks get it contiguous;
+        # one copy here makes every block run the work the profile timed.
+        self.h = self.h.contiguous()
 
     def run_blocks(self, step: int, patch: int, layers: tuple[int, int]) -> None:
         """Blocks ``layers`` (inclusive, global indices) on the patch in flight."""
@@ -464,7 +480,7 @@ class StageExecutor:
             self.coll.sync = sync
         ops = self.ops
         i = 0
-        with torch.no_grad():
+        with loop_mode():
             while i < len(ops):
                 op = ops[i]
                 i += 1

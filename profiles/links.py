@@ -21,7 +21,9 @@ collectives are timed twice: idle (their plain names: a blocking call waits with
 idle) and busy, issued asynchronously and waited for (``<op>_async``: an asynchronous
 collective overlaps the rank's compute, and on CPU processes sharing few cores its transport
 threads compete with that compute). The engine costs each ``Collective`` of the schedule from
-the row of its name (``sim.engine.collective_call``).
+the row of its name (``sim.engine.collective_call``). On gloo the idle rows of ``--busy`` time
+the calls as the executor makes them: one call per sample, after every rank ran about a
+millisecond of compute (not back to back, which hides the transport's wake-up).
 
 Each size: warm-up calls, then timed samples (at least ``--repeats``, more for fast sizes),
 spread over interleaved passes over all sizes in shuffled orders (a slow spell of a shared
@@ -185,9 +187,14 @@ def bus_factor(op: str, world: int) -> float:
     return 1.0
 
 
-def _measure(s: LinkSettings, overlapped: bool = False) -> tuple[list[LinkSample], dict]:
+def _measure(s: LinkSettings, overlapped: bool = False, after_compute: bool = False
+             ) -> tuple[list[LinkSample], dict]:
     """Time ``s.ops`` at ``s.sizes``; with ``overlapped`` the collectives are issued
-    asynchronously and waited for, and their rows are named ``<op>_async``."""
+    asynchronously and waited for, and their rows are named ``<op>_async``. With
+    ``after_compute`` every sample is one call made as the executor makes a blocking one:
+    after a barrier each rank runs the reference op (``_reference_op``, about a millisecond of
+    DiT-like compute), then calls; the sample runs from the last rank's call to the last
+    rank's return (the engine starts a collective when its last member arrives)."""
     import torch
     import torch.distributed as dist
 
@@ -246,6 +253,7 @@ def _measure(s: LinkSettings, overlapped: bool = False) -> tuple[list[LinkSample
         xa = x[: out.numel()]
         return call(lambda **k: dist.all_to_all_single(out, xa, **k)), 1.0
 
+    before = _reference_op() if after_compute else None
     tasks = [(op, n) for op in s.ops for n in s.sizes]
     passes = max(1, s.passes)
     bar = progress_bar(len(tasks) * passes, f"links {s.backend} x{world}",
@@ -265,6 +273,8 @@ def _measure(s: LinkSettings, overlapped: bool = False) -> tuple[list[LinkSample
                 t0 = time.perf_counter()
                 fn()
                 warm.append(time.perf_counter() - t0)
+            if before is not None:
+                inner_of[(op, n)] = 1  # one call per sample, as the executor makes them
             if (op, n) not in inner_of:
                 # Calls shorter than INNER_S are timed in back-to-back runs of ``inner`` calls
                 # (the same count on every rank): one call of 50 us is dominated by the
@@ -277,22 +287,34 @@ def _measure(s: LinkSettings, overlapped: bool = False) -> tuple[list[LinkSample
                 inner_of[(op, n)] = max(1, min(1000, int(INNER_S / max(float(est), 1e-7))))
             inner = inner_of[(op, n)]
             times: list[float] = []
+            calls: list[tuple[float, float]] = []  # (start, end) of each call after compute
             cap = 40 * per_pass
             while True:
                 dist.barrier()
+                if before is not None:
+                    before()
                 t0 = time.perf_counter()
                 for _ in range(inner):
                     fn()
-                times.append((time.perf_counter() - t0) * mult / inner)
+                t1 = time.perf_counter()
+                times.append((t1 - t0) * mult / inner)
+                calls.append((t0, t1))
                 # All ranks must agree on when to stop: decide on the slowest rank's total.
                 flag = torch.tensor([sum(times) * inner], dtype=torch.float64, device=red_dev)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 enough = len(times) >= per_pass and float(flag) >= s.min_total_s / passes
                 if enough or len(times) >= cap:
                     break
-            t = torch.tensor(times, dtype=torch.float64, device=red_dev)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)  # a collective is done when all ranks are
-            times_of[(op, n)].extend(t.cpu().tolist())
+            if before is not None:
+                # perf_counter is the host's monotonic clock, shared by the ranks of one host:
+                # the last start and the last end over the ranks bound the call's own time.
+                t = torch.tensor(calls, dtype=torch.float64, device=red_dev)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                times_of[(op, n)].extend((t[:, 1] - t[:, 0]).cpu().tolist())
+            else:
+                t = torch.tensor(times, dtype=torch.float64, device=red_dev)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)  # done when all ranks are
+                times_of[(op, n)].extend(t.cpu().tolist())
             del fn
             bar.update(1)
     bar.close()
@@ -461,8 +483,15 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
         started = time.perf_counter()
         samples: list[LinkSample] = []
         idle = tuple(op for op in s.ops if op in COLLECTIVES)
-        if s.busy and idle:  # blocking collectives wait with their ranks idle
-            samples, info = _measure(dataclasses.replace(s, ops=idle, busy=False))
+        if s.busy and idle:
+            # Blocking collectives: no compute runs during the call. On CPU processes (gloo,
+            # one host) each is timed one call at a time after every rank computed, as the
+            # executor calls them between a block's parts: back to back, a 64 KiB all_to_all
+            # took a third of the time the same call took inside a Ulysses run (sd3-tiny and
+            # flux-tiny, 2-core Xeon VM), whose transport threads had gone idle during the
+            # compute and whose ranks arrive at different moments.
+            samples, info = _measure(dataclasses.replace(s, ops=idle, busy=False),
+                                     after_compute=s.backend == "gloo")
         stop = _busy_thread() if s.busy else None
         try:
             more, info = _measure(s, overlapped=s.busy)
@@ -491,7 +520,10 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
         "timing": "time.perf_counter around each sample after a barrier (CUDA synchronised "
                   "after each call); a sample is one call or a run of calls lasting inner_s, "
                   "divided by its length; max over ranks per sample; p2p = half a ping-pong "
-                  "round trip",
+                  "round trip"
+                  + ("; blocking collectives (rows without _async): one call per sample "
+                     "after each rank ran the reference op, from the last rank's call to "
+                     "the last rank's return" if s.busy and s.backend == "gloo" else ""),
         "fits": fits, "fit_model": "time_s = latency_s + nbytes / bandwidth_Bps, least "
                                    "absolute relative error (robust to sizes caught in a slow "
                                    "mode); rms_rel_err reports the scatter",

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from executor.interpreter import loop_mode
 from executor.op_runner import OpRunner
 from profiles.grid import Task
 from profiles.progress import Bar
@@ -64,8 +65,9 @@ class Timer:
         return self.clock() - t0
 
     def measure(self, fn: Callable[[], object]) -> list[float]:
-        """Seconds of each timed call of ``fn``."""
-        with torch.inference_mode():
+        """Seconds of each timed call of ``fn``, made under the executor loop's autograd mode
+        (``executor.interpreter.loop_mode``)."""
+        with loop_mode():
             for _ in range(self.warmup):
                 self._once(fn)
             began = time.perf_counter()

@@ -195,6 +195,53 @@ def test_busy_link_collection_measures_host_time_per_message(tmp_path: Path) -> 
     assert all(0 <= t < 5e-3 for _, t in table) and max(t for _, t in table) > 0
 
 
+def test_busy_link_collection_times_blocking_collectives_after_compute(tmp_path: Path) -> None:
+    """On gloo, ``--busy`` times the blocking collectives one call per sample, each after
+    every rank ran the reference op, as the executor's Ulysses, tensor and CFG calls follow
+    compute; the asynchronous rows keep their own timing."""
+    prof = collect_links(tmp_path, "--ops", "all_to_all,all_reduce", "--max-bytes", "4KiB",
+                         "--busy", timeout=300)
+    assert {s.op for s in prof.samples} == {"all_to_all", "all_reduce", "all_to_all_async",
+                                            "all_reduce_async", "host_msg"}
+    assert all(s.median_s > 0 for s in prof.samples if s.op != "host_msg")
+    assert "one call per sample after each rank ran the reference op" in prof.meta["timing"]
+
+
+def test_calls_after_compute_are_one_per_sample(tmp_path: Path, monkeypatch) -> None:
+    """Every timed sample of ``after_compute`` is one call preceded by the reference op."""
+    pytest.importorskip("torch")
+    import torch.distributed as dist
+
+    from profiles import links
+
+    ran = {"compute": 0, "calls": 0}
+
+    def counting_op():
+        def run() -> None:
+            ran["compute"] += 1
+        return run
+
+    monkeypatch.setattr(links, "_reference_op", counting_op)
+    real = dist.all_reduce
+
+    def counted(t, *a, **k):  # the op under test; the timer's own reductions use MAX
+        if k.get("op") is None:
+            ran["calls"] += 1
+        return real(t, *a, **k)
+
+    monkeypatch.setattr(dist, "all_reduce", counted)
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        s = links.LinkSettings("gloo", "loopback", ("all_reduce",), (1024,), 5, 1, 0.0,
+                               None, False, 1, False)
+        samples, _ = links._measure(s, after_compute=True)
+    finally:
+        dist.destroy_process_group()
+    warmups = 3  # max(3, warmup) untimed calls on the first pass
+    assert samples[0].repeats == ran["compute"] == ran["calls"] - warmups
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)

@@ -116,6 +116,38 @@ def test_mmdit_grid_runs_pipefusion_and_ulysses_predicted_from_shipped_profiles(
     assert pred.cost_sources["blocks"].get("roofline", 0) == 0
 
 
+def test_mmdit_grid_has_the_small_configurations_at_their_own_shapes(monkeypatch, tmp_path):
+    from validation import profiling
+    from validation.grid import grid_cases, grid_models
+
+    assert grid_models("mmdit") == ("sd3-tiny", "flux-tiny", "sd3-small", "flux-small")
+    for name in ("sd3-small", "flux-small"):
+        cases = grid_cases("mmdit", 2, only=(name,))
+        # One process, PipeFusion at two processes and one sequence-parallel degree, 256 px.
+        assert [(c.nproc, c.strategy, c.patches, c.warmup) for c in cases] == [
+            (1, "pipefusion", 1, 0), (2, "pipefusion", 2, 1), (2, "pipefusion", 4, 1),
+            (2, "ulysses", 1, 1)]
+        assert {c.resolution for c in cases} == {256}
+        assert {c.family for c in cases} == {"serial", "pipefusion", "ulysses"}
+    # Each model is profiled at its own resolutions and patch counts only: a 512 px profile
+    # of the small models would cost minutes that no run of the grid uses.
+    asked = {}
+
+    def fake_collect(argv: list[str]) -> int:
+        flag = {a: b for a, b in zip(argv, argv[1:])}
+        asked[(flag["--model"], flag["--co-run"])] = (flag["--resolutions"], flag["--patches"])
+        return 0
+
+    monkeypatch.setattr(profiling.collect, "main", fake_collect)
+    monkeypatch.setattr(profiling, "torchrun", lambda n, argv: None)
+    cases = [c for c in grid_cases("mmdit", 2) if c.model in ("sd3-tiny", "sd3-small")]
+    compute, _ = profiling.ensure_profiles(cases, "cpu", tmp_path, fresh=True, progress=False)
+    assert asked == {("sd3-tiny", "0"): ("256,512", "1,2,4"),
+                     ("sd3-tiny", "1"): ("256,512", "1,2,4"),
+                     ("sd3-small", "0"): ("256", "1,2,4"), ("sd3-small", "1"): ("256", "1,2,4")}
+    assert set(compute) == {(m, n) for m in ("sd3-tiny", "sd3-small") for n in (1, 2)}
+
+
 def test_predictions_go_at_the_pace_of_the_slowest_process(tmp_path: Path) -> None:
     from sim.cost.profile_format import ComputeProfile
     from validation.grid import Case

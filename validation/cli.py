@@ -43,7 +43,7 @@ from sim.cli import at_least, parser
 from sim.errors import UserError
 from sim.outputs import check_folder, write_outputs
 from validation.compare import op_error_summary
-from validation.grid import GRIDS, grid_cases
+from validation.grid import GRIDS, grid_cases, grid_models
 from validation.measure import run_cases, runs_per_launch
 from validation.predict import predict_case
 from validation.profiling import ensure_profiles
@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     at_least(args.repeats, 1, "--repeats")
     at_least(args.warmup_runs, 0, "--warmup-runs")
     only = tuple(m for m in args.models.split(",") if m)
-    unknown = [m for m in only if m not in GRIDS[args.grid][0]]
+    unknown = [m for m in only if m not in grid_models(args.grid)]
     if unknown:
         raise UserError(f"--models {','.join(unknown)}: not in the {args.grid} grid "
-                        f"(choose from {', '.join(GRIDS[args.grid][0])})")
+                        f"(choose from {', '.join(grid_models(args.grid))})")
     if args.device == "cuda":
         import torch  # here, not at the top: the other paths run torch in child processes
 

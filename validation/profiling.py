@@ -43,15 +43,17 @@ def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bo
     dtype = "fp32"
     models = sorted({c.model for c in cases})
     nprocs = sorted({c.nproc for c in cases})
-    resolutions = ",".join(str(r) for r in sorted({c.resolution for c in cases}))
-    patches = ",".join(str(m) for m in sorted({c.patches for c in cases} | {1}))
     profile_dir.mkdir(parents=True, exist_ok=True)
     compute = {}
     for model in models:
-        for n in nprocs:
+        # Each model's own shapes: a grid part may run a larger model at fewer resolutions.
+        mine = [c for c in cases if c.model == model]
+        resolutions = ",".join(str(r) for r in sorted({c.resolution for c in mine}))
+        patches = ",".join(str(m) for m in sorted({c.patches for c in mine} | {1}))
+        for n in sorted({c.nproc for c in mine}):
             # Tensor-parallel runs execute sharded blocks: those shards are timed as such.
-            shards = sorted({c.nproc for c in cases if c.model == model and c.nproc == n
-                             and c.strategy == "tensor" and c.nproc > 1})
+            shards = sorted({c.nproc for c in mine if c.nproc == n and c.strategy == "tensor"
+                             and c.nproc > 1})
             co = n - 1 if device == "cpu" else 0  # GPUs share no caches between ranks
             path = profile_dir / f"{dev}_{model}_{dtype}{f'_co{co}' if co else ''}.csv"
             if fresh or not path.exists():
