@@ -46,8 +46,32 @@ class _Flow:
         self.done = done
 
 
+class _Solo:
+    """A bundle of flows running alone on an idle network (see ``Network``): started at
+    ``start``; ``plan`` is its evolution, worked out once per (routes, bytes)."""
+
+    __slots__ = ("start", "routes", "nbytes", "plan", "done")
+
+    def __init__(self, start: float, routes: tuple[tuple[int, ...], ...], nbytes: float,
+                 plan: tuple, done: Callable[[], None]) -> None:
+        self.start = start
+        self.routes = routes
+        self.nbytes = nbytes
+        self.plan = plan
+        self.done = done
+
+
 class Network:
-    """Fluid model of concurrent transfers with max-min fair sharing of every directed edge."""
+    """Fluid model of concurrent transfers with max-min fair sharing of every directed edge.
+
+    A bundle of flows (a collective's transfers, or one message) that starts on an idle
+    network runs *solo*: its whole evolution (each phase's rates, length and the flows that
+    finish at its end) depends only on its routes and bytes, so it is worked out once per
+    (routes, bytes) and the run takes one event, at its end, instead of one per phase (a
+    Ulysses all-to-all over PCIe has four or five). Should another transfer start while a
+    solo bundle runs, the bundle's state at that instant is read off its plan and its flows
+    join the network as ordinary flows. The times are those of the per-phase run up to the
+    last bits of a sum (``tests/test_engine_network.py``)."""
 
     def __init__(self, env: simpy.Environment, topo: Topology) -> None:
         self.env = env
@@ -60,48 +84,123 @@ class Network:
         # start the same collectives over the same links again and again.
         self._rate_memo: dict[tuple, tuple[float, ...]] = {}
         self._paths: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {}
+        self._solo: _Solo | None = None
+        self._solo_plans: dict[tuple, tuple] = {}
+        self.solo = True  # False: every bundle runs phase by phase (the tests' reference)
 
     def transfer(self, src: int, dst: int, nbytes: int, done: Callable[[], None]) -> None:
         """Move ``nbytes`` from rank ``src`` to ``dst``; call ``done`` on arrival."""
         path = self._paths.get((src, dst))
         if path is None:
             path = self._paths[(src, dst)] = (self.topo.route_latency(src, dst),
-                                              self.topo.route(src, dst))
-        latency, edges = path
-
-        def start(_: object) -> None:
-            self._advance()
-            self.flows.append(_Flow(edges, nbytes, done))
-            self._reschedule()
-
-        self.env.timeout(latency).callbacks.append(start)
+                                              (self.topo.route(src, dst),))
+        latency, routes = path
+        self.env.timeout(latency).callbacks.append(
+            lambda _: self._start(routes, nbytes, done))
 
     def bundle(self, pairs: list[tuple[int, int]], nbytes: float, latency_s: float,
                done: Callable[[], None]) -> None:
         """Start one flow of ``nbytes`` per (src, dst) pair after ``latency_s``; call ``done``
         once all have arrived (a collective's transfers, started together)."""
-        self.bundle_routes([self.topo.route(a, b) for a, b in pairs], nbytes, latency_s, done)
+        self.bundle_routes(tuple(self.topo.route(a, b) for a, b in pairs), nbytes, latency_s,
+                           done)
 
-    def bundle_routes(self, routes: list[tuple[int, ...]], nbytes: float, latency_s: float,
-                      done: Callable[[], None]) -> None:
+    def bundle_routes(self, routes: tuple[tuple[int, ...], ...], nbytes: float,
+                      latency_s: float, done: Callable[[], None]) -> None:
         """``bundle`` with the routes (edge ids) already looked up."""
-        left = [len(routes)]
         if not routes or nbytes <= 0:
             self.env.timeout(latency_s).callbacks.append(lambda _: done())
             return
+        self.env.timeout(latency_s).callbacks.append(
+            lambda _: self._start(routes, nbytes, done))
+
+    def _start(self, routes: tuple[tuple[int, ...], ...], nbytes: float,
+               done: Callable[[], None]) -> None:
+        """Flows of ``nbytes`` on ``routes`` start now; ``done`` once all have arrived."""
+        if self._solo is not None:
+            self._unsolo()
+        elif not self.flows and self.solo:
+            key = (routes, nbytes)
+            plan = self._solo_plans.get(key)
+            if plan is None:
+                plan = self._solo_plans[key] = self._plan_alone(routes, nbytes)
+            solo = self._solo = _Solo(self.env.now, routes, nbytes, plan, done)
+            self.last = self.env.now
+
+            def finish(_: object) -> None:
+                if self._solo is solo:
+                    self._solo = None
+                    self.last = self.env.now
+                    done()
+
+            self.env.timeout(plan[0]).callbacks.append(finish)
+            return
+        left = [len(routes)]
 
         def one_done() -> None:
             left[0] -= 1
             if left[0] == 0:
                 done()
 
-        def start(_: object) -> None:
-            self._advance()
-            for edges in routes:
-                self.flows.append(_Flow(edges, nbytes, one_done))
-            self._reschedule()
+        self._advance()
+        for edges in routes:
+            self.flows.append(_Flow(edges, nbytes, one_done))
+        self._reschedule()
 
-        self.env.timeout(latency_s).callbacks.append(start)
+    def _plan_alone(self, routes: tuple[tuple[int, ...], ...], nbytes: float) -> tuple:
+        """(duration, phases) of ``routes`` carrying ``nbytes`` each on an idle network, by
+        the same arithmetic as ``_reschedule``: each phase is (seconds, rate of each flow
+        still running, indices of the flows that finish at its end)."""
+        flows = [_Flow(edges, nbytes, lambda: None) for edges in routes]
+        index = {id(f): i for i, f in enumerate(flows)}
+        phases = []
+        total = 0.0
+        while flows:
+            self._set_rates(flows)
+            dt = max(min(f.remaining / f.rate for f in flows), 0.0)
+            due = {id(f) for f in flows if f.remaining / f.rate <= dt * (1 + 1e-9)}
+            phases.append((dt, tuple((index[id(f)], f.rate) for f in flows)))
+            for f in flows:
+                f.remaining = 0.0 if id(f) in due else f.remaining - f.rate * dt
+            flows = [f for f in flows if f.remaining > _EPS_BYTES]
+            total += dt
+        return total, tuple(phases)
+
+    def _unsolo(self) -> None:
+        """Another transfer starts while a solo bundle runs: its flows, with the bytes they
+        have left now, become ordinary flows (those already through are left at zero bytes,
+        so that the caller's ``_reschedule`` finishes them)."""
+        solo = self._solo
+        assert solo is not None
+        self._solo = None
+        elapsed = self.env.now - solo.start
+        left = [len(solo.routes)]
+
+        def one_done() -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                solo.done()
+
+        flows = [_Flow(edges, solo.nbytes, one_done) for edges in solo.routes]
+        running: set[int] = set()
+        t = 0.0
+        for dt, rates in solo.plan[1]:
+            running = {i for i, _ in rates}
+            if t + dt > elapsed:  # this phase is under way
+                for i, rate in rates:
+                    flows[i].remaining -= rate * (elapsed - t)
+                    flows[i].rate = rate
+                break
+            for i, rate in rates:
+                flows[i].remaining -= rate * dt
+            t += dt
+        else:
+            running = set()
+        for i, f in enumerate(flows):
+            if i not in running:
+                f.remaining = 0.0
+        self.flows = flows
+        self.last = self.env.now
 
     def _advance(self) -> None:
         dt = self.env.now - self.last
@@ -111,21 +210,25 @@ class Network:
         self.last = self.env.now
 
     def _rates(self) -> None:
+        """Max-min fair rates of the flows on the network (``_set_rates``)."""
+        self._set_rates(self.flows)
+
+    def _set_rates(self, flows: list[_Flow]) -> None:
         """Max-min fair rates by progressive filling: repeatedly saturate the edge with the
         smallest fair share. Flows that share no edge with another (the common case: the
         groups of a hybrid talk on disjoint links) get their narrowest edge at once."""
         capacity = self.capacity
         count: dict[int, int] = {}
-        for f in self.flows:
+        for f in flows:
             for e in f.edges:
                 count[e] = count.get(e, 0) + 1
-        if len(count) == sum(len(f.edges) for f in self.flows):  # no edge is shared
-            for f in self.flows:
+        if len(count) == sum(len(f.edges) for f in flows):  # no edge is shared
+            for f in flows:
                 f.rate = min(capacity[e] for e in f.edges)
             return
         cap: dict[int, float] = {}
         users: dict[int, list[_Flow]] = {}
-        for f in self.flows:
+        for f in flows:
             f.rate = -1.0
             for e in f.edges:
                 if e not in cap:
@@ -332,7 +435,7 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                 topo, op.kind, [r + rank_offset for r in op.group], rv.nbytes,
                 op.asynchronous)
             bw = min(topo.route_bandwidth(a, b) for a, b in pairs)
-            plan = plans[key] = ([topo.route(a, b) for a, b in pairs], per_flow * op.count,
+            plan = plans[key] = (tuple([topo.route(a, b) for a, b in pairs]), per_flow * op.count,
                                  latency * op.count, op.count * (latency + per_flow / bw))
         routes, nbytes, latency, alone = plan
         net.bundle_routes(routes, nbytes, latency, rv.event.succeed)
@@ -381,49 +484,75 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     cpu_ahead: dict[tuple[int, int], float] = {}
     max_lead = host.max_lead_s if hosted else 0.0
 
+    # Compute ops in a row involve no other rank: where no transfer can slow them down (no
+    # overlap slowdown on this topology) a run of them takes one timeout, to the end of the
+    # last, and each still gets its own row with its exact start and end.
+    fuse = slowdown <= 1.0
+    host_seconds = host.seconds if hosted else None
+    granularity = host.granularity if hosted else None
+
     def rank_proc(rank: int):
         gpu = rank + rank_offset
         cpu = 0.0  # when this rank's CPU has issued everything so far
         step = None
-        for i, op in enumerate(schedule.ranks[rank]):
+        ops = schedule.ranks[rank]
+        n_ops = len(ops)
+        i = 0
+        while i < n_ops:
+            op = ops[i]
             at[rank] = i
+            i += 1
             kind = type(op)
+            if kind is Compute:
+                now = env.now
+                while True:
+                    seen = comm_until[rank]
+                    if hosted:
+                        if now - cpu > max_lead:  # the launch queue is full: the CPU waits
+                            cpu = now - max_lead
+                        if op.step != step:
+                            step = op.step
+                            cpu_ahead.setdefault((rank, step), now - cpu)
+                        g = gpu_time(rank, op, max(now, cpu))
+                        start, end, cpu = issue(now, cpu, host_seconds(op), g,
+                                                granularity(op))
+                        g = end - now
+                    else:
+                        start = now
+                        g = gpu_time(rank, op, now)
+                    if fuse:
+                        now += g  # the clock after a timeout of g
+                    else:
+                        yield timeout(g)
+                        if comm_until[rank] > seen:
+                            extra = late_slowdown(rank, start, env.now, seen)
+                            if extra:
+                                yield timeout(extra)
+                        now = env.now
+                    rows.append(compute_row(rank, op, start, now, source(op)))
+                    if not fuse or i == n_ops or type(ops[i]) is not Compute:
+                        break
+                    op = ops[i]
+                    at[rank] = i
+                    i += 1
+                if fuse:
+                    yield timeout(now - env.now)
+                continue
             if hosted:
-                s = op.step if kind is Compute else getattr(getattr(op, "tag", None), "step",
-                                                            step)
+                s = getattr(getattr(op, "tag", None), "step", step)
                 if env.now - cpu > max_lead:  # the launch queue is full: the CPU waits
                     cpu = env.now - max_lead
                 if s != step:
                     step = s
                     cpu_ahead.setdefault((rank, s), env.now - cpu)
-                h = host.seconds(op)
-                if kind is Compute:
-                    seen = comm_until[rank]
-                    g = gpu_time(rank, op, max(env.now, cpu))
-                    start, end, cpu = issue(env.now, cpu, h, g, host.granularity(op))
-                    yield timeout(end - env.now)
-                    if comm_until[rank] > seen:
-                        extra = late_slowdown(rank, start, end, seen)
-                        if extra:
-                            yield timeout(extra)
-                    rows.append(compute_row(rank, op, start, env.now, source(op)))
-                    continue
+                h = host_seconds(op)
                 # A merged collective (``count`` calls, the planner's coarse ops) starts once
                 # its first call is issued; it cannot end before its last one is.
                 first = cpu + (h / op.count if kind is Collective else h)
                 cpu += h
                 if first > env.now and kind is not Recv and kind is not Wait:
                     yield timeout(first - env.now)  # not issued yet: the GPU waits
-            if kind is Compute:
-                start = env.now
-                seen = comm_until[rank]
-                yield timeout(gpu_time(rank, op, start))
-                if comm_until[rank] > seen:
-                    extra = late_slowdown(rank, start, env.now, seen)
-                    if extra:
-                        yield timeout(extra)
-                rows.append(compute_row(rank, op, start, env.now, source(op)))
-            elif kind is Send:
+            if kind is Send:
                 ev = slot((rank, op.dst, op.tag))
                 start = env.now
 
