@@ -30,7 +30,7 @@ The builders below read top to bottom as one rank's ops for one patch of one ste
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sim.config import ParallelConfig, Workload
 from sim.layout import Coords, RankLayout
@@ -74,6 +74,9 @@ class Job:
     last_stage: int
     forwards_text: bool  # the text stream runs through the blocks (MM-DiT) and moves with them
     tensor_reduces: int  # tensor-parallel all-reduces per block: attention, MLP, cross-attention
+    # (step, patch, blocks, groups) -> the ops of ``block_ops``, shared by the ranks that
+    # list the same ones
+    block_memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def nbytes(self, shape: tuple[int, ...]) -> int:
         """Bytes of a tensor of ``shape`` in the run's dtype."""
@@ -200,6 +203,17 @@ def block_ops(job: Job, seat: Seat, slot: Slot, lo: int, hi: int) -> list[Op]:
     """Blocks ``lo..hi`` with the collectives of Ulysses, ring and tensor parallelism: the
     projections, Ulysses' all-to-alls, the ring's K,V rotation issued before attention and
     waited for after it, and the tensor-parallel all-reduces."""
+    # Every rank of a stage runs the same blocks on the same slot, and ranks of one group
+    # list the same collectives: the ops are built once per (slot, blocks, groups) and
+    # shared (ops are immutable), which also makes comparing two ranks' lists cheap.
+    key = (slot.step, slot.patch, lo, hi, seat.ulysses, seat.ring, seat.tensor)
+    ops = job.block_memo.get(key)
+    if ops is None:
+        ops = job.block_memo[key] = _block_ops(job, seat, slot, lo, hi)
+    return ops
+
+
+def _block_ops(job: Job, seat: Seat, slot: Slot, lo: int, hi: int) -> list[Op]:
     t, j, qs = slot.step, slot.patch, slot.tokens
     U, R, T = job.layout.ulysses, job.layout.ring, job.layout.tensor
     n = hi - lo + 1
