@@ -24,9 +24,11 @@ from sim.schedule import (
     Schedule,
     ScheduleError,
     Send,
+    Tag,
     Wait,
     deadlock_message,
 )
+from sim.symmetry import shift_classes
 from sim.topology import Topology
 from sim.trace import Trace, TraceRow
 
@@ -359,18 +361,32 @@ def collective_bytes_sent(kind: str, n: int, nbytes: float, count: int = 1) -> f
 
 
 class _Rendezvous:
-    __slots__ = ("arrived", "nbytes", "event", "start")
+    __slots__ = ("arrived", "nbytes", "event", "start", "end", "group", "plan", "env")
 
-    def __init__(self, env: simpy.Environment) -> None:
+    def __init__(self, env: simpy.Environment, group: tuple[int, ...]) -> None:
         self.arrived = 0
         self.nbytes = 0
         self.event = env.event()
         self.start = 0.0
+        self.end = 0.0
+        self.group = group
+        self.plan: tuple | None = None
+        self.env = env
+
+    def finish(self) -> None:
+        """The collective's transfers have all arrived."""
+        self.end = self.env.now
+        self.event.succeed()
+
+
+class _Asymmetric(Exception):
+    """An image rank's message or collective did not end when its original's did (the
+    links are not symmetric for it): the shortcut of ``shift_classes`` does not hold."""
 
 
 def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
              rank_offset: int = 0, host: HostModel | None = None,
-             mirrors: bool = True) -> Trace:
+             mirrors: bool = True, shifts: bool = True) -> Trace:
     """Run ``schedule`` with ranks placed on the topology's GPUs ``rank_offset..``; returns
     the trace (one row per executed op, times in seconds from the start).
 
@@ -391,10 +407,37 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     timelines are equal. The representative's arrival at a collective counts for its whole
     class, the collective's flows still cross the topology as every member's, and its rows
     are copied to each mirror rank afterwards. ``mirrors=False`` simulates every rank (the
-    tests check that both give the same trace)."""
+    tests check that both give the same trace).
+
+    With ``mirrors`` and ``shifts`` (the default), ranks that run the images of another
+    rank's ops under a shift of their ring, Ulysses, tensor, CFG or patch coordinates
+    (``sim.symmetry.shift_classes``: the ranks of one hybrid stage, which send to their own
+    peers and talk in their own groups) are simulated once too, and their traffic still
+    runs: the representative sends each image's messages and joins each image's collectives
+    when it does its own. An image rank's timeline equals its original's as long as every
+    image message and collective ends when the original does and costs the same alone; the
+    run checks that (to 1e-9 relative) and, should one differ (links that are not
+    symmetric), simulates again without the shortcut. CPU transports (host time per
+    message, per route) never take it."""
     if schedule.world_size + rank_offset > topo.num_gpus:
         raise ValueError(f"schedule needs {schedule.world_size} GPUs, topology has "
                          f"{topo.num_gpus}")
+    if mirrors and shifts and not any(topo.host):
+        images = shift_classes(schedule.ranks, schedule.layout)
+        if images:
+            try:
+                return _run(schedule, topo, cost, rank_offset, host, {}, images)
+            except (_Asymmetric, ScheduleError):
+                pass  # a broken schedule is named by the run below
+    return _run(schedule, topo, cost, rank_offset, host,
+                mirror_classes(schedule.ranks) if mirrors else {}, {})
+
+
+def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
+         host: HostModel | None, copies: dict[int, list[int]],
+         images: dict[int, list[tuple[int, list[int]]]]) -> Trace:
+    """``simulate`` with the ranks of ``copies`` (representative -> equal ranks) and of
+    ``images`` (representative -> (image rank, shift)) simulated by their representative."""
     import simpy
 
     env = simpy.Environment()
@@ -402,7 +445,6 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     rows: list[TraceRow] = []
     compute_row, message_row = TraceRow.for_compute, TraceRow.for_message
     at = [0] * schedule.world_size  # index of the op each rank is on, to name a deadlock
-    copies = mirror_classes(schedule.ranks) if mirrors else {}
     weight = [1] * schedule.world_size
     for rep, others in copies.items():
         weight[rep] += len(others)
@@ -417,31 +459,81 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     meetings: dict[tuple, _Rendezvous] = {}
     pending: dict[tuple, _Rendezvous] = {}
 
+    # Image ranks (``images``): each one's representative, the shift and its inverse; what
+    # the run must show for the shortcut to hold (checked after it): image collectives that
+    # start and end with their originals, image messages that arrive with theirs.
+    image_of: dict[int, tuple[int, list[int], list[int]]] = {}
+    for r, orbit in images.items():
+        for m, perm in orbit:
+            inverse = [0] * len(perm)
+            for a, b in enumerate(perm):
+                inverse[b] = a
+            image_of[m] = (r, perm, inverse)
+    same_collective: list[tuple[_Rendezvous, _Rendezvous]] = []
+    same_arrival: list[tuple[tuple, float]] = []  # (original's (src, dst, tag), arrival)
+    same_route: set[tuple[int, int, int, int]] = set()
+    arrived_at: dict[tuple, float] = {}
+    image_groups: dict[tuple, tuple[int, ...]] = {}
+
+    def image_group(group: tuple[int, ...], perm: list[int]) -> tuple[int, ...]:
+        key = (group, id(perm))
+        g = image_groups.get(key)
+        if g is None:
+            g = image_groups[key] = tuple(sorted(perm[x] for x in group))
+        return g
+
+    def deliver(src: int, dst: int, tag: Tag, start: float) -> None:
+        """A message has arrived at ``dst``: into its mailbox, or, for an image rank (not
+        simulated), checked against the arrival of the message it is the image of."""
+        if dst in image_of:
+            rep, _, inverse = image_of[dst]
+            same_arrival.append(((inverse[src], rep, tag), env.now))
+            return
+        if image_of or images:
+            arrived_at[(src, dst, tag)] = env.now
+        slot((src, dst, tag)).succeed(start)
+
+    def meet(op: Collective, group: tuple[int, ...], arrivals: int) -> _Rendezvous:
+        """``arrivals`` members of ``group`` reach collective ``op``; launched once all are
+        in."""
+        key = (op.tag, group)
+        rv = meetings.get(key)
+        if rv is None:
+            rv = meetings[key] = _Rendezvous(env, group)
+        rv.arrived += arrivals
+        rv.nbytes = max(rv.nbytes, op.nbytes)
+        if rv.arrived == len(group):
+            del meetings[key]
+            launch(op, rv)
+        return rv
+
     # Steady steps issue the same collectives over and over: their flows and row fields are
     # worked out once per (kind, group, bytes, count).
-    plans: dict[tuple, tuple[list[tuple[int, ...]], float, float]] = {}
+    plans: dict[tuple, tuple[tuple[tuple[int, ...], ...], float, float, float]] = {}
     row_fields: dict[tuple, tuple[str, int]] = {}
 
     def launch(op: Collective, rv: _Rendezvous) -> None:
         """All members are in: run the collective's transfers on the topology."""
         rv.start = env.now
-        if len(op.group) == 1:
-            rv.event.succeed()
+        group = rv.group
+        if len(group) == 1:
+            rv.finish()
             return
-        key = (op.kind, op.group, rv.nbytes, op.count, op.asynchronous)
+        key = (op.kind, group, rv.nbytes, op.count, op.asynchronous)
         plan = plans.get(key)
         if plan is None:
             pairs, per_flow, latency = collective_call(
-                topo, op.kind, [r + rank_offset for r in op.group], rv.nbytes,
+                topo, op.kind, [r + rank_offset for r in group], rv.nbytes,
                 op.asynchronous)
             bw = min(topo.route_bandwidth(a, b) for a, b in pairs)
             plan = plans[key] = (tuple([topo.route(a, b) for a, b in pairs]), per_flow * op.count,
                                  latency * op.count, op.count * (latency + per_flow / bw))
         routes, nbytes, latency, alone = plan
-        net.bundle_routes(routes, nbytes, latency, rv.event.succeed)
+        rv.plan = plan
+        net.bundle_routes(routes, nbytes, latency, rv.finish)
         if op.asynchronous and slowdown > 1.0:  # the members compute meanwhile
             until = env.now + alone
-            for r in op.group:
+            for r in group:
                 if until > comm_until[r]:
                     comm_until[r] = until
                     comm_from[r] = env.now
@@ -491,8 +583,11 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     host_seconds = host.seconds if hosted else None
     granularity = host.granularity if hosted else None
 
+    identity = list(range(schedule.world_size))
+
     def rank_proc(rank: int):
         gpu = rank + rank_offset
+        orbit = images.get(rank, ())
         cpu = 0.0  # when this rank's CPU has issued everything so far
         step = None
         ops = schedule.ranks[rank]
@@ -553,15 +648,20 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                 if first > env.now and kind is not Recv and kind is not Wait:
                     yield timeout(first - env.now)  # not issued yet: the GPU waits
             if kind is Send:
-                ev = slot((rank, op.dst, op.tag))
                 start = env.now
 
-                def arrived(ev=ev, op=op, start=start) -> None:
+                def arrived(op=op, start=start) -> None:
                     rows.append(message_row(rank, OpKind.SEND, op.tag, start, env.now,
                                             op.nbytes, op.dst))
-                    ev.succeed(start)
+                    deliver(rank, op.dst, op.tag, start)
 
                 net.transfer(gpu, op.dst + rank_offset, op.nbytes, arrived)
+                for m, perm in orbit:  # the image ranks' messages
+                    dst = perm[op.dst]
+                    same_route.add((rank, op.dst, m, dst))
+                    net.transfer(m + rank_offset, dst + rank_offset, op.nbytes,
+                                 lambda m=m, dst=dst, tag=op.tag, start=start:
+                                 deliver(m, dst, tag, start))
                 if slowdown > 1.0:
                     a, b = gpu, op.dst + rank_offset
                     until = (env.now + topo.route_latency(a, b)
@@ -585,15 +685,12 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                 rows.append(message_row(rank, OpKind.RECV, op.tag, start, env.now, op.nbytes,
                                         op.src))
             elif kind is Collective:
-                key = (op.tag, op.group)
-                rv = meetings.get(key)
-                if rv is None:
-                    rv = meetings[key] = _Rendezvous(env)
-                rv.arrived += weight[rank]
-                rv.nbytes = max(rv.nbytes, op.nbytes)
-                if rv.arrived == len(op.group):
-                    del meetings[key]
-                    launch(op, rv)
+                rv = meet(op, op.group if not image_of else image_group(op.group, identity),
+                          weight[rank])
+                for _, perm in orbit:  # each image rank joins its image collective
+                    other = meet(op, image_group(op.group, perm), 1)
+                    if other is not rv:
+                        same_collective.append((rv, other))
                 if op.asynchronous:
                     pending[(rank, op.tag)] = rv
                     rv.event.callbacks.append(lambda _, op=op, rv=rv, rank=rank:
@@ -617,13 +714,18 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                 raise TypeError(f"unknown op {op!r}")
         at[rank] = len(schedule.ranks[rank])
 
-    mirrored = {m for others in copies.values() for m in others}
+    mirrored = {m for others in copies.values() for m in others} | set(image_of)
     for r in range(schedule.world_size):
         if r not in mirrored:
             env.process(rank_proc(r))
     env.run()
     for rep, others in copies.items():
         for m in others:
+            at[m] = at[rep]
+    if image_of:
+        _check_images(topo, rank_offset, same_collective, same_arrival, arrived_at,
+                      same_route, meetings)
+        for m, (rep, _, _) in image_of.items():
             at[m] = at[rep]
     # The event loop ran dry: a rank still short of its last op waits for something no
     # other rank will ever do.
@@ -643,7 +745,42 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                  for m in copies[row.rank]]
         cpu_ahead.update({(m, s): v for (r, s), v in list(cpu_ahead.items()) if r in copies
                           for m in copies[r]})
+    if images:
+        rows += [row.on_rank(m, perm[row.peer] if row.peer >= 0 else -1)
+                 for row in rows if row.rank in images for m, perm in images[row.rank]]
+        cpu_ahead.update({(m, s): v for (r, s), v in list(cpu_ahead.items()) if r in images
+                          for m, _ in images[r]})
     return Trace(rows, cpu_ahead)
+
+
+def _check_images(topo: Topology, offset: int,
+                  same_collective: list[tuple[_Rendezvous, _Rendezvous]],
+                  same_arrival: list[tuple[tuple, float]], arrived_at: dict[tuple, float],
+                  same_route: set[tuple[int, int, int, int]], meetings: dict) -> None:
+    """Raise ``_Asymmetric`` unless every image collective started and ended with its
+    original and cost the same alone, every image message arrived with its original and
+    crosses a route as fast and as long, and no collective was left waiting."""
+    if meetings:
+        raise _Asymmetric("a collective never started")
+    for a, b in same_collective:
+        if a.plan is not None and (b.plan is None or a.plan[1:] != b.plan[1:]):
+            raise _Asymmetric("an image collective costs another time alone")
+        if not (_close(a.start, b.start) and _close(a.end, b.end)):
+            raise _Asymmetric("an image collective ran at another time")
+    for key, t in same_arrival:
+        if key not in arrived_at or not _close(arrived_at[key], t):
+            raise _Asymmetric("an image message arrived at another time")
+    for a, b, c, d in same_route:
+        if topo.route_latency(a + offset, b + offset) != topo.route_latency(c + offset,
+                                                                            d + offset) \
+                or topo.route_bandwidth(a + offset, b + offset) != topo.route_bandwidth(
+                    c + offset, d + offset):
+            raise _Asymmetric("an image message crosses another kind of route")
+
+
+def _close(a: float, b: float) -> bool:
+    """Equal times but for rounding (events at one instant may run in another order)."""
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a))
 
 
 def mirror_classes(ranks: list[list[Op]]) -> dict[int, list[int]]:

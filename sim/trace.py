@@ -64,9 +64,12 @@ class TraceRow(NamedTuple):
         """``end_s - start_s``, seconds."""
         return self.end_s - self.start_s
 
-    def on_rank(self, rank: int) -> TraceRow:
-        """This row as run by ``rank`` (a mirror rank's copy of its representative's)."""
-        return _new_row(TraceRow, (rank, *self[1:]))
+    def on_rank(self, rank: int, peer: int | None = None) -> TraceRow:
+        """This row as run by ``rank`` (a mirror rank's copy of its representative's), with
+        ``peer`` as the other end of a message when given."""
+        if peer is None:
+            return _new_row(TraceRow, (rank, *self[1:]))
+        return _new_row(TraceRow, (rank, *self[1:9], peer, *self[10:]))
 
     def shifted(self, dt: float, step: int) -> TraceRow:
         """This row moved ``dt`` seconds later and relabelled as step ``step``."""
