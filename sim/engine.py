@@ -703,7 +703,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
             elif kind is Wait:
                 rv = pending.pop((rank, op.tag), None)
                 if rv is None:
-                    raise ScheduleError(f"{schedule.where(rank, i)} waits for no asynchronous "
+                    raise ScheduleError(f"{schedule.where(rank, i - 1)} waits for no asynchronous "
                                         "collective issued before it")
                 start = env.now
                 yield rv.event
