@@ -566,10 +566,12 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
         return g
 
     def late_slowdown(rank: int, start: float, end: float, seen: float) -> float:
-        """Seconds to add to compute run from ``start`` to ``end`` for transfers of its GPU
-        that started while it ran (an asynchronous collective launched by a member arriving
-        after this one started computing): the overlap beyond ``seen``, the end of the
-        transfers known at its start, which ``gpu_time`` already charged."""
+        """Seconds to add to compute run from ``start`` to ``end`` (its end before any
+        slowdown, as ``gpu_time`` measures the overlap) for transfers of its GPU that started
+        while it ran (an asynchronous collective launched by a member arriving after this
+        one started computing): the overlap beyond ``seen``, the end of the transfers known
+        at its start, which ``gpu_time`` already charged. Measured on the slowed end, the
+        charge would depend on which member of a collective arrived last at one instant."""
         late = min(end, comm_until[rank]) - max(start, seen, comm_from[rank])
         return (slowdown - 1.0) * late if late > 0 else 0.0
 
@@ -608,19 +610,23 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                         if op.step != step:
                             step = op.step
                             cpu_ahead.setdefault((rank, step), now - cpu)
-                        g = gpu_time(rank, op, max(now, cpu))
-                        start, end, cpu = issue(now, cpu, host_seconds(op), g,
-                                                granularity(op))
+                        h, pieces = host_seconds(op), granularity(op)
+                        # The overlap with transfers counts from when the op starts, once
+                        # its first piece is issued.
+                        g = gpu_time(rank, op, max(now, cpu + h / pieces))
+                        late = g - compute_time(op)  # the slowdown charged so far
+                        start, end, cpu = issue(now, cpu, h, g, pieces)
                         g = end - now
                     else:
                         start = now
                         g = gpu_time(rank, op, now)
+                        late = g - compute_time(op)
                     if fuse:
                         now += g  # the clock after a timeout of g
                     else:
                         yield timeout(g)
                         if comm_until[rank] > seen:
-                            extra = late_slowdown(rank, start, env.now, seen)
+                            extra = late_slowdown(rank, start, env.now - late, seen)
                             if extra:
                                 yield timeout(extra)
                         now = env.now

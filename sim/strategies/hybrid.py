@@ -30,7 +30,7 @@ The builders below read top to bottom as one rank's ops for one patch of one ste
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from sim.config import ParallelConfig, Workload
 from sim.layout import Coords, RankLayout
@@ -230,7 +230,8 @@ def _shared(memo: dict, template: Collective, group: tuple[int, ...]) -> Collect
     key = (id(template), group)
     op = memo.get(key)
     if op is None:
-        op = memo[key] = replace(template, group=group)
+        op = memo[key] = Collective(template.kind, group, template.nbytes, template.tag,
+                                    template.asynchronous, template.count)
     return op
 
 
