@@ -48,19 +48,35 @@ class _Flow:
         self.done = done
 
 
+Parts = tuple[tuple[int, Callable[[], None]], ...]  # (flows, called once they are through)
+
+
 class _Solo:
     """A bundle of flows running alone on an idle network (see ``Network``): started at
-    ``start``; ``plan`` is its evolution, worked out once per (routes, bytes)."""
+    ``start``; ``plan`` is its evolution, worked out once per (routes, bytes, parts)."""
 
-    __slots__ = ("start", "routes", "nbytes", "plan", "done")
+    __slots__ = ("start", "routes", "nbytes", "plan", "parts", "called")
 
     def __init__(self, start: float, routes: tuple[tuple[int, ...], ...], nbytes: float,
-                 plan: tuple, done: Callable[[], None]) -> None:
+                 plan: tuple, parts: Parts) -> None:
         self.start = start
         self.routes = routes
         self.nbytes = nbytes
         self.plan = plan
-        self.done = done
+        self.parts = parts
+        self.called: set[int] = set()  # parts whose flows are all through
+
+
+def _counter(n: int, done: Callable[[], None]) -> Callable[[], None]:
+    """A callback that calls ``done`` on its ``n``-th call."""
+    left = [n]
+
+    def one_done() -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            done()
+
+    return one_done
 
 
 class Network:
@@ -73,7 +89,11 @@ class Network:
     Ulysses all-to-all over PCIe has four or five). Should another transfer start while a
     solo bundle runs, the bundle's state at that instant is read off its plan and its flows
     join the network as ordinary flows. The times are those of the per-phase run up to the
-    last bits of a sum (``tests/test_engine_network.py``)."""
+    last bits of a sum (``tests/test_engine_shortcuts.py``).
+
+    A bundle may carry several parts, each with its own callback once its flows are through
+    (the engine starts a collective and its images together, or a message and its images):
+    one start and one rate computation for all of them."""
 
     def __init__(self, env: simpy.Environment, topo: Topology) -> None:
         self.env = env
@@ -92,13 +112,24 @@ class Network:
 
     def transfer(self, src: int, dst: int, nbytes: int, done: Callable[[], None]) -> None:
         """Move ``nbytes`` from rank ``src`` to ``dst``; call ``done`` on arrival."""
-        path = self._paths.get((src, dst))
-        if path is None:
-            path = self._paths[(src, dst)] = (self.topo.route_latency(src, dst),
-                                              (self.topo.route(src, dst),))
-        latency, routes = path
-        self.env.timeout(latency).callbacks.append(
-            lambda _: self._start(routes, nbytes, done))
+        self.transfers([(src, dst)], nbytes, [done])
+
+    def transfers(self, pairs: list[tuple[int, int]], nbytes: int,
+                  dones: list[Callable[[], None]]) -> None:
+        """Move ``nbytes`` from ``src`` to ``dst`` for every (src, dst) of ``pairs``, started
+        together; call the matching one of ``dones`` on each arrival."""
+        by_latency: dict[float, tuple[list, list]] = {}
+        for pair, done in zip(pairs, dones):
+            path = self._paths.get(pair)
+            if path is None:
+                path = self._paths[pair] = (self.topo.route_latency(*pair),
+                                            self.topo.route(*pair))
+            routes, parts = by_latency.setdefault(path[0], ([], []))
+            routes.append(path[1])
+            parts.append((1, done))
+        for latency, (routes, parts) in by_latency.items():
+            self.env.timeout(latency).callbacks.append(
+                lambda _, r=tuple(routes), p=tuple(parts): self._start(r, nbytes, p))
 
     def bundle(self, pairs: list[tuple[int, int]], nbytes: float, latency_s: float,
                done: Callable[[], None]) -> None:
@@ -110,53 +141,67 @@ class Network:
     def bundle_routes(self, routes: tuple[tuple[int, ...], ...], nbytes: float,
                       latency_s: float, done: Callable[[], None]) -> None:
         """``bundle`` with the routes (edge ids) already looked up."""
+        self.bundle_parts(routes, nbytes, latency_s, ((len(routes), done),))
+
+    def bundle_parts(self, routes: tuple[tuple[int, ...], ...], nbytes: float,
+                     latency_s: float, parts: Parts) -> None:
+        """``bundle_routes`` of several bundles at once: ``parts`` gives, in the order of
+        ``routes``, how many flows each has and what to call once they are through."""
         if not routes or nbytes <= 0:
-            self.env.timeout(latency_s).callbacks.append(lambda _: done())
+            self.env.timeout(latency_s).callbacks.append(
+                lambda _: [done() for _, done in parts])
             return
         self.env.timeout(latency_s).callbacks.append(
-            lambda _: self._start(routes, nbytes, done))
+            lambda _: self._start(routes, nbytes, parts))
 
-    def _start(self, routes: tuple[tuple[int, ...], ...], nbytes: float,
-               done: Callable[[], None]) -> None:
-        """Flows of ``nbytes`` on ``routes`` start now; ``done`` once all have arrived."""
+    def _start(self, routes: tuple[tuple[int, ...], ...], nbytes: float, parts: Parts) -> None:
+        """Flows of ``nbytes`` on ``routes`` start now; each part's callback once its flows
+        have arrived."""
         if self._solo is not None:
             self._unsolo()
         elif not self.flows and self.solo:
-            key = (routes, nbytes)
+            key = (routes, nbytes, tuple(n for n, _ in parts))
             plan = self._solo_plans.get(key)
             if plan is None:
-                plan = self._solo_plans[key] = self._plan_alone(routes, nbytes)
-            solo = self._solo = _Solo(self.env.now, routes, nbytes, plan, done)
+                plan = self._solo_plans[key] = self._plan_alone(routes, nbytes, parts)
+            solo = self._solo = _Solo(self.env.now, routes, nbytes, plan, parts)
             self.last = self.env.now
+            total, _, ends = plan
+            for end, which in ends:
+                def finish(_: object, which: tuple[int, ...] = which,
+                           last: bool = end == total) -> None:
+                    if self._solo is not solo:
+                        return
+                    if last:
+                        self._solo = None
+                        self.last = self.env.now
+                    for k in which:
+                        solo.called.add(k)
+                        parts[k][1]()
 
-            def finish(_: object) -> None:
-                if self._solo is solo:
-                    self._solo = None
-                    self.last = self.env.now
-                    done()
-
-            self.env.timeout(plan[0]).callbacks.append(finish)
+                self.env.timeout(end).callbacks.append(finish)
             return
-        left = [len(routes)]
-
-        def one_done() -> None:
-            left[0] -= 1
-            if left[0] == 0:
-                done()
-
         self._advance()
-        for edges in routes:
-            self.flows.append(_Flow(edges, nbytes, one_done))
+        flows = self.flows
+        i = 0
+        for n, done in parts:
+            one_done = done if n == 1 else _counter(n, done)
+            for edges in routes[i:i + n]:
+                flows.append(_Flow(edges, nbytes, one_done))
+            i += n
         self._reschedule()
 
-    def _plan_alone(self, routes: tuple[tuple[int, ...], ...], nbytes: float) -> tuple:
-        """(duration, phases) of ``routes`` carrying ``nbytes`` each on an idle network, by
-        the same arithmetic as ``_reschedule``: each phase is (seconds, rate of each flow
-        still running, indices of the flows that finish at its end)."""
+    def _plan_alone(self, routes: tuple[tuple[int, ...], ...], nbytes: float,
+                    parts: Parts) -> tuple:
+        """(duration, phases, part ends) of ``routes`` carrying ``nbytes`` each on an idle
+        network, by the same arithmetic as ``_reschedule``: each phase is (seconds, (flow
+        index, rate) of each flow still running); part ends are (seconds from the start,
+        indices of the parts through then), in time order."""
         flows = [_Flow(edges, nbytes, lambda: None) for edges in routes]
         index = {id(f): i for i, f in enumerate(flows)}
         phases = []
         total = 0.0
+        through = [0.0] * len(flows)
         while flows:
             self._set_rates(flows)
             dt = max(min(f.remaining / f.rate for f in flows), 0.0)
@@ -164,26 +209,34 @@ class Network:
             phases.append((dt, tuple((index[id(f)], f.rate) for f in flows)))
             for f in flows:
                 f.remaining = 0.0 if id(f) in due else f.remaining - f.rate * dt
-            flows = [f for f in flows if f.remaining > _EPS_BYTES]
             total += dt
-        return total, tuple(phases)
+            for f in flows:
+                if f.remaining <= _EPS_BYTES:
+                    through[index[id(f)]] = total
+            flows = [f for f in flows if f.remaining > _EPS_BYTES]
+        ends: dict[float, list[int]] = {}
+        i = 0
+        for k, (n, _) in enumerate(parts):
+            ends.setdefault(max(through[i:i + n]), []).append(k)
+            i += n
+        return total, tuple(phases), tuple((t, tuple(ks)) for t, ks in sorted(ends.items()))
 
     def _unsolo(self) -> None:
         """Another transfer starts while a solo bundle runs: its flows, with the bytes they
         have left now, become ordinary flows (those already through are left at zero bytes,
-        so that the caller's ``_reschedule`` finishes them)."""
+        so that the caller's ``_reschedule`` finishes them; parts already called are left
+        out)."""
         solo = self._solo
         assert solo is not None
         self._solo = None
         elapsed = self.env.now - solo.start
-        left = [len(solo.routes)]
-
-        def one_done() -> None:
-            left[0] -= 1
-            if left[0] == 0:
-                solo.done()
-
-        flows = [_Flow(edges, solo.nbytes, one_done) for edges in solo.routes]
+        flows: list[_Flow] = []
+        keep: list[bool] = []
+        for k, (n, done) in enumerate(solo.parts):
+            one_done = done if n == 1 else _counter(n, done)
+            flows += [_Flow(edges, solo.nbytes, one_done) for edges in
+                      solo.routes[len(flows):len(flows) + n]]
+            keep += [k not in solo.called] * n
         running: set[int] = set()
         t = 0.0
         for dt, rates in solo.plan[1]:
@@ -201,7 +254,7 @@ class Network:
         for i, f in enumerate(flows):
             if i not in running:
                 f.remaining = 0.0
-        self.flows = flows
+        self.flows = [f for f, k in zip(flows, keep) if k]
         self.last = self.env.now
 
     def _advance(self) -> None:
@@ -361,7 +414,7 @@ def collective_bytes_sent(kind: str, n: int, nbytes: float, count: int = 1) -> f
 
 
 class _Rendezvous:
-    __slots__ = ("arrived", "nbytes", "event", "start", "end", "group", "plan", "env")
+    __slots__ = ("arrived", "nbytes", "event", "start", "end", "group", "plan", "env", "op")
 
     def __init__(self, env: simpy.Environment, group: tuple[int, ...]) -> None:
         self.arrived = 0
@@ -372,6 +425,7 @@ class _Rendezvous:
         self.group = group
         self.plan: tuple | None = None
         self.env = env
+        self.op: Collective | None = None  # the collective, as the last member listed it
 
     def finish(self) -> None:
         """The collective's transfers have all arrived."""
@@ -493,18 +547,20 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
             arrived_at[(src, dst, tag)] = env.now
         slot((src, dst, tag)).succeed(start)
 
-    def meet(op: Collective, group: tuple[int, ...], arrivals: int) -> _Rendezvous:
-        """``arrivals`` members of ``group`` reach collective ``op``; launched once all are
-        in."""
+    def meet(op: Collective, group: tuple[int, ...], arrivals: int,
+             ready: list[_Rendezvous]) -> _Rendezvous:
+        """``arrivals`` members of ``group`` reach collective ``op``; once all are in, it is
+        added to ``ready`` (to be launched)."""
         key = (op.tag, group)
         rv = meetings.get(key)
         if rv is None:
             rv = meetings[key] = _Rendezvous(env, group)
         rv.arrived += arrivals
         rv.nbytes = max(rv.nbytes, op.nbytes)
+        rv.op = op
         if rv.arrived == len(group):
             del meetings[key]
-            launch(op, rv)
+            ready.append(rv)
         return rv
 
     # Steady steps issue the same collectives over and over: their flows and row fields are
@@ -512,13 +568,30 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     plans: dict[tuple, tuple[tuple[tuple[int, ...], ...], float, float, float]] = {}
     row_fields: dict[tuple, tuple[str, int]] = {}
 
-    def launch(op: Collective, rv: _Rendezvous) -> None:
-        """All members are in: run the collective's transfers on the topology."""
+    def launch_all(op: Collective, ready: list[_Rendezvous]) -> None:
+        """``launch`` each of ``ready`` (a collective and its images, all members in); those
+        of equal bytes and latency start as one bundle of several parts."""
+        if len(ready) == 1:
+            launch(ready[0], start=True)
+            return
+        bundles: dict[tuple, list[_Rendezvous]] = {}
+        for rv in ready:
+            if launch(rv, start=False):
+                bundles.setdefault(rv.plan[1:3], []).append(rv)  # type: ignore[index]
+        for (nbytes, latency), rvs in bundles.items():
+            routes = tuple(e for rv in rvs for e in rv.plan[0])  # type: ignore[index]
+            net.bundle_parts(routes, nbytes, latency,
+                             tuple((len(rv.plan[0]), rv.finish) for rv in rvs))  # type: ignore[index]
+
+    def launch(rv: _Rendezvous, start: bool) -> bool:
+        """All members are in: run the collective's transfers on the topology (``start``)
+        or only plan them (True when there are transfers to start)."""
+        op = rv.op
         rv.start = env.now
         group = rv.group
         if len(group) == 1:
             rv.finish()
-            return
+            return False
         key = (op.kind, group, rv.nbytes, op.count, op.asynchronous)
         plan = plans.get(key)
         if plan is None:
@@ -530,13 +603,15 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                                  latency * op.count, op.count * (latency + per_flow / bw))
         routes, nbytes, latency, alone = plan
         rv.plan = plan
-        net.bundle_routes(routes, nbytes, latency, rv.finish)
+        if start:
+            net.bundle_routes(routes, nbytes, latency, rv.finish)
         if op.asynchronous and slowdown > 1.0:  # the members compute meanwhile
             until = env.now + alone
             for r in group:
                 if until > comm_until[r]:
                     comm_until[r] = until
                     comm_from[r] = env.now
+        return True
 
     def collective_row(rank: int, op: Collective, rv: _Rendezvous) -> None:
         key = (op.kind, op.asynchronous, len(op.group), op.nbytes, op.count)
@@ -661,13 +736,18 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                                             op.nbytes, op.dst))
                     deliver(rank, op.dst, op.tag, start)
 
-                net.transfer(gpu, op.dst + rank_offset, op.nbytes, arrived)
-                for m, perm in orbit:  # the image ranks' messages
-                    dst = perm[op.dst]
-                    same_route.add((rank, op.dst, m, dst))
-                    net.transfer(m + rank_offset, dst + rank_offset, op.nbytes,
-                                 lambda m=m, dst=dst, tag=op.tag, start=start:
-                                 deliver(m, dst, tag, start))
+                if not orbit:
+                    net.transfer(gpu, op.dst + rank_offset, op.nbytes, arrived)
+                else:  # with the image ranks' messages
+                    pairs = [(gpu, op.dst + rank_offset)]
+                    dones = [arrived]
+                    for m, perm in orbit:
+                        dst = perm[op.dst]
+                        same_route.add((rank, op.dst, m, dst))
+                        pairs.append((m + rank_offset, dst + rank_offset))
+                        dones.append(lambda m=m, dst=dst, tag=op.tag, start=start:
+                                     deliver(m, dst, tag, start))
+                    net.transfers(pairs, op.nbytes, dones)
                 if slowdown > 1.0:
                     a, b = gpu, op.dst + rank_offset
                     until = (env.now + topo.route_latency(a, b)
@@ -691,12 +771,15 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 rows.append(message_row(rank, OpKind.RECV, op.tag, start, env.now, op.nbytes,
                                         op.src))
             elif kind is Collective:
+                ready: list[_Rendezvous] = []
                 rv = meet(op, op.group if not image_of else image_group(op.group, identity),
-                          weight[rank])
+                          weight[rank], ready)
                 for _, perm in orbit:  # each image rank joins its image collective
-                    other = meet(op, image_group(op.group, perm), 1)
+                    other = meet(op, image_group(op.group, perm), 1, ready)
                     if other is not rv:
                         same_collective.append((rv, other))
+                if ready:
+                    launch_all(op, ready)
                 if op.asynchronous:
                     pending[(rank, op.tag)] = rv
                     rv.event.callbacks.append(lambda _, op=op, rv=rv, rank=rank:
