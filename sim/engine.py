@@ -28,7 +28,7 @@ from sim.schedule import (
     Wait,
     deadlock_message,
 )
-from sim.symmetry import shift_classes
+from sim.symmetry import Orbit, shift_classes
 from sim.topology import Topology
 from sim.trace import Trace, TraceRow
 
@@ -489,9 +489,10 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
 
 def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
          host: HostModel | None, copies: dict[int, list[int]],
-         images: dict[int, list[tuple[int, list[int]]]]) -> Trace:
+         images: dict[int, Orbit]) -> Trace:
     """``simulate`` with the ranks of ``copies`` (representative -> equal ranks) and of
-    ``images`` (representative -> (image rank, shift)) simulated by their representative."""
+    ``images`` (representative -> its orbit) simulated by their representative (the images
+    of an orbit with a ``prefix`` get their own process from there on)."""
     import simpy
 
     env = simpy.Environment()
@@ -518,7 +519,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     # start and end with their originals, image messages that arrive with theirs.
     image_of: dict[int, tuple[int, list[int], list[int]]] = {}
     for r, orbit in images.items():
-        for m, perm in orbit:
+        for m, perm in orbit.images:
             inverse = [0] * len(perm)
             for a, b in enumerate(perm):
                 inverse[b] = a
@@ -613,14 +614,15 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                     comm_from[r] = env.now
         return True
 
-    def collective_row(rank: int, op: Collective, rv: _Rendezvous) -> None:
+    def collective_row(rank: int, op: Collective, rv: _Rendezvous,
+                       out: list[TraceRow]) -> None:
         key = (op.kind, op.asynchronous, len(op.group), op.nbytes, op.count)
         fields = row_fields.get(key)
         if fields is None:
             fields = row_fields[key] = (
                 op.kind + (OpKind.ASYNC_SUFFIX if op.asynchronous else ""),
                 int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count)))
-        rows.append(message_row(rank, fields[0], op.tag, rv.start, env.now, fields[1]))
+        out.append(message_row(rank, fields[0], op.tag, rv.start, env.now, fields[1]))
 
     # Bound once: the loop below runs for every op of every rank.
     timeout, compute_time, source = env.timeout, cost.compute_time, cost.source
@@ -662,15 +664,33 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
 
     identity = list(range(schedule.world_size))
 
-    def rank_proc(rank: int):
+    # Rows of representatives that stand for their images too (copied to them at the end),
+    # and the steps whose CPU lead a representative had recorded when its images split off.
+    image_rows: list[TraceRow] = []
+    split_steps: dict[int, set] = {}
+    # Where each representative's images split off (-1: never, they run all of its ops).
+    split_at = {r: -1 if all(len(schedule.ranks[m]) == o.prefix for m, _ in o.images)
+                and len(schedule.ranks[r]) == o.prefix else o.prefix for r, o in images.items()}
+
+    def rank_proc(rank: int, i: int = 0, cpu: float = 0.0, step: int | None = None):
+        """Rank ``rank``'s ops from its ``i``-th on, its CPU clock at ``cpu`` (seconds; when
+        it has issued everything so far) and its latest step ``step``."""
         gpu = rank + rank_offset
-        orbit = images.get(rank, ())
-        cpu = 0.0  # when this rank's CPU has issued everything so far
-        step = None
+        orbit, split = (images[rank].images, split_at[rank]) if rank in images else ((), -1)
+        out = image_rows if orbit else rows
         ops = schedule.ranks[rank]
         n_ops = len(ops)
-        i = 0
-        while i < n_ops:
+        while i < n_ops or (orbit and i == split):
+            if i == split and orbit:  # the images' ops differ from here: their own process
+                split_steps[rank] = {s for r, s in cpu_ahead if r == rank}
+                for m, _ in orbit:
+                    del image_of[m]
+                    comm_until[m], comm_from[m] = comm_until[rank], comm_from[rank]
+                    env.process(rank_proc(m, i, cpu, step))
+                orbit, out = (), rows
+                continue
+            if i == n_ops:
+                break
             op = ops[i]
             at[rank] = i
             i += 1
@@ -705,8 +725,8 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                             if extra:
                                 yield timeout(extra)
                         now = env.now
-                    rows.append(compute_row(rank, op, start, now, source(op)))
-                    if not fuse or i == n_ops or type(ops[i]) is not Compute:
+                    out.append(compute_row(rank, op, start, now, source(op)))
+                    if not fuse or i == n_ops or i == split or type(ops[i]) is not Compute:
                         break
                     op = ops[i]
                     at[rank] = i
@@ -731,9 +751,9 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
             if kind is Send:
                 start = env.now
 
-                def arrived(op=op, start=start) -> None:
-                    rows.append(message_row(rank, OpKind.SEND, op.tag, start, env.now,
-                                            op.nbytes, op.dst))
+                def arrived(op=op, start=start, out=out) -> None:
+                    out.append(message_row(rank, OpKind.SEND, op.tag, start, env.now,
+                                           op.nbytes, op.dst))
                     deliver(rank, op.dst, op.tag, start)
 
                 if not orbit:
@@ -768,8 +788,8 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 own = host_time(op.src + rank_offset, gpu, op.nbytes) if host_time else 0.0
                 if own:  # and completing it the receiver's
                     yield timeout(own)
-                rows.append(message_row(rank, OpKind.RECV, op.tag, start, env.now, op.nbytes,
-                                        op.src))
+                out.append(message_row(rank, OpKind.RECV, op.tag, start, env.now, op.nbytes,
+                                       op.src))
             elif kind is Collective:
                 ready: list[_Rendezvous] = []
                 rv = meet(op, op.group if not image_of else image_group(op.group, identity),
@@ -782,13 +802,13 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                     launch_all(op, ready)
                 if op.asynchronous:
                     pending[(rank, op.tag)] = rv
-                    rv.event.callbacks.append(lambda _, op=op, rv=rv, rank=rank:
-                                              collective_row(rank, op, rv))
+                    rv.event.callbacks.append(lambda _, op=op, rv=rv, out=out:
+                                              collective_row(rank, op, rv, out))
                 else:
                     yield rv.event
                     if hosted and cpu > env.now:
                         yield timeout(cpu - env.now)
-                    collective_row(rank, op, rv)
+                    collective_row(rank, op, rv, out)
             elif kind is Wait:
                 rv = pending.pop((rank, op.tag), None)
                 if rv is None:
@@ -798,10 +818,10 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 yield rv.event
                 if hosted and cpu > env.now:
                     yield env.timeout(cpu - env.now)
-                rows.append(message_row(rank, OpKind.WAIT, op.tag, start, env.now))
+                out.append(message_row(rank, OpKind.WAIT, op.tag, start, env.now))
             else:
                 raise TypeError(f"unknown op {op!r}")
-        at[rank] = len(schedule.ranks[rank])
+        at[rank] = n_ops
 
     mirrored = {m for others in copies.values() for m in others} | set(image_of)
     for r in range(schedule.world_size):
@@ -814,8 +834,10 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     if image_of:
         _check_images(topo, rank_offset, same_collective, same_arrival, arrived_at,
                       same_route, meetings)
-        for m, (rep, _, _) in image_of.items():
-            at[m] = at[rep]
+        for rep, orbit in images.items():
+            if rep not in split_steps:
+                for m, _ in orbit.images:
+                    at[m] = at[rep]
     # The event loop ran dry: a rank still short of its last op waits for something no
     # other rank will ever do.
     stuck = {r: i for r, i in enumerate(at) if i < len(schedule.ranks[r])}
@@ -835,10 +857,12 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
         cpu_ahead.update({(m, s): v for (r, s), v in list(cpu_ahead.items()) if r in copies
                           for m in copies[r]})
     if images:
+        rows += image_rows
         rows += [row.on_rank(m, perm[row.peer] if row.peer >= 0 else -1)
-                 for row in rows if row.rank in images for m, perm in images[row.rank]]
+                 for row in image_rows for m, perm in images[row.rank].images]
         cpu_ahead.update({(m, s): v for (r, s), v in list(cpu_ahead.items()) if r in images
-                          for m, _ in images[r]})
+                          and (r not in split_steps or s in split_steps[r])
+                          for m, _ in images[r].images})
     return Trace(rows, cpu_ahead)
 
 

@@ -17,6 +17,7 @@ is what the engine's check is for, not this module, which only reads the op list
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 from sim.layout import AXES, RankLayout
 from sim.schedule import Collective, Compute, Op, Recv, Send, Wait
@@ -47,44 +48,52 @@ def shifts(layout: RankLayout) -> list[list[int]]:
     return out
 
 
-def _images(a: list[Op], b: list[Op], perm: list[int]) -> bool:
-    """Whether op list ``b`` is ``a`` with every rank ``x`` named in it replaced by
-    ``perm[x]`` (groups compared as sets: a ring's flows are the same either way round)."""
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
+def _images(a: list[Op], b: list[Op], perm: list[int]) -> int:
+    """How many ops from the start op list ``b`` equals ``a`` with every rank ``x`` named in
+    it replaced by ``perm[x]`` (groups compared as sets: a ring's flows are the same either
+    way round)."""
+    for i, (x, y) in enumerate(zip(a, b)):
         if x is y:
             continue
         kind = type(x)
         if kind is not type(y):
-            return False
+            return i
         if kind is Compute or kind is Wait:
             if x != y:
-                return False
+                return i
         elif kind is Send:
             if perm[x.dst] != y.dst or x.tag != y.tag or x.nbytes != y.nbytes \
                     or x.shape != y.shape:
-                return False
+                return i
         elif kind is Recv:
             if perm[x.src] != y.src or x.tag != y.tag or x.nbytes != y.nbytes \
                     or x.shape != y.shape:
-                return False
+                return i
         elif kind is Collective:
             if x.kind != y.kind or x.tag != y.tag or x.nbytes != y.nbytes \
                     or x.asynchronous != y.asynchronous or x.count != y.count \
                     or sorted(perm[g] for g in x.group) != sorted(y.group):
-                return False
+                return i
         else:
-            return False
-    return True
+            return i
+    return min(len(a), len(b))
 
 
-def shift_classes(ranks: list[list[Op]], layout: RankLayout | None
-                  ) -> dict[int, list[tuple[int, list[int]]]]:
-    """Representative rank -> [(image rank, the shift taking the representative to it)] for
-    every orbit whose members all run the images of the representative's ops (the
-    representative is the orbit's lowest rank). Orbits with an odd one out (the rank that
-    decodes the image, the ranks that gather the latent for it) are left out whole."""
+class Orbit(NamedTuple):
+    """The image ranks of a representative: each with the shift that takes the
+    representative to it; they run the images of its first ``prefix`` ops (all of them, or
+    up to the first op where one of them differs: the ops that decode the image)."""
+
+    images: list[tuple[int, list[int]]]
+    prefix: int
+
+
+def shift_classes(ranks: list[list[Op]], layout: RankLayout | None) -> dict[int, Orbit]:
+    """Representative rank -> its ``Orbit``, for every orbit whose members run the images of
+    the representative's ops, all of them or a first part (the representative is the
+    orbit's lowest rank). The last stage's orbit usually has an odd one out at the end (the
+    rank that decodes the image, the ranks that gather the latent for it): it is an orbit up
+    to there."""
     if layout is None or layout.world != len(ranks):
         return {}
     perms = shifts(layout)
@@ -97,6 +106,7 @@ def shift_classes(ranks: list[list[Op]], layout: RankLayout | None
             continue
         orbit = [(p[r], p) for p in perms]
         seen.update(m for m, _ in orbit)
-        if all(_images(ranks[r], ranks[m], p) for m, p in orbit):
-            out[r] = orbit
+        prefix = min(_images(ranks[r], ranks[m], p) for m, p in orbit)
+        if prefix > 0:
+            out[r] = Orbit(orbit, prefix)
     return out

@@ -67,19 +67,22 @@ def _same_rows(a, b) -> None:
         assert (x.start_s, x.end_s) == pytest.approx((y.start_s, y.end_s), rel=1e-9, abs=1e-15)
 
 
-def test_shift_classes_take_whole_stages_but_the_decoding_one() -> None:
+def test_shift_classes_take_whole_stages_and_the_decoding_one_up_to_the_decode() -> None:
     sched, *_ = _case(*SHIFTED[0])
     classes = shift_classes(sched.ranks, sched.layout)
-    # Stage 3 holds the rank that decodes the image and the ranks that gather the latent for
-    # it: its orbit is left out whole.
-    assert {r: [m for m, _ in orbit] for r, orbit in classes.items()} == {
-        0: [1, 2, 3], 4: [5, 6, 7], 8: [9, 10, 11]}
-    # Pure PipeFusion has no axis to shift; a pure Ulysses group's orbit holds the decoder.
+    assert {r: [m for m, _ in o.images] for r, o in classes.items()} == {
+        0: [1, 2, 3], 4: [5, 6, 7], 8: [9, 10, 11], 12: [13, 14, 15]}
+    for r in (0, 4, 8):  # whole stages: every op
+        assert classes[r].prefix == len(sched.ranks[r])
+    # Stage 3 holds the rank that decodes the image (12) and the ranks that gather the
+    # latent for it (12, 14): its orbit runs alike up to the gather.
+    last = sched.ranks[12]
+    assert classes[12].prefix == len(last) - 2
+    assert [op.kind for op in last[-2:]] == [OpKind.ALL_GATHER, OpKind.VAE_DECODE]
+    # Pure PipeFusion has no axis to shift.
     wl = Workload(get_model("pixart"), 512, 512, 4)
-    assert shift_classes(build_schedule(wl, ParallelConfig(4, 4, 4, 1)).ranks,
-                         build_schedule(wl, ParallelConfig(4, 4, 4, 1)).layout) == {}
-    uly = build_schedule(wl, ParallelConfig(8, 1, 1, 0, ulysses=8))
-    assert shift_classes(uly.ranks, uly.layout) == {}
+    pipe = build_schedule(wl, ParallelConfig(4, 4, 4, 1))
+    assert shift_classes(pipe.ranks, pipe.layout) == {}
 
 
 @pytest.mark.parametrize("model,gpu,link,nodes,degrees", SHIFTED,
