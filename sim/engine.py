@@ -112,7 +112,13 @@ class Network:
 
     def transfer(self, src: int, dst: int, nbytes: int, done: Callable[[], None]) -> None:
         """Move ``nbytes`` from rank ``src`` to ``dst``; call ``done`` on arrival."""
-        self.transfers([(src, dst)], nbytes, [done])
+        path = self._paths.get((src, dst))
+        if path is None:
+            path = self._paths[(src, dst)] = (self.topo.route_latency(src, dst),
+                                              self.topo.route(src, dst))
+        routes, parts = (path[1],), ((1, done),)
+        self.env.timeout(path[0]).callbacks.append(
+            lambda _: self._start(routes, nbytes, parts))
 
     def transfers(self, pairs: list[tuple[int, int]], nbytes: int,
                   dones: list[Callable[[], None]]) -> None:

@@ -101,6 +101,8 @@ class HostModel:
             key: tuple = (op.kind, op.layers, op.part)  # type: ignore[attr-defined]
         elif kind is Collective:
             key = (op.kind, len(op.group), op.count)  # type: ignore[attr-defined]
+        elif kind is Send or kind is Recv or kind is Wait:
+            return self.op_s  # one operator
         else:
             return self.ops(op) * self.op_s
         t = self._seconds.get(key)
