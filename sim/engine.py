@@ -2,19 +2,20 @@
 
 One simpy process per rank walks its op list: a compute op holds the rank for its cost; a send
 starts a transfer and moves on (asynchronous, as ``isend``); a receive waits until its data has
-arrived. Transfers are fluid flows over the route's directed edges, shared max-min fairly:
-whenever a flow starts or ends every flow's rate is recomputed, so traffic that meets on the
-socket link or a NIC slows down for as long as it overlaps. Time is in seconds.
+arrived. Transfers are fluid flows over the route's directed edges, shared max-min fairly
+(``sim.network``): whenever a flow starts or ends every flow's rate is recomputed, so traffic
+that meets on the socket link or a NIC slows down for as long as it overlaps. Time is in
+seconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sim.cost import CostModel
 from sim.host import HostModel, issue
 from sim.nccl import protocol
+from sim.network import Network, _Flow  # noqa: F401  (_Flow re-exported for tests)
 from sim.schedule import (
     Collective,
     Compute,
@@ -24,163 +25,16 @@ from sim.schedule import (
     Schedule,
     ScheduleError,
     Send,
+    Tag,
     Wait,
     deadlock_message,
 )
+from sim.symmetry import Orbit, shift_classes
 from sim.topology import Topology
 from sim.trace import Trace, TraceRow
 
 if TYPE_CHECKING:  # simpy (and the importlib.metadata it loads) is imported by simulate()
     import simpy
-
-_EPS_BYTES = 1e-3
-
-
-class _Flow:
-    __slots__ = ("edges", "remaining", "rate", "done")
-
-    def __init__(self, edges: tuple[int, ...], nbytes: float, done: Callable[[], None]) -> None:
-        self.edges = edges
-        self.remaining = float(nbytes)
-        self.rate = 0.0
-        self.done = done
-
-
-class Network:
-    """Fluid model of concurrent transfers with max-min fair sharing of every directed edge."""
-
-    def __init__(self, env: simpy.Environment, topo: Topology) -> None:
-        self.env = env
-        self.topo = topo
-        self.capacity = topo.capacity
-        self.flows: list[_Flow] = []
-        self.last = 0.0
-        self.generation = 0
-        # Rates of each set of routes seen (the rates depend on nothing else): steady steps
-        # start the same collectives over the same links again and again.
-        self._rate_memo: dict[tuple, tuple[float, ...]] = {}
-        self._paths: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {}
-
-    def transfer(self, src: int, dst: int, nbytes: int, done: Callable[[], None]) -> None:
-        """Move ``nbytes`` from rank ``src`` to ``dst``; call ``done`` on arrival."""
-        path = self._paths.get((src, dst))
-        if path is None:
-            path = self._paths[(src, dst)] = (self.topo.route_latency(src, dst),
-                                              self.topo.route(src, dst))
-        latency, edges = path
-
-        def start(_: object) -> None:
-            self._advance()
-            self.flows.append(_Flow(edges, nbytes, done))
-            self._reschedule()
-
-        self.env.timeout(latency).callbacks.append(start)
-
-    def bundle(self, pairs: list[tuple[int, int]], nbytes: float, latency_s: float,
-               done: Callable[[], None]) -> None:
-        """Start one flow of ``nbytes`` per (src, dst) pair after ``latency_s``; call ``done``
-        once all have arrived (a collective's transfers, started together)."""
-        self.bundle_routes([self.topo.route(a, b) for a, b in pairs], nbytes, latency_s, done)
-
-    def bundle_routes(self, routes: list[tuple[int, ...]], nbytes: float, latency_s: float,
-                      done: Callable[[], None]) -> None:
-        """``bundle`` with the routes (edge ids) already looked up."""
-        left = [len(routes)]
-        if not routes or nbytes <= 0:
-            self.env.timeout(latency_s).callbacks.append(lambda _: done())
-            return
-
-        def one_done() -> None:
-            left[0] -= 1
-            if left[0] == 0:
-                done()
-
-        def start(_: object) -> None:
-            self._advance()
-            for edges in routes:
-                self.flows.append(_Flow(edges, nbytes, one_done))
-            self._reschedule()
-
-        self.env.timeout(latency_s).callbacks.append(start)
-
-    def _advance(self) -> None:
-        dt = self.env.now - self.last
-        if dt > 0:
-            for f in self.flows:
-                f.remaining -= f.rate * dt
-        self.last = self.env.now
-
-    def _rates(self) -> None:
-        """Max-min fair rates by progressive filling: repeatedly saturate the edge with the
-        smallest fair share. Flows that share no edge with another (the common case: the
-        groups of a hybrid talk on disjoint links) get their narrowest edge at once."""
-        capacity = self.capacity
-        count: dict[int, int] = {}
-        for f in self.flows:
-            for e in f.edges:
-                count[e] = count.get(e, 0) + 1
-        if len(count) == sum(len(f.edges) for f in self.flows):  # no edge is shared
-            for f in self.flows:
-                f.rate = min(capacity[e] for e in f.edges)
-            return
-        cap: dict[int, float] = {}
-        users: dict[int, list[_Flow]] = {}
-        for f in self.flows:
-            f.rate = -1.0
-            for e in f.edges:
-                if e not in cap:
-                    cap[e] = capacity[e]
-                    users[e] = []
-                users[e].append(f)
-        # ``count`` holds, per edge, the flows on it whose rate is not yet fixed; its order
-        # (first use) breaks ties between equal shares as the per-edge lists did.
-        while count:
-            edge = min(count, key=lambda e: cap[e] / count[e])
-            share = cap[edge] / count[edge]
-            for f in users[edge]:
-                if f.rate >= 0.0:
-                    continue
-                f.rate = share
-                for e in f.edges:
-                    if e != edge and e in count:
-                        cap[e] -= share
-                        if count[e] == 1:
-                            del count[e]
-                        else:
-                            count[e] -= 1
-            del count[edge]
-
-    def _reschedule(self) -> None:
-        finished = [f for f in self.flows if f.remaining <= _EPS_BYTES]
-        if finished:
-            self.flows = [f for f in self.flows if f.remaining > _EPS_BYTES]
-        if self.flows:
-            key = tuple([f.edges for f in self.flows])
-            rates = self._rate_memo.get(key)
-            if rates is None:
-                self._rates()
-                self._rate_memo[key] = tuple([f.rate for f in self.flows])
-            else:
-                for f, r in zip(self.flows, rates):
-                    f.rate = r
-            dt = min(f.remaining / f.rate for f in self.flows)
-            # The flows due at the wake-up are finished explicitly: with very fast links,
-            # now + dt can round to now and the fluid update alone would never reach zero.
-            due = [f for f in self.flows if f.remaining / f.rate <= dt * (1 + 1e-9)]
-            self.generation += 1
-            gen = self.generation
-
-            def wake(_: object) -> None:
-                if gen == self.generation:
-                    self._advance()
-                    for f in due:
-                        f.remaining = 0.0
-                    self._reschedule()
-
-            self.env.timeout(max(dt, 0.0)).callbacks.append(wake)
-        for f in finished:
-            f.done()
-
 
 # Ring algorithms (NCCL's default for these sizes) take n-1 steps per phase; all-to-all is a
 # direct exchange launched as one grouped step. A ring's steps move equal chunks over the same
@@ -256,18 +110,33 @@ def collective_bytes_sent(kind: str, n: int, nbytes: float, count: int = 1) -> f
 
 
 class _Rendezvous:
-    __slots__ = ("arrived", "nbytes", "event", "start")
+    __slots__ = ("arrived", "nbytes", "event", "start", "end", "group", "plan", "env", "op")
 
-    def __init__(self, env: simpy.Environment) -> None:
+    def __init__(self, env: simpy.Environment, group: tuple[int, ...]) -> None:
         self.arrived = 0
         self.nbytes = 0
         self.event = env.event()
         self.start = 0.0
+        self.end = 0.0
+        self.group = group
+        self.plan: tuple | None = None
+        self.env = env
+        self.op: Collective | None = None  # the collective, as the last member listed it
+
+    def finish(self) -> None:
+        """The collective's transfers have all arrived."""
+        self.end = self.env.now
+        self.event.succeed()
+
+
+class _Asymmetric(Exception):
+    """An image rank's message or collective did not end when its original's did (the
+    links are not symmetric for it): the shortcut of ``shift_classes`` does not hold."""
 
 
 def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
              rank_offset: int = 0, host: HostModel | None = None,
-             mirrors: bool = True) -> Trace:
+             mirrors: bool = True, shifts: bool = True) -> Trace:
     """Run ``schedule`` with ranks placed on the topology's GPUs ``rank_offset..``; returns
     the trace (one row per executed op, times in seconds from the start).
 
@@ -288,10 +157,38 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     timelines are equal. The representative's arrival at a collective counts for its whole
     class, the collective's flows still cross the topology as every member's, and its rows
     are copied to each mirror rank afterwards. ``mirrors=False`` simulates every rank (the
-    tests check that both give the same trace)."""
+    tests check that both give the same trace).
+
+    With ``mirrors`` and ``shifts`` (the default), ranks that run the images of another
+    rank's ops under a shift of their ring, Ulysses, tensor, CFG or patch coordinates
+    (``sim.symmetry.shift_classes``: the ranks of one hybrid stage, which send to their own
+    peers and talk in their own groups) are simulated once too, and their traffic still
+    runs: the representative sends each image's messages and joins each image's collectives
+    when it does its own. An image rank's timeline equals its original's as long as every
+    image message and collective ends when the original does and costs the same alone; the
+    run checks that (to 1e-9 relative) and, should one differ (links that are not
+    symmetric), simulates again without the shortcut. CPU transports (host time per
+    message, per route) never take it."""
     if schedule.world_size + rank_offset > topo.num_gpus:
         raise ValueError(f"schedule needs {schedule.world_size} GPUs, topology has "
                          f"{topo.num_gpus}")
+    if mirrors and shifts and not any(topo.host):
+        images = shift_classes(schedule.ranks, schedule.layout)
+        if images:
+            try:
+                return _run(schedule, topo, cost, rank_offset, host, {}, images)
+            except (_Asymmetric, ScheduleError):
+                pass  # a broken schedule is named by the run below
+    return _run(schedule, topo, cost, rank_offset, host,
+                mirror_classes(schedule.ranks) if mirrors else {}, {})
+
+
+def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
+         host: HostModel | None, copies: dict[int, list[int]],
+         images: dict[int, Orbit]) -> Trace:
+    """``simulate`` with the ranks of ``copies`` (representative -> equal ranks) and of
+    ``images`` (representative -> its orbit) simulated by their representative (the images
+    of an orbit with a ``prefix`` get their own process from there on)."""
     import simpy
 
     env = simpy.Environment()
@@ -299,7 +196,6 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     rows: list[TraceRow] = []
     compute_row, message_row = TraceRow.for_compute, TraceRow.for_message
     at = [0] * schedule.world_size  # index of the op each rank is on, to name a deadlock
-    copies = mirror_classes(schedule.ranks) if mirrors else {}
     weight = [1] * schedule.world_size
     for rep, others in copies.items():
         weight[rep] += len(others)
@@ -314,43 +210,115 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     meetings: dict[tuple, _Rendezvous] = {}
     pending: dict[tuple, _Rendezvous] = {}
 
+    # Image ranks (``images``): each one's representative, the shift and its inverse; what
+    # the run must show for the shortcut to hold (checked after it): image collectives that
+    # start and end with their originals, image messages that arrive with theirs.
+    image_of: dict[int, tuple[int, list[int], list[int]]] = {}
+    for r, orbit in images.items():
+        for m, perm in orbit.images:
+            inverse = [0] * len(perm)
+            for a, b in enumerate(perm):
+                inverse[b] = a
+            image_of[m] = (r, perm, inverse)
+    same_collective: list[tuple[_Rendezvous, _Rendezvous]] = []
+    same_arrival: list[tuple[tuple, float]] = []  # (original's (src, dst, tag), arrival)
+    same_route: set[tuple[int, int, int, int]] = set()
+    arrived_at: dict[tuple, float] = {}
+    image_groups: dict[tuple, tuple[int, ...]] = {}
+
+    def image_group(group: tuple[int, ...], perm: list[int]) -> tuple[int, ...]:
+        key = (group, id(perm))
+        g = image_groups.get(key)
+        if g is None:
+            g = image_groups[key] = tuple(sorted(perm[x] for x in group))
+        return g
+
+    def deliver(src: int, dst: int, tag: Tag, start: float) -> None:
+        """A message has arrived at ``dst``: into its mailbox, or, for an image rank (not
+        simulated), checked against the arrival of the message it is the image of."""
+        if dst in image_of:
+            rep, _, inverse = image_of[dst]
+            same_arrival.append(((inverse[src], rep, tag), env.now))
+            return
+        if image_of or images:
+            arrived_at[(src, dst, tag)] = env.now
+        slot((src, dst, tag)).succeed(start)
+
+    def meet(op: Collective, group: tuple[int, ...], arrivals: int,
+             ready: list[_Rendezvous]) -> _Rendezvous:
+        """``arrivals`` members of ``group`` reach collective ``op``; once all are in, it is
+        added to ``ready`` (to be launched)."""
+        key = (op.tag, group)
+        rv = meetings.get(key)
+        if rv is None:
+            rv = meetings[key] = _Rendezvous(env, group)
+        rv.arrived += arrivals
+        rv.nbytes = max(rv.nbytes, op.nbytes)
+        rv.op = op
+        if rv.arrived == len(group):
+            del meetings[key]
+            ready.append(rv)
+        return rv
+
     # Steady steps issue the same collectives over and over: their flows and row fields are
     # worked out once per (kind, group, bytes, count).
-    plans: dict[tuple, tuple[list[tuple[int, ...]], float, float]] = {}
+    plans: dict[tuple, tuple[tuple[tuple[int, ...], ...], float, float, float]] = {}
     row_fields: dict[tuple, tuple[str, int]] = {}
 
-    def launch(op: Collective, rv: _Rendezvous) -> None:
-        """All members are in: run the collective's transfers on the topology."""
-        rv.start = env.now
-        if len(op.group) == 1:
-            rv.event.succeed()
+    def launch_all(op: Collective, ready: list[_Rendezvous]) -> None:
+        """``launch`` each of ``ready`` (a collective and its images, all members in); those
+        of equal bytes and latency start as one bundle of several parts."""
+        if len(ready) == 1:
+            launch(ready[0], start=True)
             return
-        key = (op.kind, op.group, rv.nbytes, op.count, op.asynchronous)
+        bundles: dict[tuple, list[_Rendezvous]] = {}
+        for rv in ready:
+            if launch(rv, start=False):
+                bundles.setdefault(rv.plan[1:3], []).append(rv)  # type: ignore[index]
+        for (nbytes, latency), rvs in bundles.items():
+            routes = tuple(e for rv in rvs for e in rv.plan[0])  # type: ignore[index]
+            net.bundle_parts(routes, nbytes, latency,
+                             tuple((len(rv.plan[0]), rv.finish) for rv in rvs))  # type: ignore[index]
+
+    def launch(rv: _Rendezvous, start: bool) -> bool:
+        """All members are in: run the collective's transfers on the topology (``start``)
+        or only plan them (True when there are transfers to start)."""
+        op = rv.op
+        rv.start = env.now
+        group = rv.group
+        if len(group) == 1:
+            rv.finish()
+            return False
+        key = (op.kind, group, rv.nbytes, op.count, op.asynchronous)
         plan = plans.get(key)
         if plan is None:
             pairs, per_flow, latency = collective_call(
-                topo, op.kind, [r + rank_offset for r in op.group], rv.nbytes,
+                topo, op.kind, [r + rank_offset for r in group], rv.nbytes,
                 op.asynchronous)
             bw = min(topo.route_bandwidth(a, b) for a, b in pairs)
-            plan = plans[key] = ([topo.route(a, b) for a, b in pairs], per_flow * op.count,
+            plan = plans[key] = (tuple([topo.route(a, b) for a, b in pairs]), per_flow * op.count,
                                  latency * op.count, op.count * (latency + per_flow / bw))
         routes, nbytes, latency, alone = plan
-        net.bundle_routes(routes, nbytes, latency, rv.event.succeed)
+        rv.plan = plan
+        if start:
+            net.bundle_routes(routes, nbytes, latency, rv.finish)
         if op.asynchronous and slowdown > 1.0:  # the members compute meanwhile
             until = env.now + alone
-            for r in op.group:
+            for r in group:
                 if until > comm_until[r]:
                     comm_until[r] = until
                     comm_from[r] = env.now
+        return True
 
-    def collective_row(rank: int, op: Collective, rv: _Rendezvous) -> None:
+    def collective_row(rank: int, op: Collective, rv: _Rendezvous,
+                       out: list[TraceRow]) -> None:
         key = (op.kind, op.asynchronous, len(op.group), op.nbytes, op.count)
         fields = row_fields.get(key)
         if fields is None:
             fields = row_fields[key] = (
                 op.kind + (OpKind.ASYNC_SUFFIX if op.asynchronous else ""),
                 int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count)))
-        rows.append(message_row(rank, fields[0], op.tag, rv.start, env.now, fields[1]))
+        out.append(message_row(rank, fields[0], op.tag, rv.start, env.now, fields[1]))
 
     # Bound once: the loop below runs for every op of every rank.
     timeout, compute_time, source = env.timeout, cost.compute_time, cost.source
@@ -371,68 +339,131 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
         return g
 
     def late_slowdown(rank: int, start: float, end: float, seen: float) -> float:
-        """Seconds to add to compute run from ``start`` to ``end`` for transfers of its GPU
-        that started while it ran (an asynchronous collective launched by a member arriving
-        after this one started computing): the overlap beyond ``seen``, the end of the
-        transfers known at its start, which ``gpu_time`` already charged."""
+        """Seconds to add to compute run from ``start`` to ``end`` (its end before any
+        slowdown, as ``gpu_time`` measures the overlap) for transfers of its GPU that started
+        while it ran (an asynchronous collective launched by a member arriving after this
+        one started computing): the overlap beyond ``seen``, the end of the transfers known
+        at its start, which ``gpu_time`` already charged. Measured on the slowed end, the
+        charge would depend on which member of a collective arrived last at one instant."""
         late = min(end, comm_until[rank]) - max(start, seen, comm_from[rank])
         return (slowdown - 1.0) * late if late > 0 else 0.0
 
     cpu_ahead: dict[tuple[int, int], float] = {}
     max_lead = host.max_lead_s if hosted else 0.0
 
-    def rank_proc(rank: int):
+    # Compute ops in a row involve no other rank: where no transfer can slow them down (no
+    # overlap slowdown on this topology) a run of them takes one timeout, to the end of the
+    # last, and each still gets its own row with its exact start and end.
+    fuse = slowdown <= 1.0
+    host_seconds = host.seconds if hosted else None
+    granularity = host.granularity if hosted else None
+
+    identity = list(range(schedule.world_size))
+
+    # Rows of representatives that stand for their images too (copied to them at the end),
+    # and the steps whose CPU lead a representative had recorded when its images split off.
+    image_rows: list[TraceRow] = []
+    split_steps: dict[int, set] = {}
+    # Where each representative's images split off (-1: never, they run all of its ops).
+    split_at = {r: -1 if all(len(schedule.ranks[m]) == o.prefix for m, _ in o.images)
+                and len(schedule.ranks[r]) == o.prefix else o.prefix for r, o in images.items()}
+
+    def rank_proc(rank: int, i: int = 0, cpu: float = 0.0, step: int | None = None):
+        """Rank ``rank``'s ops from its ``i``-th on, its CPU clock at ``cpu`` (seconds; when
+        it has issued everything so far) and its latest step ``step``."""
         gpu = rank + rank_offset
-        cpu = 0.0  # when this rank's CPU has issued everything so far
-        step = None
-        for i, op in enumerate(schedule.ranks[rank]):
+        orbit, split = (images[rank].images, split_at[rank]) if rank in images else ((), -1)
+        out = image_rows if orbit else rows
+        ops = schedule.ranks[rank]
+        n_ops = len(ops)
+        while i < n_ops or (orbit and i == split):
+            if i == split and orbit:  # the images' ops differ from here: their own process
+                split_steps[rank] = {s for r, s in cpu_ahead if r == rank}
+                for m, _ in orbit:
+                    del image_of[m]
+                    comm_until[m], comm_from[m] = comm_until[rank], comm_from[rank]
+                    env.process(rank_proc(m, i, cpu, step))
+                orbit, out = (), rows
+                continue
+            if i == n_ops:
+                break
+            op = ops[i]
             at[rank] = i
+            i += 1
             kind = type(op)
+            if kind is Compute:
+                now = env.now
+                while True:
+                    seen = comm_until[rank]
+                    if hosted:
+                        if now - cpu > max_lead:  # the launch queue is full: the CPU waits
+                            cpu = now - max_lead
+                        if op.step != step:
+                            step = op.step
+                            cpu_ahead.setdefault((rank, step), now - cpu)
+                        h, pieces = host_seconds(op), granularity(op)
+                        # The overlap with transfers counts from when the op starts, once
+                        # its first piece is issued.
+                        g = gpu_time(rank, op, max(now, cpu + h / pieces))
+                        late = g - compute_time(op)  # the slowdown charged so far
+                        start, end, cpu = issue(now, cpu, h, g, pieces)
+                        g = end - now
+                    else:
+                        start = now
+                        g = gpu_time(rank, op, now)
+                        late = g - compute_time(op)
+                    if fuse:
+                        now += g  # the clock after a timeout of g
+                    else:
+                        yield timeout(g)
+                        if comm_until[rank] > seen:
+                            extra = late_slowdown(rank, start, env.now - late, seen)
+                            if extra:
+                                yield timeout(extra)
+                        now = env.now
+                    out.append(compute_row(rank, op, start, now, source(op)))
+                    if not fuse or i == n_ops or i == split or type(ops[i]) is not Compute:
+                        break
+                    op = ops[i]
+                    at[rank] = i
+                    i += 1
+                if fuse:
+                    yield timeout(now - env.now)
+                continue
             if hosted:
-                s = op.step if kind is Compute else getattr(getattr(op, "tag", None), "step",
-                                                            step)
+                s = getattr(getattr(op, "tag", None), "step", step)
                 if env.now - cpu > max_lead:  # the launch queue is full: the CPU waits
                     cpu = env.now - max_lead
                 if s != step:
                     step = s
                     cpu_ahead.setdefault((rank, s), env.now - cpu)
-                h = host.seconds(op)
-                if kind is Compute:
-                    seen = comm_until[rank]
-                    g = gpu_time(rank, op, max(env.now, cpu))
-                    start, end, cpu = issue(env.now, cpu, h, g, host.granularity(op))
-                    yield timeout(end - env.now)
-                    if comm_until[rank] > seen:
-                        extra = late_slowdown(rank, start, end, seen)
-                        if extra:
-                            yield timeout(extra)
-                    rows.append(compute_row(rank, op, start, env.now, source(op)))
-                    continue
+                h = host_seconds(op)
                 # A merged collective (``count`` calls, the planner's coarse ops) starts once
                 # its first call is issued; it cannot end before its last one is.
                 first = cpu + (h / op.count if kind is Collective else h)
                 cpu += h
                 if first > env.now and kind is not Recv and kind is not Wait:
                     yield timeout(first - env.now)  # not issued yet: the GPU waits
-            if kind is Compute:
-                start = env.now
-                seen = comm_until[rank]
-                yield timeout(gpu_time(rank, op, start))
-                if comm_until[rank] > seen:
-                    extra = late_slowdown(rank, start, env.now, seen)
-                    if extra:
-                        yield timeout(extra)
-                rows.append(compute_row(rank, op, start, env.now, source(op)))
-            elif kind is Send:
-                ev = slot((rank, op.dst, op.tag))
+            if kind is Send:
                 start = env.now
 
-                def arrived(ev=ev, op=op, start=start) -> None:
-                    rows.append(message_row(rank, OpKind.SEND, op.tag, start, env.now,
-                                            op.nbytes, op.dst))
-                    ev.succeed(start)
+                def arrived(op=op, start=start, out=out) -> None:
+                    out.append(message_row(rank, OpKind.SEND, op.tag, start, env.now,
+                                           op.nbytes, op.dst))
+                    deliver(rank, op.dst, op.tag, start)
 
-                net.transfer(gpu, op.dst + rank_offset, op.nbytes, arrived)
+                if not orbit:
+                    net.transfer(gpu, op.dst + rank_offset, op.nbytes, arrived)
+                else:  # with the image ranks' messages
+                    pairs = [(gpu, op.dst + rank_offset)]
+                    dones = [arrived]
+                    for m, perm in orbit:
+                        dst = perm[op.dst]
+                        same_route.add((rank, op.dst, m, dst))
+                        pairs.append((m + rank_offset, dst + rank_offset))
+                        dones.append(lambda m=m, dst=dst, tag=op.tag, start=start:
+                                     deliver(m, dst, tag, start))
+                    net.transfers(pairs, op.nbytes, dones)
                 if slowdown > 1.0:
                     a, b = gpu, op.dst + rank_offset
                     until = (env.now + topo.route_latency(a, b)
@@ -453,42 +484,42 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                 own = host_time(op.src + rank_offset, gpu, op.nbytes) if host_time else 0.0
                 if own:  # and completing it the receiver's
                     yield timeout(own)
-                rows.append(message_row(rank, OpKind.RECV, op.tag, start, env.now, op.nbytes,
-                                        op.src))
+                out.append(message_row(rank, OpKind.RECV, op.tag, start, env.now, op.nbytes,
+                                       op.src))
             elif kind is Collective:
-                key = (op.tag, op.group)
-                rv = meetings.get(key)
-                if rv is None:
-                    rv = meetings[key] = _Rendezvous(env)
-                rv.arrived += weight[rank]
-                rv.nbytes = max(rv.nbytes, op.nbytes)
-                if rv.arrived == len(op.group):
-                    del meetings[key]
-                    launch(op, rv)
+                ready: list[_Rendezvous] = []
+                rv = meet(op, op.group if not image_of else image_group(op.group, identity),
+                          weight[rank], ready)
+                for _, perm in orbit:  # each image rank joins its image collective
+                    other = meet(op, image_group(op.group, perm), 1, ready)
+                    if other is not rv:
+                        same_collective.append((rv, other))
+                if ready:
+                    launch_all(op, ready)
                 if op.asynchronous:
                     pending[(rank, op.tag)] = rv
-                    rv.event.callbacks.append(lambda _, op=op, rv=rv, rank=rank:
-                                              collective_row(rank, op, rv))
+                    rv.event.callbacks.append(lambda _, op=op, rv=rv, out=out:
+                                              collective_row(rank, op, rv, out))
                 else:
                     yield rv.event
                     if hosted and cpu > env.now:
                         yield timeout(cpu - env.now)
-                    collective_row(rank, op, rv)
+                    collective_row(rank, op, rv, out)
             elif kind is Wait:
                 rv = pending.pop((rank, op.tag), None)
                 if rv is None:
-                    raise ScheduleError(f"{schedule.where(rank, i)} waits for no asynchronous "
+                    raise ScheduleError(f"{schedule.where(rank, i - 1)} waits for no asynchronous "
                                         "collective issued before it")
                 start = env.now
                 yield rv.event
                 if hosted and cpu > env.now:
                     yield env.timeout(cpu - env.now)
-                rows.append(message_row(rank, OpKind.WAIT, op.tag, start, env.now))
+                out.append(message_row(rank, OpKind.WAIT, op.tag, start, env.now))
             else:
                 raise TypeError(f"unknown op {op!r}")
-        at[rank] = len(schedule.ranks[rank])
+        at[rank] = n_ops
 
-    mirrored = {m for others in copies.values() for m in others}
+    mirrored = {m for others in copies.values() for m in others} | set(image_of)
     for r in range(schedule.world_size):
         if r not in mirrored:
             env.process(rank_proc(r))
@@ -496,6 +527,13 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     for rep, others in copies.items():
         for m in others:
             at[m] = at[rep]
+    if image_of:
+        _check_images(topo, rank_offset, same_collective, same_arrival, arrived_at,
+                      same_route, meetings)
+        for rep, orbit in images.items():
+            if rep not in split_steps:
+                for m, _ in orbit.images:
+                    at[m] = at[rep]
     # The event loop ran dry: a rank still short of its last op waits for something no
     # other rank will ever do.
     stuck = {r: i for r, i in enumerate(at) if i < len(schedule.ranks[r])}
@@ -514,7 +552,44 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
                  for m in copies[row.rank]]
         cpu_ahead.update({(m, s): v for (r, s), v in list(cpu_ahead.items()) if r in copies
                           for m in copies[r]})
+    if images:
+        rows += image_rows
+        rows += [row.on_rank(m, perm[row.peer] if row.peer >= 0 else -1)
+                 for row in image_rows for m, perm in images[row.rank].images]
+        cpu_ahead.update({(m, s): v for (r, s), v in list(cpu_ahead.items()) if r in images
+                          and (r not in split_steps or s in split_steps[r])
+                          for m, _ in images[r].images})
     return Trace(rows, cpu_ahead)
+
+
+def _check_images(topo: Topology, offset: int,
+                  same_collective: list[tuple[_Rendezvous, _Rendezvous]],
+                  same_arrival: list[tuple[tuple, float]], arrived_at: dict[tuple, float],
+                  same_route: set[tuple[int, int, int, int]], meetings: dict) -> None:
+    """Raise ``_Asymmetric`` unless every image collective started and ended with its
+    original and cost the same alone, every image message arrived with its original and
+    crosses a route as fast and as long, and no collective was left waiting."""
+    if meetings:
+        raise _Asymmetric("a collective never started")
+    for a, b in same_collective:
+        if a.plan is not None and (b.plan is None or a.plan[1:] != b.plan[1:]):
+            raise _Asymmetric("an image collective costs another time alone")
+        if not (_close(a.start, b.start) and _close(a.end, b.end)):
+            raise _Asymmetric("an image collective ran at another time")
+    for key, t in same_arrival:
+        if key not in arrived_at or not _close(arrived_at[key], t):
+            raise _Asymmetric("an image message arrived at another time")
+    for a, b, c, d in same_route:
+        if topo.route_latency(a + offset, b + offset) != topo.route_latency(c + offset,
+                                                                            d + offset) \
+                or topo.route_bandwidth(a + offset, b + offset) != topo.route_bandwidth(
+                    c + offset, d + offset):
+            raise _Asymmetric("an image message crosses another kind of route")
+
+
+def _close(a: float, b: float) -> bool:
+    """Equal times but for rounding (events at one instant may run in another order)."""
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a))
 
 
 def mirror_classes(ranks: list[list[Op]]) -> dict[int, list[int]]:

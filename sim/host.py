@@ -59,6 +59,7 @@ class HostModel:
         self._block_ops = [model.block_host_ops(i) for i in range(model.num_blocks)]
         self.max_lead_s = QUEUE_OPS * self.op_s  # the CPU runs at most this far ahead
         self._range_ops: dict[tuple[int, int], int] = {}  # block range -> its operators
+        self._seconds: dict[tuple, float] = {}  # see ``seconds``
 
     def ops(self, op: object) -> float:
         """Operators the CPU dispatches to issue ``op``."""
@@ -89,10 +90,25 @@ class HostModel:
         raise TypeError(f"unknown op {op!r}")
 
     def seconds(self, op: object) -> float:
-        """Host seconds to issue ``op`` (0 when the model is inactive). Not memoised per op:
-        ops differ in their step and patch, so such a memo almost never hit (2 % of the calls
-        of a PipeFusion prediction) and hashing the op cost three times the sum itself."""
-        return self.ops(op) * self.op_s if self.active else 0.0
+        """Host seconds to issue ``op`` (0 when the model is inactive). Memoised on what the
+        count depends on (kind, blocks and part of a compute op; kind, group size and count
+        of a collective), not on the op: ops differ in their step and patch, so a memo per op
+        almost never hit, and hashing a whole op cost three times the count itself."""
+        if not self.active:
+            return 0.0
+        kind = type(op)
+        if kind is Compute:
+            key: tuple = (op.kind, op.layers, op.part)  # type: ignore[attr-defined]
+        elif kind is Collective:
+            key = (op.kind, len(op.group), op.count)  # type: ignore[attr-defined]
+        elif kind is Send or kind is Recv or kind is Wait:
+            return self.op_s  # one operator
+        else:
+            return self.ops(op) * self.op_s
+        t = self._seconds.get(key)
+        if t is None:
+            t = self._seconds[key] = self.ops(op) * self.op_s
+        return t
 
     def granularity(self, op: Compute) -> int:
         """Equal pieces the CPU issues ``op`` in (one per block of a block range): the GPU

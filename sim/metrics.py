@@ -111,8 +111,10 @@ def source_summary(rows: Trace | Iterable[TraceRow]) -> dict[str, dict[str, int]
     Communication rows are skipped."""
     counts: Counter = Counter()
     if isinstance(rows, ExtendedTrace):
-        for r in rows.short.rows:
-            counts[(r.op, r.source)] += rows.weight(r)
+        b = rows.step
+        by_step = Counter((r.op, r.source, r.step == b) for r in rows.short.rows)
+        for (op, source, repeated), n in by_step.items():
+            counts[(op, source)] += n * (1 + rows.copies if repeated else 1)
     else:
         counts.update((r.op, r.source) for r in (rows.rows if isinstance(rows, Trace)
                                                   else rows))

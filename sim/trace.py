@@ -64,9 +64,12 @@ class TraceRow(NamedTuple):
         """``end_s - start_s``, seconds."""
         return self.end_s - self.start_s
 
-    def on_rank(self, rank: int) -> TraceRow:
-        """This row as run by ``rank`` (a mirror rank's copy of its representative's)."""
-        return _new_row(TraceRow, (rank, *self[1:]))
+    def on_rank(self, rank: int, peer: int | None = None) -> TraceRow:
+        """This row as run by ``rank`` (a mirror rank's copy of its representative's), with
+        ``peer`` as the other end of a message when given."""
+        if peer is None:
+            return _new_row(TraceRow, (rank, *self[1:]))
+        return _new_row(TraceRow, (rank, *self[1:9], peer, *self[10:]))
 
     def shifted(self, dt: float, step: int) -> TraceRow:
         """This row moved ``dt`` seconds later and relabelled as step ``step``."""
@@ -260,7 +263,15 @@ class ExtendedTrace(Trace):
 
     @property
     def end_s(self) -> float:
-        return max((r.end_s + self.shift(r) for r in self.short.rows), default=0.0)
+        # ``shift`` inlined: this runs on every row of every prediction.
+        b, text = self.step, OpKind.TEXT_ENCODE
+        rows = self.short.rows
+        still = max((r.end_s for r in rows if 0 <= r.step < b or r.op == text), default=None)
+        moved = max((r.end_s for r in rows if r.step >= b or (r.step < 0 and r.op != text)),
+                    default=None)
+        ends = [e for e in (still, None if moved is None else moved + self.copies * self.period)
+                if e is not None]
+        return max(ends, default=0.0)
 
     def __len__(self) -> int:
         return sum(map(self.weight, self.short.rows))

@@ -30,7 +30,7 @@ The builders below read top to bottom as one rank's ops for one patch of one ste
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sim.config import ParallelConfig, Workload
 from sim.layout import Coords, RankLayout
@@ -74,6 +74,8 @@ class Job:
     last_stage: int
     forwards_text: bool  # the text stream runs through the blocks (MM-DiT) and moves with them
     tensor_reduces: int  # tensor-parallel all-reduces per block: attention, MLP, cross-attention
+    # the ops of ``block_ops``, shared by the ranks that list the same ones
+    block_memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def nbytes(self, shape: tuple[int, ...]) -> int:
         """Bytes of a tensor of ``shape`` in the run's dtype."""
@@ -200,33 +202,70 @@ def block_ops(job: Job, seat: Seat, slot: Slot, lo: int, hi: int) -> list[Op]:
     """Blocks ``lo..hi`` with the collectives of Ulysses, ring and tensor parallelism: the
     projections, Ulysses' all-to-alls, the ring's K,V rotation issued before attention and
     waited for after it, and the tensor-parallel all-reduces."""
+    # Every rank of a stage runs the same blocks on the same slot, and the ranks of a group
+    # list the same collective: ops are immutable, so each is built once and shared (which
+    # also makes comparing two ranks' lists cheap).
+    memo = job.block_memo
+    key = (slot.step, slot.patch, lo, hi)
+    parts = memo.get(key)
+    if parts is None:
+        parts = memo[key] = _block_parts(job, slot, lo, hi)
+    proj, a2a, ring, attn, wait, reduce = parts
+    ops: list[Op] = [proj]
+    if a2a is not None:
+        ops.append(_shared(memo, a2a, seat.ulysses))
+    if ring is not None:
+        ops.append(_shared(memo, ring, seat.ring))
+    if attn is not None:
+        ops.append(attn)
+    if wait is not None:
+        ops.append(wait)
+    if reduce is not None:
+        ops.append(_shared(memo, reduce, seat.tensor))
+    return ops
+
+
+def _shared(memo: dict, template: Collective, group: tuple[int, ...]) -> Collective:
+    """``template`` over ``group``, built once per (template, group)."""
+    key = (id(template), group)
+    op = memo.get(key)
+    if op is None:
+        op = memo[key] = Collective(template.kind, group, template.nbytes, template.tag,
+                                    template.asynchronous, template.count)
+    return op
+
+
+def _block_parts(job: Job, slot: Slot, lo: int, hi: int) -> tuple:
+    """The ops of ``block_ops`` for any rank of a stage, its collectives with an empty group:
+    projections (or the whole blocks), Ulysses' all-to-alls, the ring's rotation, the
+    attention core, the wait for the rotation, the tensor-parallel all-reduces (None where
+    the configuration has none)."""
     t, j, qs = slot.step, slot.patch, slot.tokens
     U, R, T = job.layout.ulysses, job.layout.ring, job.layout.tensor
     n = hi - lo + 1
     split = U > 1 or R > 1
     shard = job.nbytes((job.batch, qs, job.model.hidden // T))
-    ops: list[Op] = [Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
-                             "proj" if split else "all", T)]
+    proj = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
+                   "proj" if split else "all", T)
+    a2a = ring = attn = wait = reduce = None
     if U > 1:
         # MM-DiT: the text stream is replicated, and its queries ride in the query exchange
         # and come back in the output exchange (executor/mmdit.py; K,V carry image rows
         # only): the four exchanges of a block average qs + text/2 rows each.
-        a2a = shard if not job.forwards_text else job.nbytes(
+        size = shard if not job.forwards_text else job.nbytes(
             (job.batch, 2 * qs + job.model.text_tokens, job.model.hidden // T)) // 2
-        ops.append(Collective(OpKind.ALL_TO_ALL, seat.ulysses, a2a, Tag("ulysses", t, j, lo),
-                              count=4 * n))
+        a2a = Collective(OpKind.ALL_TO_ALL, (), size, Tag("ulysses", t, j, lo), count=4 * n)
     if R > 1:
-        ops.append(Collective(OpKind.RING_KV, seat.ring, 2 * shard, Tag("ring", t, j, lo),
-                              asynchronous=True, count=n))
+        ring = Collective(OpKind.RING_KV, (), 2 * shard, Tag("ring", t, j, lo),
+                          asynchronous=True, count=n)
+        wait = Wait(ring.tag)
     if split:
-        ops.append(Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
-                           "attn", T))
-    if R > 1:
-        ops.append(Wait(Tag("ring", t, j, lo)))
+        attn = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
+                       "attn", T)
     if T > 1:
-        ops.append(Collective(OpKind.ALL_REDUCE, seat.tensor, job.nbytes(job.hidden(qs)),
-                              Tag("tensor", t, j, lo), count=job.tensor_reduces * n))
-    return ops
+        reduce = Collective(OpKind.ALL_REDUCE, (), job.nbytes(job.hidden(qs)),
+                            Tag("tensor", t, j, lo), count=job.tensor_reduces * n)
+    return proj, a2a, ring, attn, wait, reduce
 
 
 def stage_outputs(job: Job, seat: Seat, slot: Slot) -> list[Op]:
