@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim import search
+from sim.bounds import latency_lower_bound, lower_bounds
 from sim.config import ParallelConfig, Workload, validate
 from sim.cost import CostSpec
 from sim.engine import Network, _Flow
 from sim.errors import UserError
-from sim.evaluate import evaluate, latency_lower_bound, lower_bounds
+from sim.evaluate import evaluate
 from sim.hardware import get_gpu
 from sim.models import get_model
 from sim.topology import build_topology
