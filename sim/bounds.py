@@ -127,17 +127,18 @@ class _Run:
     each rule is a max of sums, so the clocks are lower bounds of any run. ``lead`` is how far
     the CPU may run ahead of the GPU (``HostModel.max_lead_s``; 0 without a host clock)."""
 
-    __slots__ = ("tT", "tc", "cT", "cc", "lead", "issued")
+    __slots__ = ("tT", "tc", "cT", "cc", "lead", "hosted", "issued")
 
-    def __init__(self, lead: float) -> None:
+    def __init__(self, lead: float, hosted: bool) -> None:
         self.tT, self.tc, self.cT, self.cc = IDENTITY
         self.lead = lead
+        self.hosted = hosted
         self.issued: dict = {}  # asynchronous collectives: tag -> earliest end (tT, tc)
 
     def clocks(self) -> Clocks:
         return (self.tT, self.tc, self.cT, self.cc)
 
-    def cap(self) -> None:
+    def _cap(self) -> None:
         """The CPU is never further ahead than the launch queue allows (before every op)."""
         lead = self.lead
         if self.tT - lead > self.cT:
@@ -147,7 +148,8 @@ class _Run:
 
     def compute(self, g: float, h: float, pieces: int) -> None:
         """``g`` GPU seconds issued in ``pieces`` by ``h`` host seconds."""
-        if h:
+        if self.hosted:
+            self._cap()
             issue = max(h / pieces + g, h + g / pieces)
             self.tT, self.tc = max(self.tT + g, self.cT + issue), max(self.tc + g,
                                                                       self.cc + issue)
@@ -157,29 +159,38 @@ class _Run:
             self.tT += g
             self.tc += g
 
-    def issue(self, h: float, first: float) -> None:
-        """An op the GPU starts once ``first`` of its ``h`` host seconds are spent (a send,
-        a collective)."""
-        if h:
+    def send(self, h: float) -> None:
+        """A send: the GPU moves on once it is issued."""
+        if self.hosted:
+            self._cap()
+            self.cT += h
+            self.cc += h
+            self.tT, self.tc = max(self.tT, self.cT), max(self.tc, self.cc)
+
+    def collective(self, h: float, count: int, floor: float, tag: object | None) -> None:
+        """A collective of ``count`` calls, at least ``floor`` seconds once the rank is in
+        (it is once the first call is issued): blocking (``tag`` None), or asynchronous and
+        awaited by a later ``wait(tag)``. A blocking one returns no earlier than the CPU has
+        issued all its calls."""
+        if self.hosted:
+            self._cap()
+            first = h / count
             self.tT, self.tc = max(self.tT, self.cT + first), max(self.tc, self.cc + first)
             self.cT += h
             self.cc += h
-
-    def block(self, floor: float) -> None:
-        """A blocking collective of at least ``floor`` seconds once the rank is in; it
-        returns no earlier than the CPU has issued it."""
-        self.tT, self.tc = max(self.tT + floor, self.cT), max(self.tc + floor, self.cc)
-
-    def start(self, tag: object, floor: float) -> None:
-        """An asynchronous collective of at least ``floor`` seconds from now."""
-        self.issued[tag] = (self.tT + floor, self.tc + floor)
+        if tag is not None:
+            self.issued[tag] = (self.tT + floor, self.tc + floor)
+        else:
+            self.tT, self.tc = max(self.tT + floor, self.cT), max(self.tc + floor, self.cc)
 
     def wait(self, h: float, tag: object) -> None:
         """A receive (``tag`` None) or a wait: ends no earlier than issued, nor than the
         asynchronous collective ``tag`` when this run issued it."""
-        self.cT += h
-        self.cc += h
-        self.tT, self.tc = max(self.tT, self.cT), max(self.tc, self.cc)
+        if self.hosted:
+            self._cap()
+            self.cT += h
+            self.cc += h
+            self.tT, self.tc = max(self.tT, self.cT), max(self.tc, self.cc)
         end = self.issued.pop(tag, None) if tag is not None else None
         if end is not None:
             self.tT, self.tc = max(self.tT, end[0]), max(self.tc, end[1])
@@ -253,14 +264,17 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
     edges: dict[int, dict[int, float]] = {}
     seen: set[tuple] = set()  # (tag, group, occurrence) of collectives already on the edges
     ranks: dict[int, RankProfile] = {}
+    # A patch's path matters only through several stages (one stage's path is part of its
+    # rank's ops, which the rank's clocks already hold).
+    pipelined = sched.layout is not None and sched.layout.stages > 1
     for rank, ops in enumerate(sched.ranks):
         if not ops or (only is not None and rank not in only):
             continue
         prof = ranks[rank] = RankProfile()
         clocks, slots, sent = prof.clocks, prof.slots, prof.sent
         listed: Counter = Counter()  # this rank's occurrences of each (tag, group)
-        seg, run = BEFORE, _Run(lead)  # the current segment and its clocks so far
-        slot, path = None, _Run(lead)  # the current patch slot and its clocks so far
+        seg, run = BEFORE, _Run(lead, hosted)  # the current segment and its clocks so far
+        slot, path = None, _Run(lead, hosted)  # the current patch slot and its clocks so far
         for op in ops:
             kind = type(op)
             if kind is Recv and op.tag.what == "latent":
@@ -278,32 +292,26 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                 step = seg
             if step != seg:
                 clocks[seg] = then(clocks.get(seg, IDENTITY), run.clocks())
-                seg, run = step, _Run(lead)
+                seg, run = step, _Run(lead, hosted)
             # The op's patch slot, when it is on a patch's path (receives are left out: they
             # only wait, and a lower bound may leave ops out).
-            if kind is Compute:
-                key = (op.step, op.patch) if op.kind in _CHAIN_KINDS else None
-            elif kind is Recv or tag.what not in _PATH_TAGS:
-                key = None
-            else:
-                key = (tag.step, tag.patch)
-            if key is not None and key != slot:
-                if slot is not None:
-                    slots[slot] = then(slots.get(slot, IDENTITY), path.clocks())
-                slot, path = key, _Run(lead)
-            on_path = key is not None
-            if hosted:
-                run.cap()
-                h = host.seconds(op)
-                if on_path:
-                    path.cap()
-            else:
-                h = 0.0
+            key = None
+            if pipelined:
+                if kind is Compute:
+                    if op.kind in _CHAIN_KINDS:
+                        key = (op.step, op.patch)
+                elif kind is not Recv and tag.what in _PATH_TAGS:
+                    key = (tag.step, tag.patch)
+                if key is not None and key != slot:
+                    if slot is not None:
+                        slots[slot] = then(slots.get(slot, IDENTITY), path.clocks())
+                    slot, path = key, _Run(lead, hosted)
+            h = host.seconds(op) if hosted else 0.0
             if kind is Compute:
                 g = cost.compute_time(op)
                 pieces = host.granularity(op) if hosted else 1
                 run.compute(g, h, pieces)
-                if on_path:
+                if key is not None:
                     path.compute(g, h, pieces)
             elif kind is Collective:
                 if len(op.group) <= 1:
@@ -317,26 +325,23 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                     on = edges.setdefault(seg, {})
                     for e, s in busy.items():
                         on[e] = on.get(e, 0.0) + s
-                first = h / op.count  # a merged collective starts once its first call is
-                for r in (run, path) if on_path else (run,):
-                    r.issue(h, first)
-                    if op.asynchronous:
-                        r.start(tag, floor)
-                    else:
-                        r.block(floor)
+                awaited = tag if op.asynchronous else None
+                run.collective(h, op.count, floor, awaited)
+                if key is not None:
+                    path.collective(h, op.count, floor, awaited)
             elif kind is Send:
                 alone, route = costs.send(rank, op)
                 on = edges.setdefault(seg, {})
                 for e in route:
                     on[e] = on.get(e, 0.0) + op.nbytes / cap[e]
-                run.issue(h, h)
-                if on_path:
-                    path.issue(h, h)
+                run.send(h)
+                if key is not None:
+                    path.send(h)
                     if tag.what in ("hidden", "latent"):
                         sent[key] = sent.get(key, 0.0) + alone
             elif kind is Wait:
                 run.wait(h, tag)
-                if on_path:
+                if key is not None:
                     path.wait(h, tag)
             elif kind is Recv:
                 run.wait(h, None)
@@ -383,22 +388,30 @@ def _chain_bound(sched: Schedule, prof: ScheduleProfile, run: Run) -> float:
         return 0.0
     steps = [(step, copies, warm) for step, copies, warm in run if step >= 0 and copies]
     paths: dict[tuple[int, int], Clocks] = {}
+
+    def path(key: tuple[int, int]) -> Clocks:
+        one = paths.get(key)
+        if one is None:
+            one = IDENTITY
+            for r in chain:
+                # Over to the next stage: the transfer, and a CPU clock known only from the
+                # GPU's (the lead cap).
+                one = then(then(one, r.slots.get(key, IDENTITY)),
+                           (r.sent.get(key, 0.0), _NONE, _NONE, _NONE))
+            paths[key] = one
+        return one
+
+    # Patches of equal size take equal paths: each distinct path is followed once.
+    routes = {tuple(path((step, -1 if warm else j)) for step, _, warm in steps)
+              for j in range(sched.patches)}
+    start = chain[0].clocks.get(BEFORE, IDENTITY)
+    end = chain[-1].clocks.get(AFTER, IDENTITY)
     best = 0.0
-    for j in range(sched.patches):
-        total = chain[0].clocks.get(BEFORE, IDENTITY)
-        for step, copies, warm in steps:
-            key = (step, -1 if warm else j)
-            one = paths.get(key)
-            if one is None:
-                one = IDENTITY
-                for r in chain:
-                    # Over to the next stage: the transfer, and a CPU clock known only from
-                    # the GPU's (the lead cap).
-                    one = then(then(one, r.slots.get(key, IDENTITY)),
-                               (r.sent.get(key, 0.0), _NONE, _NONE, _NONE))
-                paths[key] = one
+    for route in routes:
+        total = start
+        for one, (_, copies, _) in zip(route, steps):
             total = then(total, repeat(one, copies))
-        total = then(total, chain[-1].clocks.get(AFTER, IDENTITY))
+        total = then(total, end)
         best = max(best, total[0], total[1])
     return best
 
