@@ -207,6 +207,8 @@ class RankProfile:
     clocks: dict[int, Clocks] = field(default_factory=dict)
     slots: dict[tuple[int, int], Clocks] = field(default_factory=dict)
     sent: dict[tuple[int, int], float] = field(default_factory=dict)
+    # Per segment, its ops reduced to what ``_pipeline_bound`` replays (pipelines only).
+    events: dict[int, list[tuple]] = field(default_factory=dict)
 
 
 @dataclass
@@ -217,6 +219,8 @@ class ScheduleProfile:
 
     ranks: dict[int, RankProfile]
     edges: dict[int, dict[int, float]]
+    lead: float = 0.0  # how far a CPU may run ahead of its GPU, seconds
+    hosted: bool = False  # whether ranks have a host clock
 
 
 class _Costs:
@@ -266,13 +270,15 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
     ranks: dict[int, RankProfile] = {}
     # A patch's path matters only through several stages (one stage's path is part of its
     # rank's ops, which the rank's clocks already hold).
-    pipelined = sched.layout is not None and sched.layout.stages > 1
+    stages = sched.layout.stages if sched.layout is not None else 1
+    pipelined = stages > 1 and (only is None or len(only) == stages)
     for rank, ops in enumerate(sched.ranks):
         if not ops or (only is not None and rank not in only):
             continue
         prof = ranks[rank] = RankProfile()
         clocks, slots, sent = prof.clocks, prof.slots, prof.sent
         listed: Counter = Counter()  # this rank's occurrences of each (tag, group)
+        events = prof.events
         seg, run = BEFORE, _Run(lead, hosted)  # the current segment and its clocks so far
         slot, path = None, _Run(lead, hosted)  # the current patch slot and its clocks so far
         for op in ops:
@@ -280,7 +286,10 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
             if kind is Recv and op.tag.what == "latent":
                 # Left out (a lower bound may leave ops out): a step's latent receives
                 # depend on the step before, so a template's step would not match every step
-                # it stands for (a W=0 run's first step receives nothing).
+                # it stands for (a W=0 run's first step receives nothing). The replay waits
+                # for the latent when the step before sent it, without its host time.
+                if pipelined:
+                    events.setdefault(seg, []).append((2, 0.0, "latent", op.tag.patch))
                 continue
             tag = None if kind is Compute else op.tag
             step = op.step if tag is None else tag.step
@@ -307,12 +316,16 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                         slots[slot] = then(slots.get(slot, IDENTITY), path.clocks())
                     slot, path = key, _Run(lead, hosted)
             h = host.seconds(op) if hosted else 0.0
+            if pipelined:
+                trail = events.setdefault(seg, [])
             if kind is Compute:
                 g = cost.compute_time(op)
                 pieces = host.granularity(op) if hosted else 1
                 run.compute(g, h, pieces)
                 if key is not None:
                     path.compute(g, h, pieces)
+                if pipelined:
+                    trail.append((0, h, g, pieces))
             elif kind is Collective:
                 if len(op.group) <= 1:
                     continue
@@ -329,6 +342,8 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                 run.collective(h, op.count, floor, awaited)
                 if key is not None:
                     path.collective(h, op.count, floor, awaited)
+                if pipelined:
+                    trail.append((3, h, op.count, floor, awaited))
             elif kind is Send:
                 alone, route = costs.send(rank, op)
                 on = edges.setdefault(seg, {})
@@ -339,18 +354,24 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                     path.send(h)
                     if tag.what in ("hidden", "latent"):
                         sent[key] = sent.get(key, 0.0) + alone
+                if pipelined:
+                    trail.append((1, h, tag.what, tag.patch, alone))
             elif kind is Wait:
                 run.wait(h, tag)
                 if key is not None:
                     path.wait(h, tag)
+                if pipelined:
+                    trail.append((4, h, tag))
             elif kind is Recv:
                 run.wait(h, None)
+                if pipelined:
+                    trail.append((2, h, tag.what, tag.patch))
             else:
                 raise TypeError(f"unknown op {op!r}")
         clocks[seg] = then(clocks.get(seg, IDENTITY), run.clocks())
         if slot is not None:
             slots[slot] = then(slots.get(slot, IDENTITY), path.clocks())
-    return ScheduleProfile(ranks, edges)
+    return ScheduleProfile(ranks, edges, lead, hosted)
 
 
 # A run as segments in order: (segment key of the short schedule, copies in the run, warm).
@@ -416,11 +437,79 @@ def _chain_bound(sched: Schedule, prof: ScheduleProfile, run: Run) -> float:
     return best
 
 
+def _pipeline_bound(prof: ScheduleProfile, run: Run) -> float:
+    """The engine's rules replayed step after step on the chain of stage peers ``prof`` holds
+    (every stage), each stage receiving the hidden states of a patch when the stage before
+    sent them plus their uncontended transfer, and stage 0 the latent the last stage sent in
+    the step before, with nothing else in the way (other ranks, links shared): a lower bound
+    that sees the pipeline fill and drain, the warmup's full-image steps passing through every
+    stage in turn, and how a stage's CPU lead and its waits combine. 0 without events."""
+    chain = [prof.ranks[r] for r in sorted(prof.ranks)]
+    if not chain or not chain[0].events:
+        return 0.0
+    lead, hosted = prof.lead, prof.hosted
+    clock = [[0.0, 0.0] for _ in chain]  # per stage: GPU clock, CPU clock
+    latent: dict[int, float] = {}  # patch -> when its latent reaches stage 0 (step before)
+    order = [(BEFORE, 1)] + [(s, n) for s, n, _ in run if s >= 0 and n] + [(AFTER, 1)]
+    for seg, copies in order:
+        for _ in range(copies):
+            hidden: dict[int, float] = {}  # patch -> arrival at the next stage
+            sent_latent: dict[int, float] = {}
+            for r, stage in enumerate(chain):
+                T, c = clock[r]
+                arrived, hidden = hidden, {}
+                issued: dict = {}
+                for ev in stage.events.get(seg, ()):
+                    code, h = ev[0], ev[1]
+                    if hosted and T - lead > c:
+                        c = T - lead
+                    if code == 0:  # compute
+                        g, pieces = ev[2], ev[3]
+                        if hosted:
+                            T = max(T + g, c + max(h / pieces + g, h + g / pieces))
+                            c += h
+                        else:
+                            T += g
+                    elif code == 1:  # send
+                        c += h
+                        if hosted and c > T:
+                            T = c
+                        if ev[2] == "hidden":
+                            hidden[ev[3]] = T + ev[4]
+                        elif ev[2] == "latent":
+                            sent_latent[ev[3]] = T + ev[4]
+                    elif code == 2:  # receive
+                        c += h
+                        if hosted and c > T:
+                            T = c
+                        source = arrived if ev[2] == "hidden" else (
+                            latent if ev[2] == "latent" else {})
+                        T = max(T, source.get(ev[3], T))
+                    elif code == 3:  # collective
+                        count, floor, awaited = ev[2], ev[3], ev[4]
+                        if hosted:
+                            T = max(T, c + h / count)
+                            c += h
+                        if awaited is not None:
+                            issued[awaited] = T + floor
+                        else:
+                            T = max(T + floor, c) if hosted else T + floor
+                    else:  # wait
+                        c += h
+                        if hosted and c > T:
+                            T = c
+                        T = max(T, issued.pop(ev[2], T))
+                clock[r] = [T, c]
+            latent = sent_latent
+    return max(T for T, _ in clock)
+
+
 def bound_of(sched: Schedule, prof: ScheduleProfile, run: Run) -> float:
     """The lower bound (seconds) of a run made of ``run``'s segments of ``sched``: the largest
-    of the rank, host, link and patch-path bounds (module docstring)."""
+    of the rank, host, link, patch-path and pipeline bounds (module docstring)."""
     best = max((_rank_bound(p, run) for p in prof.ranks.values()), default=0.0)
-    return max(best, _edge_bound(prof.edges, run), _chain_bound(sched, prof, run))
+    return max(best, _edge_bound(prof.edges, run), _chain_bound(sched, prof, run),
+               _pipeline_bound(prof, run))
 
 
 def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
@@ -432,15 +521,23 @@ def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topol
                         template=False)[0]
 
 
-def _bound_ranks(cfg: ParallelConfig) -> frozenset[int]:
+def _bound_ranks(cfg: ParallelConfig, ends: bool = False) -> frozenset[int]:
     """The ranks whose ops the bounds sum: one chain of stage peers, the one that holds the
-    VAE decode (first CFG half, first sequence position)."""
+    VAE decode (first CFG half, first sequence position); with ``ends``, only its first and
+    last stages."""
     layout = RankLayout.of(cfg)
-    return frozenset(layout.group(layout.rank(stage=layout.stages - 1), "stage"))
+    chain = layout.group(layout.rank(stage=layout.stages - 1), "stage")
+    return frozenset((chain[0], chain[-1]) if ends else chain)
+
+
+def refinable(cfg: ParallelConfig) -> bool:
+    """Whether ``lower_bounds(..., ends=True)`` leaves stages of ``cfg`` out (more than two
+    PipeFusion stages), so that the full bound may be higher."""
+    return cfg.pipefusion > 2
 
 
 def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topology,
-                 cost: CostModel, template: bool = True
+                 cost: CostModel, template: bool = True, ends: bool = False
                  ) -> list[tuple[float, list[MemoryBreakdown]]]:
     """``latency_lower_bound`` of each of ``cfgs``, seconds, with the memory per rank.
 
@@ -450,7 +547,10 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
     ``S - W - 1`` steady ones and the last. Without ``template`` (and for the other runs)
     each gets its own short schedule (``W + 2`` steps, middle step repeated). A template's
     step may hold fewer ops than a step it stands for (the first steady step waits for no
-    asynchronous K,V of the step before), never more."""
+    asynchronous K,V of the step before), never more.
+
+    With ``ends`` only the first and last pipeline stages are built (``refinable``): a quicker,
+    lower bound without the patch's path, which the planner refines only where it has to."""
     host = HostModel(wl.model, gpu)
     out: list[tuple[float, list[MemoryBreakdown]] | None] = [None] * len(cfgs)
     groups: dict[ParallelConfig, list[int]] = {}
@@ -460,11 +560,12 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
         shared = template and c.warmup <= wl.steps - 2
         groups.setdefault(replace(c, warmup=0) if shared else c, []).append(i)
     for base, members in groups.items():
+        ranks = _bound_ranks(base, ends)
         if base.warmup == 0 and template and \
                 all(cfgs[i].warmup <= wl.steps - 2 for i in members):
             sched = build_schedule(replace(wl, steps=3), replace(base, warmup=1), coarse=True,
-                                   only=_bound_ranks(base))
-            prof = profile(sched, topo, cost, host, _bound_ranks(base))
+                                   only=ranks)
+            prof = profile(sched, topo, cost, host, ranks)
             for i in members:
                 w = cfgs[i].warmup
                 run = [(BEFORE, 1, True), (0, w, True), (1, wl.steps - w - 1, False),
@@ -476,11 +577,11 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
             cfg = cfgs[i]
             short_steps = min(wl.steps, cfg.warmup + 2)
             sched = build_schedule(replace(wl, steps=short_steps), cfg, coarse=True,
-                                   only=_bound_ranks(cfg))
+                                   only=ranks)
             repeat = wl.steps - short_steps  # extra copies of the middle step (cfg.warmup)
             middle = cfg.warmup if short_steps - 1 > cfg.warmup else None
             run = [(BEFORE, 1, True)] + [(t, 1 + repeat if t == middle else 1, t < cfg.warmup)
                                          for t in range(short_steps)] + [(AFTER, 1, False)]
-            out[i] = (bound_of(sched, profile(sched, topo, cost, host, _bound_ranks(cfg)), run),
+            out[i] = (bound_of(sched, profile(sched, topo, cost, host, ranks), run),
                       memory_per_rank(wl, cfg, sched, gpu))
     return out  # type: ignore[return-value]

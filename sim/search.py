@@ -15,6 +15,7 @@ Torch-free; ``sim.plan`` and ``sim.compare`` present what it finds.
 
 from __future__ import annotations
 
+import heapq
 import multiprocessing as mp
 import os
 import time
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from math import inf
 from typing import Any
 
-from sim.bounds import lower_bounds
+from sim.bounds import lower_bounds, refinable
 from sim.config import ParallelConfig, Workload, check_warmup, validate
 from sim.cost import CostSpec
 from sim.errors import RunFailed, UserError
@@ -148,9 +149,17 @@ def _evaluate_chunk(job: _Job) -> list[Prediction]:
 
 
 def _bound_chunk(job: _Job) -> list[tuple[float, bool, float]]:
+    """(quick lower bound, out of memory, fullest rank's bytes) of each configuration: the
+    bound of the first and last pipeline stages, refined by ``_refine_chunk`` when needed."""
     wl, gpu, topo, scale, spec, cost = _shared()
     return [(lb, max(m.total for m in mem) > gpu.memory_bytes, max(m.total for m in mem))
-            for lb, mem in lower_bounds(wl, job, gpu, topo, cost)]
+            for lb, mem in lower_bounds(wl, job, gpu, topo, cost, ends=True)]
+
+
+def _refine_chunk(job: _Job) -> list[float]:
+    """The full lower bound of each configuration (every pipeline stage, a patch's path)."""
+    wl, gpu, topo, scale, spec, cost = _shared()
+    return [lb for lb, _ in lower_bounds(wl, job, gpu, topo, cost)]
 
 
 @dataclass(frozen=True)
@@ -422,38 +431,58 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
         fitting = [i for i in order if not bounds[i][1]]
         oom = [i for i in order if bounds[i][1]]
         todo = fitting if fitting else oom[:top]
+        # Best bound first: a heap of (bound, order), a quick bound pushed back once refined.
+        todo_order = {i: k for k, i in enumerate(todo)}
+        queue = [(bounds[i][0], k, i) for k, i in enumerate(todo)]
+        rough = {i for i in todo if refinable(cands[i])}
+        variants: dict[ParallelConfig, list[int]] = {}  # warmup variants of each configuration
+        for i in rough:
+            variants.setdefault(replace(cands[i], warmup=0), []).append(i)
         shown = _Shown(top, per_family)
         preds: list[Prediction] = []
         pruned = 0
-        pos = 0
         done: set[int] = set()
-        running: dict[Future, int] = {}
-        # Best bound first, one configuration per worker at a time: each result can prune
-        # the next ones before they start (batches would start work a result would prune).
-        while pos < len(todo) or running:
-            while pos < len(todo) and len(running) < pool.workers and not pool.expired:
-                i = todo[pos]
-                pos += 1
+        running: dict[Future, tuple[str, list[int]]] = {}
+        # One job per worker at a time: each result can prune the next configurations before
+        # they start (batches would start work a result would prune).
+        while queue or running:
+            while queue and len(running) < pool.workers and not pool.expired:
+                _, _, i = heapq.heappop(queue)
                 if shown.beats(cands[i], bounds[i][0]):
                     pruned += 1
+                elif i in rough:
+                    # Refined with its warmup variants still queued (one template for all).
+                    group = [k for k in variants[replace(cands[i], warmup=0)] if k in rough]
+                    rough.difference_update(group)
+                    queue = [q for q in queue if q[2] not in group]
+                    heapq.heapify(queue)
+                    running[pool.submit(_refine_chunk, [cands[k] for k in group])] = (
+                        "refine", group)
                 else:
-                    running[pool.submit(_evaluate_chunk, [cands[i]])] = i
+                    running[pool.submit(_evaluate_chunk, [cands[i]])] = ("simulate", [i])
             if not running:
                 break
             for f in pool.wait(running, first=True):
-                i = running.pop(f)
+                what, group = running.pop(f)
+                if what == "refine":
+                    for k, lb in zip(group, f.result()):
+                        bounds[k] = (max(lb, bounds[k][0]), *bounds[k][1:])
+                        heapq.heappush(queue, (bounds[k][0], todo_order[k], k))
+                    continue
+                i = group[0]
                 done.add(i)
                 p = f.result()[0]
                 preds.append(p)
                 shown.add(p)
             if progress:
-                progress("configurations simulated or ruled out", pos - len(running),
+                progress("configurations simulated or ruled out",
+                         len(todo) - len(queue) - sum(len(g) for _, g in running.values()),
                          len(todo))
             if pool.expired:
                 break
+        left = sorted(i for _, g in running.values() for i in g) + [q[2] for q in sorted(queue)]
         # What the time limit left: those running when it struck and those not reached
         # (pruning the latter would need the bounds only: not counted).
-        left = sorted(running.values()) + todo[pos:]
         return stopped(SearchResult(rank(preds), len(cands) + len(unbounded), pruned,
                                     len(oom) if fitting else 0, considered(done)), left)
     except BrokenProcessPool:
