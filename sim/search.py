@@ -373,12 +373,14 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
     """Simulate the candidates (planner mode: coarse communication, periodic steps) and rank
     them by latency (seconds). ``warmups`` are step counts, ``scale`` the factor on compute
     costs. Unless ``exhaustive``, a candidate is skipped when a lower bound on its latency
-    (``latency_lower_bound``) already shows it cannot enter the ``top`` overall nor the best
+    (``sim.bounds``) already shows it cannot enter the ``top`` overall nor the best
     ``per_family`` of its family (``per_family=0``: no family rows are kept) nor beat the best
     on its GPU count (nor, without a cold start, the best without one on its GPU count:
     ``sim.plan`` recommends that), and candidates that do
     not fit in memory are not simulated (unless nothing fits). The rows shown are therefore
     exactly those an exhaustive search would show, and so is the best of each GPU count.
+    Candidates are simulated best bound first, one per worker at a time, each from a quick
+    bound (first and last pipeline stages) refined when it comes up (``_refine_chunk``).
     ``progress(what, done, total)`` is told how far the bounds and the simulations are
     (``sim.progress``).
 
