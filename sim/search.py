@@ -20,13 +20,7 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import (
-    ALL_COMPLETED,
-    FIRST_COMPLETED,
-    Future,
-    ProcessPoolExecutor,
-    wait,
-)
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from math import inf
@@ -260,16 +254,15 @@ class _Pool:
         done.set_result(fn(job))
         return done
 
-    def wait(self, futures: Iterable[Future], first: bool = False) -> set[Future]:
-        """The finished ones of ``futures`` once all (or, with ``first``, one) have finished
-        or the deadline has passed; past it the workers are stopped."""
+    def wait(self, futures: Iterable[Future]) -> set[Future]:
+        """The finished ones of ``futures`` once all have finished or the deadline has passed;
+        past it the workers are stopped."""
         futures = list(futures)
         if not futures:
             return set()
         left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-        done, _ = wait(futures, timeout=left,
-                       return_when=FIRST_COMPLETED if first else ALL_COMPLETED)
-        if len(done) < (1 if first else len(futures)):
+        done, _ = wait(futures, timeout=left)
+        if len(done) < len(futures):
             done = {f for f in futures if f.done()}  # before the kill fails the running ones
             self.stop()
         return done
@@ -465,7 +458,9 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                     running[pool.submit(_evaluate_chunk, [cands[i]])] = ("simulate", [i])
             if not running:
                 break
-            for f in pool.wait(running, first=True):
+            # Results are taken in the order the jobs started, so that what is pruned (and
+            # listed as simulated) does not depend on which worker happened to finish first.
+            for f in pool.wait([next(iter(running))]):
                 what, group = running.pop(f)
                 if what == "refine":
                     for k, lb in zip(group, f.result()):
