@@ -258,9 +258,10 @@ class _Costs:
 
 def profile(sched: Schedule, topo: Topology, cost: CostModel,
             host: HostModel | None = None,
-            only: frozenset[int] | None = None) -> ScheduleProfile:
+            only: frozenset[int] | None = None, replay: bool = True) -> ScheduleProfile:
     """``ScheduleProfile`` of the ranks ``sched`` holds ops for (a partial schedule built with
-    ``only`` leaves the others empty), or of ``only`` those."""
+    ``only`` leaves the others empty), or of ``only`` those; with ``replay``, the events
+    ``_pipeline_bound`` replays."""
     costs = _Costs(topo, cost)
     hosted = host is not None and host.active
     lead = host.max_lead_s if hosted else 0.0
@@ -272,6 +273,7 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
     # rank's ops, which the rank's clocks already hold).
     stages = sched.layout.stages if sched.layout is not None else 1
     pipelined = stages > 1 and (only is None or len(only) == stages)
+    record = pipelined and replay
     for rank, ops in enumerate(sched.ranks):
         if not ops or (only is not None and rank not in only):
             continue
@@ -288,7 +290,7 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                 # depend on the step before, so a template's step would not match every step
                 # it stands for (a W=0 run's first step receives nothing). The replay waits
                 # for the latent when the step before sent it, without its host time.
-                if pipelined:
+                if record:
                     events.setdefault(seg, []).append((2, 0.0, "latent", op.tag.patch))
                 continue
             tag = None if kind is Compute else op.tag
@@ -316,7 +318,7 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                         slots[slot] = then(slots.get(slot, IDENTITY), path.clocks())
                     slot, path = key, _Run(lead, hosted)
             h = host.seconds(op) if hosted else 0.0
-            if pipelined:
+            if record:
                 trail = events.setdefault(seg, [])
             if kind is Compute:
                 g = cost.compute_time(op)
@@ -324,7 +326,7 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                 run.compute(g, h, pieces)
                 if key is not None:
                     path.compute(g, h, pieces)
-                if pipelined:
+                if record:
                     trail.append((0, h, g, pieces))
             elif kind is Collective:
                 if len(op.group) <= 1:
@@ -342,7 +344,7 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                 run.collective(h, op.count, floor, awaited)
                 if key is not None:
                     path.collective(h, op.count, floor, awaited)
-                if pipelined:
+                if record:
                     trail.append((3, h, op.count, floor, awaited))
             elif kind is Send:
                 alone, route = costs.send(rank, op)
@@ -354,17 +356,17 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                     path.send(h)
                     if tag.what in ("hidden", "latent"):
                         sent[key] = sent.get(key, 0.0) + alone
-                if pipelined:
+                if record:
                     trail.append((1, h, tag.what, tag.patch, alone))
             elif kind is Wait:
                 run.wait(h, tag)
                 if key is not None:
                     path.wait(h, tag)
-                if pipelined:
+                if record:
                     trail.append((4, h, tag))
             elif kind is Recv:
                 run.wait(h, None)
-                if pipelined:
+                if record:
                     trail.append((2, h, tag.what, tag.patch))
             else:
                 raise TypeError(f"unknown op {op!r}")
@@ -530,15 +532,21 @@ def _bound_ranks(cfg: ParallelConfig, ends: bool = False) -> frozenset[int]:
     return frozenset((chain[0], chain[-1]) if ends else chain)
 
 
-def refinable(cfg: ParallelConfig) -> bool:
-    """Whether ``lower_bounds(..., ends=True)`` leaves stages of ``cfg`` out (more than two
-    PipeFusion stages), so that the full bound may be higher."""
-    return cfg.pipefusion > 2
+def refinements(cfg: ParallelConfig) -> list[dict[str, bool]]:
+    """The ``lower_bounds`` options that may bound ``cfg`` higher than the one before, quickest
+    first: the first and last stages without a replay, every stage, then the replay (a
+    pipeline only: without stages there is nothing to add)."""
+    if cfg.pipefusion == 1:
+        return [dict(ends=True, replay=False)]
+    if cfg.pipefusion == 2:  # its ends are every stage
+        return [dict(ends=True, replay=False), dict(ends=False, replay=True)]
+    return [dict(ends=True, replay=False), dict(ends=False, replay=False),
+            dict(ends=False, replay=True)]
 
 
 def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topology,
-                 cost: CostModel, template: bool = True, ends: bool = False
-                 ) -> list[tuple[float, list[MemoryBreakdown]]]:
+                 cost: CostModel, template: bool = True, ends: bool = False,
+                 replay: bool = True) -> list[tuple[float, list[MemoryBreakdown]]]:
     """``latency_lower_bound`` of each of ``cfgs``, seconds, with the memory per rank.
 
     Configurations that differ only in their warmup count share one ``template``: a
@@ -549,8 +557,9 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
     step may hold fewer ops than a step it stands for (the first steady step waits for no
     asynchronous K,V of the step before), never more.
 
-    With ``ends`` only the first and last pipeline stages are built (``refinable``): a quicker,
-    lower bound without the patch's path, which the planner refines only where it has to."""
+    With ``ends`` only the first and last pipeline stages are built (``refinements``), and
+    without ``replay`` the pipeline is not replayed over every step (``_pipeline_bound``, the
+    costliest part): quicker, lower bounds, which the planner refines only where it has to."""
     host = HostModel(wl.model, gpu)
     out: list[tuple[float, list[MemoryBreakdown]] | None] = [None] * len(cfgs)
     groups: dict[ParallelConfig, list[int]] = {}
@@ -565,7 +574,7 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
                 all(cfgs[i].warmup <= wl.steps - 2 for i in members):
             sched = build_schedule(replace(wl, steps=3), replace(base, warmup=1), coarse=True,
                                    only=ranks)
-            prof = profile(sched, topo, cost, host, ranks)
+            prof = profile(sched, topo, cost, host, ranks, replay)
             for i in members:
                 w = cfgs[i].warmup
                 run = [(BEFORE, 1, True), (0, w, True), (1, wl.steps - w - 1, False),
@@ -582,6 +591,6 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
             middle = cfg.warmup if short_steps - 1 > cfg.warmup else None
             run = [(BEFORE, 1, True)] + [(t, 1 + repeat if t == middle else 1, t < cfg.warmup)
                                          for t in range(short_steps)] + [(AFTER, 1, False)]
-            out[i] = (bound_of(sched, profile(sched, topo, cost, host, ranks), run),
+            out[i] = (bound_of(sched, profile(sched, topo, cost, host, ranks, replay), run),
                       memory_per_rank(wl, cfg, sched, gpu))
     return out  # type: ignore[return-value]

@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from functools import partial
 from math import inf
 from typing import Any
 
-from sim.bounds import lower_bounds, refinable
+from sim.bounds import lower_bounds, refinements
 from sim.config import ParallelConfig, Workload, check_warmup, validate
 from sim.cost import CostSpec
 from sim.errors import RunFailed, UserError
@@ -144,16 +145,17 @@ def _evaluate_chunk(job: _Job) -> list[Prediction]:
 
 def _bound_chunk(job: _Job) -> list[tuple[float, bool, float]]:
     """(quick lower bound, out of memory, fullest rank's bytes) of each configuration: the
-    bound of the first and last pipeline stages, refined by ``_refine_chunk`` when needed."""
+    first of its ``sim.bounds.refinements``, refined by ``_refine_chunk`` when needed."""
     wl, gpu, topo, scale, spec, cost = _shared()
     return [(lb, max(m.total for m in mem) > gpu.memory_bytes, max(m.total for m in mem))
-            for lb, mem in lower_bounds(wl, job, gpu, topo, cost, ends=True)]
+            for lb, mem in lower_bounds(wl, job, gpu, topo, cost, ends=True, replay=False)]
 
 
-def _refine_chunk(job: _Job) -> list[float]:
-    """The full lower bound of each configuration (every pipeline stage, a patch's path)."""
+def _refine_chunk(job: _Job, level: int) -> list[float]:
+    """The lower bound of each configuration with its ``level``-th refinement."""
     wl, gpu, topo, scale, spec, cost = _shared()
-    return [lb for lb, _ in lower_bounds(wl, job, gpu, topo, cost)]
+    options = refinements(job[0])[level]
+    return [lb for lb, _ in lower_bounds(wl, job, gpu, topo, cost, **options)]
 
 
 @dataclass(frozen=True)
@@ -374,7 +376,8 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
     not fit in memory are not simulated (unless nothing fits). The rows shown are therefore
     exactly those an exhaustive search would show, and so is the best of each GPU count.
     Candidates are simulated best bound first, one per worker at a time, each from a quick
-    bound (first and last pipeline stages) refined when it comes up (``_refine_chunk``).
+    bound (first and last pipeline stages) refined, a step at a time, when it comes up
+    unpruned (``sim.bounds.refinements``, ``_refine_chunk``).
     ``progress(what, done, total)`` is told how far the bounds and the simulations are
     (``sim.progress``).
 
@@ -430,9 +433,11 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
         # Best bound first: a heap of (bound, order), a quick bound pushed back once refined.
         todo_order = {i: k for k, i in enumerate(todo)}
         queue = [(bounds[i][0], k, i) for k, i in enumerate(todo)]
-        rough = {i for i in todo if refinable(cands[i])}
+        # Refinements left per candidate (``sim.bounds.refinements``): the next is taken
+        # when it comes up unpruned.
+        level = {i: 1 for i in todo if len(refinements(cands[i])) > 1}
         variants: dict[ParallelConfig, list[int]] = {}  # warmup variants of each configuration
-        for i in rough:
+        for i in level:
             variants.setdefault(replace(cands[i], warmup=0), []).append(i)
         shown = _Shown(top, per_family)
         preds: list[Prediction] = []
@@ -446,14 +451,22 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                 _, _, i = heapq.heappop(queue)
                 if shown.beats(cands[i], bounds[i][0]):
                     pruned += 1
-                elif i in rough:
-                    # Refined with its warmup variants still queued (one template for all).
-                    group = [k for k in variants[replace(cands[i], warmup=0)] if k in rough]
-                    rough.difference_update(group)
+                elif i in level:
+                    # Refined with its warmup variants at the same level still queued (one
+                    # template for all).
+                    at = level[i]
+                    queued = {q[2] for q in queue}
+                    group = [k for k in variants[replace(cands[i], warmup=0)]
+                             if level.get(k) == at and (k == i or k in queued)]
+                    for k in group:
+                        if at + 1 < len(refinements(cands[k])):
+                            level[k] = at + 1
+                        else:
+                            del level[k]
                     queue = [q for q in queue if q[2] not in group]
                     heapq.heapify(queue)
-                    running[pool.submit(_refine_chunk, [cands[k] for k in group])] = (
-                        "refine", group)
+                    running[pool.submit(partial(_refine_chunk, level=at),
+                                        [cands[k] for k in group])] = ("refine", group)
                 else:
                     running[pool.submit(_evaluate_chunk, [cands[i]])] = ("simulate", [i])
             if not running:
