@@ -11,14 +11,12 @@ from operator import attrgetter
 
 from sim.config import ParallelConfig, Workload
 from sim.cost import CostModel, CostSpec
-from sim.engine import collective_call, simulate
+from sim.engine import simulate
 from sim.errors import UserError
 from sim.hardware import GPU
 from sim.host import HostModel
-from sim.layout import RankLayout
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
-from sim.schedule import Collective, Compute, OpKind, Schedule, Send
 from sim.strategies import build_schedule
 from sim.topology import Topology, build_topology
 from sim.trace import ExtendedTrace, Trace
@@ -170,166 +168,6 @@ def periodic_extension(trace: Trace, first_middle: int, steps: int) -> ExtendedT
                 abs(ra.end_s + period - rb.end_s) > tol:
             return None
     return ExtendedTrace(trace, b, steps - (first_middle + 3), period)
-
-
-# Compute kinds on the path of one patch through the stages (the step's conditioning, the
-# text encode and the VAE decode are not tied to a patch).
-_CHAIN_KINDS = frozenset((OpKind.EMBED, OpKind.BLOCKS, OpKind.FINAL, OpKind.SCHEDULER_STEP))
-
-
-@dataclass
-class RankSeconds:
-    """What one rank cannot overlap with anything else of its own, seconds: ``by_step`` sums
-    its compute and the uncontended time of its blocking collectives per step (-1: outside
-    the loop); ``by_slot`` the part of it on one patch's path per (step, patch), plus the
-    uncontended transfer of the hidden states or latent that carry the patch on."""
-
-    by_step: dict[int, float]
-    by_slot: dict[tuple[int, int], float]
-    text_s: float
-    vae_s: float
-
-
-def step_seconds(sched: Schedule, topo: Topology, cost: CostModel) -> list[RankSeconds]:
-    """``RankSeconds`` of every rank of ``sched``."""
-    out = []
-    alone: dict[tuple, float] = {}  # the same collectives recur on every step and rank
-    for rank, ops in enumerate(sched.ranks):
-        by_step: dict[int, float] = {}
-        by_slot: dict[tuple[int, int], float] = {}
-        text = vae = 0.0
-        for op in ops:
-            kind = type(op)
-            if kind is Compute:
-                t, step = cost.compute_time(op), op.step
-                if op.kind in _CHAIN_KINDS:
-                    by_slot[(step, op.patch)] = by_slot.get((step, op.patch), 0.0) + t
-                elif op.kind == OpKind.TEXT_ENCODE:
-                    text += t
-                elif op.kind == OpKind.VAE_DECODE:
-                    vae += t
-            elif kind is Collective and not op.asynchronous and len(op.group) > 1:
-                key = (op.kind, op.group, op.nbytes, op.count)
-                t = alone.get(key)
-                if t is None:
-                    t = alone[key] = collective_alone_s(op, topo)
-                step = op.tag.step
-                if op.tag.patch >= -1 and op.tag.what != "latent":
-                    key = (step, op.tag.patch)
-                    by_slot[key] = by_slot.get(key, 0.0) + t
-            elif kind is Send and op.tag.what in ("hidden", "latent"):
-                key = (op.tag.step, op.tag.patch)
-                by_slot[key] = by_slot.get(key, 0.0) + (
-                    topo.route_latency(rank, op.dst) + op.nbytes / topo.route_bandwidth(
-                        rank, op.dst))
-                continue
-            else:
-                continue
-            by_step[step] = by_step.get(step, 0.0) + t
-        out.append(RankSeconds(by_step, by_slot, text, vae))
-    return out
-
-
-def _chain_bound(sched: Schedule, per_rank: list[RankSeconds],
-                 steps: list[tuple[int, int, bool]], patches: int) -> float:
-    """The longest path of one patch through the pipeline, seconds: on each chain of stage
-    peers, stage 0's text encode, then for every step (``steps``: (step, copies, warm)) the
-    patch's work on every stage and the transfers between them, then the VAE decode. Each
-    part waits for the one before (hidden states from the stage before, the latent from the
-    step before), so no run is shorter."""
-    layout = sched.layout
-    if layout is None:
-        return 0.0
-    best = 0.0
-    for chain in layout.groups("stage"):
-        for j in range(patches):
-            total = per_rank[chain[0]].text_s + per_rank[chain[-1]].vae_s
-            for step, copies, warm in steps:
-                slot = (step, -1 if warm else j)
-                total += copies * sum(per_rank[r].by_slot.get(slot, 0.0) for r in chain)
-            best = max(best, total)
-    return best
-
-
-def collective_alone_s(op: Collective, topo: Topology) -> float:
-    """Seconds of ``op`` with the links to itself: its bytes over the narrowest route of the
-    group plus the call's latency (``sim.engine.collective_call``, as the engine charges)."""
-    pairs, per_flow, latency = collective_call(topo, op.kind, op.group, op.nbytes,
-                                               op.asynchronous)
-    return op.count * (per_flow / min(topo.route_bandwidth(a, b) for a, b in pairs) + latency)
-
-
-def latency_lower_bound(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
-                        cost: CostModel | None = None, scale: float = 1.0,
-                        spec: CostSpec | None = None) -> tuple[float, list[MemoryBreakdown]]:
-    """A latency no simulation of ``cfg`` (planner mode) can beat, seconds, without running
-    the engine: the larger of the busiest rank's compute plus the uncontended time of its
-    blocking collectives (a rank can overlap neither with its own compute) and the longest
-    path of one patch through the pipeline stages, step after step (``_chain_bound``).
-    Steps after the warmup are identical but for the last, so a short schedule is summed
-    and its middle step repeated. Also returns the memory per rank (which needs no
-    simulation)."""
-    return lower_bounds(wl, [cfg], gpu, topo, cost or (spec or CostSpec()).build(wl, gpu, scale),
-                        template=False)[0]
-
-
-def _bound_ranks(cfg: ParallelConfig) -> frozenset[int]:
-    """The ranks whose ops the bounds sum: one chain of stage peers, the one that holds the
-    VAE decode (first CFG half, first sequence position). Any subset of ranks gives a valid
-    bound (a maximum over fewer ranks and chains); the ranks of a stage run the same shapes,
-    so little is lost, and at 64 GPUs building every rank's ops cost more than the rest of
-    the search."""
-    layout = RankLayout.of(cfg)
-    return frozenset(layout.group(layout.rank(stage=layout.stages - 1), "stage"))
-
-
-def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topology,
-                 cost: CostModel, template: bool = True
-                 ) -> list[tuple[float, list[MemoryBreakdown]]]:
-    """``latency_lower_bound`` of each of ``cfgs``, seconds, with the memory per rank.
-
-    Configurations that differ only in their warmup count share one ``template``: a
-    three-step schedule with one warmup step holds a warm step, a steady step and the last
-    step, and a run with ``W < S`` warmup steps of ``S`` is ``W`` warm steps, ``S - W - 1``
-    steady ones and the last. Without ``template`` (and for runs with every step warm) each
-    gets its own short schedule (``W + 2`` steps, middle step repeated)."""
-    out: list[tuple[float, list[MemoryBreakdown]] | None] = [None] * len(cfgs)
-    groups: dict[ParallelConfig, list[int]] = {}
-    for i, c in enumerate(cfgs):
-        # A run with every step warm has no steady step: it gets its own short schedule.
-        shared = template and wl.steps >= 3 and c.warmup < wl.steps
-        groups.setdefault(replace(c, warmup=0) if shared else c, []).append(i)
-    for base, members in groups.items():
-        if base.warmup == 0 and template and wl.steps >= 3 and \
-                all(cfgs[i].warmup < wl.steps for i in members):
-            sched = build_schedule(replace(wl, steps=3), replace(base, warmup=1), coarse=True,
-                                   only=_bound_ranks(base))
-            per_rank = step_seconds(sched, topo, cost)
-            for i in members:
-                w = cfgs[i].warmup
-                best = max(t.by_step.get(-1, 0.0) + w * t.by_step.get(0, 0.0)
-                           + (wl.steps - w - 1) * t.by_step.get(1, 0.0) + t.by_step.get(2, 0.0)
-                           for t in per_rank)
-                best = max(best, _chain_bound(sched, per_rank, [
-                    (0, w, True), (1, wl.steps - w - 1, False), (2, 1, False)], sched.patches))
-                shape = replace(sched, warmup=w, steps=wl.steps)
-                out[i] = (best, memory_per_rank(wl, cfgs[i], shape, gpu))
-            continue
-        for i in members:
-            cfg = cfgs[i]
-            short_steps = min(wl.steps, cfg.warmup + 2)
-            sched = build_schedule(replace(wl, steps=short_steps), cfg, coarse=True,
-                                   only=_bound_ranks(cfg))
-            repeat = wl.steps - short_steps  # extra copies of the middle step (cfg.warmup)
-            middle = cfg.warmup if short_steps - 1 > cfg.warmup else None
-            per_rank = step_seconds(sched, topo, cost)
-            best = max(sum(v * (1 + repeat if s == middle else 1) for s, v in t.by_step.items())
-                       for t in per_rank)
-            best = max(best, _chain_bound(sched, per_rank, [
-                (t, 1 + repeat if t == middle else 1, t < cfg.warmup)
-                for t in range(short_steps)], sched.patches))
-            out[i] = (best, memory_per_rank(wl, cfg, sched, gpu))
-    return out  # type: ignore[return-value]
 
 
 def _bisect_scale(latency, target: float, lo: float, hi: float) -> float:

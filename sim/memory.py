@@ -83,6 +83,7 @@ def memory_per_rank(wl: Workload, cfg: ParallelConfig, sched: Schedule,
     out = []
     n_stages = len(sched.stage_layers)
     outside = m.outside_params  # a sum over every block: worked out once, not per rank
+    stage_params: dict[int, float] = {}
     for rank in range(len(sched.ranks)):
         stage = layout.stage(rank)
         first, lst = sched.stage_layers[stage]
@@ -100,7 +101,9 @@ def memory_per_rank(wl: Workload, cfg: ParallelConfig, sched: Schedule,
             comm += 2 * batch * (qs + text) * h * b / T  # collective staging buffers
         if stage == n_stages - 1:
             comm += latent * 3  # DPM-Solver multistep keeps two previous model outputs
-        weights = (m.blocks_params(first, lst) / T + outside) * b
+        if stage not in stage_params:  # a sum over the stage's blocks, the same per rank
+            stage_params[stage] = m.blocks_params(first, lst)
+        weights = (stage_params[stage] / T + outside) * b
         out.append(MemoryBreakdown(
             weights=weights,
             text_encoder=m.text_encoder_params * b if wl.text_encoder else 0.0,

@@ -92,6 +92,7 @@ class PlanRun:
     spec: CostSpec
     result: SearchResult
     elapsed_s: float  # from parsed flags to the ranking
+    rows: list[dict] | None = None  # ``plan_json(result)``, built once
 
 
 def run_search(args: argparse.Namespace, progress: Progress | None = None) -> PlanRun:
@@ -127,9 +128,10 @@ def run_search(args: argparse.Namespace, progress: Progress | None = None) -> Pl
                             f"({result.candidates} searched); allow more time, or fewer GPUs "
                             f"or warmup counts")
     # A NaN would rank arbitrarily and print as "nan": refused before anything is written.
-    check_finite(plan_json(result), "the ranking")
+    rows = plan_json(result)
+    check_finite(rows, "the ranking")
     return PlanRun(args, wl, gpu, topo, warmups, scale, spec, result,
-                   time.perf_counter() - t0)
+                   time.perf_counter() - t0, rows)
 
 
 def plan_json(result: SearchResult) -> list[dict]:
@@ -313,7 +315,7 @@ def print_plan(run: PlanRun) -> None:
     ranked = result.ranked
     note = result.stop_note()
     if args.json:
-        print_json(plan_json(result))
+        print_json(run.rows if run.rows is not None else plan_json(result))
         if note:
             print(f"warning: {note}", file=sys.stderr)
         return

@@ -19,11 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sim.arrivals import RequestClass, class_names
+from sim.bounds import latency_lower_bound
 from sim.config import ParallelConfig, Workload, validate
 from sim.cost import CostSpec
 from sim.cost.link_profile import apply_link_profile
 from sim.errors import UserError
-from sim.evaluate import evaluate, latency_lower_bound
+from sim.evaluate import evaluate
 from sim.hardware import GPU
 from sim.models import DiTModel
 from sim.search import search
@@ -269,7 +270,7 @@ class ServiceTable:
 
     def _lower_bound(self, cfg: ParallelConfig, c: int) -> float:
         """A latency of class ``c`` on ``cfg`` that its simulation cannot beat, seconds: the
-        simulated one when cached, else ``sim.evaluate.latency_lower_bound`` (``inf`` when the
+        simulated one when cached, else ``sim.bounds.latency_lower_bound`` (``inf`` when the
         configuration does not apply to the class)."""
         if (cfg, c) in self._latency:
             return self._latency[(cfg, c)]

@@ -15,20 +15,23 @@ Torch-free; ``sim.plan`` and ``sim.compare`` present what it finds.
 
 from __future__ import annotations
 
+import heapq
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from functools import partial
 from math import inf
 from typing import Any
 
+from sim.bounds import lower_bounds, refinements
 from sim.config import ParallelConfig, Workload, check_warmup, validate
 from sim.cost import CostSpec
 from sim.errors import RunFailed, UserError
-from sim.evaluate import Prediction, evaluate, lower_bounds
+from sim.evaluate import Prediction, evaluate
 from sim.hardware import GPU
 from sim.topology import Topology
 
@@ -141,9 +144,18 @@ def _evaluate_chunk(job: _Job) -> list[Prediction]:
 
 
 def _bound_chunk(job: _Job) -> list[tuple[float, bool, float]]:
+    """(quick lower bound, out of memory, fullest rank's bytes) of each configuration: the
+    first of its ``sim.bounds.refinements``, refined by ``_refine_chunk`` when needed."""
     wl, gpu, topo, scale, spec, cost = _shared()
     return [(lb, max(m.total for m in mem) > gpu.memory_bytes, max(m.total for m in mem))
-            for lb, mem in lower_bounds(wl, job, gpu, topo, cost)]
+            for lb, mem in lower_bounds(wl, job, gpu, topo, cost, ends=True, replay=False)]
+
+
+def _refine_chunk(job: _Job, level: int) -> list[float]:
+    """The lower bound of each configuration with its ``level``-th refinement."""
+    wl, gpu, topo, scale, spec, cost = _shared()
+    options = refinements(job[0])[level]
+    return [lb for lb, _ in lower_bounds(wl, job, gpu, topo, cost, **options)]
 
 
 @dataclass(frozen=True)
@@ -222,8 +234,8 @@ class SearchResult:
 
 
 class _Pool:
-    """Runs chunks of work in ``workers`` processes (inline when 1 and no deadline: a
-    deadline needs processes, the only work that can be stopped half-way)."""
+    """Runs jobs in ``workers`` processes (inline when 1 and no deadline: a deadline needs
+    processes, the only work that can be stopped half-way)."""
 
     def __init__(self, workers: int, shared: _Shared, deadline: float | None = None) -> None:
         self.pool: ProcessPoolExecutor | None = None
@@ -236,19 +248,26 @@ class _Pool:
         self.deadline = deadline  # time.monotonic() value; None: no limit
         self.expired = False
 
-    def _results(self, fn: Callable[[_Job], list[Any]], jobs: list[_Job]
-                 ) -> list[list[Any] | None]:
-        """``fn(job)`` for each job; ``None`` for the jobs the deadline cut off."""
-        if self.pool is None:
-            return [fn(j) for j in jobs]
-        futures = [self.pool.submit(fn, j) for j in jobs]
+    def submit(self, fn: Callable[[_Job], list[Any]], job: _Job) -> Future:
+        """``fn(job)`` in a worker, or now when inline (a finished future)."""
+        if self.pool is not None:
+            return self.pool.submit(fn, job)
+        done: Future = Future()
+        done.set_result(fn(job))
+        return done
+
+    def wait(self, futures: Iterable[Future]) -> set[Future]:
+        """The finished ones of ``futures`` once all have finished or the deadline has passed;
+        past it the workers are stopped."""
+        futures = list(futures)
+        if not futures:
+            return set()
         left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-        wait(futures, timeout=left)
-        finished = [f.done() for f in futures]  # before the kill fails the running ones
-        if all(finished):
-            return [f.result() for f in futures]
-        self.stop()
-        return [f.result() if ok else None for f, ok in zip(futures, finished)]
+        done, _ = wait(futures, timeout=left)
+        if len(done) < len(futures):
+            done = {f for f in futures if f.done()}  # before the kill fails the running ones
+            self.stop()
+        return done
 
     def stop(self) -> None:
         """Out of time: end the workers now, half-done work and all."""
@@ -271,32 +290,70 @@ class _Pool:
                 writer.close()
             self.pool = None
 
-    def map(self, fn: Callable[[_Job], list[Any]], cfgs: list[ParallelConfig],
-            contiguous: bool = False) -> list[Any]:
+    def map(self, fn: Callable[[_Job], list[Any]], cfgs: list[ParallelConfig]) -> list[Any]:
         """``fn``'s result for each of ``cfgs``, in order (``None`` for those the deadline
-        cut off). Chunks interleave the list (the costly configurations spread over the
-        workers) unless ``contiguous`` (neighbours, such as the warmup variants of one
-        configuration, stay in one chunk, and chunks keep the list's order)."""
+        cut off). Chunks interleave the list, so that the costly configurations spread over
+        the workers."""
         if not cfgs or self.expired:
             return [None] * len(cfgs)
         n = max(1, min(len(cfgs), 4 * self.workers)) if self.pool else 1
-        if contiguous:
-            size = -(-len(cfgs) // n)
-            jobs = [cfgs[i:i + size] for i in range(0, len(cfgs), size)]
-            results = self._results(fn, jobs)
-            return [x for job, res in zip(jobs, results)
-                    for x in (res if res is not None else [None] * len(job))]
-        jobs = [cfgs[i::n] for i in range(n)]
-        results = self._results(fn, jobs)
+        futures = [self.submit(fn, cfgs[i::n]) for i in range(n)]
+        done = self.wait(futures)
         out: list[Any] = [None] * len(cfgs)
-        for i, res in enumerate(results):
-            if res is not None:
-                out[i::n] = res
+        for i, f in enumerate(futures):
+            if f in done:
+                out[i::n] = f.result()
         return out
 
     def close(self) -> None:
         if self.pool:
             self.pool.shutdown()
+
+
+# Relative slack on a bound before it prunes. Many bounds equal the simulated latency (a serial
+# run, pure sequence parallelism) but for rounding, and speed work on the engine may move a
+# prediction by up to 0.1 % (issue 14): a bound that close to a row prunes nothing, which
+# costs about one simulation more in a 64-GPU search.
+BOUND_TOL = 1e-3
+
+
+class _Shown:
+    """The latencies that decide which rows a search shows (seconds): the ``top`` fastest
+    that fit, the ``per_family`` fastest of each family, and the fastest on each GPU count,
+    overall and without a cold start (``sim.plan`` recommends that one and compares the
+    recommendation with the best of the other counts)."""
+
+    def __init__(self, top: int, per_family: int) -> None:
+        self.top = top
+        self.per_family = per_family
+        self.overall: list[float] = []
+        self.by_family: dict[str, list[float]] = {}
+        self.by_gpus: dict[int, float] = {}
+        self.warm_by_gpus: dict[int, float] = {}
+
+    def beats(self, cfg: ParallelConfig, bound_s: float) -> bool:
+        """Whether ``cfg``, whose latency is at least ``bound_s``, is provably slower than
+        every row it could enter (strictly, so that no tie is left to the order)."""
+        lb = bound_s / (1 + BOUND_TOL)
+        top, per = self.top, self.per_family
+        fam = self.by_family.get(cfg.strategy, [])
+        return (len(self.overall) >= top and lb > self.overall[top - 1]
+                and (per == 0 or (len(fam) >= per and lb > fam[per - 1]))
+                and lb > self.by_gpus.get(cfg.gpus, inf)
+                and (cfg.cold_start or lb > self.warm_by_gpus.get(cfg.gpus, inf)))
+
+    def add(self, p: Prediction) -> None:
+        """Count a simulated configuration in."""
+        if p.oom:
+            return
+        lat, cfg = p.latency_s, p.config
+        self.overall = sorted(self.overall + [lat])[:self.top]
+        if self.per_family:
+            self.by_family[cfg.strategy] = sorted(self.by_family.get(cfg.strategy, [])
+                                                  + [lat])[:self.per_family]
+        self.by_gpus[cfg.gpus] = min(self.by_gpus.get(cfg.gpus, inf), lat)
+        if not cfg.cold_start:
+            self.warm_by_gpus[cfg.gpus] = min(self.warm_by_gpus.get(cfg.gpus, inf), lat)
 
 
 # Share of the time limit the lower bounds may take; the simulations get the rest.
@@ -312,12 +369,15 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
     """Simulate the candidates (planner mode: coarse communication, periodic steps) and rank
     them by latency (seconds). ``warmups`` are step counts, ``scale`` the factor on compute
     costs. Unless ``exhaustive``, a candidate is skipped when a lower bound on its latency
-    (``latency_lower_bound``) already shows it cannot enter the ``top`` overall nor the best
+    (``sim.bounds``) already shows it cannot enter the ``top`` overall nor the best
     ``per_family`` of its family (``per_family=0``: no family rows are kept) nor beat the best
     on its GPU count (nor, without a cold start, the best without one on its GPU count:
     ``sim.plan`` recommends that), and candidates that do
     not fit in memory are not simulated (unless nothing fits). The rows shown are therefore
     exactly those an exhaustive search would show, and so is the best of each GPU count.
+    Candidates are simulated best bound first, one per worker at a time, each from a quick
+    bound (first and last pipeline stages) refined, a step at a time, when it comes up
+    unpruned (``sim.bounds.refinements``, ``_refine_chunk``).
     ``progress(what, done, total)`` is told how far the bounds and the simulations are
     (``sim.progress``).
 
@@ -370,60 +430,70 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
         fitting = [i for i in order if not bounds[i][1]]
         oom = [i for i in order if bounds[i][1]]
         todo = fitting if fitting else oom[:top]
-        preds = []
-        overall: list[float] = []
-        by_family: dict[str, list[float]] = {}
-        # Best latency so far on each GPU count: sim.plan's why line compares the winner with
-        # the best of another count, which must be the true best, never a pruned candidate.
-        by_gpus: dict[int, float] = {}
-        # The same without a cold start (W=0 stale context): sim.plan recommends the best of
-        # these over a faster cold-start one and compares it with the others, so they must be
-        # the true best too.
-        warm_by_gpus: dict[int, float] = {}
+        # Best bound first: a heap of (bound, order), a quick bound pushed back once refined.
+        todo_order = {i: k for k, i in enumerate(todo)}
+        queue = [(bounds[i][0], k, i) for k, i in enumerate(todo)]
+        # Refinements left per candidate (``sim.bounds.refinements``): the next is taken
+        # when it comes up unpruned.
+        level = {i: 1 for i in todo if len(refinements(cands[i])) > 1}
+        variants: dict[ParallelConfig, list[int]] = {}  # warmup variants of each configuration
+        for i in level:
+            variants.setdefault(replace(cands[i], warmup=0), []).append(i)
+        shown = _Shown(top, per_family)
+        preds: list[Prediction] = []
         pruned = 0
-        batch = 4 * workers
-        pos = 0
         done: set[int] = set()
-        left: list[int] = []  # due for simulation when the time limit stopped the search
-        while pos < len(todo):
-            keep = []
-            idx = []
-            for i in todo[pos:pos + batch]:
-                lb, fam = bounds[i][0], cands[i].strategy
-                fam_best = by_family.get(fam, [])
-                n_best = by_gpus.get(cands[i].gpus)
-                if (len(overall) >= top and lb >= overall[top - 1] and
-                        (per_family == 0 or (len(fam_best) >= per_family and
-                                             lb >= fam_best[per_family - 1])) and
-                        n_best is not None and lb >= n_best and
-                        (cands[i].cold_start or lb >= warm_by_gpus.get(cands[i].gpus, inf))):
+        running: dict[Future, tuple[str, list[int]]] = {}
+        # One job per worker at a time: each result can prune the next configurations before
+        # they start (batches would start work a result would prune).
+        while queue or running:
+            while queue and len(running) < pool.workers and not pool.expired:
+                _, _, i = heapq.heappop(queue)
+                if shown.beats(cands[i], bounds[i][0]):
                     pruned += 1
+                elif i in level:
+                    # Refined with its warmup variants at the same level still queued (one
+                    # template for all).
+                    at = level[i]
+                    queued = {q[2] for q in queue}
+                    group = [k for k in variants[replace(cands[i], warmup=0)]
+                             if level.get(k) == at and (k == i or k in queued)]
+                    for k in group:
+                        if at + 1 < len(refinements(cands[k])):
+                            level[k] = at + 1
+                        else:
+                            del level[k]
+                    queue = [q for q in queue if q[2] not in group]
+                    heapq.heapify(queue)
+                    running[pool.submit(partial(_refine_chunk, level=at),
+                                        [cands[k] for k in group])] = ("refine", group)
                 else:
-                    keep.append(cands[i])
-                    idx.append(i)
-            pos += batch
-            results = pool.map(_evaluate_chunk, keep)
-            for i, p in zip(idx, results):
-                if p is None:
-                    left.append(i)
-                    continue
-                done.add(i)
-                preds.append(p)
-                if not p.oom:
-                    overall = sorted(overall + [p.latency_s])[:top]
-                    if per_family:
-                        fam = p.config.strategy
-                        by_family[fam] = sorted(by_family.get(fam, []) +
-                                                [p.latency_s])[:per_family]
-                    n = p.config.gpus
-                    by_gpus[n] = min(by_gpus.get(n, p.latency_s), p.latency_s)
-                    if not p.config.cold_start:
-                        warm_by_gpus[n] = min(warm_by_gpus.get(n, inf), p.latency_s)
-            if progress:
-                progress("configurations simulated or ruled out", min(pos, len(todo)), len(todo))
-            if pool.expired:
-                left += todo[pos:]  # (pruning them would need the bounds only: not counted)
+                    running[pool.submit(_evaluate_chunk, [cands[i]])] = ("simulate", [i])
+            if not running:
                 break
+            # Results are taken in the order the jobs started, so that what is pruned (and
+            # listed as simulated) does not depend on which worker happened to finish first.
+            for f in pool.wait([next(iter(running))]):
+                what, group = running.pop(f)
+                if what == "refine":
+                    for k, lb in zip(group, f.result()):
+                        bounds[k] = (max(lb, bounds[k][0]), *bounds[k][1:])
+                        heapq.heappush(queue, (bounds[k][0], todo_order[k], k))
+                    continue
+                i = group[0]
+                done.add(i)
+                p = f.result()[0]
+                preds.append(p)
+                shown.add(p)
+            if progress:
+                progress("configurations simulated or ruled out",
+                         len(todo) - len(queue) - sum(len(g) for _, g in running.values()),
+                         len(todo))
+            if pool.expired:
+                break
+        left = sorted(i for _, g in running.values() for i in g) + [q[2] for q in sorted(queue)]
+        # What the time limit left: those running when it struck and those not reached
+        # (pruning the latter would need the bounds only: not counted).
         return stopped(SearchResult(rank(preds), len(cands) + len(unbounded), pruned,
                                     len(oom) if fitting else 0, considered(done)), left)
     except BrokenProcessPool:
@@ -443,18 +513,32 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
 def _bounds(pool: _Pool, cands: list[ParallelConfig],
             progress: Callable[[str, int, int], None] | None) -> list[tuple | None]:
     """``_bound_chunk`` of every candidate, one GPU count after the other (the candidates come
-    fewest GPUs first, and a bound's cost grows with the GPUs); ``None`` for every candidate
-    of a GPU count the time limit cut off: "the best on N GPUs" must never be the best of an
-    arbitrary part of them."""
-    out: list[tuple | None] = []
-    lo = 0
-    while lo < len(cands) and not pool.expired:
-        hi = lo
-        while hi < len(cands) and cands[hi].gpus == cands[lo].gpus:
-            hi += 1
-        got = pool.map(_bound_chunk, cands[lo:hi], contiguous=True)
-        out += [None] * len(got) if pool.expired else got
-        lo = hi
+    fewest GPUs first, a bound's cost grows with the GPUs, and the workers take the jobs in
+    order); ``None`` for every candidate of a GPU count the time limit cut off: "the best on N
+    GPUs" must never be the best of an arbitrary part of them. A configuration's warmup
+    variants stay in one job (they share one template, ``sim.bounds.lower_bounds``)."""
+    counts: list[list[list[int]]] = []  # per GPU count, its jobs (candidate indices)
+    for n in dict.fromkeys(c.gpus for c in cands):
+        groups: dict[ParallelConfig, list[int]] = {}
+        for i, c in enumerate(cands):
+            if c.gpus == n:
+                groups.setdefault(replace(c, warmup=0), []).append(i)
+        parts = max(1, min(len(groups), 2 * pool.workers)) if pool.pool else 1
+        jobs: list[list[int]] = [[] for _ in range(parts)]
+        for k, members in enumerate(groups.values()):
+            jobs[k * parts // len(groups)] += members
+        counts.append([j for j in jobs if j])
+    futures = [[pool.submit(_bound_chunk, [cands[i] for i in job]) for job in jobs]
+               for jobs in counts]
+    out: list[tuple | None] = [None] * len(cands)
+    finished = 0
+    for jobs, fs in zip(counts, futures):
+        if pool.expired or len(pool.wait(fs)) < len(fs):
+            break
+        for job, f in zip(jobs, fs):
+            for i, b in zip(job, f.result()):
+                out[i] = b
+        finished += sum(map(len, jobs))
         if progress:
-            progress("configurations bounded", lo, len(cands))
-    return out + [None] * (len(cands) - len(out))
+            progress("configurations bounded", finished, len(cands))
+    return out

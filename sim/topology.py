@@ -1,4 +1,4 @@
-"""Cluster graphs: GPUs, PCIe switches, CPU sockets, NVSwitch, NICs (networkx).
+"""Cluster graphs: GPUs, PCIe switches, CPU sockets, NVSwitch, NICs.
 
 Every directed edge is a link with an achieved bandwidth (bytes/s) and a latency (s). A
 point-to-point transfer follows the graph's route; the engine shares each directed edge fairly
@@ -29,7 +29,7 @@ Not modelled: ACS/IOMMU settings that force P2P through the root complex.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import TYPE_CHECKING
@@ -44,9 +44,7 @@ from sim.hardware import (
     nccl_p2p_through_cpu,
 )
 
-if TYPE_CHECKING:  # networkx takes a tenth of a second to import: loaded when first used
-    import networkx as nx
-
+if TYPE_CHECKING:
     from sim.hardware import HostBus
 
 GPUS_PER_SOCKET = 4
@@ -54,11 +52,129 @@ GPUS_PER_SWITCH = 2
 INTER_NODE = ("ib-ndr", "ib-hdr", "eth-100g", "eth-200g")
 
 
+class Graph:
+    """A directed graph with attributes on its edges and on itself: the part of networkx's
+    ``DiGraph`` the topologies use, with the same semantics and iteration orders (networkx
+    takes a fifth of a second to import, more than building a 1,024-GPU cluster)."""
+
+    def __init__(self) -> None:
+        self.graph: dict = {}  # attributes of the whole graph
+        self.succ: dict[str, dict[str, dict]] = {}  # node -> successor -> edge attributes
+        self.pred: dict[str, dict[str, dict]] = {}  # node -> predecessor -> the same dict
+
+    def __contains__(self, node: object) -> bool:
+        return node in self.succ
+
+    def add_node(self, node: str) -> None:
+        if node not in self.succ:
+            self.succ[node] = {}
+            self.pred[node] = {}
+
+    def add_nodes_from(self, nodes: Iterable[str]) -> None:
+        for node in nodes:
+            self.add_node(node)
+
+    def add_edge(self, u: str, v: str, **attrs: object) -> None:
+        """Add the edge ``u -> v`` (and its nodes), or update its attributes."""
+        self.add_node(u)
+        self.add_node(v)
+        data = self.succ[u].get(v)
+        if data is None:
+            data = self.succ[u][v] = self.pred[v][u] = {}
+        data.update(attrs)
+
+    @property
+    def edges(self) -> _Edges:
+        """``(u, v)`` pairs; ``edges[u, v]`` is the edge's attributes, ``edges(data=True)``
+        yields ``(u, v, attributes)``."""
+        return _Edges(self.succ)
+
+    def copy(self) -> Graph:
+        """A copy with its own attribute dicts (changing one leaves this graph as it is)."""
+        g = Graph()
+        g.graph.update(self.graph)
+        g.add_nodes_from(self.succ)
+        for u, nbrs in self.succ.items():
+            for v, data in nbrs.items():
+                g.add_edge(u, v, **data)
+        return g
+
+    def shortest_path(self, source: str, target: str) -> list[str]:
+        """A path with the fewest edges, nodes from ``source`` to ``target``: breadth-first
+        from both ends, exactly as ``networkx.shortest_path`` (3.x) picks among equal ones."""
+        if source == target:
+            return [source]
+        pred: dict[str, str | None] = {source: None}
+        succ: dict[str, str | None] = {target: None}
+        forward, reverse = [source], [target]
+        meet = None
+        while forward and reverse and meet is None:
+            if len(forward) <= len(reverse):
+                level, forward = forward, []
+                for v in level:
+                    for w in self.succ[v]:
+                        if w not in pred:
+                            forward.append(w)
+                            pred[w] = v
+                        if w in succ:
+                            meet = w
+                            break
+                    if meet is not None:
+                        break
+            else:
+                level, reverse = reverse, []
+                for v in level:
+                    for w in self.pred[v]:
+                        if w not in succ:
+                            succ[w] = v
+                            reverse.append(w)
+                        if w in pred:
+                            meet = w
+                            break
+                    if meet is not None:
+                        break
+        if meet is None:
+            raise ValueError(f"no path from {source} to {target}")
+        path: list[str] = []
+        node: str | None = meet
+        while node is not None:
+            path.append(node)
+            node = pred[node]
+        path.reverse()
+        node = succ[path[-1]]
+        while node is not None:
+            path.append(node)
+            node = succ[node]
+        return path
+
+
+class _Edges:
+    """``Graph.edges``: iterable, indexable by ``(u, v)``, callable with ``data=True``."""
+
+    def __init__(self, succ: dict[str, dict[str, dict]]) -> None:
+        self._succ = succ
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return ((u, v) for u, nbrs in self._succ.items() for v in nbrs)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._succ.values()))
+
+    def __getitem__(self, edge: tuple[str, str]) -> dict:
+        u, v = edge
+        return self._succ[u][v]
+
+    def __call__(self, data: bool = False) -> Iterator[tuple]:
+        if not data:
+            return iter(self)
+        return ((u, v, d) for u, nbrs in self._succ.items() for v, d in nbrs.items())
+
+
 @dataclass
 class Topology:
     """A cluster graph and the rank -> GPU-node mapping; routes are cached edge-id tuples."""
 
-    graph: nx.DiGraph
+    graph: Graph
     gpu_nodes: list[str]
     link: str
     nodes: int
@@ -121,9 +237,7 @@ class Topology:
         router = self.graph.graph.get("router")
         if router is not None:
             return router(a, b)
-        import networkx as nx
-
-        path = nx.shortest_path(self.graph, a, b)
+        path = self.graph.shortest_path(a, b)
         return list(zip(path, path[1:]))
 
     def all_to_all_efficiency(self, group: tuple[int, ...] | list[int]) -> float:
@@ -259,7 +373,7 @@ def host_seconds(table: tuple[tuple[int, float], ...], nbytes: float) -> float:
     return table[-1][1]
 
 
-def _connect(g: nx.DiGraph, a: str, b: str, kind: str) -> None:
+def _connect(g: Graph, a: str, b: str, kind: str) -> None:
     lk = LINKS[kind]
     for u, v in ((a, b), (b, a)):
         g.add_edge(u, v, bandwidth=lk.bandwidth, latency=lk.latency_s, kind=kind)
@@ -280,7 +394,7 @@ def _pcie_route(place: dict[str, tuple[str, str, str | None]], a: str, b: str
     return up + ([(sa, sb)] if sa != sb else []) + down
 
 
-def _pcie_node(g: nx.DiGraph, gpu: GPU, bus: HostBus, n: int, per_node: int, nodes: int,
+def _pcie_node(g: Graph, gpu: GPU, bus: HostBus, n: int, per_node: int, nodes: int,
                inter_node: str, place: dict[str, tuple[str, str, str | None]]) -> list[str]:
     """One PCIe machine's GPUs, switches, sockets and SHM budgets (edges and their rates)."""
     lk = LINKS[gpu.pcie]
@@ -327,13 +441,11 @@ def build_topology(gpu: GPU, gpus: int, link: str = "pcie", nodes: int = 1,
     if inter_node not in INTER_NODE:
         raise UserError(f"unknown --inter-node '{inter_node}'; choose one of: "
                         f"{', '.join(INTER_NODE)}")
-    import networkx as nx
-
     per_node = gpus // nodes
     bus = host_bus(gpu.pcie, host_cpu) if gpu.pcie != "loopback" else None
     # Checked even where it has nothing to act on (NVLink), so that a typo is still caught.
     p2p_cpu = nccl_p2p_through_cpu(nccl, bus.cpu if bus else "intel", per_node)
-    g = nx.DiGraph()
+    g = Graph()
     gpu_nodes: list[str] = []
     if gpu.pcie != "loopback":
         g.graph.update(nccl=True, net_latency=LINKS[inter_node].latency_s,

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from sim.bounds import collective_alone_s, latency_lower_bound
 from sim.config import ParallelConfig, Workload
 from sim.cost.interp import fit_regimes
 from sim.cost.link_profile import CollectiveCurve, apply_link_profile
 from sim.cost.profile_format import LinkProfile, LinkSample, ProfileError
 from sim.engine import collective_call
-from sim.evaluate import collective_alone_s, evaluate, latency_lower_bound
+from sim.evaluate import evaluate
 from sim.hardware import GPUS
 from sim.models import get_model
 from sim.schedule import Collective, OpKind, Tag

@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim import search
+from sim.bounds import latency_lower_bound, lower_bounds
 from sim.config import ParallelConfig, Workload, validate
 from sim.cost import CostSpec
 from sim.engine import Network, _Flow
 from sim.errors import UserError
-from sim.evaluate import evaluate, latency_lower_bound, lower_bounds
+from sim.evaluate import evaluate
 from sim.hardware import get_gpu
 from sim.models import get_model
 from sim.topology import build_topology
@@ -142,8 +143,12 @@ def test_max_min_rates_equal_plain_progressive_filling(routes, capacity) -> None
 @pytest.mark.parametrize("model,gpus,link,nodes,steps", [
     ("pixart", 8, "pcie", 1, 8), ("sd3", 4, "nvlink", 1, 5), ("hunyuan-dit", 4, "pcie", 1, 3),
     ("flux", 4, "nvlink", 2, 4)])
-def test_lower_bounds_hold_and_templates_equal_per_configuration(model, gpus, link, nodes,
+def test_lower_bounds_hold_and_templates_match_per_configuration(model, gpus, link, nodes,
                                                                   steps) -> None:
+    """A warmup count's bound from the template shared by every count equals the one from its
+    own short schedule, but for pipelines, whose replay (``sim.bounds._pipeline_bound``) sees
+    one warm step wait for the latent of the one before only in the latter; the quick bound
+    of the first and last stages is never above the full one."""
     gpu = get_gpu("l40" if link == "pcie" else "h100-sxm")
     topo = build_topology(gpu, gpus, link, nodes)
     wl = Workload(get_model(model), 512, 512, steps)
@@ -151,9 +156,14 @@ def test_lower_bounds_hold_and_templates_equal_per_configuration(model, gpus, li
     warmups = [w for w in (0, 1, 2, 3) if w <= steps]
     cands = search.candidates(wl, gpus, warmups)
     grouped = lower_bounds(wl, cands, gpu, topo, cost)
-    for cfg, (lb, mem) in zip(cands[::5], grouped[::5]):
+    quick = lower_bounds(wl, cands, gpu, topo, cost, ends=True)
+    for cfg, (lb, mem), (rough, _) in zip(cands[::5], grouped[::5], quick[::5]):
         alone, alone_mem = latency_lower_bound(wl, cfg, gpu, topo, cost)
-        assert lb == pytest.approx(alone, rel=1e-12)
+        if cfg.pipefusion == 1:
+            assert lb == pytest.approx(alone, rel=1e-12)
+        else:
+            assert lb <= alone * (1 + 1e-12)
+        assert rough <= lb * (1 + 1e-12)
         assert [m.total for m in mem] == [m.total for m in alone_mem]
     full = search.search(wl, gpu, topo, warmups, exhaustive=True, workers=1)
     for c in full.considered:

@@ -12,12 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim import compare, search
+from sim.bounds import latency_lower_bound
 from sim.cli import run_main
 from sim.config import ParallelConfig, Workload
 from sim.cost import RooflineCost
 from sim.engine import simulate
 from sim.errors import UserError
-from sim.evaluate import evaluate, latency_lower_bound
+from sim.evaluate import evaluate
 from sim.hardware import get_gpu
 from sim.layout import AXES, RankLayout
 from sim.models import get_model

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sim.cost.interp import MonotoneLogLog
 from sim.cost.profile_format import (
@@ -22,10 +21,7 @@ from sim.cost.profile_format import (
 )
 from sim.errors import UserError
 from sim.schedule import OpKind
-from sim.topology import Topology
-
-if TYPE_CHECKING:  # only an annotation here; networkx loads with the first topology
-    import networkx as nx
+from sim.topology import Graph, Topology
 
 
 class CollectiveCurve:
@@ -95,7 +91,7 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
         raise UserError(f"link profile {prof.path or ''} measures '{kind}' links but the "
                         f"topology has only {', '.join(kinds)}; pick a matching --gpu/--link "
                         f"or collect a profile on that link")
-    g: nx.DiGraph = topo.graph.copy()
+    g: Graph = topo.graph.copy()
     for _, _, d in g.edges(data=True):
         if d["kind"] == kind:
             d["bandwidth"] = fit.bandwidth_Bps
