@@ -80,7 +80,13 @@ def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bo
         link = profile_dir / f"links_{backend}_{kind}_w{nproc}_busy_{dev}.csv"
         if fresh or not link.exists():
             say(f"timing messages between {nproc} processes -> {link}", progress)
-            torchrun(nproc, ["-m", "profiles.links", "--backend", backend, "--quick",
-                             "--busy", "--out", str(link)] +
+            # Not --quick: with 3 samples per size its busy rows moved from one collection
+            # to the next by enough to move a family's median error by up to 50 points (the
+            # same measured quick grid re-predicted from 2 quick collections, 2026-11-30);
+            # 15 samples over 3 passes gave two collections within 1-4 points (80 s each).
+            torchrun(nproc, ["-m", "profiles.links", "--backend", backend, "--busy",
+                             "--factor", "4", "--max-bytes", "16MiB", "--repeats", "15",
+                             "--passes", "3", "--min-time", "0.2", "--warmup", "1",
+                             "--out", str(link)] +
                      ([] if device == "cpu" else ["--link-kind", kind]))
     return compute, link
