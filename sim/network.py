@@ -56,6 +56,19 @@ def _counter(n: int, done: Callable[[], None]) -> Callable[[], None]:
     return one_done
 
 
+def _part_flows(routes: tuple[tuple[int, ...], ...], nbytes: float, parts: Parts
+                ) -> list[_Flow]:
+    """One flow of ``nbytes`` per route, the routes taken part by part in order; each part's
+    callback runs once all its flows are through."""
+    flows: list[_Flow] = []
+    i = 0
+    for n, done in parts:
+        one_done = done if n == 1 else _counter(n, done)
+        flows += [_Flow(edges, nbytes, one_done) for edges in routes[i:i + n]]
+        i += n
+    return flows
+
+
 class Network:
     """Fluid model of concurrent transfers with max-min fair sharing of every directed edge.
 
@@ -87,12 +100,16 @@ class Network:
         self._solo_plans: dict[tuple, tuple] = {}
         self.solo = True  # False: every bundle runs phase by phase (the tests' reference)
 
+    def _path(self, pair: tuple[int, int]) -> tuple[float, tuple[int, ...]]:
+        """(latency, route) from ``pair``'s source GPU to its destination, looked up once."""
+        path = self._paths.get(pair)
+        if path is None:
+            path = self._paths[pair] = (self.topo.route_latency(*pair), self.topo.route(*pair))
+        return path
+
     def transfer(self, src: int, dst: int, nbytes: int, done: Callable[[], None]) -> None:
         """Move ``nbytes`` from rank ``src`` to ``dst``; call ``done`` on arrival."""
-        path = self._paths.get((src, dst))
-        if path is None:
-            path = self._paths[(src, dst)] = (self.topo.route_latency(src, dst),
-                                              self.topo.route(src, dst))
+        path = self._path((src, dst))
         routes, parts = (path[1],), ((1, done),)
         self.env.timeout(path[0]).callbacks.append(
             lambda _: self._start(routes, nbytes, parts))
@@ -103,10 +120,7 @@ class Network:
         together; call the matching one of ``dones`` on each arrival."""
         by_latency: dict[float, tuple[list, list]] = {}
         for pair, done in zip(pairs, dones):
-            path = self._paths.get(pair)
-            if path is None:
-                path = self._paths[pair] = (self.topo.route_latency(*pair),
-                                            self.topo.route(*pair))
+            path = self._path(pair)
             routes, parts = by_latency.setdefault(path[0], ([], []))
             routes.append(path[1])
             parts.append((1, done))
@@ -165,13 +179,7 @@ class Network:
                 self.env.timeout(end).callbacks.append(finish)
             return
         self._advance()
-        flows = self.flows
-        i = 0
-        for n, done in parts:
-            one_done = done if n == 1 else _counter(n, done)
-            for edges in routes[i:i + n]:
-                flows.append(_Flow(edges, nbytes, one_done))
-            i += n
+        self.flows += _part_flows(routes, nbytes, parts)
         self._reschedule()
 
     def _plan_alone(self, routes: tuple[tuple[int, ...], ...], nbytes: float,
@@ -213,13 +221,8 @@ class Network:
         assert solo is not None
         self._solo = None
         elapsed = self.env.now - solo.start
-        flows: list[_Flow] = []
-        keep: list[bool] = []
-        for k, (n, done) in enumerate(solo.parts):
-            one_done = done if n == 1 else _counter(n, done)
-            flows += [_Flow(edges, solo.nbytes, one_done) for edges in
-                      solo.routes[len(flows):len(flows) + n]]
-            keep += [k not in solo.called] * n
+        flows = _part_flows(solo.routes, solo.nbytes, solo.parts)
+        keep = [k not in solo.called for k, (n, _) in enumerate(solo.parts) for _ in range(n)]
         running: set[int] = set()
         t = 0.0
         for dt, rates in solo.plan[1]:

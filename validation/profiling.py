@@ -52,8 +52,7 @@ def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bo
         patches = ",".join(str(m) for m in sorted({c.patches for c in mine} | {1}))
         for n in sorted({c.nproc for c in mine}):
             # Tensor-parallel runs execute sharded blocks: those shards are timed as such.
-            shards = sorted({c.nproc for c in mine if c.nproc == n and c.strategy == "tensor"
-                             and c.nproc > 1})
+            tensor = n > 1 and any(c.nproc == n and c.strategy == "tensor" for c in mine)
             co = n - 1 if device == "cpu" else 0  # GPUs share no caches between ranks
             path = profile_dir / f"{dev}_{model}_{dtype}{f'_co{co}' if co else ''}.csv"
             if fresh or not path.exists():
@@ -66,7 +65,7 @@ def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bo
                         resolutions, "--patches",
                         patches, "--ops", "block,embed,final,scheduler_step,condition",
                         "--no-curve", "--processes", str(PROCESSES), "--out", str(path)] + \
-                    (["--tensor-shards", ",".join(map(str, shards))] if shards else []) + \
+                    (["--tensor-shards", str(n)] if tensor else []) + \
                     ([] if progress else ["--no-progress"])
                 if collect.main(argv) != 0:
                     raise UserError(f"profile collection for {model} failed")

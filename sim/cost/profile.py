@@ -215,11 +215,9 @@ class ProfileCost:
         about 1.25 times that estimate in the 2026-11-30 validation runs."""
         table = self._shards.get((self.model.block_kind(index), op.shard))
         if table is not None:
-            if op.batch == table.batch and (op.q_tokens, op.kv_tokens) in table.exact:
-                return table.exact[(op.q_tokens, op.kv_tokens)], "measured"
-            t = self._interpolate_block(table, op.q_tokens, op.kv_tokens, op.batch)
-            if t is not None:
-                return t, "interpolated"
+            hit = self._from_table(table, op.q_tokens, op.kv_tokens, op.batch)
+            if hit is not None:
+                return hit
         t, src = self.block_time(index, max(1, round(op.q_tokens / op.shard)), op.kv_tokens,
                                  op.batch)
         return t, _worst(src, "interpolated")
@@ -234,12 +232,10 @@ class ProfileCost:
             self.notes.add(f"blocks: no {kind} blocks in the profile; roofline x {ratio:.3g} "
                            f"({what})")
             return t * ratio, "roofline"
-        if batch == table.batch and (q, kv) in table.exact:
-            return table.exact[(q, kv)], "measured"
+        hit = self._from_table(table, q, kv, batch)
+        if hit is not None:
+            return hit
         qe = q * batch / table.batch
-        t = self._interpolate_block(table, q, kv, batch)
-        if t is not None:
-            return t, "interpolated"
         # Outside: roofline scaled at the nearest measured shape (log distance in q and kv).
         near = min(table.samples, key=lambda s: math.hypot(math.log(s.q_tokens / qe),
                                                            math.log(s.kv_tokens / kv)))
@@ -249,6 +245,15 @@ class ProfileCost:
                        f"({self._range_text(table)}); roofline x {ratio:.3g} from the measured "
                        f"q={near.q_tokens} kv={near.kv_tokens}")
         return self.roof.block_time(index, q, kv, batch) * ratio, "roofline"
+
+    def _from_table(self, table: _BlockTable, q: int, kv: int, batch: int
+                    ) -> tuple[float, str] | None:
+        """(seconds, source) of a block at (q, kv, batch) from ``table``: its measurement at
+        that shape, else interpolated inside its measured range; None outside it."""
+        if batch == table.batch and (q, kv) in table.exact:
+            return table.exact[(q, kv)], "measured"
+        t = self._interpolate_block(table, q, kv, batch)
+        return None if t is None else (t, "interpolated")
 
     def _interpolate_block(self, table: _BlockTable, q: int, kv: int, batch: int
                            ) -> float | None:
