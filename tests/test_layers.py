@@ -23,7 +23,7 @@ LAYERS = {"sim": 0, "reports": 1, "executor": 2, "profiles": 3, "validation": 4,
           "benchmarks": 4}
 # The simulator's declared dependencies (pyproject's ``dependencies``): a planning host installs
 # only these, so anything else imported by ``sim`` breaks ``pip install ditsim``.
-SIM_THIRD_PARTY = {"simpy", "networkx"}
+SIM_THIRD_PARTY = {"simpy"}
 # Optional extras ``sim`` may import inside a function, only when asked (the API's to_frame()
 # tables: pyproject's ``api`` extra; torch for the speed probe of a CPU profile used on this
 # machine's CPU, sim.cost.probe, which says so in a note when torch is missing); the
@@ -143,7 +143,7 @@ def test_sim_imports_only_its_declared_dependencies() -> None:
     allowed = set(sys.stdlib_module_names) | SIM_THIRD_PARTY | SIM_OPTIONAL | set(LAYERS)
     bad = [imp for imp in project_imports()
            if _top(imp.source) == "sim" and _top(imp.target) not in allowed]
-    assert not bad, ("sim imports beyond the standard library, simpy and networkx:\n"
+    assert not bad, ("sim imports beyond the standard library and simpy:\n"
                      + "\n".join(map(str, bad)))
 
 
