@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=1,
                    help="measured runs after the warm-up runs: the latency is "
                    "their median, the trace that of the last, the peak memory over all")
+    p.add_argument("--pace-probe", type=int, default=0, metavar="CALLS",
+                   help="time CALLS calls of the compute profile's whole-image block (every "
+                   "rank at once) before the warm-up runs and again after the measured runs, "
+                   "and report them as pace_probe: how fast these processes computed, for a "
+                   "prediction to compare against its profile's row (default 0: no probe)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout (rank 0)")
     p.add_argument("--check", type=int, metavar="NPROC",

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from diffusers.utils import logging as dlogging
 
-from executor import faults
+from executor import faults, pace
 from executor.collectives import Groups, axis_groups, clear_groups
 from executor.comm import Comm, CommError
 from executor.diffusers_models import build_transformer, load_transformer
@@ -165,6 +165,16 @@ class LoadedRank:
             comm.close()
         return result
 
+    def pace_probe(self) -> dict:
+        """This rank's ``executor.pace.probe`` of ``--pace-probe`` calls, every rank starting
+        together (a barrier first): in a run the ranks compute at the same time, as the
+        profile of a multi-process run was timed with processes computing beside it."""
+        if self.world > 1:
+            with naming_the_culprit(self.rank, self.world, "the barrier before the pace probe"):
+                dist.barrier(group=self.ctl)
+        return pace.probe(self.plan.model, self.plan.device, self.plan.dtype,
+                          self.plan.workload.height, self.args.pace_probe, self.args.seed)
+
     def close(self) -> None:
         """Leave the process group if this rank created it."""
         if self.world > 1 and self.owns_pg:
@@ -190,6 +200,7 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     ``world`` processes, ``local_rank`` selecting the CUDA device); rank 0 returns the summary
     (``executor.summary``), the others ``None``."""
     loaded = LoadedRank(plan, args, rank, world, local_rank)
+    paces = [loaded.pace_probe()] if getattr(args, "pace_probe", 0) > 0 else []
     for _ in range(args.warmup_runs):
         loaded.run()
     probe = loaded.probe
@@ -199,13 +210,15 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
         result = loaded.run()
         loops.append(result.loop_s)
     peak = probe.peak_bytes()
+    if paces:
+        paces.append(loaded.pace_probe())
 
     mine = {"rank": rank, "loop_s": result.loop_s, "loops": loops, "rows": result.rows,
             "latents": result.latents, "peak": peak, "baseline": loaded.baseline,
             "loaded": loaded.loaded,
             "kv": result.kv_buffer_bytes, "window_reset": probe.window_reset,
             "thread_cpu_s": loaded.cpu[0], "process_cpu_s": loaded.cpu[1],
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "pace": paces}
     if world > 1:
         gathered: list | None = [None] * world if rank == 0 else None
         faults.phase("gathering the results")

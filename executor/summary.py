@@ -119,4 +119,7 @@ def summarize(plan: RunPlan, model: DiTModel, args: argparse.Namespace, gathered
         "trace_rows": len(trace),
         "metrics": metrics.as_dict(),
         "config": cfg,
+        # --pace-probe: per rank, the probe before the warm-up runs and after the measured ones.
+        **({"pace_probe": [g["pace"] for g in sorted(gathered, key=lambda g: g["rank"])]}
+           if any(g.get("pace") for g in gathered) else {}),
     }

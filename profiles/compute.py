@@ -14,8 +14,8 @@ import torch
 
 from executor.host import steady_heap
 from executor.mmdit import MMDIT_CLASSES
-from executor.mmdit_runner import MMDiTRunner
-from executor.op_runner import ExecutorRunner, OpRunner, PixArtRunner
+from executor.op_runner import OpRunner, PixArtRunner
+from executor.pace import op_runner
 from profiles.corunners import start_co_runners
 from profiles.device import attention_backend, device_name, device_slug
 from profiles.grid import Task, plan
@@ -52,13 +52,12 @@ def collect_with(s: Settings, extra: list[Task] | tuple[Task, ...], progress: bo
 def make_runner(s: Settings) -> OpRunner:
     """The op timer: the executor's own ops (default, what ``executor.run`` performs) or the
     diffusers modules alone (PixArt; MM-DiT models are timed through the executor only)."""
+    if s.runner == "executor":
+        return op_runner(s.model, s.device, s.dtype, s.resolutions, s.seed)
     if s.model.diffusers_class in MMDIT_CLASSES:
-        if s.runner != "executor":
-            raise UserError(f"--runner block times PixArt modules only; profile "
-                            f"{s.model.name} with --runner executor")
-        return MMDiTRunner(s.model, s.device, s.dtype, s.resolutions, s.seed)
-    cls = ExecutorRunner if s.runner == "executor" else PixArtRunner
-    return cls(s.model, s.device, s.dtype, s.resolutions, s.seed)
+        raise UserError(f"--runner block times PixArt modules only; profile "
+                        f"{s.model.name} with --runner executor")
+    return PixArtRunner(s.model, s.device, s.dtype, s.resolutions, s.seed)
 
 
 def _collect(s: Settings, progress: bool, extra: list[Task] | tuple[Task, ...] = ()

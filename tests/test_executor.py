@@ -322,6 +322,8 @@ def test_rejected_config_fails_before_any_process_group_with_sim_message(rank):
     (["--model", "pixart-tiny", "--resolution", "256", "--runs", "0"], "--runs must be at least"),
     (["--model", "pixart-tiny", "--resolution", "256", "--warmup-runs", "-1"],
      "--warmup-runs must be at least 0"),
+    (["--model", "pixart-tiny", "--resolution", "256", "--pace-probe", "-1"],
+     "--pace-probe must be at least 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys, monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):

@@ -40,12 +40,13 @@ from pathlib import Path
 import pandas as pd
 
 from sim.cli import at_least, parser
+from sim.cost.profile_format import ComputeProfile
 from sim.errors import UserError
 from sim.outputs import check_folder, write_outputs
 from validation.compare import op_error_summary
-from validation.grid import GRIDS, grid_cases, grid_models
+from validation.grid import GRIDS, Case, grid_cases, grid_models
 from validation.measure import run_cases, runs_per_launch
-from validation.predict import predict_case
+from validation.predict import predict_case, probe_calls, probe_pace
 from validation.profiling import ensure_profiles
 from validation.results import family_summary, result_rows, row_name, trace_pairs, write_csv
 
@@ -80,10 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "takes a rank's core, and the run is charged wall time) or cpu (the "
                         "compute thread's CPU time, blind to those waits; the choice before "
                         "issue 11)")
-    p.add_argument("--pace", choices=("slowest", "median"), default="slowest",
+    p.add_argument("--pace", choices=("probe", "slowest", "median"), default="slowest",
                    help="compute pace of a prediction: slowest (default: the expected slowest "
                         "of the run's processes, from the paces of the processes that "
-                        "measured the profile) or median (the median process's profile as is)")
+                        "measured the profile), median (the median process's profile as is) "
+                        "or probe (each launch's own pace: its processes time the profile's "
+                        "whole-image block before and after the runs, executor.run "
+                        "--pace-probe; the slowest rank over the profile's time scales that "
+                        "launch's prediction; the CSV keeps the slowest-pace prediction "
+                        "beside it)")
     p.add_argument("--models", default="",
                    help="comma-separated subset of the grid's models (default: all)")
     p.add_argument("--no-progress", action="store_true")
@@ -132,14 +138,23 @@ def main(argv: list[str] | None = None) -> int:
         compute, link = ensure_profiles(cases, args.device, folder,
                                         fresh=args.profile_dir is None, progress=progress,
                                         co_run_clock=args.co_run_clock)
+        probing = args.pace == "probe"
         for c in cases:
-            c.prediction = predict_case(c, compute, link, args.device, args.pace)
+            c.prediction = predict_case(c, compute, link, args.device,
+                                        "slowest" if probing else args.pace)
             c.predicted.append(c.prediction.latency_s)
+            c.sources.append((compute, link))
             if r == 0:
                 c.runs = runs_per_launch(c.prediction.latency_s)
+            if probing:
+                c.probe_calls = probe_calls(c, ComputeProfile.read(compute[(c.model,
+                                                                            c.nproc)]))
 
     run_cases(cases, out, args.device, args.repeats, progress, args.warmup_runs,
               before_repeat=profile_and_predict)
+    if args.pace == "probe":
+        for c in cases:
+            pace_by_probe(c, args.device)
     pairs = trace_pairs(cases)
     rows = result_rows(cases, pairs)
     families = family_summary(rows)
@@ -158,4 +173,23 @@ def main(argv: list[str] | None = None) -> int:
     for f in families.itertuples():
         print(f"  {f.Index:<13} {f.configs:>2} configurations: median |error| "
               f"{f.median:.1%}, worst {f.worst:.1%} ({row_name(rows[f.worst_row])})")
+    if args.pace == "probe":
+        unpaced = pd.Series([r["rel_err_unpaced"] for r in rows]).abs()
+        paces = [p for c in cases for p in c.paces]
+        print(f"  without the probe (pace of the expected slowest process): median |error| "
+              f"{unpaced.median():.1%}, worst {unpaced.max():.1%}; launch paces "
+              f"{min(paces):.2f}-{max(paces):.2f}")
     return 0
+
+
+def pace_by_probe(c: Case, device: str) -> None:
+    """Predict each launch of ``c`` again at the pace its probe measured (``probe_pace``),
+    from the profiles that launch was predicted from, keeping the earlier predictions in
+    ``c.unpaced``."""
+    c.unpaced, c.predicted = c.predicted, []
+    for r, probes in enumerate(c.probes):
+        compute, link = c.sources[min(r, len(c.sources) - 1)]
+        pace = probe_pace(c, probes, ComputeProfile.read(compute[(c.model, c.nproc)]))
+        c.paces.append(pace)
+        c.prediction = predict_case(c, compute, link, device, scale=pace)
+        c.predicted.append(c.prediction.latency_s)

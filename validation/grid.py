@@ -59,6 +59,14 @@ class Case:
     predicted: list[float] = field(default_factory=list)  # per set of profiles (seconds)
     trace_path: Path | None = None
     prediction: Prediction | None = None
+    # --pace probe: calls of the pace probe per launch (0: none), and per launch what it
+    # reported (per rank, before and after the runs: executor.pace), the profiles that
+    # launch was predicted from, the pace found and the prediction before pacing (seconds).
+    probe_calls: int = 0
+    probes: list[list] = field(default_factory=list)
+    sources: list[tuple] = field(default_factory=list)
+    paces: list[float] = field(default_factory=list)
+    unpaced: list[float] = field(default_factory=list)
 
     @property
     def family(self) -> str:
@@ -104,7 +112,9 @@ class Case:
                            "--model", self.model, "--resolution", str(self.resolution),
                            "--steps", str(self.steps), "--patches", str(self.patches),
                            "--warmup", str(self.warmup), *degree, "--device", device,
-                           "--dtype", "fp32", "--trace", str(trace), "--json"])
+                           "--dtype", "fp32", "--trace", str(trace), "--json",
+                           *(["--pace-probe", str(self.probe_calls)] if self.probe_calls
+                             else [])])
 
 
 def grid_cases(grid: str, nproc: int, only: tuple[str, ...] = ()) -> list[Case]:

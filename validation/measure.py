@@ -48,6 +48,8 @@ def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress:
             for i, c in enumerate(group):
                 d = json.loads((folder / f"run-{i}.json").read_text())
                 c.measured.extend(float(x) for x in d["latencies_s"])
+                if "pace_probe" in d:
+                    c.probes.append(d["pace_probe"])
                 ranks = d["memory_per_rank"]
                 c.cpu_share.append(sum(r["loop_thread_cpu_s"] / r["loop_s"] for r in ranks)
                                    / len(ranks))

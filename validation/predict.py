@@ -3,13 +3,17 @@ machine."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 
 from profiles.pooled import expected_slowest
 from sim.config import ParallelConfig, Workload
 from sim.cost.link_profile import apply_link_profile
+from sim.cost.probe import reference_block
 from sim.cost.profile import ProfileCost
-from sim.cost.profile_format import ComputeProfile
+from sim.cost.profile_format import ComputeProfile, Sample
+from sim.errors import UserError
 from sim.evaluate import Prediction, evaluate
 from sim.hardware import get_gpu
 from sim.models import get_model
@@ -18,7 +22,8 @@ from validation.grid import Case
 
 
 def predict_case(c: Case, compute: dict[tuple[str, int], Path], link: Path | None,
-                 device: str, pace: str = "slowest") -> Prediction:
+                 device: str, pace: str = "slowest", scale: float | None = None
+                 ) -> Prediction:
     """The simulator's prediction of ``c`` on ``device`` ("cpu" or "cuda") from the compute
     profile of its model and process count in ``compute`` and the link profile ``link``.
 
@@ -26,7 +31,7 @@ def predict_case(c: Case, compute: dict[tuple[str, int], Path], link: Path | Non
     median process, but a run of N processes that wait for each other goes at the pace of
     its slowest one, so compute is scaled by the expected slowest of N processes drawn from
     those the profile measured (``expected_slowest``; for one process, the mean). ``"median"``:
-    unscaled."""
+    unscaled. ``scale``, when given, is the pace itself (``probe_pace``)."""
     gpu = get_gpu("cpu" if device == "cpu" else "h100-sxm")
     wl = Workload(get_model(c.model), c.resolution, c.resolution, c.steps, dtype="fp32",
                   text_encoder=False, vae=False)
@@ -39,7 +44,42 @@ def predict_case(c: Case, compute: dict[tuple[str, int], Path], link: Path | Non
         msg = m.batch * wl.tokens // c.patches * m.hidden * 4
         topo = apply_link_profile(topo, link, nbytes=msg)
     prof = ComputeProfile.read(compute[(c.model, c.nproc)])
-    factors = prof.meta.get("process_factors") if pace == "slowest" else None
-    scale = expected_slowest(factors, c.nproc) if isinstance(factors, list) else 1.0
+    if scale is None:
+        factors = prof.meta.get("process_factors") if pace == "slowest" else None
+        scale = expected_slowest(factors, c.nproc) if isinstance(factors, list) else 1.0
     cost = ProfileCost(wl, gpu, prof, scale=scale)
     return evaluate(wl, cfg, gpu, topo, cost)
+
+
+# Seconds of probing per probe (before the runs, and again after them), and the calls'
+# bounds: enough calls that a scheduler hiccup does not set the median, few enough that the
+# probes stay a small part of a launch.
+PROBE_S = 0.25
+PROBE_CALLS = (3, 20)
+
+
+def probe_sample(c: Case, prof: ComputeProfile) -> Sample:
+    """The row of ``prof`` for the op ``executor.pace`` probes in a run of ``c``."""
+    kind, q, kv, heads = reference_block(get_model(c.model), c.resolution)
+    for s in prof.samples:
+        if (s.op, s.variant, s.q_tokens, s.kv_tokens, s.heads) == ("block", kind, q, kv, heads):
+            return s
+    raise UserError(f"the compute profile of {c.model} has no whole-image {kind} block at "
+                    f"{c.resolution} px to compare the pace probe with; collect it again")
+
+
+def probe_calls(c: Case, prof: ComputeProfile) -> int:
+    """Probe calls that fill about ``PROBE_S`` seconds at the profile's speed."""
+    per = probe_sample(c, prof).median_s
+    return max(PROBE_CALLS[0], min(PROBE_CALLS[1], math.ceil(PROBE_S / per)))
+
+
+def probe_pace(c: Case, probes: list[list[dict]], prof: ComputeProfile) -> float:
+    """The pace of one launch of ``c``: per rank, the mean of its probe before and after the
+    runs (``probes``: per rank, ``executor.pace.probe``'s results) over the profile's time of
+    the same op, on the clock the profile was timed on; of the ranks, the slowest (the ranks
+    wait for each other, so the run goes at the slowest's pace). Dimensionless: 1.0 is the
+    profile's speed, 1.2 a launch 20 % slower."""
+    ref = probe_sample(c, prof).median_s
+    clock = "wall_s" if prof.meta.get("clock") == "wall" else "thread_s"
+    return max(statistics.mean(p[clock] for p in rank) for rank in probes) / ref

@@ -19,7 +19,8 @@ from validation.grid import Case
 
 CSV_COLUMNS = ("model", "resolution", "steps", "nproc", "strategy", "patches", "warmup",
                "measured_s", "measured_runs", "measured_iqr", "predicted_s", "rel_err",
-               "cpu_share", "predicted_busy_share", "op_errors", "cost_sources")
+               "cpu_share", "predicted_busy_share", "op_errors", "cost_sources", "pace",
+               "predicted_unpaced_s", "rel_err_unpaced")
 
 
 def busy_share(pred: Prediction) -> float:
@@ -47,6 +48,7 @@ def result_rows(cases: list[Case], pairs: list[pd.DataFrame]) -> list[dict]:
         meas = statistics.median(c.measured)
         q = statistics.quantiles(c.measured, n=4) if len(c.measured) > 1 else [meas] * 3
         pred = statistics.median(c.predicted)
+        unpaced = statistics.median(c.unpaced) if c.unpaced else pred
         per_op = op_error_summary(joined).rel_err
         rows.append({
             "model": c.model, "resolution": c.resolution, "steps": c.steps, "nproc": c.nproc,
@@ -64,6 +66,11 @@ def result_rows(cases: list[Case], pairs: list[pd.DataFrame]) -> list[dict]:
             # float(): numpy's round is not Python's (correctly rounded) one.
             "op_errors": json.dumps({k: round(float(v), 4) for k, v in per_op.items()}),
             "cost_sources": json.dumps(c.prediction.cost_sources),
+            # --pace probe: each launch's measured pace (executor.pace), and the prediction
+            # without it (the expected slowest process); otherwise empty, and the same.
+            "pace": json.dumps([round(p, 4) for p in c.paces]),
+            "predicted_unpaced_s": unpaced,
+            "rel_err_unpaced": unpaced / meas - 1,
         })
     return rows
 

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sim.models import DiTModel
 
 REFERENCE_N = 256  # rows = columns of the two matrices
 REFERENCE_OP = (f"torch.mm of two {REFERENCE_N}x{REFERENCE_N} fp32 matrices (seeded), median "
@@ -60,3 +64,13 @@ def reference_op_seconds(threads: int | None = None, clock: str = "thread",
     finally:
         torch.set_num_threads(before)
     return statistics.median(samples)
+
+
+def reference_block(model: DiTModel, resolution: int) -> tuple[str, int, int, int]:
+    """The op ``executor.run --pace-probe`` times, as a compute profile's key after the op
+    name (``block``): (variant, q tokens, kv tokens, heads): the model's first block kind (in
+    sorted order, as the profiler lists them) on the whole ``resolution``-px image."""
+    rows, cols = model.token_grid(resolution, resolution)
+    n = rows * cols
+    kind = sorted({model.block_kind(i) for i in range(model.num_blocks)})[0]
+    return kind, n, n, model.heads
