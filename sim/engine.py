@@ -31,7 +31,7 @@ from sim.schedule import (
 )
 from sim.symmetry import Orbit, shift_classes
 from sim.topology import Topology
-from sim.trace import Trace, TraceRow
+from sim.trace import CopiedTrace, Trace, TraceRow
 
 if TYPE_CHECKING:  # simpy (and the importlib.metadata it loads) is imported by simulate()
     import simpy
@@ -547,18 +547,22 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
         i = max(i for i, op in enumerate(schedule.ranks[rank])
                 if isinstance(op, Collective) and op.tag == tag)
         raise ScheduleError(f"{schedule.where(rank, i)} is never waited for")
+    # The copies' rows are built only if read (``CopiedTrace``): latency and metrics come
+    # from the simulated rows.
     if copies:
-        rows += [row.on_rank(m) for row in rows if row.rank in copies
-                 for m in copies[row.rank]]
         cpu_ahead.update({(m, s): v for (r, s), v in list(cpu_ahead.items()) if r in copies
                           for m in copies[r]})
+        return CopiedTrace(rows, rows, {r: [(m, None) for m in others]
+                                        for r, others in copies.items()},
+                           frozenset(), cpu_ahead)
     if images:
         rows += image_rows
-        rows += [row.on_rank(m, perm[row.peer] if row.peer >= 0 else -1)
-                 for row in image_rows for m, perm in images[row.rank].images]
         cpu_ahead.update({(m, s): v for (r, s), v in list(cpu_ahead.items()) if r in images
                           and (r not in split_steps or s in split_steps[r])
                           for m, _ in images[r].images})
+        return CopiedTrace(rows, image_rows, {r: list(o.images) for r, o in images.items()},
+                           frozenset(m for r in split_steps for m, _ in images[r].images),
+                           cpu_ahead)
     return Trace(rows, cpu_ahead)
 
 
