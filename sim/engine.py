@@ -1,18 +1,17 @@
-"""Discrete-event engine (simpy): runs a schedule on a topology with a cost model.
+"""Discrete-event engine: runs a schedule on a topology with a cost model.
 
-One simpy process per rank walks its op list: a compute op holds the rank for its cost; a send
+One process per rank walks its op list: a compute op holds the rank for its cost; a send
 starts a transfer and moves on (asynchronous, as ``isend``); a receive waits until its data has
 arrived. Transfers are fluid flows over the route's directed edges, shared max-min fairly
 (``sim.network``): whenever a flow starts or ends every flow's rate is recomputed, so traffic
 that meets on the socket link or a NIC slows down for as long as it overlaps. Time is in
-seconds.
+seconds. The event loop is ``sim.des`` (simpy's order of events, less of its cost).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sim.cost import CostModel
+from sim.des import Environment, Event
 from sim.host import HostModel, issue
 from sim.nccl import protocol
 from sim.network import Network, _Flow  # noqa: F401  (_Flow re-exported for tests)
@@ -33,8 +32,6 @@ from sim.symmetry import Orbit, shift_classes
 from sim.topology import Topology
 from sim.trace import CopiedTrace, Trace, TraceRow
 
-if TYPE_CHECKING:  # simpy (and the importlib.metadata it loads) is imported by simulate()
-    import simpy
 
 # Ring algorithms (NCCL's default for these sizes) take n-1 steps per phase; all-to-all is a
 # direct exchange launched as one grouped step. A ring's steps move equal chunks over the same
@@ -112,7 +109,7 @@ def collective_bytes_sent(kind: str, n: int, nbytes: float, count: int = 1) -> f
 class _Rendezvous:
     __slots__ = ("arrived", "nbytes", "event", "start", "end", "group", "plan", "env", "op")
 
-    def __init__(self, env: simpy.Environment, group: tuple[int, ...]) -> None:
+    def __init__(self, env: Environment, group: tuple[int, ...]) -> None:
         self.arrived = 0
         self.nbytes = 0
         self.event = env.event()
@@ -189,9 +186,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     """``simulate`` with the ranks of ``copies`` (representative -> equal ranks) and of
     ``images`` (representative -> its orbit) simulated by their representative (the images
     of an orbit with a ``prefix`` get their own process from there on)."""
-    import simpy
-
-    env = simpy.Environment()
+    env = Environment()
     net = Network(env, topo)
     rows: list[TraceRow] = []
     compute_row, message_row = TraceRow.for_compute, TraceRow.for_message
@@ -199,9 +194,9 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     weight = [1] * schedule.world_size
     for rep, others in copies.items():
         weight[rep] += len(others)
-    mailbox: dict[tuple, simpy.Event] = {}  # (src, dst, tag) -> arrival, until received
+    mailbox: dict[tuple, Event] = {}  # (src, dst, tag) -> arrival, until received
 
-    def slot(key: tuple) -> simpy.Event:
+    def slot(key: tuple) -> Event:
         ev = mailbox.get(key)
         if ev is None:
             ev = mailbox[key] = env.event()
