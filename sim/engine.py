@@ -11,7 +11,7 @@ seconds. The event loop is ``sim.des`` (simpy's order of events, less of its cos
 from __future__ import annotations
 
 from sim.cost import CostModel
-from sim.des import Environment, Event
+from sim.des import Environment, Event, paused_gc
 from sim.host import HostModel, issue
 from sim.nccl import protocol
 from sim.network import Network, _Flow  # noqa: F401  (_Flow re-exported for tests)
@@ -169,15 +169,16 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     if schedule.world_size + rank_offset > topo.num_gpus:
         raise ValueError(f"schedule needs {schedule.world_size} GPUs, topology has "
                          f"{topo.num_gpus}")
-    if mirrors and shifts and not any(topo.host):
-        images = shift_classes(schedule.ranks, schedule.layout)
-        if images:
-            try:
-                return _run(schedule, topo, cost, rank_offset, host, {}, images)
-            except (_Asymmetric, ScheduleError):
-                pass  # a broken schedule is named by the run below
-    return _run(schedule, topo, cost, rank_offset, host,
-                mirror_classes(schedule.ranks) if mirrors else {}, {})
+    with paused_gc():
+        if mirrors and shifts and not any(topo.host):
+            images = shift_classes(schedule.ranks, schedule.layout)
+            if images:
+                try:
+                    return _run(schedule, topo, cost, rank_offset, host, {}, images)
+                except (_Asymmetric, ScheduleError):
+                    pass  # a broken schedule is named by the run below
+        return _run(schedule, topo, cost, rank_offset, host,
+                    mirror_classes(schedule.ranks) if mirrors else {}, {})
 
 
 def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
