@@ -256,6 +256,29 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
             ready.append(rv)
         return rv
 
+    joined: dict[tuple, tuple[int, list[tuple[tuple[int, ...], int]]]] = {}
+
+    def joins(rank: int, group: tuple[int, ...], orbit: list[tuple[int, list[int]]]
+              ) -> tuple[int, list[tuple[tuple[int, ...], int]]]:
+        """The groups a representative and its images join for a collective over
+        ``group``, each once with its number of arrivals, and which is the
+        representative's own. Listed in the order in which joining them one rank at a time
+        (the representative, then each image) completes them: a group is complete once
+        its last arrival is in."""
+        key = (rank, group)
+        got = joined.get(key)
+        if got is None:
+            seq = [(image_group(group, identity), weight[rank])]
+            seq += [(image_group(group, perm), 1) for _, perm in orbit]
+            count: dict[tuple[int, ...], int] = {}
+            last: dict[tuple[int, ...], int] = {}
+            for k, (g, n) in enumerate(seq):
+                count[g] = count.get(g, 0) + n
+                last[g] = k
+            order = sorted(count, key=last.__getitem__)
+            got = joined[key] = (order.index(seq[0][0]), [(g, count[g]) for g in order])
+        return got
+
     # Steady steps issue the same collectives over and over: their flows and row fields are
     # worked out once per (kind, group, bytes, count).
     plans: dict[tuple, tuple[tuple[tuple[int, ...], ...], float, float, float]] = {}
@@ -484,12 +507,15 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                                        op.src))
             elif kind is Collective:
                 ready: list[_Rendezvous] = []
-                rv = meet(op, op.group if not image_of else image_group(op.group, identity),
-                          weight[rank], ready)
-                for _, perm in orbit:  # each image rank joins its image collective
-                    other = meet(op, image_group(op.group, perm), 1, ready)
-                    if other is not rv:
-                        same_collective.append((rv, other))
+                if not orbit:
+                    rv = meet(op, op.group if not image_of else image_group(op.group,
+                                                                            identity),
+                              weight[rank], ready)
+                else:  # with each image rank, joining its image collective
+                    own, joining = joins(rank, op.group, orbit)
+                    rvs = [meet(op, g, n, ready) for g, n in joining]
+                    rv = rvs[own]
+                    same_collective.extend((rv, other) for other in rvs if other is not rv)
                 if ready:
                     launch_all(op, ready)
                 if op.asynchronous:
