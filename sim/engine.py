@@ -450,7 +450,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                     yield timeout(now - env.now)
                 continue
             if hosted:
-                s = getattr(getattr(op, "tag", None), "step", step)
+                s = op.tag.step  # every op but Compute has a tag
                 if env.now - cpu > max_lead:  # the launch queue is full: the CPU waits
                     cpu = env.now - max_lead
                 if s != step:

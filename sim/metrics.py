@@ -62,9 +62,10 @@ def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> M
     repeated, copies = (trace.step, trace.copies) if isinstance(trace, ExtendedTrace) \
         else (None, 0)
     # The VAE decode is summed over every rank: a copied one is left to the full rows.
-    copied = short if isinstance(short, CopiedTrace) and not any(
-        op == OpKind.VAE_DECODE and rank in short.copies
-        for rank, op in map(_RANK_OP, short.source)) else None
+    copied = short if isinstance(short, CopiedTrace) and not (
+        OpKind.VAE_DECODE in map(_OP, short.source) and any(
+            op == OpKind.VAE_DECODE and rank in short.copies
+            for rank, op in map(_RANK_OP, short.source))) else None
     latency = trace.end_s
     text_end = 0.0
     vae = 0
@@ -181,6 +182,7 @@ def _terms(rows: list[TraceRow], repeated: int | None, copies: int
     return busy, exposed, sent
 
 
+_OP = itemgetter(1)
 _RANK_OP = itemgetter(0, 1)
 _P2P = frozenset((OpKind.SEND, OpKind.RECV))
 
