@@ -1,18 +1,17 @@
-"""Discrete-event engine (simpy): runs a schedule on a topology with a cost model.
+"""Discrete-event engine: runs a schedule on a topology with a cost model.
 
-One simpy process per rank walks its op list: a compute op holds the rank for its cost; a send
+One process per rank walks its op list: a compute op holds the rank for its cost; a send
 starts a transfer and moves on (asynchronous, as ``isend``); a receive waits until its data has
 arrived. Transfers are fluid flows over the route's directed edges, shared max-min fairly
 (``sim.network``): whenever a flow starts or ends every flow's rate is recomputed, so traffic
 that meets on the socket link or a NIC slows down for as long as it overlaps. Time is in
-seconds.
+seconds. The event loop is ``sim.des`` (simpy's order of events, less of its cost).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sim.cost import CostModel
+from sim.des import Environment, Event, paused_gc
 from sim.host import HostModel, issue
 from sim.nccl import protocol
 from sim.network import Network, _Flow  # noqa: F401  (_Flow re-exported for tests)
@@ -31,10 +30,8 @@ from sim.schedule import (
 )
 from sim.symmetry import Orbit, shift_classes
 from sim.topology import Topology
-from sim.trace import Trace, TraceRow
+from sim.trace import CopiedTrace, Trace, TraceRow
 
-if TYPE_CHECKING:  # simpy (and the importlib.metadata it loads) is imported by simulate()
-    import simpy
 
 # Ring algorithms (NCCL's default for these sizes) take n-1 steps per phase; all-to-all is a
 # direct exchange launched as one grouped step. A ring's steps move equal chunks over the same
@@ -112,7 +109,7 @@ def collective_bytes_sent(kind: str, n: int, nbytes: float, count: int = 1) -> f
 class _Rendezvous:
     __slots__ = ("arrived", "nbytes", "event", "start", "end", "group", "plan", "env", "op")
 
-    def __init__(self, env: simpy.Environment, group: tuple[int, ...]) -> None:
+    def __init__(self, env: Environment, group: tuple[int, ...]) -> None:
         self.arrived = 0
         self.nbytes = 0
         self.event = env.event()
@@ -172,15 +169,16 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     if schedule.world_size + rank_offset > topo.num_gpus:
         raise ValueError(f"schedule needs {schedule.world_size} GPUs, topology has "
                          f"{topo.num_gpus}")
-    if mirrors and shifts and not any(topo.host):
-        images = shift_classes(schedule.ranks, schedule.layout)
-        if images:
-            try:
-                return _run(schedule, topo, cost, rank_offset, host, {}, images)
-            except (_Asymmetric, ScheduleError):
-                pass  # a broken schedule is named by the run below
-    return _run(schedule, topo, cost, rank_offset, host,
-                mirror_classes(schedule.ranks) if mirrors else {}, {})
+    with paused_gc():
+        if mirrors and shifts and not any(topo.host):
+            images = shift_classes(schedule.ranks, schedule.layout)
+            if images:
+                try:
+                    return _run(schedule, topo, cost, rank_offset, host, {}, images)
+                except (_Asymmetric, ScheduleError):
+                    pass  # a broken schedule is named by the run below
+        return _run(schedule, topo, cost, rank_offset, host,
+                    mirror_classes(schedule.ranks) if mirrors else {}, {})
 
 
 def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
@@ -189,9 +187,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     """``simulate`` with the ranks of ``copies`` (representative -> equal ranks) and of
     ``images`` (representative -> its orbit) simulated by their representative (the images
     of an orbit with a ``prefix`` get their own process from there on)."""
-    import simpy
-
-    env = simpy.Environment()
+    env = Environment()
     net = Network(env, topo)
     rows: list[TraceRow] = []
     compute_row, message_row = TraceRow.for_compute, TraceRow.for_message
@@ -199,9 +195,9 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     weight = [1] * schedule.world_size
     for rep, others in copies.items():
         weight[rep] += len(others)
-    mailbox: dict[tuple, simpy.Event] = {}  # (src, dst, tag) -> arrival, until received
+    mailbox: dict[tuple, Event] = {}  # (src, dst, tag) -> arrival, until received
 
-    def slot(key: tuple) -> simpy.Event:
+    def slot(key: tuple) -> Event:
         ev = mailbox.get(key)
         if ev is None:
             ev = mailbox[key] = env.event()
@@ -259,6 +255,29 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
             del meetings[key]
             ready.append(rv)
         return rv
+
+    joined: dict[tuple, tuple[int, list[tuple[tuple[int, ...], int]]]] = {}
+
+    def joins(rank: int, group: tuple[int, ...], orbit: list[tuple[int, list[int]]]
+              ) -> tuple[int, list[tuple[tuple[int, ...], int]]]:
+        """The groups a representative and its images join for a collective over
+        ``group``, each once with its number of arrivals, and which is the
+        representative's own. Listed in the order in which joining them one rank at a time
+        (the representative, then each image) completes them: a group is complete once
+        its last arrival is in."""
+        key = (rank, group)
+        got = joined.get(key)
+        if got is None:
+            seq = [(image_group(group, identity), weight[rank])]
+            seq += [(image_group(group, perm), 1) for _, perm in orbit]
+            count: dict[tuple[int, ...], int] = {}
+            last: dict[tuple[int, ...], int] = {}
+            for k, (g, n) in enumerate(seq):
+                count[g] = count.get(g, 0) + n
+                last[g] = k
+            order = sorted(count, key=last.__getitem__)
+            got = joined[key] = (order.index(seq[0][0]), [(g, count[g]) for g in order])
+        return got
 
     # Steady steps issue the same collectives over and over: their flows and row fields are
     # worked out once per (kind, group, bytes, count).
@@ -431,7 +450,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                     yield timeout(now - env.now)
                 continue
             if hosted:
-                s = getattr(getattr(op, "tag", None), "step", step)
+                s = op.tag.step  # every op but Compute has a tag
                 if env.now - cpu > max_lead:  # the launch queue is full: the CPU waits
                     cpu = env.now - max_lead
                 if s != step:
@@ -488,12 +507,15 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                                        op.src))
             elif kind is Collective:
                 ready: list[_Rendezvous] = []
-                rv = meet(op, op.group if not image_of else image_group(op.group, identity),
-                          weight[rank], ready)
-                for _, perm in orbit:  # each image rank joins its image collective
-                    other = meet(op, image_group(op.group, perm), 1, ready)
-                    if other is not rv:
-                        same_collective.append((rv, other))
+                if not orbit:
+                    rv = meet(op, op.group if not image_of else image_group(op.group,
+                                                                            identity),
+                              weight[rank], ready)
+                else:  # with each image rank, joining its image collective
+                    own, joining = joins(rank, op.group, orbit)
+                    rvs = [meet(op, g, n, ready) for g, n in joining]
+                    rv = rvs[own]
+                    same_collective.extend((rv, other) for other in rvs if other is not rv)
                 if ready:
                     launch_all(op, ready)
                 if op.asynchronous:
@@ -547,18 +569,22 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
         i = max(i for i, op in enumerate(schedule.ranks[rank])
                 if isinstance(op, Collective) and op.tag == tag)
         raise ScheduleError(f"{schedule.where(rank, i)} is never waited for")
+    # The copies' rows are built only if read (``CopiedTrace``): latency and metrics come
+    # from the simulated rows.
     if copies:
-        rows += [row.on_rank(m) for row in rows if row.rank in copies
-                 for m in copies[row.rank]]
         cpu_ahead.update({(m, s): v for (r, s), v in list(cpu_ahead.items()) if r in copies
                           for m in copies[r]})
+        return CopiedTrace(rows, rows, {r: [(m, None) for m in others]
+                                        for r, others in copies.items()},
+                           frozenset(), cpu_ahead)
     if images:
         rows += image_rows
-        rows += [row.on_rank(m, perm[row.peer] if row.peer >= 0 else -1)
-                 for row in image_rows for m, perm in images[row.rank].images]
         cpu_ahead.update({(m, s): v for (r, s), v in list(cpu_ahead.items()) if r in images
                           and (r not in split_steps or s in split_steps[r])
                           for m, _ in images[r].images})
+        return CopiedTrace(rows, image_rows, {r: list(o.images) for r, o in images.items()},
+                           frozenset(m for r in split_steps for m, _ in images[r].images),
+                           cpu_ahead)
     return Trace(rows, cpu_ahead)
 
 

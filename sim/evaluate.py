@@ -19,7 +19,7 @@ from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
 from sim.strategies import build_schedule
 from sim.topology import Topology, build_topology
-from sim.trace import ExtendedTrace, Trace
+from sim.trace import ExtendedTrace, Trace, simulated_rows
 
 # Factors on compute costs that --single-gpu-latency may ask for: a real run differs from the
 # roofline (or a measured profile) by a small factor; a thousandfold gap is a wrong input.
@@ -148,8 +148,9 @@ def periodic_extension(trace: Trace, first_middle: int, steps: int) -> ExtendedT
     when the two middle steps are not identical up to a shift (then the run is not periodic
     and must be simulated in full)."""
     a, b = first_middle, first_middle + 1
-    rows_a = [r for r in trace.rows if r.step == a]
-    rows_b = [r for r in trace.rows if r.step == b]
+    # A copied rank's rows have its representative's times: the simulated rows decide.
+    rows_a = [r for r in simulated_rows(trace) if r.step == a]
+    rows_b = [r for r in simulated_rows(trace) if r.step == b]
     if not rows_a or len(rows_a) != len(rows_b):
         return None
     rows_a.sort(key=_STEP_ORDER)

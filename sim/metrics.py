@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import reduce
+from operator import add as add_float
+from operator import itemgetter
 
 from sim.cost.base import SOURCES
 from sim.schedule import OpKind
-from sim.trace import ExtendedTrace, Trace, TraceRow
+from sim.trace import CopiedTrace, ExtendedTrace, Trace, TraceRow, simulated_rows
 
 
 @dataclass
@@ -53,43 +56,95 @@ class Metrics:
 def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> Metrics:
     """Metrics of ``trace`` for a run of ``steps`` steps of which ``warmup`` synchronous. An
     ``ExtendedTrace`` is measured on its short rows, each repeated row counted as often as it
-    repeats (the same sums as over the full rows, without building them)."""
-    rows = trace.rows if not isinstance(trace, ExtendedTrace) else trace.short.rows
+    repeats, and a ``CopiedTrace`` on its simulated rows, a copied rank taking its
+    representative's sums (the same sums as over the full rows, without building them)."""
+    short = trace.short if isinstance(trace, ExtendedTrace) else trace
     repeated, copies = (trace.step, trace.copies) if isinstance(trace, ExtendedTrace) \
         else (None, 0)
+    # The VAE decode is summed over every rank: a copied one is left to the full rows.
+    copied = short if isinstance(short, CopiedTrace) and not (
+        OpKind.VAE_DECODE in map(_OP, short.source) and any(
+            op == OpKind.VAE_DECODE and rank in short.copies
+            for rank, op in map(_RANK_OP, short.source))) else None
     latency = trace.end_s
-    text_end = max((r.end_s for r in rows if r.op == OpKind.TEXT_ENCODE), default=0.0)
-    vae = sum(r.end_s - r.start_s for r in rows if r.op == OpKind.VAE_DECODE)
-    loop = max(latency - text_end - vae, 1e-30)
+    text_end = 0.0
+    vae = 0
     busy = [0.0] * world_size
     exposed = [0.0] * world_size
-    sends: dict[tuple, TraceRow] = {}
+    send_start: dict[tuple, float] = {}
+    recvs: list[TraceRow] = []
     sent_by_step: dict[tuple[int, int], int] = defaultdict(int)
-    # Local names: this loop runs over every row of every planner candidate's trace.
-    send, recv, wait, suffix = OpKind.SEND, OpKind.RECV, OpKind.WAIT, OpKind.ASYNC_SUFFIX
-    collectives, outside = OpKind.COLLECTIVES, OpKind.OUTSIDE_LOOP
-    for r in rows:
-        rank, op = r.rank, r.op
-        w = 1 + copies if r.step == repeated else 1
-        if op == send:
-            sends[(rank, r.peer, r.step, r.patch, r.layer_first, r.tag)] = r
-            sent_by_step[(rank, r.step)] += r.nbytes
-        elif op.endswith(suffix):
-            sent_by_step[(rank, r.step)] += r.nbytes
-        elif op in collectives:
-            # A blocking collective holds its rank for as long as its data is on the wire.
-            sent_by_step[(rank, r.step)] += r.nbytes
-            exposed[rank] += (r.end_s - r.start_s) * w
-        elif op == wait:
-            exposed[rank] += (r.end_s - r.start_s) * w
-        elif op != recv and op not in outside:
-            busy[rank] += (r.end_s - r.start_s) * w
-    for r in rows:
-        if r.op == recv:
-            s = sends.get((r.peer, r.rank, r.step, r.patch, r.layer_first, r.tag))
-            in_flight_from = max(r.start_s, s.start_s) if s else r.start_s
-            w = 1 + copies if r.step == repeated else 1
-            exposed[r.rank] += max(0.0, r.end_s - in_flight_from) * w
+    kinds = _KINDS
+
+    def add(rows: list[TraceRow]) -> None:
+        """Each row's share of the sums, each row's op looked up once: this runs over every
+        row of every planner candidate's trace. The sums add the same terms in the same
+        (row) order as a loop per quantity would, so they are the same floats."""
+        nonlocal text_end, vae
+        for row in rows:
+            rank, op, step, patch, layer, _, start, end, nbytes, peer, _, tag = row
+            kind = kinds.get(op)
+            if kind is None:  # a kind this module does not know: compute, or asynchronous
+                kind = _ASYNC if op.endswith(OpKind.ASYNC_SUFFIX) else _BUSY
+            if kind == _BUSY:
+                busy[rank] += (end - start) * (1 + copies if step == repeated else 1)
+            elif kind == _BLOCKING:
+                # A blocking collective holds its rank while its data is on the wire.
+                sent_by_step[(rank, step)] += nbytes
+                exposed[rank] += (end - start) * (1 + copies if step == repeated else 1)
+            elif kind == _SEND:
+                send_start[(rank, peer, step, patch, layer, tag)] = start
+                sent_by_step[(rank, step)] += nbytes
+            elif kind == _RECV:
+                recvs.append(row)
+            elif kind == _ASYNC:
+                sent_by_step[(rank, step)] += nbytes
+            elif kind == _WAIT:
+                exposed[rank] += (end - start) * (1 + copies if step == repeated else 1)
+            elif kind == _TEXT:
+                if end > text_end:
+                    text_end = end
+            elif kind == _VAE:
+                vae += end - start
+
+    if copied is None:
+        add(short.rows)
+    else:
+        add(copied.simulated)
+        # A copy's rows are its representative's rows of ``source``, relabelled. Where they
+        # are all its rows, the copy has the representative's sums so far; an image with
+        # rows of its own (``split``) goes on adding the representative's terms, in order,
+        # to its own sums (``reduce`` adds left to right, as the loop would). Messages are
+        # listed, relabelled, for the receives' exposure below.
+        for rep, members in copied.copies.items():
+            rows = [row for row in copied.source if row.rank == rep]
+            messages = [row for row in rows if row.op in _P2P]
+            if any(m in copied.split for m, _ in members):
+                busy_terms, exposed_terms, sent = _terms(rows, repeated, copies)
+            for m, perm in members:
+                if m in copied.split:
+                    busy[m] = reduce(add_float, busy_terms, busy[m])
+                    exposed[m] = reduce(add_float, exposed_terms, exposed[m])
+                    for step, n in sent.items():
+                        sent_by_step[(m, step)] += n
+                else:
+                    busy[m], exposed[m] = busy[rep], exposed[rep]
+                    for (rank, step), n in list(sent_by_step.items()):
+                        if rank == rep:
+                            sent_by_step[(m, step)] = n
+                for row in messages:
+                    peer = row.peer if perm is None else perm[row.peer]
+                    if row.op == OpKind.SEND:
+                        send_start[(m, peer, row.step, row.patch, row.layer_first,
+                                    row.tag)] = row.start_s
+                    else:
+                        recvs.append(row.on_rank(m, peer))
+    for rank, _, step, patch, layer, _, start, end, _, peer, _, tag in recvs:
+        s = send_start.get((peer, rank, step, patch, layer, tag))
+        in_flight_from = max(start, s) if s is not None else start
+        exposed[rank] += max(0.0, end - in_flight_from) * (1 + copies if step == repeated
+                                                           else 1)
+    loop = max(latency - text_end - vae, 1e-30)
     idle = sum(loop - b - e for b, e in zip(busy, exposed))
     # The repeated step's copies send what it sends: the short run's steady steps have the
     # same maximum as the full run's.
@@ -105,19 +160,72 @@ def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> M
     )
 
 
+def _terms(rows: list[TraceRow], repeated: int | None, copies: int
+           ) -> tuple[list[float], list[float], dict[int, int]]:
+    """What ``rows`` add to their rank's busy and exposed sums (before receives), in order,
+    and bytes sent per step (as ``compute_metrics`` counts them; no VAE row among them)."""
+    busy: list[float] = []
+    exposed: list[float] = []
+    sent: dict[int, int] = defaultdict(int)
+    for _, op, step, _, _, _, start, end, nbytes, _, _, _ in rows:
+        kind = _KINDS.get(op)
+        if kind is None:
+            kind = _ASYNC if op.endswith(OpKind.ASYNC_SUFFIX) else _BUSY
+        if kind == _BUSY:
+            busy.append((end - start) * (1 + copies if step == repeated else 1))
+        elif kind == _BLOCKING or kind == _WAIT:
+            if kind == _BLOCKING:
+                sent[step] += nbytes
+            exposed.append((end - start) * (1 + copies if step == repeated else 1))
+        elif kind == _SEND or kind == _ASYNC:
+            sent[step] += nbytes
+    return busy, exposed, sent
+
+
+_OP = itemgetter(1)
+_RANK_OP = itemgetter(0, 1)
+_P2P = frozenset((OpKind.SEND, OpKind.RECV))
+
+
+# What each trace ``op`` adds to (``compute_metrics``): compute keeps its rank busy, a
+# blocking collective or a wait exposes communication, an asynchronous collective or a send
+# counts bytes, a receive's exposure is worked out once its send is known.
+_BUSY, _BLOCKING, _SEND, _RECV, _ASYNC, _WAIT, _TEXT, _VAE = range(8)
+_KINDS: dict[str, int] = {
+    **{k: _BUSY for k in OpKind.COMPUTE},
+    OpKind.SEND: _SEND, OpKind.RECV: _RECV, OpKind.WAIT: _WAIT,
+    OpKind.TEXT_ENCODE: _TEXT, OpKind.VAE_DECODE: _VAE,
+    **{k: _BLOCKING for k in OpKind.COLLECTIVES},
+    **{k + OpKind.ASYNC_SUFFIX: _ASYNC for k in OpKind.COLLECTIVES},
+}
+
+
+_OP_SOURCE = itemgetter(1, 10)  # TraceRow's op and source
+_OP_SOURCE_STEP = itemgetter(1, 10, 2)
+_RANK_OP_SOURCE_STEP = itemgetter(0, 1, 10, 2)
+
+
 def source_summary(rows: Trace | Iterable[TraceRow]) -> dict[str, dict[str, int]]:
     """Per compute kind, how many ops took their time from each source, from a trace (a
     ``sim.trace.Trace`` or its rows): e.g. ``{"blocks": {"measured": 8, "interpolated": 4}}``.
     Communication rows are skipped."""
     counts: Counter = Counter()
-    if isinstance(rows, ExtendedTrace):
-        b = rows.step
-        by_step = Counter((r.op, r.source, r.step == b) for r in rows.short.rows)
-        for (op, source, repeated), n in by_step.items():
-            counts[(op, source)] += n * (1 + rows.copies if repeated else 1)
+    if isinstance(rows, Trace):
+        short = rows.short if isinstance(rows, ExtendedTrace) else rows
+        # Counted in C per (op, source, step), then weighted by the rows each one stands
+        # for: the repeated step's copies, a copied rank's rows.
+        by_step = Counter(map(_OP_SOURCE_STEP, simulated_rows(short)))
+        if isinstance(short, CopiedTrace):
+            n_copies = {r: len(c) for r, c in short.copies.items()}
+            for (rank, op, source, step), n in Counter(map(_RANK_OP_SOURCE_STEP,
+                                                           short.source)).items():
+                if rank in n_copies:
+                    by_step[(op, source, step)] += n * n_copies[rank]
+        b, w = (rows.step, 1 + rows.copies) if isinstance(rows, ExtendedTrace) else (None, 1)
+        for (op, source, step), n in by_step.items():
+            counts[(op, source)] += n * w if step == b else n
     else:
-        counts.update((r.op, r.source) for r in (rows.rows if isinstance(rows, Trace)
-                                                  else rows))
+        counts.update(map(_OP_SOURCE, rows))
     out: dict[str, dict[str, int]] = {}
     for (kind, source), n in counts.items():
         if kind in (OpKind.SEND, OpKind.RECV) or source not in SOURCES:

@@ -52,6 +52,7 @@ def _images(a: list[Op], b: list[Op], perm: list[int]) -> int:
     """How many ops from the start op list ``b`` equals ``a`` with every rank ``x`` named in
     it replaced by ``perm[x]`` (groups compared as sets: a ring's flows are the same either
     way round)."""
+    same_group: dict[tuple, bool] = {}  # (group, its image's) -> images of one another
     for i, (x, y) in enumerate(zip(a, b)):
         if x is y:
             continue
@@ -71,8 +72,13 @@ def _images(a: list[Op], b: list[Op], perm: list[int]) -> int:
                 return i
         elif kind is Collective:
             if x.kind != y.kind or x.tag != y.tag or x.nbytes != y.nbytes \
-                    or x.asynchronous != y.asynchronous or x.count != y.count \
-                    or sorted(perm[g] for g in x.group) != sorted(y.group):
+                    or x.asynchronous != y.asynchronous or x.count != y.count:
+                return i
+            key = (x.group, y.group)
+            same = same_group.get(key)
+            if same is None:
+                same = same_group[key] = sorted(perm[g] for g in x.group) == sorted(y.group)
+            if not same:
                 return i
         else:
             return i

@@ -220,6 +220,68 @@ class Trace:
         Path(path).write_text(json.dumps(self.to_chrome()))
 
 
+def simulated_rows(trace: Trace) -> list[TraceRow]:
+    """The rows of ``trace`` but the copies a ``CopiedTrace`` builds on demand: every
+    distinct time of the run is among them."""
+    return trace.simulated if isinstance(trace, CopiedTrace) else trace.rows
+
+
+class CopiedTrace(Trace):
+    """A simulated trace in which some ranks ran copies of a representative's ops (the
+    engine simulates mirror ranks and shifted images once, ``sim.engine.simulate``): their
+    rows, the representative's relabelled, are built only when someone reads ``rows``.
+    Latency, metrics and the periodic check read ``simulated`` and ``copies`` instead; a
+    copied row has its representative's times, so they come out the same.
+
+    ``rows`` are ``simulated`` followed, for each row of ``source`` (the tail of
+    ``simulated`` that the copies are made of) whose rank has copies, by one row per copy
+    ``(rank, perm)``: on ``rank``, with ``perm[peer]`` as its peer (``perm`` None: the same
+    peer). Ranks of ``split`` also have rows of their own in ``simulated`` (images whose ops
+    differ from some op on: only the first part is a copy)."""
+
+    def __init__(self, simulated: list[TraceRow], source: list[TraceRow],
+                 copies: dict[int, list[tuple[int, list[int] | None]]],
+                 split: frozenset[int], cpu_ahead: dict[tuple[int, int], float]) -> None:
+        # ``rows`` is deliberately not set: __getattr__ builds it on first use.
+        self.simulated = simulated
+        self.source = source
+        self.copies = copies
+        self.split = split
+        self.cpu_ahead = cpu_ahead
+
+    def __getattr__(self, name: str) -> object:
+        if name == "rows":
+            rows = self.simulated + self._copied()
+            self.__dict__["rows"] = rows
+            return rows
+        raise AttributeError(name)
+
+    def __reduce__(self) -> tuple:  # pickle the recipe, not the rows
+        return (CopiedTrace, (self.simulated, self.source, self.copies, self.split,
+                              self.cpu_ahead))
+
+    def _copied(self, only: frozenset[int] | None = None) -> list[TraceRow]:
+        """The copied rows, in order (those of the copies in ``only`` alone, when given)."""
+        copies, new = self.copies, _new_row
+        out: list[TraceRow] = []
+        for row in self.source:
+            for rank, perm in copies.get(row.rank, ()):
+                if only is not None and rank not in only:
+                    continue
+                if perm is None or row.peer < 0:
+                    out.append(new(TraceRow, (rank, *row[1:])))
+                else:
+                    out.append(new(TraceRow, (rank, *row[1:9], perm[row.peer], *row[10:])))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.simulated) + sum(len(self.copies.get(r.rank, ())) for r in self.source)
+
+    @property
+    def end_s(self) -> float:
+        return max((r.end_s for r in self.simulated), default=0.0)
+
+
 class ExtendedTrace(Trace):
     """The trace of a run whose steady steps repeat: a short run's rows plus how to extend
     them, materialised into ``rows`` only when someone reads them (metrics, ``end_s`` and
@@ -265,7 +327,7 @@ class ExtendedTrace(Trace):
     def end_s(self) -> float:
         # ``shift`` inlined: this runs on every row of every prediction.
         b, text = self.step, OpKind.TEXT_ENCODE
-        rows = self.short.rows
+        rows = simulated_rows(self.short)
         still = max((r.end_s for r in rows if 0 <= r.step < b or r.op == text), default=None)
         moved = max((r.end_s for r in rows if r.step >= b or (r.step < 0 and r.op != text)),
                     default=None)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from sim.config import ParallelConfig, Workload, validate
+from sim.des import paused_gc
 from sim.schedule import Schedule
 
 FAMILIES = ("serial", "pipefusion", "ulysses", "ring", "tensor", "distrifusion", "cfg", "hybrid")
@@ -24,9 +25,15 @@ def build_schedule(wl: Workload, cfg: ParallelConfig, coarse: bool = False,
     ``only`` asks for the ops of those ranks alone where the strategy can build them apart
     (the hybrids; the others build every rank): a partial schedule, not validated (its
     messages have no other end), for the planner's lower bounds, never for simulation."""
+    validate(wl, cfg)
+    with paused_gc():  # thousands of ops, all kept (sim.des.paused_gc)
+        return _build(wl, cfg, coarse, only)
+
+
+def _build(wl: Workload, cfg: ParallelConfig, coarse: bool,
+           only: frozenset[int] | None) -> Schedule:
     from sim.strategies import distrifusion, hybrid, serial
 
-    validate(wl, cfg)
     if cfg.strategy == "serial":
         sched = serial.build(wl, cfg)
     elif cfg.distrifusion > 1:

@@ -157,8 +157,15 @@ def patch_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     if slot.patch <= 0:  # every rank computes the step's conditioning itself
         ops.append(Compute(OpKind.CONDITION, slot.step, -1, batch=job.batch, warmup=slot.warm))
     ops += stage_inputs(job, seat, slot)
-    for lo, hi in _units(seat.first, seat.last, job.merge_blocks):
-        ops += block_ops(job, seat, slot, lo, hi)
+    # The ranks of a stage that share their groups (all of a pure Ulysses, ring or tensor
+    # stage) list the same block ops: built once, for the first of them.
+    key = (slot.step, slot.patch, seat.first, seat.last, seat.ulysses, seat.ring, seat.tensor)
+    blocks = job.block_memo.get(key)
+    if blocks is None:
+        blocks = job.block_memo[key] = [
+            op for lo, hi in _units(seat.first, seat.last, job.merge_blocks)
+            for op in block_ops(job, seat, slot, lo, hi)]
+    ops += blocks
     ops += stage_outputs(job, seat, slot)
     if seat.at.stage == job.last_stage:
         ops += final_ops(job, seat, slot)
