@@ -82,17 +82,20 @@ class Prediction:
 
 def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
              cost: CostModel | None = None, scale: float = 1.0, fast: bool = False,
-             spec: CostSpec | None = None, exact: bool = False) -> Prediction:
+             spec: CostSpec | None = None, exact: bool = False,
+             short_steps: int = 4) -> Prediction:
     """Simulate ``cfg`` for ``wl`` on ``topo`` (ranks on its first GPUs).
 
-    Steady steps repeat: unless ``exact``, only ``W + 4`` steps are simulated and, once the
-    two steps before the last are identical up to a time shift with no CPU lead shrinking
-    over them (``periodic_extension``), or else the two steps before those (the last step
-    can change the one before it: DistriFusion's last step gathers no stale K,V), the rest
-    are shifted copies of them (``ExtendedTrace``: metrics come from the short run, the full
-    rows are built only when read). If neither pair matches, the short run is simulated
-    once more, longer (``_retry_length``: as long as a shrinking CPU lead needs to settle,
-    or ``W + SETTLE_STEPS``), and checked the same way. Otherwise, and with ``exact``, every
+    Steady steps repeat: unless ``exact``, only ``W + short_steps`` steps are simulated (at
+    least 4: the two steps compared need a steady step before them and the last after) and,
+    once the two steps before the last are identical up to a time shift with no CPU lead
+    shrinking over them (``periodic_extension``), or else the two steps before those (the
+    last step can change the one before it: DistriFusion's last step gathers no K,V, so the
+    step before has the links to itself), the rest are shifted copies of them
+    (``ExtendedTrace``: metrics come from the short run, the full rows are built only when
+    read). If neither pair matches, the short run is simulated once more, longer
+    (``_retry_length``: as long as a shrinking CPU lead needs to settle, or
+    ``W + SETTLE_STEPS``), and checked the same way. Otherwise, and with ``exact``, every
     step is simulated. ``fast`` (the planner's mode) also merges a stage's per-block
     communication into one op per stage.
 
@@ -103,7 +106,7 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     cost = cost or spec.build(wl, gpu, scale)
     host = HostModel(wl.model, gpu)
     trace: Trace | None = None
-    length, lengthened = cfg.warmup + 4, False
+    length, lengthened = cfg.warmup + max(short_steps, 4), False
     while not exact and trace is None and wl.steps > length:
         sched = build_schedule(replace(wl, steps=length), cfg, coarse=fast)
         short = simulate(sched, topo, cost, host=host)
@@ -127,8 +130,8 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
 
 # Steps after the warmup that a short run gets on its second try when no CPU lead is
 # shrinking: pipelines fill and the first steady steps settle within a few steps (PipeFusion
-# on 16 stages repeats from its fourth step).
-SETTLE_STEPS = 8
+# on 16 stages repeats from its fourth step, DistriFusion from its fourth).
+SETTLE_STEPS = 9
 
 
 def _retry_length(short: Trace, warmup: int, length: int) -> int:

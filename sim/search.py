@@ -137,10 +137,18 @@ def best_per_family(ranked: list[Prediction], per_family: int) -> list[Predictio
     return [p for fam in seen.values() for p in fam]
 
 
+# Steps after the warmup of a candidate's first short run (``sim.evaluate.evaluate``). The
+# candidates a search simulates are mostly pipelines and DistriFusion near the top, whose
+# first steady steps still settle at ``W + 4`` steps (then simulated twice): from 6 on, the
+# simulations of the three plans of ``benchmarks/bench_sim.py`` (PixArt on 8 GPUs, Flux on
+# 16 and 64) do 1.05x, 0.56x and 0.47x the rank-steps of starting from 4 (2026-11-30).
+PLANNER_SHORT_STEPS = 6
+
+
 def _evaluate_chunk(job: _Job) -> list[Prediction]:
     wl, gpu, topo, scale, spec, cost = _shared()
-    return [evaluate(wl, c, gpu, topo, cost, scale, fast=True, spec=spec).without_trace()
-            for c in job]
+    return [evaluate(wl, c, gpu, topo, cost, scale, fast=True, spec=spec,
+                     short_steps=PLANNER_SHORT_STEPS).without_trace() for c in job]
 
 
 def _bound_chunk(job: _Job) -> list[tuple[float, bool, float]]:
