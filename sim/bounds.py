@@ -546,8 +546,10 @@ def refinements(cfg: ParallelConfig) -> list[dict[str, bool]]:
 
 def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topology,
                  cost: CostModel, template: bool = True, ends: bool = False,
-                 replay: bool = True) -> list[tuple[float, list[MemoryBreakdown]]]:
-    """``latency_lower_bound`` of each of ``cfgs``, seconds, with the memory per rank.
+                 replay: bool = True,
+                 memory: bool = True) -> list[tuple[float, list[MemoryBreakdown]]]:
+    """``latency_lower_bound`` of each of ``cfgs``, seconds, with the memory per rank (an
+    empty list without ``memory``: a refined bound needs none).
 
     Configurations that differ only in their warmup count share one ``template``: a
     three-step schedule with one warmup step holds a warm step, a steady step and the last
@@ -575,12 +577,21 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
             sched = build_schedule(replace(wl, steps=3), replace(base, warmup=1), coarse=True,
                                    only=ranks)
             prof = profile(sched, topo, cost, host, ranks, replay)
+            # Memory depends on the warmup only through whether there is one and whether
+            # every step is one (``sim.memory.memory_per_rank``): shared by the others.
+            mems: dict[tuple[bool, bool], list[MemoryBreakdown]] = {}
             for i in members:
                 w = cfgs[i].warmup
                 run = [(BEFORE, 1, True), (0, w, True), (1, wl.steps - w - 1, False),
                        (2, 1, False), (AFTER, 1, False)]
-                shape = replace(sched, warmup=w, steps=wl.steps)
-                out[i] = (bound_of(sched, prof, run), memory_per_rank(wl, cfgs[i], shape, gpu))
+                mem: list[MemoryBreakdown] = []
+                if memory:
+                    key = (w > 0, w < wl.steps)
+                    if key not in mems:
+                        shape = replace(sched, warmup=w, steps=wl.steps)
+                        mems[key] = memory_per_rank(wl, cfgs[i], shape, gpu)
+                    mem = mems[key]
+                out[i] = (bound_of(sched, prof, run), mem)
             continue
         for i in members:
             cfg = cfgs[i]
@@ -592,5 +603,5 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
             run = [(BEFORE, 1, True)] + [(t, 1 + repeat if t == middle else 1, t < cfg.warmup)
                                          for t in range(short_steps)] + [(AFTER, 1, False)]
             out[i] = (bound_of(sched, profile(sched, topo, cost, host, ranks, replay), run),
-                      memory_per_rank(wl, cfg, sched, gpu))
+                      memory_per_rank(wl, cfg, sched, gpu) if memory else [])
     return out  # type: ignore[return-value]

@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from functools import partial
 from math import inf
 from typing import Any
 
@@ -155,15 +154,18 @@ def _bound_chunk(job: _Job) -> list[tuple[float, bool, float]]:
     """(quick lower bound, out of memory, fullest rank's bytes) of each configuration: the
     first of its ``sim.bounds.refinements``, refined by ``_refine_chunk`` when needed."""
     wl, gpu, topo, scale, spec, cost = _shared()
-    return [(lb, max(m.total for m in mem) > gpu.memory_bytes, max(m.total for m in mem))
-            for lb, mem in lower_bounds(wl, job, gpu, topo, cost, ends=True, replay=False)]
+    out = []
+    for lb, mem in lower_bounds(wl, job, gpu, topo, cost, ends=True, replay=False):
+        fullest = max(m.total for m in mem)
+        out.append((lb, fullest > gpu.memory_bytes, fullest))
+    return out
 
 
 def _refine_chunk(job: _Job, level: int) -> list[float]:
     """The lower bound of each configuration with its ``level``-th refinement."""
     wl, gpu, topo, scale, spec, cost = _shared()
     options = refinements(job[0])[level]
-    return [lb for lb, _ in lower_bounds(wl, job, gpu, topo, cost, **options)]
+    return [lb for lb, _ in lower_bounds(wl, job, gpu, topo, cost, memory=False, **options)]
 
 
 @dataclass(frozen=True)
@@ -451,7 +453,7 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
         preds: list[Prediction] = []
         pruned = 0
         done: set[int] = set()
-        running: dict[Future, tuple[str, list[int]]] = {}
+        running: dict[Future, int] = {}  # simulations started, in order: candidate index
         # One job per worker at a time: each result can prune the next configurations before
         # they start (batches would start work a result would prune).
         while queue or running:
@@ -473,33 +475,30 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                             del level[k]
                     queue = [q for q in queue if q[2] not in group]
                     heapq.heapify(queue)
-                    running[pool.submit(partial(_refine_chunk, level=at),
-                                        [cands[k] for k in group])] = ("refine", group)
+                    # Here, not in a worker: a refinement takes milliseconds, and this runs
+                    # only while a worker is free; in a worker it would hold a slot until
+                    # every older job had finished (results are taken in order).
+                    for k, lb in zip(group, _refine_chunk([cands[k] for k in group], at)):
+                        bounds[k] = (max(lb, bounds[k][0]), *bounds[k][1:])
+                        heapq.heappush(queue, (bounds[k][0], todo_order[k], k))
                 else:
-                    running[pool.submit(_evaluate_chunk, [cands[i]])] = ("simulate", [i])
+                    running[pool.submit(_evaluate_chunk, [cands[i]])] = i
             if not running:
                 break
             # Results are taken in the order the jobs started, so that what is pruned (and
             # listed as simulated) does not depend on which worker happened to finish first.
             for f in pool.wait([next(iter(running))]):
-                what, group = running.pop(f)
-                if what == "refine":
-                    for k, lb in zip(group, f.result()):
-                        bounds[k] = (max(lb, bounds[k][0]), *bounds[k][1:])
-                        heapq.heappush(queue, (bounds[k][0], todo_order[k], k))
-                    continue
-                i = group[0]
-                done.add(i)
+                done.add(running.pop(f))
                 p = f.result()[0]
                 preds.append(p)
                 shown.add(p)
             if progress:
                 progress("configurations simulated or ruled out",
-                         len(todo) - len(queue) - sum(len(g) for _, g in running.values()),
+                         len(todo) - len(queue) - len(running),
                          len(todo))
             if pool.expired:
                 break
-        left = sorted(i for _, g in running.values() for i in g) + [q[2] for q in sorted(queue)]
+        left = sorted(running.values()) + [q[2] for q in sorted(queue)]
         # What the time limit left: those running when it struck and those not reached
         # (pruning the latter would need the bounds only: not counted).
         return stopped(SearchResult(rank(preds), len(cands) + len(unbounded), pruned,
