@@ -145,9 +145,17 @@ PLANNER_SHORT_STEPS = 6
 
 
 def _evaluate_chunk(job: _Job) -> list[Prediction]:
+    """Each configuration simulated, without its trace nor the inputs every process shares
+    (a 64-GPU topology pickles to 40 kB; ``_with_shared`` puts them back)."""
     wl, gpu, topo, scale, spec, cost = _shared()
-    return [evaluate(wl, c, gpu, topo, cost, scale, fast=True, spec=spec,
-                     short_steps=PLANNER_SHORT_STEPS).without_trace() for c in job]
+    return [replace(evaluate(wl, c, gpu, topo, cost, scale, fast=True, spec=spec,
+                             short_steps=PLANNER_SHORT_STEPS).without_trace(),
+                    workload=None, gpu=None, topology=None) for c in job]
+
+
+def _with_shared(p: Prediction) -> Prediction:
+    wl, gpu, topo, *_ = _shared()
+    return replace(p, workload=wl, gpu=gpu, topology=topo)
 
 
 def _bound_chunk(job: _Job) -> list[tuple[float, bool, float]]:
@@ -431,7 +439,7 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
             return result
 
         if exhaustive:
-            preds = pool.map(_evaluate_chunk, cands)
+            preds = [p and _with_shared(p) for p in pool.map(_evaluate_chunk, cands)]
             done = {i for i, p in enumerate(preds) if p is not None}
             return stopped(SearchResult(rank([p for p in preds if p is not None]),
                                         len(cands) + len(unbounded), 0, 0, considered(done)),
@@ -489,7 +497,7 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
             # listed as simulated) does not depend on which worker happened to finish first.
             for f in pool.wait([next(iter(running))]):
                 done.add(running.pop(f))
-                p = f.result()[0]
+                p = _with_shared(f.result()[0])
                 preds.append(p)
                 shown.add(p)
             if progress:
