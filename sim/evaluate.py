@@ -87,14 +87,14 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     """Simulate ``cfg`` for ``wl`` on ``topo`` (ranks on its first GPUs).
 
     Steady steps repeat: unless ``exact``, only ``W + short_steps`` steps are simulated (at
-    least 4: the two steps compared need a steady step before them and the last after) and,
-    once the two steps before the last are identical up to a time shift with no CPU lead
-    shrinking over them (``periodic_extension``), or else the two steps before those (the
-    last step can change the one before it: DistriFusion's last step gathers no K,V, so the
-    step before has the links to itself), the rest are shifted copies of them
-    (``ExtendedTrace``: metrics come from the short run, the full rows are built only when
-    read). If neither pair matches, the short run is simulated once more, longer
-    (``_retry_length``: as long as a shrinking CPU lead needs to settle, or
+    least 4: the two steps compared need a steady step before them and the last after; one
+    more for DistriFusion) and, once the two steps before the last are identical up to a
+    time shift with no CPU lead shrinking over them (``periodic_extension``), or else the two
+    steps before those (the last step can change the one before it: DistriFusion's last
+    step gathers no K,V, so the step before has the links to itself), the rest are shifted
+    copies of them (``ExtendedTrace``: metrics come from the short run, the full rows are
+    built only when read). If neither pair matches, the short run is simulated once more,
+    longer (``_retry_length``: as long as a shrinking CPU lead needs to settle, or
     ``W + SETTLE_STEPS``), and checked the same way. Otherwise, and with ``exact``, every
     step is simulated. ``fast`` (the planner's mode) also merges a stage's per-block
     communication into one op per stage.
@@ -106,7 +106,11 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     cost = cost or spec.build(wl, gpu, scale)
     host = HostModel(wl.model, gpu)
     trace: Trace | None = None
-    length, lengthened = cfg.warmup + max(short_steps, 4), False
+    # DistriFusion's step before the last mostly differs (see above): its pair then sits one
+    # step further from the end, so its short run is one step longer for as many settled
+    # steps before the pair.
+    length = cfg.warmup + max(short_steps, 4) + (cfg.distrifusion > 1)
+    lengthened = False
     while not exact and trace is None and wl.steps > length:
         sched = build_schedule(replace(wl, steps=length), cfg, coarse=fast)
         short = simulate(sched, topo, cost, host=host)

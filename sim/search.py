@@ -138,9 +138,10 @@ def best_per_family(ranked: list[Prediction], per_family: int) -> list[Predictio
 
 # Steps after the warmup of a candidate's first short run (``sim.evaluate.evaluate``). The
 # candidates a search simulates are mostly pipelines and DistriFusion near the top, whose
-# first steady steps still settle at ``W + 4`` steps (then simulated twice): from 6 on, the
-# simulations of the three plans of ``benchmarks/bench_sim.py`` (PixArt on 8 GPUs, Flux on
-# 16 and 64) do 1.05x, 0.56x and 0.47x the rank-steps of starting from 4 (2026-11-30).
+# first steady steps still settle at ``W + 4`` steps (then simulated twice): from 6 on (7
+# for DistriFusion), the simulations of the three plans of ``benchmarks/bench_sim.py``
+# (PixArt on 8 GPUs, Flux on 16 and 64) do 0.95x, 0.57x and 0.48x the rank-steps (GPUs
+# times steps simulated) of starting from 4 (2026-11-30).
 PLANNER_SHORT_STEPS = 6
 
 
