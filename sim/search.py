@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from math import inf
 from typing import Any
 
-from sim.bounds import lower_bounds, refinements
+from sim.bounds import OpCosts, lower_bounds, refinements
 from sim.config import ParallelConfig, Workload, check_warmup, validate
 from sim.cost import CostSpec
 from sim.errors import RunFailed, UserError
@@ -38,21 +38,30 @@ from sim.topology import Topology
 # costs and the cost spec. Set once per process (a worker inherits it when forked, else gets it
 # pickled once): a 1,024-GPU topology is 6 MB, too much to send with every chunk.
 _Shared = tuple[Workload, GPU, Topology, float, CostSpec]
-_SHARED: list = [None, None]  # [the shared tuple, its cost model once built]
+_SHARED: list = [None, None, None]  # [the shared tuple, its cost model, its op costs]
 # One unit of work for a process: configurations to bound or simulate.
 _Job = list[ParallelConfig]
 
 
 def _share(shared: _Shared) -> None:
-    _SHARED[:] = [shared, None]
+    _SHARED[:] = [shared, None, None]
 
 
 def _shared() -> tuple[Workload, GPU, Topology, float, CostSpec, Any]:
     """The shared inputs and their cost model (built on first use: one cache per process)."""
-    (wl, gpu, topo, scale, spec), cost = _SHARED
+    (wl, gpu, topo, scale, spec), cost, _ = _SHARED
     if cost is None:
         cost = _SHARED[1] = spec.build(wl, gpu, scale)
     return wl, gpu, topo, scale, spec, cost
+
+
+def _op_costs() -> OpCosts:
+    """The bounds' memoised op costs of the shared inputs (one per process, kept across
+    jobs: the same collectives recur in many candidates)."""
+    if _SHARED[2] is None:
+        wl, gpu, topo, scale, spec, cost = _shared()
+        _SHARED[2] = OpCosts(topo, cost)
+    return _SHARED[2]
 
 
 def patch_candidates(n: int, rows: int, sp: int = 1) -> list[int]:
@@ -164,7 +173,8 @@ def _bound_chunk(job: _Job) -> list[tuple[float, bool, float]]:
     first of its ``sim.bounds.refinements``, refined by ``_refine_chunk`` when needed."""
     wl, gpu, topo, scale, spec, cost = _shared()
     out = []
-    for lb, mem in lower_bounds(wl, job, gpu, topo, cost, ends=True, replay=False):
+    for lb, mem in lower_bounds(wl, job, gpu, topo, cost, ends=True, replay=False,
+                                costs=_op_costs()):
         fullest = max(m.total for m in mem)
         out.append((lb, fullest > gpu.memory_bytes, fullest))
     return out
@@ -174,7 +184,8 @@ def _refine_chunk(job: _Job, level: int) -> list[float]:
     """The lower bound of each configuration with its ``level``-th refinement."""
     wl, gpu, topo, scale, spec, cost = _shared()
     options = refinements(job[0])[level]
-    return [lb for lb, _ in lower_bounds(wl, job, gpu, topo, cost, memory=False, **options)]
+    return [lb for lb, _ in lower_bounds(wl, job, gpu, topo, cost, memory=False,
+                                         costs=_op_costs(), **options)]
 
 
 @dataclass(frozen=True)
