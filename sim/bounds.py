@@ -223,9 +223,9 @@ class ScheduleProfile:
     hosted: bool = False  # whether ranks have a host clock
 
 
-class _Costs:
-    """Per-op seconds for one schedule's profile, memoised: the same collectives recur on
-    every step and rank."""
+class OpCosts:
+    """Per-op seconds on one topology and cost model, memoised: the same collectives recur on
+    every step and rank, and across the candidates of a search."""
 
     def __init__(self, topo: Topology, cost: CostModel) -> None:
         self.topo = topo
@@ -258,11 +258,13 @@ class _Costs:
 
 def profile(sched: Schedule, topo: Topology, cost: CostModel,
             host: HostModel | None = None,
-            only: frozenset[int] | None = None, replay: bool = True) -> ScheduleProfile:
+            only: frozenset[int] | None = None, replay: bool = True,
+            costs: OpCosts | None = None) -> ScheduleProfile:
     """``ScheduleProfile`` of the ranks ``sched`` holds ops for (a partial schedule built with
     ``only`` leaves the others empty), or of ``only`` those; with ``replay``, the events
-    ``_pipeline_bound`` replays."""
-    costs = _Costs(topo, cost)
+    ``_pipeline_bound`` replays. ``costs`` (for ``topo`` and ``cost``) may be shared by the
+    schedules of several candidates: their collectives and sends recur."""
+    costs = costs or OpCosts(topo, cost)
     hosted = host is not None and host.active
     lead = host.max_lead_s if hosted else 0.0
     cap = topo.capacity
@@ -546,8 +548,10 @@ def refinements(cfg: ParallelConfig) -> list[dict[str, bool]]:
 
 def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topology,
                  cost: CostModel, template: bool = True, ends: bool = False,
-                 replay: bool = True) -> list[tuple[float, list[MemoryBreakdown]]]:
-    """``latency_lower_bound`` of each of ``cfgs``, seconds, with the memory per rank.
+                 replay: bool = True, memory: bool = True,
+                 costs: OpCosts | None = None) -> list[tuple[float, list[MemoryBreakdown]]]:
+    """``latency_lower_bound`` of each of ``cfgs``, seconds, with the memory per rank (an
+    empty list without ``memory``: a refined bound needs none).
 
     Configurations that differ only in their warmup count share one ``template``: a
     three-step schedule with one warmup step holds a warm step, a steady step and the last
@@ -559,8 +563,11 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
 
     With ``ends`` only the first and last pipeline stages are built (``refinements``), and
     without ``replay`` the pipeline is not replayed over every step (``_pipeline_bound``, the
-    costliest part): quicker, lower bounds, which the planner refines only where it has to."""
+    costliest part): quicker, lower bounds, which the planner refines only where it has to.
+    ``costs`` (``OpCosts`` of ``topo`` and ``cost``) carries memoised op costs from one call
+    to the next."""
     host = HostModel(wl.model, gpu)
+    costs = costs or OpCosts(topo, cost)
     out: list[tuple[float, list[MemoryBreakdown]] | None] = [None] * len(cfgs)
     groups: dict[ParallelConfig, list[int]] = {}
     for i, c in enumerate(cfgs):
@@ -574,13 +581,22 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
                 all(cfgs[i].warmup <= wl.steps - 2 for i in members):
             sched = build_schedule(replace(wl, steps=3), replace(base, warmup=1), coarse=True,
                                    only=ranks)
-            prof = profile(sched, topo, cost, host, ranks, replay)
+            prof = profile(sched, topo, cost, host, ranks, replay, costs)
+            # Memory depends on the warmup only through whether there is one and whether
+            # every step is one (``sim.memory.memory_per_rank``): shared by the others.
+            mems: dict[tuple[bool, bool], list[MemoryBreakdown]] = {}
             for i in members:
                 w = cfgs[i].warmup
                 run = [(BEFORE, 1, True), (0, w, True), (1, wl.steps - w - 1, False),
                        (2, 1, False), (AFTER, 1, False)]
-                shape = replace(sched, warmup=w, steps=wl.steps)
-                out[i] = (bound_of(sched, prof, run), memory_per_rank(wl, cfgs[i], shape, gpu))
+                mem: list[MemoryBreakdown] = []
+                if memory:
+                    key = (w > 0, w < wl.steps)
+                    if key not in mems:
+                        shape = replace(sched, warmup=w, steps=wl.steps)
+                        mems[key] = memory_per_rank(wl, cfgs[i], shape, gpu)
+                    mem = mems[key]
+                out[i] = (bound_of(sched, prof, run), mem)
             continue
         for i in members:
             cfg = cfgs[i]
@@ -591,6 +607,6 @@ def lower_bounds(wl: Workload, cfgs: list[ParallelConfig], gpu: GPU, topo: Topol
             middle = cfg.warmup if short_steps - 1 > cfg.warmup else None
             run = [(BEFORE, 1, True)] + [(t, 1 + repeat if t == middle else 1, t < cfg.warmup)
                                          for t in range(short_steps)] + [(AFTER, 1, False)]
-            out[i] = (bound_of(sched, profile(sched, topo, cost, host, ranks, replay), run),
-                      memory_per_rank(wl, cfg, sched, gpu))
+            out[i] = (bound_of(sched, profile(sched, topo, cost, host, ranks, replay, costs), run),
+                      memory_per_rank(wl, cfg, sched, gpu) if memory else [])
     return out  # type: ignore[return-value]

@@ -17,9 +17,10 @@ from sim.hardware import GPU
 from sim.host import HostModel
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
+from sim.schedule import OpKind
 from sim.strategies import build_schedule
 from sim.topology import Topology, build_topology
-from sim.trace import ExtendedTrace, Trace, simulated_rows
+from sim.trace import ExtendedTrace, Trace, TraceRow, simulated_rows
 
 # Factors on compute costs that --single-gpu-latency may ask for: a real run differs from the
 # roofline (or a measured profile) by a small factor; a thousandfold gap is a wrong input.
@@ -81,16 +82,22 @@ class Prediction:
 
 def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
              cost: CostModel | None = None, scale: float = 1.0, fast: bool = False,
-             spec: CostSpec | None = None, exact: bool = False) -> Prediction:
+             spec: CostSpec | None = None, exact: bool = False,
+             short_steps: int = 4) -> Prediction:
     """Simulate ``cfg`` for ``wl`` on ``topo`` (ranks on its first GPUs).
 
-    Steady steps repeat: unless ``exact``, only ``W + 4`` steps are simulated (then
-    ``W + 8``, ``W + 16``, ... while shorter than the run) and, once the two steps before
-    the last are identical up to a time shift with no CPU lead shrinking over them
-    (``periodic_extension``), the rest are shifted copies of them
-    (``ExtendedTrace``: metrics come from the short run, the full rows are built only when
-    read). Otherwise, and with ``exact``, every step is simulated. ``fast`` (the planner's
-    mode) also merges a stage's per-block communication into one op per stage.
+    Steady steps repeat: unless ``exact``, only ``W + short_steps`` steps are simulated (at
+    least 4: the two steps compared need a steady step before them and the last after; one
+    more for DistriFusion) and, once the two steps before the last are identical up to a
+    time shift with no CPU lead shrinking over them (``periodic_extension``), or else the two
+    steps before those (the last step can change the one before it: DistriFusion's last
+    step gathers no K,V, so the step before has the links to itself), the rest are shifted
+    copies of them (``ExtendedTrace``: metrics come from the short run, the full rows are
+    built only when read). If neither pair matches, the short run is simulated once more,
+    longer (``_retry_length``: as long as a shrinking CPU lead needs to settle, or
+    ``W + SETTLE_STEPS``), and checked the same way. Otherwise, and with ``exact``, every
+    step is simulated. ``fast`` (the planner's mode) also merges a stage's per-block
+    communication into one op per stage.
 
     ``cost`` (already scaled) wins over ``spec``, which builds one scaled by ``scale``
     (default: the roofline).
@@ -99,19 +106,22 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     cost = cost or spec.build(wl, gpu, scale)
     host = HostModel(wl.model, gpu)
     trace: Trace | None = None
-    # A warmup that leaves the CPU ahead of the GPU takes some steady steps to use that lead
-    # up (see periodic_extension): the short run is lengthened by as many steps as the lead
-    # needs at its rate of shrinking, once; any other mismatch means a full simulation.
-    length, lengthened = cfg.warmup + 4, False
+    # DistriFusion's step before the last mostly differs (see above): its pair then sits one
+    # step further from the end, so its short run is one step longer for as many settled
+    # steps before the pair.
+    length = cfg.warmup + max(short_steps, 4) + (cfg.distrifusion > 1)
+    lengthened = False
     while not exact and trace is None and wl.steps > length:
         sched = build_schedule(replace(wl, steps=length), cfg, coarse=fast)
         short = simulate(sched, topo, cost, host=host)
         trace = periodic_extension(short, length - 3, wl.steps)
+        if trace is None and length - 4 > cfg.warmup:
+            # The pair before: the last step may change the one before it, not those before.
+            trace = periodic_extension(short, length - 4, wl.steps, tail=2)
         if trace is None:
-            more = None if lengthened else lead_settles_in(short, length - 2)
-            if more is None:
+            if lengthened:
                 break
-            length, lengthened = length + more, True
+            length, lengthened = _retry_length(short, cfg.warmup, length), True
     if trace is None:
         sched = build_schedule(wl, cfg, coarse=fast)
         trace = simulate(sched, topo, cost, host=host)
@@ -120,6 +130,20 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     return Prediction(wl, cfg, gpu, topo, metrics, memory, trace, scale,
                       stage_layers=list(sched.stage_layers),
                       cost_sources=source_summary(trace), cost_model=spec.describe(cost))
+
+
+# Steps after the warmup that a short run gets on its second try when no CPU lead is
+# shrinking: pipelines fill and the first steady steps settle within a few steps (PipeFusion
+# on 16 stages repeats from its fourth step, DistriFusion from its fourth).
+SETTLE_STEPS = 9
+
+
+def _retry_length(short: Trace, warmup: int, length: int) -> int:
+    """Steps of the second short run after ``short`` (``length`` steps, ``warmup`` of them
+    synchronous) matched no pair: as many more as a shrinking CPU lead needs to be used up
+    (``lead_settles_in``), else ``warmup + SETTLE_STEPS``."""
+    more = lead_settles_in(short, length - 2)
+    return length + more if more is not None else max(length + 1, warmup + SETTLE_STEPS)
 
 
 def lead_settles_in(trace: Trace, step: int) -> int | None:
@@ -141,12 +165,13 @@ _STEP_ORDER = attrgetter("rank", "start_s", "op", "patch", "layer_first")
 _SAME_OP = attrgetter("rank", "op", "patch", "layer_first", "nbytes")
 
 
-def periodic_extension(trace: Trace, first_middle: int, steps: int) -> ExtendedTrace | None:
-    """Extend a trace of ``first_middle + 3`` steps (steps ``first_middle`` and
-    ``first_middle + 1`` are middle steps, the last is the final step) to ``steps`` steps by
-    repeating the second middle step, shifted by one step period each time. Returns ``None``
-    when the two middle steps are not identical up to a shift (then the run is not periodic
-    and must be simulated in full)."""
+def periodic_extension(trace: Trace, first_middle: int, steps: int,
+                       tail: int = 1) -> ExtendedTrace | None:
+    """Extend a trace of ``first_middle + 2 + tail`` steps (steps ``first_middle`` and
+    ``first_middle + 1`` are middle steps, followed by ``tail`` steps that end the run) to
+    ``steps`` steps by repeating the second middle step, shifted by one step period each
+    time, before the tail. Returns ``None`` when the two middle steps are not identical up
+    to a shift (then the run is not periodic and must be simulated in full)."""
     a, b = first_middle, first_middle + 1
     # A copied rank's rows have its representative's times: the simulated rows decide.
     rows_a = [r for r in simulated_rows(trace) if r.step == a]
@@ -168,7 +193,32 @@ def periodic_extension(trace: Trace, first_middle: int, steps: int) -> ExtendedT
         if _SAME_OP(ra) != _SAME_OP(rb) or abs(ra.start_s + period - rb.start_s) > tol or \
                 abs(ra.end_s + period - rb.end_s) > tol:
             return None
-    return ExtendedTrace(trace, b, steps - (first_middle + 3), period)
+    copies = steps - (first_middle + 2 + tail)
+    return ExtendedTrace(trace, b, copies, period) if tail == 1 else \
+        TailedTrace(trace, b, copies, period)
+
+
+class TailedTrace(ExtendedTrace):
+    """An ``ExtendedTrace`` whose short run ends with more than one step after the repeated
+    one: every later step moves by the copies' seconds and is relabelled after them (metrics,
+    ``end_s`` and source counts already treat every step after the repeated one so)."""
+
+    def __reduce__(self) -> tuple:
+        return (TailedTrace, (self.short, self.step, self.copies, self.period))
+
+    def _extend(self) -> list[TraceRow]:
+        b, extra, period = self.step, self.copies, self.period
+        by_step: dict[int, list[TraceRow]] = {}
+        for r in self.short.rows:
+            by_step.setdefault(r.step, []).append(r)
+        rows = [r for r in self.short.rows if 0 <= r.step <= b or r.op == OpKind.TEXT_ENCODE]
+        for k in range(1, extra + 1):
+            rows.extend(r.shifted(k * period, b + k) for r in by_step[b])
+        for s in sorted(t for t in by_step if t > b):
+            rows.extend(r.shifted(extra * period, s + extra) for r in by_step[s])
+        rows.extend(r.shifted(extra * period, -1) for r in by_step.get(-1, [])
+                    if r.op != OpKind.TEXT_ENCODE)
+        return rows
 
 
 def _bisect_scale(latency, target: float, lo: float, hi: float) -> float:

@@ -23,11 +23,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from functools import partial
 from math import inf
 from typing import Any
 
-from sim.bounds import lower_bounds, refinements
+from sim.bounds import OpCosts, lower_bounds, refinements
 from sim.config import ParallelConfig, Workload, check_warmup, validate
 from sim.cost import CostSpec
 from sim.errors import RunFailed, UserError
@@ -39,21 +38,30 @@ from sim.topology import Topology
 # costs and the cost spec. Set once per process (a worker inherits it when forked, else gets it
 # pickled once): a 1,024-GPU topology is 6 MB, too much to send with every chunk.
 _Shared = tuple[Workload, GPU, Topology, float, CostSpec]
-_SHARED: list = [None, None]  # [the shared tuple, its cost model once built]
+_SHARED: list = [None, None, None]  # [the shared tuple, its cost model, its op costs]
 # One unit of work for a process: configurations to bound or simulate.
 _Job = list[ParallelConfig]
 
 
 def _share(shared: _Shared) -> None:
-    _SHARED[:] = [shared, None]
+    _SHARED[:] = [shared, None, None]
 
 
 def _shared() -> tuple[Workload, GPU, Topology, float, CostSpec, Any]:
     """The shared inputs and their cost model (built on first use: one cache per process)."""
-    (wl, gpu, topo, scale, spec), cost = _SHARED
+    (wl, gpu, topo, scale, spec), cost, _ = _SHARED
     if cost is None:
         cost = _SHARED[1] = spec.build(wl, gpu, scale)
     return wl, gpu, topo, scale, spec, cost
+
+
+def _op_costs() -> OpCosts:
+    """The bounds' memoised op costs of the shared inputs (one per process, kept across
+    jobs: the same collectives recur in many candidates)."""
+    if _SHARED[2] is None:
+        wl, gpu, topo, scale, spec, cost = _shared()
+        _SHARED[2] = OpCosts(topo, cost)
+    return _SHARED[2]
 
 
 def patch_candidates(n: int, rows: int, sp: int = 1) -> list[int]:
@@ -137,25 +145,47 @@ def best_per_family(ranked: list[Prediction], per_family: int) -> list[Predictio
     return [p for fam in seen.values() for p in fam]
 
 
+# Steps after the warmup of a candidate's first short run (``sim.evaluate.evaluate``). The
+# candidates a search simulates are mostly pipelines and DistriFusion near the top, whose
+# first steady steps still settle at ``W + 4`` steps (then simulated twice): from 6 on (7
+# for DistriFusion), the simulations of the three plans of ``benchmarks/bench_sim.py``
+# (PixArt on 8 GPUs, Flux on 16 and 64) do 0.95x, 0.57x and 0.48x the rank-steps (GPUs
+# times steps simulated) of starting from 4 (2026-11-30).
+PLANNER_SHORT_STEPS = 6
+
+
 def _evaluate_chunk(job: _Job) -> list[Prediction]:
+    """Each configuration simulated, without its trace nor the inputs every process shares
+    (a 64-GPU topology pickles to 40 kB; ``_with_shared`` puts them back)."""
     wl, gpu, topo, scale, spec, cost = _shared()
-    return [evaluate(wl, c, gpu, topo, cost, scale, fast=True, spec=spec).without_trace()
-            for c in job]
+    return [replace(evaluate(wl, c, gpu, topo, cost, scale, fast=True, spec=spec,
+                             short_steps=PLANNER_SHORT_STEPS).without_trace(),
+                    workload=None, gpu=None, topology=None) for c in job]
+
+
+def _with_shared(p: Prediction) -> Prediction:
+    wl, gpu, topo, *_ = _shared()
+    return replace(p, workload=wl, gpu=gpu, topology=topo)
 
 
 def _bound_chunk(job: _Job) -> list[tuple[float, bool, float]]:
     """(quick lower bound, out of memory, fullest rank's bytes) of each configuration: the
     first of its ``sim.bounds.refinements``, refined by ``_refine_chunk`` when needed."""
     wl, gpu, topo, scale, spec, cost = _shared()
-    return [(lb, max(m.total for m in mem) > gpu.memory_bytes, max(m.total for m in mem))
-            for lb, mem in lower_bounds(wl, job, gpu, topo, cost, ends=True, replay=False)]
+    out = []
+    for lb, mem in lower_bounds(wl, job, gpu, topo, cost, ends=True, replay=False,
+                                costs=_op_costs()):
+        fullest = max(m.total for m in mem)
+        out.append((lb, fullest > gpu.memory_bytes, fullest))
+    return out
 
 
 def _refine_chunk(job: _Job, level: int) -> list[float]:
     """The lower bound of each configuration with its ``level``-th refinement."""
     wl, gpu, topo, scale, spec, cost = _shared()
     options = refinements(job[0])[level]
-    return [lb for lb, _ in lower_bounds(wl, job, gpu, topo, cost, **options)]
+    return [lb for lb, _ in lower_bounds(wl, job, gpu, topo, cost, memory=False,
+                                         costs=_op_costs(), **options)]
 
 
 @dataclass(frozen=True)
@@ -421,7 +451,7 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
             return result
 
         if exhaustive:
-            preds = pool.map(_evaluate_chunk, cands)
+            preds = [p and _with_shared(p) for p in pool.map(_evaluate_chunk, cands)]
             done = {i for i, p in enumerate(preds) if p is not None}
             return stopped(SearchResult(rank([p for p in preds if p is not None]),
                                         len(cands) + len(unbounded), 0, 0, considered(done)),
@@ -443,7 +473,7 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
         preds: list[Prediction] = []
         pruned = 0
         done: set[int] = set()
-        running: dict[Future, tuple[str, list[int]]] = {}
+        running: dict[Future, int] = {}  # simulations started, in order: candidate index
         # One job per worker at a time: each result can prune the next configurations before
         # they start (batches would start work a result would prune).
         while queue or running:
@@ -465,33 +495,30 @@ def search(wl: Workload, gpu: GPU, topo: Topology, warmups: list[int], scale: fl
                             del level[k]
                     queue = [q for q in queue if q[2] not in group]
                     heapq.heapify(queue)
-                    running[pool.submit(partial(_refine_chunk, level=at),
-                                        [cands[k] for k in group])] = ("refine", group)
+                    # Here, not in a worker: a refinement takes milliseconds, and this runs
+                    # only while a worker is free; in a worker it would hold a slot until
+                    # every older job had finished (results are taken in order).
+                    for k, lb in zip(group, _refine_chunk([cands[k] for k in group], at)):
+                        bounds[k] = (max(lb, bounds[k][0]), *bounds[k][1:])
+                        heapq.heappush(queue, (bounds[k][0], todo_order[k], k))
                 else:
-                    running[pool.submit(_evaluate_chunk, [cands[i]])] = ("simulate", [i])
+                    running[pool.submit(_evaluate_chunk, [cands[i]])] = i
             if not running:
                 break
             # Results are taken in the order the jobs started, so that what is pruned (and
             # listed as simulated) does not depend on which worker happened to finish first.
             for f in pool.wait([next(iter(running))]):
-                what, group = running.pop(f)
-                if what == "refine":
-                    for k, lb in zip(group, f.result()):
-                        bounds[k] = (max(lb, bounds[k][0]), *bounds[k][1:])
-                        heapq.heappush(queue, (bounds[k][0], todo_order[k], k))
-                    continue
-                i = group[0]
-                done.add(i)
-                p = f.result()[0]
+                done.add(running.pop(f))
+                p = _with_shared(f.result()[0])
                 preds.append(p)
                 shown.add(p)
             if progress:
                 progress("configurations simulated or ruled out",
-                         len(todo) - len(queue) - sum(len(g) for _, g in running.values()),
+                         len(todo) - len(queue) - len(running),
                          len(todo))
             if pool.expired:
                 break
-        left = sorted(i for _, g in running.values() for i in g) + [q[2] for q in sorted(queue)]
+        left = sorted(running.values()) + [q[2] for q in sorted(queue)]
         # What the time limit left: those running when it struck and those not reached
         # (pruning the latter would need the bounds only: not counted).
         return stopped(SearchResult(rank(preds), len(cands) + len(unbounded), pruned,
