@@ -13,18 +13,28 @@
    near capacity, where queueing dominates). Each class's SLO is ``--slo-factor`` times its
    predicted isolated latency. Nothing here is taken from the measured run.
 3. Writes a Poisson trace of ``--requests`` requests at that rate (``trace.csv``).
-4. Replays it on real replicas: ``python -m executor.serve`` (``measured.csv``).
-5. Predicts the same replay: ``python -m sim.serve --replay trace.csv --replicas ...
-   --no-capacity`` from the same profiles (``simulated.csv``).
-6. Prints latency P50/P90/P99, queueing P50/P90, SLO attainment and the median service time
-   per class, simulated against measured, with the issue's targets (P50 and P90 within 10 %,
-   attainment within 5 points), and writes everything to ``comparison.json``.
+4. Replays it on real replicas: ``python -m executor.serve`` (``measured.csv``). Before the
+   first arrival each replica times reference runs of every class (``--reference-runs`` of
+   executor.serve, default 3, after the warm-up); it times them again after the last request.
+5. Each replica's pace: the mix-weighted mean of its median reference times before the replay
+   over the predicted isolated latencies of step 2 (one factor per replica, e.g. 1.2 for a
+   replica process 20 % slower than the profile).
+6. Predicts the same replay twice: ``python -m sim.serve --replay trace.csv --replicas ...
+   --no-capacity`` from the same profiles (``simulated.csv``), and the same with
+   ``--replica-pace`` set to the paces of step 5 (``simulated-paced.csv``).
+7. Prints latency P50/P90/P99, queueing P50/P90, SLO attainment and the median service time
+   per class, both predictions against the measurement, with the issue's targets (P50 and P90
+   within 10 %, attainment within 5 points, judged on the paced prediction), each replica's
+   pace before and after the replay and the pace its served requests had (a check, never an
+   input; a third prediction with that pace, marked hindsight, separates the error of the
+   pace from that of the queue model), and writes everything to ``comparison.json``.
 
 Cases: ``2x1`` two one-process replicas, router lwl; ``1x2`` one two-process PipeFusion
 replica (M=2, W=1). Classes: pixart-tiny 384 px (60 %) and 512 px (40 %), 8 steps, fp32.
 The measured run is wall-clock time: on a machine shared with other work the replicas run
-slower than profiled (the profiles use the thread's CPU time) and the comparison says more
-about the load than about the model. Run it on a quiet machine.
+slower than profiled (the profiles use the thread's CPU time). The pace, timed on the wall
+clock, takes in the load present when it is measured, but not a load that changes during the
+replay (the drift line shows it). Run it on a quiet machine.
 """
 
 from __future__ import annotations
