@@ -15,9 +15,17 @@ of several processes runs the configuration given as in ``sim.serve --replicas``
 releases each request at its arrival time, routes it with ``sim.serving.choose_replica`` and
 orders each replica's queue with ``sim.serving.queue_key`` (the simulation's own router and
 discipline), and hands a replica its next request as soon as every one of its processes has
-reported the last one done. The router's service time of a class on a replica is the one
-measured on that replica after its warm-up runs (where the simulation uses its predicted
-latencies).
+reported the last one done.
+
+Each replica's pace is measured before the first request of the trace: after its untimed
+warm-up runs, ``--reference-runs`` rounds of one request of every class, timed (the replicas
+side by side, as while serving). The median of a class's reference runs on a replica is the
+router's service time of that class there (where the simulation uses its predicted
+latencies), and the reference runs are reported (``reference_s``) for ``sim.serve
+--replica-pace``: a replica's pace is its reference time over the simulation's prediction of
+the same requests. The same rounds are timed again after the last request (``after``), only
+to report how far the pace drifted during the replay (``reference_drift``): nothing measured
+after the first arrival feeds the router.
 
 Times are seconds from the dispatcher's origin, just before the first arrival, on the host's
 monotonic clock (shared by every process on Linux): a request starts when its replica's first
@@ -36,7 +44,7 @@ import statistics
 import sys
 import time
 
-from executor.serve_pool import Pool, ReplicaFailed, replay, warm_up
+from executor.serve_pool import Pool, ReplicaFailed, replay, time_classes
 from sim.arrivals import Request, RequestClass, class_names, read_trace, scaled
 from sim.cli import at_least, parser, positive, run_main
 from sim.config import ParallelConfig
@@ -78,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-runs", type=int, default=1,
                    help="untimed runs of each class on each replica before the replay (a "
                         "process's first run pays one-off costs)")
+    p.add_argument("--reference-runs", type=int, default=3,
+                   help="timed rounds of one request of every class on every replica, after "
+                        "the warm-up and before the first arrival (each replica's pace and the "
+                        "router's service times), and again after the last request (the drift)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds to wait for a replica before failing the replay")
     p.add_argument("--trace", default=None, metavar="FILE",
@@ -141,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_outputs([("--trace", args.trace)])
     at_least(args.warmup_runs, 0, "--warmup-runs")
+    at_least(args.reference_runs, 1, "--reference-runs")
     positive(args.timeout, "--timeout")
     classes, stream = read_trace(args.replay, args.model)
     names = class_names(classes)
@@ -176,10 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         while len(loads) < len(pool.procs):
             msg = pool.receive(None)
             loads[(msg[1], msg[2])] = msg[3]
-        service = warm_up(pool, len(classes), args.warmup_runs)
+        before = time_classes(pool, len(classes), args.warmup_runs, args.reference_runs)
+        service = [[statistics.median(ts) for ts in per_class] for per_class in before]
         t_replay = time.perf_counter()
         served, busy, cpu, max_lag = replay(pool, stream, slos, service, args.router, args.queue)
         replay_s = time.perf_counter() - t_replay
+        after = time_classes(pool, len(classes), 0, args.reference_runs)
     except ReplicaFailed as e:
         pool.close()
         print(f"error: {e}", file=sys.stderr)
@@ -197,8 +212,19 @@ def main(argv: list[str] | None = None) -> int:
         "classes": [{"name": n, "width": c.width, "height": c.height, "steps": c.steps}
                     for n, c in zip(names, classes)],
         "load_s": max(loads.values()),
+        # The router's service times: each replica's median reference run per class.
         "warm_service_s": [{n: service[r][c] for c, n in enumerate(names)}
                            for r in range(len(configs))],
+        "reference_runs": args.reference_runs,
+        "reference_s": [{"before": dict(zip(names, before[r])),
+                         "after": dict(zip(names, after[r]))} for r in range(len(configs))],
+        # Median after the replay over median before, minus 1: the pace's drift in the run.
+        "reference_drift": [{n: statistics.median(after[r][c]) / service[r][c] - 1
+                             for c, n in enumerate(names)} for r in range(len(configs))],
+        # What the served requests took on each replica (a check of the pace, never an input).
+        "replica_service_s": [{n: _median([s.service_s for s in served
+                                           if s.replica == r and s.request.cls == c])
+                               for c, n in enumerate(names)} for r in range(len(configs))],
         "service_s": {n: _median([s.service_s for s in served if s.request.cls == c])
                       for c, n in enumerate(names)},
         # CPU seconds of a request's busiest process: what the profiles (thread CPU time)
@@ -223,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
           f"queue {args.queue}: {o['attainment']:.1%} within SLO, latency P50 "
           f"{lat['p50']:.3f} s, P90 {lat['p90']:.3f} s, P99 {lat['p99']:.3f} s; GPU busy "
           f"{summary.busy_fraction:.0%}; replay {replay_s:.1f} s")
+    for r in range(len(configs)):
+        runs = "; ".join(
+            f"{n} {service[r][c]:.3f} s before, {statistics.median(after[r][c]):.3f} s after "
+            f"({result['reference_drift'][r][n]:+.1%})" for c, n in enumerate(names))
+        print(f"replica {r} reference (median of {args.reference_runs} run(s) per class): "
+              f"{runs}")
     return 0
 
 

@@ -140,25 +140,27 @@ def _complete(rep: Replica, msg: tuple
             (max(r[2] for r in rep.reports), max(r[3] for r in rep.reports)))
 
 
-def warm_up(pool: Pool, classes: int, runs: int) -> list[list[float]]:
-    """``runs`` untimed runs and one timed run of each class on every replica, the replicas in
-    parallel; returns the timed run's seconds per replica and class (the router's service
-    times)."""
-    service = [[math.nan] * classes for _ in pool.replicas]
-    for c in range(classes):
-        for i in range(runs + 1):
-            for rep in pool.replicas:
-                rep.send(-1 - c, c)
-            waiting = len(pool.replicas)
-            while waiting:
-                msg = pool.receive(None)
-                r = msg[1]
-                done = _complete(pool.replicas[r], msg)
-                if done is not None:
-                    waiting -= 1
-                    if i == runs:
-                        service[r][c] = done[2] - done[1]
-    return service
+def time_classes(pool: Pool, classes: int, untimed: int, timed: int) -> list[list[list[float]]]:
+    """Run every class ``untimed`` times untimed, then ``timed`` rounds of every class in turn,
+    timed, on every replica (the replicas in parallel, as they compute side by side while
+    serving); returns the timed runs' seconds per replica and class (a request's service as
+    the dispatcher sees it: first process's start to last process's finish)."""
+    out: list[list[list[float]]] = [[[] for _ in range(classes)] for _ in pool.replicas]
+    order = [(c, False) for c in range(classes) for _ in range(untimed)]
+    order += [(c, True) for _ in range(timed) for c in range(classes)]
+    for c, keep in order:
+        for rep in pool.replicas:
+            rep.send(-1 - c, c)
+        waiting = len(pool.replicas)
+        while waiting:
+            msg = pool.receive(None)
+            r = msg[1]
+            done = _complete(pool.replicas[r], msg)
+            if done is not None:
+                waiting -= 1
+                if keep:
+                    out[r][c].append(done[2] - done[1])
+    return out
 
 
 def replay(pool: Pool, stream: list[Request], slos: list[float], service: list[list[float]],

@@ -20,6 +20,10 @@ SLO, so ``m_c`` becomes the least ``L(b) / b`` over the replicas allowed to serv
 the batches they can form (memory) with ``L(b)`` within the SLO. Every ``L(b)`` comes from the
 engine (``ServiceTable.batch_latency``), none from an assumed scaling.
 
+A split may carry a measured pace per replica (``Split.pace``): replica ``r`` then takes
+``pace[r]`` times the engine's latency for every request and batch, in the runs and in the
+bound alike (``m_c`` is the least paced latency).
+
 Torch-free.
 """
 
@@ -52,6 +56,15 @@ class Split:
     router: str
     class_groups: tuple[int, ...] | None = None
     max_batch: int = 1  # most same-class requests a replica serves as one batch
+    # Per replica (``replicas()`` order): its service times are the engine's times this
+    # factor, e.g. a real replica's measured reference time over its predicted one. ``None``:
+    # every replica runs at the engine's pace.
+    pace: tuple[float, ...] | None = None
+
+    def paces(self) -> list[float]:
+        """Each replica's factor on the engine's service times (1 without ``pace``)."""
+        return list(self.pace) if self.pace is not None else [1.0] * sum(
+            g.count for g in self.groups)
 
     def replicas(self) -> list[tuple[int, ParallelConfig]]:
         """(group index, configuration) of every replica, group by group."""
@@ -113,7 +126,9 @@ class ServeModel:
         stream = self.stream if rate is None else scaled(self.stream, base / rate)
         reps = split.replicas()
         table = self.table
-        lat = [[table.latency(cfg, c) for c in range(len(table.classes))] for _, cfg in reps]
+        # A pace of 1 multiplies exactly: without one the times are the table's, bit for bit.
+        lat = [[p * table.latency(cfg, c) for c in range(len(table.classes))]
+               for (_, cfg), p in zip(reps, split.paces())]
         self.runs += 1
         return simulate_pool(stream, [cfg.gpus for _, cfg in reps],
                              lat, self._slo, self.policy(split),
@@ -129,7 +144,8 @@ class ServeModel:
         cfgs = [cfg for _, cfg in split.replicas()]
         limit = [[max(1, table.batch_limit(cfg, c, split.max_batch)) for c in range(n)]
                  for cfg in cfgs]
-        return Batching(limit, lambda r, c, b: table.batch_latency(cfgs[r], c, b))
+        pace = split.paces()
+        return Batching(limit, lambda r, c, b: pace[r] * table.batch_latency(cfgs[r], c, b))
 
     def meets(self, split: Split, rate: float, target: float) -> bool:
         """Whether at least ``target`` of the requests finish within SLO at ``rate``
@@ -145,18 +161,19 @@ class ServeModel:
         classes that can meet their SLO weigh less than ``target``."""
         reps = split.replicas()
         cheapest = []
+        table = self.table
         for c, share in enumerate(self.shares):
-            allowed = [cfg for g, cfg in reps
+            allowed = [(cfg, p) for (g, cfg), p in zip(reps, split.paces())
                        if split.class_groups is None or split.class_groups[c] == g]
             # A replayed trace may carry per-request SLOs: then any class might be good.
             any_slo = self.trace_rate is not None
             if split.max_batch <= 1:
-                m = min((self.table.latency(cfg, c) for cfg in allowed), default=math.inf)
+                m = min((p * table.latency(cfg, c) for cfg, p in allowed), default=math.inf)
                 good = m <= self.slo_s[c] or (any_slo and math.isfinite(m))
             else:
-                per = [self.table.batch_latency(cfg, c, b) / b for cfg in allowed
-                       for b in range(1, self.table.batch_limit(cfg, c, split.max_batch) + 1)
-                       if any_slo or self.table.batch_latency(cfg, c, b) <= self.slo_s[c]]
+                per = [p * table.batch_latency(cfg, c, b) / b for cfg, p in allowed
+                       for b in range(1, table.batch_limit(cfg, c, split.max_batch) + 1)
+                       if any_slo or p * table.batch_latency(cfg, c, b) <= self.slo_s[c]]
                 m = min(per, default=math.inf)
                 good = math.isfinite(m)
             if good:

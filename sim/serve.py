@@ -88,6 +88,11 @@ def build_parser(prog: str = "python -m sim.serve") -> argparse.ArgumentParser:
     p.add_argument("--replicas", default=None, metavar="COUNTxGPUS[:CONFIG],...",
                    help="evaluate this split only, e.g. 4x1,1x4 or "
                         "1x4:pipefusion=4/patches=4/warmup=1,4x1 (default: search splits)")
+    p.add_argument("--replica-pace", default=None, metavar="P1,P2,...",
+                   help="with --replicas: each replica's service times are the simulated ones "
+                        "times its pace, one positive factor per replica in --replicas order "
+                        "(e.g. a real replica's measured reference time over its predicted "
+                        "one; executor.serve reports the reference times); default: 1 for all")
     p.add_argument("--widths", default=None,
                    help="replica widths (GPUs) the search combines, comma-separated (default: "
                         f"powers of two up to {DEFAULT_WIDTH_LIMIT} that pack into the nodes)")
@@ -152,6 +157,24 @@ def parse_slo(text: str, names: list[str]) -> list[str]:
         positive(number, f"--slo of class {name}")
         out.append(v)
     return out
+
+
+def parse_pace(text: str, replicas: int) -> tuple[float, ...]:
+    """``--replica-pace 1.1,0.95`` -> one positive, finite factor per replica (``replicas``
+    of them, in ``--replicas`` order)."""
+    out = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise UserError(f"--replica-pace: '{item.strip()}' is not a number; give one "
+                            f"positive factor per replica, e.g. 1.1,0.95") from None
+        positive(value, "--replica-pace")
+        out.append(value)
+    if len(out) != replicas:
+        raise UserError(f"--replica-pace gives {len(out)} factor(s) for {replicas} replica(s) "
+                        f"in --replicas: give one per replica, in --replicas order")
+    return tuple(out)
 
 
 def resolve_slo(texts: list[str], refs: list[tuple[float, int]]) -> list[float]:
@@ -307,6 +330,9 @@ def plan_pool(args: argparse.Namespace) -> ServePlan:
         raise UserError("--pools applies to --replicas; a search tries every assignment")
     if args.replicas and routers is not None and len(routers) != 1:
         raise UserError("--replicas evaluates one split: give one --router")
+    if args.replica_pace is not None and not args.replicas:
+        raise UserError("--replica-pace applies to --replicas (a factor per replica of one "
+                        "given split); a search has no fixed replicas")
     spec = cost_spec_from_args(args)
     scale = calibration_from_args(args, wl, gpu, spec)
     table = ServiceTable(wl.model, classes, cluster, wl.dtype, wl.text_encoder, wl.vae, spec,
@@ -316,11 +342,14 @@ def plan_pool(args: argparse.Namespace) -> ServePlan:
     # Replica widths and their configurations.
     if args.replicas:
         fixed = parse_replicas(args.replicas, args.gpus)
+        pace = (parse_pace(args.replica_pace, sum(g.count for g in fixed))
+                if args.replica_pace is not None else None)
         widths = sorted({g.gpus for g in fixed})
         for k in widths:
             cluster.topology(k)  # refuses widths that do not pack into the nodes
     else:
         fixed = None
+        pace = None
         widths = parse_int_list(args.widths, "--widths")
         widths = sorted(set(widths)) if widths else default_widths(cluster)
         for k in widths:
@@ -354,7 +383,7 @@ def plan_pool(args: argparse.Namespace) -> ServePlan:
         router = (routers or ("lwl",))
         assign = (_pools_assignment(args.pools, names, groups_fixed) if router[0] == "pools"
                   else None)
-        splits = [Split(groups_fixed, router[0], assign, args.max_batch)]
+        splits = [Split(groups_fixed, router[0], assign, args.max_batch, pace)]
     else:
         splits = []
         for shape, router, assign in enumerate_splits(args.gpus, sorted(usable), len(classes),
@@ -411,6 +440,8 @@ def plan_pool(args: argparse.Namespace) -> ServePlan:
         "pruned_by_one_run": missed, "pool_runs": model.runs,
         "request_simulations": table.simulated, "elapsed_s": elapsed,
     }
+    if pace is not None:  # only then: without it the output is what it was before the flag
+        result["replica_pace"] = list(pace)
     check_finite(result, "the serving plan")
     return ServePlan(args, result, ranked, at_rate, model, names, classes, refs, slo, usable,
                      len(splits), pruned, missed, elapsed, rate, timeline)

@@ -145,6 +145,9 @@ def print_text(args: argparse.Namespace, result: dict, ranked: list[Candidate],
         lats = "  ".join(f"{n} {_f(finite_or_none(model.table.latency(cfg, c)), '.3f')} s"
                          for c, n in enumerate(names))
         print(f"  {k:>3} GPU{'s' if k > 1 else ' '}  {cfg.label():<34}{lats}")
+    if "replica_pace" in r:
+        print("replica pace (each replica's service times are the ones above times its pace): "
+              + ", ".join(f"replica {i} x{p:.4g}" for i, p in enumerate(r["replica_pace"])))
     print()
     if not ranked:
         print("no split to evaluate")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +84,22 @@ def test_two_one_process_replicas_record_a_consistent_timeline(tmp_path: Path) -
     assert set(result["service_cpu_s"]) == {"256", "384"}
     for name in ("256", "384"):  # the loop is part of each request's service
         assert 0 < result["service_loop_s"][name] <= result["service_s"][name]
+    # Each replica's pace: reference runs of every class before the first arrival (the
+    # router's service times are their medians) and after the last request (the drift).
+    assert result["reference_runs"] == 3
+    assert len(result["reference_s"]) == 2
+    for r, ref in enumerate(result["reference_s"]):
+        for name in ("256", "384"):
+            before, after = ref["before"][name], ref["after"][name]
+            assert len(before) == len(after) == 3 and min(before + after) > 0
+            assert result["warm_service_s"][r][name] == statistics.median(before)
+            assert result["reference_drift"][r][name] == pytest.approx(
+                statistics.median(after) / statistics.median(before) - 1, rel=1e-12)
+            # What the replica's served requests took, from the timeline.
+            took = [float(x["finish_s"]) - float(x["start_s"]) for x in rows
+                    if int(x["replica"]) == r and x["class"] == name]
+            got = result["replica_service_s"][r][name]
+            assert got == (pytest.approx(statistics.median(took), rel=1e-9) if took else None)
 
 
 def test_a_two_process_pipefusion_replica_serves_in_order(tmp_path: Path) -> None:
@@ -90,9 +108,12 @@ def test_a_two_process_pipefusion_replica_serves_in_order(tmp_path: Path) -> Non
     out = tmp_path / "measured.csv"
     res = _serve(["--model", "pixart-tiny", "--replay", str(trace), "--replicas",
                   "1x2:pipefusion=2/patches=2/warmup=1", "--slo", "60", "--warmup-runs", "0",
-                  "--trace", str(out)])
+                  "--reference-runs", "2", "--trace", str(out)])
     assert res.returncode == 0, res.stderr
     assert "3 requests on 1 replica(s) (pipefusion2(M=2,W=1))" in res.stdout
+    assert re.search(r"^replica 0 reference \(median of 2 run\(s\) per class\): 256 "
+                     r"[0-9.]+ s before, [0-9.]+ s after \([+-][0-9.]+%\)$", res.stdout, re.M), \
+        res.stdout
     rows = _timeline(out)
     _check_timeline(rows, arrivals, 1)
     assert [int(r["request"]) for r in sorted(rows, key=lambda r: float(r["start_s"]))] == \
@@ -105,6 +126,7 @@ def test_a_two_process_pipefusion_replica_serves_in_order(tmp_path: Path) -> Non
     ([], "has no SLO"),
     (["--replicas", "1x2:pipefusion=2/patches=99"], "class 256 on a replica of"),
     (["--rate", "0"], "--rate must be"),
+    (["--reference-runs", "0"], "--reference-runs must be at least 1"),
 ])
 def test_bad_input_is_one_error_line(tmp_path: Path, extra: list[str], fragment: str) -> None:
     trace = _trace(tmp_path / "t.csv", [0.0, 1.0], [256, 256], slo=None)
