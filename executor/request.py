@@ -65,7 +65,7 @@ def plan_run(args: argparse.Namespace, world_size: int) -> RunPlan:
         at_least(args.threads, 1, "--threads")
     at_least(args.warmup_runs, 0, "--warmup-runs")
     at_least(args.runs, 1, "--runs")
-    at_least(getattr(args, "pace_probe", 0), 0, "--pace-probe")
+    at_least(args.pace_probe, 0, "--pace-probe")
     # Rank 0 writes these after the run: an unwritable path is refused now, on every rank (one
     # host), not after minutes of work.
     check_outputs([("--save-latents", args.save_latents), ("--trace", args.trace),

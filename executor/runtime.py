@@ -200,7 +200,7 @@ def execute(plan: RunPlan, args: argparse.Namespace, rank: int, world: int,
     ``world`` processes, ``local_rank`` selecting the CUDA device); rank 0 returns the summary
     (``executor.summary``), the others ``None``."""
     loaded = LoadedRank(plan, args, rank, world, local_rank)
-    paces = [loaded.pace_probe()] if getattr(args, "pace_probe", 0) > 0 else []
+    paces = [loaded.pace_probe()] if args.pace_probe > 0 else []
     for _ in range(args.warmup_runs):
         loaded.run()
     probe = loaded.probe

@@ -17,10 +17,9 @@ from sim.hardware import GPU
 from sim.host import HostModel
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
-from sim.schedule import OpKind
 from sim.strategies import build_schedule
 from sim.topology import Topology, build_topology
-from sim.trace import ExtendedTrace, Trace, TraceRow, simulated_rows
+from sim.trace import ExtendedTrace, Trace, simulated_rows
 
 # Factors on compute costs that --single-gpu-latency may ask for: a real run differs from the
 # roofline (or a measured profile) by a small factor; a thousandfold gap is a wrong input.
@@ -193,32 +192,7 @@ def periodic_extension(trace: Trace, first_middle: int, steps: int,
         if _SAME_OP(ra) != _SAME_OP(rb) or abs(ra.start_s + period - rb.start_s) > tol or \
                 abs(ra.end_s + period - rb.end_s) > tol:
             return None
-    copies = steps - (first_middle + 2 + tail)
-    return ExtendedTrace(trace, b, copies, period) if tail == 1 else \
-        TailedTrace(trace, b, copies, period)
-
-
-class TailedTrace(ExtendedTrace):
-    """An ``ExtendedTrace`` whose short run ends with more than one step after the repeated
-    one: every later step moves by the copies' seconds and is relabelled after them (metrics,
-    ``end_s`` and source counts already treat every step after the repeated one so)."""
-
-    def __reduce__(self) -> tuple:
-        return (TailedTrace, (self.short, self.step, self.copies, self.period))
-
-    def _extend(self) -> list[TraceRow]:
-        b, extra, period = self.step, self.copies, self.period
-        by_step: dict[int, list[TraceRow]] = {}
-        for r in self.short.rows:
-            by_step.setdefault(r.step, []).append(r)
-        rows = [r for r in self.short.rows if 0 <= r.step <= b or r.op == OpKind.TEXT_ENCODE]
-        for k in range(1, extra + 1):
-            rows.extend(r.shifted(k * period, b + k) for r in by_step[b])
-        for s in sorted(t for t in by_step if t > b):
-            rows.extend(r.shifted(extra * period, s + extra) for r in by_step[s])
-        rows.extend(r.shifted(extra * period, -1) for r in by_step.get(-1, [])
-                    if r.op != OpKind.TEXT_ENCODE)
-        return rows
+    return ExtendedTrace(trace, b, steps - (first_middle + 2 + tail), period)
 
 
 def _bisect_scale(latency, target: float, lo: float, hi: float) -> float:

@@ -287,9 +287,10 @@ class ExtendedTrace(Trace):
     them, materialised into ``rows`` only when someone reads them (metrics, ``end_s`` and
     source counts work on the short rows directly, so the planner never builds them).
 
-    The short run has steps ``0..step + 1`` with ``step`` a steady step, then its final step
-    ``step + 1``; the full run repeats ``step`` ``copies`` more times, each ``period``
-    seconds after the one before, and relabels the final step as ``step + 1 + copies``.
+    The short run has steps ``0..step`` with ``step`` a steady step, then a tail of one step
+    or more that ends the run; the full run repeats ``step`` ``copies`` more times, each
+    ``period`` seconds after the one before, and relabels each tail step ``s`` as ``s +
+    copies`` (every step after ``step`` moves by ``copies * period``).
     Rows outside the loop (step -1) but the text encode come after the loop, so they move
     by ``copies * period`` too."""
 
@@ -340,14 +341,14 @@ class ExtendedTrace(Trace):
 
     def _extend(self) -> list[TraceRow]:
         b, extra, period = self.step, self.copies, self.period
-        last = b + 1
         by_step: dict[int, list[TraceRow]] = {}
         for r in self.short.rows:
             by_step.setdefault(r.step, []).append(r)
         rows = [r for r in self.short.rows if 0 <= r.step <= b or r.op == OpKind.TEXT_ENCODE]
         for k in range(1, extra + 1):
             rows.extend(r.shifted(k * period, b + k) for r in by_step[b])
-        rows.extend(r.shifted(extra * period, b + extra + 1) for r in by_step.get(last, []))
+        for s in sorted(t for t in by_step if t > b):  # the tail, after the copies
+            rows.extend(r.shifted(extra * period, s + extra) for r in by_step[s])
         rows.extend(r.shifted(extra * period, -1) for r in by_step.get(-1, [])
                     if r.op != OpKind.TEXT_ENCODE)
         return rows

@@ -16,7 +16,7 @@ from sim.config import ParallelConfig, Workload, validate
 from sim.cost import CostSpec
 from sim.engine import Network, _Flow
 from sim.errors import UserError
-from sim.evaluate import evaluate
+from sim.evaluate import Prediction, evaluate
 from sim.hardware import get_gpu
 from sim.models import get_model
 from sim.topology import build_topology
@@ -69,6 +69,12 @@ def test_periodic_extension_equals_the_full_simulation(model, cluster, cfg, fast
     topo = build_topology(gpu, cfg.gpus, link, nodes)
     short = evaluate(wl, cfg, gpu, topo, fast=fast)
     full = evaluate(wl, cfg, gpu, topo, fast=fast, exact=True)
+    assert_same_run(short, full, rows=isinstance(short.trace, ExtendedTrace))
+
+
+def assert_same_run(short: Prediction, full: Prediction, rows: bool = True) -> None:
+    """``short`` (an extended run) predicts what ``full`` (every step simulated) does: the
+    metrics to ``TOL`` and, with ``rows``, every row's times."""
     a, b = short.as_dict(), full.as_dict()
     for key in ("latency_s", "loop_s", "text_encode_s", "vae_decode_s", "exposed_comm_s"):
         assert a[key] == pytest.approx(b[key], rel=TOL, abs=1e-12), key
@@ -77,7 +83,7 @@ def test_periodic_extension_equals_the_full_simulation(model, cluster, cfg, fast
     assert a["comm_bytes_per_step"] == b["comm_bytes_per_step"]
     assert a["cost_source"] == b["cost_source"]
     assert len(short.trace) == len(full.trace.rows)
-    if isinstance(short.trace, ExtendedTrace):
+    if rows:
         key = lambda r: (r.rank, r.step, r.op, r.patch, r.layer_first, r.tag, r.start_s)  # noqa: E731
         rows_a, rows_b = sorted(short.trace.rows, key=key), sorted(full.trace.rows, key=key)
         for ra, rb in zip(rows_a, rows_b, strict=True):

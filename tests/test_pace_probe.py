@@ -73,9 +73,8 @@ def test_launch_pace_is_the_slowest_rank_on_the_profile_clock() -> None:
 
 
 def test_paced_predictions_scale_compute_and_keep_the_unpaced_one(tmp_path: Path) -> None:
-    from validation.cli import pace_by_probe
     from validation.grid import Case
-    from validation.predict import predict_case, probe_sample
+    from validation.predict import pace_by_probe, predict_case, probe_sample
 
     prof = ComputeProfile.read(next(DATA.glob("cpu-*_pixart-tiny_fp32_co1.csv")))
     prof.meta["clock"] = "wall"  # as validation collects co-run profiles: probes' wall_s

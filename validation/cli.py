@@ -44,9 +44,9 @@ from sim.cost.profile_format import ComputeProfile
 from sim.errors import UserError
 from sim.outputs import check_folder, write_outputs
 from validation.compare import op_error_summary
-from validation.grid import GRIDS, Case, grid_cases, grid_models
+from validation.grid import GRIDS, grid_cases, grid_models
 from validation.measure import run_cases, runs_per_launch
-from validation.predict import predict_case, probe_calls, probe_pace
+from validation.predict import pace_by_probe, predict_case, probe_calls
 from validation.profiling import ensure_profiles
 from validation.results import family_summary, result_rows, row_name, trace_pairs, write_csv
 
@@ -181,15 +181,3 @@ def main(argv: list[str] | None = None) -> int:
               f"{min(paces):.2f}-{max(paces):.2f}")
     return 0
 
-
-def pace_by_probe(c: Case, device: str) -> None:
-    """Predict each launch of ``c`` again at the pace its probe measured (``probe_pace``),
-    from the profiles that launch was predicted from, keeping the earlier predictions in
-    ``c.unpaced``."""
-    c.unpaced, c.predicted = c.predicted, []
-    for r, probes in enumerate(c.probes):
-        compute, link = c.sources[min(r, len(c.sources) - 1)]
-        pace = probe_pace(c, probes, ComputeProfile.read(compute[(c.model, c.nproc)]))
-        c.paces.append(pace)
-        c.prediction = predict_case(c, compute, link, device, scale=pace)
-        c.predicted.append(c.prediction.latency_s)

@@ -83,3 +83,16 @@ def probe_pace(c: Case, probes: list[list[dict]], prof: ComputeProfile) -> float
     ref = probe_sample(c, prof).median_s
     clock = "wall_s" if prof.meta.get("clock") == "wall" else "thread_s"
     return max(statistics.mean(p[clock] for p in rank) for rank in probes) / ref
+
+
+def pace_by_probe(c: Case, device: str) -> None:
+    """Predict each launch of ``c`` again at the pace its probe measured (``probe_pace``),
+    from the profiles that launch was predicted from, keeping the earlier predictions in
+    ``c.unpaced``."""
+    c.unpaced, c.predicted = c.predicted, []
+    for r, probes in enumerate(c.probes):
+        compute, link = c.sources[min(r, len(c.sources) - 1)]
+        pace = probe_pace(c, probes, ComputeProfile.read(compute[(c.model, c.nproc)]))
+        c.paces.append(pace)
+        c.prediction = predict_case(c, compute, link, device, scale=pace)
+        c.predicted.append(c.prediction.latency_s)
