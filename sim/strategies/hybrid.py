@@ -158,8 +158,14 @@ def patch_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
         ops.append(Compute(OpKind.CONDITION, slot.step, -1, batch=job.batch, warmup=slot.warm))
     ops += stage_inputs(job, seat, slot)
     # The ranks of a stage that share their groups (all of a pure Ulysses, ring or tensor
-    # stage) list the same block ops: built once, for the first of them.
-    key = (slot.step, slot.patch, seat.first, seat.last, seat.ulysses, seat.ring, seat.tensor)
+    # stage) list the same block ops: built once, for the first of them. A group of one rank
+    # runs no collective (``block_ops`` never reads it), so it is left out of the key:
+    # otherwise every rank of a pure Ulysses stage, its ring and tensor groups being itself,
+    # would build its own copy.
+    lay = job.layout
+    key = (slot.step, slot.patch, seat.first, seat.last,
+           seat.ulysses if lay.ulysses > 1 else (), seat.ring if lay.ring > 1 else (),
+           seat.tensor if lay.tensor > 1 else ())
     blocks = job.block_memo.get(key)
     if blocks is None:
         blocks = job.block_memo[key] = [
