@@ -351,18 +351,16 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     comm_until = [0.0] * schedule.world_size
     comm_from = [0.0] * schedule.world_size  # when the latest such transfer started
 
-    def gpu_time(rank: int, op: Compute, start: float) -> float:
-        g = compute_time(op)
-        if slowdown > 1.0 and comm_until[rank] > start:
-            g += (slowdown - 1.0) * min(g, comm_until[rank] - start)
-        return g
+    # A compute op of cost g started at ``start`` takes g + (slowdown - 1) x its overlap with
+    # the transfers known then, min(g, comm_until - start) (the "gpu time", worked out inline
+    # in ``rank_proc``, which runs it for every op).
 
     def late_slowdown(rank: int, start: float, end: float, seen: float) -> float:
         """Seconds to add to compute run from ``start`` to ``end`` (its end before any
-        slowdown, as ``gpu_time`` measures the overlap) for transfers of its GPU that started
+        slowdown, as the gpu time measures the overlap) for transfers of its GPU that started
         while it ran (an asynchronous collective launched by a member arriving after this
         one started computing): the overlap beyond ``seen``, the end of the transfers known
-        at its start, which ``gpu_time`` already charged. Measured on the slowed end, the
+        at its start, which the gpu time already charged. Measured on the slowed end, the
         charge would depend on which member of a collective arrived last at one instant."""
         late = min(end, comm_until[rank]) - max(start, seen, comm_from[rank])
         return (slowdown - 1.0) * late if late > 0 else 0.0
@@ -421,16 +419,23 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                             step = op.step
                             cpu_ahead.setdefault((rank, step), now - cpu)
                         h, pieces = host_seconds(op), granularity(op)
-                        # The overlap with transfers counts from when the op starts, once
-                        # its first piece is issued.
-                        g = gpu_time(rank, op, max(now, cpu + h / pieces))
-                        late = g - compute_time(op)  # the slowdown charged so far
+                        # The gpu time (one cost lookup, not two): the overlap with
+                        # transfers counts from when the op starts, once its first piece is
+                        # issued.
+                        c = g = compute_time(op)
+                        if slowdown > 1.0:
+                            t = max(now, cpu + h / pieces)
+                            if comm_until[rank] > t:
+                                g += (slowdown - 1.0) * min(g, comm_until[rank] - t)
+                        late = g - c  # the slowdown charged so far
                         start, end, cpu = issue(now, cpu, h, g, pieces)
                         g = end - now
                     else:
                         start = now
-                        g = gpu_time(rank, op, now)
-                        late = g - compute_time(op)
+                        c = g = compute_time(op)
+                        if slowdown > 1.0 and comm_until[rank] > now:
+                            g += (slowdown - 1.0) * min(g, comm_until[rank] - now)
+                        late = g - c
                     if fuse:
                         now += g  # the clock after a timeout of g
                     else:

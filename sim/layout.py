@@ -108,12 +108,15 @@ class RankLayout:
         for axis in axes:
             if axis not in AXES:
                 raise ValueError(f"unknown axis {axis!r}; axes are {', '.join(AXES)}")
-        members = [at]
+        # In rank numbers: ``rank`` with its coordinates on ``axes`` set to zero, plus every
+        # combination of theirs (the builders ask for five groups of every rank).
+        base, offsets = rank, [0]
         for i, axis in enumerate(AXES):
             if axis in axes:
-                members = [m._replace(**{axis: k}) for m in members
-                           for k in range(self.degrees[i])]
-        return tuple(sorted(self.rank(*m) for m in members))
+                stride = self.strides[i]
+                base -= at[i] * stride
+                offsets = [o + k * stride for o in offsets for k in range(self.degrees[i])]
+        return tuple(sorted([base + o for o in offsets]))
 
     def groups(self, *axes: str) -> list[tuple[int, ...]]:
         """Every group of ``axes``, ordered by their lowest rank; together they partition the

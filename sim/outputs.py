@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -56,6 +55,8 @@ def _reason(e: OSError) -> str:
 def _probe(folder: Path, flag: str, path: str | Path) -> None:
     """Create and remove a file in ``folder``: proves it accepts new files (permissions, a
     read-only mount, exhausted inodes) for this process, whoever it runs as."""
+    import tempfile  # here: with shutil and random, 6 ms of every sim import
+
     try:
         fd, name = tempfile.mkstemp(dir=folder, prefix=".ditsim-probe-")
         os.close(fd)

@@ -35,7 +35,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
 from sim.layout import RankLayout
@@ -177,6 +177,7 @@ def _collective_key(rank: int, op: Collective) -> tuple:
 
 
 _WITHOUT_RANK = itemgetter(0, 1, 2)  # a collective's key, the same on every member
+_TAG = attrgetter("tag")
 
 
 @dataclass
@@ -260,9 +261,17 @@ class Schedule:
         before the tag is issued again (the engine and a ``Wait`` find it by tag alone), and
         each ``Wait`` follows its collective."""
         ops = self.ranks[rank]
+        seq = [op for op in ops if type(op) is Wait or type(op) is Collective and op.asynchronous]
+        # Usually each collective is waited for before the next one is issued (the ring's
+        # rotation of every block): then the list alternates collective, its wait, ... which
+        # is checked in C. Otherwise (several in flight, or an error) op by op below.
+        issued, waited = seq[0::2], seq[1::2]
+        if len(issued) == len(waited) and set(map(type, issued)) <= {Collective} \
+                and set(map(type, waited)) <= {Wait} \
+                and list(map(_TAG, issued)) == list(map(_TAG, waited)):
+            return
         in_flight: set[Tag] = set()
-        for op in [op for op in ops if type(op) is Wait
-                   or type(op) is Collective and op.asynchronous]:
+        for op in seq:
             if type(op) is Wait:
                 if op.tag not in in_flight:
                     self._raise_wait_error(rank)

@@ -138,6 +138,20 @@ def test_asynchronous_collectives_need_exactly_one_wait_after_them() -> None:
                   ).validate()
 
 
+def test_several_asynchronous_collectives_may_be_in_flight() -> None:
+    # Waits that do not alternate with their collectives take the op-by-op check, which
+    # accepts them in any order and still names a wait left out.
+    a, b = Tag("ring", 0, 0, 2), Tag("ring", 0, 0, 3)
+    ring_a, ring_b = (Collective(OpKind.RING_KV, (0, 1), 64, t, asynchronous=True)
+                      for t in (a, b))
+    _schedule([ring_a, ring_b, Wait(b), Wait(a)], [ring_a, Wait(a), ring_b, Wait(b)]).validate()
+    with pytest.raises(ScheduleError, match=r"rank 0, op 1 of 3: .* is never waited for"):
+        _schedule([ring_a, ring_b, Wait(a)], [ring_a, Wait(a), ring_b, Wait(b)]).validate()
+    with pytest.raises(ScheduleError, match=r"rank 1, op 3 of 4: Wait.* waits for no"):
+        _schedule([ring_a, Wait(a), ring_b, Wait(b)], [ring_a, Wait(a), ring_b, Wait(a)]
+                  ).validate()
+
+
 def _simulate(sched: Schedule) -> None:
     simulate(sched, build_topology(GPU, sched.world_size, "nvlink"),
              RooflineCost(Workload(get_model("pixart"), 256, 256, 1), GPU))

@@ -24,13 +24,14 @@ steady link sharing it gives the same time with a fraction of the events. The ex
 ``sim.predict`` use the per-block schedule.
 
 The builders below read top to bottom as one rank's ops for one patch of one step:
-``stage_inputs`` (receive, or embed on stage 0), ``block_ops`` per block (or per merged unit),
+``stage_inputs`` (receive, or embed on stage 0), ``block_ops`` (each block, or one merged unit),
 ``stage_outputs`` (send on), ``final_ops`` on the last stage; ``decode_ops`` once at the end.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 from sim.config import ParallelConfig, Workload
 from sim.layout import Coords, RankLayout
@@ -48,6 +49,10 @@ from sim.schedule import (
     Wait,
     numel,
 )
+
+# A Tag built without its generated ``__new__`` (which parses its arguments in Python): the
+# builders make one per message of every rank, patch and step.
+_tag = partial(tuple.__new__, Tag)
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,10 @@ class Slot:
     tokens: int  # query tokens per rank: the patch's share of one sequence-parallel rank
     warm: bool  # a warmup step (no stale K,V)
     prev_warm: bool  # the step before was a warmup step (or there was none)
+    # Worked out once per slot, not per rank: the shape of ``tokens`` tokens' hidden states
+    # and its bytes (what stages pass on), read by every rank's ops.
+    hidden: tuple[int, ...] = ()
+    hidden_bytes: int = 0
 
 
 def build(wl: Workload, cfg: ParallelConfig, coarse: bool = False,
@@ -158,13 +167,17 @@ def patch_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
         ops.append(Compute(OpKind.CONDITION, slot.step, -1, batch=job.batch, warmup=slot.warm))
     ops += stage_inputs(job, seat, slot)
     # The ranks of a stage that share their groups (all of a pure Ulysses, ring or tensor
-    # stage) list the same block ops: built once, for the first of them.
-    key = (slot.step, slot.patch, seat.first, seat.last, seat.ulysses, seat.ring, seat.tensor)
+    # stage) list the same block ops: built once, for the first of them. A group of one rank
+    # runs no collective (``block_ops`` never reads it), so it is left out of the key:
+    # otherwise every rank of a pure Ulysses stage, its ring and tensor groups being itself,
+    # would build its own copy.
+    lay = job.layout
+    key = (slot.step, slot.patch, seat.first, seat.last,
+           seat.ulysses if lay.ulysses > 1 else (), seat.ring if lay.ring > 1 else (),
+           seat.tensor if lay.tensor > 1 else ())
     blocks = job.block_memo.get(key)
     if blocks is None:
-        blocks = job.block_memo[key] = [
-            op for lo, hi in _units(seat.first, seat.last, job.merge_blocks)
-            for op in block_ops(job, seat, slot, lo, hi)]
+        blocks = job.block_memo[key] = block_ops(job, seat, slot)
     ops += blocks
     ops += stage_outputs(job, seat, slot)
     if seat.at.stage == job.last_stage:
@@ -185,50 +198,54 @@ def stage_inputs(job: Job, seat: Seat, slot: Slot) -> list[Op]:
             if slot.prev_warm and j <= 0:
                 # The warmup step before returned the whole latent at once.
                 shape = job.latent_shape(-1, job.full // job.seq)
-                ops.append(Recv(src, job.nbytes(shape), Tag("latent", t - 1, -1, -1), shape))
+                ops.append(Recv(src, job.nbytes(shape), _tag(("latent", t - 1, -1, -1)), shape))
             elif not slot.prev_warm:
                 shape = job.latent_shape(j, qs)
-                ops.append(Recv(src, job.nbytes(shape), Tag("latent", t - 1, j, -1), shape))
+                ops.append(Recv(src, job.nbytes(shape), _tag(("latent", t - 1, j, -1)), shape))
         ops.append(Compute(OpKind.EMBED, t, j, q_tokens=qs, kv_tokens=job.full, batch=job.batch,
                            warmup=slot.warm))
         return ops
     src = seat.stage_peers[p - 1]
-    hidden = job.hidden(qs)
-    ops.append(Recv(src, job.nbytes(hidden), Tag("hidden", t, j, seat.first), hidden))
+    hidden, size = slot.hidden, slot.hidden_bytes
+    ops.append(Recv(src, size, _tag(("hidden", t, j, seat.first)), hidden))
     if job.forwards_text and j <= 0:
         text = job.hidden(job.model.text_tokens)
-        ops.append(Recv(src, job.nbytes(text), Tag("text", t, j, seat.first), text))
+        ops.append(Recv(src, job.nbytes(text), _tag(("text", t, j, seat.first)), text))
     for src_layer, dst_layer in job.skips:
         if job.stage_of[dst_layer] == p:
-            ops.append(Recv(seat.stage_peers[job.stage_of[src_layer]], job.nbytes(hidden),
-                            Tag("skip", t, j, src_layer), hidden))
+            ops.append(Recv(seat.stage_peers[job.stage_of[src_layer]], size,
+                            _tag(("skip", t, j, src_layer)), hidden))
     return ops
 
 
-def block_ops(job: Job, seat: Seat, slot: Slot, lo: int, hi: int) -> list[Op]:
-    """Blocks ``lo..hi`` with the collectives of Ulysses, ring and tensor parallelism: the
-    projections, Ulysses' all-to-alls, the ring's K,V rotation issued before attention and
-    waited for after it, and the tensor-parallel all-reduces."""
+def block_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
+    """The stage's blocks, each (or, merged, the whole stage as one unit) with the collectives
+    of Ulysses, ring and tensor parallelism: the projections, Ulysses' all-to-alls, the
+    ring's K,V rotation issued before attention and waited for after it, and the
+    tensor-parallel all-reduces."""
     # Every rank of a stage runs the same blocks on the same slot, and the ranks of a group
     # list the same collective: ops are immutable, so each is built once and shared (which
     # also makes comparing two ranks' lists cheap).
     memo = job.block_memo
-    key = (slot.step, slot.patch, lo, hi)
-    parts = memo.get(key)
-    if parts is None:
-        parts = memo[key] = _block_parts(job, slot, lo, hi)
-    proj, a2a, ring, attn, wait, reduce = parts
-    ops: list[Op] = [proj]
-    if a2a is not None:
-        ops.append(_shared(memo, a2a, seat.ulysses))
-    if ring is not None:
-        ops.append(_shared(memo, ring, seat.ring))
-    if attn is not None:
-        ops.append(attn)
-    if wait is not None:
-        ops.append(wait)
-    if reduce is not None:
-        ops.append(_shared(memo, reduce, seat.tensor))
+    key = (slot.step, slot.patch, seat.first, seat.last)
+    units = memo.get(key)
+    if units is None:
+        units = memo[key] = [_block_parts(job, slot, lo, hi)
+                             for lo, hi in _units(seat.first, seat.last, job.merge_blocks)]
+    ops: list[Op] = []
+    add = ops.append
+    for proj, a2a, ring, attn, wait, reduce in units:
+        add(proj)
+        if a2a is not None:
+            add(_shared(memo, a2a, seat.ulysses))
+        if ring is not None:
+            add(_shared(memo, ring, seat.ring))
+        if attn is not None:
+            add(attn)
+        if wait is not None:
+            add(wait)
+        if reduce is not None:
+            add(_shared(memo, reduce, seat.tensor))
     return ops
 
 
@@ -251,7 +268,7 @@ def _block_parts(job: Job, slot: Slot, lo: int, hi: int) -> tuple:
     U, R, T = job.layout.ulysses, job.layout.ring, job.layout.tensor
     n = hi - lo + 1
     split = U > 1 or R > 1
-    shard = job.nbytes((job.batch, qs, job.model.hidden // T))
+    shard = job.nbytes((job.batch, qs, job.model.hidden // T)) if split else 0
     proj = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
                    "proj" if split else "all", T)
     a2a = ring = attn = wait = reduce = None
@@ -261,17 +278,17 @@ def _block_parts(job: Job, slot: Slot, lo: int, hi: int) -> tuple:
         # only): the four exchanges of a block average qs + text/2 rows each.
         size = shard if not job.forwards_text else job.nbytes(
             (job.batch, 2 * qs + job.model.text_tokens, job.model.hidden // T)) // 2
-        a2a = Collective(OpKind.ALL_TO_ALL, (), size, Tag("ulysses", t, j, lo), count=4 * n)
+        a2a = Collective(OpKind.ALL_TO_ALL, (), size, _tag(("ulysses", t, j, lo)), count=4 * n)
     if R > 1:
-        ring = Collective(OpKind.RING_KV, (), 2 * shard, Tag("ring", t, j, lo),
+        ring = Collective(OpKind.RING_KV, (), 2 * shard, _tag(("ring", t, j, lo)),
                           asynchronous=True, count=n)
         wait = Wait(ring.tag)
     if split:
         attn = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
                        "attn", T)
     if T > 1:
-        reduce = Collective(OpKind.ALL_REDUCE, (), job.nbytes(job.hidden(qs)),
-                            Tag("tensor", t, j, lo), count=job.tensor_reduces * n)
+        reduce = Collective(OpKind.ALL_REDUCE, (), slot.hidden_bytes,
+                            _tag(("tensor", t, j, lo)), count=job.tensor_reduces * n)
     return proj, a2a, ring, attn, wait, reduce
 
 
@@ -280,18 +297,18 @@ def stage_outputs(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     states (and MM-DiT's text stream) to the same position of the next stage."""
     t, j = slot.step, slot.patch
     p = seat.at.stage
-    hidden = job.hidden(slot.tokens)
+    hidden, size = slot.hidden, slot.hidden_bytes
     ops: list[Op] = []
     for src_layer, dst_layer in job.skips:
         if job.stage_of[src_layer] == p:
-            ops.append(Send(seat.stage_peers[job.stage_of[dst_layer]], job.nbytes(hidden),
-                            Tag("skip", t, j, src_layer), hidden))
+            ops.append(Send(seat.stage_peers[job.stage_of[dst_layer]], size,
+                            _tag(("skip", t, j, src_layer)), hidden))
     if p < job.last_stage:
         dst = seat.stage_peers[p + 1]
-        ops.append(Send(dst, job.nbytes(hidden), Tag("hidden", t, j, seat.last + 1), hidden))
+        ops.append(Send(dst, size, _tag(("hidden", t, j, seat.last + 1)), hidden))
         if job.forwards_text and j <= 0:
             text = job.hidden(job.model.text_tokens)
-            ops.append(Send(dst, job.nbytes(text), Tag("text", t, j, seat.last + 1), text))
+            ops.append(Send(dst, job.nbytes(text), _tag(("text", t, j, seat.last + 1)), text))
     return ops
 
 
@@ -304,12 +321,12 @@ def final_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     if job.layout.cfg > 1:
         # Guidance needs both halves' noise predictions: one all-gather per step (patch).
         ops.append(Collective(OpKind.ALL_GATHER, seat.cfg, job.nbytes(job.latent_shape(j, qs)),
-                              Tag("cfg", t, j, -1)))
+                              _tag(("cfg", t, j, -1))))
     ops.append(Compute(OpKind.SCHEDULER_STEP, t, j, q_tokens=qs, kv_tokens=job.full,
                        batch=job.images, warmup=slot.warm))
     if t < job.steps - 1 and job.last_stage > 0:
         shape = job.latent_shape(j, qs)
-        ops.append(Send(seat.stage_peers[0], job.nbytes(shape), Tag("latent", t, j, -1),
+        ops.append(Send(seat.stage_peers[0], job.nbytes(shape), _tag(("latent", t, j, -1)),
                         shape))
     return ops
 
@@ -324,7 +341,7 @@ def decode_ops(job: Job, vae: bool) -> list[tuple[int, Op]]:
         holders = layout.group(decoder, "ring", "ulysses")
         shape = job.latent_shape(-1, job.full // job.seq)
         out += [(rank, Collective(OpKind.ALL_GATHER, holders, job.nbytes(shape),
-                                  Tag("latent", job.steps - 1, -1, -1))) for rank in holders]
+                                  _tag(("latent", job.steps - 1, -1, -1)))) for rank in holders]
     if vae:
         out.append((decoder, Compute(OpKind.VAE_DECODE, -1, -1, batch=job.images)))
     return out
@@ -368,7 +385,9 @@ def _slots(job: Job, step: int) -> list[Slot]:
     slots = []
     for j in [-1] if warm else range(job.patches):
         q = job.full if j < 0 else job.patch_rows[j] * job.cols
-        slots.append(Slot(step, j, q // job.seq, warm, step - 1 < job.warmup))
+        hidden = job.hidden(q // job.seq)
+        slots.append(Slot(step, j, q // job.seq, warm, step - 1 < job.warmup, hidden,
+                          job.nbytes(hidden)))
     return slots
 
 
