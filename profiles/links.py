@@ -30,7 +30,10 @@ spread over interleaved passes over all sizes in shuffled orders (a slow spell o
 machine then touches every size alike instead of a few); a sample is one call, or for calls
 under 2 ms a back-to-back run of calls lasting about 2 ms divided by its length (single short
 calls mostly measure the wake-up jitter of processes that share cores). The median sample is
-kept with its spread. Then, per op, ``time = latency + nbytes / bandwidth`` is fitted (least
+kept with its spread, and the mean (``mean_s``), which the engine costs collectives from: a run
+pays the sum of its calls, and on CPU processes that share cores a call's time is long-tailed
+(a 64 KiB all_to_all on the 2-core VM: median 0.93 ms, mean 1.68 ms, the ninth decile 5 ms).
+Then, per op, ``time = latency + nbytes / bandwidth`` is fitted (least
 absolute relative error) over a small-message and a large-message regime (the split that fits
 best) and over all sizes.
 Rank 0 writes the link profile (format: ``sim/cost/profile_format.py``, ``profiles/README.md``).
@@ -327,7 +330,7 @@ def _measure(s: LinkSettings, overlapped: bool = False, after_compute: bool = Fa
         name = op + OpKind.ASYNC_SUFFIX if overlapped and op in COLLECTIVES else op
         samples.append(LinkSample(name, world if op != "p2p" else 2, n, len(xs), med, xs[0],
                                   nearest_rank(xs, 0.25), nearest_rank(xs, 0.75), xs[-1], algbw,
-                                  algbw * bus_factor(op, world)))
+                                  algbw * bus_factor(op, world), statistics.fmean(xs)))
     hosts: list = [None] * world
     dist.all_gather_object(hosts, socket.gethostname())
     info = {"world_size": world, "nodes": len(set(hosts)),

@@ -5,6 +5,7 @@ model."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,51 @@ def test_collective_table_and_curve() -> None:
     assert curve(10) == pytest.approx(fn(SIZES[0]), rel=1e-9)  # below: the smallest size's
     big = 4 * SIZES[-1]  # beyond: bandwidth-bound, in proportion to the bytes
     assert curve(big) == pytest.approx(fn(SIZES[-1]) * 4, rel=1e-9)
+
+
+def test_collectives_are_costed_from_the_mean_where_the_profile_has_one(tmp_path: Path
+                                                                        ) -> None:
+    """A call made many times costs the sum of its calls, whose expectation is the mean: the
+    table (and so the engine) takes ``mean_s`` when every row of the op has one, the median
+    otherwise (profiles older than the column); the column survives a write and a read."""
+    med, mean = power(1e-6, 0.5), power(3e-6, 0.5)  # a long tail: the mean far above
+    prof = profile(all_to_all=med, all_reduce=med)
+    prof.samples = [dataclasses.replace(s, mean_s=mean(s.nbytes))
+                    if s.op == "all_to_all" else s for s in prof.samples]
+    back = LinkProfile.read(prof.write(tmp_path / "links.csv"))
+    for p in (prof, back):
+        assert [t for _, t in p.collective_table("all_to_all")[1]] == pytest.approx(
+            [mean(n) for n in SIZES], rel=1e-5)
+        assert [t for _, t in p.collective_table("all_reduce")[1]] == pytest.approx(
+            [med(n) for n in SIZES], rel=1e-5)
+    n = 3 * SIZES[2]
+    topo = apply_link_profile(build_topology(CPU, 2, "pcie"), back)
+    assert collective_call(topo, OpKind.ALL_TO_ALL, [0, 1], n)[2] > 2 * med(n)
+    # One row without a mean: the op falls back to the median everywhere (no mixed curve).
+    text = (tmp_path / "links.csv").read_text().splitlines()
+    i = next(i for i, ln in enumerate(text) if ln.startswith("all_to_all,"))
+    text[i] = text[i].rsplit(",", 1)[0] + ","
+    (tmp_path / "blank.csv").write_text("\n".join(text) + "\n")
+    assert [t for _, t in LinkProfile.read(tmp_path / "blank.csv").collective_table(
+        "all_to_all")[1]] == pytest.approx([med(n) for n in SIZES], rel=1e-5)
+
+
+def test_profiles_without_the_mean_column_load_and_a_bad_mean_is_refused(tmp_path: Path
+                                                                         ) -> None:
+    path = profile(all_gather=power(1e-6, 0.5)).write(tmp_path / "links.csv")
+    lines = path.read_text().splitlines()
+    assert lines[1].endswith(",mean_s")
+    old = [lines[0]] + [ln.rsplit(",", 1)[0] for ln in lines[1:]]  # as written before
+    path.write_text("\n".join(old) + "\n")
+    prof = LinkProfile.read(path)
+    assert all(s.mean_s is None for s in prof.samples)
+    assert prof.collective_table("all_gather") is not None
+    for bad, why in (("nan", "not a finite number"), ("-0.001", "non-positive"),
+                     ("soon", "not a number")):
+        path.write_text("\n".join(lines[:2] + [lines[2].rsplit(",", 1)[0] + "," + bad]
+                                  + lines[3:]) + "\n")
+        with pytest.raises(ProfileError, match=f"line 3[,:] column 'mean_s'.*{why}"):
+            LinkProfile.read(path)
 
 
 # ---- the engine ------------------------------------------------------------------------------

@@ -157,6 +157,8 @@ def test_link_collection_under_torchrun(tmp_path: Path) -> None:
     for s in prof.samples:
         assert 0 < s.min_s <= s.median_s <= s.max_s and s.algbw_Bps == pytest.approx(
             s.nbytes / s.median_s, rel=1e-4)
+        # The mean of the samples, which collectives are costed from (6 significant digits).
+        assert s.min_s * (1 - 1e-5) <= s.mean_s <= s.max_s * (1 + 1e-5)
         if s.op == "all_reduce":
             assert s.busbw_Bps == pytest.approx(s.algbw_Bps, rel=1e-4)  # 2(n-1)/n = 1 at n=2
     fit = prof.fit("p2p")
@@ -179,8 +181,9 @@ def test_link_collection_times_the_ring_rotation_and_gathers(tmp_path: Path) -> 
     from sim.hardware import GPUS
     from sim.topology import build_topology
 
-    # The medians go through the monotone interpolation (noise that makes a larger size
-    # faster is pooled), and that curve is what the engine's topology holds.
+    # The per-call means go through the monotone interpolation (noise that makes a larger
+    # size faster is pooled), and that curve is what the engine's topology holds.
+    assert [t for _, t in table] == [x.mean_s for x in prof.select(op)]
     topo = apply_link_profile(build_topology(GPUS["cpu"], 2, "pcie"), prof)
     assert topo.measured_collective(("ring_kv",), (0, 1), [(0, 1), (1, 0)], 4096) == \
         pytest.approx(CollectiveCurve(world, table, "")(4096), rel=1e-9)

@@ -198,6 +198,23 @@ def test_outside_the_range_falls_back_to_the_scaled_roofline() -> None:
     assert small == pytest.approx(c.roof.block_time(0, 4, 256, 2) * ratio, rel=1e-12)
 
 
+def test_a_profile_of_full_images_only_falls_back_with_a_note() -> None:
+    """A profile holding one whole-image block and no patch levels (what a collection for
+    two-process Ulysses, ring or tensor rows alone holds at one resolution): a patch lies
+    outside it and is costed from the roofline scaled at that block, with a note naming the
+    measured range (writing that note raised IndexError: no patch levels)."""
+    one = synthetic()
+    one.samples = [s for s in one.samples if s.q_tokens == s.kv_tokens == 256
+                   and s.op != "attention"]
+    c = ProfileCost(Workload(get_model("pixart-tiny"), 256, 256, 8, "fp32"), CPU, one)
+    ratio = block(256, 256) / c.roof.block_time(0, 256, 256, 2)
+    assert c.compute_time(blocks(128, 256)) == pytest.approx(
+        c.roof.block_time(0, 128, 256, 2) * ratio, rel=1e-12)
+    assert c.source(blocks(128, 256)) == "roofline"
+    assert any("outside the measured range (q 256..256, kv 256..256 at batch 2)" in n
+               for n in c.describe()["notes"])
+
+
 def test_token_ops_and_unmeasured_ops() -> None:
     c = tiny_cost()
     e = Compute("embed", 0, 0, q_tokens=64, kv_tokens=256, batch=2)

@@ -316,7 +316,8 @@ class ProfileCost:
 
     @staticmethod
     def _range_text(table: _BlockTable) -> str:
-        kvs = sorted(table.levels)
+        # A profile of full images only has no patch levels: its own kv sizes then.
+        kvs = sorted(table.levels) or sorted({s.kv_tokens for s in table.samples})
         qs = [s.q_tokens for s in table.samples]
         return (f"q {min(qs)}..{max(qs)}, kv {kvs[0]}..{kvs[-1]} at batch {table.batch}")
 

@@ -30,9 +30,14 @@ collectives under their schedule names ``all_reduce``, ``all_gather``, ``all_to_
 ``_async`` appended when timed while every rank computes, as an asynchronous one overlaps
 compute), ``world`` (ranks), ``nbytes`` (each rank's message, bytes), ``repeats``,
 ``median_s`` ... ``max_s`` (seconds; ``p2p`` is one way: half a ping-pong round trip),
-``algbw_Bps`` (nbytes / median, bytes/s) and
+``algbw_Bps`` (nbytes / median, bytes/s),
 ``busbw_Bps`` (the nccl-tests bus bandwidth: algbw x 2(n-1)/n for all-reduce, x (n-1)/n for
-all-gather and all-to-all). The metadata's ``fits`` holds, per op, the fitted latency (s) and
+all-gather and all-to-all) and ``mean_s``, the mean of the timed samples (seconds; empty or
+absent in profiles collected before it existed). A collective is costed from its mean where
+the profile has one (``LinkProfile.collective_table``): a run pays the sum of its calls, whose
+expectation is the mean, and on CPU processes sharing cores a call's time has a long tail
+(the transport threads waiting to be scheduled) that the median leaves out.
+The metadata's ``fits`` holds, per op, the fitted latency (s) and
 bandwidth (bytes/s) of each message-size regime: ``time = latency_s + nbytes / bandwidth_Bps``.
 
 Every number is checked as the file loads (``RANGES``: finite, counts and sizes at least 1,
@@ -106,6 +111,7 @@ class LinkSample:
     max_s: float
     algbw_Bps: float
     busbw_Bps: float
+    mean_s: float | None = None  # None: not recorded (profiles older than the column)
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ RANGES: dict[str, dict[str, Range]] = {
                "repeats": _COUNT, **dict.fromkeys(_TIMES, _TIME)},
     "LinkSample": {"world": _COUNT, "nbytes": Range(1, True, MAX_BYTES, " B"),
                    "repeats": _COUNT, **dict.fromkeys(_TIMES, _TIME), "algbw_Bps": _RATE,
-                   "busbw_Bps": _RATE},
+                   "busbw_Bps": _RATE, "mean_s": _TIME},
     "LinkFit": {"lo_bytes": Range(1, True, MAX_BYTES, " B"),
                 "hi_bytes": Range(1, True, MAX_BYTES, " B"),
                 "latency_s": Range(0.0, True, MAX_TIME_S, " s"),
@@ -183,9 +189,11 @@ def check_row(row: Sample | LinkSample, where: str, raw: dict[str, str] | None =
     rules = RANGES[type(row).__name__]
     host = isinstance(row, LinkSample) and row.op == "host_msg"
     for name, rule in rules.items():
-        if host and name in _TIMES:
+        if host and (name in _TIMES or name == "mean_s"):
             rule = _HOST_TIME
         value = getattr(row, name)
+        if value is None:  # an optional column left empty
+            continue
         problem = out_of_range(value, rule)
         if problem:
             shown = raw[name] if raw else value
@@ -210,12 +218,17 @@ def check_fit(fit: LinkFit, where: str) -> None:
 def _convert(cls: type, row: dict[str, str], where: str) -> object:
     kwargs = {}
     for f in fields(cls):
+        optional = f.default is None
         if f.name not in row or row[f.name] is None:
+            if optional:  # a column added later: older files lack it
+                continue
             raise ProfileError(f"{where}: missing column '{f.name}'")
         raw = row[f.name]
+        if optional and raw == "":
+            continue
         try:
-            kwargs[f.name] = int(raw) if f.type == "int" else float(raw) if f.type == "float" \
-                else raw
+            kwargs[f.name] = int(raw) if f.type == "int" else float(raw) \
+                if f.type in ("float", "float | None") else raw
         except ValueError:
             raise ProfileError(f"{where}: column '{f.name}' has '{raw}', not a number") from None
     return cls(**kwargs)
@@ -260,7 +273,8 @@ def _write(path: str | Path, meta: dict, rows: list, row_cls: type) -> Path:
     w.writerow(names)
     for r in rows:
         d = asdict(r)
-        w.writerow([f"{d[n]:.6g}" if isinstance(d[n], float) else d[n] for n in names])
+        w.writerow([f"{d[n]:.6g}" if isinstance(d[n], float) else "" if d[n] is None
+                    else d[n] for n in names])
     # Temporary file, then rename: a full disk or a crash mid-write must not leave a truncated
     # profile that would later load as a smaller, valid-looking one.
     atomic_write(p, lambda tmp: tmp.write_text(buf.getvalue()))
@@ -408,13 +422,18 @@ class LinkProfile(_Profile):
                                    f"rank is no communication; the profile is refused")
 
     def collective_table(self, op: str) -> tuple[int, tuple[tuple[int, float], ...]] | None:
-        """(ranks, ((bytes per rank, median seconds), ...) by size) of collective ``op``
+        """(ranks, ((bytes per rank, seconds of one call), ...) by size) of collective ``op``
         (a schedule name, ``_async`` appended for the busy timing), or ``None`` when the
-        profile did not time it."""
+        profile did not time it. A call's seconds are its samples' mean when every row of
+        ``op`` has one, else their median: a schedule makes the call many times and pays the
+        sum, whose expectation is the mean (the median of a long-tailed call time, as on CPU
+        processes that share cores, falls short of it)."""
         rows = self.select(op)
         if not rows or op not in LINK_OPS[2:]:
             return None
-        return rows[0].world, tuple((s.nbytes, s.median_s) for s in rows)
+        means = all(s.mean_s is not None for s in rows)
+        return rows[0].world, tuple((s.nbytes, s.mean_s if means else s.median_s)
+                                    for s in rows)
 
     def fit(self, op: str = "p2p", nbytes: float | None = None) -> LinkFit:
         """The fit of ``op`` whose regime holds ``nbytes`` (the ``all`` fit when ``None``)."""

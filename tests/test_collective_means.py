@@ -1,0 +1,79 @@
+"""benchmarks/collective_means.py: a validation run's collective rows predicted from the link
+profile's medians and from its means, and its input checks."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sim.cost.profile_format import LinkProfile
+from validation.grid import Case
+from validation.predict import predict_case
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "profiles" / "data"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import collective_means  # noqa: E402
+
+COLUMNS = ("model", "resolution", "steps", "nproc", "strategy", "patches", "warmup",
+           "measured_s", "predicted_s")
+
+
+def run_folder(tmp_path: Path, tail: float = 3.0) -> Path:
+    """A validation --out folder with one pixart-tiny ulysses2 row (measured 0.2 s), the
+    shipped co-run compute profile and the shipped busy link profile whose collectives got a
+    mean ``tail`` times their median."""
+    out = tmp_path / "val"
+    (out / "profiles").mkdir(parents=True)
+    shutil.copy(DATA / "cpu-amd-epyc-t1_pixart-tiny_fp32_co1.csv", out / "profiles")
+    link = LinkProfile.read(DATA / "links_gloo_loopback_w2_busy_cpu-amd-epyc-t1.csv")
+    link.samples = [dataclasses.replace(s, mean_s=s.median_s * tail) if s.op != "host_msg"
+                    else s for s in link.samples]
+    link.write(out / "profiles" / "links_gloo_loopback_w2_busy_cpu-amd-epyc-t1.csv")
+    with open(out / "validation.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(COLUMNS)
+        w.writerow(["pixart-tiny", 256, 6, 2, "ulysses", 1, 1, 0.2, 0.1])
+        w.writerow(["pixart-tiny", 256, 6, 2, "pipefusion", 2, 1, 0.2, 0.1])  # no collectives
+    return out
+
+
+def test_means_and_medians_are_predicted_from_the_same_profiles(tmp_path: Path,
+                                                                capsys) -> None:
+    out = run_folder(tmp_path)
+    assert collective_means.main([str(out)]) == 0
+    text = capsys.readouterr().out
+    lines = [ln for ln in text.splitlines() if ln.startswith("pixart-tiny")]
+    assert len(lines) == 1 and "ulysses2" in lines[0]  # the PipeFusion row is left out
+    c = Case("pixart-tiny", 256, 6, 2, 1, 1, "ulysses")
+    compute = {("pixart-tiny", 2): out / "profiles" / "cpu-amd-epyc-t1_pixart-tiny_fp32_co1.csv"}
+    link = out / "profiles" / "links_gloo_loopback_w2_busy_cpu-amd-epyc-t1.csv"
+    means = predict_case(c, compute, link, "cpu").latency_s
+    shipped = predict_case(c, compute, DATA / link.name, "cpu").latency_s  # medians only
+    assert means > shipped  # three times the median per all-to-all
+    assert f"{shipped:7.3f}s {shipped / 0.2 - 1:+7.1%}" in lines[0]
+    assert f"{means:7.3f}s {means / 0.2 - 1:+7.1%}" in lines[0]
+    assert "ulysses       1 rows:" in text
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda out: (out / "validation.csv").unlink(), "does not exist"),
+    (lambda out: [p.unlink() for p in (out / "profiles").glob("links_*")], "busy link profile"),
+    (lambda out: shutil.copy(DATA / "links_gloo_loopback_w2_busy_cpu-amd-epyc-t1.csv",
+                             out / "profiles"), "no mean_s column"),
+])
+def test_bad_folders_are_one_error_line(tmp_path: Path, edit, match: str) -> None:
+    out = run_folder(tmp_path)
+    edit(out)
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "collective_means.py"),
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    assert match in done.stderr and not done.stdout
