@@ -348,6 +348,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     # Compute slows down while its GPU's own transfers run (sim.hardware.OVERLAP_SLOWDOWN).
     # The overlap is taken from each transfer's uncontended duration, issued time onwards.
     slowdown = topo.overlap_slowdown
+    serial_ring = not topo.ring_overlaps  # sim.hardware.RING_EXCHANGE_OVERLAPS
     comm_until = [0.0] * schedule.world_size
     comm_from = [0.0] * schedule.world_size  # when the latest such transfer started
 
@@ -522,6 +523,8 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                     pending[(rank, op.tag)] = rv
                     rv.event.callbacks.append(lambda _, op=op, rv=rv, out=out:
                                               collective_row(rank, op, rv, out))
+                    if serial_ring and op.kind == OpKind.RING_KV:
+                        yield rv.event  # the exchange first, then the attention
                 else:
                     yield rv.event
                     if hosted and cpu > env.now:

@@ -182,3 +182,36 @@ def test_unknown_nccl_or_host_cpu_is_refused() -> None:
         build_topology(get_gpu("l20"), 8, "pcie", nccl="2.18")
     with pytest.raises(UserError, match="--host-cpu"):
         build_topology(get_gpu("l20"), 8, "pcie", host_cpu="arm")
+
+
+
+def _ring_run(topo, overlaps: bool) -> tuple[float, list]:
+    """Latency (s) and rank 0's trace rows of PixArt ring4 at 2048 px on ``topo``, with the
+    ring's exchange overlapping its attention or not."""
+    wl = Workload(get_model("pixart"), 2048, 2048, 4, text_encoder=False, vae=False)
+    topo.graph.graph["ring_overlaps"] = overlaps
+    pred = evaluate(wl, ParallelConfig(4, ring=4), GPUS["a100-sxm-80g"], topo, exact=True)
+    return pred.latency_s, [r for r in pred.trace.rows if r.rank == 0]
+
+
+def test_ring_exchange_runs_before_its_attention_on_nvlink_and_under_it_on_pcie() -> None:
+    from sim.hardware import RING_EXCHANGE_OVERLAPS
+
+    assert RING_EXCHANGE_OVERLAPS == {"nvlink": False, "pcie": True}
+    assert build_topology(GPUS["l20"], 4, "pcie").ring_overlaps
+    nv = build_topology(GPUS["a100-sxm-80g"], 4, "nvlink")
+    assert not nv.ring_overlaps
+    serial, rows = _ring_run(nv, False)
+    exchanges = 0.0
+    for i, r in enumerate(rows):
+        if r.op.startswith(OpKind.RING_KV):
+            exchanges += r.end_s - r.start_s
+            attention = next(x for x in rows[i + 1:] if x.op == OpKind.BLOCKS)
+            assert attention.start_s >= r.end_s - 1e-12  # once the exchange is over
+    overlapped, rows = _ring_run(nv, True)
+    assert any(x.start_s < r.end_s - 1e-9 for i, r in enumerate(rows)
+               if r.op.startswith(OpKind.RING_KV)
+               for x in rows[i + 1:i + 2] if x.op == OpKind.BLOCKS)  # under the exchange
+    assert overlapped < serial
+    # Serial costs at most the exchanges on top (overlapping also slows the attention).
+    assert serial <= overlapped + exchanges + 1e-9
