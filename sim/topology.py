@@ -214,6 +214,11 @@ class Topology:
         return self.graph.graph.get("overlap_slowdown", 1.0)
 
     @property
+    def memory_bandwidth(self) -> float:
+        """The GPUs' memory bandwidth, bytes/s (0 between CPU processes: not modelled)."""
+        return self.graph.graph.get("memory_bandwidth", 0.0)
+
+    @property
     def ring_overlaps(self) -> bool:
         """Whether ring attention's K,V exchange runs under its partial attention (True) or
         before it (``sim.hardware.RING_EXCHANGE_OVERLAPS``; CPU processes overlap)."""
@@ -463,6 +468,7 @@ def build_topology(gpu: GPU, gpus: int, link: str = "pcie", nodes: int = 1,
     if gpu.pcie != "loopback":
         g.graph.update(nccl=True, net_latency=LINKS[inter_node].latency_s,
                        overlap_slowdown=OVERLAP_SLOWDOWN[link],
+                       memory_bandwidth=gpu.mem_bandwidth,
                        ring_overlaps=RING_EXCHANGE_OVERLAPS[link]
                        if RING_OVERLAP_CHOICES[ring_overlap] is None
                        else RING_OVERLAP_CHOICES[ring_overlap])
