@@ -5,6 +5,8 @@ degrees, patches, warmup, resolution, steps, latency or ``OOM``). Rows are group
 (set, model, GPU, link, resolution, steps); each group is calibrated only by its own
 single-GPU row through ``--single-gpu-latency`` (as a user would), and every other row is
 predicted by the same code path as ``python -m sim.predict``. Nothing is fitted to the rows.
+The text encoder counts, in latency and memory, as ``sim.predict``'s default: the sources'
+example scripts move the whole pipeline onto each GPU and time the whole pipeline call.
 
 Printed: per-row errors (``--rows``), the contest table (within one group and GPU count, is
 the configuration predicted fastest the one measured fastest; regret = measured latency of
@@ -60,7 +62,7 @@ def read_rows(path: Path) -> pd.DataFrame:
 def _argv(row: Any, single_gpu_s: float) -> list[str]:
     argv = ["--model", row.model, "--gpu", row.gpu, "--link", row.link,
             "--gpus", str(row.gpus), "--resolution", str(row.resolution),
-            "--steps", str(row.steps), "--no-text-encoder",
+            "--steps", str(row.steps),
             "--patches", row.patches, "--warmup", str(row.warmup)]
     for k in DEGREES:
         argv += [f"--{k}", str(getattr(row, k))]

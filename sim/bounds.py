@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 
 from sim.config import ParallelConfig, Workload
 from sim.cost import CostModel, CostSpec
-from sim.engine import collective_call
+from sim.engine import collective_call, ring_merge_seconds
 from sim.hardware import GPU
 from sim.host import HostModel
 from sim.layout import RankLayout
@@ -285,6 +285,7 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
         events = prof.events
         seg, run = BEFORE, _Run(lead, hosted)  # the current segment and its clocks so far
         slot, path = None, _Run(lead, hosted)  # the current patch slot and its clocks so far
+        merge = 0.0  # the ring's merges the next compute op carries (sim.engine, exactly)
         for op in ops:
             kind = type(op)
             if kind is Recv and op.tag.what == "latent":
@@ -324,6 +325,8 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                 trail = events.setdefault(seg, [])
             if kind is Compute:
                 g = cost.compute_time(op)
+                if merge:
+                    g, merge = g + merge, 0.0
                 pieces = host.granularity(op) if hosted else 1
                 run.compute(g, h, pieces)
                 if key is not None:
@@ -334,6 +337,8 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                 if len(op.group) <= 1:
                     continue
                 floor, busy = costs.collective(op)
+                if op.kind == OpKind.RING_KV:
+                    merge += ring_merge_seconds(topo, op, sched.dtype_bytes)
                 occurrence = (tag, op.group)
                 listed[occurrence] += 1
                 meeting = (*occurrence, listed[occurrence])

@@ -23,7 +23,7 @@ from sim.cost.profile import speed_check
 from sim.cost.profile_format import ComputeProfile
 from sim.errors import RunFailed, UserError
 from sim.evaluate import calibration_scale
-from sim.hardware import DEFAULT_GPU, GPU, HOST_CPUS, NCCL_VERSIONS, get_gpu
+from sim.hardware import DEFAULT_GPU, GPU, HOST_CPUS, NCCL_VERSIONS, RING_OVERLAP_CHOICES, get_gpu
 from sim.models import get_model
 from sim.progress import Progress
 from sim.topology import INTER_NODE, Topology, build_topology
@@ -65,6 +65,11 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
                    help="CPU vendor of PCIe hosts (default: amd for PCIe Gen4 hosts, intel "
                         "for Gen3 and Gen5); sets the socket-link rate NCCL assumes and "
                         "whether it goes peer-to-peer across the CPU")
+    p.add_argument("--ring-overlap", default="auto", choices=list(RING_OVERLAP_CHOICES),
+                   help="whether ring attention's K,V exchange runs under its attention: "
+                        "auto (no over NVLink, where a runtime without "
+                        "CUDA_DEVICE_MAX_CONNECTIONS set runs them one after the other; yes "
+                        "over PCIe), yes, or no")
     p.add_argument("--resolution", default="1024",
                    help="image size in pixels: N for NxN, or WIDTHxHEIGHT")
     p.add_argument("--steps", type=int, default=None,
@@ -194,7 +199,7 @@ def cluster_from_args(args: argparse.Namespace) -> tuple[GPU, Topology]:
         print(f"warning: --host-cpu {args.host_cpu} is ignored with --link nvlink (it decides "
               f"PCIe transports only)", file=sys.stderr)
     topo = build_topology(gpu, args.gpus, args.link, args.nodes, args.inter_node,
-                          args.nccl, args.host_cpu)
+                          args.nccl, args.host_cpu, args.ring_overlap)
     if args.link_profile:
         _exists(args.link_profile, "--link-profile")
         topo = apply_link_profile(topo, args.link_profile)

@@ -155,7 +155,7 @@ class Comparison:
 
 def api_compare(*, model: str, gpus: int, gpu: str | None = None, link: str = "pcie",
                 nodes: int = 1, inter_node: str | None = None, nccl: str | None = None,
-                host_cpu: str | None = None, steps: int | None = None,
+                host_cpu: str | None = None, ring_overlap: str = "auto", steps: int | None = None,
                 dtype: str = "bf16", text_encoder: bool = True, vae: bool = True,
                 profile: str | None = None, link_profile: str | None = None,
                 resolutions: list[int] | str = "1024,2048,4096",

@@ -65,6 +65,30 @@ def collective_flows(kind: str, group: tuple[int, ...] | list[int], nbytes: floa
     return pairs, per_flow, lat_steps
 
 
+# The GPU memory traffic of the sequence-parallel wrappers themselves (yunchang, which xDiT's
+# USP runs), charged on NCCL clusters at the GPU's memory bandwidth. Around each Ulysses
+# all-to-all two contiguous copies (before the call and after it) each read and write the
+# whole message: 4 bytes moved per byte sent. (On NVLink such copies cost 38-43 % of the
+# all-to-all, pytorch #178066; this gives 41-50 % at 32-256 MB on A100 and H100 SXM.) After
+# each ring step the partial output is merged into the running one in fp32: a cast (d bytes
+# read, 4 written), out - out_b (8 read, 4 written), times the weight (4 read, 4 written),
+# and out minus that (8 read, 4 written), i.e. 36 + d bytes per output element of d bytes.
+ULYSSES_COPY_BYTES_PER_BYTE = 4
+RING_MERGE_BYTES_PER_ELEMENT = 36
+
+
+def ring_merge_seconds(topo: Topology, op: Collective, dtype_bytes: int) -> float:
+    """GPU seconds of the merges of partial outputs one ring rotation ``op`` leads to
+    (``op.count`` rotations of ``len(op.group) - 1`` steps; ``op.nbytes`` carries a rank's K
+    and V, as many elements each as its output), 0 where the topology has no GPU memory
+    bandwidth (CPU processes: their profiles time what they run)."""
+    if not topo.memory_bandwidth:
+        return 0.0
+    elements = op.nbytes / (2 * dtype_bytes)
+    per_step = (RING_MERGE_BYTES_PER_ELEMENT + dtype_bytes) * elements
+    return op.count * (len(op.group) - 1) * per_step / topo.memory_bandwidth
+
+
 def collective_call(topo: Topology, kind: str, group: tuple[int, ...] | list[int],
                     nbytes: float, asynchronous: bool = False
                     ) -> tuple[list[tuple[int, int]], float, float]:
@@ -95,6 +119,8 @@ def collective_call(topo: Topology, kind: str, group: tuple[int, ...] | list[int
     bandwidth = min(topo.route_bandwidth(a, b) for a, b in pairs)
     latency, factor = protocol(kind, len(group), per_flow, bandwidth, topo.link == "nvlink",
                                topo.net_hop_latency(group))
+    if kind == OpKind.ALL_TO_ALL and topo.memory_bandwidth:  # its layout copies
+        latency += ULYSSES_COPY_BYTES_PER_BYTE * nbytes / topo.memory_bandwidth
     return pairs, per_flow * factor, latency
 
 
@@ -348,12 +374,17 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     # Compute slows down while its GPU's own transfers run (sim.hardware.OVERLAP_SLOWDOWN).
     # The overlap is taken from each transfer's uncontended duration, issued time onwards.
     slowdown = topo.overlap_slowdown
+    serial_ring = not topo.ring_overlaps  # sim.hardware.RING_EXCHANGE_OVERLAPS
     comm_until = [0.0] * schedule.world_size
     comm_from = [0.0] * schedule.world_size  # when the latest such transfer started
 
     # A compute op of cost g started at ``start`` takes g + (slowdown - 1) x its overlap with
     # the transfers known then, min(g, comm_until - start) (the "gpu time", worked out inline
     # in ``rank_proc``, which runs it for every op).
+    # GPU seconds a rank's next compute op carries besides its own: the merges of partial
+    # outputs after a ring rotation's steps run on the compute stream with its attention.
+    merge = [0.0] * schedule.world_size
+    dtype_bytes = schedule.dtype_bytes
 
     def late_slowdown(rank: int, start: float, end: float, seen: float) -> float:
         """Seconds to add to compute run from ``start`` to ``end`` (its end before any
@@ -399,6 +430,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 for m, _ in orbit:
                     del image_of[m]
                     comm_until[m], comm_from[m] = comm_until[rank], comm_from[rank]
+                    merge[m] = merge[rank]
                     env.process(rank_proc(m, i, cpu, step))
                 orbit, out = (), rows
                 continue
@@ -423,6 +455,9 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                         # transfers counts from when the op starts, once its first piece is
                         # issued.
                         c = g = compute_time(op)
+                        if merge[rank]:
+                            c = g = g + merge[rank]
+                            merge[rank] = 0.0
                         if slowdown > 1.0:
                             t = max(now, cpu + h / pieces)
                             if comm_until[rank] > t:
@@ -433,6 +468,9 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                     else:
                         start = now
                         c = g = compute_time(op)
+                        if merge[rank]:
+                            c = g = g + merge[rank]
+                            merge[rank] = 0.0
                         if slowdown > 1.0 and comm_until[rank] > now:
                             g += (slowdown - 1.0) * min(g, comm_until[rank] - now)
                         late = g - c
@@ -527,6 +565,10 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                     pending[(rank, op.tag)] = rv
                     rv.event.callbacks.append(lambda _, op=op, rv=rv, out=out:
                                               collective_row(rank, op, rv, out))
+                    if op.kind == OpKind.RING_KV:
+                        merge[rank] += ring_merge_seconds(topo, op, dtype_bytes)
+                        if serial_ring:
+                            yield rv.event  # the exchange first, then the attention
                 else:
                     yield rv.event
                     if hosted and cpu > env.now:

@@ -204,6 +204,20 @@ P2P_CPU_SOURCE = "nccl #1603: all-to-all 2 GB/s with P2P through the CPU vs 18 v
 # a slowdown: none is charged.
 OVERLAP_SLOWDOWN = {"nvlink": 1.189, "pcie": 1.0}
 
+# Whether ring attention's K,V exchange runs under the partial attention it is issued before.
+# Without CUDA_DEVICE_MAX_CONNECTIONS set the exchange is partly serialized with the attention
+# (ifromeast/AI_analysis #2), and on NVLink the attention kernel itself nearly doubles while an
+# NCCL kernel shares the GPU (0.18 -> 0.33 ms on A100 SXM, nccl #1428): overlapping buys
+# almost nothing there, so on NVLink the engine runs the exchange, then the attention. Over
+# PCIe NCCL drives a peer with 2 channels (2 of the GPU's SMs; nccl paths.cc/search.cc logs in
+# GPU-COMM.md section 4) and the attention keeps the rest: the exchange hides under it. This
+# is a choice between the two ends the sources describe, not a fitted fraction; the published
+# L20 ring rows (PCIe) agree with the overlap and the A100 ones (NVLink) with the serial end.
+RING_EXCHANGE_OVERLAPS = {"nvlink": False, "pcie": True}
+# ``--ring-overlap``: the link's default, or either end whatever the link (a runtime that sets
+# CUDA_DEVICE_MAX_CONNECTIONS overlaps on NVLink too).
+RING_OVERLAP_CHOICES = {"auto": None, "yes": True, "no": False}
+
 # Default GPU per --link, as the planner's help says.
 DEFAULT_GPU = {"pcie": "l40", "nvlink": "a100-sxm-80g"}
 

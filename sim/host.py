@@ -15,9 +15,9 @@ of an eager runtime (``GPU.launch_overhead_s``, with its source in the registry)
 - the ops outside the blocks: the kernel counts the roofline charges them
   (``sim.cost.roofline.OP_KERNELS``);
 - a communication call: one operator for the call, plus the layout copies around it
-  (Ulysses: a transpose-and-contiguous before and after each all-to-all); a ring-attention
-  step: its two send/receive pairs, the partial attention and the log-sum-exp merge of the
-  partial outputs.
+  (Ulysses: the reshapes and contiguous copies before and after each all-to-all); a ring-attention
+  step: its receive buffers, its two send/receive pairs and the waits on them, the partial
+  attention and the log-sum-exp merge of the partial outputs.
 
 A CPU process (the executor on gloo) computes on the CPU itself: its measured compute times
 already contain the dispatch, so there is no separate host clock for it (``active``).
@@ -33,12 +33,23 @@ from sim.schedule import Collective, Compute, OpKind, Recv, Send, Wait
 # Operators one attention call dispatches when a block is split around its attention core
 # (sequence parallelism): the scaled-dot-product attention itself.
 ATTN_CORE_OPS = 1
-# Around each Ulysses all-to-all: a transpose made contiguous before it and after it.
-ULYSSES_LAYOUT_OPS = 4
-# One ring-attention step beyond the first: a send and a receive each for K and V, the partial
-# attention, and the merge of two partial outputs by their log-sum-exp (out -= sigmoid(lse_b -
-# lse) * (out - out_b); lse -= logsigmoid(lse - lse_b): eight elementwise operators).
-RING_STEP_OPS = 4 + 1 + 8
+# Around each Ulysses all-to-all, as yunchang's ``all_to_all_4D`` (xDiT's USP) runs it: before
+# the call a reshape, a transpose, the copy making it contiguous and the output buffer
+# (``empty_like``); after it a reshape, a transpose, the contiguous copy and a reshape. Views
+# are counted, as ``profiles.host_ops`` counts a block's operators.
+ULYSSES_LAYOUT_OPS = 8
+# One ring-attention step beyond the first, as yunchang's ring flash attention runs it (the
+# ring code of xDiT's USP; zhuzilin/ring-flash-attention's ``RingComm`` and
+# ``update_out_and_lse``): two receive buffers allocated (``empty_like``), a send and a receive
+# each for K and V (``batch_isend_irecv``), the partial attention, the merge of two partial
+# outputs by their log-sum-exp (the partial output cast to fp32, two views of its lse, then
+# out -= sigmoid(lse_b - lse) * (out - out_b); lse -= logsigmoid(lse - lse_b): eight
+# elementwise operators), and a ``wait`` on each of the four requests. Counted as
+# ``profiles.host_ops`` counts a block: every dispatched operator, views included.
+RING_STEP_OPS = 2 + 4 + 1 + (1 + 2 + 8) + 4
+# Once per ring-attention call: the first partial output cast to fp32 and its lse reshaped
+# (3), and at the end the output cast back and the lse reshaped (3).
+RING_CALL_OPS = 6
 # How far the CPU can run ahead: CUDA queues about 1024 pending kernel launches per stream,
 # after which a launch blocks until the GPU frees a slot (as reported on the NVIDIA developer
 # forums for cudaLaunchKernel; not a documented constant). The lead is capped at that many
@@ -81,7 +92,7 @@ class HostModel:
             if op.kind == OpKind.ALL_TO_ALL:
                 return op.count * (1 + ULYSSES_LAYOUT_OPS)
             if op.kind == OpKind.RING_KV:
-                return op.count * (n - 1) * RING_STEP_OPS
+                return op.count * ((n - 1) * RING_STEP_OPS + RING_CALL_OPS)
             if op.kind == OpKind.ALL_GATHER:
                 return op.count * GATHER_OPS
             return float(op.count)

@@ -433,7 +433,7 @@ class Plan:
 
 def api_plan(*, model: str, gpus: int, gpu: str | None = None, link: str = "pcie",
              nodes: int = 1, inter_node: str | None = None, nccl: str | None = None,
-             host_cpu: str | None = None, resolution: int | str = 1024,
+             host_cpu: str | None = None, ring_overlap: str = "auto", resolution: int | str = 1024,
              steps: int | None = None, dtype: str = "bf16", text_encoder: bool = True,
              vae: bool = True, single_gpu_latency: float | None = None,
              profile: str | None = None, link_profile: str | None = None, top: int = 10,

@@ -136,9 +136,10 @@ def predict(args: argparse.Namespace, progress: Progress | None = None) -> Predi
 
 def api_predict(*, model: str, gpus: int, gpu: str | None = None, link: str = "pcie",
                 nodes: int = 1, inter_node: str | None = None, nccl: str | None = None,
-                host_cpu: str | None = None, resolution: int | str = 1024,
-                steps: int | None = None, dtype: str = "bf16", text_encoder: bool = True,
-                vae: bool = True, single_gpu_latency: float | None = None,
+                host_cpu: str | None = None, ring_overlap: str = "auto",
+                resolution: int | str = 1024, steps: int | None = None, dtype: str = "bf16",
+                text_encoder: bool = True, vae: bool = True,
+                single_gpu_latency: float | None = None,
                 profile: str | None = None, link_profile: str | None = None,
                 pipefusion: int | None = None, ulysses: int = 1, ring: int = 1, tensor: int = 1,
                 cfg: int = 1, distrifusion: int = 1, patches: int | str = "auto",

@@ -113,11 +113,12 @@ class Cluster:
     link_profile: str | None = None
     nccl: str = "2.23"
     host_cpu: str | None = None
+    ring_overlap: str = "auto"
 
     def __post_init__(self) -> None:
         self._topos: dict[int, Topology] = {}
         build_topology(self.gpu, self.gpus, self.link, self.nodes, self.inter_node,  # checks
-                       self.nccl, self.host_cpu)
+                       self.nccl, self.host_cpu, self.ring_overlap)
 
     @property
     def per_node(self) -> int:
@@ -138,7 +139,7 @@ class Cluster:
                                 f"or span whole nodes")
             nodes = max(1, k // self.per_node)
             topo = build_topology(self.gpu, k, self.link, nodes, self.inter_node, self.nccl,
-                                  self.host_cpu)
+                                  self.host_cpu, self.ring_overlap)
             if self.link_profile:
                 topo = apply_link_profile(topo, Path(self.link_profile))
             self._topos[k] = topo

@@ -288,7 +288,7 @@ def plan_pool(args: argparse.Namespace) -> ServePlan:
     wl = workload_from_args(args)
     gpu, _ = cluster_from_args(args)
     cluster = Cluster(gpu, args.gpus, args.link, args.nodes, args.inter_node, args.link_profile,
-                      args.nccl, args.host_cpu)
+                      args.nccl, args.host_cpu, args.ring_overlap)
     finite(args.target, "--target", low=1e-9, high=1.0)
     if args.target <= 0:
         raise UserError(f"--target must be above 0, got {args.target:g}")

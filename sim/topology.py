@@ -40,6 +40,8 @@ from sim.hardware import (
     LINKS,
     OVERLAP_SLOWDOWN,
     P2P_CPU_MANY_TO_MANY,
+    RING_EXCHANGE_OVERLAPS,
+    RING_OVERLAP_CHOICES,
     host_bus,
     nccl_p2p_through_cpu,
 )
@@ -210,6 +212,17 @@ class Topology:
     def overlap_slowdown(self) -> float:
         """Factor on compute that runs while the GPU's own communication is in flight."""
         return self.graph.graph.get("overlap_slowdown", 1.0)
+
+    @property
+    def memory_bandwidth(self) -> float:
+        """The GPUs' memory bandwidth, bytes/s (0 between CPU processes: not modelled)."""
+        return self.graph.graph.get("memory_bandwidth", 0.0)
+
+    @property
+    def ring_overlaps(self) -> bool:
+        """Whether ring attention's K,V exchange runs under its partial attention (True) or
+        before it (``sim.hardware.RING_EXCHANGE_OVERLAPS``; CPU processes overlap)."""
+        return self.graph.graph.get("ring_overlaps", True)
 
     def net_hop_latency(self, group: tuple[int, ...] | list[int]) -> float:
         """The network's latency per hop when ``group`` spans nodes, else 0, seconds."""
@@ -425,10 +438,15 @@ def _pcie_node(g: Graph, gpu: GPU, bus: HostBus, n: int, per_node: int, nodes: i
 
 def build_topology(gpu: GPU, gpus: int, link: str = "pcie", nodes: int = 1,
                    inter_node: str = "ib-ndr", nccl: str = "2.23",
-                   host_cpu: str | None = None) -> Topology:
+                   host_cpu: str | None = None, ring_overlap: str = "auto") -> Topology:
     """Graph of ``nodes`` machines with ``gpus`` GPUs in all, linked by ``link``; on PCIe
     hosts the transports follow NCCL ``nccl`` ("2.23": 2.23.4 and later, or "2.22") on a
-    ``host_cpu`` ("intel" or "amd"; default: the PCIe generation's usual vendor)."""
+    ``host_cpu`` ("intel" or "amd"; default: the PCIe generation's usual vendor); ring
+    attention's exchange overlaps its attention as ``ring_overlap`` says ("auto": as the link
+    does, ``sim.hardware.RING_EXCHANGE_OVERLAPS``; "yes"; "no")."""
+    if ring_overlap not in RING_OVERLAP_CHOICES:
+        raise UserError(f"unknown --ring-overlap '{ring_overlap}'; choose one of: "
+                        f"{', '.join(RING_OVERLAP_CHOICES)}")
     if link not in ("pcie", "nvlink"):
         raise UserError(f"unknown --link '{link}'; choose pcie or nvlink")
     if link == "nvlink" and gpu.nvlink is None:
@@ -449,7 +467,11 @@ def build_topology(gpu: GPU, gpus: int, link: str = "pcie", nodes: int = 1,
     gpu_nodes: list[str] = []
     if gpu.pcie != "loopback":
         g.graph.update(nccl=True, net_latency=LINKS[inter_node].latency_s,
-                       overlap_slowdown=OVERLAP_SLOWDOWN[link])
+                       overlap_slowdown=OVERLAP_SLOWDOWN[link],
+                       memory_bandwidth=gpu.mem_bandwidth,
+                       ring_overlaps=RING_EXCHANGE_OVERLAPS[link]
+                       if RING_OVERLAP_CHOICES[ring_overlap] is None
+                       else RING_OVERLAP_CHOICES[ring_overlap])
     if link == "pcie" and gpu.pcie != "loopback":
         place: dict[str, tuple[str, str, str | None]] = {}
         assert bus is not None

@@ -103,6 +103,9 @@ def test_ulysses_over_pcie_slower_with_shm_than_all_p2p_and_monotone_in_gpus() -
     lat = {}
     for n in (2, 4, 8):
         topo = build_topology(gpu, n, "pcie")
+        # The transports alone: without the layout copies around each call, whose GPU memory
+        # traffic shrinks as the messages do with more GPUs.
+        topo.graph.graph["memory_bandwidth"] = 0.0
         lat[n] = evaluate(wl, ParallelConfig(n, ulysses=n), gpu, topo).metrics.exposed_comm_s
     assert lat[2] < lat[4] < lat[8]  # 2 GPUs share a switch; 4 and 8 go through the host
 
@@ -182,3 +185,83 @@ def test_unknown_nccl_or_host_cpu_is_refused() -> None:
         build_topology(get_gpu("l20"), 8, "pcie", nccl="2.18")
     with pytest.raises(UserError, match="--host-cpu"):
         build_topology(get_gpu("l20"), 8, "pcie", host_cpu="arm")
+
+
+
+def _ring_run(topo, overlaps: bool) -> tuple[float, list]:
+    """Latency (s) and rank 0's trace rows of PixArt ring4 at 2048 px on ``topo``, with the
+    ring's exchange overlapping its attention or not."""
+    wl = Workload(get_model("pixart"), 2048, 2048, 4, text_encoder=False, vae=False)
+    topo.graph.graph["ring_overlaps"] = overlaps
+    pred = evaluate(wl, ParallelConfig(4, ring=4), GPUS["a100-sxm-80g"], topo, exact=True)
+    return pred.latency_s, [r for r in pred.trace.rows if r.rank == 0]
+
+
+def test_ring_exchange_runs_before_its_attention_on_nvlink_and_under_it_on_pcie() -> None:
+    from sim.hardware import RING_EXCHANGE_OVERLAPS
+
+    assert RING_EXCHANGE_OVERLAPS == {"nvlink": False, "pcie": True}
+    assert build_topology(GPUS["l20"], 4, "pcie").ring_overlaps
+    nv = build_topology(GPUS["a100-sxm-80g"], 4, "nvlink")
+    assert not nv.ring_overlaps
+    serial, rows = _ring_run(nv, False)
+    exchanges = 0.0
+    for i, r in enumerate(rows):
+        if r.op.startswith(OpKind.RING_KV):
+            exchanges += r.end_s - r.start_s
+            attention = next(x for x in rows[i + 1:] if x.op == OpKind.BLOCKS)
+            assert attention.start_s >= r.end_s - 1e-12  # once the exchange is over
+    overlapped, rows = _ring_run(nv, True)
+    assert any(x.start_s < r.end_s - 1e-9 for i, r in enumerate(rows)
+               if r.op.startswith(OpKind.RING_KV)
+               for x in rows[i + 1:i + 2] if x.op == OpKind.BLOCKS)  # under the exchange
+    assert overlapped < serial
+    # Serial costs at most the exchanges on top (overlapping also slows the attention).
+    assert serial <= overlapped + exchanges + 1e-9
+
+
+def test_ulysses_layout_copies_cost_four_bytes_of_gpu_memory_per_byte_sent() -> None:
+    from sim.engine import ULYSSES_COPY_BYTES_PER_BYTE
+
+    topo = build_topology(GPUS["a100-sxm-80g"], 8, "nvlink")
+    nbytes = 32e6
+    _, _, with_copies = collective_call(topo, OpKind.ALL_TO_ALL, list(range(8)), nbytes)
+    _, _, reduce = collective_call(topo, OpKind.ALL_REDUCE, list(range(8)), nbytes)
+    topo.graph.graph["memory_bandwidth"] = 0.0  # as between CPU processes: no such term
+    _, _, bare = collective_call(topo, OpKind.ALL_TO_ALL, list(range(8)), nbytes)
+    assert with_copies - bare == pytest.approx(
+        ULYSSES_COPY_BYTES_PER_BYTE * nbytes / GPUS["a100-sxm-80g"].mem_bandwidth)
+    _, _, reduce_bare = collective_call(topo, OpKind.ALL_REDUCE, list(range(8)), nbytes)
+    assert reduce == reduce_bare  # only the all-to-all has the copies
+
+
+def test_ring_merges_lengthen_the_attention_by_their_memory_traffic() -> None:
+    from sim.engine import RING_MERGE_BYTES_PER_ELEMENT, ring_merge_seconds
+    from sim.schedule import Collective, Tag
+
+    gpu = GPUS["a100-sxm-80g"]
+    topo = build_topology(gpu, 4, "nvlink")
+    op = Collective(OpKind.RING_KV, (0, 1, 2, 3), 4_000_000, Tag("ring", 0, 0, 0),
+                    asynchronous=True, count=2)
+    # 2 rotations x 3 steps; 1e6 output elements of 2 bytes (K and V: 4 MB).
+    expected = 2 * 3 * (RING_MERGE_BYTES_PER_ELEMENT + 2) * 1e6 / gpu.mem_bandwidth
+    assert ring_merge_seconds(topo, op, 2) == pytest.approx(expected)
+    assert ring_merge_seconds(build_topology(get_gpu("cpu"), 4, "pcie"), op, 4) == 0.0
+    # In a run: each attention row after a rotation is longer than its compute by the merges.
+    wl = Workload(get_model("pixart"), 1024, 1024, 4, text_encoder=False, vae=False)
+    from sim.cost.roofline import RooflineCost
+    from sim.strategies import build_schedule
+
+    cfg = ParallelConfig(4, ring=4)
+    sched = build_schedule(wl, cfg)
+    cost = RooflineCost(wl, gpu)
+    rows = [r for r in evaluate(wl, cfg, gpu, topo, exact=True).trace.rows if r.rank == 0]
+    ops = [o for o in sched.ranks[0]]
+    ring_ops = [o for o in ops if getattr(o, "kind", None) == OpKind.RING_KV]
+    attn = [o for o in ops if getattr(o, "part", None) == "attn"]
+    attn_rows = [r for r in rows if r.op == OpKind.BLOCKS][1::2]  # proj, attn alternate
+    assert len(attn_rows) == len(attn) == len(ring_ops)
+    for o, ring, r in zip(attn, ring_ops, attn_rows, strict=True):
+        merge = ring_merge_seconds(topo, ring, wl.dtype_bytes)
+        assert merge > 0
+        assert r.end_s - r.start_s >= cost.compute_time(o) + merge - 1e-12
