@@ -286,6 +286,7 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
         seg, run = BEFORE, _Run(lead, hosted)  # the current segment and its clocks so far
         slot, path = None, _Run(lead, hosted)  # the current patch slot and its clocks so far
         merge = 0.0  # the ring's merges the next compute op carries (sim.engine, exactly)
+        carry = 0.0  # and the ring's host seconds, issued with it
         for op in ops:
             kind = type(op)
             if kind is Recv and op.tag.what == "latent":
@@ -327,6 +328,8 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                 g = cost.compute_time(op)
                 if merge:
                     g, merge = g + merge, 0.0
+                if carry:
+                    h, carry = h + carry, 0.0
                 pieces = host.granularity(op) if hosted else 1
                 run.compute(g, h, pieces)
                 if key is not None:
@@ -339,6 +342,7 @@ def profile(sched: Schedule, topo: Topology, cost: CostModel,
                 floor, busy = costs.collective(op)
                 if op.kind == OpKind.RING_KV:
                     merge += ring_merge_seconds(topo, op, sched.dtype_bytes)
+                    carry, h = carry + h, 0.0
                 occurrence = (tag, op.group)
                 listed[occurrence] += 1
                 meeting = (*occurrence, listed[occurrence])

@@ -385,6 +385,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     # outputs after a ring rotation's steps run on the compute stream with its attention.
     merge = [0.0] * schedule.world_size
     dtype_bytes = schedule.dtype_bytes
+    host_carry = [0.0] * schedule.world_size  # host seconds the next compute op issues too
 
     def late_slowdown(rank: int, start: float, end: float, seen: float) -> float:
         """Seconds to add to compute run from ``start`` to ``end`` (its end before any
@@ -430,7 +431,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 for m, _ in orbit:
                     del image_of[m]
                     comm_until[m], comm_from[m] = comm_until[rank], comm_from[rank]
-                    merge[m] = merge[rank]
+                    merge[m], host_carry[m] = merge[rank], host_carry[rank]
                     env.process(rank_proc(m, i, cpu, step))
                 orbit, out = (), rows
                 continue
@@ -451,6 +452,9 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                             step = op.step
                             cpu_ahead.setdefault((rank, step), now - cpu)
                         h, pieces = host_seconds(op), granularity(op)
+                        if host_carry[rank]:
+                            h += host_carry[rank]
+                            host_carry[rank] = 0.0
                         # The gpu time (one cost lookup, not two): the overlap with
                         # transfers counts from when the op starts, once its first piece is
                         # issued.
@@ -500,6 +504,12 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                     step = s
                     cpu_ahead.setdefault((rank, s), env.now - cpu)
                 h = host_seconds(op)
+                if kind is Collective and op.kind == OpKind.RING_KV:
+                    # A ring step's operators (sends, partial attention, merge, waits) are
+                    # issued inside the attention call: the CPU spends them with the
+                    # attention that follows, piece by piece (sim.host.RING_STEP_OPS).
+                    host_carry[rank] += h
+                    h = 0.0
                 # A merged collective (``count`` calls, the planner's coarse ops) starts once
                 # its first call is issued; it cannot end before its last one is.
                 first = cpu + (h / op.count if kind is Collective else h)
