@@ -445,6 +445,12 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 now = env.now
                 while True:
                     seen = comm_until[rank]
+                    # The op's own GPU seconds (one cost lookup), with the ring's merges
+                    # it carries; the gpu time adds the overlap slowdown to it.
+                    c = g = compute_time(op)
+                    if merge[rank]:
+                        c = g = g + merge[rank]
+                        merge[rank] = 0.0
                     if hosted:
                         if now - cpu > max_lead:  # the launch queue is full: the CPU waits
                             cpu = now - max_lead
@@ -455,13 +461,8 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                         if host_carry[rank]:
                             h += host_carry[rank]
                             host_carry[rank] = 0.0
-                        # The gpu time (one cost lookup, not two): the overlap with
-                        # transfers counts from when the op starts, once its first piece is
-                        # issued.
-                        c = g = compute_time(op)
-                        if merge[rank]:
-                            c = g = g + merge[rank]
-                            merge[rank] = 0.0
+                        # The overlap with transfers counts from when the op starts, once
+                        # its first piece is issued.
                         if slowdown > 1.0:
                             t = max(now, cpu + h / pieces)
                             if comm_until[rank] > t:
@@ -471,10 +472,6 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                         g = end - now
                     else:
                         start = now
-                        c = g = compute_time(op)
-                        if merge[rank]:
-                            c = g = g + merge[rank]
-                            merge[rank] = 0.0
                         if slowdown > 1.0 and comm_until[rank] > now:
                             g += (slowdown - 1.0) * min(g, comm_until[rank] - now)
                         late = g - c
