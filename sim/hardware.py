@@ -49,6 +49,13 @@ def _gpu(name: str, tflops: float, gb: float, gbs: float, pcie: str, nvlink: str
 
 _ADA = "assumed like L40/L20 (same Ada generation): " + _DESIGN_EFF
 _OLD = "assumption (no measurement at hand): 50 %, between the A100 and L40 figures"
+# One H200 measured here (docs/gpu-check-2026-11-30): the efficiency at which this roofline
+# matches executor.run's serial loop, bf16, eager, 20 steps, was 0.372 and 0.365 (pixart-alpha
+# 1024/2048 px) and 0.360 and 0.396 (sd3-medium 1024/2048 px); 0.37 is their median. The
+# H100 SXM has the same GH100 compute (132 SMs, same clocks and dense peak), so it takes it
+# too; the H100 PCIe (114 SMs, 350 W) keeps the design figure.
+_HOPPER_EFF = ("measured: docs/gpu-check-2026-11-30 (one H200, executor.run serial loops of "
+               "pixart-alpha and sd3-medium at 1024/2048 px, median of the implied 0.360-0.396)")
 
 GPUS: dict[str, GPU] = {g.name: g for g in [
     _gpu("l40", 181, 48, 864, "pcie-gen4", None, 0.60, _DESIGN_EFF, 142),
@@ -58,8 +65,8 @@ GPUS: dict[str, GPU] = {g.name: g for g in [
     _gpu("a100-pcie-80g", 312, 80, 1935, "pcie-gen4", None, 0.42, _DESIGN_EFF, 108),
     _gpu("a100-sxm-80g", 312, 80, 2039, "pcie-gen4", "nvlink3", 0.42, _DESIGN_EFF, 108),
     _gpu("h100-pcie", 756, 80, 2000, "pcie-gen5", None, 0.35, _DESIGN_EFF, 114),
-    _gpu("h100-sxm", 989, 80, 3350, "pcie-gen5", "nvlink4", 0.35, _DESIGN_EFF, 132),
-    _gpu("h200", 989, 141, 4800, "pcie-gen5", "nvlink4", 0.35, _DESIGN_EFF, 132),
+    _gpu("h100-sxm", 989, 80, 3350, "pcie-gen5", "nvlink4", 0.37, _HOPPER_EFF, 132),
+    _gpu("h200", 989, 141, 4800, "pcie-gen5", "nvlink4", 0.37, _HOPPER_EFF, 132),
     _gpu("h20", 148, 96, 4000, "pcie-gen5", "nvlink4", 0.60, _ADA.replace("Ada", "compute-bound "
          "Hopper; its low peak is easy to fill, like"), 78),
     _gpu("v100-sxm2-32g", 125, 32, 900, "pcie-gen3", "nvlink2", 0.50, _OLD, 80),

@@ -88,3 +88,27 @@ def test_shipped_cpu_profiles(model: str) -> None:
     assert any(s.heads < blocks[0].heads for s in prof.select("attention"))
     for s in prof.samples:
         assert 0 < s.min_s <= s.p25_s <= s.median_s <= s.p75_s <= s.max_s
+
+
+@pytest.mark.parametrize("model", ["pixart-alpha", "sd3-medium", "flux-dev"])
+def test_shipped_h200_profiles(model: str) -> None:
+    """The GPU check's profiles (one H200, 2026-11-30) load, hold full-image and PipeFusion
+    patch shapes at 1024 and 2048 px, and cost every op of a serial run from measurements."""
+    import sim
+
+    path = DATA / f"cuda-nvidia-h200_{model}_bf16.csv"
+    prof = ComputeProfile.read(path)
+    m = prof.meta
+    assert (m["model"], m["dtype"], m["device"]) == (model, "bf16", "cuda")
+    assert m["device_name"] == "NVIDIA H200" and m["resolutions"] == [1024, 2048]
+    assert m["patches"] == list(range(1, 9)) and not m["quick"]
+    tokens = {(s.q_tokens, s.kv_tokens) for s in prof.select("block")}
+    assert {(4096, 4096), (16384, 16384), (2048, 4096), (2048, 16384)} <= tokens
+    for s in prof.samples:
+        assert 0 < s.min_s <= s.p25_s <= s.median_s <= s.p75_s <= s.max_s
+    for px in (1024, 2048):
+        pred = sim.predict(model=model, gpu="h200", gpus=1, resolution=px, steps=2,
+                           text_encoder=False, vae=False, profile=str(path)).as_dict()
+        sources = pred["cost_source"]
+        assert set(sources) == {"blocks", "condition", "embed", "final", "scheduler_step"}
+        assert all(set(v) == {"measured"} for v in sources.values()), sources

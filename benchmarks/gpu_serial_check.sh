@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Second GPU check: executor.run's serial loop on one GPU at the shapes the first check
+# (gpu_check.sh) profiled but did not run end to end, for comparison with sim.predict here.
+#
+#   bash benchmarks/gpu_serial_check.sh            # CUDA, bf16, full-size models, 20 steps
+#   bash benchmarks/gpu_serial_check.sh --dry-run  # CPU, fp32, tiny stand-ins, 4 steps
+#
+# Writes $OUT/<model>_<px>.json (executor.run --json: every run's loop, peak memory, trace
+# summary) and $OUT/log.txt. flux-dev is left out: its random fp32 weights (48 GB) are built
+# on the CPU before the copy to the GPU, which takes longer than the device time allows.
+# Carried wheels (.whl/) are installed first where diffusers or simpy is missing, as in
+# gpu_check.sh. Exit status: 1 when any run failed, else 0.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+OUT_DIR=${OUT:-./gpu_serial_out}
+mkdir -p "$OUT_DIR"
+if ! "$PYTHON" -c 'import diffusers, simpy' 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if [ "${1:-}" = "--dry-run" ]; then
+  RUNS=("pixart-tiny 256" "sd3-tiny 256" "sd3-tiny 384"); DEV=(--device cpu --dtype fp32 --steps 4)
+  LIMIT=120
+else
+  RUNS=("pixart-alpha 2048" "sd3-medium 1024" "sd3-medium 2048"); DEV=(--device cuda --dtype bf16 --steps 20)
+  LIMIT=200
+fi
+status=0
+for r in "${RUNS[@]}"; do
+  set -- $r
+  start=$(date +%s)
+  timeout "$LIMIT" "$PYTHON" -m torch.distributed.run --nproc_per_node 1 -m executor.run \
+      --model "$1" --resolution "$2" "${DEV[@]}" --warmup-runs 1 --runs 3 --json \
+      >"$OUT_DIR/${1}_$2.json" 2>>"$OUT_DIR/log.txt"
+  rc=$?
+  [ $rc -ne 0 ] && status=1
+  echo "$1 $2 px: exit $rc, $(( $(date +%s) - start )) s" | tee -a "$OUT_DIR/log.txt"
+done
+exit $status
