@@ -112,3 +112,21 @@ def test_shipped_h200_profiles(model: str) -> None:
         sources = pred["cost_source"]
         assert set(sources) == {"blocks", "condition", "embed", "final", "scheduler_step"}
         assert all(set(v) == {"measured"} for v in sources.values()), sources
+
+
+def test_host_floor_reads_host_bound_blocks() -> None:
+    """benchmarks/host_floor.py divides the H200 profile's small-token block times by the
+    block's dispatched operators, and keeps only rows whose GPU work is small."""
+    import importlib.util
+    import statistics
+
+    spec = importlib.util.spec_from_file_location("host_floor",
+                                                  ROOT / "benchmarks" / "host_floor.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    r = mod.host_floor(str(DATA / "cuda-nvidia-h200_pixart-alpha_bf16.csv"), 0.15)
+    assert r["rows"] and all(x["host_ops"] == 78 for x in r["rows"])
+    assert max(x["q_tokens"] for x in r["rows"]) < 4096  # full 1024-px blocks are GPU-bound
+    assert r["per_op_median_s"] == statistics.median(x["median_s"] / 78 for x in r["rows"])
+    with pytest.raises(UserError, match="not a profile of a known GPU"):
+        mod.host_floor(str(next(DATA.glob("cpu-*_pixart-tiny_fp32.csv"))), 0.15)
