@@ -130,3 +130,23 @@ def test_host_floor_reads_host_bound_blocks() -> None:
     assert r["per_op_median_s"] == statistics.median(x["median_s"] / 78 for x in r["rows"])
     with pytest.raises(UserError, match="not a profile of a known GPU"):
         mod.host_floor(str(next(DATA.glob("cpu-*_pixart-tiny_fp32.csv"))), 0.15)
+
+
+def test_gpu_block_shapes_compares_every_patch_shape() -> None:
+    """benchmarks/gpu_block_shapes.py sets each full-image and PipeFusion patch block of the
+    H200 profile beside the larger of the roofline's and the host's time."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT))  # the script imports benchmarks.host_floor
+    spec = importlib.util.spec_from_file_location("gpu_block_shapes",
+                                                  ROOT / "benchmarks" / "gpu_block_shapes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    r = mod.compare(str(DATA / "cuda-nvidia-h200_pixart-alpha_bf16.csv"))
+    assert {(x["resolution"], x["kv_tokens"]) for x in r["rows"]} == {(1024, 4096),
+                                                                     (2048, 16384)}
+    assert len(r["rows"]) == 16  # M = 1..8 at each resolution
+    for x in r["rows"]:
+        assert x["predicted_s"] == max(x["roofline_s"], x["host_s"])
+        assert x["rel_err"] == x["predicted_s"] / x["measured_s"] - 1
