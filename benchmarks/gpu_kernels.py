@@ -1,0 +1,119 @@
+"""GEMM and attention efficiency of the DiT blocks' own shapes on one GPU (bf16, eager).
+
+The roofline gives each GPU one efficiency; the H200 check found Flux's blocks at 40-51 % of
+the dense peak where PixArt's and SD3's reach 32-39 % (README "One H200"). This times the
+kernels those blocks are made of, in isolation, to tell which part differs: the four GEMMs of
+a block (QKV, attention output, MLP up and down: ``tokens x hidden`` by ``hidden x width``)
+for PixArt-alpha, SD3-medium and Flux-dev at a full 1024-px image and at an eighth of it
+(PipeFusion M = 8), and ``scaled_dot_product_attention`` with each model's heads and head
+dimension at 1024 and 2048 px. Each shape: 3 warm-up calls, then the median of ``--repeats``
+calls timed with CUDA events (wall clock on CPU), as TFLOP/s and as a fraction of the
+registry's dense peak. Writes ``--out`` (JSON) and prints a table.
+
+    python benchmarks/gpu_kernels.py --out kernels.json          # on the GPU
+    python benchmarks/gpu_kernels.py --dry-run --out k.json      # CPU, fp32, shapes / 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+
+from sim.hardware import GPUS  # noqa: E402
+
+# (model, hidden, heads, head_dim, mlp width, text tokens, guidance batch)
+MODELS = (("pixart-alpha", 1152, 16, 72, 4608, 0, 2),
+          ("sd3-medium", 1536, 24, 64, 6144, 333, 2),
+          ("flux-dev", 3072, 24, 128, 12288, 512, 1))
+
+
+def shapes(scale: int) -> list[dict]:
+    """The kernels to time; ``scale`` divides every size (the dry run's small shapes)."""
+    out = []
+    for name, h, heads, d, mlp, text, batch in MODELS:
+        for label, image in (("1024px", 4096), ("1024px/8", 512)):
+            m = batch * (image + text) // scale
+            for gemm, k, n in (("qkv", h, 3 * h), ("out", h, h), ("mlp_up", h, mlp),
+                               ("mlp_down", mlp, h)):
+                out.append({"model": name, "kind": "gemm", "what": f"{gemm} {label}",
+                            "m": m, "k": k // scale, "n": n // scale,
+                            "flops": 2.0 * m * (k // scale) * (n // scale)})
+        for label, image in (("1024px", 4096), ("2048px", 16384)):
+            s = (image + text) // scale
+            out.append({"model": name, "kind": "sdpa", "what": f"attention {label}",
+                        "batch": batch, "heads": heads, "seq": s, "head_dim": d,
+                        "flops": 4.0 * batch * heads * s * s * d})
+        if name == "pixart-alpha":  # its head dimension, 72, against native tile sizes
+            for d_alt in (64, 128):
+                s = (4096 + text) // scale
+                out.append({"model": name, "kind": "sdpa", "what": f"attention 1024px d={d_alt}",
+                            "batch": batch, "heads": heads, "seq": s, "head_dim": d_alt,
+                            "flops": 4.0 * batch * heads * s * s * d_alt})
+    n = 8192 // scale  # the reference every GPU datasheet's peak is closest to
+    out.append({"model": "-", "kind": "gemm", "what": "square 8192", "m": n, "k": n, "n": n,
+                "flops": 2.0 * n**3})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--dry-run", action="store_true", help="CPU, fp32, every size / 16")
+    a = p.parse_args(argv)
+    import torch
+    import torch.nn.functional as F
+
+    dev = "cpu" if a.dry_run else "cuda"
+    dtype = torch.float32 if a.dry_run else torch.bfloat16
+    peak = GPUS["cpu" if a.dry_run else "h200"].peak_flops
+    cuda = dev == "cuda"
+
+    def timed(fn) -> float:
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(a.repeats):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+                    enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    rows = []
+    for s in shapes(16 if a.dry_run else 1):
+        if s["kind"] == "gemm":
+            x = torch.randn(s["m"], s["k"], device=dev, dtype=dtype)
+            w = torch.randn(s["k"], s["n"], device=dev, dtype=dtype)
+            sec = timed(lambda x=x, w=w: x @ w)
+        else:
+            q, k, v = (torch.randn(s["batch"], s["heads"], s["seq"], s["head_dim"], device=dev,
+                                   dtype=dtype) for _ in range(3))
+            sec = timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
+        s.update(seconds=sec, tflops=s["flops"] / sec / 1e12, of_peak=s["flops"] / sec / peak)
+        rows.append(s)
+        print(f"{s['model']:13s} {s['what']:22s} {sec * 1e3:9.3f} ms {s['tflops']:7.1f} TFLOP/s "
+              f"{s['of_peak'] * 100:5.1f} % of peak", flush=True)
+    meta = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+            "dtype": str(dtype), "repeats": a.repeats, "peak_flops": peak,
+            "timing": "CUDA events per call, median" if cuda else "perf_counter, median"}
+    Path(a.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
