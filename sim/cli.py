@@ -21,6 +21,7 @@ from sim.cost import CostSpec
 from sim.cost.link_profile import apply_link_profile
 from sim.cost.profile import speed_check
 from sim.cost.profile_format import ComputeProfile
+from sim.cost.shipped import SHIPPED, shipped_profile
 from sim.errors import RunFailed, UserError
 from sim.evaluate import calibration_scale
 from sim.hardware import DEFAULT_GPU, GPU, HOST_CPUS, NCCL_VERSIONS, RING_OVERLAP_CHOICES, get_gpu
@@ -84,7 +85,9 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
                         "resolution and steps; compute costs are scaled to match it")
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="measured compute profile (python -m profiles.collect) instead of "
-                        "the analytic roofline")
+                        "the analytic roofline; 'shipped' takes the one in profiles/data/ "
+                        "of this --gpu, model and --dtype (H200, bf16: pixart-alpha, "
+                        "sd3-medium, flux-dev)")
     p.add_argument("--link-profile", default=None, metavar="FILE",
                    help="measured link profile (python -m profiles.links): its fitted "
                         "point-to-point latency and bandwidth replace the registry's")
@@ -218,6 +221,10 @@ def cost_spec_from_args(args: argparse.Namespace) -> CostSpec:
     process); the check's notes travel with the spec into the prediction's JSON."""
     if not args.profile:
         return CostSpec()
+    if args.profile == SHIPPED:
+        gpu = get_gpu(args.gpu or DEFAULT_GPU[args.link])
+        # Later readers (the plan's text, the reports) see the file it stands for.
+        args.profile = str(shipped_profile(get_model(args.model).name, gpu, args.dtype))
     _exists(args.profile, "--profile")
     warning, note = speed_check(ComputeProfile.read(args.profile).meta)
     if warning and warning not in _WARNED:

@@ -136,9 +136,7 @@ def test_gpu_block_shapes_compares_every_patch_shape() -> None:
     """benchmarks/gpu_block_shapes.py sets each full-image and PipeFusion patch block of the
     H200 profile beside the larger of the roofline's and the host's time."""
     import importlib.util
-    import sys
 
-    sys.path.insert(0, str(ROOT))  # the script imports benchmarks.host_floor
     spec = importlib.util.spec_from_file_location("gpu_block_shapes",
                                                   ROOT / "benchmarks" / "gpu_block_shapes.py")
     mod = importlib.util.module_from_spec(spec)
@@ -150,3 +148,25 @@ def test_gpu_block_shapes_compares_every_patch_shape() -> None:
     for x in r["rows"]:
         assert x["predicted_s"] == max(x["roofline_s"], x["host_s"])
         assert x["rel_err"] == x["predicted_s"] / x["measured_s"] - 1
+
+
+def test_profile_shipped_finds_the_gpu_model_and_dtype(capsys) -> None:
+    """``--profile shipped`` costs from the file in profiles/data/ of that GPU, model (aliases
+    resolved) and data type, and refuses with one line naming what is shipped otherwise."""
+    import json
+
+    from sim.predict import main
+
+    args = ["--gpu", "h200", "--gpus", "1", "--steps", "2", "--no-text-encoder", "--no-vae",
+            "--json"]
+    main(["--model", "pixart", "--profile", "shipped", *args])
+    shipped = json.loads(capsys.readouterr().out)
+    path = DATA / "cuda-nvidia-h200_pixart-alpha_bf16.csv"
+    main(["--model", "pixart-alpha", "--profile", str(path), *args])
+    explicit = json.loads(capsys.readouterr().out)
+    assert shipped["loop_s"] == explicit["loop_s"]
+    assert shipped["cost_model"] == explicit["cost_model"]
+    for bad in (["--gpu", "l40"], ["--gpu", "h200", "--dtype", "fp16"]):
+        with pytest.raises(UserError, match="no shipped profile of pixart-alpha") as e:
+            main(["--model", "pixart", "--gpus", "1", "--profile", "shipped", *bad])
+        assert "pixart-alpha on h200 (bf16)" in str(e.value)  # what is shipped, named
