@@ -23,22 +23,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
 from sim.cli import run_main  # noqa: E402
-from sim.cost.profile_format import ComputeProfile  # noqa: E402
-from sim.cost.shipped import DEVICE_NAMES  # noqa: E402
-from sim.errors import UserError  # noqa: E402
-from sim.hardware import GPUS  # noqa: E402
+from sim.cost.shipped import profile_gpu  # noqa: E402
 from sim.models import get_model  # noqa: E402
 
 
 def host_floor(path: str, gpu_share: float) -> dict:
     """Per-operator host seconds of the host-bound blocks of the profile at ``path``."""
-    prof = ComputeProfile.read(path)
+    prof, gpu = profile_gpu(path)
     meta = prof.meta
-    gpu_name = DEVICE_NAMES.get(meta.get("device_name", ""))
-    if meta.get("device") != "cuda" or gpu_name is None:
-        raise UserError(f"{path}: not a profile of a known GPU (device_name "
-                        f"{meta.get('device_name')!r}); known: {', '.join(DEVICE_NAMES)}")
-    gpu = GPUS[gpu_name]
     model = get_model(meta["model"])
     rows = []
     for s in prof.select("block"):

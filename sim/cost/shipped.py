@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sim.cost.profile_format import ComputeProfile, ProfileError
 from sim.errors import UserError
-from sim.hardware import GPU
+from sim.hardware import GPU, get_gpu
 
 SHIPPED = "shipped"
 DATA_DIR = Path(__file__).resolve().parents[2] / "profiles" / "data"
@@ -31,6 +31,17 @@ DEVICE_NAMES = {
     "Tesla V100-SXM2-32GB": "v100-sxm2-32g",
     "Tesla T4": "t4",
 }
+
+
+def profile_gpu(path: str | Path) -> tuple[ComputeProfile, GPU]:
+    """The compute profile at ``path`` and the registry GPU it was measured on, or a
+    ``UserError`` when it was not measured on a GPU the registry knows by name."""
+    prof = ComputeProfile.read(path)
+    name = DEVICE_NAMES.get(prof.meta.get("device_name", ""))
+    if prof.meta.get("device") != "cuda" or name is None:
+        raise UserError(f"{path}: not a profile of a known GPU (device_name "
+                        f"{prof.meta.get('device_name')!r}); known: {', '.join(DEVICE_NAMES)}")
+    return prof, get_gpu(name)
 
 
 def shipped_gpu_profiles(data_dir: Path = DATA_DIR) -> list[tuple[str, str, str, Path]]:
