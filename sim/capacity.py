@@ -20,9 +20,9 @@ SLO, so ``m_c`` becomes the least ``L(b) / b`` over the replicas allowed to serv
 the batches they can form (memory) with ``L(b)`` within the SLO. Every ``L(b)`` comes from the
 engine (``ServiceTable.batch_latency``), none from an assumed scaling.
 
-A split may carry a measured pace per replica (``Split.pace``): replica ``r`` then takes
-``pace[r]`` times the engine's latency for every request and batch, in the runs and in the
-bound alike (``m_c`` is the least paced latency).
+A split may carry a measured pace per replica and class (``Split.pace``): replica ``r`` then
+takes ``pace[r][c]`` times the engine's latency for every request and batch of class ``c``, in
+the runs and in the bound alike (``m_c`` is the least paced latency).
 
 Torch-free.
 """
@@ -56,15 +56,17 @@ class Split:
     router: str
     class_groups: tuple[int, ...] | None = None
     max_batch: int = 1  # most same-class requests a replica serves as one batch
-    # Per replica (``replicas()`` order): its service times are the engine's times this
-    # factor, e.g. a real replica's measured reference time over its predicted one. ``None``:
-    # every replica runs at the engine's pace.
-    pace: tuple[float, ...] | None = None
+    # Per replica (``replicas()`` order) and request class: its service times of that class
+    # are the engine's times this factor, e.g. a real replica's measured reference time over
+    # its predicted one. ``None``: every replica runs at the engine's pace.
+    pace: tuple[tuple[float, ...], ...] | None = None
 
-    def paces(self) -> list[float]:
-        """Each replica's factor on the engine's service times (1 without ``pace``)."""
-        return list(self.pace) if self.pace is not None else [1.0] * sum(
-            g.count for g in self.groups)
+    def paces(self, classes: int) -> list[tuple[float, ...]]:
+        """Each replica's factor per class on the engine's service times (1 without
+        ``pace``)."""
+        if self.pace is not None:
+            return list(self.pace)
+        return [(1.0,) * classes] * sum(g.count for g in self.groups)
 
     def replicas(self) -> list[tuple[int, ParallelConfig]]:
         """(group index, configuration) of every replica, group by group."""
@@ -127,8 +129,9 @@ class ServeModel:
         reps = split.replicas()
         table = self.table
         # A pace of 1 multiplies exactly: without one the times are the table's, bit for bit.
-        lat = [[p * table.latency(cfg, c) for c in range(len(table.classes))]
-               for (_, cfg), p in zip(reps, split.paces())]
+        n = len(table.classes)
+        lat = [[p[c] * table.latency(cfg, c) for c in range(n)]
+               for (_, cfg), p in zip(reps, split.paces(n))]
         self.runs += 1
         return simulate_pool(stream, [cfg.gpus for _, cfg in reps],
                              lat, self._slo, self.policy(split),
@@ -144,8 +147,8 @@ class ServeModel:
         cfgs = [cfg for _, cfg in split.replicas()]
         limit = [[max(1, table.batch_limit(cfg, c, split.max_batch)) for c in range(n)]
                  for cfg in cfgs]
-        pace = split.paces()
-        return Batching(limit, lambda r, c, b: pace[r] * table.batch_latency(cfgs[r], c, b))
+        pace = split.paces(n)
+        return Batching(limit, lambda r, c, b: pace[r][c] * table.batch_latency(cfgs[r], c, b))
 
     def meets(self, split: Split, rate: float, target: float) -> bool:
         """Whether at least ``target`` of the requests finish within SLO at ``rate``
@@ -163,7 +166,7 @@ class ServeModel:
         cheapest = []
         table = self.table
         for c, share in enumerate(self.shares):
-            allowed = [(cfg, p) for (g, cfg), p in zip(reps, split.paces())
+            allowed = [(cfg, p[c]) for (g, cfg), p in zip(reps, split.paces(len(table.classes)))
                        if split.class_groups is None or split.class_groups[c] == g]
             # A replayed trace may carry per-request SLOs: then any class might be good.
             any_slo = self.trace_rate is not None

@@ -92,7 +92,8 @@ def build_parser(prog: str = "python -m sim.serve") -> argparse.ArgumentParser:
                    help="with --replicas: each replica's service times are the simulated ones "
                         "times its pace, one positive factor per replica in --replicas order "
                         "(e.g. a real replica's measured reference time over its predicted "
-                        "one; executor.serve reports the reference times); default: 1 for all")
+                        "one; executor.serve reports the reference times), or per class: "
+                        "384=1.02/512=1.1 for a replica; default: 1 for all")
     p.add_argument("--widths", default=None,
                    help="replica widths (GPUs) the search combines, comma-separated (default: "
                         f"powers of two up to {DEFAULT_WIDTH_LIMIT} that pack into the nodes)")
@@ -159,22 +160,44 @@ def parse_slo(text: str, names: list[str]) -> list[str]:
     return out
 
 
-def parse_pace(text: str, replicas: int) -> tuple[float, ...]:
-    """``--replica-pace 1.1,0.95`` -> one positive, finite factor per replica (``replicas``
-    of them, in ``--replicas`` order)."""
+def parse_pace(text: str, replicas: int, names: list[str]) -> tuple[tuple[float, ...], ...]:
+    """``--replica-pace 1.1,0.95`` -> per replica (``replicas`` of them, in ``--replicas``
+    order) one positive, finite factor per request class (``names`` order). A replica's entry
+    is one factor for every class, or one per class named ``CLASS=P`` and joined by ``/``
+    (``384=1.02/512=1.10``), for replicas whose error differs by shape."""
     out = []
     for item in text.split(","):
-        try:
-            value = float(item)
-        except ValueError:
-            raise UserError(f"--replica-pace: '{item.strip()}' is not a number; give one "
-                            f"positive factor per replica, e.g. 1.1,0.95") from None
-        positive(value, "--replica-pace")
-        out.append(value)
+        if "=" in item:
+            got: dict[str, float] = {}
+            for part in item.split("/"):
+                name, _, value = part.partition("=")
+                name = name.strip()
+                if name not in names:
+                    raise UserError(f"--replica-pace: unknown class '{name}' in '{item.strip()}'"
+                                    f"; the classes are {', '.join(names)}")
+                got[name] = _pace_value(value, item)
+            missing = [n for n in names if n not in got]
+            if missing:
+                raise UserError(f"--replica-pace: '{item.strip()}' gives no factor for class "
+                                f"{', '.join(missing)}; name every class or give one factor")
+            out.append(tuple(got[n] for n in names))
+        else:
+            out.append((_pace_value(item, item),) * len(names))
     if len(out) != replicas:
         raise UserError(f"--replica-pace gives {len(out)} factor(s) for {replicas} replica(s) "
                         f"in --replicas: give one per replica, in --replicas order")
     return tuple(out)
+
+
+def _pace_value(text: str, item: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--replica-pace: '{item.strip()}' is not a number; give one positive "
+                        f"factor per replica (e.g. 1.1,0.95), or per class (384=1.02/512=1.1)"
+                        ) from None
+    positive(value, "--replica-pace")
+    return value
 
 
 def resolve_slo(texts: list[str], refs: list[tuple[float, int]]) -> list[float]:
@@ -342,7 +365,7 @@ def plan_pool(args: argparse.Namespace) -> ServePlan:
     # Replica widths and their configurations.
     if args.replicas:
         fixed = parse_replicas(args.replicas, args.gpus)
-        pace = (parse_pace(args.replica_pace, sum(g.count for g in fixed))
+        pace = (parse_pace(args.replica_pace, sum(g.count for g in fixed), names)
                 if args.replica_pace is not None else None)
         widths = sorted({g.gpus for g in fixed})
         for k in widths:
@@ -441,7 +464,9 @@ def plan_pool(args: argparse.Namespace) -> ServePlan:
         "request_simulations": table.simulated, "elapsed_s": elapsed,
     }
     if pace is not None:  # only then: without it the output is what it was before the flag
-        result["replica_pace"] = list(pace)
+        # A replica's one factor as a number, per-class factors as a mapping by class.
+        result["replica_pace"] = [p[0] if len(set(p)) == 1 else dict(zip(names, p))
+                                  for p in pace]
     check_finite(result, "the serving plan")
     return ServePlan(args, result, ranked, at_rate, model, names, classes, refs, slo, usable,
                      len(splits), pruned, missed, elapsed, rate, timeline)

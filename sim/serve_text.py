@@ -146,8 +146,12 @@ def print_text(args: argparse.Namespace, result: dict, ranked: list[Candidate],
                          for c, n in enumerate(names))
         print(f"  {k:>3} GPU{'s' if k > 1 else ' '}  {cfg.label():<34}{lats}")
     if "replica_pace" in r:
+        def pace_text(p: float | dict[str, float]) -> str:
+            if isinstance(p, dict):
+                return "/".join(f"{n} x{v:.4g}" for n, v in p.items())
+            return f"x{p:.4g}"
         print("replica pace (each replica's service times are the ones above times its pace): "
-              + ", ".join(f"replica {i} x{p:.4g}" for i, p in enumerate(r["replica_pace"])))
+              + ", ".join(f"replica {i} {pace_text(p)}" for i, p in enumerate(r["replica_pace"])))
     print()
     if not ranked:
         print("no split to evaluate")

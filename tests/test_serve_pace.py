@@ -124,6 +124,9 @@ def test_a_pace_of_one_changes_nothing(tmp_path: Path) -> None:
     (["--replicas", "2x1", "--replica-pace", "1.1"], "1 factor(s) for 2 replica(s)"),
     (["--replicas", "1x2", "--replica-pace", "1,1"], "2 factor(s) for 1 replica(s)"),
     (["--replica-pace", "1,1"], "--replica-pace applies to --replicas"),
+    (["--replicas", "2x1", "--replica-pace", "2048=1,1"], "unknown class '2048'"),
+    (["--replicas", "2x1", "--replica-pace", "1024=0/1024=1,1"], "must be positive"),
+    (["--replicas", "2x1", "--replica-pace", "1024=x,1"], "'1024=x' is not a number"),
 ])
 def test_bad_pace_is_one_error_line(extra: list[str], fragment: str) -> None:
     code, out, err = run_cli(serve_main, ONE + ["--gpus", "2", "--requests", "50", "--rate",
@@ -131,3 +134,34 @@ def test_bad_pace_is_one_error_line(extra: list[str], fragment: str) -> None:
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+
+
+def test_a_per_class_pace_scales_each_class_by_its_own_factor(tmp_path: Path) -> None:
+    # One replica, two classes, requests far apart (no queue): each request takes its class's
+    # isolated latency times that class's factor, and naming one factor for every class is
+    # the single-factor form (printed back as one number).
+    argv = ONE + ["--gpus", "1", "--mix", "512:0.5,1024:0.5", "--replicas", "1x1",
+                  "--rate", "0.01", "--requests", "1", "--no-capacity"]
+    iso = _serve_json(argv)["widths"][0]["isolated_latency_s"]
+    gap = 10 * max(iso.values())
+    trace = tmp_path / "t.csv"
+    with trace.open("w") as f:
+        f.write("arrival_s,model,width,height,steps,slo_s\n")
+        for i, px in enumerate([512, 1024, 1024, 512]):
+            f.write(f"{i * gap!r},pixart,{px},{px},20,1e6\n")
+    out = tmp_path / "timeline.csv"
+    base = ONE + ["--gpus", "1", "--replicas", "1x1", "--replay", str(trace), "--no-capacity"]
+    res = _serve_json(base + ["--replica-pace", "512=1.5/1024=0.75", "--trace", str(out)])
+    assert res["replica_pace"] == [{"512": 1.5, "1024": 0.75}]
+    factor = {"512": 1.5, "1024": 0.75}
+    header, *rows = out.read_text().splitlines()
+    cols = header.split(",")
+    assert len(rows) == 4
+    for line in rows:
+        row = dict(zip(cols, line.split(",")))
+        name = row["class"]
+        assert float(row["finish_s"]) - float(row["arrival_s"]) == pytest.approx(
+            factor[name] * iso[name], rel=1e-12)
+    same = _serve_json(base + ["--replica-pace", "512=1.25/1024=1.25"])
+    assert same["replica_pace"] == [1.25]
+    assert _rows(same) == _rows(_serve_json(base + ["--replica-pace", "1.25"]))
