@@ -10,6 +10,8 @@ seconds. The event loop is ``sim.des`` (simpy's order of events, less of its cos
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sim.cost import CostModel
 from sim.des import Environment, Event, paused_gc
 from sim.host import HostModel, issue
@@ -122,6 +124,30 @@ def collective_call(topo: Topology, kind: str, group: tuple[int, ...] | list[int
     if kind == OpKind.ALL_TO_ALL and topo.memory_bandwidth:  # its layout copies
         latency += ULYSSES_COPY_BYTES_PER_BYTE * nbytes / topo.memory_bandwidth
     return pairs, per_flow * factor, latency
+
+
+def collective_host(host_time: Callable[[int, int, float], float], op: Collective, rank: int,
+                    offset: int) -> float:
+    """Seconds of its own time rank ``rank`` spends on the messages of the collective ``op``
+    on a CPU transport: every message it sends and every one it receives costs it the
+    measured host time per message (``Topology.route_host``), as a point-to-point message
+    does. A ring's step sends one chunk to the next member and receives one from the
+    previous; a direct exchange sends one to and receives one from every other member."""
+    group = op.group
+    n = len(group)
+    if n <= 1:
+        return 0.0
+    pattern, per_flow, steps = collective_plan(op.kind, n, op.nbytes)
+    me = group.index(rank)
+    gpu = rank + offset
+    if pattern == "ring":
+        chunk = per_flow / steps
+        nxt, prev = group[(me + 1) % n] + offset, group[me - 1] + offset
+        one = host_time(gpu, nxt, chunk) + host_time(prev, gpu, chunk)
+        return op.count * steps * one
+    return op.count * sum(host_time(gpu, p + offset, per_flow) + host_time(p + offset, gpu,
+                                                                           per_flow)
+                          for p in group if p != rank)
 
 
 def collective_bytes_sent(kind: str, n: int, nbytes: float, count: int = 1) -> float:
@@ -576,6 +602,10 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                         merge[rank] += ring_merge_seconds(topo, op, dtype_bytes)
                         if serial_ring:
                             yield rv.event  # the exchange first, then the attention
+                    own = (collective_host(host_time, op, rank, rank_offset)
+                           if host_time else 0.0)
+                    if own:  # a CPU transport's threads take this rank's core meanwhile
+                        yield timeout(own)
                 else:
                     yield rv.event
                     if hosted and cpu > env.now:

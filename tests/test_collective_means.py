@@ -77,3 +77,23 @@ def test_bad_folders_are_one_error_line(tmp_path: Path, edit, match: str) -> Non
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
     assert match in done.stderr and not done.stdout
+
+
+def test_repredict_scores_a_shipped_run_again() -> None:
+    """benchmarks/repredict.py predicts the shipped validation run's rows again; with the
+    code of the run's day the unpaced predictions would come back as recorded, so the
+    pipefusion rows (no term has changed for them since) do."""
+    root = Path(__file__).resolve().parents[1]
+    run = root / "docs" / "validation-2026-11-30-quick-xeon-means-1512"
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "repredict.py"), str(run),
+                          "--family", "pipefusion"], capture_output=True, text=True, check=True,
+                         cwd=root).stdout
+    rows = [line.split() for line in out.splitlines() if "px " in line and line.endswith("%")]
+    assert len(rows) == 24
+    for cols in rows:
+        then, now = (float(c.rstrip("s")) for c in (cols[-4], cols[-2]))
+        assert now == pytest.approx(then, rel=1e-9)
+    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "repredict.py"),
+                          str(root / "no-such-run")], capture_output=True, text=True, cwd=root)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert bad.stderr.startswith("error: ")

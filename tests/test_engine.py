@@ -222,6 +222,46 @@ def test_host_time_of_a_message_is_charged_to_both_ranks() -> None:
     assert rows[(1, "blocks")].start_s == pytest.approx(wire)
 
 
+def test_host_time_of_an_asynchronous_collective_is_charged_per_message() -> None:
+    """On a CPU transport an asynchronous collective (the ring's K,V rotation, DistriFusion's
+    gather) costs each rank the host time of every message it sends and receives, after it
+    issues the call; a blocking one does not (its measured call holds the transport's work,
+    the rank waiting)."""
+    from sim.schedule import Collective, Tag, Wait
+
+    topo = build_topology(get_gpu("cpu"), 3, "pcie")
+    host = 3e-4
+    for _, _, d in topo.graph.edges(data=True):
+        d["host"] = ((1024, host), (1 << 20, host))
+    topo = type(topo)(topo.graph, list(topo.gpu_nodes), topo.link, topo.nodes)
+    work = Compute("blocks", 0, 0, (0, 0), 100, 100)
+
+    class Fixed:
+        def compute_time(self, op: Compute) -> float:
+            return 1e-3
+
+        def source(self, op: Compute) -> str:
+            return "test"
+
+    group = (0, 1, 2)
+    for kind, count in (("ring_kv", 2), ("all_gather", 1)):
+        tag = Tag("kv", 0, -1, 0)
+        coll = Collective(kind, group, 8192, tag, asynchronous=True, count=count)
+        sched = Schedule("m", "test", 8, 8, 1, 0, 1, 1, 4, [(0, 0), (1, 1), (2, 2)], [1], 1,
+                         ranks=[[coll, work, Wait(tag)] for _ in group])
+        rows = {(r.rank, r.op): r for r in simulate(sched, topo, Fixed()).rows}
+        # Ring: n - 1 = 2 steps per call, each one message out and one in.
+        want = count * 2 * 2 * host
+        for rank in group:
+            assert rows[(rank, "blocks")].start_s == pytest.approx(want)
+        blocking = Collective(kind, group, 8192, tag, count=count)
+        sched = Schedule("m", "test", 8, 8, 1, 0, 1, 1, 4, [(0, 0), (1, 1), (2, 2)], [1], 1,
+                         ranks=[[blocking, work] for _ in group])
+        rows = {(r.rank, r.op): r for r in simulate(sched, topo, Fixed()).rows}
+        call = rows[(0, kind)]
+        assert rows[(0, "blocks")].start_s == pytest.approx(call.end_s)
+
+
 def test_host_seconds_interpolate_in_log_size() -> None:
     from sim.topology import host_seconds
 

@@ -1,0 +1,84 @@
+"""A finished validation run predicted again by the code as it is now, row by row.
+
+    python benchmarks/repredict.py OUT [--family ring,distrifusion]
+
+``OUT`` is the ``--out`` folder of a ``python -m validation`` run on CPU (its
+``validation.csv`` and the profiles it collected in ``OUT/profiles``; one such run ships in
+``docs/validation-2026-11-30-quick-xeon-means-1512/``). Each row is predicted from the same
+compute and link profiles with the default pace (the expected slowest process), so a change
+of the cost model is scored against the same measurements without new runs: the run's own
+prediction (``predicted_unpaced_s``, from the code of its day) is printed beside the new one.
+Prints per row and per family the error against the measurement; exit status 2 with one line
+when the folder does not hold such a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+from pathlib import Path
+
+from sim.cli import run_main
+from sim.errors import UserError
+from validation.grid import Case
+from validation.predict import predict_case
+
+
+def _one(folder: Path, pattern: str, what: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    if len(found) != 1:
+        raise UserError(f"{folder}: expected one {what} ({pattern}), found {len(found)}; give "
+                        f"the --out folder of a validation run that collected its own profiles")
+    return found[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", help="a validation --out folder")
+    p.add_argument("--family", default=None,
+                   help="only these families, comma-separated (default: every row)")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    table = out / "validation.csv"
+    if not table.is_file():
+        raise UserError(f"{table} does not exist; give the --out folder of a finished "
+                        f"python -m validation run")
+    profiles = out / "profiles"
+    link = _one(profiles, "links_*_busy_*.csv", "busy link profile")
+    families = set(a.family.split(",")) if a.family else None
+    with open(table, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if families is None or r["strategy"] in families]
+    # (``strategy`` holds the family: ``serial`` for one-process rows.)
+    if not rows:
+        raise UserError(f"{table} has no rows of {a.family}")
+    errs: dict[str, list[tuple[float, float]]] = {}
+    print(f"{'configuration':40s} {'measured':>9s} {'run (unpaced)':>17s} {'now':>17s}")
+    for r in rows:
+        # The table names one process's rows by their family; the case runs them as
+        # PipeFusion over one process, as validation builds them.
+        strategy = "pipefusion" if r["strategy"] == "serial" else r["strategy"]
+        c = Case(r["model"], int(r["resolution"]), int(r["steps"]), int(r["nproc"]),
+                 int(r["patches"]), int(r["warmup"]), strategy)
+        # As validation names them: one co-running process per other rank, none alone.
+        co = f"_co{c.nproc - 1}" if c.nproc > 1 else ""
+        compute = {(c.model, c.nproc): _one(profiles, f"*_{c.model}_fp32{co}.csv",
+                                            f"compute profile of {c.model}")}
+        meas = float(r["measured_s"])
+        then = float(r.get("predicted_unpaced_s") or r["predicted_s"])
+        now = predict_case(c, compute, link, "cpu").latency_s
+        errs.setdefault(c.family, []).append((then / meas - 1, now / meas - 1))
+        print(f"{c.name:40s} {meas:8.3f}s {then:8.3f}s {then / meas - 1:+7.1%} "
+              f"{now:8.3f}s {now / meas - 1:+7.1%}")
+    print("per family, median |error| and worst, the run's prediction -> now:")
+    everything = [pair for pairs in errs.values() for pair in pairs]
+    for fam, pairs in [("all", everything), *errs.items()]:
+        b = [abs(x) for x, _ in pairs]
+        n = [abs(y) for _, y in pairs]
+        print(f"  {fam:13s} {len(pairs):2d} rows: {statistics.median(b):5.1%} / {max(b):5.1%}"
+              f" -> {statistics.median(n):5.1%} / {max(n):5.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
