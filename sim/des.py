@@ -51,6 +51,9 @@ class Environment:
         self.now = 0.0
         self._queue: list[tuple[float, int, int, Event]] = []
         self._eid = count()
+        # True while the callback running is its event's only one: nothing else is due
+        # before the next event in the queue (see ``idle_until``).
+        self.alone = False
 
     def event(self) -> Event:
         """A new event, triggered later by ``succeed``."""
@@ -80,8 +83,37 @@ class Environment:
         while queue:
             self.now, _, _, event = heappop(queue)
             callbacks, event.callbacks = event.callbacks, None
-            for callback in callbacks:  # type: ignore[union-attr]
-                callback(event)
+            if len(callbacks) == 1:  # type: ignore[arg-type]
+                self.alone = True
+                callbacks[0](event)  # type: ignore[index]
+                self.alone = False
+            elif callbacks:
+                for callback in callbacks[:-1]:  # type: ignore[index]
+                    callback(event)
+                self.alone = True
+                callbacks[-1](event)  # type: ignore[index]
+                self.alone = False
+
+    def idle_until(self, when: float) -> bool:
+        """Whether nothing can happen before ``when`` but what the running process does: it
+        is the last callback of its event, and every queued event due by then has no
+        callback. A process may then move the clock to ``when`` itself instead of yielding a
+        timeout to it: the loop would run those events (doing nothing: they are taken off
+        the queue here, as it would) and resume the process next, at that instant.
+
+        An event without callbacks cannot gain one before its turn: only a process can add
+        one, and none runs before it but this one, which is past it once it moves on."""
+        if not self.alone:
+            return False
+        queue = self._queue
+        while queue:
+            head = queue[0]
+            if head[0] > when:
+                return True
+            if head[3].callbacks:
+                return False
+            heappop(queue)[3].callbacks = None
+        return True
 
 
 class _Process:
