@@ -136,10 +136,12 @@ def collective_bytes_sent(kind: str, n: int, nbytes: float, count: int = 1) -> f
 class _Rendezvous:
     __slots__ = ("arrived", "nbytes", "event", "start", "end", "group", "plan", "env", "op")
 
-    def __init__(self, env: Environment, group: tuple[int, ...]) -> None:
+    def __init__(self, env: Environment, group: tuple[int, ...], silent: bool = False) -> None:
         self.arrived = 0
         self.nbytes = 0
-        self.event = env.event()
+        # None: no process can wait for it (an image collective only its representative
+        # started, which waits for its own): its end is recorded, no event is queued.
+        self.event = None if silent else env.event()
         self.start = 0.0
         self.end = 0.0
         self.group = group
@@ -150,7 +152,8 @@ class _Rendezvous:
     def finish(self) -> None:
         """The collective's transfers have all arrived."""
         self.end = self.env.now
-        self.event.succeed()
+        if self.event is not None:
+            self.event.succeed()
 
 
 class _Asymmetric(Exception):
@@ -412,8 +415,8 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
         now = env.now
         nbytes = max(0, op.nbytes)
         rvs = []
-        for (g, n), plan in zip(joining, group_plans):
-            rv = _Rendezvous(env, g)
+        for k, ((g, n), plan) in enumerate(zip(joining, group_plans)):
+            rv = _Rendezvous(env, g, silent=k != own)
             rv.arrived, rv.nbytes, rv.op, rv.start = n, nbytes, op, now
             rvs.append(rv)
             if plan is None:

@@ -232,31 +232,36 @@ def block_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     if units is None:
         units = memo[key] = [_block_parts(job, slot, lo, hi)
                              for lo, hi in _units(seat.first, seat.last, job.merge_blocks)]
-    ops: list[Op] = []
-    add = ops.append
-    for proj, a2a, ring, attn, wait, reduce in units:
-        add(proj)
-        if a2a is not None:
-            add(_shared(memo, a2a, seat.ulysses))
-        if ring is not None:
-            add(_shared(memo, ring, seat.ring))
-        if attn is not None:
-            add(attn)
-        if wait is not None:
-            add(wait)
-        if reduce is not None:
-            add(_shared(memo, reduce, seat.tensor))
-    return ops
+    # Each part of a block, unit after unit (a column): the compute ops and waits as they
+    # are, the collectives over the rank's own groups (which kinds a configuration has is
+    # the same for every unit). The rank's list takes them row by row.
+    if len(units) == 1 and units[0][1:] == _ALONE:  # a stage of one rank per patch
+        return [units[0][0]]
+    groups = (None, seat.ulysses, seat.ring, None, None, seat.tensor)
+    columns = [_column(memo, key, units, part, groups[part])
+               for part in range(6) if units[0][part] is not None]
+    return [op for row in zip(*columns) for op in row]
 
 
-def _shared(memo: dict, template: Collective, group: tuple[int, ...]) -> Collective:
-    """``template`` over ``group``, built once per (template, group)."""
-    key = (id(template), group)
-    op = memo.get(key)
-    if op is None:
-        op = memo[key] = Collective(template.kind, group, template.nbytes, template.tag,
-                                    template.asynchronous, template.count)
-    return op
+# The parts of a unit after its projections where the stage has no Ulysses, ring or tensor
+# parallelism: the blocks are one op (``_block_parts``).
+_ALONE = (None,) * 5
+
+
+def _column(memo: dict, key: tuple, units: list[tuple], part: int,
+            group: tuple[int, ...] | None) -> list[Op]:
+    """Part ``part`` of every unit of ``units`` (the block ops of slot and stage ``key``);
+    for a collective, the template over ``group``, built once per (slot and stage, part,
+    group) and shared by the ranks of that group."""
+    if group is None:
+        return [unit[part] for unit in units]
+    column_key = (key, part, group)
+    column = memo.get(column_key)
+    if column is None:
+        column = memo[column_key] = [
+            Collective(t.kind, group, t.nbytes, t.tag, t.asynchronous, t.count)
+            for t in (unit[part] for unit in units)]
+    return column
 
 
 def _block_parts(job: Job, slot: Slot, lo: int, hi: int) -> tuple:
