@@ -4,8 +4,10 @@ not depend on what else the machine runs, so two revisions compare on a shared m
 For each in-process prediction row of ``bench_sim.py`` (``sim.predict``'s own
 ``predict(args)``): a process that makes one warm-up prediction and then ``--calls`` more,
 minus a process that makes the warm-up alone, divided by ``--calls``. For the first plan row
-(``sim.plan --model pixart --gpus 8 --link pcie``): the whole command, import and worker
-processes included (callgrind follows the forked workers; their counts are summed).
+(``sim.plan --model pixart --gpus 8 --link pcie``): the whole command, import included, with
+``--time-limit 0`` and in one process (no worker processes: callgrind counts a forked
+worker's share of its parent again, and under callgrind a time limit would stop the search
+at a point that depends on the load), so it may simulate a candidate fewer than two workers.
 
 Run: ``python benchmarks/instruction_counts.py [--baseline REV] [--calls 2] [--rows N ...]``
 (needs ``valgrind``; about a minute per row and revision). ``--baseline`` also counts that
@@ -33,6 +35,14 @@ from sim.predict import build_parser, predict
 for _ in range(1 + int(sys.argv[1])):
     with contextlib.redirect_stdout(io.StringIO()):
         predict(build_parser().parse_args(sys.argv[2:]))
+"""
+
+
+_PLAN_SNIPPET = """
+import os, runpy, sys
+os.cpu_count = lambda: 1  # sim.search: one worker, run inline
+sys.argv = ["sim.plan", *sys.argv[1:], "--time-limit", "0"]
+runpy.run_module("sim.plan", run_name="__main__", alter_sys=True)
 """
 
 
@@ -70,7 +80,8 @@ def main() -> None:
               file=sys.stderr)
         sys.exit(2)
     rows = [(name, "predict", flags) for name, flags, _ in PREDICTIONS]
-    rows.append((COMMANDS[0][0], "command", ["-m", *COMMANDS[0][1]]))
+    rows.append((COMMANDS[0][0] + ", one process", "command",
+                 ["-c", _PLAN_SNIPPET, *COMMANDS[0][1][1:]]))
     chosen = [rows[i] for i in args.rows] if args.rows else rows
     with tempfile.TemporaryDirectory() as tmp:
         roots = [("now", ROOT)]
