@@ -7,7 +7,8 @@ The engine runs every planner candidate and every prediction through it. simpy's
 general (conditions, interrupts, failures carried as event values, ``now`` a property); this
 one does only what the engine needs, at about half the cost per event. The same schedule
 gives the same event order, so the same trace: ``tests/test_des.py`` runs engine and network
-on both loops. Times in seconds.
+on both loops. It also tells a process when it may move the clock itself instead of waiting
+for a timeout (``Environment.idle_until``), which simpy cannot. Times in seconds.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Environment:
         self.now = 0.0
         self._queue: list[tuple[float, int, int, Event]] = []
         self._eid = count()
-        # True while the callback running is its event's only one: nothing else is due
+        # True while the callback running is its event's last one: nothing else runs
         # before the next event in the queue (see ``idle_until``).
         self.alone = False
 
