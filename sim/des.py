@@ -45,6 +45,9 @@ class Event:
         return self
 
 
+_new_event = object.__new__
+
+
 class Environment:
     """The clock (``now``, seconds) and the queue of events."""
 
@@ -58,14 +61,17 @@ class Environment:
 
     def event(self) -> Event:
         """A new event, triggered later by ``succeed``."""
-        return Event(self)
+        ev = _new_event(Event)
+        ev.env, ev.callbacks, ev.value = self, [], _PENDING
+        return ev
 
     def timeout(self, delay: float, value: Any = None) -> Event:
         """An event ``delay`` seconds from now."""
         if delay < 0:
             raise ValueError(f"negative delay {delay}")
-        ev = Event(self)
-        ev.value = value
+        # ``Event(self)`` without its __init__ call: the engine asks for thousands.
+        ev = _new_event(Event)
+        ev.env, ev.callbacks, ev.value = self, [], value
         heappush(self._queue, (self.now + delay, _NORMAL, next(self._eid), ev))
         return ev
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 from sim.config import ParallelConfig, Workload
 from sim.layout import Coords, RankLayout
@@ -259,16 +260,30 @@ def _column(memo: dict, key: tuple, units: list[tuple], part: int,
     column = memo.get(column_key)
     if column is None:
         column = memo[column_key] = [
-            Collective(t.kind, group, t.nbytes, t.tag, t.asynchronous, t.count)
-            for t in (unit[part] for unit in units)]
+            Collective(kind, group, nbytes, tag, asynchronous, count)
+            for kind, nbytes, tag, asynchronous, count in (unit[part] for unit in units)]
     return column
 
 
+class _Template(NamedTuple):
+    """A collective of ``_block_parts`` before ``_column`` gives it each group (a plain
+    tuple: cheaper to build than the op, which every group gets its own of)."""
+
+    kind: str
+    nbytes: int
+    tag: Tag
+    asynchronous: bool
+    count: int
+
+
+_template = partial(tuple.__new__, _Template)  # as ``_tag``: no argument parsing
+
+
 def _block_parts(job: Job, slot: Slot, lo: int, hi: int) -> tuple:
-    """The ops of ``block_ops`` for any rank of a stage, its collectives with an empty group:
-    projections (or the whole blocks), Ulysses' all-to-alls, the ring's rotation, the
-    attention core, the wait for the rotation, the tensor-parallel all-reduces (None where
-    the configuration has none)."""
+    """The ops of ``block_ops`` for any rank of a stage, its collectives as templates
+    (``_Template``, no group yet): projections (or the whole blocks), Ulysses' all-to-alls,
+    the ring's rotation, the attention core, the wait for the rotation, the tensor-parallel
+    all-reduces (None where the configuration has none)."""
     t, j, qs = slot.step, slot.patch, slot.tokens
     U, R, T = job.layout.ulysses, job.layout.ring, job.layout.tensor
     n = hi - lo + 1
@@ -283,17 +298,16 @@ def _block_parts(job: Job, slot: Slot, lo: int, hi: int) -> tuple:
         # only): the four exchanges of a block average qs + text/2 rows each.
         size = shard if not job.forwards_text else job.nbytes(
             (job.batch, 2 * qs + job.model.text_tokens, job.model.hidden // T)) // 2
-        a2a = Collective(OpKind.ALL_TO_ALL, (), size, _tag(("ulysses", t, j, lo)), count=4 * n)
+        a2a = _template((OpKind.ALL_TO_ALL, size, _tag(("ulysses", t, j, lo)), False, 4 * n))
     if R > 1:
-        ring = Collective(OpKind.RING_KV, (), 2 * shard, _tag(("ring", t, j, lo)),
-                          asynchronous=True, count=n)
+        ring = _template((OpKind.RING_KV, 2 * shard, _tag(("ring", t, j, lo)), True, n))
         wait = Wait(ring.tag)
     if split:
         attn = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
                        "attn", T)
     if T > 1:
-        reduce = Collective(OpKind.ALL_REDUCE, (), slot.hidden_bytes,
-                            _tag(("tensor", t, j, lo)), count=job.tensor_reduces * n)
+        reduce = _template((OpKind.ALL_REDUCE, slot.hidden_bytes, _tag(("tensor", t, j, lo)),
+                            False, job.tensor_reduces * n))
     return proj, a2a, ring, attn, wait, reduce
 
 
