@@ -7,7 +7,8 @@ The engine runs every planner candidate and every prediction through it. simpy's
 general (conditions, interrupts, failures carried as event values, ``now`` a property); this
 one does only what the engine needs, at about half the cost per event. The same schedule
 gives the same event order, so the same trace: ``tests/test_des.py`` runs engine and network
-on both loops. Times in seconds.
+on both loops. It also tells a process when it may move the clock itself instead of waiting
+for a timeout (``Environment.idle_until``), which simpy cannot. Times in seconds.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class Event:
         return self
 
 
+_new_event = object.__new__
+
+
 class Environment:
     """The clock (``now``, seconds) and the queue of events."""
 
@@ -51,17 +55,23 @@ class Environment:
         self.now = 0.0
         self._queue: list[tuple[float, int, int, Event]] = []
         self._eid = count()
+        # True while the callback running is its event's last one: nothing else runs
+        # before the next event in the queue (see ``idle_until``).
+        self.alone = False
 
     def event(self) -> Event:
         """A new event, triggered later by ``succeed``."""
-        return Event(self)
+        ev = _new_event(Event)
+        ev.env, ev.callbacks, ev.value = self, [], _PENDING
+        return ev
 
     def timeout(self, delay: float, value: Any = None) -> Event:
         """An event ``delay`` seconds from now."""
         if delay < 0:
             raise ValueError(f"negative delay {delay}")
-        ev = Event(self)
-        ev.value = value
+        # ``Event(self)`` without its __init__ call: the engine asks for thousands.
+        ev = _new_event(Event)
+        ev.env, ev.callbacks, ev.value = self, [], value
         heappush(self._queue, (self.now + delay, _NORMAL, next(self._eid), ev))
         return ev
 
@@ -80,8 +90,37 @@ class Environment:
         while queue:
             self.now, _, _, event = heappop(queue)
             callbacks, event.callbacks = event.callbacks, None
-            for callback in callbacks:  # type: ignore[union-attr]
-                callback(event)
+            if len(callbacks) == 1:  # type: ignore[arg-type]
+                self.alone = True
+                callbacks[0](event)  # type: ignore[index]
+                self.alone = False
+            elif callbacks:
+                for callback in callbacks[:-1]:  # type: ignore[index]
+                    callback(event)
+                self.alone = True
+                callbacks[-1](event)  # type: ignore[index]
+                self.alone = False
+
+    def idle_until(self, when: float) -> bool:
+        """Whether nothing can happen before ``when`` but what the running process does: it
+        is the last callback of its event, and every queued event due by then has no
+        callback. A process may then move the clock to ``when`` itself instead of yielding a
+        timeout to it: the loop would run those events (doing nothing: they are taken off
+        the queue here, as it would) and resume the process next, at that instant.
+
+        An event without callbacks cannot gain one before its turn: only a process can add
+        one, and none runs before it but this one, which is past it once it moves on."""
+        if not self.alone:
+            return False
+        queue = self._queue
+        while queue:
+            head = queue[0]
+            if head[0] > when:
+                return True
+            if head[3].callbacks:
+                return False
+            heappop(queue)[3].callbacks = None
+        return True
 
 
 class _Process:

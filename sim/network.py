@@ -157,7 +157,7 @@ class Network:
         if self._solo is not None:
             self._unsolo()
         elif not self.flows and self.solo:
-            key = (routes, nbytes, tuple(n for n, _ in parts))
+            key = (routes, nbytes, tuple([n for n, _ in parts]))
             plan = self._solo_plans.get(key)
             if plan is None:
                 plan = self._solo_plans[key] = self._plan_alone(routes, nbytes, parts)

@@ -17,6 +17,7 @@ is what the engine's check is for, not this module, which only reads the op list
 from __future__ import annotations
 
 import itertools
+from operator import is_not
 from typing import NamedTuple
 
 from sim.layout import AXES, RankLayout
@@ -53,9 +54,10 @@ def _images(a: list[Op], b: list[Op], perm: list[int]) -> int:
     it replaced by ``perm[x]`` (groups compared as sets: a ring's flows are the same either
     way round)."""
     same_group: dict[tuple, bool] = {}  # (group, its image's) -> images of one another
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x is y:
-            continue
+    # Ops the builders share between ranks (compute, waits) are the same object in both
+    # lists: only the others are compared, found in C.
+    for i in itertools.compress(itertools.count(), map(is_not, a, b)):
+        x, y = a[i], b[i]
         kind = type(x)
         if kind is not type(y):
             return i

@@ -13,6 +13,7 @@ import csv
 import json
 import math
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -79,6 +80,9 @@ class TraceRow(NamedTuple):
 
 
 COLUMNS = TraceRow._fields
+# A row's end read in C (``max`` over every row of a trace, once per prediction or more).
+_END_S = itemgetter(TraceRow._fields.index("end_s"))
+
 _COMM = frozenset((OpKind.SEND, OpKind.RECV, OpKind.WAIT) + OpKind.COLLECTIVES
                   + tuple(k + OpKind.ASYNC_SUFFIX for k in OpKind.COLLECTIVES))
 
@@ -162,7 +166,7 @@ class Trace:
     @property
     def end_s(self) -> float:
         """Time the last op ended, seconds."""
-        return max((r.end_s for r in self.rows), default=0.0)
+        return max(map(_END_S, self.rows), default=0.0)
 
     def write_csv(self, path: str | Path) -> None:
         """Write the table as CSV with a header row."""
@@ -279,7 +283,7 @@ class CopiedTrace(Trace):
 
     @property
     def end_s(self) -> float:
-        return max((r.end_s for r in self.simulated), default=0.0)
+        return max(map(_END_S, self.simulated), default=0.0)
 
 
 class ExtendedTrace(Trace):

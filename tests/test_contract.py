@@ -198,3 +198,29 @@ def test_the_executor_checks_the_contract_before_it_starts() -> None:
         unsupported_ops(sched)
     with pytest.raises(ScheduleError, match="rank 0 does not send it"):
         unsupported_ops(_schedule([WORK], [Recv(0, 64, T)]))
+
+
+def test_ops_keep_their_dataclass_constructor_and_stay_frozen() -> None:
+    # The ops' __init__ stores the fields through their slots (sim.schedule._slot_init):
+    # same parameters and defaults as the dataclass, every field set, still frozen.
+    import dataclasses
+    import inspect
+
+    from sim.schedule import Collective, Compute, Recv, Send, Tag, Wait
+
+    tag = Tag("ring", 2, 1, 7)
+    built = [Compute("blocks", 2, 1, (3, 4), 64, 256, 2, True, "attn", 2),
+             Compute("condition", 2, -1, batch=2),
+             Send(3, 128, tag, (1, 64)), Recv(1, 128, tag),
+             Collective("ring_kv", (0, 1), 512, tag, asynchronous=True, count=3), Wait(tag)]
+    for op in built:
+        cls = type(op)
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        assert [(p.name, p.default) for p in params] == [
+            (f.name, inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+            for f in dataclasses.fields(cls)]
+        assert op == cls(**{f.name: getattr(op, f.name) for f in dataclasses.fields(cls)})
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(op, dataclasses.fields(cls)[0].name, 1)
+    assert built[1].layers == (-1, -1) and built[1].part == "all" and built[1].shard == 1
+    assert built[3].shape == () and not Collective("all_reduce", (0, 1), 8, tag).asynchronous

@@ -91,3 +91,26 @@ def test_events_run_in_simpys_order() -> None:
     ev = env.event().succeed()
     with pytest.raises(RuntimeError):
         ev.succeed()
+
+
+def test_a_process_may_move_the_clock_only_when_nothing_else_runs_first() -> None:
+    env = Environment()
+    seen: list[tuple[str, bool]] = []
+    env.timeout(3.0).callbacks.append(lambda _: seen.append(("at 3", env.alone)))
+
+    def proc():
+        yield env.timeout(1.0)  # resumed as its event's only callback
+        quiet = env.event().succeed()  # due now, with nothing to run
+        seen.append(("by 2", env.idle_until(2.0)))  # the empty event is taken off the queue
+        seen.append(("taken", quiet.callbacks is None))
+        seen.append(("by 3", env.idle_until(3.0)))  # the callback due at 3 runs first
+        seen.append(("by 2.5", env.idle_until(2.5)))
+
+    env.process(proc())
+    both = env.timeout(5.0)
+    both.callbacks.append(lambda _: seen.append(("first of two", env.idle_until(6.0))))
+    both.callbacks.append(lambda _: seen.append(("last of two", env.idle_until(6.0))))
+    env.run()
+    assert seen == [("by 2", True), ("taken", True), ("by 3", False), ("by 2.5", True),
+                    ("at 3", True), ("first of two", False), ("last of two", True)]
+    assert not env.alone  # outside any callback

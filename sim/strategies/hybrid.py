@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 from sim.config import ParallelConfig, Workload
 from sim.layout import Coords, RankLayout
@@ -232,38 +233,57 @@ def block_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     if units is None:
         units = memo[key] = [_block_parts(job, slot, lo, hi)
                              for lo, hi in _units(seat.first, seat.last, job.merge_blocks)]
-    ops: list[Op] = []
-    add = ops.append
-    for proj, a2a, ring, attn, wait, reduce in units:
-        add(proj)
-        if a2a is not None:
-            add(_shared(memo, a2a, seat.ulysses))
-        if ring is not None:
-            add(_shared(memo, ring, seat.ring))
-        if attn is not None:
-            add(attn)
-        if wait is not None:
-            add(wait)
-        if reduce is not None:
-            add(_shared(memo, reduce, seat.tensor))
-    return ops
+    # Each part of a block, unit after unit (a column): the compute ops and waits as they
+    # are, the collectives over the rank's own groups (which kinds a configuration has is
+    # the same for every unit). The rank's list takes them row by row.
+    if len(units) == 1 and units[0][1:] == _ALONE:  # a stage of one rank per patch
+        return [units[0][0]]
+    groups = (None, seat.ulysses, seat.ring, None, None, seat.tensor)
+    columns = [_column(memo, key, units, part, groups[part])
+               for part in range(6) if units[0][part] is not None]
+    return [op for row in zip(*columns) for op in row]
 
 
-def _shared(memo: dict, template: Collective, group: tuple[int, ...]) -> Collective:
-    """``template`` over ``group``, built once per (template, group)."""
-    key = (id(template), group)
-    op = memo.get(key)
-    if op is None:
-        op = memo[key] = Collective(template.kind, group, template.nbytes, template.tag,
-                                    template.asynchronous, template.count)
-    return op
+# The parts of a unit after its projections where the stage has no Ulysses, ring or tensor
+# parallelism: the blocks are one op (``_block_parts``).
+_ALONE = (None,) * 5
+
+
+def _column(memo: dict, key: tuple, units: list[tuple], part: int,
+            group: tuple[int, ...] | None) -> list[Op]:
+    """Part ``part`` of every unit of ``units`` (the block ops of slot and stage ``key``);
+    for a collective, the template over ``group``, built once per (slot and stage, part,
+    group) and shared by the ranks of that group."""
+    if group is None:
+        return [unit[part] for unit in units]
+    column_key = (key, part, group)
+    column = memo.get(column_key)
+    if column is None:
+        column = memo[column_key] = [
+            Collective(kind, group, nbytes, tag, asynchronous, count)
+            for kind, nbytes, tag, asynchronous, count in (unit[part] for unit in units)]
+    return column
+
+
+class _Template(NamedTuple):
+    """A collective of ``_block_parts`` before ``_column`` gives it each group (a plain
+    tuple: cheaper to build than the op, which every group gets its own of)."""
+
+    kind: str
+    nbytes: int
+    tag: Tag
+    asynchronous: bool
+    count: int
+
+
+_template = partial(tuple.__new__, _Template)  # as ``_tag``: no argument parsing
 
 
 def _block_parts(job: Job, slot: Slot, lo: int, hi: int) -> tuple:
-    """The ops of ``block_ops`` for any rank of a stage, its collectives with an empty group:
-    projections (or the whole blocks), Ulysses' all-to-alls, the ring's rotation, the
-    attention core, the wait for the rotation, the tensor-parallel all-reduces (None where
-    the configuration has none)."""
+    """The ops of ``block_ops`` for any rank of a stage, its collectives as templates
+    (``_Template``, no group yet): projections (or the whole blocks), Ulysses' all-to-alls,
+    the ring's rotation, the attention core, the wait for the rotation, the tensor-parallel
+    all-reduces (None where the configuration has none)."""
     t, j, qs = slot.step, slot.patch, slot.tokens
     U, R, T = job.layout.ulysses, job.layout.ring, job.layout.tensor
     n = hi - lo + 1
@@ -278,17 +298,16 @@ def _block_parts(job: Job, slot: Slot, lo: int, hi: int) -> tuple:
         # only): the four exchanges of a block average qs + text/2 rows each.
         size = shard if not job.forwards_text else job.nbytes(
             (job.batch, 2 * qs + job.model.text_tokens, job.model.hidden // T)) // 2
-        a2a = Collective(OpKind.ALL_TO_ALL, (), size, _tag(("ulysses", t, j, lo)), count=4 * n)
+        a2a = _template((OpKind.ALL_TO_ALL, size, _tag(("ulysses", t, j, lo)), False, 4 * n))
     if R > 1:
-        ring = Collective(OpKind.RING_KV, (), 2 * shard, _tag(("ring", t, j, lo)),
-                          asynchronous=True, count=n)
+        ring = _template((OpKind.RING_KV, 2 * shard, _tag(("ring", t, j, lo)), True, n))
         wait = Wait(ring.tag)
     if split:
         attn = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
                        "attn", T)
     if T > 1:
-        reduce = Collective(OpKind.ALL_REDUCE, (), slot.hidden_bytes,
-                            _tag(("tensor", t, j, lo)), count=job.tensor_reduces * n)
+        reduce = _template((OpKind.ALL_REDUCE, slot.hidden_bytes, _tag(("tensor", t, j, lo)),
+                            False, job.tensor_reduces * n))
     return proj, a2a, ring, attn, wait, reduce
 
 
