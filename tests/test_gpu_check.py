@@ -132,3 +132,28 @@ def test_bad_input_is_one_error_line_and_status_2(tmp_path: Path) -> None:
                              timeout=60)
         assert res.returncode == 2 and res.stderr.startswith("error: ")
         assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_kernel_and_block_part_benchmarks_run_dry(tmp_path: Path) -> None:
+    """The follow-up GPU commands (README "GPU check"), dry on CPU: every kernel shape timed,
+    every block kind of the three models split into classes that add up to its total."""
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    kernels = tmp_path / "kernels.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_kernels.py"), "--dry-run",
+                    "--repeats", "2", "--out", str(kernels)], cwd=tmp_path, check=True,
+                   capture_output=True, text=True, timeout=300)
+    rows = json.loads(kernels.read_text())["rows"]
+    assert {r["model"] for r in rows} == {"pixart-alpha", "sd3-medium", "flux-dev", "-"}
+    assert all(r["seconds"] > 0 and r["of_peak"] > 0 for r in rows)
+    parts = tmp_path / "parts.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_block_parts.py"),
+                    "--dry-run", "--calls", "1", "--out", str(parts)], cwd=tmp_path,
+                   check=True, capture_output=True, text=True, timeout=300)
+    blocks = json.loads(parts.read_text())["blocks"]
+    assert [(b["model"], b["kind"]) for b in blocks] == [
+        ("pixart-tiny", "cross"), ("sd3-tiny", "joint"), ("flux-tiny", "joint"),
+        ("flux-tiny", "single")]
+    for b in blocks:
+        assert b["classes"]["gemm"] > 0 and b["classes"]["attention"] > 0
+        assert sum(b["classes"].values()) == pytest.approx(b["device_seconds_per_block"])
