@@ -22,22 +22,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+# A sibling script's: the benchmarks folder is on the path when this runs as a script, and
+# the tests put it there.
+from repredict import case_and_profile, run_files
+
 from sim.cli import run_main
 from sim.cost.profile_format import LinkProfile
 from sim.errors import UserError
-from validation.grid import Case
 from validation.predict import predict_case
 
 COLLECTIVE_FAMILIES = ("ulysses", "ring", "tensor", "cfg", "distrifusion")
-
-
-def _one(folder: Path, pattern: str, what: str) -> Path:
-    found = sorted(folder.glob(pattern))
-    if len(found) != 1:
-        raise UserError(f"{folder}: expected one {what} ({pattern}), found {len(found)}; "
-                        f"give the --out folder of a validation run that collected its own "
-                        f"profiles")
-    return found[0]
 
 
 def without_means(prof: LinkProfile) -> LinkProfile:
@@ -52,13 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         raise UserError("usage: python benchmarks/collective_means.py OUT (a validation "
                         "--out folder)")
-    out = Path(args[0])
-    table = out / "validation.csv"
-    if not table.is_file():
-        raise UserError(f"{table} does not exist; give the --out folder of a finished "
-                        f"python -m validation run")
-    profiles = out / "profiles"
-    link_path = _one(profiles, "links_*_busy_*.csv", "busy link profile")
+    table, profiles, link_path = run_files(Path(args[0]))
     link = LinkProfile.read(link_path)
     if not any(s.mean_s is not None for s in link.samples):
         raise UserError(f"{link_path} has no mean_s column (collected before it existed): "
@@ -74,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'configuration':36s} {'measured':>9s} {'run pred.':>9s} {'medians':>16s} "
           f"{'means':>16s}")
     for r in rows:
-        c = Case(r["model"], int(r["resolution"]), int(r["steps"]), int(r["nproc"]),
-                 int(r["patches"]), int(r["warmup"]), r["strategy"])
-        compute = {(c.model, c.nproc): _one(profiles, f"*_{c.model}_*_co{c.nproc - 1}.csv",
-                                            f"co-run compute profile of {c.model}")}
+        c, compute = case_and_profile(r, profiles)
         meas = float(r["measured_s"])
         before = predict_case(c, compute, medians, "cpu").latency_s
         after = predict_case(c, compute, link_path, "cpu").latency_s

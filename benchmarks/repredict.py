@@ -33,19 +33,38 @@ def _one(folder: Path, pattern: str, what: str) -> Path:
     return found[0]
 
 
+def run_files(out: Path) -> tuple[Path, Path, Path]:
+    """(``validation.csv``, the profiles folder, the busy link profile) of the validation run
+    in ``out``, or a ``UserError`` saying what is missing."""
+    table = out / "validation.csv"
+    if not table.is_file():
+        raise UserError(f"{table} does not exist; give the --out folder of a finished "
+                        f"python -m validation run")
+    profiles = out / "profiles"
+    return table, profiles, _one(profiles, "links_*_busy_*.csv", "busy link profile")
+
+
+def case_and_profile(row: dict[str, str], profiles: Path) -> tuple[Case, dict]:
+    """The validation case of a ``validation.csv`` row and the compute profile it was
+    predicted from (as ``predict_case`` takes it)."""
+    # The table names one process's rows by their family; the case runs them as PipeFusion
+    # over one process, as validation builds them.
+    strategy = "pipefusion" if row["strategy"] == "serial" else row["strategy"]
+    c = Case(row["model"], int(row["resolution"]), int(row["steps"]), int(row["nproc"]),
+             int(row["patches"]), int(row["warmup"]), strategy)
+    # As validation names them: one co-running process per other rank, none alone.
+    co = f"_co{c.nproc - 1}" if c.nproc > 1 else ""
+    return c, {(c.model, c.nproc): _one(profiles, f"*_{c.model}_fp32{co}.csv",
+                                        f"compute profile of {c.model}")}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", help="a validation --out folder")
     p.add_argument("--family", default=None,
                    help="only these families, comma-separated (default: every row)")
     a = p.parse_args(argv)
-    out = Path(a.out)
-    table = out / "validation.csv"
-    if not table.is_file():
-        raise UserError(f"{table} does not exist; give the --out folder of a finished "
-                        f"python -m validation run")
-    profiles = out / "profiles"
-    link = _one(profiles, "links_*_busy_*.csv", "busy link profile")
+    table, profiles, link = run_files(Path(a.out))
     families = set(a.family.split(",")) if a.family else None
     with open(table, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if families is None or r["strategy"] in families]
@@ -55,15 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     errs: dict[str, list[tuple[float, float]]] = {}
     print(f"{'configuration':40s} {'measured':>9s} {'run (unpaced)':>17s} {'now':>17s}")
     for r in rows:
-        # The table names one process's rows by their family; the case runs them as
-        # PipeFusion over one process, as validation builds them.
-        strategy = "pipefusion" if r["strategy"] == "serial" else r["strategy"]
-        c = Case(r["model"], int(r["resolution"]), int(r["steps"]), int(r["nproc"]),
-                 int(r["patches"]), int(r["warmup"]), strategy)
-        # As validation names them: one co-running process per other rank, none alone.
-        co = f"_co{c.nproc - 1}" if c.nproc > 1 else ""
-        compute = {(c.model, c.nproc): _one(profiles, f"*_{c.model}_fp32{co}.csv",
-                                            f"compute profile of {c.model}")}
+        c, compute = case_and_profile(r, profiles)
         meas = float(r["measured_s"])
         then = float(r.get("predicted_unpaced_s") or r["predicted_s"])
         now = predict_case(c, compute, link, "cpu").latency_s

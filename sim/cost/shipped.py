@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim.cost.profile_format import ComputeProfile, ProfileError
+from sim.cost.profile_format import ComputeProfile
 from sim.errors import UserError
 from sim.hardware import GPU, get_gpu
 
@@ -49,12 +49,10 @@ def shipped_gpu_profiles(data_dir: Path = DATA_DIR) -> list[tuple[str, str, str,
     found = []
     for path in sorted(data_dir.glob("cuda-*.csv")):
         try:
-            meta = ComputeProfile.read(path).meta
-        except ProfileError:
-            continue  # not a compute profile (a link profile would start with cuda- too)
-        gpu = DEVICE_NAMES.get(meta.get("device_name", ""))
-        if gpu is not None:
-            found.append((gpu, meta["model"], meta["dtype"], path))
+            prof, gpu = profile_gpu(path)
+        except UserError:
+            continue  # a link profile (cuda- too), or a GPU the registry does not name
+        found.append((gpu.name, prof.meta["model"], prof.meta["dtype"], path))
     return found
 
 
