@@ -14,29 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 OUT_DIR=${OUT:-./gpu_check_out}
-SITE=${DITSIM_SITE:-/tmp/site}
-
-missing() {  # true when a package the check needs cannot be found (found, not imported: fast)
-  "$PYTHON" -c 'import importlib.util as u, sys
-sys.exit(0 if any(u.find_spec(m) is None for m in ("diffusers", "simpy")) else 1)'
-}
-
-if missing; then
-  if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
-    echo "installing the carried wheels: $(cd .whl && echo *.whl)"
-    if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-        --upgrade --target "$SITE" .whl/*.whl; then
-      echo "error: the wheels in .whl/ did not install into $SITE" >&2
-      exit 1
-    fi
-    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-    if missing; then
-      echo "error: diffusers or simpy still missing after installing .whl/" >&2
-      exit 1
-    fi
-  else
-    echo "warning: diffusers or simpy is missing and no .whl/ was carried" \
-         "(bash benchmarks/gpu_wheels.sh fills it); the stages that need them will fail" >&2
-  fi
-fi
+# shellcheck source=benchmarks/gpu_site.sh
+. benchmarks/gpu_site.sh
+install_carried_wheels || exit 1
 "$PYTHON" -u benchmarks/gpu_check.py --out "$OUT_DIR" "$@"

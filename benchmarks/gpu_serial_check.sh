@@ -24,11 +24,9 @@ for arg in "$@"; do
   esac
 done
 mkdir -p "$OUT_DIR"
-if ! "$PYTHON" -c 'import diffusers, simpy' 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
+# shellcheck source=benchmarks/gpu_site.sh
+. benchmarks/gpu_site.sh
+install_carried_wheels || exit 1
 if [ $DRY = 1 ]; then
   DEV=(--device cpu --dtype fp32); LIMIT=120
   if [ $HIRES = 1 ]; then RUNS=("pixart-tiny 512" "sd3-tiny 512"); STEPS=2
