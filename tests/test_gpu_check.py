@@ -146,6 +146,8 @@ def test_kernel_and_block_part_benchmarks_run_dry(tmp_path: Path) -> None:
     rows = json.loads(kernels.read_text())["rows"]
     assert {r["model"] for r in rows} == {"pixart-alpha", "sd3-medium", "flux-dev", "-"}
     assert all(r["seconds"] > 0 and r["of_peak"] > 0 for r in rows)
+    # Both timings per shape: the device's own (no CUDA graph on CPU) and one eager call's.
+    assert all(r["seconds_eager"] > 0 and r["graph"] is False for r in rows)
     parts = tmp_path / "parts.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_block_parts.py"),
                     "--dry-run", "--calls", "1", "--out", str(parts)], cwd=tmp_path,
