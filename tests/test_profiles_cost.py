@@ -319,6 +319,16 @@ def test_link_profile_host_rows_reach_the_topology() -> None:
     assert topo.route_host(1, 0, 16384) == pytest.approx(1e-4)  # halfway in log size
 
 
+def test_host_rows_are_charged_their_mean_where_recorded() -> None:
+    """A run pays the sum of its iterations, so a host_msg row's difference of means is
+    charged; the medians only in profiles older than the mean column."""
+    prof = link_profile()
+    prof.samples += [LinkSample("host_msg", 2, 4096, 9, 2e-4, 2e-4, 2e-4, 2e-4, 2e-4, 0.0, 0.0,
+                                5e-4),
+                     LinkSample("host_msg", 2, 65536, 9, 3e-4, 3e-4, 3e-4, 3e-4, 3e-4, 0.0, 0.0)]
+    assert prof.host_table() == ((4096, 5e-4), (65536, 3e-4))
+
+
 def test_link_profile_on_a_topology_without_that_link() -> None:
     topo = build_topology(GPUS["l40"], 4, "pcie")
     with pytest.raises(UserError, match="loopback"):

@@ -145,8 +145,8 @@ MAX_BANDWIDTH_BPS = 1e15
 _COUNT = Range(1, True, math.inf)  # batch, tokens, heads, repeats, ranks
 _TIME = Range(0.0, False, MAX_TIME_S, " s")  # a zero time would divide by zero downstream
 _RATE = Range(0.0, True, MAX_BANDWIDTH_BPS, " B/s")  # 0 on host_msg rows (no transfer)
-# host_msg rows hold a difference of two medians: noise around zero may be negative
-# (LinkProfile.host_table counts it as zero).
+# host_msg rows hold differences of two medians (and of two means): noise around zero may be
+# negative (LinkProfile.host_table counts it as zero).
 _HOST_TIME = Range(-MAX_TIME_S, True, MAX_TIME_S, " s")
 _TIMES = ("median_s", "min_s", "p25_s", "p75_s", "max_s")
 
@@ -453,9 +453,12 @@ class LinkProfile(_Profile):
     def host_table(self) -> tuple[tuple[int, float], ...]:
         """(message bytes, seconds) of host time one message costs each of its two ranks
         (``host_msg`` rows, measured by ``profiles.links --busy`` on CPU ranks); empty when
-        the profile has none (GPU transports, older profiles). Negative measurements (noise
-        around zero) count as zero."""
-        return tuple((s.nbytes, max(0.0, s.median_s)) for s in self.select("host_msg"))
+        the profile has none (GPU transports, older profiles). The difference of the means
+        where the row has one, as the collectives are costed from their mean call (a run pays
+        the sum); of the medians in profiles older than that column. Negative measurements
+        (noise around zero) count as zero."""
+        return tuple((s.nbytes, max(0.0, s.median_s if s.mean_s is None else s.mean_s))
+                     for s in self.select("host_msg"))
 
 
 def slug(text: str) -> str:
