@@ -97,3 +97,28 @@ def test_repredict_scores_a_shipped_run_again() -> None:
                           str(root / "no-such-run")], capture_output=True, text=True, cwd=root)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert bad.stderr.startswith("error: ")
+
+
+def test_repredict_charges_host_means_unless_told_medians(tmp_path: Path) -> None:
+    """With host_msg rows holding a mean three times their median, a ring row comes out
+    longer than with ``--host-median``, which gives what the medians alone give."""
+    root = Path(__file__).resolve().parents[1]
+    shipped = root / "docs" / "validation-2026-11-30-quick-xeon-means-1512"
+    run = tmp_path / "run"
+    shutil.copytree(shipped, run)
+    link = next((run / "profiles").glob("links_*_busy_*.csv"))
+    prof = LinkProfile.read(link)
+    prof.samples = [dataclasses.replace(s, mean_s=3 * s.median_s) if s.op == "host_msg" else s
+                    for s in prof.samples]
+    prof.write(link)
+
+    def ring_rows(folder: Path, *flags: str) -> list[float]:
+        out = subprocess.run([sys.executable, str(root / "benchmarks" / "repredict.py"),
+                              str(folder), "--family", "ring", *flags], capture_output=True,
+                             text=True, check=True, cwd=root).stdout
+        return [float(ln.split()[-2].rstrip("s")) for ln in out.splitlines()
+                if "ring2" in ln and ln.endswith("%")]
+
+    means, medians = ring_rows(run), ring_rows(run, "--host-median")
+    assert len(means) == 4 and all(m > d for m, d in zip(means, medians, strict=True))
+    assert medians == pytest.approx(ring_rows(shipped), rel=1e-9)
