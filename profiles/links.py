@@ -363,7 +363,8 @@ def _busy_thread() -> Callable[[], None]:
 
 
 HOST_SIZES = (4 * 1024, 32 * 1024, 256 * 1024, 2 * MIB)  # bytes per message
-HOST_ROUNDS = 5  # alternating rounds with and without messages (drift hits both alike)
+HOST_ROUNDS = 10  # alternating rounds with and without messages (drift hits both alike); the
+# means charged are long-tailed, so twice the rounds of the first (median) version
 HOST_ITERS = 40  # loop iterations per round
 
 
