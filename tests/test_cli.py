@@ -223,10 +223,12 @@ def test_plan_why_compares_with_the_true_best_of_the_other_gpu_count(capsys) -> 
     # configuration that fits, of every configuration simulated.
     from sim.plan import api_plan
 
-    full = api_plan(model="pixart", gpus=8, link="pcie", exhaustive=True)
+    # No time limit on either search: on a loaded machine the exhaustive one (8-9 s on two
+    # quiet cores) could pass the default 60 s and stop before the true best.
+    full = api_plan(model="pixart", gpus=8, link="pcie", exhaustive=True, time_limit=0)
     best4 = min((p for p in full.ranked if p.config.gpus == 4 and not p.oom
                  and not p.config.cold_start), key=lambda p: p.latency_s)
-    code, out, _ = _run(plan.main, BASE, capsys)
+    code, out, _ = _run(plan.main, BASE + ["--time-limit", "0"], capsys)
     why_line = next(line for line in out.splitlines() if line.startswith("why:"))
     assert code == 0 and f"best on 4 GPUs ({best4.config.label()} on 4 GPUs)" in why_line
 
