@@ -246,7 +246,8 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     env = Environment()
     net = Network(env, topo)
     rows: list[TraceRow] = []
-    compute_row, message_row = TraceRow.for_compute, TraceRow.for_message
+    message_row = TraceRow.for_message
+    new_row = tuple.__new__  # a compute row built inline (``TraceRow.for_compute``)
     at = [0] * schedule.world_size  # index of the op each rank is on, to name a deadlock
     weight = [1] * schedule.world_size
     for rep, others in copies.items():
@@ -515,6 +516,15 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     fuse = slowdown <= 1.0
     host_seconds = host.seconds if hosted else None
     granularity = host.granularity if hosted else None
+    # A compute op's GPU seconds, host seconds, pieces and cost source, per shape: what
+    # both cost models key their own caches on (``CostModel``), one lookup instead of four
+    # calls for every compute op.
+    shapes: dict[tuple, tuple[float, float, int, str]] = {}
+
+    def shape_cost(op: Compute, key: tuple) -> tuple[float, float, int, str]:
+        got = shapes[key] = (compute_time(op), host_seconds(op) if hosted else 0.0,
+                             granularity(op) if hosted else 1, source(op))
+        return got
 
     identity = list(range(schedule.world_size))
 
@@ -556,7 +566,12 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                     seen = comm_until[rank]
                     # The op's own GPU seconds (one cost lookup), with the ring's merges
                     # it carries; the gpu time adds the overlap slowdown to it.
-                    c = g = compute_time(op)
+                    cost_of = shapes.get((op.kind, op.layers, op.q_tokens, op.kv_tokens,
+                                          op.batch, op.part, op.shard))
+                    if cost_of is None:
+                        cost_of = shape_cost(op, (op.kind, op.layers, op.q_tokens,
+                                                  op.kv_tokens, op.batch, op.part, op.shard))
+                    c = g = cost_of[0]
                     if merge[rank]:
                         c = g = g + merge[rank]
                         merge[rank] = 0.0
@@ -566,7 +581,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                         if op.step != step:
                             step = op.step
                             cpu_ahead.setdefault((rank, step), now - cpu)
-                        h, pieces = host_seconds(op), granularity(op)
+                        h, pieces = cost_of[1], cost_of[2]
                         if host_carry[rank]:
                             h += host_carry[rank]
                             host_carry[rank] = 0.0
@@ -599,7 +614,9 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                                 else:
                                     yield timeout(extra)
                         now = env.now
-                    out.append(compute_row(rank, op, start, now, source(op)))
+                    out.append(new_row(TraceRow, (rank, op.kind, op.step, op.patch,
+                                                  op.layers[0], op.layers[1], start, now, 0,
+                                                  -1, cost_of[3], "")))
                     if not fuse or i == n_ops or i == split or type(ops[i]) is not Compute:
                         break
                     op = ops[i]
@@ -728,6 +745,10 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
         if r not in mirrored:
             env.process(rank_proc(r))
     env.run()
+    # ``rank_proc`` refers to itself (an image's own process starts from it), and through
+    # it to everything the run kept: unbound, all of it is freed as soon as the run returns
+    # instead of waiting for a cycle collection.
+    rank_proc = None  # type: ignore[assignment]
     for rep, others in copies.items():
         for m in others:
             at[m] = at[rep]

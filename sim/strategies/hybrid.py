@@ -173,13 +173,24 @@ def patch_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     # otherwise every rank of a pure Ulysses stage, its ring and tensor groups being itself,
     # would build its own copy.
     lay = job.layout
-    key = (slot.step, slot.patch, seat.first, seat.last,
-           seat.ulysses if lay.ulysses > 1 else (), seat.ring if lay.ring > 1 else (),
-           seat.tensor if lay.tensor > 1 else ())
-    blocks = job.block_memo.get(key)
-    if blocks is None:
-        blocks = job.block_memo[key] = block_ops(job, seat, slot)
-    ops += blocks
+    if lay.ulysses == lay.ring == lay.tensor == 1:
+        # No sequence or tensor parallelism: the stage's blocks are one op (``block_ops``),
+        # shared by the CFG halves' ranks of the stage.
+        key = (slot.step, slot.patch, seat.first)
+        op = job.block_memo.get(key)
+        if op is None:
+            op = job.block_memo[key] = Compute(OpKind.BLOCKS, slot.step, slot.patch,
+                                               (seat.first, seat.last), slot.tokens, job.full,
+                                               job.batch, slot.warm)
+        ops.append(op)
+    else:
+        key = (slot.step, slot.patch, seat.first, seat.last,
+               seat.ulysses if lay.ulysses > 1 else (), seat.ring if lay.ring > 1 else (),
+               seat.tensor if lay.tensor > 1 else ())
+        blocks = job.block_memo.get(key)
+        if blocks is None:
+            blocks = job.block_memo[key] = block_ops(job, seat, slot)
+        ops += blocks
     ops += stage_outputs(job, seat, slot)
     if seat.at.stage == job.last_stage:
         ops += final_ops(job, seat, slot)
