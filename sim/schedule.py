@@ -35,7 +35,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from sim.layout import RankLayout
@@ -203,8 +203,8 @@ def _collective_key(rank: int, op: Collective) -> tuple:
     return (op.kind, op.tag, op.group, rank)
 
 
-_WITHOUT_RANK = itemgetter(0, 1, 2)  # a collective's key, the same on every member
 _TAG = attrgetter("tag")
+_GROUP = attrgetter("group")
 
 
 @dataclass
@@ -251,44 +251,52 @@ class Schedule:
         hundreds of candidates included."""
         sends: list[tuple] = []
         recvs: list[tuple] = []
-        collectives: list[tuple] = []
+        collectives: list[tuple] = []  # (kind, tag, group) of each rank's collectives
+        usual = True  # each rank lists collectives of distinct tags, in its own groups
         for rank, ops in enumerate(self.ranks):
-            present = set(map(type, ops))
+            # The filters below walk the communication alone (most of a block's ops are
+            # compute).
+            comm = [op for op in ops if type(op) is not Compute]
+            present = set(map(type, comm))
             if Send in present:
-                sends += [(rank, op.dst, op.tag, op.nbytes, op.shape) for op in ops
+                sends += [(rank, op.dst, op.tag, op.nbytes, op.shape) for op in comm
                           if type(op) is Send]
             if Recv in present:
-                recvs += [(op.src, rank, op.tag, op.nbytes, op.shape) for op in ops
+                recvs += [(op.src, rank, op.tag, op.nbytes, op.shape) for op in comm
                           if type(op) is Recv]
             if Collective in present:
-                group_ops = [op for op in ops if type(op) is Collective]
-                collectives += [(op.kind, op.tag, op.group, rank) for op in group_ops]
+                group_ops = [op for op in comm if type(op) is Collective]
+                collectives += [(op.kind, op.tag, op.group) for op in group_ops]
+                if usual and (len(set(map(_TAG, group_ops))) < len(group_ops) or not all(
+                        rank in group for group in set(map(_GROUP, group_ops)))):
+                    usual = False
                 if Wait in present or any(op.asynchronous for op in group_ops):
-                    self._check_waits(rank)
+                    self._check_waits(rank, comm)
             elif Wait in present:
-                self._check_waits(rank)
+                self._check_waits(rank, comm)
         sent, received = Counter(sends), Counter(recvs)
         if not dict.__eq__(sent, received):  # Counter's own == compares in Python
             raise self._unmatched_messages(sent, received)
+        # Usually each member lists each collective once (distinct tags on every rank, all
+        # in groups it is a member of): then it is enough that as many ranks list it as its
+        # group has. Otherwise, or if not, the check by rank names the error.
         listed = Counter(collectives)
-        # Usually each member lists each collective once: then it is enough that as many
-        # ranks list it as its group has, all of them members.
-        if len(listed) < len(collectives) or not (
-                all(n == len(key[2]) for key, n in Counter(map(_WITHOUT_RANK, listed)).items())
-                and all(rank in group for _, _, group, rank in listed)):
-            self._check_collectives(listed)
+        if not usual or not all(n == len(key[2]) for key, n in listed.items()):
+            self._check_collectives(Counter(
+                _collective_key(rank, op) for rank, ops in enumerate(self.ranks)
+                for op in ops if type(op) is Collective))
 
     def where(self, rank: int, index: int) -> str:
         """Op ``index`` of ``rank`` for an error message: ``rank 0, op 3 of 30: Send(...)``."""
         ops = self.ranks[rank]
         return f"rank {rank}, op {index} of {len(ops)}: {describe_op(ops[index])}"
 
-    def _check_waits(self, rank: int) -> None:
+    def _check_waits(self, rank: int, comm: list[Op]) -> None:
         """Each asynchronous collective of ``rank`` is followed by one ``Wait`` with its tag
         before the tag is issued again (the engine and a ``Wait`` find it by tag alone), and
-        each ``Wait`` follows its collective."""
-        ops = self.ranks[rank]
-        seq = [op for op in ops if type(op) is Wait or type(op) is Collective and op.asynchronous]
+        each ``Wait`` follows its collective. ``comm`` is the rank's ops but compute."""
+        seq = [op for op in comm if type(op) is Wait
+               or type(op) is Collective and op.asynchronous]
         # Usually each collective is waited for before the next one is issued (the ring's
         # rotation of every block): then the list alternates collective, its wait, ... which
         # is checked in C. Otherwise (several in flight, or an error) op by op below.
