@@ -15,7 +15,7 @@ from collections.abc import Callable
 from sim import des
 from sim.cost import CostModel
 from sim.des import Environment, Event, paused_gc
-from sim.host import HostModel, issue
+from sim.host import HostModel
 from sim.nccl import protocol
 from sim.network import Network, _Flow  # noqa: F401  (_Flow re-exported for tests)
 from sim.schedule import (
@@ -246,8 +246,9 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     env = Environment()
     net = Network(env, topo)
     rows: list[TraceRow] = []
-    message_row = TraceRow.for_message
-    new_row = tuple.__new__  # a compute row built inline (``TraceRow.for_compute``)
+    # Rows built inline, as ``TraceRow.for_compute`` and ``TraceRow.for_message`` build
+    # them (one call fewer for every op).
+    new_row = tuple.__new__
     at = [0] * schedule.world_size  # index of the op each rank is on, to name a deadlock
     weight = [1] * schedule.world_size
     for rep, others in copies.items():
@@ -467,7 +468,9 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
             fields = row_fields[key] = (
                 op.kind + (OpKind.ASYNC_SUFFIX if op.asynchronous else ""),
                 int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count)))
-        out.append(message_row(rank, fields[0], op.tag, rv.start, env.now, fields[1]))
+        what, t_step, t_patch, layer = op.tag
+        out.append(new_row(TraceRow, (rank, fields[0], t_step, t_patch, layer, layer,
+                                      rv.start, env.now, fields[1], -1, "model", what)))
 
     # Bound once: the loop below runs for every op of every rank.
     timeout, compute_time, source = env.timeout, cost.compute_time, cost.source
@@ -515,6 +518,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     # last, and each still gets its own row with its exact start and end.
     fuse = slowdown <= 1.0
     host_seconds = host.seconds if hosted else None
+    op_s = host.op_s if hosted else 0.0  # ``HostModel.seconds`` of a send, receive or wait
     granularity = host.granularity if hosted else None
     # A compute op's GPU seconds, host seconds, pieces and cost source, per shape: what
     # both cost models key their own caches on (``CostModel``), one lookup instead of four
@@ -592,8 +596,11 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                             if comm_until[rank] > t:
                                 g += (slowdown - 1.0) * min(g, comm_until[rank] - t)
                         late = g - c  # the slowdown charged so far
-                        start, end, cpu = issue(now, cpu, h, g, pieces)
-                        g = end - now
+                        # ``sim.host.issue``, inlined (it runs for every compute op).
+                        first = cpu + h / pieces
+                        start = first if first > now else now
+                        cpu += h
+                        g = max(now + g, first + g, cpu + g / pieces) - now
                     else:
                         start = now
                         if slowdown > 1.0 and comm_until[rank] > now:
@@ -636,7 +643,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 if s != step:
                     step = s
                     cpu_ahead.setdefault((rank, s), env.now - cpu)
-                h = host_seconds(op)
+                h = host_seconds(op) if kind is Collective else op_s  # p2p, wait: one op
                 if kind is Collective and op.kind == OpKind.RING_KV:
                     # A ring step's operators (sends, partial attention, merge, waits) are
                     # issued inside the attention call: the CPU spends them with the
@@ -657,8 +664,10 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 start = env.now
 
                 def arrived(op=op, start=start, out=out) -> None:
-                    out.append(message_row(rank, OpKind.SEND, op.tag, start, env.now,
-                                           op.nbytes, op.dst))
+                    what, t_step, t_patch, layer = op.tag
+                    out.append(new_row(TraceRow, (rank, OpKind.SEND, t_step, t_patch,
+                                                  layer, layer, start, env.now,
+                                                  op.nbytes, op.dst, "model", what)))
                     deliver(rank, op.dst, op.tag, start)
 
                 if not orbit:
@@ -693,8 +702,10 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 own = host_time(op.src + rank_offset, gpu, op.nbytes) if host_time else 0.0
                 if own:  # and completing it the receiver's
                     yield timeout(own)
-                out.append(message_row(rank, OpKind.RECV, op.tag, start, env.now, op.nbytes,
-                                       op.src))
+                what, t_step, t_patch, layer = op.tag
+                out.append(new_row(TraceRow, (rank, OpKind.RECV, t_step, t_patch,
+                                              layer, layer, start, env.now, op.nbytes,
+                                              op.src, "model", what)))
             elif kind is Collective:
                 ready: list[_Rendezvous] = []
                 if not orbit:
@@ -735,7 +746,10 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 yield rv.event
                 if hosted and cpu > env.now:
                     yield env.timeout(cpu - env.now)
-                out.append(message_row(rank, OpKind.WAIT, op.tag, start, env.now))
+                what, t_step, t_patch, layer = op.tag
+                out.append(new_row(TraceRow, (rank, OpKind.WAIT, t_step, t_patch,
+                                              layer, layer, start, env.now, 0, -1,
+                                              "model", what)))
             else:
                 raise TypeError(f"unknown op {op!r}")
         at[rank] = n_ops
