@@ -165,7 +165,8 @@ def patch_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     """Everything ``seat`` does for one patch of one step, in order."""
     ops: list[Op] = []
     if slot.patch <= 0:  # every rank computes the step's conditioning itself
-        ops.append(Compute(OpKind.CONDITION, slot.step, -1, batch=job.batch, warmup=slot.warm))
+        ops.append(_shared(job, (OpKind.CONDITION, slot.step), Compute, OpKind.CONDITION,
+                           slot.step, -1, batch=job.batch, warmup=slot.warm))
     ops += stage_inputs(job, seat, slot)
     # The ranks of a stage that share their groups (all of a pure Ulysses, ring or tensor
     # stage) list the same block ops: built once, for the first of them. A group of one rank
@@ -197,6 +198,16 @@ def patch_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     return ops
 
 
+def _shared(job: Job, key: tuple, cls: type, *args: object, **kwargs: object) -> Op:
+    """``cls(*args, **kwargs)``, built once per ``key`` (an op kind first, then what the
+    op depends on besides the rank) and shared by every rank that lists it: ops are
+    immutable, and ranks sharing an op compare cheaply (``sim.symmetry``)."""
+    op = job.block_memo.get(key)
+    if op is None:
+        op = job.block_memo[key] = cls(*args, **kwargs)
+    return op
+
+
 def stage_inputs(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     """What the stage needs before its blocks: on stage 0 the latent back from the last stage
     (after the first step) and the embedding; elsewhere the hidden states (and MM-DiT's text
@@ -214,8 +225,8 @@ def stage_inputs(job: Job, seat: Seat, slot: Slot) -> list[Op]:
             elif not slot.prev_warm:
                 shape = job.latent_shape(j, qs)
                 ops.append(Recv(src, job.nbytes(shape), _tag(("latent", t - 1, j, -1)), shape))
-        ops.append(Compute(OpKind.EMBED, t, j, q_tokens=qs, kv_tokens=job.full, batch=job.batch,
-                           warmup=slot.warm))
+        ops.append(_shared(job, (OpKind.EMBED, t, j), Compute, OpKind.EMBED, t, j,
+                           q_tokens=qs, kv_tokens=job.full, batch=job.batch, warmup=slot.warm))
         return ops
     src = seat.stage_peers[p - 1]
     hidden, size = slot.hidden, slot.hidden_bytes
@@ -252,7 +263,11 @@ def block_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     groups = (None, seat.ulysses, seat.ring, None, None, seat.tensor)
     columns = [_column(memo, key, units, part, groups[part])
                for part in range(6) if units[0][part] is not None]
-    return [op for row in zip(*columns) for op in row]
+    # Row by row: each column fills every len(columns)-th place (slice assignments, in C).
+    ops: list[Op] = [None] * (len(columns) * len(units))  # type: ignore[list-item]
+    for k, column in enumerate(columns):
+        ops[k::len(columns)] = column
+    return ops
 
 
 # The parts of a unit after its projections where the stage has no Ulysses, ring or tensor
@@ -262,17 +277,18 @@ _ALONE = (None,) * 5
 
 def _column(memo: dict, key: tuple, units: list[tuple], part: int,
             group: tuple[int, ...] | None) -> list[Op]:
-    """Part ``part`` of every unit of ``units`` (the block ops of slot and stage ``key``);
-    for a collective, the template over ``group``, built once per (slot and stage, part,
-    group) and shared by the ranks of that group."""
-    if group is None:
-        return [unit[part] for unit in units]
+    """Part ``part`` of every unit of ``units`` (the block ops of slot and stage ``key``),
+    built once per (slot and stage, part, group) and shared: a compute op or wait as it is
+    (``group`` None), a collective as the template over ``group``."""
     column_key = (key, part, group)
     column = memo.get(column_key)
     if column is None:
-        column = memo[column_key] = [
-            Collective(kind, group, nbytes, tag, asynchronous, count)
-            for kind, nbytes, tag, asynchronous, count in (unit[part] for unit in units)]
+        if group is None:
+            column = memo[column_key] = [unit[part] for unit in units]
+        else:
+            column = memo[column_key] = [
+                Collective(kind, group, nbytes, tag, asynchronous, count)
+                for kind, nbytes, tag, asynchronous, count in (unit[part] for unit in units)]
     return column
 
 
@@ -346,14 +362,16 @@ def final_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     """The last stage finishes the patch: final layer, the CFG halves' all-gather of the noise
     prediction, the scheduler step, and the latent back to stage 0 for the next step."""
     t, j, qs = slot.step, slot.patch, slot.tokens
-    ops: list[Op] = [Compute(OpKind.FINAL, t, j, q_tokens=qs, kv_tokens=job.full,
-                             batch=job.batch, warmup=slot.warm)]
+    ops: list[Op] = [_shared(job, (OpKind.FINAL, t, j), Compute, OpKind.FINAL, t, j,
+                             q_tokens=qs, kv_tokens=job.full, batch=job.batch,
+                             warmup=slot.warm)]
     if job.layout.cfg > 1:
         # Guidance needs both halves' noise predictions: one all-gather per step (patch).
         ops.append(Collective(OpKind.ALL_GATHER, seat.cfg, job.nbytes(job.latent_shape(j, qs)),
                               _tag(("cfg", t, j, -1))))
-    ops.append(Compute(OpKind.SCHEDULER_STEP, t, j, q_tokens=qs, kv_tokens=job.full,
-                       batch=job.images, warmup=slot.warm))
+    ops.append(_shared(job, (OpKind.SCHEDULER_STEP, t, j), Compute, OpKind.SCHEDULER_STEP,
+                       t, j, q_tokens=qs, kv_tokens=job.full, batch=job.images,
+                       warmup=slot.warm))
     if t < job.steps - 1 and job.last_stage > 0:
         shape = job.latent_shape(j, qs)
         ops.append(Send(seat.stage_peers[0], job.nbytes(shape), _tag(("latent", t, j, -1)),
