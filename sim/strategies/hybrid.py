@@ -253,8 +253,7 @@ def block_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     key = (slot.step, slot.patch, seat.first, seat.last)
     units = memo.get(key)
     if units is None:
-        units = memo[key] = [_block_parts(job, slot, lo, hi)
-                             for lo, hi in _units(seat.first, seat.last, job.merge_blocks)]
+        units = memo[key] = _block_parts(job, slot, seat.first, seat.last)
     # Each part of a block, unit after unit (a column): the compute ops and waits as they
     # are, the collectives over the rank's own groups (which kinds a configuration has is
     # the same for every unit). The rank's list takes them row by row.
@@ -306,36 +305,41 @@ class _Template(NamedTuple):
 _template = partial(tuple.__new__, _Template)  # as ``_tag``: no argument parsing
 
 
-def _block_parts(job: Job, slot: Slot, lo: int, hi: int) -> tuple:
-    """The ops of ``block_ops`` for any rank of a stage, its collectives as templates
-    (``_Template``, no group yet): projections (or the whole blocks), Ulysses' all-to-alls,
-    the ring's rotation, the attention core, the wait for the rotation, the tensor-parallel
-    all-reduces (None where the configuration has none)."""
-    t, j, qs = slot.step, slot.patch, slot.tokens
+def _block_parts(job: Job, slot: Slot, first: int, last: int) -> list[tuple]:
+    """The ops of ``block_ops`` for any rank of the stage of blocks ``first..last``, per
+    unit (``_units``), its collectives as templates (``_Template``, no group yet):
+    projections (or the whole blocks), Ulysses' all-to-alls, the ring's rotation, the
+    attention core, the wait for the rotation, the tensor-parallel all-reduces (None where
+    the configuration has none). What depends on the slot alone is worked out once."""
+    t, j, qs, warm = slot.step, slot.patch, slot.tokens, slot.warm
     U, R, T = job.layout.ulysses, job.layout.ring, job.layout.tensor
-    n = hi - lo + 1
+    full, batch = job.full, job.batch
     split = U > 1 or R > 1
-    shard = job.nbytes((job.batch, qs, job.model.hidden // T)) if split else 0
-    proj = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
-                   "proj" if split else "all", T)
-    a2a = ring = attn = wait = reduce = None
-    if U > 1:
-        # MM-DiT: the text stream is replicated, and its queries ride in the query exchange
-        # and come back in the output exchange (executor/mmdit.py; K,V carry image rows
-        # only): the four exchanges of a block average qs + text/2 rows each.
-        size = shard if not job.forwards_text else job.nbytes(
-            (job.batch, 2 * qs + job.model.text_tokens, job.model.hidden // T)) // 2
-        a2a = _template((OpKind.ALL_TO_ALL, size, _tag(("ulysses", t, j, lo)), False, 4 * n))
-    if R > 1:
-        ring = _template((OpKind.RING_KV, 2 * shard, _tag(("ring", t, j, lo)), True, n))
-        wait = Wait(ring.tag)
-    if split:
-        attn = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
-                       "attn", T)
-    if T > 1:
-        reduce = _template((OpKind.ALL_REDUCE, slot.hidden_bytes, _tag(("tensor", t, j, lo)),
-                            False, job.tensor_reduces * n))
-    return proj, a2a, ring, attn, wait, reduce
+    shard = job.nbytes((batch, qs, job.model.hidden // T)) if split else 0
+    part = "proj" if split else "all"
+    # MM-DiT: the text stream is replicated, and its queries ride in the query exchange and
+    # come back in the output exchange (executor/mmdit.py; K,V carry image rows only): the
+    # four exchanges of a block average qs + text/2 rows each.
+    size = (shard if not job.forwards_text else job.nbytes(
+        (batch, 2 * qs + job.model.text_tokens, job.model.hidden // T)) // 2) if U > 1 else 0
+    out = []
+    for lo, hi in _units(first, last, job.merge_blocks):
+        n = hi - lo + 1
+        proj = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, full, batch, warm, part, T)
+        a2a = ring = attn = wait = reduce = None
+        if U > 1:
+            a2a = _template((OpKind.ALL_TO_ALL, size, _tag(("ulysses", t, j, lo)), False,
+                             4 * n))
+        if R > 1:
+            ring = _template((OpKind.RING_KV, 2 * shard, _tag(("ring", t, j, lo)), True, n))
+            wait = Wait(ring.tag)
+        if split:
+            attn = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, full, batch, warm, "attn", T)
+        if T > 1:
+            reduce = _template((OpKind.ALL_REDUCE, slot.hidden_bytes,
+                                _tag(("tensor", t, j, lo)), False, job.tensor_reduces * n))
+        out.append((proj, a2a, ring, attn, wait, reduce))
+    return out
 
 
 def stage_outputs(job: Job, seat: Seat, slot: Slot) -> list[Op]:
