@@ -165,8 +165,15 @@ def patch_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     """Everything ``seat`` does for one patch of one step, in order."""
     ops: list[Op] = []
     if slot.patch <= 0:  # every rank computes the step's conditioning itself
-        ops.append(_shared(job, (OpKind.CONDITION, slot.step), Compute, OpKind.CONDITION,
-                           slot.step, -1, batch=job.batch, warmup=slot.warm))
+        # Ops that depend on the slot alone are built once and shared by the ranks that list
+        # them (in ``block_memo``, keyed by their kind first): ops are immutable, and ranks
+        # sharing an op compare cheaply (``sim.symmetry``).
+        key = (OpKind.CONDITION, slot.step)
+        op = job.block_memo.get(key)
+        if op is None:
+            op = job.block_memo[key] = Compute(OpKind.CONDITION, slot.step, -1, (-1, -1), 0,
+                                               0, job.batch, slot.warm)
+        ops.append(op)
     ops += stage_inputs(job, seat, slot)
     # The ranks of a stage that share their groups (all of a pure Ulysses, ring or tensor
     # stage) list the same block ops: built once, for the first of them. A group of one rank
@@ -198,16 +205,6 @@ def patch_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     return ops
 
 
-def _shared(job: Job, key: tuple, cls: type, *args: object, **kwargs: object) -> Op:
-    """``cls(*args, **kwargs)``, built once per ``key`` (an op kind first, then what the
-    op depends on besides the rank) and shared by every rank that lists it: ops are
-    immutable, and ranks sharing an op compare cheaply (``sim.symmetry``)."""
-    op = job.block_memo.get(key)
-    if op is None:
-        op = job.block_memo[key] = cls(*args, **kwargs)
-    return op
-
-
 def stage_inputs(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     """What the stage needs before its blocks: on stage 0 the latent back from the last stage
     (after the first step) and the embedding; elsewhere the hidden states (and MM-DiT's text
@@ -225,8 +222,11 @@ def stage_inputs(job: Job, seat: Seat, slot: Slot) -> list[Op]:
             elif not slot.prev_warm:
                 shape = job.latent_shape(j, qs)
                 ops.append(Recv(src, job.nbytes(shape), _tag(("latent", t - 1, j, -1)), shape))
-        ops.append(_shared(job, (OpKind.EMBED, t, j), Compute, OpKind.EMBED, t, j,
-                           q_tokens=qs, kv_tokens=job.full, batch=job.batch, warmup=slot.warm))
+        op = job.block_memo.get((OpKind.EMBED, t, j))  # shared, as in ``patch_ops``
+        if op is None:
+            op = job.block_memo[(OpKind.EMBED, t, j)] = Compute(
+                OpKind.EMBED, t, j, (-1, -1), qs, job.full, job.batch, slot.warm)
+        ops.append(op)
         return ops
     src = seat.stage_peers[p - 1]
     hidden, size = slot.hidden, slot.hidden_bytes
@@ -366,16 +366,19 @@ def final_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     """The last stage finishes the patch: final layer, the CFG halves' all-gather of the noise
     prediction, the scheduler step, and the latent back to stage 0 for the next step."""
     t, j, qs = slot.step, slot.patch, slot.tokens
-    ops: list[Op] = [_shared(job, (OpKind.FINAL, t, j), Compute, OpKind.FINAL, t, j,
-                             q_tokens=qs, kv_tokens=job.full, batch=job.batch,
-                             warmup=slot.warm)]
+    # Shared by the ranks of the stage, as in ``patch_ops``.
+    shared = job.block_memo.get((OpKind.FINAL, t, j))
+    if shared is None:
+        shared = job.block_memo[(OpKind.FINAL, t, j)] = (
+            Compute(OpKind.FINAL, t, j, (-1, -1), qs, job.full, job.batch, slot.warm),
+            Compute(OpKind.SCHEDULER_STEP, t, j, (-1, -1), qs, job.full, job.images,
+                    slot.warm))
+    ops: list[Op] = [shared[0]]
     if job.layout.cfg > 1:
         # Guidance needs both halves' noise predictions: one all-gather per step (patch).
         ops.append(Collective(OpKind.ALL_GATHER, seat.cfg, job.nbytes(job.latent_shape(j, qs)),
                               _tag(("cfg", t, j, -1))))
-    ops.append(_shared(job, (OpKind.SCHEDULER_STEP, t, j), Compute, OpKind.SCHEDULER_STEP,
-                       t, j, q_tokens=qs, kv_tokens=job.full, batch=job.images,
-                       warmup=slot.warm))
+    ops.append(shared[1])
     if t < job.steps - 1 and job.last_stage > 0:
         shape = job.latent_shape(j, qs)
         ops.append(Send(seat.stage_peers[0], job.nbytes(shape), _tag(("latent", t, j, -1)),
