@@ -189,7 +189,8 @@ class _Asymmetric(Exception):
 
 def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
              rank_offset: int = 0, host: HostModel | None = None,
-             mirrors: bool = True, shifts: bool = True) -> Trace:
+             mirrors: bool = True, shifts: bool = True,
+             orbits: dict[int, Orbit] | None = None) -> Trace:
     """Run ``schedule`` with ranks placed on the topology's GPUs ``rank_offset..``; returns
     the trace (one row per executed op, times in seconds from the start).
 
@@ -221,13 +222,16 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     image message and collective ends when the original does and costs the same alone; the
     run checks that (to 1e-9 relative) and, should one differ (links that are not
     symmetric), simulates again without the shortcut. CPU transports (host time per
-    message, per route) never take it."""
+    message, per route) never take it.
+
+    ``orbits``: ``shift_classes`` of ``schedule``, when the caller has them already."""
     if schedule.world_size + rank_offset > topo.num_gpus:
         raise ValueError(f"schedule needs {schedule.world_size} GPUs, topology has "
                          f"{topo.num_gpus}")
     with paused_gc():
         if mirrors and shifts and not any(topo.host):
-            images = shift_classes(schedule.ranks, schedule.layout)
+            images = orbits if orbits is not None else shift_classes(schedule.ranks,
+                                                                      schedule.layout)
             if images:
                 try:
                     return _run(schedule, topo, cost, rank_offset, host, {}, images)

@@ -147,9 +147,10 @@ def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> M
                         recvs.append(row.on_rank(m, peer))
     for rank, _, step, patch, layer, _, start, end, _, peer, _, tag in recvs:
         s = send_start.get((peer, rank, step, patch, layer, tag))
-        in_flight_from = max(start, s) if s is not None else start
-        exposed[rank] += max(0.0, end - in_flight_from) * (1 + copies if step == repeated
-                                                           else 1)
+        # ``max(start, s)`` and ``max(0.0, ...)`` as comparisons (the same values, no call).
+        in_flight_from = s if s is not None and s > start else start
+        wire = end - in_flight_from
+        exposed[rank] += (wire if wire > 0.0 else 0.0) * (repeats if step == repeated else 1)
     loop = max(latency - text_end - vae, 1e-30)
     idle = sum(loop - b - e for b, e in zip(busy, exposed))
     # The repeated step's copies send what it sends: the short run's steady steps have the

@@ -243,33 +243,51 @@ class Schedule:
         """First token row of ``patch``."""
         return sum(self.patch_rows[:patch])
 
-    def validate(self) -> None:
+    def validate(self, orbits: dict[int, Any] | None = None) -> None:
         """Check the contract (module docstring): messages and collectives match across ranks
         and every asynchronous collective is waited for. Raises ``ScheduleError`` naming the
         rank, the op and its tag. Linear in the ops, with filtering comprehensions and Counter
         (which counts in C) doing the work: it runs on every schedule built, the planner's
-        hundreds of candidates included."""
+        hundreds of candidates included.
+
+        ``orbits`` (``sim.symmetry.shift_classes`` of this schedule, when the caller has
+        them) lets the images of a whole orbit be checked through their representative
+        (``_implied``): their ops are its ops' images, op by op, so their waits are its
+        waits, their messages its messages' images, and a collective the representative
+        lists once in a group of its orbit is listed once by every member of that group."""
+        implied = self._implied(orbits) if orbits else {}
         sends: list[tuple] = []
         recvs: list[tuple] = []
         collectives: list[tuple] = []  # (kind, tag, group) of each rank's collectives
         usual = True  # each rank lists collectives of distinct tags, in its own groups
         for rank, ops in enumerate(self.ranks):
+            if rank in implied and implied[rank] is None:
+                continue  # an image: its representative, earlier, added its messages
             # The filters below walk the communication alone (most of a block's ops are
             # compute).
             comm = [op for op in ops if type(op) is not Compute]
             present = set(map(type, comm))
+            images = implied.get(rank, ())
             if Send in present:
-                sends += [(rank, op.dst, op.tag, op.nbytes, op.shape) for op in comm
+                picked = [(op.dst, op.tag, op.nbytes, op.shape) for op in comm
                           if type(op) is Send]
+                for m, perm in ((rank, None), *images):
+                    sends += [(m, d if perm is None else perm[d], *rest)
+                              for d, *rest in picked]
             if Recv in present:
-                recvs += [(op.src, rank, op.tag, op.nbytes, op.shape) for op in comm
+                picked = [(op.src, op.tag, op.nbytes, op.shape) for op in comm
                           if type(op) is Recv]
+                for m, perm in ((rank, None), *images):
+                    recvs += [(src if perm is None else perm[src], m, *rest)
+                              for src, *rest in picked]
             if Collective in present:
                 group_ops = [op for op in comm if type(op) is Collective]
-                collectives += [(op.kind, op.tag, op.group) for op in group_ops]
-                if usual and (len(set(map(_TAG, group_ops))) < len(group_ops) or not all(
-                        rank in group for group in set(map(_GROUP, group_ops)))):
+                tags = set(map(_TAG, group_ops))
+                groups = set(map(_GROUP, group_ops))
+                if len(tags) < len(group_ops) or not all(rank in g for g in groups):
                     usual = False
+                if not images:  # else each is listed by every member (``_implied``)
+                    collectives += [(op.kind, op.tag, op.group) for op in group_ops]
                 if Wait in present or any(op.asynchronous for op in group_ops):
                     self._check_waits(rank, comm)
             elif Wait in present:
@@ -285,6 +303,30 @@ class Schedule:
             self._check_collectives(Counter(
                 _collective_key(rank, op) for rank, ops in enumerate(self.ranks)
                 for op in ops if type(op) is Collective))
+
+    def _implied(self, orbits: dict[int, Any]) -> dict[int, Any]:
+        """The orbits (``sim.symmetry.Orbit``) whose images ``validate`` may check through
+        their representative, as representative -> its images [(rank, shift)] and image ->
+        None. An orbit qualifies when its images run the images of all the
+        representative's ops (``prefix``: every op, groups as exact tuples), and every group
+        the representative lists lies within the orbit and is its own image under the shift
+        that takes the representative to each of its members: then each member lists that
+        collective once for each time the representative does, and no other rank of the
+        orbit lists it. (A rank outside the orbit that lists it is not a member: the
+        membership check names it.)"""
+        out: dict[int, Any] = {}
+        for rep, orbit in orbits.items():
+            ops = self.ranks[rep]
+            if not orbit.exact_groups or orbit.prefix != len(ops) or any(
+                    len(self.ranks[m]) != len(ops) for m, _ in orbit.images):
+                continue
+            shift_to = {m: perm for m, perm in orbit.images}
+            groups = {op.group for op in ops if type(op) is Collective}
+            if all(m == rep or (m in shift_to and tuple(sorted(shift_to[m][x] for x in g)) == g)
+                   for g in groups for m in g):
+                out[rep] = orbit.images
+                out.update((m, None) for m, _ in orbit.images)
+        return out
 
     def where(self, rank: int, index: int) -> str:
         """Op ``index`` of ``rank`` for an error message: ``rank 0, op 3 of 30: Send(...)``."""
