@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import reduce
+from itertools import groupby
 from operator import add as add_float
 from operator import itemgetter
 
@@ -122,9 +123,13 @@ def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> M
         # rows of its own (``split``) goes on adding the representative's terms, in order,
         # to its own sums (``reduce`` adds left to right, as the loop would). Messages are
         # listed, relabelled, for the receives' exposure below.
+        # Each representative's rows, in order (a stable sort by rank, in C, instead of a
+        # pass over every row per representative).
+        by_rank = {rank: list(rows) for rank, rows in groupby(sorted(copied.source, key=_RANK),
+                                                             _RANK)}
         for rep, members in copied.copies.items():
-            rows = [row for row in copied.source if row[0] == rep]
-            messages = [row for row in rows if row.op in _P2P]
+            rows = by_rank.get(rep, [])
+            messages = [row for row in rows if row[1] in _P2P]
             if any(m in copied.split for m, _ in members):
                 busy_terms, exposed_terms, sent = _terms(rows, repeated, copies)
             for m, perm in members:
@@ -192,6 +197,7 @@ def _terms(rows: list[TraceRow], repeated: int | None, copies: int
 
 
 _OP = itemgetter(1)
+_RANK = itemgetter(0)
 # ``compute_metrics`` and ``_terms`` read rows by index: the fields where they expect them.
 assert TraceRow._fields[:4] == ("rank", "op", "step", "patch") and \
     TraceRow._fields[6:9] == ("start_s", "end_s", "nbytes")
