@@ -284,3 +284,52 @@ def test_validation_through_orbits_still_names_a_broken_image(change, message: s
     assert 5 not in sched._implied(orbits)
     with pytest.raises(ScheduleError, match=message):
         sched.validate(orbits)
+
+
+def test_validation_through_orbits_refuses_what_the_full_validation_refuses() -> None:
+    """Random damage (an op dropped, doubled, swapped with the next, its group, tag or peer
+    changed), mostly to ranks of whole orbits: the check through orbits, with the orbits of
+    the damaged schedule, raises exactly where the check of every rank does."""
+    import random
+
+    from sim.symmetry import shift_classes
+
+    rng = random.Random(7)
+    base = _flux_hybrid()
+    targets = list(base._implied(shift_classes(base.ranks, base.layout)))
+
+    def damage(sched: Schedule) -> None:
+        ops = sched.ranks[rng.choice(targets) if rng.random() < 0.8
+                          else rng.randrange(len(sched.ranks))]
+        i = rng.randrange(len(ops))
+        op, how = ops[i], rng.randrange(5)
+        if how == 0:
+            del ops[i]
+        elif how == 1:
+            ops.insert(i, op)
+        elif how == 2 and i + 1 < len(ops):
+            ops[i], ops[i + 1] = ops[i + 1], op
+        elif how == 3 and type(op) is Collective:
+            ops[i] = replace(op, group=tuple(reversed(op.group)) if rng.random() < 0.5
+                             else tuple(sorted(set(op.group) ^ {rng.randrange(16)})) or (0,))
+        elif how == 4 and type(op) is not Compute:
+            ops[i] = replace(op, tag=op.tag._replace(layer=op.tag.layer + 1))
+
+    def refused(sched: Schedule, orbits: dict | None = None) -> bool:
+        try:
+            sched.validate(orbits)
+        except ScheduleError:
+            return True
+        return False
+
+    outcomes = Counter()
+    for _ in range(150):
+        sched = replace(base, ranks=[list(ops) for ops in base.ranks])
+        damage(sched)
+        orbits = shift_classes(sched.ranks, sched.layout)
+        full = refused(sched)
+        assert refused(sched, orbits) == full
+        outcomes[(full, bool(sched._implied(orbits)))] += 1
+    # Damage that breaks the contract and damage that does not (a swap of two compute
+    # ops), both with orbits left whole and checked through their representative.
+    assert outcomes[(True, True)] and outcomes[(False, True)]
