@@ -136,6 +136,7 @@ class _Process:
             try:
                 event = send(event.value)
             except StopIteration:
+                self.resume = None  # its bound method referred back to it: freed at once
                 return
             callbacks = event.callbacks
             if callbacks is not None:  # not happened yet: wait for it

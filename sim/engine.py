@@ -15,7 +15,7 @@ from collections.abc import Callable
 from sim import des
 from sim.cost import CostModel
 from sim.des import Environment, Event, paused_gc
-from sim.host import HostModel, issue
+from sim.host import HostModel
 from sim.nccl import protocol
 from sim.network import Network, _Flow  # noqa: F401  (_Flow re-exported for tests)
 from sim.schedule import (
@@ -189,7 +189,8 @@ class _Asymmetric(Exception):
 
 def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
              rank_offset: int = 0, host: HostModel | None = None,
-             mirrors: bool = True, shifts: bool = True) -> Trace:
+             mirrors: bool = True, shifts: bool = True,
+             orbits: dict[int, Orbit] | None = None) -> Trace:
     """Run ``schedule`` with ranks placed on the topology's GPUs ``rank_offset..``; returns
     the trace (one row per executed op, times in seconds from the start).
 
@@ -221,13 +222,16 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
     image message and collective ends when the original does and costs the same alone; the
     run checks that (to 1e-9 relative) and, should one differ (links that are not
     symmetric), simulates again without the shortcut. CPU transports (host time per
-    message, per route) never take it."""
+    message, per route) never take it.
+
+    ``orbits``: ``shift_classes`` of ``schedule``, when the caller has them already."""
     if schedule.world_size + rank_offset > topo.num_gpus:
         raise ValueError(f"schedule needs {schedule.world_size} GPUs, topology has "
                          f"{topo.num_gpus}")
     with paused_gc():
         if mirrors and shifts and not any(topo.host):
-            images = shift_classes(schedule.ranks, schedule.layout)
+            images = orbits if orbits is not None else shift_classes(schedule.ranks,
+                                                                      schedule.layout)
             if images:
                 try:
                     return _run(schedule, topo, cost, rank_offset, host, {}, images)
@@ -246,7 +250,9 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     env = Environment()
     net = Network(env, topo)
     rows: list[TraceRow] = []
-    compute_row, message_row = TraceRow.for_compute, TraceRow.for_message
+    # Rows built inline, as ``TraceRow.for_compute`` and ``TraceRow.for_message`` build
+    # them (one call fewer for every op).
+    new_row = tuple.__new__
     at = [0] * schedule.world_size  # index of the op each rank is on, to name a deadlock
     weight = [1] * schedule.world_size
     for rep, others in copies.items():
@@ -466,7 +472,9 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
             fields = row_fields[key] = (
                 op.kind + (OpKind.ASYNC_SUFFIX if op.asynchronous else ""),
                 int(collective_bytes_sent(op.kind, len(op.group), op.nbytes, op.count)))
-        out.append(message_row(rank, fields[0], op.tag, rv.start, env.now, fields[1]))
+        what, t_step, t_patch, layer = op.tag
+        out.append(new_row(TraceRow, (rank, fields[0], t_step, t_patch, layer, layer,
+                                      rv.start, env.now, fields[1], -1, "model", what)))
 
     # Bound once: the loop below runs for every op of every rank.
     timeout, compute_time, source = env.timeout, cost.compute_time, cost.source
@@ -514,7 +522,17 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     # last, and each still gets its own row with its exact start and end.
     fuse = slowdown <= 1.0
     host_seconds = host.seconds if hosted else None
+    op_s = host.op_s if hosted else 0.0  # ``HostModel.seconds`` of a send, receive or wait
     granularity = host.granularity if hosted else None
+    # A compute op's GPU seconds, host seconds, pieces and cost source, per shape: what
+    # both cost models key their own caches on (``CostModel``), one lookup instead of four
+    # calls for every compute op.
+    shapes: dict[tuple, tuple[float, float, int, str]] = {}
+
+    def shape_cost(op: Compute, key: tuple) -> tuple[float, float, int, str]:
+        got = shapes[key] = (compute_time(op), host_seconds(op) if hosted else 0.0,
+                             granularity(op) if hosted else 1, source(op))
+        return got
 
     identity = list(range(schedule.world_size))
 
@@ -556,7 +574,12 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                     seen = comm_until[rank]
                     # The op's own GPU seconds (one cost lookup), with the ring's merges
                     # it carries; the gpu time adds the overlap slowdown to it.
-                    c = g = compute_time(op)
+                    cost_of = shapes.get((op.kind, op.layers, op.q_tokens, op.kv_tokens,
+                                          op.batch, op.part, op.shard))
+                    if cost_of is None:
+                        cost_of = shape_cost(op, (op.kind, op.layers, op.q_tokens,
+                                                  op.kv_tokens, op.batch, op.part, op.shard))
+                    c = g = cost_of[0]
                     if merge[rank]:
                         c = g = g + merge[rank]
                         merge[rank] = 0.0
@@ -566,7 +589,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                         if op.step != step:
                             step = op.step
                             cpu_ahead.setdefault((rank, step), now - cpu)
-                        h, pieces = host_seconds(op), granularity(op)
+                        h, pieces = cost_of[1], cost_of[2]
                         if host_carry[rank]:
                             h += host_carry[rank]
                             host_carry[rank] = 0.0
@@ -577,8 +600,11 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                             if comm_until[rank] > t:
                                 g += (slowdown - 1.0) * min(g, comm_until[rank] - t)
                         late = g - c  # the slowdown charged so far
-                        start, end, cpu = issue(now, cpu, h, g, pieces)
-                        g = end - now
+                        # ``sim.host.issue``, inlined (it runs for every compute op).
+                        first = cpu + h / pieces
+                        start = first if first > now else now
+                        cpu += h
+                        g = max(now + g, first + g, cpu + g / pieces) - now
                     else:
                         start = now
                         if slowdown > 1.0 and comm_until[rank] > now:
@@ -599,7 +625,9 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                                 else:
                                     yield timeout(extra)
                         now = env.now
-                    out.append(compute_row(rank, op, start, now, source(op)))
+                    out.append(new_row(TraceRow, (rank, op.kind, op.step, op.patch,
+                                                  op.layers[0], op.layers[1], start, now, 0,
+                                                  -1, cost_of[3], "")))
                     if not fuse or i == n_ops or i == split or type(ops[i]) is not Compute:
                         break
                     op = ops[i]
@@ -619,7 +647,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 if s != step:
                     step = s
                     cpu_ahead.setdefault((rank, s), env.now - cpu)
-                h = host_seconds(op)
+                h = host_seconds(op) if kind is Collective else op_s  # p2p, wait: one op
                 if kind is Collective and op.kind == OpKind.RING_KV:
                     # A ring step's operators (sends, partial attention, merge, waits) are
                     # issued inside the attention call: the CPU spends them with the
@@ -640,8 +668,10 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 start = env.now
 
                 def arrived(op=op, start=start, out=out) -> None:
-                    out.append(message_row(rank, OpKind.SEND, op.tag, start, env.now,
-                                           op.nbytes, op.dst))
+                    what, t_step, t_patch, layer = op.tag
+                    out.append(new_row(TraceRow, (rank, OpKind.SEND, t_step, t_patch,
+                                                  layer, layer, start, env.now,
+                                                  op.nbytes, op.dst, "model", what)))
                     deliver(rank, op.dst, op.tag, start)
 
                 if not orbit:
@@ -676,8 +706,10 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 own = host_time(op.src + rank_offset, gpu, op.nbytes) if host_time else 0.0
                 if own:  # and completing it the receiver's
                     yield timeout(own)
-                out.append(message_row(rank, OpKind.RECV, op.tag, start, env.now, op.nbytes,
-                                       op.src))
+                what, t_step, t_patch, layer = op.tag
+                out.append(new_row(TraceRow, (rank, OpKind.RECV, t_step, t_patch,
+                                              layer, layer, start, env.now, op.nbytes,
+                                              op.src, "model", what)))
             elif kind is Collective:
                 ready: list[_Rendezvous] = []
                 if not orbit:
@@ -718,7 +750,10 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                 yield rv.event
                 if hosted and cpu > env.now:
                     yield env.timeout(cpu - env.now)
-                out.append(message_row(rank, OpKind.WAIT, op.tag, start, env.now))
+                what, t_step, t_patch, layer = op.tag
+                out.append(new_row(TraceRow, (rank, OpKind.WAIT, t_step, t_patch,
+                                              layer, layer, start, env.now, 0, -1,
+                                              "model", what)))
             else:
                 raise TypeError(f"unknown op {op!r}")
         at[rank] = n_ops
@@ -728,6 +763,10 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
         if r not in mirrored:
             env.process(rank_proc(r))
     env.run()
+    # ``rank_proc`` refers to itself (an image's own process starts from it), and through
+    # it to everything the run kept: unbound, all of it is freed as soon as the run returns
+    # instead of waiting for a cycle collection.
+    rank_proc = None  # type: ignore[assignment]
     for rep, others in copies.items():
         for m in others:
             at[m] = at[rep]

@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from operator import attrgetter
+from operator import itemgetter
 
 from sim.config import ParallelConfig, Workload
 from sim.cost import CostModel, CostSpec
+from sim.des import paused_gc
 from sim.engine import simulate
 from sim.errors import UserError
 from sim.hardware import GPU
 from sim.host import HostModel
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
-from sim.strategies import build_schedule
+from sim.strategies import build_schedule_and_orbits
 from sim.topology import Topology, build_topology
-from sim.trace import ExtendedTrace, Trace, simulated_rows
+from sim.trace import ExtendedTrace, Trace, TraceRow, simulated_rows
 
 # Factors on compute costs that --single-gpu-latency may ask for: a real run differs from the
 # roofline (or a measured profile) by a small factor; a thousandfold gap is a wrong input.
@@ -101,6 +102,15 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     ``cost`` (already scaled) wins over ``spec``, which builds one scaled by ``scale``
     (default: the roofline).
     """
+    # The cycle collector waits for the whole prediction, not only the schedule and the run
+    # (sim.des.paused_gc): what they leave (ops, events, rows) is freed or kept by then.
+    with paused_gc():
+        return _evaluate(wl, cfg, gpu, topo, cost, scale, fast, spec, exact, short_steps)
+
+
+def _evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
+              cost: CostModel | None, scale: float, fast: bool, spec: CostSpec | None,
+              exact: bool, short_steps: int) -> Prediction:
     spec = spec or CostSpec()
     cost = cost or spec.build(wl, gpu, scale)
     host = HostModel(wl.model, gpu)
@@ -111,8 +121,8 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     length = cfg.warmup + max(short_steps, 4) + (cfg.distrifusion > 1)
     lengthened = False
     while not exact and trace is None and wl.steps > length:
-        sched = build_schedule(replace(wl, steps=length), cfg, coarse=fast)
-        short = simulate(sched, topo, cost, host=host)
+        sched, orbits = build_schedule_and_orbits(replace(wl, steps=length), cfg, coarse=fast)
+        short = simulate(sched, topo, cost, host=host, orbits=orbits)
         trace = periodic_extension(short, length - 3, wl.steps)
         if trace is None and length - 4 > cfg.warmup:
             # The pair before: the last step may change the one before it, not those before.
@@ -122,8 +132,8 @@ def evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
                 break
             length, lengthened = _retry_length(short, cfg.warmup, length), True
     if trace is None:
-        sched = build_schedule(wl, cfg, coarse=fast)
-        trace = simulate(sched, topo, cost, host=host)
+        sched, orbits = build_schedule_and_orbits(wl, cfg, coarse=fast)
+        trace = simulate(sched, topo, cost, host=host, orbits=orbits)
     metrics = compute_metrics(trace, sched.world_size, wl.steps, cfg.warmup)
     memory = memory_per_rank(wl, cfg, sched, gpu)
     return Prediction(wl, cfg, gpu, topo, metrics, memory, trace, scale,
@@ -160,8 +170,13 @@ def lead_settles_in(trace: Trace, step: int) -> int | None:
 
 
 # Field getters built in C: they run on every row of every planner candidate.
-_STEP_ORDER = attrgetter("rank", "start_s", "op", "patch", "layer_first")
-_SAME_OP = attrgetter("rank", "op", "patch", "layer_first", "nbytes")
+_STEP_ORDER = itemgetter(*map(TraceRow._fields.index,
+                              ("rank", "start_s", "op", "patch", "layer_first")))
+_SAME_OP = itemgetter(*map(TraceRow._fields.index,
+                           ("rank", "op", "patch", "layer_first", "nbytes")))
+_END_S = itemgetter(TraceRow._fields.index("end_s"))
+# ``periodic_extension`` reads these by index: the checks below keep them where it expects.
+assert TraceRow._fields[2] == "step" and TraceRow._fields[6:8] == ("start_s", "end_s")
 
 
 def periodic_extension(trace: Trace, first_middle: int, steps: int,
@@ -173,13 +188,16 @@ def periodic_extension(trace: Trace, first_middle: int, steps: int,
     to a shift (then the run is not periodic and must be simulated in full)."""
     a, b = first_middle, first_middle + 1
     # A copied rank's rows have its representative's times: the simulated rows decide.
-    rows_a = [r for r in simulated_rows(trace) if r.step == a]
-    rows_b = [r for r in simulated_rows(trace) if r.step == b]
+    # (Rows are tuples: fields read by index, ``TraceRow`` order, which is cheaper than
+    # by name on every row.)
+    rows = simulated_rows(trace)
+    rows_a = [r for r in rows if r[2] == a]
+    rows_b = [r for r in rows if r[2] == b]
     if not rows_a or len(rows_a) != len(rows_b):
         return None
     rows_a.sort(key=_STEP_ORDER)
     rows_b.sort(key=_STEP_ORDER)
-    period = max(r.end_s for r in rows_b) - max(r.end_s for r in rows_a)
+    period = max(map(_END_S, rows_b)) - max(map(_END_S, rows_a))
     tol = 1e-9 * max(1.0, trace.end_s)
     # With a host clock, repeating step b is exact only if no rank's CPU lead shrinks over
     # it: a shrinking lead (a GPU-bound warmup followed by host-bound steps) runs out in some
@@ -189,8 +207,8 @@ def periodic_extension(trace: Trace, first_middle: int, steps: int,
         if s == b and ahead - lead.get((rank, b + 1), ahead) > tol:
             return None
     for ra, rb in zip(rows_a, rows_b, strict=True):
-        if _SAME_OP(ra) != _SAME_OP(rb) or abs(ra.start_s + period - rb.start_s) > tol or \
-                abs(ra.end_s + period - rb.end_s) > tol:
+        if _SAME_OP(ra) != _SAME_OP(rb) or abs(ra[6] + period - rb[6]) > tol or \
+                abs(ra[7] + period - rb[7]) > tol:
             return None
     return ExtendedTrace(trace, b, steps - (first_middle + 2 + tail), period)
 

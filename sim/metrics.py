@@ -11,12 +11,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import reduce
+from itertools import groupby
 from operator import add as add_float
 from operator import itemgetter
 
 from sim.cost.base import SOURCES
 from sim.schedule import OpKind
-from sim.trace import CopiedTrace, ExtendedTrace, Trace, TraceRow, simulated_rows
+from sim.trace import CopiedTrace, ExtendedTrace, Trace, TraceRow
 
 
 @dataclass
@@ -75,37 +76,43 @@ def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> M
     recvs: list[TraceRow] = []
     sent_by_step: dict[tuple[int, int], int] = defaultdict(int)
     kinds = _KINDS
+    repeats = 1 + copies  # the weight of a row of the repeated step
 
     def add(rows: list[TraceRow]) -> None:
         """Each row's share of the sums, each row's op looked up once: this runs over every
         row of every planner candidate's trace. The sums add the same terms in the same
         (row) order as a loop per quantity would, so they are the same floats."""
         nonlocal text_end, vae
+        # Fields by index (``TraceRow`` order: rank 0, op 1, step 2, patch 3, layer_first 4,
+        # start_s 6, end_s 7, nbytes 8, peer 9, tag 11), read only where a kind needs them:
+        # unpacking every field of every row cost a quarter of this loop.
         for row in rows:
-            rank, op, step, patch, layer, _, start, end, nbytes, peer, _, tag = row
+            op = row[1]
             kind = kinds.get(op)
             if kind is None:  # a kind this module does not know: compute, or asynchronous
                 kind = _ASYNC if op.endswith(OpKind.ASYNC_SUFFIX) else _BUSY
             if kind == _BUSY:
-                busy[rank] += (end - start) * (1 + copies if step == repeated else 1)
+                busy[row[0]] += (row[7] - row[6]) * (repeats if row[2] == repeated else 1)
             elif kind == _BLOCKING:
                 # A blocking collective holds its rank while its data is on the wire.
-                sent_by_step[(rank, step)] += nbytes
-                exposed[rank] += (end - start) * (1 + copies if step == repeated else 1)
+                rank = row[0]
+                sent_by_step[(rank, row[2])] += row[8]
+                exposed[rank] += (row[7] - row[6]) * (repeats if row[2] == repeated else 1)
             elif kind == _SEND:
+                rank, _, step, patch, layer, _, start, _, nbytes, peer, _, tag = row
                 send_start[(rank, peer, step, patch, layer, tag)] = start
                 sent_by_step[(rank, step)] += nbytes
             elif kind == _RECV:
                 recvs.append(row)
             elif kind == _ASYNC:
-                sent_by_step[(rank, step)] += nbytes
+                sent_by_step[(row[0], row[2])] += row[8]
             elif kind == _WAIT:
-                exposed[rank] += (end - start) * (1 + copies if step == repeated else 1)
+                exposed[row[0]] += (row[7] - row[6]) * (repeats if row[2] == repeated else 1)
             elif kind == _TEXT:
-                if end > text_end:
-                    text_end = end
+                if row[7] > text_end:
+                    text_end = row[7]
             elif kind == _VAE:
-                vae += end - start
+                vae += row[7] - row[6]
 
     if copied is None:
         add(short.rows)
@@ -116,9 +123,13 @@ def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> M
         # rows of its own (``split``) goes on adding the representative's terms, in order,
         # to its own sums (``reduce`` adds left to right, as the loop would). Messages are
         # listed, relabelled, for the receives' exposure below.
+        # Each representative's rows, in order (a stable sort by rank, in C, instead of a
+        # pass over every row per representative).
+        by_rank = {rank: list(rows) for rank, rows in groupby(sorted(copied.source, key=_RANK),
+                                                             _RANK)}
         for rep, members in copied.copies.items():
-            rows = [row for row in copied.source if row.rank == rep]
-            messages = [row for row in rows if row.op in _P2P]
+            rows = by_rank.get(rep, [])
+            messages = [row for row in rows if row[1] in _P2P]
             if any(m in copied.split for m, _ in members):
                 busy_terms, exposed_terms, sent = _terms(rows, repeated, copies)
             for m, perm in members:
@@ -141,9 +152,10 @@ def compute_metrics(trace: Trace, world_size: int, steps: int, warmup: int) -> M
                         recvs.append(row.on_rank(m, peer))
     for rank, _, step, patch, layer, _, start, end, _, peer, _, tag in recvs:
         s = send_start.get((peer, rank, step, patch, layer, tag))
-        in_flight_from = max(start, s) if s is not None else start
-        exposed[rank] += max(0.0, end - in_flight_from) * (1 + copies if step == repeated
-                                                           else 1)
+        # ``max(start, s)`` and ``max(0.0, ...)`` as comparisons (the same values, no call).
+        in_flight_from = s if s is not None and s > start else start
+        wire = end - in_flight_from
+        exposed[rank] += (wire if wire > 0.0 else 0.0) * (repeats if step == repeated else 1)
     loop = max(latency - text_end - vae, 1e-30)
     idle = sum(loop - b - e for b, e in zip(busy, exposed))
     # The repeated step's copies send what it sends: the short run's steady steps have the
@@ -167,22 +179,28 @@ def _terms(rows: list[TraceRow], repeated: int | None, copies: int
     busy: list[float] = []
     exposed: list[float] = []
     sent: dict[int, int] = defaultdict(int)
-    for _, op, step, _, _, _, start, end, nbytes, _, _, _ in rows:
+    repeats = 1 + copies
+    for row in rows:  # fields by index, as in ``compute_metrics``
+        op = row[1]
         kind = _KINDS.get(op)
         if kind is None:
             kind = _ASYNC if op.endswith(OpKind.ASYNC_SUFFIX) else _BUSY
         if kind == _BUSY:
-            busy.append((end - start) * (1 + copies if step == repeated else 1))
+            busy.append((row[7] - row[6]) * (repeats if row[2] == repeated else 1))
         elif kind == _BLOCKING or kind == _WAIT:
             if kind == _BLOCKING:
-                sent[step] += nbytes
-            exposed.append((end - start) * (1 + copies if step == repeated else 1))
+                sent[row[2]] += row[8]
+            exposed.append((row[7] - row[6]) * (repeats if row[2] == repeated else 1))
         elif kind == _SEND or kind == _ASYNC:
-            sent[step] += nbytes
+            sent[row[2]] += row[8]
     return busy, exposed, sent
 
 
 _OP = itemgetter(1)
+_RANK = itemgetter(0)
+# ``compute_metrics`` and ``_terms`` read rows by index: the fields where they expect them.
+assert TraceRow._fields[:4] == ("rank", "op", "step", "patch") and \
+    TraceRow._fields[6:9] == ("start_s", "end_s", "nbytes")
 _RANK_OP = itemgetter(0, 1)
 _P2P = frozenset((OpKind.SEND, OpKind.RECV))
 
@@ -214,13 +232,17 @@ def source_summary(rows: Trace | Iterable[TraceRow]) -> dict[str, dict[str, int]
         short = rows.short if isinstance(rows, ExtendedTrace) else rows
         # Counted in C per (op, source, step), then weighted by the rows each one stands
         # for: the repeated step's copies, a copied rank's rows.
-        by_step = Counter(map(_OP_SOURCE_STEP, simulated_rows(short)))
         if isinstance(short, CopiedTrace):
+            # ``source`` is the tail of ``simulated``: counted once, with its rank, each
+            # row for itself and its copies.
+            head = short.simulated[:len(short.simulated) - len(short.source)]
+            by_step = Counter(map(_OP_SOURCE_STEP, head))
             n_copies = {r: len(c) for r, c in short.copies.items()}
             for (rank, op, source, step), n in Counter(map(_RANK_OP_SOURCE_STEP,
                                                            short.source)).items():
-                if rank in n_copies:
-                    by_step[(op, source, step)] += n * n_copies[rank]
+                by_step[(op, source, step)] += n * (1 + n_copies.get(rank, 0))
+        else:
+            by_step = Counter(map(_OP_SOURCE_STEP, short.rows))
         b, w = (rows.step, 1 + rows.copies) if isinstance(rows, ExtendedTrace) else (None, 1)
         for (op, source, step), n in by_step.items():
             counts[(op, source)] += n * w if step == b else n

@@ -35,7 +35,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from sim.layout import RankLayout
@@ -203,8 +203,8 @@ def _collective_key(rank: int, op: Collective) -> tuple:
     return (op.kind, op.tag, op.group, rank)
 
 
-_WITHOUT_RANK = itemgetter(0, 1, 2)  # a collective's key, the same on every member
 _TAG = attrgetter("tag")
+_GROUP = attrgetter("group")
 
 
 @dataclass
@@ -243,52 +243,102 @@ class Schedule:
         """First token row of ``patch``."""
         return sum(self.patch_rows[:patch])
 
-    def validate(self) -> None:
+    def validate(self, orbits: dict[int, Any] | None = None) -> None:
         """Check the contract (module docstring): messages and collectives match across ranks
         and every asynchronous collective is waited for. Raises ``ScheduleError`` naming the
         rank, the op and its tag. Linear in the ops, with filtering comprehensions and Counter
         (which counts in C) doing the work: it runs on every schedule built, the planner's
-        hundreds of candidates included."""
+        hundreds of candidates included.
+
+        ``orbits`` (``sim.symmetry.shift_classes`` of this schedule, when the caller has
+        them) lets the images of a whole orbit be checked through their representative
+        (``_implied``): their ops are its ops' images, op by op, so their waits are its
+        waits, their messages its messages' images, and a collective the representative
+        lists once in a group of its orbit is listed once by every member of that group."""
+        implied = self._implied(orbits) if orbits else {}
         sends: list[tuple] = []
         recvs: list[tuple] = []
-        collectives: list[tuple] = []
+        collectives: list[tuple] = []  # (kind, tag, group) of each rank's collectives
+        usual = True  # each rank lists collectives of distinct tags, in its own groups
         for rank, ops in enumerate(self.ranks):
-            present = set(map(type, ops))
+            if rank in implied and implied[rank] is None:
+                continue  # an image: its representative, earlier, added its messages
+            # The filters below walk the communication alone (most of a block's ops are
+            # compute).
+            comm = [op for op in ops if type(op) is not Compute]
+            present = set(map(type, comm))
+            images = implied.get(rank, ())
             if Send in present:
-                sends += [(rank, op.dst, op.tag, op.nbytes, op.shape) for op in ops
+                picked = [(op.dst, op.tag, op.nbytes, op.shape) for op in comm
                           if type(op) is Send]
+                for m, perm in ((rank, None), *images):
+                    sends += [(m, d if perm is None else perm[d], *rest)
+                              for d, *rest in picked]
             if Recv in present:
-                recvs += [(op.src, rank, op.tag, op.nbytes, op.shape) for op in ops
+                picked = [(op.src, op.tag, op.nbytes, op.shape) for op in comm
                           if type(op) is Recv]
+                for m, perm in ((rank, None), *images):
+                    recvs += [(src if perm is None else perm[src], m, *rest)
+                              for src, *rest in picked]
             if Collective in present:
-                group_ops = [op for op in ops if type(op) is Collective]
-                collectives += [(op.kind, op.tag, op.group, rank) for op in group_ops]
+                group_ops = [op for op in comm if type(op) is Collective]
+                tags = set(map(_TAG, group_ops))
+                groups = set(map(_GROUP, group_ops))
+                if len(tags) < len(group_ops) or not all(rank in g for g in groups):
+                    usual = False
+                if not images:  # else each is listed by every member (``_implied``)
+                    collectives += [(op.kind, op.tag, op.group) for op in group_ops]
                 if Wait in present or any(op.asynchronous for op in group_ops):
-                    self._check_waits(rank)
+                    self._check_waits(rank, comm)
             elif Wait in present:
-                self._check_waits(rank)
+                self._check_waits(rank, comm)
         sent, received = Counter(sends), Counter(recvs)
         if not dict.__eq__(sent, received):  # Counter's own == compares in Python
             raise self._unmatched_messages(sent, received)
+        # Usually each member lists each collective once (distinct tags on every rank, all
+        # in groups it is a member of): then it is enough that as many ranks list it as its
+        # group has. Otherwise, or if not, the check by rank names the error.
         listed = Counter(collectives)
-        # Usually each member lists each collective once: then it is enough that as many
-        # ranks list it as its group has, all of them members.
-        if len(listed) < len(collectives) or not (
-                all(n == len(key[2]) for key, n in Counter(map(_WITHOUT_RANK, listed)).items())
-                and all(rank in group for _, _, group, rank in listed)):
-            self._check_collectives(listed)
+        if not usual or not all(n == len(key[2]) for key, n in listed.items()):
+            self._check_collectives(Counter(
+                _collective_key(rank, op) for rank, ops in enumerate(self.ranks)
+                for op in ops if type(op) is Collective))
+
+    def _implied(self, orbits: dict[int, Any]) -> dict[int, Any]:
+        """The orbits (``sim.symmetry.Orbit``) whose images ``validate`` may check through
+        their representative, as representative -> its images [(rank, shift)] and image ->
+        None. An orbit qualifies when its images run the images of all the
+        representative's ops (``prefix``: every op, groups as exact tuples), and every group
+        the representative lists lies within the orbit and is its own image under the shift
+        that takes the representative to each of its members: then each member lists that
+        collective once for each time the representative does, and no other rank of the
+        orbit lists it. (A rank outside the orbit that lists it is not a member: the
+        membership check names it.)"""
+        out: dict[int, Any] = {}
+        for rep, orbit in orbits.items():
+            ops = self.ranks[rep]
+            if not orbit.exact_groups or orbit.prefix != len(ops) or any(
+                    len(self.ranks[m]) != len(ops) for m, _ in orbit.images):
+                continue
+            shift_to = {m: perm for m, perm in orbit.images}
+            groups = {op.group for op in ops if type(op) is Collective}
+            if all(m == rep or (m in shift_to and tuple(sorted(shift_to[m][x] for x in g)) == g)
+                   for g in groups for m in g):
+                out[rep] = orbit.images
+                out.update((m, None) for m, _ in orbit.images)
+        return out
 
     def where(self, rank: int, index: int) -> str:
         """Op ``index`` of ``rank`` for an error message: ``rank 0, op 3 of 30: Send(...)``."""
         ops = self.ranks[rank]
         return f"rank {rank}, op {index} of {len(ops)}: {describe_op(ops[index])}"
 
-    def _check_waits(self, rank: int) -> None:
+    def _check_waits(self, rank: int, comm: list[Op]) -> None:
         """Each asynchronous collective of ``rank`` is followed by one ``Wait`` with its tag
         before the tag is issued again (the engine and a ``Wait`` find it by tag alone), and
-        each ``Wait`` follows its collective."""
-        ops = self.ranks[rank]
-        seq = [op for op in ops if type(op) is Wait or type(op) is Collective and op.asynchronous]
+        each ``Wait`` follows its collective. ``comm`` is the rank's ops but compute."""
+        seq = [op for op in comm if type(op) is Wait
+               or type(op) is Collective and op.asynchronous]
         # Usually each collective is waited for before the next one is issued (the ring's
         # rotation of every block): then the list alternates collective, its wait, ... which
         # is checked in C. Otherwise (several in flight, or an error) op by op below.

@@ -49,42 +49,46 @@ def shifts(layout: RankLayout) -> list[list[int]]:
     return out
 
 
-def _images(a: list[Op], b: list[Op], perm: list[int]) -> int:
+def _images(a: list[Op], b: list[Op], perm: list[int]) -> tuple[int, bool]:
     """How many ops from the start op list ``b`` equals ``a`` with every rank ``x`` named in
     it replaced by ``perm[x]`` (groups compared as sets: a ring's flows are the same either
-    way round)."""
+    way round), and whether every group of ``b`` among them is the ascending tuple of its
+    image's ranks (then the collectives' keys are the images' exactly, tuples and all)."""
     same_group: dict[tuple, bool] = {}  # (group, its image's) -> images of one another
+    exact = True
     # Ops the builders share between ranks (compute, waits) are the same object in both
     # lists: only the others are compared, found in C.
     for i in itertools.compress(itertools.count(), map(is_not, a, b)):
         x, y = a[i], b[i]
         kind = type(x)
         if kind is not type(y):
-            return i
+            return i, exact
         if kind is Compute or kind is Wait:
             if x != y:
-                return i
+                return i, exact
         elif kind is Send:
             if perm[x.dst] != y.dst or x.tag != y.tag or x.nbytes != y.nbytes \
                     or x.shape != y.shape:
-                return i
+                return i, exact
         elif kind is Recv:
             if perm[x.src] != y.src or x.tag != y.tag or x.nbytes != y.nbytes \
                     or x.shape != y.shape:
-                return i
+                return i, exact
         elif kind is Collective:
             if x.kind != y.kind or x.tag != y.tag or x.nbytes != y.nbytes \
                     or x.asynchronous != y.asynchronous or x.count != y.count:
-                return i
+                return i, exact
             key = (x.group, y.group)
             same = same_group.get(key)
             if same is None:
-                same = same_group[key] = sorted(perm[g] for g in x.group) == sorted(y.group)
+                image = sorted(perm[g] for g in x.group)
+                same = same_group[key] = image == sorted(y.group)
+                exact = exact and tuple(image) == y.group
             if not same:
-                return i
+                return i, exact
         else:
-            return i
-    return min(len(a), len(b))
+            return i, exact
+    return min(len(a), len(b)), exact
 
 
 class Orbit(NamedTuple):
@@ -94,6 +98,9 @@ class Orbit(NamedTuple):
 
     images: list[tuple[int, list[int]]]
     prefix: int
+    # Every image's groups in the prefix are the ascending tuples of the representative's
+    # groups' images (``Schedule.validate`` may then check the images through it).
+    exact_groups: bool = False
 
 
 def shift_classes(ranks: list[list[Op]], layout: RankLayout | None) -> dict[int, Orbit]:
@@ -114,7 +121,8 @@ def shift_classes(ranks: list[list[Op]], layout: RankLayout | None) -> dict[int,
             continue
         orbit = [(p[r], p) for p in perms]
         seen.update(m for m, _ in orbit)
-        prefix = min(_images(ranks[r], ranks[m], p) for m, p in orbit)
+        found = [_images(ranks[r], ranks[m], p) for m, p in orbit]
+        prefix = min(n for n, _ in found)
         if prefix > 0:
-            out[r] = Orbit(orbit, prefix)
+            out[r] = Orbit(orbit, prefix, all(exact for _, exact in found))
     return out

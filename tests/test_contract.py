@@ -224,3 +224,112 @@ def test_ops_keep_their_dataclass_constructor_and_stay_frozen() -> None:
             setattr(op, dataclasses.fields(cls)[0].name, 1)
     assert built[1].layers == (-1, -1) and built[1].part == "all" and built[1].shard == 1
     assert built[3].shape == () and not Collective("all_reduce", (0, 1), 8, tag).asynchronous
+
+
+# ---- validation through orbits (issue 14) ------------------------------------------------
+
+def _flux_hybrid() -> Schedule:
+    """Flux ring2 x tensor2 x pipefusion4 on 16 GPUs, 3 steps: four orbits of four ranks,
+    the last one split at the decode."""
+    wl = Workload(get_model("flux"), 256, 256, STEPS)
+    return build_schedule(wl, ParallelConfig(16, pipefusion=4, patches=4, ring=2, tensor=2))
+
+
+def test_validation_through_orbits_skips_the_images_of_whole_orbits_only() -> None:
+    from sim.strategies import build_schedule_and_orbits
+    from sim.symmetry import shift_classes
+
+    sched = _flux_hybrid()
+    orbits = shift_classes(sched.ranks, sched.layout)
+    implied = sched._implied(orbits)
+    # The three whole stages are checked through their representatives; the decoding
+    # stage's orbit (split at the latent gather) is checked rank by rank.
+    assert {r for r, images in implied.items() if images is not None} == {0, 4, 8}
+    assert {r for r, images in implied.items() if images is None} == {
+        1, 2, 3, 5, 6, 7, 9, 10, 11}
+    sched.validate(orbits)
+    wl = Workload(get_model("flux"), 256, 256, STEPS)
+    built, found = build_schedule_and_orbits(
+        wl, ParallelConfig(16, pipefusion=4, patches=4, ring=2, tensor=2))
+    assert built.ranks == sched.ranks and found == orbits
+
+
+def _broken_image(change) -> Schedule:
+    """The Flux hybrid with one op of image rank 5 (orbit of 4) changed by ``change``."""
+    sched = _flux_hybrid()
+    ops = sched.ranks[5]
+    i = next(i for i, op in enumerate(ops) if change(op) is not op)
+    ops[i] = change(op := ops[i])
+    assert ops[i] != op
+    return sched
+
+
+@pytest.mark.parametrize("change,message", [
+    # A collective over another group: rank 5 lists one its group's other member does not.
+    (lambda op: replace(op, group=(5, 7)) if type(op) is Collective
+     and op.kind == OpKind.ALL_REDUCE else op, "listed"),
+    # A message to another rank of the next stage.
+    (lambda op: replace(op, dst=op.dst + 1) if type(op) is Send else op, "rank"),
+    # A wait for another tag.
+    (lambda op: Wait(op.tag._replace(layer=-7)) if type(op) is Wait else op, "wait"),
+])
+def test_validation_through_orbits_still_names_a_broken_image(change, message: str) -> None:
+    from sim.symmetry import shift_classes
+
+    sched = _broken_image(change)
+    with pytest.raises(ScheduleError, match=message):
+        sched.validate()
+    # The broken rank is no image of its representative any more: checked by itself.
+    orbits = shift_classes(sched.ranks, sched.layout)
+    assert 5 not in sched._implied(orbits)
+    with pytest.raises(ScheduleError, match=message):
+        sched.validate(orbits)
+
+
+def test_validation_through_orbits_refuses_what_the_full_validation_refuses() -> None:
+    """Random damage (an op dropped, doubled, swapped with the next, its group, tag or peer
+    changed), mostly to ranks of whole orbits: the check through orbits, with the orbits of
+    the damaged schedule, raises exactly where the check of every rank does."""
+    import random
+
+    from sim.symmetry import shift_classes
+
+    rng = random.Random(7)
+    base = _flux_hybrid()
+    targets = list(base._implied(shift_classes(base.ranks, base.layout)))
+
+    def damage(sched: Schedule) -> None:
+        ops = sched.ranks[rng.choice(targets) if rng.random() < 0.8
+                          else rng.randrange(len(sched.ranks))]
+        i = rng.randrange(len(ops))
+        op, how = ops[i], rng.randrange(5)
+        if how == 0:
+            del ops[i]
+        elif how == 1:
+            ops.insert(i, op)
+        elif how == 2 and i + 1 < len(ops):
+            ops[i], ops[i + 1] = ops[i + 1], op
+        elif how == 3 and type(op) is Collective:
+            ops[i] = replace(op, group=tuple(reversed(op.group)) if rng.random() < 0.5
+                             else tuple(sorted(set(op.group) ^ {rng.randrange(16)})) or (0,))
+        elif how == 4 and type(op) is not Compute:
+            ops[i] = replace(op, tag=op.tag._replace(layer=op.tag.layer + 1))
+
+    def refused(sched: Schedule, orbits: dict | None = None) -> bool:
+        try:
+            sched.validate(orbits)
+        except ScheduleError:
+            return True
+        return False
+
+    outcomes = Counter()
+    for _ in range(150):
+        sched = replace(base, ranks=[list(ops) for ops in base.ranks])
+        damage(sched)
+        orbits = shift_classes(sched.ranks, sched.layout)
+        full = refused(sched)
+        assert refused(sched, orbits) == full
+        outcomes[(full, bool(sched._implied(orbits)))] += 1
+    # Damage that breaks the contract and damage that does not (a swap of two compute
+    # ops), both with orbits left whole and checked through their representative.
+    assert outcomes[(True, True)] and outcomes[(False, True)]

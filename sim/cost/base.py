@@ -12,7 +12,10 @@ SOURCES = ("measured", "interpolated", "roofline")
 
 
 class CostModel(Protocol):
-    """Anything that gives a compute op's duration in seconds and says where it came from."""
+    """Anything that gives a compute op's duration in seconds and says where it came from.
+    Both may depend on the op's shape alone (``kind``, ``layers``, ``q_tokens``,
+    ``kv_tokens``, ``batch``, ``part``, ``shard``), not on its step, patch or warmup flag:
+    the engine asks once per shape (``sim.engine``)."""
 
     def compute_time(self, op: Compute) -> float:
         """Seconds of ``op``."""

@@ -11,8 +11,22 @@ from __future__ import annotations
 from sim.config import ParallelConfig, Workload, validate
 from sim.des import paused_gc
 from sim.schedule import Schedule
+from sim.symmetry import Orbit, shift_classes
 
 FAMILIES = ("serial", "pipefusion", "ulysses", "ring", "tensor", "distrifusion", "cfg", "hybrid")
+
+
+def build_schedule_and_orbits(wl: Workload, cfg: ParallelConfig, coarse: bool = False
+                              ) -> tuple[Schedule, dict[int, Orbit]]:
+    """``build_schedule``, and the schedule's shift classes (``sim.symmetry.shift_classes``,
+    which the engine takes as ``simulate(..., orbits=...)``): found first, they let
+    ``Schedule.validate`` check an orbit's images through their representative."""
+    validate(wl, cfg)
+    with paused_gc():
+        sched = _build(wl, cfg, coarse, None, check=False)
+        orbits = shift_classes(sched.ranks, sched.layout)
+        sched.validate(orbits)
+    return sched, orbits
 
 
 def build_schedule(wl: Workload, cfg: ParallelConfig, coarse: bool = False,
@@ -31,7 +45,7 @@ def build_schedule(wl: Workload, cfg: ParallelConfig, coarse: bool = False,
 
 
 def _build(wl: Workload, cfg: ParallelConfig, coarse: bool,
-           only: frozenset[int] | None) -> Schedule:
+           only: frozenset[int] | None, check: bool = True) -> Schedule:
     from sim.strategies import distrifusion, hybrid, serial
 
     if cfg.strategy == "serial":
@@ -44,5 +58,6 @@ def _build(wl: Workload, cfg: ParallelConfig, coarse: bool,
         sched = hybrid.build(wl, cfg, coarse, only)
         if only is not None:
             return sched
-    sched.validate()
+    if check:
+        sched.validate()
     return sched

@@ -165,7 +165,15 @@ def patch_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     """Everything ``seat`` does for one patch of one step, in order."""
     ops: list[Op] = []
     if slot.patch <= 0:  # every rank computes the step's conditioning itself
-        ops.append(Compute(OpKind.CONDITION, slot.step, -1, batch=job.batch, warmup=slot.warm))
+        # Ops that depend on the slot alone are built once and shared by the ranks that list
+        # them (in ``block_memo``, keyed by their kind first): ops are immutable, and ranks
+        # sharing an op compare cheaply (``sim.symmetry``).
+        key = (OpKind.CONDITION, slot.step)
+        op = job.block_memo.get(key)
+        if op is None:
+            op = job.block_memo[key] = Compute(OpKind.CONDITION, slot.step, -1, (-1, -1), 0,
+                                               0, job.batch, slot.warm)
+        ops.append(op)
     ops += stage_inputs(job, seat, slot)
     # The ranks of a stage that share their groups (all of a pure Ulysses, ring or tensor
     # stage) list the same block ops: built once, for the first of them. A group of one rank
@@ -173,13 +181,24 @@ def patch_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     # otherwise every rank of a pure Ulysses stage, its ring and tensor groups being itself,
     # would build its own copy.
     lay = job.layout
-    key = (slot.step, slot.patch, seat.first, seat.last,
-           seat.ulysses if lay.ulysses > 1 else (), seat.ring if lay.ring > 1 else (),
-           seat.tensor if lay.tensor > 1 else ())
-    blocks = job.block_memo.get(key)
-    if blocks is None:
-        blocks = job.block_memo[key] = block_ops(job, seat, slot)
-    ops += blocks
+    if lay.ulysses == lay.ring == lay.tensor == 1:
+        # No sequence or tensor parallelism: the stage's blocks are one op (``block_ops``),
+        # shared by the CFG halves' ranks of the stage.
+        key = (slot.step, slot.patch, seat.first)
+        op = job.block_memo.get(key)
+        if op is None:
+            op = job.block_memo[key] = Compute(OpKind.BLOCKS, slot.step, slot.patch,
+                                               (seat.first, seat.last), slot.tokens, job.full,
+                                               job.batch, slot.warm)
+        ops.append(op)
+    else:
+        key = (slot.step, slot.patch, seat.first, seat.last,
+               seat.ulysses if lay.ulysses > 1 else (), seat.ring if lay.ring > 1 else (),
+               seat.tensor if lay.tensor > 1 else ())
+        blocks = job.block_memo.get(key)
+        if blocks is None:
+            blocks = job.block_memo[key] = block_ops(job, seat, slot)
+        ops += blocks
     ops += stage_outputs(job, seat, slot)
     if seat.at.stage == job.last_stage:
         ops += final_ops(job, seat, slot)
@@ -203,8 +222,11 @@ def stage_inputs(job: Job, seat: Seat, slot: Slot) -> list[Op]:
             elif not slot.prev_warm:
                 shape = job.latent_shape(j, qs)
                 ops.append(Recv(src, job.nbytes(shape), _tag(("latent", t - 1, j, -1)), shape))
-        ops.append(Compute(OpKind.EMBED, t, j, q_tokens=qs, kv_tokens=job.full, batch=job.batch,
-                           warmup=slot.warm))
+        op = job.block_memo.get((OpKind.EMBED, t, j))  # shared, as in ``patch_ops``
+        if op is None:
+            op = job.block_memo[(OpKind.EMBED, t, j)] = Compute(
+                OpKind.EMBED, t, j, (-1, -1), qs, job.full, job.batch, slot.warm)
+        ops.append(op)
         return ops
     src = seat.stage_peers[p - 1]
     hidden, size = slot.hidden, slot.hidden_bytes
@@ -231,8 +253,7 @@ def block_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     key = (slot.step, slot.patch, seat.first, seat.last)
     units = memo.get(key)
     if units is None:
-        units = memo[key] = [_block_parts(job, slot, lo, hi)
-                             for lo, hi in _units(seat.first, seat.last, job.merge_blocks)]
+        units = memo[key] = _block_parts(job, slot, seat.first, seat.last)
     # Each part of a block, unit after unit (a column): the compute ops and waits as they
     # are, the collectives over the rank's own groups (which kinds a configuration has is
     # the same for every unit). The rank's list takes them row by row.
@@ -241,7 +262,11 @@ def block_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     groups = (None, seat.ulysses, seat.ring, None, None, seat.tensor)
     columns = [_column(memo, key, units, part, groups[part])
                for part in range(6) if units[0][part] is not None]
-    return [op for row in zip(*columns) for op in row]
+    # Row by row: each column fills every len(columns)-th place (slice assignments, in C).
+    ops: list[Op] = [None] * (len(columns) * len(units))  # type: ignore[list-item]
+    for k, column in enumerate(columns):
+        ops[k::len(columns)] = column
+    return ops
 
 
 # The parts of a unit after its projections where the stage has no Ulysses, ring or tensor
@@ -251,17 +276,18 @@ _ALONE = (None,) * 5
 
 def _column(memo: dict, key: tuple, units: list[tuple], part: int,
             group: tuple[int, ...] | None) -> list[Op]:
-    """Part ``part`` of every unit of ``units`` (the block ops of slot and stage ``key``);
-    for a collective, the template over ``group``, built once per (slot and stage, part,
-    group) and shared by the ranks of that group."""
-    if group is None:
-        return [unit[part] for unit in units]
+    """Part ``part`` of every unit of ``units`` (the block ops of slot and stage ``key``),
+    built once per (slot and stage, part, group) and shared: a compute op or wait as it is
+    (``group`` None), a collective as the template over ``group``."""
     column_key = (key, part, group)
     column = memo.get(column_key)
     if column is None:
-        column = memo[column_key] = [
-            Collective(kind, group, nbytes, tag, asynchronous, count)
-            for kind, nbytes, tag, asynchronous, count in (unit[part] for unit in units)]
+        if group is None:
+            column = memo[column_key] = [unit[part] for unit in units]
+        else:
+            column = memo[column_key] = [
+                Collective(kind, group, nbytes, tag, asynchronous, count)
+                for kind, nbytes, tag, asynchronous, count in (unit[part] for unit in units)]
     return column
 
 
@@ -279,36 +305,41 @@ class _Template(NamedTuple):
 _template = partial(tuple.__new__, _Template)  # as ``_tag``: no argument parsing
 
 
-def _block_parts(job: Job, slot: Slot, lo: int, hi: int) -> tuple:
-    """The ops of ``block_ops`` for any rank of a stage, its collectives as templates
-    (``_Template``, no group yet): projections (or the whole blocks), Ulysses' all-to-alls,
-    the ring's rotation, the attention core, the wait for the rotation, the tensor-parallel
-    all-reduces (None where the configuration has none)."""
-    t, j, qs = slot.step, slot.patch, slot.tokens
+def _block_parts(job: Job, slot: Slot, first: int, last: int) -> list[tuple]:
+    """The ops of ``block_ops`` for any rank of the stage of blocks ``first..last``, per
+    unit (``_units``), its collectives as templates (``_Template``, no group yet):
+    projections (or the whole blocks), Ulysses' all-to-alls, the ring's rotation, the
+    attention core, the wait for the rotation, the tensor-parallel all-reduces (None where
+    the configuration has none). What depends on the slot alone is worked out once."""
+    t, j, qs, warm = slot.step, slot.patch, slot.tokens, slot.warm
     U, R, T = job.layout.ulysses, job.layout.ring, job.layout.tensor
-    n = hi - lo + 1
+    full, batch = job.full, job.batch
     split = U > 1 or R > 1
-    shard = job.nbytes((job.batch, qs, job.model.hidden // T)) if split else 0
-    proj = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
-                   "proj" if split else "all", T)
-    a2a = ring = attn = wait = reduce = None
-    if U > 1:
-        # MM-DiT: the text stream is replicated, and its queries ride in the query exchange
-        # and come back in the output exchange (executor/mmdit.py; K,V carry image rows
-        # only): the four exchanges of a block average qs + text/2 rows each.
-        size = shard if not job.forwards_text else job.nbytes(
-            (job.batch, 2 * qs + job.model.text_tokens, job.model.hidden // T)) // 2
-        a2a = _template((OpKind.ALL_TO_ALL, size, _tag(("ulysses", t, j, lo)), False, 4 * n))
-    if R > 1:
-        ring = _template((OpKind.RING_KV, 2 * shard, _tag(("ring", t, j, lo)), True, n))
-        wait = Wait(ring.tag)
-    if split:
-        attn = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, job.full, job.batch, slot.warm,
-                       "attn", T)
-    if T > 1:
-        reduce = _template((OpKind.ALL_REDUCE, slot.hidden_bytes, _tag(("tensor", t, j, lo)),
-                            False, job.tensor_reduces * n))
-    return proj, a2a, ring, attn, wait, reduce
+    shard = job.nbytes((batch, qs, job.model.hidden // T)) if split else 0
+    part = "proj" if split else "all"
+    # MM-DiT: the text stream is replicated, and its queries ride in the query exchange and
+    # come back in the output exchange (executor/mmdit.py; K,V carry image rows only): the
+    # four exchanges of a block average qs + text/2 rows each.
+    size = (shard if not job.forwards_text else job.nbytes(
+        (batch, 2 * qs + job.model.text_tokens, job.model.hidden // T)) // 2) if U > 1 else 0
+    out = []
+    for lo, hi in _units(first, last, job.merge_blocks):
+        n = hi - lo + 1
+        proj = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, full, batch, warm, part, T)
+        a2a = ring = attn = wait = reduce = None
+        if U > 1:
+            a2a = _template((OpKind.ALL_TO_ALL, size, _tag(("ulysses", t, j, lo)), False,
+                             4 * n))
+        if R > 1:
+            ring = _template((OpKind.RING_KV, 2 * shard, _tag(("ring", t, j, lo)), True, n))
+            wait = Wait(ring.tag)
+        if split:
+            attn = Compute(OpKind.BLOCKS, t, j, (lo, hi), qs, full, batch, warm, "attn", T)
+        if T > 1:
+            reduce = _template((OpKind.ALL_REDUCE, slot.hidden_bytes,
+                                _tag(("tensor", t, j, lo)), False, job.tensor_reduces * n))
+        out.append((proj, a2a, ring, attn, wait, reduce))
+    return out
 
 
 def stage_outputs(job: Job, seat: Seat, slot: Slot) -> list[Op]:
@@ -335,14 +366,19 @@ def final_ops(job: Job, seat: Seat, slot: Slot) -> list[Op]:
     """The last stage finishes the patch: final layer, the CFG halves' all-gather of the noise
     prediction, the scheduler step, and the latent back to stage 0 for the next step."""
     t, j, qs = slot.step, slot.patch, slot.tokens
-    ops: list[Op] = [Compute(OpKind.FINAL, t, j, q_tokens=qs, kv_tokens=job.full,
-                             batch=job.batch, warmup=slot.warm)]
+    # Shared by the ranks of the stage, as in ``patch_ops``.
+    shared = job.block_memo.get((OpKind.FINAL, t, j))
+    if shared is None:
+        shared = job.block_memo[(OpKind.FINAL, t, j)] = (
+            Compute(OpKind.FINAL, t, j, (-1, -1), qs, job.full, job.batch, slot.warm),
+            Compute(OpKind.SCHEDULER_STEP, t, j, (-1, -1), qs, job.full, job.images,
+                    slot.warm))
+    ops: list[Op] = [shared[0]]
     if job.layout.cfg > 1:
         # Guidance needs both halves' noise predictions: one all-gather per step (patch).
         ops.append(Collective(OpKind.ALL_GATHER, seat.cfg, job.nbytes(job.latent_shape(j, qs)),
                               _tag(("cfg", t, j, -1))))
-    ops.append(Compute(OpKind.SCHEDULER_STEP, t, j, q_tokens=qs, kv_tokens=job.full,
-                       batch=job.images, warmup=slot.warm))
+    ops.append(shared[1])
     if t < job.steps - 1 and job.last_stage > 0:
         shape = job.latent_shape(j, qs)
         ops.append(Send(seat.stage_peers[0], job.nbytes(shape), _tag(("latent", t, j, -1)),
