@@ -63,6 +63,15 @@ def case_and_profile(row: dict[str, str], profiles: Path) -> tuple[Case, dict]:
                                         f"compute profile of {c.model}")}
 
 
+def medians_of(prof: LinkProfile, host: bool) -> LinkProfile:
+    """``prof`` with ``mean_s`` dropped from its ``host_msg`` rows (``host``) or from all its
+    other rows (not ``host``): those are then costed from their medians, as in profiles
+    older than the column."""
+    return LinkProfile(prof.meta, [dataclasses.replace(s, mean_s=None)
+                                   if (s.op == "host_msg") == host else s
+                                   for s in prof.samples], prof.path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", help="a validation --out folder")
@@ -72,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="charge host time per message at the host_msg rows' medians")
     a = p.parse_args(argv)
     table, profiles, link = run_files(Path(a.out))
-    if a.host_median:
-        # A copy of the link profile whose host_msg rows hold no mean: host_table then
-        # charges their medians.
-        prof = LinkProfile.read(link)
-        prof.samples = [dataclasses.replace(s, mean_s=None) if s.op == "host_msg" else s
-                        for s in prof.samples]
-        link = prof.write(Path(tempfile.mkdtemp(prefix="repredict-")) / link.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.host_median:
+            link = medians_of(LinkProfile.read(link), host=True).write(Path(tmp) / link.name)
+        return _score(a, table, profiles, link)
+
+
+def _score(a: argparse.Namespace, table: Path, profiles: Path, link: Path) -> int:
+    """Print every row of ``table`` (filtered by ``a.family``) predicted again with ``link``,
+    and the per-family summary; returns 0."""
     families = set(a.family.split(",")) if a.family else None
     with open(table, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if families is None or r["strategy"] in families]

@@ -122,3 +122,17 @@ def test_repredict_charges_host_means_unless_told_medians(tmp_path: Path) -> Non
     means, medians = ring_rows(run), ring_rows(run, "--host-median")
     assert len(means) == 4 and all(m > d for m, d in zip(means, medians, strict=True))
     assert medians == pytest.approx(ring_rows(shipped), rel=1e-9)
+
+
+def test_medians_of_drops_the_means_of_one_kind_of_row_only() -> None:
+    """collective_means.py compares the collectives' statistic alone (the host time per
+    message keeps its mean), repredict.py --host-median the host time's alone."""
+    from repredict import medians_of
+
+    link = LinkProfile.read(DATA / "links_gloo_loopback_w2_busy_cpu-amd-epyc-t1.csv")
+    link.samples = [dataclasses.replace(s, mean_s=2 * s.median_s) for s in link.samples]
+    host = [s.op == "host_msg" for s in link.samples]
+    assert any(host) and not all(host)
+    for which in (True, False):
+        kept = medians_of(link, host=which).samples
+        assert [s.mean_s is None for s in kept] == [h == which for h in host]
