@@ -530,7 +530,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     shapes: dict[tuple, tuple[float, float, int, str]] = {}
 
     def shape_cost(op: Compute, key: tuple) -> tuple[float, float, int, str]:
-        got = shapes[key] = (compute_time(op), host_seconds(op) if hosted else 0.0,
+        shapes[key] = got = (compute_time(op), host_seconds(op) if hosted else 0.0,
                              granularity(op) if hosted else 1, source(op))
         return got
 
@@ -574,11 +574,11 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                     seen = comm_until[rank]
                     # The op's own GPU seconds (one cost lookup), with the ring's merges
                     # it carries; the gpu time adds the overlap slowdown to it.
-                    cost_of = shapes.get((op.kind, op.layers, op.q_tokens, op.kv_tokens,
-                                          op.batch, op.part, op.shard))
+                    shape = (op.kind, op.layers, op.q_tokens, op.kv_tokens, op.batch,
+                             op.part, op.shard)
+                    cost_of = shapes.get(shape)
                     if cost_of is None:
-                        cost_of = shape_cost(op, (op.kind, op.layers, op.q_tokens,
-                                                  op.kv_tokens, op.batch, op.part, op.shard))
+                        cost_of = shape_cost(op, shape)
                     c = g = cost_of[0]
                     if merge[rank]:
                         c = g = g + merge[rank]
