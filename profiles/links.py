@@ -27,15 +27,18 @@ millisecond of compute (not back to back, which hides the transport's wake-up).
 
 Each size: warm-up calls, then timed samples (at least ``--repeats``, more for fast sizes),
 spread over interleaved passes over all sizes in shuffled orders (a slow spell of a shared
-machine then touches every size alike instead of a few); a sample is one call, or for calls
-under 2 ms a back-to-back run of calls lasting about 2 ms divided by its length (single short
-calls mostly measure the wake-up jitter of processes that share cores). The median sample is
-kept with its spread, and the mean (``mean_s``), which the engine costs collectives from: a run
-pays the sum of its calls, and on CPU processes that share cores a call's time is long-tailed
-(a 64 KiB all_to_all on the 2-core VM: median 0.93 ms, mean 1.68 ms, the ninth decile 5 ms).
-Then, per op, ``time = latency + nbytes / bandwidth`` is fitted (least
-absolute relative error) over a small-message and a large-message regime (the split that fits
-best) and over all sizes.
+machine then touches every size alike instead of a few); ``--order ascending`` instead times
+every kind of call at one size before the next, smallest first (``_collect_ascending``: on CPU
+processes a call's long tail comes up more often once the process has moved large messages).
+A sample is one call, or for calls under 2 ms a back-to-back run of calls lasting about 2 ms
+divided by its length (single short calls mostly measure the wake-up jitter of processes that
+share cores).
+The median sample is kept with its spread, and the mean (``mean_s``), which the engine costs
+collectives from: a run pays the sum of its calls, and on CPU processes that share cores a
+call's time is long-tailed (a 64 KiB all_to_all on the 2-core VM: median 0.93 ms, mean 1.68
+ms, the ninth decile 5 ms). Then, per op, ``time = latency + nbytes / bandwidth`` is fitted
+(least absolute relative error) over a small-message and a large-message regime (the split
+that fits best) and over all sizes.
 Rank 0 writes the link profile (format: ``sim/cost/profile_format.py``, ``profiles/README.md``).
 """
 
@@ -54,6 +57,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from profiles.device import device_name, device_slug
 from profiles.progress import progress_bar
@@ -70,6 +74,7 @@ OPS = ("p2p", "all_reduce", "all_gather", "all_to_all", "ring_kv")
 COLLECTIVES = OPS[1:]
 KIB = 1024
 INNER_S = 2e-3  # a timed sample lasts at least this long (seconds), see _measure
+ORDERS = ("ascending", "shuffled")  # --order
 MIB = 1024 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024**3  # --max-bytes beyond this is a typo, not a message to time
 MAX_MIN_TIME_S = 3600.0  # --min-time per size: an hour already means days for a full sweep
@@ -90,6 +95,7 @@ class LinkSettings:
     progress: bool
     passes: int = 3  # interleaved passes over all (op, size) pairs, sharing the repeats
     busy: bool = False  # a compute thread runs on every rank while messages are timed
+    order: str = "shuffled"  # passes over all sizes; "ascending": smallest size first
 
 
 def parse_size(text: str) -> int:
@@ -152,6 +158,11 @@ def parse(argv: list[str] | None) -> LinkSettings:
                          "message then waits for its receiver to be scheduled; collectives "
                          "are timed idle first (plain names, as a blocking call waits) and "
                          "then busy, issued asynchronously (<op>_async rows)")
+    ap.add_argument("--order", choices=ORDERS, default="shuffled",
+                    help="shuffled: the passes run over all sizes in shuffled orders; "
+                         "ascending: every kind of call at one size, smallest size first, so "
+                         "no sample follows a larger transfer (an experiment: see "
+                         "profiles/README.md)"),
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     kind = a.link_kind or ("loopback" if a.backend == "gloo" else None)
@@ -178,7 +189,7 @@ def parse(argv: list[str] | None) -> LinkSettings:
     return LinkSettings(a.backend, kind, ops, size_grid(lo, hi, factor),
                         3 if a.quick else a.repeats, 1 if a.quick else a.warmup,
                         0.05 if a.quick else a.min_time, Path(a.out) if a.out else None,
-                        not a.no_progress, 1 if a.quick else a.passes, a.busy)
+                        not a.no_progress, 1 if a.quick else a.passes, a.busy, a.order)
 
 
 def bus_factor(op: str, world: int) -> float:
@@ -190,8 +201,8 @@ def bus_factor(op: str, world: int) -> float:
     return 1.0
 
 
-def _measure(s: LinkSettings, overlapped: bool = False, after_compute: bool = False
-             ) -> tuple[list[LinkSample], dict]:
+def _measure(s: LinkSettings, overlapped: bool = False, after_compute: bool = False,
+             bar: Any = None) -> tuple[list[LinkSample], dict]:
     """Time ``s.ops`` at ``s.sizes``; with ``overlapped`` the collectives are issued
     asynchronously and waited for, and their rows are named ``<op>_async``. With
     ``after_compute`` every sample is one call made as the executor makes a blocking one:
@@ -259,8 +270,10 @@ def _measure(s: LinkSettings, overlapped: bool = False, after_compute: bool = Fa
     before = _reference_op() if after_compute else None
     tasks = [(op, n) for op in s.ops for n in s.sizes]
     passes = max(1, s.passes)
-    bar = progress_bar(len(tasks) * passes, f"links {s.backend} x{world}",
-                       rank == 0 and s.progress, unit="size")
+    own_bar = bar is None
+    if own_bar:
+        bar = progress_bar(len(tasks) * passes, f"links {s.backend} x{world}",
+                           rank == 0 and s.progress, unit="size")
     inner_of: dict[tuple[str, int], int] = {}
     times_of: dict[tuple[str, int], list[float]] = {t: [] for t in tasks}
     per_pass = max(1, -(-s.repeats // passes))
@@ -320,7 +333,8 @@ def _measure(s: LinkSettings, overlapped: bool = False, after_compute: bool = Fa
                 times_of[(op, n)].extend(t.cpu().tolist())
             del fn
             bar.update(1)
-    bar.close()
+    if own_bar:
+        bar.close()
     samples: list[LinkSample] = []
     for op, n in tasks:
         xs = sorted(times_of[(op, n)])
@@ -489,6 +503,10 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
             raise UserError("link profiles need at least 2 processes (torchrun "
                             "--nproc_per_node 2 ...)")
         started = time.perf_counter()
+        if s.order == "ascending":
+            samples, info = _collect_ascending(s)
+            rank = dist.get_rank()
+            return _profile(s, samples, info, started) if rank == 0 else None
         samples: list[LinkSample] = []
         idle = tuple(op for op in s.ops if op in COLLECTIVES)
         if s.busy and idle:
@@ -515,6 +533,69 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
             dist.destroy_process_group()
     if rank != 0:
         return None
+    return _profile(s, samples, info, started)
+
+
+def _collect_ascending(s: LinkSettings) -> tuple[list[LinkSample], dict]:
+    """Every row of the collection, one size at a time from the smallest: at each size the
+    blocking collectives (idle, after compute), then with the busy thread the asynchronous
+    ones and ``p2p``, then the host time per message where ``HOST_SIZES`` has the size.
+
+    Why this order: on the 2-core EPYC VM a gloo call's long tail (a few milliseconds now and
+    then, the transport's threads waiting for a core) grows more frequent once the process
+    has moved large messages, and stays so for seconds. With sizes up to 16 MiB interleaved,
+    a 64 KiB all_to_all after compute averaged 1.3-1.8 ms (median 0.37 ms); timed among
+    sizes up to 256 KiB only, 0.40-0.61 ms, near what a pixart-tiny 256 px Ulysses run paid
+    per call (0.45-0.63 ms). A run that moves only small messages has not moved large ones
+    either; here each sample follows transfers no larger than its own. Every size still gets
+    ``passes`` interleaved passes over its kinds of call.
+
+    Not the default: two quick validation grids and one MM-DiT grid collected this way
+    (2026-11-30, EPYC VM) took the tiny models' worst rows from +51-124 % (Ulysses) to
+    within 19 %, but left every Ulysses row short (by 6-19 %, pixart-small and sd3/flux-small
+    too) and the grid's median a point worse: runs pay a tail rate between the two
+    orders'."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    idle = tuple(op for op in s.ops if op in COLLECTIVES) if s.busy else ()
+    host = s.busy and s.backend == "gloo"
+    sizes = sorted(set(s.sizes) | (set(HOST_SIZES) if host else set()))
+    kinds = len(idle) + len(s.ops)
+    bar = progress_bar(kinds * len(s.sizes) * max(1, s.passes), f"links {s.backend} x{world}",
+                       dist.get_rank() == 0 and s.progress, unit="size")
+    samples: list[LinkSample] = []
+    info: dict = {}
+    try:
+        for n in sizes:
+            if n in s.sizes:
+                one = dataclasses.replace(s, sizes=(n,))
+                if idle:
+                    more, info = _measure(dataclasses.replace(one, ops=idle, busy=False),
+                                          after_compute=s.backend == "gloo", bar=bar)
+                    samples += more
+                stop = _busy_thread() if s.busy else None
+                try:
+                    more, info = _measure(one, overlapped=s.busy, bar=bar)
+                    samples += more
+                finally:
+                    if stop is not None:
+                        stop()
+            if host and n in HOST_SIZES:
+                samples += _host_overhead((n,))
+    finally:
+        bar.close()
+    # The file lists rows as the shuffled order does: blocking collectives, the other rows
+    # of --ops, host_msg; each by size.
+    names = [*idle, *(op + OpKind.ASYNC_SUFFIX if s.busy and op in COLLECTIVES else op
+                      for op in s.ops), "host_msg"]
+    samples.sort(key=lambda x: (names.index(x.op), x.nbytes))
+    return samples, info
+
+
+def _profile(s: LinkSettings, samples: list[LinkSample], info: dict, started: float
+             ) -> LinkProfile:
+    """The link profile of a collection: its samples, per-op fits and metadata."""
     fits = {}
     for op in dict.fromkeys(x.op for x in samples if x.op != "host_msg"):
         pts = [x for x in samples if x.op == op]
@@ -525,6 +606,7 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "sizes": list(s.sizes), "repeats": s.repeats, "warmup": s.warmup,
         "min_total_s": s.min_total_s, "inner_s": INNER_S, "passes": s.passes,
+        "order": s.order,
         "timing": "time.perf_counter around each sample after a barrier (CUDA synchronised "
                   "after each call); a sample is one call or a run of calls lasting inner_s, "
                   "divided by its length; max over ranks per sample; p2p = half a ping-pong "

@@ -292,3 +292,74 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], match: str) -> None:
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and match in lines[0] and "Traceback" not in r.stderr
+
+
+def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """``--order ascending`` (an experiment; the default is shuffled): every kind of call at
+    one size before the next size, smallest first (blocking collectives, then the busy
+    rows, then the host time per message where HOST_SIZES has the size), so no sample
+    follows a larger transfer; the file still lists rows by kind, then size."""
+    pytest.importorskip("torch")
+    import torch.distributed as dist
+
+    from profiles import links
+    from sim.cost.profile_format import LinkSample
+
+    seen: list[tuple[str, int]] = []
+
+    def fake_measure(s, overlapped=False, after_compute=False, bar=None):
+        out = []
+        for op in s.ops:
+            for n in s.sizes:
+                name = op + "_async" if overlapped and op in links.COLLECTIVES else op
+                seen.append((name, n))
+                out.append(LinkSample(name, 2, n, 3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1.0, 1.0,
+                                      1e-3))
+        return out, {"world_size": 2}
+
+    def fake_host(sizes):
+        seen.extend(("host_msg", n) for n in sizes)
+        return [LinkSample("host_msg", 2, n, 3, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 0.0, 0.0, 1e-4)
+                for n in sizes]
+
+    monkeypatch.setattr(links, "_measure", fake_measure)
+    monkeypatch.setattr(links, "_host_overhead", fake_host)
+    monkeypatch.setattr(links, "_busy_thread", lambda: (lambda: None))
+    sizes = (1024, 16384, 1 << 20, 16 << 20)
+    s = links.LinkSettings("gloo", "loopback", ("p2p", "all_to_all"), sizes, 3, 1, 0.0,
+                           None, False, 1, True, "ascending")
+    assert links.parse(["--backend", "gloo"]).order == "shuffled"
+    assert links.parse(["--backend", "gloo", "--order", "ascending"]).order == "ascending"
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        samples, _ = links._collect_ascending(s)
+    finally:
+        dist.destroy_process_group()
+    ns = [n for _, n in seen]
+    assert ns == sorted(ns), seen
+    host = set(links.HOST_SIZES)
+    want = {("all_to_all", n) for n in sizes} | {("all_to_all_async", n) for n in sizes} | \
+        {("p2p", n) for n in sizes} | {("host_msg", n) for n in host}
+    assert sorted(seen) == sorted(want)  # each once
+    # At one size: blocking first, then the busy rows, then the host time.
+    at_16k = [k for k, n in seen if n == 16384]
+    assert at_16k == ["all_to_all", "p2p", "all_to_all_async"]
+    assert [k for k, n in seen if n == 2 << 20] == ["host_msg"]
+    kinds = ["all_to_all", "p2p", "all_to_all_async", "host_msg"]
+    assert [(x.op, x.nbytes) for x in samples] == sorted(
+        ((x.op, x.nbytes) for x in samples), key=lambda k: (kinds.index(k[0]), k[1]))
+
+
+def test_ascending_link_collection_under_torchrun(tmp_path: Path) -> None:
+    """The ascending order end to end on gloo: the same rows as the shuffled order (blocking,
+    busy, host time per message), and the order recorded in the profile."""
+    prof = collect_links(tmp_path, "--ops", "p2p,all_to_all", "--max-bytes", "4KiB",
+                         "--busy", "--order", "ascending", timeout=300)
+    assert prof.meta["order"] == "ascending"
+    assert {s.op for s in prof.samples} == {"p2p", "all_to_all", "all_to_all_async",
+                                            "host_msg"}
+    assert [s.nbytes for s in prof.select("all_to_all")] == [1024, 2048, 4096]
+    assert [n for n, _ in prof.host_table()] == [4096, 32768, 262144, 2 << 20]
+    assert all(s.median_s > 0 for s in prof.samples if s.op != "host_msg")

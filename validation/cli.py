@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "takes a rank's core, and the run is charged wall time) or cpu (the "
                         "compute thread's CPU time, blind to those waits; the choice before "
                         "issue 11)")
+    p.add_argument("--link-order", choices=("shuffled", "ascending"), default="shuffled",
+                   help="order in which the link profile times its sizes (profiles.links "
+                        "--order): shuffled (the default) or ascending, smallest first")
     p.add_argument("--pace", choices=("probe", "slowest", "median"), default="slowest",
                    help="compute pace of a prediction: slowest (default: the expected slowest "
                         "of the run's processes, from the paces of the processes that "
@@ -137,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             out / "profiles" / (f"launch-{r}" if each else "")
         compute, link = ensure_profiles(cases, args.device, folder,
                                         fresh=args.profile_dir is None, progress=progress,
-                                        co_run_clock=args.co_run_clock)
+                                        co_run_clock=args.co_run_clock,
+                                        link_order=args.link_order)
         probing = args.pace == "probe"
         for c in cases:
             c.prediction = predict_case(c, compute, link, args.device,

@@ -19,7 +19,7 @@ PROCESSES = 3
 
 
 def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bool,
-                    progress: bool, co_run_clock: str = "wall"
+                    progress: bool, co_run_clock: str = "wall", link_order: str = "shuffled"
                     ) -> tuple[dict[tuple[str, int], Path], Path | None]:
     """The compute profile of each model for runs of each process count (a run of N
     processes is profiled with N-1 processes computing beside it: on one host they share
@@ -37,7 +37,7 @@ def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bo
     thread, and the run's trace charges the op its wall time. The profile with N-1 processes
     beside it keeps every core busy in the same way, so it times on the wall clock
     (``co_run_clock="wall"``, which then holds the same waits; ``"cpu"``: the thread clock, as
-    before issue 11)."""
+    before issue 11). ``link_order`` is the link profile's ``profiles.links --order``."""
     name = device_name(device)
     dev = device_slug(device, name, 1)
     dtype = "fp32"
@@ -86,6 +86,6 @@ def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bo
             torchrun(nproc, ["-m", "profiles.links", "--backend", backend, "--busy",
                              "--factor", "4", "--max-bytes", "16MiB", "--repeats", "15",
                              "--passes", "3", "--min-time", "0.2", "--warmup", "1",
-                             "--out", str(link)] +
+                             "--order", link_order, "--out", str(link)] +
                      ([] if device == "cpu" else ["--link-kind", kind]))
     return compute, link
