@@ -66,11 +66,15 @@ CASES = {
 }
 TARGET_REL = 0.10  # P50 and P90 within 10 % (issue 13)
 TARGET_POINTS = 5.0  # attainment within 5 points
+# Targets are inclusive: 180 of 240 requests against 168 is 5 points, which the floats put
+# 4e-15 above 5.
+_SLACK = 1e-9
 
 
-def profiles(profile_dir: Path, case: str) -> tuple[Path, Path | None]:
-    """The compute profile (one process beside the measured one) and, for a two-process
-    replica, the busy link profile, collected into ``profile_dir`` when missing."""
+def profiles(profile_dir: Path, case: str, clock: str = "auto") -> tuple[Path, Path | None]:
+    """The compute profile (one process beside the measured one, timed on ``clock``:
+    ``profiles.collect --clock``) and, for a two-process replica, the busy link profile,
+    collected into ``profile_dir`` when missing."""
     profile_dir.mkdir(parents=True, exist_ok=True)
     dev = device_slug("cpu", device_name("cpu"), 1)
     compute = profile_dir / f"{dev}_{MODEL}_fp32_co1.csv"
@@ -78,7 +82,7 @@ def profiles(profile_dir: Path, case: str) -> tuple[Path, Path | None]:
     if not compute.exists():
         print(f"profiling {MODEL} at {res} px -> {compute}", file=sys.stderr)
         argv = ["--model", MODEL, "--device", "cpu", "--dtype", "fp32", "--threads", "1",
-                "--co-run", "1", "--resolutions", res, "--patches", "1,2",
+                "--co-run", "1", "--clock", clock, "--resolutions", res, "--patches", "1,2",
                 "--ops", "block,embed,final,scheduler_step,condition", "--no-curve",
                 # The median of three processes: one process's speed is partly its luck
                 # (profiles/pooled.py), and the replicas are other processes.
@@ -170,8 +174,9 @@ def _verdict(ok: bool) -> str:
 def _met(sim: dict, meas: dict) -> bool:
     """Whether one prediction (``stats`` of it) meets issue 13's targets against the
     measurement: P50 and P90 within 10 %, attainment within 5 points."""
-    return (all(abs(sim[k] - meas[k]) <= TARGET_REL * meas[k] for k in ("p50", "p90"))
-            and abs(100 * (sim["attainment"] - meas["attainment"])) <= TARGET_POINTS)
+    return (all(abs(sim[k] - meas[k]) <= (TARGET_REL + _SLACK) * meas[k]
+                for k in ("p50", "p90"))
+            and abs(100 * (sim["attainment"] - meas["attainment"])) <= TARGET_POINTS + _SLACK)
 
 
 def main() -> int:
@@ -182,6 +187,9 @@ def main() -> int:
     ap.add_argument("--slo-factor", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="serve-check")
+    ap.add_argument("--profile-clock", choices=("auto", "wall", "cpu"), default="auto",
+                    help="clock of the compute profile (profiles.collect --clock; auto: the "
+                         "thread's CPU time with one thread)")
     ap.add_argument("--profile-dir", default=None,
                     help="profiles to reuse or collect into (default: OUT/profiles)")
     a = ap.parse_args()
@@ -189,7 +197,8 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    compute, link = profiles(Path(a.profile_dir) if a.profile_dir else out / "profiles", a.case)
+    compute, link = profiles(Path(a.profile_dir) if a.profile_dir else out / "profiles", a.case,
+                             a.profile_clock)
     t_prof = time.perf_counter() - t0
     replicas_flag, processes, replicas = CASES[a.case]
     lat = isolated(compute, link, a.case)
@@ -248,9 +257,9 @@ def main() -> int:
                        ("wait_p90", "queueing P90 s")):
         err = (s[key] - m[key]) / m[key] if m[key] else float("nan")
         err_p = (sp[key] - m[key]) / m[key] if m[key] else float("nan")
-        ok = "" if key not in ("p50", "p90") else \
-            f"  {_verdict(abs(err) <= TARGET_REL)} / {_verdict(abs(err_p) <= TARGET_REL)}" \
-            " (10 %)"
+        ok = "" if key not in ("p50", "p90") else (
+            f"  {_verdict(abs(err) <= TARGET_REL + _SLACK)} / "
+            f"{_verdict(abs(err_p) <= TARGET_REL + _SLACK)} (10 %)")
         rows.append({"what": key, "simulated": s[key], "simulated_paced": sp[key],
                      "measured": m[key], "error": err, "error_paced": err_p})
         print(f"{label:<22}{s[key]:>10.3f}{sp[key]:>10.3f}{m[key]:>10.3f}{err:>+9.1%}"
@@ -259,7 +268,8 @@ def main() -> int:
     pts_p = 100 * (sp["attainment"] - m["attainment"])
     print(f"{'attainment':<22}{s['attainment']:>10.1%}{sp['attainment']:>10.1%}"
           f"{m['attainment']:>10.1%}{pts:>+8.1f}p{pts_p:>+8.1f}p"
-          f"  {_verdict(abs(pts) <= TARGET_POINTS)} / {_verdict(abs(pts_p) <= TARGET_POINTS)}"
+          f"  {_verdict(abs(pts) <= TARGET_POINTS + _SLACK)} / "
+          f"{_verdict(abs(pts_p) <= TARGET_POINTS + _SLACK)}"
           " (5 points)")
     print(f"{'GPU busy':<22}{s['busy']:>10.1%}{sp['busy']:>10.1%}{m['busy']:>10.1%}")
     for n in names:
@@ -284,8 +294,7 @@ def main() -> int:
         for r, p in enumerate(pace_class)) + f"; before the replay, a prediction): latency P50 "
           f"{pc['p50']:.3f} s ({pc50:+.1%}), P90 {pc['p90']:.3f} s ({pc90:+.1%}), attainment "
           f"{pc['attainment']:.1%} ({pc_pts:+.1f} points): "
-          + ("targets met" if max(abs(pc50), abs(pc90)) <= TARGET_REL
-             and abs(pc_pts) <= TARGET_POINTS else "targets MISSED"))
+          + ("targets met" if _met(pc, m) else "targets MISSED"))
     if hindsight is not None:
         h = stats(hindsight["candidates"][0]["at_rate"], names)
         e50, e90 = ((h[k] - m[k]) / m[k] for k in ("p50", "p90"))

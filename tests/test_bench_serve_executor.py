@@ -22,3 +22,11 @@ def test_targets_hold_at_their_bounds_and_fail_just_past_them() -> None:
     assert not bse._met({"p50": 1.0, "p90": 1.79, "attainment": 0.90}, MEASURED)
     assert not bse._met({"p50": 1.0, "p90": 2.0, "attainment": 0.8499}, MEASURED)
     assert not bse._met({"p50": 1.0, "p90": 2.0, "attainment": 0.9501}, MEASURED)
+
+
+def test_a_bound_met_exactly_counts_despite_float_rounding() -> None:
+    # 180 of 240 within the SLO simulated against 168 measured: 5 points, which the floats
+    # make 5.000000000000004.
+    assert 100 * (180 / 240 - 168 / 240) > 5.0
+    assert bse._met({"p50": 1.0, "p90": 2.0, "attainment": 180 / 240},
+                    {"p50": 1.0, "p90": 2.0, "attainment": 168 / 240})
