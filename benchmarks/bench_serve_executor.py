@@ -171,12 +171,21 @@ def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
+def _rel_ok(err: float) -> bool:
+    """A relative error (simulated over measured, minus 1) within the 10 % target."""
+    return abs(err) <= TARGET_REL + _SLACK
+
+
+def _points_ok(points: float) -> bool:
+    """An attainment difference (percentage points) within the 5-point target."""
+    return abs(points) <= TARGET_POINTS + _SLACK
+
+
 def _met(sim: dict, meas: dict) -> bool:
     """Whether one prediction (``stats`` of it) meets issue 13's targets against the
     measurement: P50 and P90 within 10 %, attainment within 5 points."""
-    return (all(abs(sim[k] - meas[k]) <= (TARGET_REL + _SLACK) * meas[k]
-                for k in ("p50", "p90"))
-            and abs(100 * (sim["attainment"] - meas["attainment"])) <= TARGET_POINTS + _SLACK)
+    return (all(_rel_ok((sim[k] - meas[k]) / meas[k]) for k in ("p50", "p90"))
+            and _points_ok(100 * (sim["attainment"] - meas["attainment"])))
 
 
 def main() -> int:
@@ -258,8 +267,7 @@ def main() -> int:
         err = (s[key] - m[key]) / m[key] if m[key] else float("nan")
         err_p = (sp[key] - m[key]) / m[key] if m[key] else float("nan")
         ok = "" if key not in ("p50", "p90") else (
-            f"  {_verdict(abs(err) <= TARGET_REL + _SLACK)} / "
-            f"{_verdict(abs(err_p) <= TARGET_REL + _SLACK)} (10 %)")
+            f"  {_verdict(_rel_ok(err))} / {_verdict(_rel_ok(err_p))} (10 %)")
         rows.append({"what": key, "simulated": s[key], "simulated_paced": sp[key],
                      "measured": m[key], "error": err, "error_paced": err_p})
         print(f"{label:<22}{s[key]:>10.3f}{sp[key]:>10.3f}{m[key]:>10.3f}{err:>+9.1%}"
@@ -268,9 +276,7 @@ def main() -> int:
     pts_p = 100 * (sp["attainment"] - m["attainment"])
     print(f"{'attainment':<22}{s['attainment']:>10.1%}{sp['attainment']:>10.1%}"
           f"{m['attainment']:>10.1%}{pts:>+8.1f}p{pts_p:>+8.1f}p"
-          f"  {_verdict(abs(pts) <= TARGET_POINTS + _SLACK)} / "
-          f"{_verdict(abs(pts_p) <= TARGET_POINTS + _SLACK)}"
-          " (5 points)")
+          f"  {_verdict(_points_ok(pts))} / {_verdict(_points_ok(pts_p))} (5 points)")
     print(f"{'GPU busy':<22}{s['busy']:>10.1%}{sp['busy']:>10.1%}{m['busy']:>10.1%}")
     for n in names:
         for key, what in (("service_s", "wall"), ("service_loop_s", "loop"),

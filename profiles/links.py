@@ -28,7 +28,7 @@ millisecond of compute (not back to back, which hides the transport's wake-up).
 Each size: warm-up calls, then timed samples (at least ``--repeats``, more for fast sizes),
 spread over interleaved passes over all sizes in shuffled orders (a slow spell of a shared
 machine then touches every size alike instead of a few); ``--order ascending`` instead times
-every kind of call at one size before the next, smallest first (``_collect_ascending``: on CPU
+every kind of call at one size before the next, smallest first (``_collect``: on CPU
 processes a call's long tail comes up more often once the process has moved large messages).
 A sample is one call, or for calls under 2 ms a back-to-back run of calls lasting about 2 ms
 divided by its length (single short calls mostly measure the wake-up jitter of processes that
@@ -162,7 +162,7 @@ def parse(argv: list[str] | None) -> LinkSettings:
                     help="shuffled: the passes run over all sizes in shuffled orders; "
                          "ascending: every kind of call at one size, smallest size first, so "
                          "no sample follows a larger transfer (an experiment: see "
-                         "profiles/README.md)"),
+                         "profiles/README.md)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     kind = a.link_kind or ("loopback" if a.backend == "gloo" else None)
@@ -503,30 +503,7 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
             raise UserError("link profiles need at least 2 processes (torchrun "
                             "--nproc_per_node 2 ...)")
         started = time.perf_counter()
-        if s.order == "ascending":
-            samples, info = _collect_ascending(s)
-            rank = dist.get_rank()
-            return _profile(s, samples, info, started) if rank == 0 else None
-        samples: list[LinkSample] = []
-        idle = tuple(op for op in s.ops if op in COLLECTIVES)
-        if s.busy and idle:
-            # Blocking collectives: no compute runs during the call. On CPU processes (gloo,
-            # one host) each is timed one call at a time after every rank computed, as the
-            # executor calls them between a block's parts: back to back, a 64 KiB all_to_all
-            # took a third of the time the same call took inside a Ulysses run (sd3-tiny and
-            # flux-tiny, 2-core Xeon VM), whose transport threads had gone idle during the
-            # compute and whose ranks arrive at different moments.
-            samples, info = _measure(dataclasses.replace(s, ops=idle, busy=False),
-                                     after_compute=s.backend == "gloo")
-        stop = _busy_thread() if s.busy else None
-        try:
-            more, info = _measure(s, overlapped=s.busy)
-            samples += more
-        finally:
-            if stop is not None:
-                stop()
-        if s.busy and s.backend == "gloo":
-            samples += _host_overhead()
+        samples, info = _collect(s)
         rank = dist.get_rank()
     finally:
         if own:
@@ -536,22 +513,31 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
     return _profile(s, samples, info, started)
 
 
-def _collect_ascending(s: LinkSettings) -> tuple[list[LinkSample], dict]:
-    """Every row of the collection, one size at a time from the smallest: at each size the
-    blocking collectives (idle, after compute), then with the busy thread the asynchronous
-    ones and ``p2p``, then the host time per message where ``HOST_SIZES`` has the size.
+def _collect(s: LinkSettings) -> tuple[list[LinkSample], dict]:
+    """Every row of the collection, in groups of sizes: per group the blocking collectives
+    (idle, after compute; ``--busy`` only), then with the busy thread the other rows of
+    ``--ops`` (collectives asynchronous), then the host time per message (``--busy`` on gloo).
+    ``--order shuffled``: one group of every size, the host time at ``HOST_SIZES`` last.
+    ``--order ascending``: one group per size, smallest first, the host time at its size.
 
-    Why this order: on the 2-core EPYC VM a gloo call's long tail (a few milliseconds now and
-    then, the transport's threads waiting for a core) grows more frequent once the process
-    has moved large messages, and stays so for seconds. With sizes up to 16 MiB interleaved,
-    a 64 KiB all_to_all after compute averaged 1.3-1.8 ms (median 0.37 ms); timed among
-    sizes up to 256 KiB only, 0.40-0.61 ms, near what a pixart-tiny 256 px Ulysses run paid
-    per call (0.45-0.63 ms). A run that moves only small messages has not moved large ones
-    either; here each sample follows transfers no larger than its own. Every size still gets
-    ``passes`` interleaved passes over its kinds of call.
+    Why the blocking collectives are timed after compute: no compute runs during the call. On
+    CPU processes (gloo, one host) each is timed one call at a time after every rank
+    computed, as the executor calls them between a block's parts: back to back, a 64 KiB
+    all_to_all took a third of the time the same call took inside a Ulysses run (sd3-tiny and
+    flux-tiny, 2-core Xeon VM), whose transport threads had gone idle during the compute and
+    whose ranks arrive at different moments.
 
-    Not the default: two quick validation grids and one MM-DiT grid collected this way
-    (2026-11-30, EPYC VM) took the tiny models' worst rows from +51-124 % (Ulysses) to
+    Why the ascending order exists: on the 2-core EPYC VM a gloo call's long tail (a few
+    milliseconds now and then, the transport's threads waiting for a core) grows more
+    frequent once the process has moved large messages, and stays so for seconds. With sizes
+    up to 16 MiB interleaved, a 64 KiB all_to_all after compute averaged 1.3-1.8 ms (median
+    0.37 ms); timed among sizes up to 256 KiB only, 0.40-0.61 ms, near what a pixart-tiny
+    256 px Ulysses run paid per call (0.45-0.63 ms). A run that moves only small messages has
+    not moved large ones either; there each sample follows transfers no larger than its own,
+    and every size still gets ``passes`` interleaved passes over its kinds of call.
+
+    Why it is not the default: two quick validation grids and one MM-DiT grid collected that
+    way (2026-11-30, EPYC VM) took the tiny models' worst rows from +51-124 % (Ulysses) to
     within 19 %, but left every Ulysses row short (by 6-19 %, pixart-small and sd3/flux-small
     too) and the grid's median a point worse: runs pay a tail rate between the two
     orders'."""
@@ -559,34 +545,38 @@ def _collect_ascending(s: LinkSettings) -> tuple[list[LinkSample], dict]:
 
     world = dist.get_world_size()
     idle = tuple(op for op in s.ops if op in COLLECTIVES) if s.busy else ()
-    host = s.busy and s.backend == "gloo"
-    sizes = sorted(set(s.sizes) | (set(HOST_SIZES) if host else set()))
+    host_sizes = HOST_SIZES if s.busy and s.backend == "gloo" else ()
+    if s.order == "ascending":
+        groups = [((n,) if n in s.sizes else (), (n,) if n in host_sizes else ())
+                  for n in sorted(set(s.sizes) | set(host_sizes))]
+    else:
+        groups = [(s.sizes, host_sizes)]
     kinds = len(idle) + len(s.ops)
     bar = progress_bar(kinds * len(s.sizes) * max(1, s.passes), f"links {s.backend} x{world}",
                        dist.get_rank() == 0 and s.progress, unit="size")
     samples: list[LinkSample] = []
     info: dict = {}
     try:
-        for n in sizes:
-            if n in s.sizes:
-                one = dataclasses.replace(s, sizes=(n,))
+        for sizes, hosts in groups:
+            if sizes:
+                group = dataclasses.replace(s, sizes=sizes)
                 if idle:
-                    more, info = _measure(dataclasses.replace(one, ops=idle, busy=False),
+                    more, info = _measure(dataclasses.replace(group, ops=idle, busy=False),
                                           after_compute=s.backend == "gloo", bar=bar)
                     samples += more
                 stop = _busy_thread() if s.busy else None
                 try:
-                    more, info = _measure(one, overlapped=s.busy, bar=bar)
+                    more, info = _measure(group, overlapped=s.busy, bar=bar)
                     samples += more
                 finally:
                     if stop is not None:
                         stop()
-            if host and n in HOST_SIZES:
-                samples += _host_overhead((n,))
+            if hosts:
+                samples += _host_overhead(hosts)
     finally:
         bar.close()
-    # The file lists rows as the shuffled order does: blocking collectives, the other rows
-    # of --ops, host_msg; each by size.
+    # Rows by kind (blocking collectives, the other rows of --ops, host_msg), each by size,
+    # whatever the order they were timed in.
     names = [*idle, *(op + OpKind.ASYNC_SUFFIX if s.busy and op in COLLECTIVES else op
                       for op in s.ops), "host_msg"]
     samples.sort(key=lambda x: (names.index(x.op), x.nbytes))

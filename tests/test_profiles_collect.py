@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -334,9 +335,21 @@ def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Pa
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
-        samples, _ = links._collect_ascending(s)
+        samples, _ = links._collect(s)
+        ascending = list(seen)
+        seen.clear()
+        shuffled_samples, _ = links._collect(dataclasses.replace(s, order="shuffled"))
+        shuffled = list(seen)
+        seen[:] = ascending
     finally:
         dist.destroy_process_group()
+    # The shuffled order: every size of the blocking collectives, then every size of the busy
+    # rows, then the host time at every HOST_SIZES; the rows end up listed the same way.
+    assert shuffled == ([("all_to_all", n) for n in sizes] + [("p2p", n) for n in sizes]
+                        + [("all_to_all_async", n) for n in sizes]
+                        + [("host_msg", n) for n in links.HOST_SIZES])
+    assert sorted((x.op, x.nbytes) for x in shuffled_samples) == \
+        sorted((x.op, x.nbytes) for x in samples)
     ns = [n for _, n in seen]
     assert ns == sorted(ns), seen
     host = set(links.HOST_SIZES)
