@@ -49,11 +49,13 @@ def memory_per_rank(wl: Workload, cfg: ParallelConfig, sched: Schedule,
     - weights: the rank's pipeline stage (all blocks without PipeFusion), 1/T of them under
       tensor parallelism, plus what sits outside the blocks;
     - stale K,V: PipeFusion keeps ``2·B·p·hs·b`` per layer of its stage (full sequence, 1/T of
-      the heads); DistriFusion keeps it for every layer of the model;
+      the heads); DistriFusion keeps it for every layer of the model, and while its
+      asynchronous gathers are in flight a second copy of it (torch's flattened gather
+      outputs) beside one layer's concatenated full K,V;
     - activations: the largest op's working set on the rank's tokens, plus Ulysses' gathered
       full-sequence Q,K,V for its heads and the ring's K,V blocks in flight;
-    - receive and communication buffers: a pipeline stage's incoming activations, the
-      asynchronous K,V all-gather in flight, collective staging buffers.
+    - receive and communication buffers: a pipeline stage's incoming activations,
+      DistriFusion's gathers in flight, collective staging buffers.
     """
     m = wl.model
     b = wl.dtype_bytes
@@ -76,6 +78,14 @@ def memory_per_rank(wl: Workload, cfg: ParallelConfig, sched: Schedule,
         act += 2 * 2 * batch * (qs + text) * h * b / T  # the block in hand and the next one
     latent = wl.images * m.latent_channels * full * m.patch_size**2 * 4  # fp32 latents
     kv_layer = batch * m.stale_kv_elems(full) * b / T
+    # DistriFusion's attention reads one layer's full K,V concatenated from the gathered list
+    # (distrifuser and pipefuser: ``full_kv = torch.cat(new_buffer_list)``), so ``kv_layer`` is
+    # always in flight. After its warmup steps each layer's gather is asynchronous and waited
+    # for only in the next step, and torch's list-output all_gather gathers into a flattened
+    # intermediate the Work holds until then (ProcessGroupNCCL::allgather's ``newLikeFlat``;
+    # ``WorkNCCL::outputs_`` and ``stashed_for_allocator_safety_`` in torch's
+    # ProcessGroupNCCL.hpp): at the end of a step every layer's gathered K,V exists twice.
+    asynchronous = sched.warmup < sched.steps
     layout = sched.layout
     if layout is None:
         raise ValueError("the schedule has no rank layout; build it with "
@@ -92,7 +102,7 @@ def memory_per_rank(wl: Workload, cfg: ParallelConfig, sched: Schedule,
         comm = 0.0
         if cfg.distrifusion > 1:
             kv = m.num_blocks * kv_layer
-            comm = kv_layer  # one layer's asynchronous all-gather in flight
+            comm = kv_layer + (m.num_blocks * kv_layer if asynchronous else 0.0)
         elif pipelined:
             kv = n_layers * kv_layer
         if n_stages > 1:

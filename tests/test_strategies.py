@@ -101,6 +101,21 @@ def test_distrifusion_buffer_does_not_shrink_but_pipefusion_does() -> None:
     assert df[0] == df[1] == df[2]
     assert pf[0] > pf[1] > pf[2]
 
+def test_distrifusion_holds_its_gathers_in_flight_until_the_next_step() -> None:
+    # After the warmup every layer's asynchronous gather keeps a flattened copy of the
+    # gathered K,V until the next step waits for it, beside the layer's concatenated full K,V
+    # its attention reads; with warmup = steps every gather is blocking and only the latter
+    # remains. The stale buffer itself is the same either way.
+    p = PIX.image_tokens(2048)
+    per_layer = 2 * B * p * HS * BYTES
+    steps = _wl(2048).steps
+    for n in (2, 4):
+        base = _memory(ParallelConfig(n, distrifusion=n, warmup=1))[0]
+        sync = _memory(ParallelConfig(n, distrifusion=n, warmup=steps))[0]
+        assert base.kv_buffers == sync.kv_buffers == pytest.approx(L * per_layer)
+        assert base.recv_buffers - sync.recv_buffers == pytest.approx(L * per_layer)
+        assert sync.recv_buffers >= per_layer
+
 
 def test_all_reduce_across_the_socket_link_runs_at_its_bandwidth() -> None:
     from sim.hardware import HOST_BUSES
