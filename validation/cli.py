@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from profiles.links import ORDERS
 from sim.cli import at_least, parser
 from sim.cost.profile_format import ComputeProfile
 from sim.errors import UserError
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "takes a rank's core, and the run is charged wall time) or cpu (the "
                         "compute thread's CPU time, blind to those waits; the choice before "
                         "issue 11)")
-    p.add_argument("--link-order", choices=("shuffled", "ascending"), default="shuffled",
+    p.add_argument("--link-order", choices=ORDERS, default="shuffled",
                    help="order in which the link profile times its sizes (profiles.links "
                         "--order): shuffled (the default) or ascending, smallest first")
     p.add_argument("--pace", choices=("probe", "slowest", "median"), default="slowest",
