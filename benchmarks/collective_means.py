@@ -26,7 +26,7 @@ from pathlib import Path
 from repredict import case_and_profile, medians_of, run_files
 
 from sim.cli import run_main
-from sim.cost.profile_format import LinkProfile
+from sim.cost.profile_format import HOST_OPS, LinkProfile
 from sim.errors import UserError
 from validation.predict import predict_case
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--out folder)")
     table, profiles, link_path = run_files(Path(args[0]))
     link = LinkProfile.read(link_path)
-    if not any(s.mean_s is not None for s in link.samples if s.op != "host_msg"):
+    if not any(s.mean_s is not None for s in link.samples if s.op not in HOST_OPS):
         raise UserError(f"{link_path} has no mean_s column (collected before it existed): "
                         f"both predictions would be the same")
     tmp = tempfile.TemporaryDirectory()

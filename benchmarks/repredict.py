@@ -10,8 +10,8 @@ of the cost model is scored against the same measurements without new runs: the 
 prediction (``predicted_unpaced_s``, from the code of its day) is printed beside the new one.
 Prints per row and per family the error against the measurement; exit status 2 with one line
 when the folder does not hold such a run. ``--host-median`` charges each message's host time
-at the ``host_msg`` rows' difference of medians (as before those rows held a mean), so the two
-statistics are compared on the same measurements.
+at the host rows' (``host_msg``, ``host_coll``) difference of medians (as before those rows
+held a mean), so the two statistics are compared on the same measurements.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from sim.cli import run_main
-from sim.cost.profile_format import LinkProfile
+from sim.cost.profile_format import HOST_OPS, LinkProfile
 from sim.errors import UserError
 from validation.grid import Case
 from validation.predict import predict_case
@@ -64,11 +64,11 @@ def case_and_profile(row: dict[str, str], profiles: Path) -> tuple[Case, dict]:
 
 
 def medians_of(prof: LinkProfile, host: bool) -> LinkProfile:
-    """``prof`` with ``mean_s`` dropped from its ``host_msg`` rows (``host``) or from all its
+    """``prof`` with ``mean_s`` dropped from its host rows (``host``) or from all its
     other rows (not ``host``): those are then costed from their medians, as in profiles
     older than the column."""
     return LinkProfile(prof.meta, [dataclasses.replace(s, mean_s=None)
-                                   if (s.op == "host_msg") == host else s
+                                   if (s.op in HOST_OPS) == host else s
                                    for s in prof.samples], prof.path)
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--family", default=None,
                    help="only these families, comma-separated (default: every row)")
     p.add_argument("--host-median", action="store_true",
-                   help="charge host time per message at the host_msg rows' medians")
+                   help="charge host time per message at the host rows' medians")
     a = p.parse_args(argv)
     table, profiles, link = run_files(Path(a.out))
     with tempfile.TemporaryDirectory() as tmp:

@@ -63,7 +63,7 @@ from profiles.device import device_name, device_slug
 from profiles.progress import progress_bar
 from sim.cli import at_least, finite, parser, run_main
 from sim.cost.interp import fit_regimes
-from sim.cost.profile_format import LinkProfile, LinkSample
+from sim.cost.profile_format import HOST_OPS, LinkProfile, LinkSample
 from sim.errors import UserError
 from sim.hardware import LINKS
 from sim.outputs import check_folder, check_writable, output_errors
@@ -206,8 +206,8 @@ def _measure(s: LinkSettings, overlapped: bool = False, after_compute: bool = Fa
     """Time ``s.ops`` at ``s.sizes``; with ``overlapped`` the collectives are issued
     asynchronously and waited for, and their rows are named ``<op>_async``. With
     ``after_compute`` every sample is one call made as the executor makes a blocking one:
-    after a barrier each rank runs the reference op (``_reference_op``, about a millisecond of
-    DiT-like compute), then calls; the sample runs from the last rank's call to the last
+    after a barrier each rank runs the reference op (``_reference_op``, a few milliseconds
+    of DiT-like compute), then calls; the sample runs from the last rank's call to the last
     rank's return (the engine starts a collective when its last member arrives)."""
     import torch
     import torch.distributed as dist
@@ -384,9 +384,11 @@ HOST_ITERS = 40  # loop iterations per round
 
 def _reference_op() -> Callable[[], None]:
     """A fixed stand-in for a stage's compute between messages: two pre-norm transformer
-    layers (width 128, 2 heads, 256 tokens, batch 2) in plain torch, about a millisecond on
-    one core. Its Python-level op mix is that of a DiT block, so messages disturb it as they
-    disturb the executor's blocks (transport threads taking the core, caches refilled)."""
+    layers (width 128, 2 heads, 256 tokens, batch 2) in plain torch: about 0.47 GFLOP, 5.5-6.5
+    ms on one core of the 2-core EPYC VM (2026-12-01; earlier text said a millisecond, which
+    it never was there). Its Python-level op mix is that of a DiT block, so messages disturb
+    it as they disturb the executor's blocks (transport threads taking the core, caches
+    refilled)."""
     import torch
     import torch.nn.functional as F
 
@@ -427,7 +429,23 @@ def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES) -> list[LinkSample]:
     (each iteration sends one message and takes one), averaged over ranks (``mean_s``, which
     the engine charges: a run pays the sum of its iterations, and the disturbance is
     long-tailed, a transport thread now and then taking the core for milliseconds); the same
-    with medians is kept beside it (``median_s``)."""
+    with medians is kept beside it (``median_s``).
+
+    Two layouts, each timed in every round (their order alternating, so drift hits both
+    alike), give two rows per size:
+
+    - ``host_msg``: as PipeFusion's messages travel in the executor, each direction on its
+      own process group (hidden states forward on one, the latents from the last rank back
+      to the first on another: ``executor.runtime.process_groups``), so each on its own
+      connection;
+    - ``host_coll``: both directions on one group, as an asynchronous collective's messages
+      travel (the ring's K,V rotation by ``batch_isend_irecv``, DistriFusion's gathers:
+      ``executor.collectives``).
+
+    They differ: on the 2-core EPYC VM (2026-12-01, pixart-tiny's block as the op, 16-128
+    KiB) one group cost 0.50-0.56 ms per message at the mean and the split layout 0.32-0.38
+    ms (medians 0.18-0.26 ms in both); before the two rows, ``host_msg`` was timed on one
+    group and charged to PipeFusion's messages too."""
     import torch
     import torch.distributed as dist
 
@@ -439,46 +457,66 @@ def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES) -> list[LinkSample]:
     for _ in range(5):
         op()
     origin = time.perf_counter()
-    comm = Comm(rank, 1, 1, 300.0, lambda: time.perf_counter() - origin,
-                torch.device("cpu"), fwd=None, back=None)
+    ranks = list(range(world))
+    fwd, back = dist.new_group(ranks), dist.new_group(ranks)
+    clock = lambda: time.perf_counter() - origin  # noqa: E731
+    cpu = torch.device("cpu")
+    # (row, message layer, what this rank sends, what it takes): on separate groups a
+    # latent goes back from the last rank to the first, hidden states go forward elsewhere.
+    layouts = [("host_msg", Comm(rank, 1, 1, 300.0, clock, cpu, fwd=fwd, back=back),
+                "latent" if rank == world - 1 else "hidden",
+                "latent" if rank == 0 else "hidden"),
+               ("host_coll", Comm(rank, 1, 1, 300.0, clock, cpu, fwd=None, back=None),
+                "hidden", "hidden")]
     samples = []
+    serial = 0
+
+    def stream(comm: Comm, sends: str, takes: str, msg: torch.Tensor) -> list[float]:
+        nonlocal serial
+        out = [Tag(sends, serial + i, 0, -1) for i in range(HOST_ITERS + 1)]
+        into = [Tag(takes, serial + i, 0, -1) for i in range(HOST_ITERS + 1)]
+        serial += HOST_ITERS + 1
+        times = []
+        comm.post_recv(prv, into[0], tuple(msg.shape), msg.dtype)
+        comm.post_recv(prv, into[1], tuple(msg.shape), msg.dtype)
+        comm.isend(nxt, out[0], msg)
+        for i in range(1, HOST_ITERS + 1):
+            t0 = time.perf_counter()
+            op()
+            comm.isend(nxt, out[i], msg)
+            comm.wait_recv(into[i - 1])
+            if i + 1 <= HOST_ITERS:
+                comm.post_recv(prv, into[i + 1], tuple(msg.shape), msg.dtype)
+            times.append(time.perf_counter() - t0)
+        comm.wait_recv(into[HOST_ITERS])
+        comm.wait_sends()
+        return times
+
     try:
         for n in sizes:
             msg = torch.ones(n // 4)
             alone: list[float] = []
-            streaming: list[float] = []
-            serial = 0
-            for _ in range(HOST_ROUNDS):
+            streaming: dict[str, list[float]] = {name: [] for name, *_ in layouts}
+            for r in range(HOST_ROUNDS):
                 dist.barrier()
                 for _ in range(HOST_ITERS):
                     t0 = time.perf_counter()
                     op()
                     alone.append(time.perf_counter() - t0)
-                dist.barrier()
-                tags = [Tag("hidden", serial + i, 0, -1) for i in range(HOST_ITERS + 1)]
-                serial += HOST_ITERS + 1
-                comm.post_recv(prv, tags[0], tuple(msg.shape), msg.dtype)
-                comm.post_recv(prv, tags[1], tuple(msg.shape), msg.dtype)
-                comm.isend(nxt, tags[0], msg)
-                for i in range(1, HOST_ITERS + 1):
-                    t0 = time.perf_counter()
-                    op()
-                    comm.isend(nxt, tags[i], msg)
-                    comm.wait_recv(tags[i - 1])
-                    if i + 1 <= HOST_ITERS:
-                        comm.post_recv(prv, tags[i + 1], tuple(msg.shape), msg.dtype)
-                    streaming.append(time.perf_counter() - t0)
-                comm.wait_recv(tags[HOST_ITERS])
-                comm.wait_sends()
-            t = torch.tensor([statistics.median(streaming) - statistics.median(alone),
-                              statistics.fmean(streaming) - statistics.fmean(alone)],
-                             dtype=torch.float64) / 2
-            dist.all_reduce(t)
-            med, mean = (float(x) / world for x in t)
-            samples.append(LinkSample("host_msg", world, n, len(streaming), med, med, med,
-                                      med, med, 0.0, 0.0, mean))
+                for name, comm, sends, takes in (layouts if r % 2 == 0 else layouts[::-1]):
+                    dist.barrier()
+                    streaming[name] += stream(comm, sends, takes, msg)
+            for name, times in streaming.items():
+                t = torch.tensor([statistics.median(times) - statistics.median(alone),
+                                  statistics.fmean(times) - statistics.fmean(alone)],
+                                 dtype=torch.float64) / 2
+                dist.all_reduce(t)
+                med, mean = (float(x) / world for x in t)
+                samples.append(LinkSample(name, world, n, len(times), med, med, med, med,
+                                          med, 0.0, 0.0, mean))
     finally:
-        comm.close()
+        for _, comm, *_ in layouts:
+            comm.close()
     return samples
 
 
@@ -575,10 +613,10 @@ def _collect(s: LinkSettings) -> tuple[list[LinkSample], dict]:
                 samples += _host_overhead(hosts)
     finally:
         bar.close()
-    # Rows by kind (blocking collectives, the other rows of --ops, host_msg), each by size,
-    # whatever the order they were timed in.
+    # Rows by kind (blocking collectives, the other rows of --ops, host time), each by
+    # size, whatever the order they were timed in.
     names = [*idle, *(op + OpKind.ASYNC_SUFFIX if s.busy and op in COLLECTIVES else op
-                      for op in s.ops), "host_msg"]
+                      for op in s.ops), *HOST_OPS]
     samples.sort(key=lambda x: (names.index(x.op), x.nbytes))
     return samples, info
 
@@ -587,7 +625,7 @@ def _profile(s: LinkSettings, samples: list[LinkSample], info: dict, started: fl
              ) -> LinkProfile:
     """The link profile of a collection: its samples, per-op fits and metadata."""
     fits = {}
-    for op in dict.fromkeys(x.op for x in samples if x.op != "host_msg"):
+    for op in dict.fromkeys(x.op for x in samples if x.op not in HOST_OPS):
         pts = [x for x in samples if x.op == op]
         fits[op] = fit_regimes([x.nbytes for x in pts], [x.median_s for x in pts], robust=True)
     meta = {

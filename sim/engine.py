@@ -131,9 +131,11 @@ def collective_host(host_time: Callable[[int, int, float], float], op: Collectiv
                     offset: int) -> float:
     """Seconds of its own time rank ``rank`` spends on the messages of the collective ``op``
     on a CPU transport: every message it sends and every one it receives costs it the
-    measured host time per message (``Topology.route_host``), as a point-to-point message
-    does. A ring's step sends one chunk to the next member and receives one from the
-    previous; a direct exchange sends one to and receives one from every other member."""
+    measured host time per message of a collective (``host_time``:
+    ``Topology.route_host_coll``, both directions on one process group), as a
+    point-to-point message costs its own. A ring's step sends one chunk to the next member
+    and receives one from the previous; a direct exchange sends one to and receives one from
+    every other member."""
     group = op.group
     n = len(group)
     if n <= 1:
@@ -229,7 +231,7 @@ def simulate(schedule: Schedule, topo: Topology, cost: CostModel,
         raise ValueError(f"schedule needs {schedule.world_size} GPUs, topology has "
                          f"{topo.num_gpus}")
     with paused_gc():
-        if mirrors and shifts and not any(topo.host):
+        if mirrors and shifts and not any(topo.host) and not any(topo.host_coll):
             images = orbits if orbits is not None else shift_classes(schedule.ranks,
                                                                       schedule.layout)
             if images:
@@ -485,6 +487,7 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
     idle = env.idle_until if isinstance(env, des.Environment) else _never
     # Host time is charged only on CPU transports; most topologies have none.
     host_time = topo.route_host if any(topo.host) else None
+    coll_host_time = topo.route_host_coll if any(topo.host_coll) else host_time
 
     hosted = host is not None and host.active
     # Compute slows down while its GPU's own transfers run (sim.hardware.OVERLAP_SLOWDOWN).
@@ -732,8 +735,8 @@ def _run(schedule: Schedule, topo: Topology, cost: CostModel, rank_offset: int,
                         merge[rank] += m
                         if serial_ring:
                             yield rv.event  # the exchange first, then the attention
-                    own = (collective_host(host_time, op, rank, rank_offset)
-                           if host_time else 0.0)
+                    own = (collective_host(coll_host_time, op, rank, rank_offset)
+                           if coll_host_time else 0.0)
                     if own:  # a CPU transport's threads take this rank's core meanwhile
                         yield timeout(own)
                 else:

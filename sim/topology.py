@@ -336,6 +336,13 @@ class Topology:
                 sorted(self.edge_ids.items(), key=lambda kv: kv[1])]
 
     @cached_property
+    def host_coll(self) -> list[tuple[tuple[int, float], ...]]:
+        """Per edge id, the same table for a message of an asynchronous collective, whose two
+        directions share one process group (``host_coll`` rows of a link profile)."""
+        return [self.graph.edges[u, v].get("host_coll", ()) for (u, v), _ in
+                sorted(self.edge_ids.items(), key=lambda kv: kv[1])]
+
+    @cached_property
     def collectives(self) -> list[dict[str, Callable[[float], float]]]:
         """Per edge id, the measured seconds of one collective call against the bytes per
         rank, by op name (``all_gather``, ``ring_kv_async``, ...), from a link profile
@@ -365,6 +372,11 @@ class Topology:
         receives from ``dst``/``src`` (issuing, completing, the transport threads taking its
         core): interpolated in log size between measured sizes, clamped at the ends."""
         return max((host_seconds(self.host[e], nbytes) for e in self.route(src, dst)),
+                   default=0.0)
+
+    def route_host_coll(self, src: int, dst: int, nbytes: float) -> float:
+        """As ``route_host``, for one message of an asynchronous collective."""
+        return max((host_seconds(self.host_coll[e], nbytes) for e in self.route(src, dst)),
                    default=0.0)
 
     def route_bandwidth(self, src: int, dst: int) -> float:

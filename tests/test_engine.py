@@ -262,6 +262,42 @@ def test_host_time_of_an_asynchronous_collective_is_charged_per_message() -> Non
         assert rows[(0, "blocks")].start_s == pytest.approx(call.end_s)
 
 
+def test_collectives_take_the_one_group_host_table_and_messages_the_split_one() -> None:
+    """An asynchronous collective's messages share one process group in the executor, a
+    point-to-point message travels on its direction's own group: where a topology has both
+    tables (``host_coll`` and ``host_msg`` rows of a link profile), each kind of message is
+    charged its own."""
+    from sim.schedule import Collective, Tag, Wait
+
+    topo = build_topology(get_gpu("cpu"), 2, "pcie")
+    p2p_host, coll_host = 2e-4, 7e-4
+    for _, _, d in topo.graph.edges(data=True):
+        d["host"] = ((1024, p2p_host), (1 << 20, p2p_host))
+        d["host_coll"] = ((1024, coll_host), (1 << 20, coll_host))
+    topo = type(topo)(topo.graph, list(topo.gpu_nodes), topo.link, topo.nodes)
+    work = Compute("blocks", 0, 0, (0, 0), 100, 100)
+
+    class Fixed:
+        def compute_time(self, op: Compute) -> float:
+            return 1e-3
+
+        def source(self, op: Compute) -> str:
+            return "test"
+
+    tag = Tag("kv", 0, -1, 0)
+    coll = Collective("all_gather", (0, 1), 8192, tag, asynchronous=True)
+    sched = Schedule("m", "test", 8, 8, 1, 0, 1, 1, 4, [(0, 0), (1, 1)], [1], 1,
+                     ranks=[[coll, work, Wait(tag)] for _ in range(2)])
+    rows = {(r.rank, r.op): r for r in simulate(sched, topo, Fixed()).rows}
+    for rank in (0, 1):  # one message out, one in
+        assert rows[(rank, "blocks")].start_s == pytest.approx(2 * coll_host)
+    hidden = Tag("hidden", 0, 0, 0)
+    sched = Schedule("m", "test", 8, 8, 1, 0, 1, 1, 4, [(0, 0), (1, 1)], [1], 1,
+                     ranks=[[Send(1, 4096, hidden), work], [Recv(0, 4096, hidden), work]])
+    rows = {(r.rank, r.op): r for r in simulate(sched, topo, Fixed()).rows}
+    assert rows[(0, "blocks")].start_s == pytest.approx(p2p_host)
+
+
 def test_host_seconds_interpolate_in_log_size() -> None:
     from sim.topology import host_seconds
 

@@ -14,7 +14,7 @@ from profiles.collect import main
 from profiles.grid import block_grid
 from sim.config import ParallelConfig, Workload
 from sim.cost.profile import ProfileCost
-from sim.cost.profile_format import ComputeProfile, LinkProfile
+from sim.cost.profile_format import HOST_OPS, ComputeProfile, LinkProfile
 from sim.evaluate import evaluate
 from sim.hardware import GPUS
 from sim.metrics import source_summary
@@ -192,26 +192,28 @@ def test_link_collection_times_the_ring_rotation_and_gathers(tmp_path: Path) -> 
 
 
 def test_busy_link_collection_measures_host_time_per_message(tmp_path: Path) -> None:
-    """``--busy`` on CPU ranks writes one ``host_msg`` row per streamed size, the host time a
-    message costs each rank. Its magnitude is a timing, reported by the command in
-    profiles/README.md ("Shipped profiles"), not asserted here: a unit test asserts that the
-    rows are there and finite, and that messages cost some time."""
-    def measured(table: tuple[tuple[int, float], ...]) -> bool:
+    """``--busy`` on CPU ranks writes, per streamed size, one ``host_msg`` row (the two
+    directions on separate process groups, as PipeFusion's messages travel) and one
+    ``host_coll`` row (both on one group, as an asynchronous collective's), the host time a
+    message costs each rank. Their magnitudes are timings, reported by the command in
+    profiles/README.md, not asserted here: a unit test asserts that the rows are there and
+    finite, and that messages cost some time in both layouts."""
+    def measured(prof: LinkProfile) -> bool:
         # A 2 MiB copy through loopback cannot be free; only noise in the difference of two
         # means could hide every size's cost, so one recollection is allowed.
-        return max(t for _, t in table) > 0
+        return all(max(t for _, t in prof.host_table(op)) > 0 for op in HOST_OPS)
 
     prof = collect_links(tmp_path, "--ops", "p2p", "--max-bytes", "4KiB", "--busy",
                          timeout=300)
-    table = prof.host_table()
-    assert [n for n, _ in table] == [4096, 32768, 262144, 2 << 20]
-    rows = prof.select("host_msg")
-    assert all(r.world == 2 and r.algbw_Bps == 0 and math.isfinite(r.median_s)
-               and r.mean_s is not None and math.isfinite(r.mean_s) for r in rows), rows
-    if not measured(table):
-        table = collect_links(tmp_path, "--ops", "p2p", "--max-bytes", "4KiB", "--busy",
-                              timeout=300).host_table()
-    assert measured(table), table
+    for op in HOST_OPS:
+        assert [n for n, _ in prof.host_table(op)] == [4096, 32768, 262144, 2 << 20]
+        rows = prof.select(op)
+        assert all(r.world == 2 and r.algbw_Bps == 0 and math.isfinite(r.median_s)
+                   and r.mean_s is not None and math.isfinite(r.mean_s) for r in rows), rows
+    if not measured(prof):
+        prof = collect_links(tmp_path, "--ops", "p2p", "--max-bytes", "4KiB", "--busy",
+                             timeout=300)
+    assert measured(prof), [prof.host_table(op) for op in HOST_OPS]
 
 
 def test_busy_link_collection_times_blocking_collectives_after_compute(tmp_path: Path) -> None:
@@ -221,8 +223,8 @@ def test_busy_link_collection_times_blocking_collectives_after_compute(tmp_path:
     prof = collect_links(tmp_path, "--ops", "all_to_all,all_reduce", "--max-bytes", "4KiB",
                          "--busy", timeout=300)
     assert {s.op for s in prof.samples} == {"all_to_all", "all_reduce", "all_to_all_async",
-                                            "all_reduce_async", "host_msg"}
-    assert all(s.median_s > 0 for s in prof.samples if s.op != "host_msg")
+                                            "all_reduce_async", *HOST_OPS}
+    assert all(s.median_s > 0 for s in prof.samples if s.op not in HOST_OPS)
     assert "one call per sample after each rank ran the reference op" in prof.meta["timing"]
 
 
@@ -321,8 +323,8 @@ def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Pa
 
     def fake_host(sizes):
         seen.extend(("host_msg", n) for n in sizes)
-        return [LinkSample("host_msg", 2, n, 3, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 0.0, 0.0, 1e-4)
-                for n in sizes]
+        return [LinkSample(op, 2, n, 3, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 0.0, 0.0, 1e-4)
+                for n in sizes for op in HOST_OPS]
 
     monkeypatch.setattr(links, "_measure", fake_measure)
     monkeypatch.setattr(links, "_host_overhead", fake_host)
@@ -360,7 +362,7 @@ def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Pa
     at_16k = [k for k, n in seen if n == 16384]
     assert at_16k == ["all_to_all", "p2p", "all_to_all_async"]
     assert [k for k, n in seen if n == 2 << 20] == ["host_msg"]
-    kinds = ["all_to_all", "p2p", "all_to_all_async", "host_msg"]
+    kinds = ["all_to_all", "p2p", "all_to_all_async", *HOST_OPS]
     assert [(x.op, x.nbytes) for x in samples] == sorted(
         ((x.op, x.nbytes) for x in samples), key=lambda k: (kinds.index(k[0]), k[1]))
 
@@ -372,7 +374,8 @@ def test_ascending_link_collection_under_torchrun(tmp_path: Path) -> None:
                          "--busy", "--order", "ascending", timeout=300)
     assert prof.meta["order"] == "ascending"
     assert {s.op for s in prof.samples} == {"p2p", "all_to_all", "all_to_all_async",
-                                            "host_msg"}
+                                            *HOST_OPS}
     assert [s.nbytes for s in prof.select("all_to_all")] == [1024, 2048, 4096]
-    assert [n for n, _ in prof.host_table()] == [4096, 32768, 262144, 2 << 20]
-    assert all(s.median_s > 0 for s in prof.samples if s.op != "host_msg")
+    for op in HOST_OPS:
+        assert [n for n, _ in prof.host_table(op)] == [4096, 32768, 262144, 2 << 20]
+    assert all(s.median_s > 0 for s in prof.samples if s.op not in HOST_OPS)

@@ -319,6 +319,23 @@ def test_link_profile_host_rows_reach_the_topology() -> None:
     assert topo.route_host(1, 0, 16384) == pytest.approx(1e-4)  # halfway in log size
 
 
+def test_host_coll_rows_reach_the_topology_and_older_profiles_serve_both() -> None:
+    """``host_coll`` rows (both directions on one group) become the collectives' host table
+    beside ``host_msg``'s; a profile without them (timed before they existed, on one group)
+    serves both kinds of message from its ``host_msg`` rows."""
+    prof = link_profile()
+    prof.samples += [LinkSample("host_msg", 2, 4096, 9, 2e-4, 2e-4, 2e-4, 2e-4, 2e-4, 0.0, 0.0,
+                                3e-4)]
+    old = apply_link_profile(build_topology(CPU, 2, "pcie"), prof)
+    assert old.route_host_coll(0, 1, 4096) == old.route_host(0, 1, 4096) == pytest.approx(3e-4)
+    prof.samples += [LinkSample("host_coll", 2, 4096, 9, 4e-4, 4e-4, 4e-4, 4e-4, 4e-4, 0.0,
+                                0.0, 6e-4)]
+    assert prof.host_table("host_coll") == ((4096, 6e-4),)
+    topo = apply_link_profile(build_topology(CPU, 2, "pcie"), prof)
+    assert topo.route_host(0, 1, 4096) == pytest.approx(3e-4)
+    assert topo.route_host_coll(1, 0, 4096) == pytest.approx(6e-4)
+
+
 def test_host_rows_are_charged_their_mean_where_recorded() -> None:
     """A run pays the sum of its iterations, so a host_msg row's difference of means is
     charged; the medians only in profiles older than the mean column."""

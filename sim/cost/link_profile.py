@@ -63,7 +63,8 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
     """A copy of ``topo`` whose edges of link ``kind`` (default: the kind the profile was
     measured on, e.g. ``loopback`` for gloo between processes of one host) take the profile's
     fitted point-to-point latency (s) and bandwidth (bytes/s), and, where the profile measured
-    it (CPU transports), the host time a message costs each of its two ranks, and the
+    it (CPU transports), the host time a message costs each of its two ranks (a
+    point-to-point message, and one of an asynchronous collective), and the
     measured time of the collectives it timed (``collective_curves``; the engine costs a
     collective of the profile's group size whose flows stay on these edges from them,
     ``sim.engine.collective_call``).
@@ -80,11 +81,14 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
     # Checked here too, for profiles built in memory: a zero or negative bandwidth would make
     # the engine divide by zero or never finish a transfer, a NaN latency poison every time.
     check_fit(fit, f"link profile {prof.path or prof.backend or '(in memory)'}, fit of 'p2p'")
-    for n, t in prof.host_table():
+    host = prof.host_table()
+    # A collective's messages share one group; profiles older than ``host_coll`` rows timed
+    # ``host_msg`` that way, so they serve both.
+    host_coll = prof.host_table("host_coll") or host
+    for n, t in (*host, *host_coll):
         if not math.isfinite(t) or t > MAX_TIME_S:
             raise ProfileError(f"link profile {prof.path or '(in memory)'}: host time {t} s "
                                f"of {n}-byte messages is not a usable time")
-    host = prof.host_table()
     curves = collective_curves(prof)
     kinds = sorted({d["kind"] for _, _, d in topo.graph.edges(data=True)})
     if kind not in kinds:
@@ -99,6 +103,8 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
             d["source"] = f"link profile {prof.path or prof.backend} ({fit.regime} regime)"
             if host:
                 d["host"] = host
+            if host_coll:
+                d["host_coll"] = host_coll
             if curves:
                 d["collectives"] = curves
     return Topology(g, list(topo.gpu_nodes), topo.link, topo.nodes)

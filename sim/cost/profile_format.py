@@ -23,7 +23,9 @@ p75_s, max_s
 =============  ========================================================================
 
 Link profiles (``format`` = ``ditsim-link-profile/1``), one row per (op, message size):
-``op`` (``p2p``; ``host_msg``, the host time one message costs each of its ranks on CPU; the
+``op`` (``p2p``; ``host_msg``, the host time one message costs each of its ranks on CPU as
+PipeFusion's messages travel, each direction on its own process group; ``host_coll``, the same
+with both directions on one group, as an asynchronous collective's messages travel; the
 collectives under their schedule names ``all_reduce``, ``all_gather``, ``all_to_all``,
 ``ring_kv`` (one whole K,V rotation: ``world - 1`` rounds of isend/irecv around the ring) and
 ``reduce_scatter``, each timed with the ranks idle, as a blocking call waits, or with
@@ -70,7 +72,11 @@ HEADER_PREFIX = "# ditsim-profile "
 # Collectives a link profile may time, by their schedule names (``Collective.kind``).
 COLLECTIVE_OPS = (OpKind.ALL_REDUCE, OpKind.ALL_GATHER, OpKind.ALL_TO_ALL, OpKind.RING_KV,
                   OpKind.REDUCE_SCATTER)
-LINK_OPS = ("p2p", "host_msg", *COLLECTIVE_OPS,
+# Host time per message (CPU transports), by how the two directions travel: ``host_msg`` on
+# separate process groups (PipeFusion's hidden states forward, latents back), ``host_coll`` on
+# one group (a ring's K,V rotation, DistriFusion's gathers).
+HOST_OPS = ("host_msg", "host_coll")
+LINK_OPS = ("p2p", *HOST_OPS, *COLLECTIVE_OPS,
             *(op + OpKind.ASYNC_SUFFIX for op in COLLECTIVE_OPS))
 
 
@@ -187,7 +193,7 @@ def check_row(row: Sample | LinkSample, where: str, raw: dict[str, str] | None =
     field of ``row`` is non-finite or out of range (``raw``: the text read, for the
     message)."""
     rules = RANGES[type(row).__name__]
-    host = isinstance(row, LinkSample) and row.op == "host_msg"
+    host = isinstance(row, LinkSample) and row.op in HOST_OPS
     for name, rule in rules.items():
         if host and (name in _TIMES or name == "mean_s"):
             rule = _HOST_TIME
@@ -417,7 +423,7 @@ class LinkProfile(_Profile):
                                    f"beside rows over {worlds[s.op]}; one profile holds one "
                                    f"world size per op (collect one per group size); the "
                                    f"profile is refused")
-            if s.op not in ("p2p", "host_msg") and s.world < 2:
+            if s.op not in ("p2p", *HOST_OPS) and s.world < 2:
                 raise ProfileError(f"{where(i)}, column 'world': a collective over {s.world} "
                                    f"rank is no communication; the profile is refused")
 
@@ -450,15 +456,18 @@ class LinkProfile(_Profile):
         # Outside the measured sizes: the nearest regime's line extends the best.
         return parts[0] if nbytes < parts[0].lo_bytes else parts[-1]
 
-    def host_table(self) -> tuple[tuple[int, float], ...]:
+    def host_table(self, op: str = "host_msg") -> tuple[tuple[int, float], ...]:
         """(message bytes, seconds) of host time one message costs each of its two ranks
-        (``host_msg`` rows, measured by ``profiles.links --busy`` on CPU ranks); empty when
-        the profile has none (GPU transports, older profiles). The difference of the means
-        where the row has one, as the collectives are costed from their mean call (a run pays
-        the sum); of the medians in profiles older than that column. Negative measurements
-        (noise around zero) count as zero."""
+        (``op``: ``host_msg`` rows, a point-to-point message of the executor's message layer,
+        or ``host_coll`` rows, a message of an asynchronous collective; both measured by
+        ``profiles.links --busy`` on CPU ranks); empty when the profile has none (GPU
+        transports, older profiles; profiles older than ``host_coll`` timed their
+        ``host_msg`` rows with both directions on one group, as ``host_coll`` is now). The
+        difference of the means where the row has one, as the collectives are costed from
+        their mean call (a run pays the sum); of the medians in profiles older than that
+        column. Negative measurements (noise around zero) count as zero."""
         return tuple((s.nbytes, max(0.0, s.median_s if s.mean_s is None else s.mean_s))
-                     for s in self.select("host_msg"))
+                     for s in self.select(op))
 
 
 def slug(text: str) -> str:
