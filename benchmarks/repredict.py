@@ -1,6 +1,7 @@
 """A finished validation run predicted again by the code as it is now, row by row.
 
     python benchmarks/repredict.py OUT [--family ring,distrifusion] [--host-median]
+                                       [--host-one-group]
 
 ``OUT`` is the ``--out`` folder of a ``python -m validation`` run on CPU (its
 ``validation.csv`` and the profiles it collected in ``OUT/profiles``; one such run ships in
@@ -12,6 +13,10 @@ Prints per row and per family the error against the measurement; exit status 2 w
 when the folder does not hold such a run. ``--host-median`` charges each message's host time
 at the host rows' (``host_msg``, ``host_coll``) difference of medians (as before those rows
 held a mean), so the two statistics are compared on the same measurements.
+``--host-one-group`` charges PipeFusion's messages the ``host_coll`` rows (both directions on
+one process group), as every profile before the two layouts (2026-12-01) timed its
+``host_msg`` rows, so a run collected since is scored with and without the split on the same
+measurements.
 """
 
 from __future__ import annotations
@@ -79,12 +84,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="only these families, comma-separated (default: every row)")
     p.add_argument("--host-median", action="store_true",
                    help="charge host time per message at the host rows' medians")
+    p.add_argument("--host-one-group", action="store_true",
+                   help="charge point-to-point messages the host_coll rows (both directions "
+                        "on one process group), as profiles before the host_msg/host_coll "
+                        "split timed host_msg")
     a = p.parse_args(argv)
     table, profiles, link = run_files(Path(a.out))
     with tempfile.TemporaryDirectory() as tmp:
+        prof = LinkProfile.read(link)
+        if a.host_one_group:
+            prof = one_group(prof)
         if a.host_median:
-            link = medians_of(LinkProfile.read(link), host=True).write(Path(tmp) / link.name)
+            prof = medians_of(prof, host=True)
+        if a.host_one_group or a.host_median:
+            link = prof.write(Path(tmp) / link.name)
         return _score(a, table, profiles, link)
+
+
+def one_group(prof: LinkProfile) -> LinkProfile:
+    """``prof`` with its ``host_msg`` rows replaced by its ``host_coll`` rows (renamed), so
+    point-to-point messages are charged the host time of one shared process group, as every
+    profile before the two layouts measured it; a ``UserError`` when it has no such rows."""
+    coll = prof.select("host_coll")
+    if not coll:
+        raise UserError(f"{prof.path}: no host_coll rows (collected before 2026-12-01, when "
+                        f"host_msg was timed on one group already); drop --host-one-group")
+    return LinkProfile(prof.meta, [s for s in prof.samples if s.op != "host_msg"]
+                       + [dataclasses.replace(s, op="host_msg") for s in coll], prof.path)
 
 
 def _score(a: argparse.Namespace, table: Path, profiles: Path, link: Path) -> int:

@@ -442,10 +442,10 @@ def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES) -> list[LinkSample]:
       travel (the ring's K,V rotation by ``batch_isend_irecv``, DistriFusion's gathers:
       ``executor.collectives``).
 
-    They differ: on the 2-core EPYC VM (2026-12-01, pixart-tiny's block as the op, 16-128
-    KiB) one group cost 0.50-0.56 ms per message at the mean and the split layout 0.32-0.38
-    ms (medians 0.18-0.26 ms in both); before the two rows, ``host_msg`` was timed on one
-    group and charged to PipeFusion's messages too."""
+    They can differ: on the 2-core EPYC VM (2026-12-01, pixart-tiny's block as the op, 16
+    KiB) one group cost 0.50-0.56 ms per message at the mean, the split layout 0.32-0.38 ms
+    in five runs of six (medians 0.18-0.27 ms in both). Before the two rows, ``host_msg``
+    was timed on one group and charged to PipeFusion's messages too."""
     import torch
     import torch.distributed as dist
 

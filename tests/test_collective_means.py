@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sim.cost.profile_format import LinkProfile
+from sim.errors import UserError
 from validation.grid import Case
 from validation.predict import predict_case
 
@@ -136,3 +137,20 @@ def test_medians_of_drops_the_means_of_one_kind_of_row_only() -> None:
     for which in (True, False):
         kept = medians_of(link, host=which).samples
         assert [s.mean_s is None for s in kept] == [h == which for h in host]
+
+
+def test_one_group_charges_point_to_point_messages_the_shared_group_rows() -> None:
+    """repredict.py --host-one-group scores a run as profiles before the two layouts would
+    have: PipeFusion's messages take the ``host_coll`` rows; a profile without them is
+    refused with one line."""
+    from repredict import one_group
+
+    link = LinkProfile.read(DATA / "links_gloo_loopback_w2_busy_cpu-amd-epyc-t1.csv")
+    assert link.host_table() and not link.host_table("host_coll")
+    with pytest.raises(UserError, match="host_coll"):
+        one_group(link)
+    link.samples += [dataclasses.replace(s, op="host_coll", mean_s=(s.mean_s or 0) + 1e-3)
+                     for s in link.select("host_msg")]
+    shared = one_group(link)
+    assert shared.host_table() == link.host_table("host_coll") != link.host_table()
+    assert shared.host_table("host_coll") == link.host_table("host_coll")
