@@ -436,8 +436,8 @@ def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES) -> list[LinkSample]:
 
     - ``host_msg``: as PipeFusion's messages travel in the executor, each direction on its
       own process group (hidden states forward on one, the latents from the last rank back
-      to the first on another: ``executor.runtime.process_groups``), so each on its own
-      connection;
+      to the first on another: the groups of ``executor.runtime.process_groups`` itself), so
+      each on its own connection;
     - ``host_coll``: both directions on one group, as an asynchronous collective's messages
       travel (the ring's K,V rotation by ``batch_isend_irecv``, DistriFusion's gathers:
       ``executor.collectives``).
@@ -450,6 +450,7 @@ def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES) -> list[LinkSample]:
     import torch.distributed as dist
 
     from executor.comm import Comm
+    from executor.runtime import process_groups
 
     rank, world = dist.get_rank(), dist.get_world_size()
     nxt, prv = (rank + 1) % world, (rank - 1) % world
@@ -457,10 +458,11 @@ def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES) -> list[LinkSample]:
     for _ in range(5):
         op()
     origin = time.perf_counter()
-    ranks = list(range(world))
-    fwd, back = dist.new_group(ranks), dist.new_group(ranks)
-    clock = lambda: time.perf_counter() - origin  # noqa: E731
     cpu = torch.device("cpu")
+    # The executor's own groups (created once per process, so the ascending order's one call
+    # per size reuses them).
+    fwd, back, _ = process_groups(rank, world, cpu, 300.0)
+    clock = lambda: time.perf_counter() - origin  # noqa: E731
     # (row, message layer, what this rank sends, what it takes): on separate groups a
     # latent goes back from the last rank to the first, hidden states go forward elsewhere.
     layouts = [("host_msg", Comm(rank, 1, 1, 300.0, clock, cpu, fwd=fwd, back=back),

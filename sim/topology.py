@@ -172,6 +172,10 @@ class _Edges:
         return ((u, v, d) for u, nbrs in self._succ.items() for v, d in nbrs.items())
 
 
+# ``Topology._per_edge`` without a value for edges lacking the attribute.
+_REQUIRED = object()
+
+
 @dataclass
 class Topology:
     """A cluster graph and the rank -> GPU-node mapping; routes are cached edge-id tuples."""
@@ -187,10 +191,13 @@ class Topology:
         for i, (u, v) in enumerate(sorted(self.graph.edges)):
             self.edge_ids[(u, v)] = i
 
-    def _per_edge(self, attr: str) -> list:
+    def _per_edge(self, attr: str, empty: object = _REQUIRED) -> list:
+        """Per edge id, the edge attribute ``attr``; ``empty`` where an edge has none (without
+        it, every edge must have the attribute)."""
         values: list = [None] * len(self.edge_ids)
         for (u, v), i in self.edge_ids.items():
-            values[i] = self.graph.edges[u, v][attr]
+            d = self.graph.edges[u, v]
+            values[i] = d[attr] if empty is _REQUIRED else d.get(attr, empty)
         return values
 
     @cached_property
@@ -332,15 +339,13 @@ class Topology:
     def host(self) -> list[tuple[tuple[int, float], ...]]:
         """Per edge id, the (message bytes, seconds) table of host time a message costs the
         sending and the receiving rank each (CPU transports; empty elsewhere)."""
-        return [self.graph.edges[u, v].get("host", ()) for (u, v), _ in
-                sorted(self.edge_ids.items(), key=lambda kv: kv[1])]
+        return self._per_edge("host", ())
 
     @cached_property
     def host_coll(self) -> list[tuple[tuple[int, float], ...]]:
         """Per edge id, the same table for a message of an asynchronous collective, whose two
         directions share one process group (``host_coll`` rows of a link profile)."""
-        return [self.graph.edges[u, v].get("host_coll", ()) for (u, v), _ in
-                sorted(self.edge_ids.items(), key=lambda kv: kv[1])]
+        return self._per_edge("host_coll", ())
 
     @cached_property
     def collectives(self) -> list[dict[str, Callable[[float], float]]]:
@@ -348,8 +353,7 @@ class Topology:
         rank, by op name (``all_gather``, ``ring_kv_async``, ...), from a link profile
         (``sim.cost.link_profile.CollectiveCurve``, whose ``world`` is the group size it
         was measured at); empty where none was applied."""
-        return [self.graph.edges[u, v].get("collectives", {}) for (u, v), _ in
-                sorted(self.edge_ids.items(), key=lambda kv: kv[1])]
+        return self._per_edge("collectives", {})
 
     def measured_collective(self, names: tuple[str, ...], group: tuple[int, ...] | list[int],
                             pairs: list[tuple[int, int]], nbytes: float) -> float | None:
@@ -371,12 +375,15 @@ class Topology:
         """Seconds of its own time a rank spends on one message of ``nbytes`` it sends to or
         receives from ``dst``/``src`` (issuing, completing, the transport threads taking its
         core): interpolated in log size between measured sizes, clamped at the ends."""
-        return max((host_seconds(self.host[e], nbytes) for e in self.route(src, dst)),
-                   default=0.0)
+        return self._route_host(self.host, src, dst, nbytes)
 
     def route_host_coll(self, src: int, dst: int, nbytes: float) -> float:
         """As ``route_host``, for one message of an asynchronous collective."""
-        return max((host_seconds(self.host_coll[e], nbytes) for e in self.route(src, dst)),
+        return self._route_host(self.host_coll, src, dst, nbytes)
+
+    def _route_host(self, tables: list[tuple[tuple[int, float], ...]], src: int, dst: int,
+                    nbytes: float) -> float:
+        return max((host_seconds(tables[e], nbytes) for e in self.route(src, dst)),
                    default=0.0)
 
     def route_bandwidth(self, src: int, dst: int) -> float:

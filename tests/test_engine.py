@@ -189,35 +189,44 @@ def test_rank_offset_and_partial_use_of_a_box(pixart_1024: Workload, l40_pcie8) 
     assert evaluate(smaller, ParallelConfig(4, 4, 4, 1), gpu, l40_pcie8).latency_s < p4.latency_s
 
 
+class _MillisecondOps:
+    """Every compute op takes 1 ms: host time shows as a later start of the first block."""
+
+    def compute_time(self, op: Compute) -> float:
+        return 1e-3
+
+    def source(self, op: Compute) -> str:
+        return "test"
+
+
+def _cpu_topology(n: int, **tables: float):
+    """``n`` CPU ranks whose edges carry a flat host-time table per keyword (``host``,
+    ``host_coll``: seconds per message at every size)."""
+    topo = build_topology(get_gpu("cpu"), n, "pcie")
+    for _, _, d in topo.graph.edges(data=True):
+        for name, t in tables.items():
+            d[name] = ((1024, t), (1 << 20, t))
+    return type(topo)(topo.graph, list(topo.gpu_nodes), topo.link, topo.nodes)
+
+
 def test_host_time_of_a_message_is_charged_to_both_ranks() -> None:
     """A CPU transport's host time per message (profiles.links --busy, ``host_msg`` rows)
     delays the sender after it issues and the receiver after the data arrived."""
     from sim.schedule import Tag
 
-    topo = build_topology(get_gpu("cpu"), 2, "pcie")
     host = 3e-4
-    for _, _, d in topo.graph.edges(data=True):
-        d["host"] = ((1024, host), (1 << 20, host))
-    topo = type(topo)(topo.graph, list(topo.gpu_nodes), topo.link, topo.nodes)
+    topo = _cpu_topology(2, host=host)
     tag = Tag("hidden", 0, 0, 0)
     work = Compute("blocks", 0, 0, (0, 0), 100, 100)
     sched = Schedule("m", "test", 8, 8, 1, 0, 1, 1, 4, [(0, 0), (1, 1)], [1], 1,
                      ranks=[[Send(1, 4096, tag), work], [Recv(0, 4096, tag), work]])
-
-    class Fixed:
-        def compute_time(self, op: Compute) -> float:
-            return 1e-3
-
-        def source(self, op: Compute) -> str:
-            return "test"
-
-    rows = {(r.rank, r.op): r for r in simulate(sched, topo, Fixed()).rows}
+    rows = {(r.rank, r.op): r for r in simulate(sched, topo, _MillisecondOps()).rows}
     wire = topo.route_latency(0, 1) + 4096 / topo.route_bandwidth(0, 1)
     assert rows[(0, "blocks")].start_s == pytest.approx(host)  # the sender issued, then computed
     assert rows[(1, "blocks")].start_s == pytest.approx(wire + host)  # arrival, then completion
     # Without the table (GPU transports) messages cost the ranks nothing.
     plain = build_topology(get_gpu("cpu"), 2, "pcie")
-    rows = {(r.rank, r.op): r for r in simulate(sched, plain, Fixed()).rows}
+    rows = {(r.rank, r.op): r for r in simulate(sched, plain, _MillisecondOps()).rows}
     assert rows[(0, "blocks")].start_s == 0.0
     assert rows[(1, "blocks")].start_s == pytest.approx(wire)
 
@@ -229,27 +238,16 @@ def test_host_time_of_an_asynchronous_collective_is_charged_per_message() -> Non
     the rank waiting)."""
     from sim.schedule import Collective, Tag, Wait
 
-    topo = build_topology(get_gpu("cpu"), 3, "pcie")
     host = 3e-4
-    for _, _, d in topo.graph.edges(data=True):
-        d["host"] = ((1024, host), (1 << 20, host))
-    topo = type(topo)(topo.graph, list(topo.gpu_nodes), topo.link, topo.nodes)
+    topo = _cpu_topology(3, host=host)
     work = Compute("blocks", 0, 0, (0, 0), 100, 100)
-
-    class Fixed:
-        def compute_time(self, op: Compute) -> float:
-            return 1e-3
-
-        def source(self, op: Compute) -> str:
-            return "test"
-
     group = (0, 1, 2)
     for kind, count in (("ring_kv", 2), ("all_gather", 1)):
         tag = Tag("kv", 0, -1, 0)
         coll = Collective(kind, group, 8192, tag, asynchronous=True, count=count)
         sched = Schedule("m", "test", 8, 8, 1, 0, 1, 1, 4, [(0, 0), (1, 1), (2, 2)], [1], 1,
                          ranks=[[coll, work, Wait(tag)] for _ in group])
-        rows = {(r.rank, r.op): r for r in simulate(sched, topo, Fixed()).rows}
+        rows = {(r.rank, r.op): r for r in simulate(sched, topo, _MillisecondOps()).rows}
         # Ring: n - 1 = 2 steps per call, each one message out and one in.
         want = count * 2 * 2 * host
         for rank in group:
@@ -257,7 +255,7 @@ def test_host_time_of_an_asynchronous_collective_is_charged_per_message() -> Non
         blocking = Collective(kind, group, 8192, tag, count=count)
         sched = Schedule("m", "test", 8, 8, 1, 0, 1, 1, 4, [(0, 0), (1, 1), (2, 2)], [1], 1,
                          ranks=[[blocking, work] for _ in group])
-        rows = {(r.rank, r.op): r for r in simulate(sched, topo, Fixed()).rows}
+        rows = {(r.rank, r.op): r for r in simulate(sched, topo, _MillisecondOps()).rows}
         call = rows[(0, kind)]
         assert rows[(0, "blocks")].start_s == pytest.approx(call.end_s)
 
@@ -269,32 +267,20 @@ def test_collectives_take_the_one_group_host_table_and_messages_the_split_one() 
     charged its own."""
     from sim.schedule import Collective, Tag, Wait
 
-    topo = build_topology(get_gpu("cpu"), 2, "pcie")
     p2p_host, coll_host = 2e-4, 7e-4
-    for _, _, d in topo.graph.edges(data=True):
-        d["host"] = ((1024, p2p_host), (1 << 20, p2p_host))
-        d["host_coll"] = ((1024, coll_host), (1 << 20, coll_host))
-    topo = type(topo)(topo.graph, list(topo.gpu_nodes), topo.link, topo.nodes)
+    topo = _cpu_topology(2, host=p2p_host, host_coll=coll_host)
     work = Compute("blocks", 0, 0, (0, 0), 100, 100)
-
-    class Fixed:
-        def compute_time(self, op: Compute) -> float:
-            return 1e-3
-
-        def source(self, op: Compute) -> str:
-            return "test"
-
     tag = Tag("kv", 0, -1, 0)
     coll = Collective("all_gather", (0, 1), 8192, tag, asynchronous=True)
     sched = Schedule("m", "test", 8, 8, 1, 0, 1, 1, 4, [(0, 0), (1, 1)], [1], 1,
                      ranks=[[coll, work, Wait(tag)] for _ in range(2)])
-    rows = {(r.rank, r.op): r for r in simulate(sched, topo, Fixed()).rows}
+    rows = {(r.rank, r.op): r for r in simulate(sched, topo, _MillisecondOps()).rows}
     for rank in (0, 1):  # one message out, one in
         assert rows[(rank, "blocks")].start_s == pytest.approx(2 * coll_host)
     hidden = Tag("hidden", 0, 0, 0)
     sched = Schedule("m", "test", 8, 8, 1, 0, 1, 1, 4, [(0, 0), (1, 1)], [1], 1,
                      ranks=[[Send(1, 4096, hidden), work], [Recv(0, 4096, hidden), work]])
-    rows = {(r.rank, r.op): r for r in simulate(sched, topo, Fixed()).rows}
+    rows = {(r.rank, r.op): r for r in simulate(sched, topo, _MillisecondOps()).rows}
     assert rows[(0, "blocks")].start_s == pytest.approx(p2p_host)
 
 

@@ -81,14 +81,14 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
     # Checked here too, for profiles built in memory: a zero or negative bandwidth would make
     # the engine divide by zero or never finish a transfer, a NaN latency poison every time.
     check_fit(fit, f"link profile {prof.path or prof.backend or '(in memory)'}, fit of 'p2p'")
-    host = prof.host_table()
-    # A collective's messages share one group; profiles older than ``host_coll`` rows timed
-    # ``host_msg`` that way, so they serve both.
-    host_coll = prof.host_table("host_coll") or host
-    for n, t in (*host, *host_coll):
+    host, own_coll = prof.host_table(), prof.host_table("host_coll")
+    for n, t in (*host, *own_coll):
         if not math.isfinite(t) or t > MAX_TIME_S:
             raise ProfileError(f"link profile {prof.path or '(in memory)'}: host time {t} s "
                                f"of {n}-byte messages is not a usable time")
+    # A collective's messages share one group; profiles older than ``host_coll`` rows timed
+    # ``host_msg`` that way, so they serve both.
+    host_coll = own_coll or host
     curves = collective_curves(prof)
     kinds = sorted({d["kind"] for _, _, d in topo.graph.edges(data=True)})
     if kind not in kinds:
