@@ -1,7 +1,7 @@
 """A finished validation run predicted again by the code as it is now, row by row.
 
     python benchmarks/repredict.py OUT [--family ring,distrifusion] [--host-median]
-                                       [--host-one-group]
+                                       [--host-one-group] [--link PROFILE]
 
 ``OUT`` is the ``--out`` folder of a ``python -m validation`` run on CPU (its
 ``validation.csv`` and the profiles it collected in ``OUT/profiles``; one such run ships in
@@ -16,7 +16,9 @@ held a mean), so the two statistics are compared on the same measurements.
 ``--host-one-group`` charges PipeFusion's messages the ``host_coll`` rows (both directions on
 one process group), as every profile before the two layouts (2026-12-01) timed its
 ``host_msg`` rows, so a run collected since is scored with and without the split on the same
-measurements.
+measurements. ``--link PROFILE`` predicts from that link profile instead of the run's own
+(another launch's collection, or several pooled by ``profiles.pooled_links``), so the
+prediction's dependence on one collection of the link profile is seen on fixed measurements.
 """
 
 from __future__ import annotations
@@ -88,8 +90,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="charge point-to-point messages the host_coll rows (both directions "
                         "on one process group), as profiles before the host_msg/host_coll "
                         "split timed host_msg")
+    p.add_argument("--link", type=Path, default=None,
+                   help="predict from this link profile instead of the run's own")
     a = p.parse_args(argv)
     table, profiles, link = run_files(Path(a.out))
+    if a.link is not None:
+        if not a.link.is_file():
+            raise UserError(f"--link {a.link} does not exist; give a link profile written by "
+                            f"python -m profiles.links or profiles.pooled_links")
+        link = a.link
     with tempfile.TemporaryDirectory() as tmp:
         prof = LinkProfile.read(link)
         if a.host_one_group:

@@ -4,10 +4,13 @@ computes."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from profiles import collect
 from profiles.device import device_name, device_slug
+from profiles.pooled_links import pool_links
+from sim.cost.profile_format import LinkProfile
 from sim.errors import UserError
 from validation.grid import Case
 from validation.launch import say, torchrun
@@ -16,6 +19,13 @@ from validation.launch import say, torchrun
 # the speed its memory placement gave it, as each launch of a run does, and the runs are
 # compared by their median launch.
 PROCESSES = 3
+# Launches the link profile is pooled over (profiles.pooled_links), each timing a third of the
+# calls one launch timed before: which of a gloo call's two speeds a launch mostly sees is a
+# state of that launch, so one launch's profile moved a tiny row's prediction by up to 48
+# points from one collection to the next (profiles/pooled_links.py).
+LINK_LAUNCHES = 3
+# Seconds of timed calls per size, over the launches together (each takes its share).
+LINK_MIN_TIME_S = 0.2
 
 
 def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bool,
@@ -78,14 +88,23 @@ def ensure_profiles(cases: list[Case], device: str, profile_dir: Path, fresh: bo
         backend = "gloo" if device == "cpu" else "nccl"
         link = profile_dir / f"links_{backend}_{kind}_w{nproc}_busy_{dev}.csv"
         if fresh or not link.exists():
-            say(f"timing messages between {nproc} processes -> {link}", progress)
+            say(f"timing messages between {nproc} processes in {LINK_LAUNCHES} launches "
+                f"-> {link}", progress)
             # Not --quick: with 3 samples per size its busy rows moved from one collection
             # to the next by enough to move a family's median error by up to 50 points (the
-            # same measured quick grid re-predicted from 2 quick collections, 2026-11-30);
-            # 15 samples over 3 passes gave two collections within 1-4 points (80 s each).
-            torchrun(nproc, ["-m", "profiles.links", "--backend", backend, "--busy",
-                             "--factor", "4", "--max-bytes", "16MiB", "--repeats", "15",
-                             "--passes", "3", "--min-time", "0.2", "--warmup", "1",
-                             "--order", link_order, "--out", str(link)] +
-                     ([] if device == "cpu" else ["--link-kind", kind]))
+            # same measured quick grid re-predicted from 2 quick collections, 2026-11-30).
+            argv = ["-m", "profiles.links", "--backend", backend, "--busy", "--factor", "4",
+                    "--max-bytes", "16MiB", "--repeats", "15", "--passes", "3", "--min-time",
+                    f"{LINK_MIN_TIME_S / LINK_LAUNCHES:.4g}", "--warmup", "1", "--order",
+                    link_order] + ([] if device == "cpu" else ["--link-kind", kind])
+            with tempfile.TemporaryDirectory(prefix="ditsim-links-") as tmp:
+                parts = []
+                for i in range(LINK_LAUNCHES):
+                    part = Path(tmp) / f"launch{i}.csv"
+                    torchrun(nproc, [*argv, "--no-progress", "--out", str(part)])
+                    parts.append(LinkProfile.read(part))
+                prof = pool_links(parts)
+            prof.meta["command"] = (f"{LINK_LAUNCHES} launches of torchrun ... -m profiles.links "
+                                    + " ".join(argv[2:]) + ", pooled by profiles.pooled_links")
+            prof.write(link)
     return compute, link
