@@ -96,6 +96,7 @@ class LinkSettings:
     passes: int = 3  # interleaved passes over all (op, size) pairs, sharing the repeats
     busy: bool = False  # a compute thread runs on every rank while messages are timed
     order: str = "shuffled"  # passes over all sizes; "ascending": smallest size first
+    host_rounds: int = 10  # HOST_ROUNDS: rounds of the host-time loop per size (--busy, gloo)
 
 
 def parse_size(text: str) -> int:
@@ -163,6 +164,10 @@ def parse(argv: list[str] | None) -> LinkSettings:
                          "ascending: every kind of call at one size, smallest size first, so "
                          "no sample follows a larger transfer (an experiment: see "
                          "profiles/README.md)")
+    ap.add_argument("--host-rounds", type=int, default=HOST_ROUNDS,
+                    help="rounds of the host-time loop per size (--busy on gloo), each timing "
+                         f"{HOST_ITERS} iterations alone and in each layout; fewer when "
+                         "several launches are pooled (profiles.pooled_links)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     kind = a.link_kind or ("loopback" if a.backend == "gloo" else None)
@@ -183,13 +188,14 @@ def parse(argv: list[str] | None) -> LinkSettings:
     factor = 4 if a.quick else a.factor
     at_least(factor, 2, "--factor")
     for flag, value, least in (("--repeats", a.repeats, 1), ("--passes", a.passes, 1),
-                               ("--warmup", a.warmup, 0)):
+                               ("--warmup", a.warmup, 0), ("--host-rounds", a.host_rounds, 1)):
         at_least(value, least, flag)
     finite(a.min_time, "--min-time", 0, MAX_MIN_TIME_S, " s")
     return LinkSettings(a.backend, kind, ops, size_grid(lo, hi, factor),
                         3 if a.quick else a.repeats, 1 if a.quick else a.warmup,
                         0.05 if a.quick else a.min_time, Path(a.out) if a.out else None,
-                        not a.no_progress, 1 if a.quick else a.passes, a.busy, a.order)
+                        not a.no_progress, 1 if a.quick else a.passes, a.busy, a.order,
+                        a.host_rounds)
 
 
 def bus_factor(op: str, world: int) -> float:
@@ -415,7 +421,8 @@ def _reference_op() -> Callable[[], None]:
     return run
 
 
-def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES) -> list[LinkSample]:
+def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES, rounds: int = HOST_ROUNDS
+                   ) -> list[LinkSample]:
     """Host time one message costs its sender and its receiver (seconds), on CPU ranks.
 
     Every rank runs the reference op in a loop, alone and then streaming: after each op it
@@ -499,7 +506,7 @@ def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES) -> list[LinkSample]:
             msg = torch.ones(n // 4)
             alone: list[float] = []
             streaming: dict[str, list[float]] = {name: [] for name, *_ in layouts}
-            for r in range(HOST_ROUNDS):
+            for r in range(rounds):
                 dist.barrier()
                 for _ in range(HOST_ITERS):
                     t0 = time.perf_counter()
@@ -612,7 +619,7 @@ def _collect(s: LinkSettings) -> tuple[list[LinkSample], dict]:
                     if stop is not None:
                         stop()
             if hosts:
-                samples += _host_overhead(hosts)
+                samples += _host_overhead(hosts, s.host_rounds)
     finally:
         bar.close()
     # Rows by kind (blocking collectives, the other rows of --ops, host time), each by
@@ -637,6 +644,7 @@ def _profile(s: LinkSettings, samples: list[LinkSample], info: dict, started: fl
         "sizes": list(s.sizes), "repeats": s.repeats, "warmup": s.warmup,
         "min_total_s": s.min_total_s, "inner_s": INNER_S, "passes": s.passes,
         "order": s.order,
+        **({"host_rounds": s.host_rounds} if s.busy and s.backend == "gloo" else {}),
         "timing": "time.perf_counter around each sample after a barrier (CUDA synchronised "
                   "after each call); a sample is one call or a run of calls lasting inner_s, "
                   "divided by its length; max over ranks per sample; p2p = half a ping-pong "

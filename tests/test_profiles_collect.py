@@ -288,6 +288,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["profiles.links", "--backend", "mpi"], "--backend"),
     (["profiles.links", "--backend", "nccl"], "--link-kind"),
     (["profiles.links", "--backend", "gloo", "--max-bytes", "lots"], "cannot read size"),
+    (["profiles.links", "--backend", "gloo", "--host-rounds", "0"], "--host-rounds"),
     (["profiles.links", "--backend", "gloo"], "torchrun"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], match: str) -> None:
@@ -321,7 +322,8 @@ def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Pa
                                       1e-3))
         return out, {"world_size": 2}
 
-    def fake_host(sizes):
+    def fake_host(sizes, rounds):
+        assert rounds == 4  # the settings' own, as --host-rounds sets it
         seen.extend(("host_msg", n) for n in sizes)
         return [LinkSample(op, 2, n, 3, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 0.0, 0.0, 1e-4)
                 for n in sizes for op in HOST_OPS]
@@ -331,8 +333,10 @@ def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Pa
     monkeypatch.setattr(links, "_busy_thread", lambda: (lambda: None))
     sizes = (1024, 16384, 1 << 20, 16 << 20)
     s = links.LinkSettings("gloo", "loopback", ("p2p", "all_to_all"), sizes, 3, 1, 0.0,
-                           None, False, 1, True, "ascending")
+                           None, False, 1, True, "ascending", 4)
     assert links.parse(["--backend", "gloo"]).order == "shuffled"
+    assert links.parse(["--backend", "gloo"]).host_rounds == links.HOST_ROUNDS
+    assert links.parse(["--backend", "gloo", "--host-rounds", "4"]).host_rounds == 4
     assert links.parse(["--backend", "gloo", "--order", "ascending"]).order == "ascending"
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)

@@ -63,6 +63,7 @@ def test_the_link_profile_is_pooled_over_fresh_launches(monkeypatch: pytest.Monk
     for a in launches:
         share = float(a[a.index("--min-time") + 1])
         assert share == pytest.approx(profiling.LINK_MIN_TIME_S / 3, rel=1e-3)
+        assert int(a[a.index("--host-rounds") + 1]) * 3 >= 10  # one launch's rounds, at least
     pooled, one = LinkProfile.read(link), LinkProfile.read(SHIPPED)
     assert pooled.meta["launches"] == 3
     assert [s.repeats for s in pooled.samples] == [3 * s.repeats for s in one.samples]
