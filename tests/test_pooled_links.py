@@ -168,3 +168,40 @@ def test_grid_spread_refuses_what_is_not_a_run(tmp_path: Path, make, match: str)
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "grid_spread.py"),
                           str(good), str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and out.stderr.count("\n") == 1
+
+
+def test_link_draws_compares_predictions_from_several_profiles(tmp_path: Path) -> None:
+    """Two rows of a shipped run scored from its own link profile and a copy three times
+    slower: the pairwise spread is the rows' predicted difference, and each profile is
+    scored against the measurements."""
+    import shutil
+
+    import link_draws
+
+    run = ROOT / "docs" / "validation-2026-12-01-quick-epyc-0320"
+    out = tmp_path / "run"
+    shutil.copytree(run / "profiles", out / "profiles")
+    with open(run / "validation.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh)
+                if r["model"] == "pixart-tiny" and r["resolution"] == "256"
+                and r["strategy"] in ("tensor", "cfg", "serial")]
+    with open(out / "validation.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    slow = tmp_path / "slow.csv"
+    scaled(LinkProfile.read(SHIPPED), 3.0).write(slow)
+    got = link_draws.draws(out, [SHIPPED, slow])
+    names = [x["configuration"] for x in got["rows"]]
+    assert len(names) == 2 and all("px" in n for n in names)  # the one-process row left out
+    for x in got["rows"]:
+        a, b = x["predicted_s"]
+        assert b > a and x["pairwise"] == pytest.approx(abs(a / b - 1))
+    assert got["pairwise_worst"] == max(x["pairwise"] for x in got["rows"])
+    own = got["profiles"][0]
+    errs = [abs(x["predicted_s"][0] / x["measured_s"] - 1) for x in got["rows"]]
+    assert own["worst"] == pytest.approx(max(errs))
+    with pytest.raises(UserError, match="does not exist"):
+        link_draws.draws(out, [SHIPPED, tmp_path / "none.csv"])
+    with pytest.raises(UserError, match="two link profiles"):
+        link_draws.main([str(out), str(SHIPPED)])
