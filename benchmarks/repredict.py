@@ -19,6 +19,8 @@ one process group), as every profile before the two layouts (2026-12-01) timed i
 measurements. ``--link PROFILE`` predicts from that link profile instead of the run's own
 (another launch's collection, or several pooled by ``profiles.pooled_links``), so the
 prediction's dependence on one collection of the link profile is seen on fixed measurements.
+``--no-stretch`` costs every blocking collective from the rows timed after the profile's
+reference op, as before profiles had ``<op>_short`` rows (``validation.predict.STRETCH``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                         "split timed host_msg")
     p.add_argument("--link", type=Path, default=None,
                    help="predict from this link profile instead of the run's own")
+    p.add_argument("--no-stretch", action="store_true",
+                   help="cost blocking collectives from the rows timed after the reference "
+                        "op alone, not at the run's compute between calls")
     a = p.parse_args(argv)
     table, profiles, link = run_files(Path(a.out))
     if a.link is not None:
@@ -137,7 +142,7 @@ def _score(a: argparse.Namespace, table: Path, profiles: Path, link: Path) -> in
         c, compute = case_and_profile(r, profiles)
         meas = float(r["measured_s"])
         then = float(r.get("predicted_unpaced_s") or r["predicted_s"])
-        now = predict_case(c, compute, link, "cpu").latency_s
+        now = predict_case(c, compute, link, "cpu", stretch=not a.no_stretch).latency_s
         errs.setdefault(c.family, []).append((then / meas - 1, now / meas - 1))
         print(f"{c.name:40s} {meas:8.3f}s {then:8.3f}s {then / meas - 1:+7.1%} "
               f"{now:8.3f}s {now / meas - 1:+7.1%}")

@@ -22,8 +22,12 @@ idle) and busy, issued asynchronously and waited for (``<op>_async``: an asynchr
 collective overlaps the rank's compute, and on CPU processes sharing few cores its transport
 threads compete with that compute). The engine costs each ``Collective`` of the schedule from
 the row of its name (``sim.engine.collective_call``). On gloo the idle rows of ``--busy`` time
-the calls as the executor makes them: one call per sample, after every rank ran about a
-millisecond of compute (not back to back, which hides the transport's wake-up).
+the calls as the executor makes them: one call per sample, after every rank ran the
+reference op (about 6 ms of DiT-like compute; not back to back, which hides the transport's
+wake-up); and, as ``<op>_short``, per call of chains of (0.7 ms of compute, call) less that
+compute alone, as a tiny model's Ulysses or tensor-parallel block calls. The metadata's
+``stretch_s`` holds both stretches' seconds, and the engine interpolates between the two rows
+by the compute a run does between its calls (``sim.cost.link_profile.collective_curves``).
 
 Each size: warm-up calls, then timed samples (at least ``--repeats``, more for fast sizes),
 spread over interleaved passes over all sizes in shuffled orders (a slow spell of a shared
@@ -63,7 +67,7 @@ from profiles.device import device_name, device_slug
 from profiles.progress import progress_bar
 from sim.cli import at_least, finite, parser, run_main
 from sim.cost.interp import fit_regimes
-from sim.cost.profile_format import HOST_OPS, LinkProfile, LinkSample
+from sim.cost.profile_format import HOST_OPS, SHORT_SUFFIX, LinkProfile, LinkSample
 from sim.errors import UserError
 from sim.hardware import LINKS
 from sim.outputs import check_folder, check_writable, output_errors
@@ -207,14 +211,19 @@ def bus_factor(op: str, world: int) -> float:
     return 1.0
 
 
-def _measure(s: LinkSettings, overlapped: bool = False, after_compute: bool = False,
+def _measure(s: LinkSettings, overlapped: bool = False, after_compute: str | None = None,
              bar: Any = None) -> tuple[list[LinkSample], dict]:
     """Time ``s.ops`` at ``s.sizes``; with ``overlapped`` the collectives are issued
     asynchronously and waited for, and their rows are named ``<op>_async``. With
     ``after_compute`` every sample is one call made as the executor makes a blocking one:
-    after a barrier each rank runs the reference op (``_reference_op``, a few milliseconds
-    of DiT-like compute), then calls; the sample runs from the last rank's call to the last
-    rank's return (the engine starts a collective when its last member arrives)."""
+    after a barrier each rank runs a stretch of DiT-like compute, then calls; the sample runs
+    from the last rank's call to the last rank's return (the engine starts a collective when
+    its last member arrives); the stretch is the reference op (``"reference"``:
+    ``_reference_op``, about 6 ms on one EPYC core). With ``"short"`` (rows named
+    ``<op>_short``) a sample is a chain of ``CHAIN_CALLS`` iterations of (one layer of it on 64
+    tokens, ``_short_op``, about 0.7 ms; one call) less the same stretches alone, per call: as
+    a tiny model's Ulysses or tensor-parallel block calls, with what its compute loses after
+    each call."""
     import torch
     import torch.distributed as dist
 
@@ -273,7 +282,9 @@ def _measure(s: LinkSettings, overlapped: bool = False, after_compute: bool = Fa
         xa = x[: out.numel()]
         return call(lambda **k: dist.all_to_all_single(out, xa, **k)), 1.0
 
-    before = _reference_op() if after_compute else None
+    before = {None: None, "reference": _reference_op, "short": _short_op}[after_compute]
+    before = before() if before is not None else None
+    chain = after_compute == "short"
     tasks = [(op, n) for op in s.ops for n in s.sizes]
     passes = max(1, s.passes)
     own_bar = bar is None
@@ -311,23 +322,43 @@ def _measure(s: LinkSettings, overlapped: bool = False, after_compute: bool = Fa
             times: list[float] = []
             calls: list[tuple[float, float]] = []  # (start, end) of each call after compute
             cap = 40 * per_pass
+            spent = 0.0  # seconds of timed calls (of chains, for ``chain``)
             while True:
                 dist.barrier()
-                if before is not None:
-                    before()
-                t0 = time.perf_counter()
-                for _ in range(inner):
-                    fn()
-                t1 = time.perf_counter()
-                times.append((t1 - t0) * mult / inner)
-                calls.append((t0, t1))
+                if chain and before is not None:
+                    # A chain of (short stretch, call), less the same stretches alone: the
+                    # call, the wait for the other ranks and what the compute after it loses
+                    # (caches, the transport's threads still on the core), as a block with
+                    # several calls pays them.
+                    t0 = time.perf_counter()
+                    for _ in range(CHAIN_CALLS):
+                        before()
+                        fn()
+                    t1 = time.perf_counter()
+                    dist.barrier()
+                    a0 = time.perf_counter()
+                    for _ in range(CHAIN_CALLS):
+                        before()
+                    alone = time.perf_counter() - a0
+                    times.append(max(0.0, (t1 - t0) - alone) / CHAIN_CALLS)
+                    spent += t1 - t0
+                else:
+                    if before is not None:
+                        before()
+                    t0 = time.perf_counter()
+                    for _ in range(inner):
+                        fn()
+                    t1 = time.perf_counter()
+                    times.append((t1 - t0) * mult / inner)
+                    calls.append((t0, t1))
+                    spent += (t1 - t0) * mult
                 # All ranks must agree on when to stop: decide on the slowest rank's total.
-                flag = torch.tensor([sum(times) * inner], dtype=torch.float64, device=red_dev)
+                flag = torch.tensor([spent], dtype=torch.float64, device=red_dev)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 enough = len(times) >= per_pass and float(flag) >= s.min_total_s / passes
                 if enough or len(times) >= cap:
                     break
-            if before is not None:
+            if before is not None and not chain:
                 # perf_counter is the host's monotonic clock, shared by the ranks of one host:
                 # the last start and the last end over the ranks bound the call's own time.
                 t = torch.tensor(calls, dtype=torch.float64, device=red_dev)
@@ -348,6 +379,8 @@ def _measure(s: LinkSettings, overlapped: bool = False, after_compute: bool = Fa
         algbw = n / med
         # Nearest-rank quartiles (not interpolated), as the shipped link profiles hold.
         name = op + OpKind.ASYNC_SUFFIX if overlapped and op in COLLECTIVES else op
+        if after_compute == "short":
+            name = op + SHORT_SUFFIX
         samples.append(LinkSample(name, world if op != "p2p" else 2, n, len(xs), med, xs[0],
                                   nearest_rank(xs, 0.25), nearest_rank(xs, 0.75), xs[-1], algbw,
                                   algbw * bus_factor(op, world), statistics.fmean(xs)))
@@ -386,30 +419,27 @@ HOST_SIZES = (4 * 1024, 32 * 1024, 256 * 1024, 2 * MIB)  # bytes per message
 HOST_ROUNDS = 10  # alternating rounds with and without messages (drift hits both alike); the
 # means charged are long-tailed, so twice the rounds of the first (median) version
 HOST_ITERS = 40  # loop iterations per round
+CHAIN_CALLS = 5  # (short stretch, call) iterations per sample of the <op>_short rows
 
 
-def _reference_op() -> Callable[[], None]:
-    """A fixed stand-in for a stage's compute between messages: two pre-norm transformer
-    layers (width 128, 2 heads, 256 tokens, batch 2) in plain torch: about 0.47 GFLOP, 5.5-6.5
-    ms on one core of the 2-core EPYC VM (2026-12-01; earlier text said a millisecond, which
-    it never was there). Its Python-level op mix is that of a DiT block, so messages disturb
-    it as they disturb the executor's blocks (transport threads taking the core, caches
-    refilled)."""
+def _dit_layers(layers: int, tokens: int) -> Callable[[], None]:
+    """``layers`` pre-norm transformer layers (width 128, 2 heads, batch 2) on ``tokens``
+    tokens in plain torch, as a callable."""
     import torch
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(0)
-    b, n, h, heads = 2, 256, 128, 2
+    b, n, h, heads = 2, tokens, 128, 2
     x0 = torch.randn(b, n, h, generator=g)
-    layers = [(torch.randn(3 * h, h, generator=g) / h ** 0.5,
-               torch.randn(h, h, generator=g) / h ** 0.5,
-               torch.randn(4 * h, h, generator=g) / h ** 0.5,
-               torch.randn(h, 4 * h, generator=g) / (4 * h) ** 0.5) for _ in range(2)]
+    weights = [(torch.randn(3 * h, h, generator=g) / h ** 0.5,
+                torch.randn(h, h, generator=g) / h ** 0.5,
+                torch.randn(4 * h, h, generator=g) / h ** 0.5,
+                torch.randn(h, 4 * h, generator=g) / (4 * h) ** 0.5) for _ in range(layers)]
 
     def run() -> None:
         x = x0
         with torch.inference_mode():
-            for qkv_w, o_w, up_w, down_w in layers:
+            for qkv_w, o_w, up_w, down_w in weights:
                 y = F.layer_norm(x, (h,))
                 q, k, v = F.linear(y, qkv_w).view(b, n, 3, heads, h // heads).unbind(2)
                 a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
@@ -419,6 +449,23 @@ def _reference_op() -> Callable[[], None]:
                 x = x + F.linear(F.gelu(F.linear(y, up_w)), down_w)
 
     return run
+
+
+def _short_op() -> Callable[[], None]:
+    """One layer of the reference op on 64 tokens: about 0.7 ms on one core of the 2-core
+    EPYC VM (2026-12-01), the compute a tiny model's Ulysses or tensor-parallel block does
+    between two of its blocking calls (0.3-0.7 ms for pixart-tiny, sd3-tiny, flux-tiny)."""
+    return _dit_layers(1, 64)
+
+
+def _reference_op() -> Callable[[], None]:
+    """A fixed stand-in for a stage's compute between messages: two pre-norm transformer
+    layers (width 128, 2 heads, 256 tokens, batch 2) in plain torch: about 0.47 GFLOP, 5.5-6.5
+    ms on one core of the 2-core EPYC VM (2026-12-01; earlier text said a millisecond, which
+    it never was there). Its Python-level op mix is that of a DiT block, so messages disturb
+    it as they disturb the executor's blocks (transport threads taking the core, caches
+    refilled)."""
+    return _dit_layers(2, 256)
 
 
 def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES, rounds: int = HOST_ROUNDS
@@ -598,7 +645,9 @@ def _collect(s: LinkSettings) -> tuple[list[LinkSample], dict]:
                   for n in sorted(set(s.sizes) | set(host_sizes))]
     else:
         groups = [(s.sizes, host_sizes)]
-    kinds = len(idle) + len(s.ops)
+    # (Not the ring's rotation: ring attention issues it asynchronously.)
+    short = tuple(op for op in idle if op != OpKind.RING_KV) if s.backend == "gloo" else ()
+    kinds = len(idle) + len(short) + len(s.ops)
     bar = progress_bar(kinds * len(s.sizes) * max(1, s.passes), f"links {s.backend} x{world}",
                        dist.get_rank() == 0 and s.progress, unit="size")
     samples: list[LinkSample] = []
@@ -608,9 +657,15 @@ def _collect(s: LinkSettings) -> tuple[list[LinkSample], dict]:
             if sizes:
                 group = dataclasses.replace(s, sizes=sizes)
                 if idle:
-                    more, info = _measure(dataclasses.replace(group, ops=idle, busy=False),
-                                          after_compute=s.backend == "gloo", bar=bar)
+                    idle_s = dataclasses.replace(group, ops=idle, busy=False)
+                    cpu = s.backend == "gloo"
+                    more, info = _measure(idle_s, after_compute="reference" if cpu else None,
+                                          bar=bar)
                     samples += more
+                    if short:  # and between short stretches, as a tiny model's block calls
+                        more, _ = _measure(dataclasses.replace(idle_s, ops=short),
+                                           after_compute="short", bar=bar)
+                        samples += more
                 stop = _busy_thread() if s.busy else None
                 try:
                     more, info = _measure(group, overlapped=s.busy, bar=bar)
@@ -624,10 +679,36 @@ def _collect(s: LinkSettings) -> tuple[list[LinkSample], dict]:
         bar.close()
     # Rows by kind (blocking collectives, the other rows of --ops, host time), each by
     # size, whatever the order they were timed in.
-    names = [*idle, *(op + OpKind.ASYNC_SUFFIX if s.busy and op in COLLECTIVES else op
-                      for op in s.ops), *HOST_OPS]
+    names = [*idle, *(op + SHORT_SUFFIX for op in short),
+             *(op + OpKind.ASYNC_SUFFIX if s.busy and op in COLLECTIVES else op
+               for op in s.ops), *HOST_OPS]
     samples.sort(key=lambda x: (names.index(x.op), x.nbytes))
+    if short:
+        info = dict(info, stretch_s=_stretch_seconds())
     return samples, info
+
+
+def _stretch_seconds() -> dict[str, float]:
+    """The median seconds of the two stretches blocking collectives are timed after
+    (``reference``, ``short``), each over 15 calls, averaged over the ranks: the engine
+    interpolates between the two rows by the compute a run does between its calls."""
+    import torch
+    import torch.distributed as dist
+
+    out = {}
+    for name, make in (("reference", _reference_op), ("short", _short_op)):
+        op = make()
+        for _ in range(3):
+            op()
+        times = []
+        for _ in range(15):
+            t0 = time.perf_counter()
+            op()
+            times.append(time.perf_counter() - t0)
+        t = torch.tensor([statistics.median(times)], dtype=torch.float64)
+        dist.all_reduce(t)
+        out[name] = float(t) / dist.get_world_size()
+    return out
 
 
 def _profile(s: LinkSettings, samples: list[LinkSample], info: dict, started: float
@@ -651,7 +732,9 @@ def _profile(s: LinkSettings, samples: list[LinkSample], info: dict, started: fl
                   "round trip"
                   + ("; blocking collectives (rows without _async): one call per sample "
                      "after each rank ran the reference op, from the last rank's call to "
-                     "the last rank's return" if s.busy and s.backend == "gloo" else ""),
+                     "the last rank's return; <op>_short rows: per call of chains of (short "
+                     "stretch, call) less the stretches alone (stretch_s)"
+                     if s.busy and s.backend == "gloo" else ""),
         "fits": fits, "fit_model": "time_s = latency_s + nbytes / bandwidth_Bps, least "
                                    "absolute relative error (robust to sizes caught in a slow "
                                    "mode); rms_rel_err reports the scatter",

@@ -86,6 +86,10 @@ def pool_links(parts: list[LinkProfile]) -> LinkProfile:
     meta["collect_s"] = round(sum(float(p.meta.get("collect_s", 0.0)) for p in parts), 2)
     meta["repeats"] = sum(int(p.meta.get("repeats", 0)) for p in parts)
     meta["date"] = max(str(p.meta.get("date", "")) for p in parts)
+    stretches = [p.meta["stretch_s"] for p in parts if isinstance(p.meta.get("stretch_s"), dict)]
+    if len(stretches) == len(parts):  # the compute the blocking rows were timed after
+        meta["stretch_s"] = {k: statistics.median(float(x[k]) for x in stretches)
+                             for k in stretches[0]}
     meta["pooled"] = ("per row the launches' calls summed, mean_s their calls-weighted mean, "
                       "median/p25/p75 the median of the launches' values, min and max over "
                       "them (profiles.pooled_links)")

@@ -223,9 +223,12 @@ def test_busy_link_collection_times_blocking_collectives_after_compute(tmp_path:
     prof = collect_links(tmp_path, "--ops", "all_to_all,all_reduce", "--max-bytes", "4KiB",
                          "--busy", timeout=300)
     assert {s.op for s in prof.samples} == {"all_to_all", "all_reduce", "all_to_all_async",
-                                            "all_reduce_async", *HOST_OPS}
+                                            "all_reduce_async", "all_to_all_short",
+                                            "all_reduce_short", *HOST_OPS}
     assert all(s.median_s > 0 for s in prof.samples if s.op not in HOST_OPS)
     assert "one call per sample after each rank ran the reference op" in prof.meta["timing"]
+    short, reference = prof.stretches()
+    assert 0 < short < reference  # seconds of the two stretches, as measured
 
 
 def test_calls_after_compute_are_one_per_sample(tmp_path: Path, monkeypatch) -> None:
@@ -256,7 +259,7 @@ def test_calls_after_compute_are_one_per_sample(tmp_path: Path, monkeypatch) -> 
     try:
         s = links.LinkSettings("gloo", "loopback", ("all_reduce",), (1024,), 5, 1, 0.0,
                                None, False, 1, False)
-        samples, _ = links._measure(s, after_compute=True)
+        samples, _ = links._measure(s, after_compute="reference")
     finally:
         dist.destroy_process_group()
     warmups = 3  # max(3, warmup) untimed calls on the first pass
@@ -312,11 +315,13 @@ def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Pa
 
     seen: list[tuple[str, int]] = []
 
-    def fake_measure(s, overlapped=False, after_compute=False, bar=None):
+    def fake_measure(s, overlapped=False, after_compute=None, bar=None):
         out = []
         for op in s.ops:
             for n in s.sizes:
                 name = op + "_async" if overlapped and op in links.COLLECTIVES else op
+                if after_compute == "short":
+                    name = op + "_short"
                 seen.append((name, n))
                 out.append(LinkSample(name, 2, n, 3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1.0, 1.0,
                                       1e-3))
@@ -351,7 +356,9 @@ def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Pa
         dist.destroy_process_group()
     # The shuffled order: every size of the blocking collectives, then every size of the busy
     # rows, then the host time at every HOST_SIZES; the rows end up listed the same way.
-    assert shuffled == ([("all_to_all", n) for n in sizes] + [("p2p", n) for n in sizes]
+    assert shuffled == ([("all_to_all", n) for n in sizes]
+                        + [("all_to_all_short", n) for n in sizes]
+                        + [("p2p", n) for n in sizes]
                         + [("all_to_all_async", n) for n in sizes]
                         + [("host_msg", n) for n in links.HOST_SIZES])
     assert sorted((x.op, x.nbytes) for x in shuffled_samples) == \
@@ -360,13 +367,14 @@ def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Pa
     assert ns == sorted(ns), seen
     host = set(links.HOST_SIZES)
     want = {("all_to_all", n) for n in sizes} | {("all_to_all_async", n) for n in sizes} | \
+        {("all_to_all_short", n) for n in sizes} | \
         {("p2p", n) for n in sizes} | {("host_msg", n) for n in host}
     assert sorted(seen) == sorted(want)  # each once
     # At one size: blocking first, then the busy rows, then the host time.
     at_16k = [k for k, n in seen if n == 16384]
-    assert at_16k == ["all_to_all", "p2p", "all_to_all_async"]
+    assert at_16k == ["all_to_all", "all_to_all_short", "p2p", "all_to_all_async"]
     assert [k for k, n in seen if n == 2 << 20] == ["host_msg"]
-    kinds = ["all_to_all", "p2p", "all_to_all_async", *HOST_OPS]
+    kinds = ["all_to_all", "all_to_all_short", "p2p", "all_to_all_async", *HOST_OPS]
     assert [(x.op, x.nbytes) for x in samples] == sorted(
         ((x.op, x.nbytes) for x in samples), key=lambda k: (kinds.index(k[0]), k[1]))
 
@@ -378,8 +386,11 @@ def test_ascending_link_collection_under_torchrun(tmp_path: Path) -> None:
                          "--busy", "--order", "ascending", timeout=300)
     assert prof.meta["order"] == "ascending"
     assert {s.op for s in prof.samples} == {"p2p", "all_to_all", "all_to_all_async",
-                                            *HOST_OPS}
+                                            "all_to_all_short", *HOST_OPS}
     assert [s.nbytes for s in prof.select("all_to_all")] == [1024, 2048, 4096]
+    assert [s.nbytes for s in prof.select("all_to_all_short")] == [1024, 2048, 4096]
+    short, reference = prof.stretches()  # the two stretches the blocking rows followed
+    assert 0 < short < reference
     for op in HOST_OPS:
         assert [n for n, _ in prof.host_table(op)] == [4096, 32768, 262144, 2 << 20]
     assert all(s.median_s > 0 for s in prof.samples if s.op not in HOST_OPS)

@@ -17,13 +17,39 @@ from sim.errors import UserError
 from sim.evaluate import Prediction, evaluate
 from sim.hardware import get_gpu
 from sim.models import get_model
+from sim.schedule import Collective, Compute, Recv, Wait
+from sim.strategies import build_schedule
 from sim.topology import build_topology
 from validation.grid import Case
 
 
+def blocking_stretch(wl: Workload, cfg: ParallelConfig, cost: ProfileCost) -> float | None:
+    """Seconds of compute a run does before each of its blocking collective calls, the median
+    over its calls (rank 0's schedule; a merged op of ``count`` calls shares the compute
+    since the rank last blocked among them), or ``None`` without blocking collectives.
+    A Ulysses block's four all-to-alls and a tensor-parallel block's three all-reduces come
+    every few hundred microseconds on a tiny model; CFG's gather once per step."""
+    sched = build_schedule(wl, cfg)
+    since, per_call = 0.0, []
+    for op in sched.ranks[0]:
+        if isinstance(op, Compute):
+            since += cost.compute_time(op)
+        elif isinstance(op, Collective) and not op.asynchronous:
+            per_call += [since / op.count] * op.count
+            since = 0.0
+        elif isinstance(op, (Recv, Wait)):
+            since = 0.0  # the rank blocked here too
+    return statistics.median(per_call) if per_call else None
+
+
+# Whether ``predict_case`` costs blocking collectives at the run's compute between calls
+# (``blocking_stretch``) where the link profile timed them after two stretches.
+STRETCH = True
+
+
 def predict_case(c: Case, compute: dict[tuple[str, int], Path], link: Path | None,
-                 device: str, pace: str = "slowest", scale: float | None = None
-                 ) -> Prediction:
+                 device: str, pace: str = "slowest", scale: float | None = None,
+                 stretch: bool | None = None) -> Prediction:
     """The simulator's prediction of ``c`` on ``device`` ("cpu" or "cuda") from the compute
     profile of its model and process count in ``compute`` and the link profile ``link``.
 
@@ -31,23 +57,29 @@ def predict_case(c: Case, compute: dict[tuple[str, int], Path], link: Path | Non
     median process, but a run of N processes that wait for each other goes at the pace of
     its slowest one, so compute is scaled by the expected slowest of N processes drawn from
     those the profile measured (``expected_slowest``; for one process, the mean). ``"median"``:
-    unscaled. ``scale``, when given, is the pace itself (``probe_pace``)."""
+    unscaled. ``scale``, when given, is the pace itself (``probe_pace``).
+
+    ``stretch`` (default ``STRETCH``): cost each blocking collective at the compute the run
+    does between its calls (``blocking_stretch``), where the link profile timed the calls
+    after two stretches (``sim.cost.link_profile.collective_curves``)."""
     gpu = get_gpu("cpu" if device == "cpu" else "h100-sxm")
     wl = Workload(get_model(c.model), c.resolution, c.resolution, c.steps, dtype="fp32",
                   text_encoder=False, vae=False)
     cfg = ParallelConfig(c.nproc, **c.degrees())
+    prof = ComputeProfile.read(compute[(c.model, c.nproc)])
+    if scale is None:
+        factors = prof.meta.get("process_factors") if pace == "slowest" else None
+        scale = expected_slowest(factors, c.nproc) if isinstance(factors, list) else 1.0
+    cost = ProfileCost(wl, gpu, prof, scale=scale)
     topo = build_topology(gpu, c.nproc, "pcie" if device == "cpu" else "nvlink")
     if link is not None:
         # The link fit of the regime holding this run's typical message: a patch's hidden
         # states (batch x tokens/M x hidden, fp32).
         m = wl.model
         msg = m.batch * wl.tokens // c.patches * m.hidden * 4
-        topo = apply_link_profile(topo, link, nbytes=msg)
-    prof = ComputeProfile.read(compute[(c.model, c.nproc)])
-    if scale is None:
-        factors = prof.meta.get("process_factors") if pace == "slowest" else None
-        scale = expected_slowest(factors, c.nproc) if isinstance(factors, list) else 1.0
-    cost = ProfileCost(wl, gpu, prof, scale=scale)
+        use = STRETCH if stretch is None else stretch
+        between = blocking_stretch(wl, cfg, cost) if use and c.nproc > 1 else None
+        topo = apply_link_profile(topo, link, nbytes=msg, stretch_s=between)
     return evaluate(wl, cfg, gpu, topo, cost)
 
 

@@ -15,6 +15,7 @@ from sim.cost.interp import MonotoneLogLog
 from sim.cost.profile_format import (
     COLLECTIVE_OPS,
     MAX_TIME_S,
+    SHORT_SUFFIX,
     LinkProfile,
     ProfileError,
     check_fit,
@@ -45,21 +46,54 @@ class CollectiveCurve:
         return c(nbytes)
 
 
-def collective_curves(prof: LinkProfile) -> dict[str, CollectiveCurve]:
+def collective_curves(prof: LinkProfile, stretch_s: float | None = None
+                      ) -> dict[str, CollectiveCurve]:
     """The curve of every collective ``prof`` timed, by op name (``all_gather``,
-    ``all_gather_async``, ...)."""
+    ``all_gather_async``, ...).
+
+    ``stretch_s``: the seconds of compute a run does between two of its blocking calls
+    (``validation.predict.blocking_stretch``). Where the profile timed a blocking collective
+    both after its reference op and after a short stretch (``<op>_short`` rows, CPU ranks), its
+    curve is then the two interpolated at that stretch: geometrically in the stretch, size by
+    size, the short rows at or below their stretch, the plain rows at or above the reference
+    op's. On CPU processes sharing cores a call costs more the longer its ranks computed
+    before it (``benchmarks/collective_context.py``: 1.5-2 times as much after 5 ms as after
+    0.65 ms, 2026-12-01). Without ``stretch_s`` the plain rows serve, as before."""
     out = {}
+    stretches = prof.stretches() if stretch_s is not None else None
+    source = f"link profile {prof.path or prof.backend}"
     for kind in COLLECTIVE_OPS:
         for name in (kind, kind + OpKind.ASYNC_SUFFIX):
             table = prof.collective_table(name)
-            if table is not None:
-                out[name] = CollectiveCurve(table[0], table[1],
-                                            f"link profile {prof.path or prof.backend}")
+            if table is None:
+                continue
+            short = prof.collective_table(name + SHORT_SUFFIX) if stretches else None
+            if short is not None and stretch_s is not None and stretches is not None:
+                world, rows = table[0], blend_tables(short[1], table[1], stretches, stretch_s)
+                out[name] = CollectiveCurve(world, rows, f"{source} (at {stretch_s * 1e3:.2g} "
+                                                         f"ms of compute per call)")
+            else:
+                out[name] = CollectiveCurve(table[0], table[1], source)
     return out
 
 
+def blend_tables(short: tuple[tuple[int, float], ...], long: tuple[tuple[int, float], ...],
+                 stretches: tuple[float, float], stretch_s: float
+                 ) -> tuple[tuple[int, float], ...]:
+    """Per size, the call's seconds at ``stretch_s`` seconds of compute before it, between
+    ``short`` (timed after ``stretches[0]``) and ``long`` (after ``stretches[1]``):
+    ``t_short^(1-w) * t_long^w`` with ``w`` the stretch's place between the two in log
+    scale, clamped to [0, 1]. Sizes timed in only one of the tables keep that table's time."""
+    lo, hi = stretches
+    w = (math.log(max(stretch_s, 1e-12)) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    w = min(1.0, max(0.0, w))
+    at_short = dict(short)
+    return tuple((n, at_short[n] ** (1 - w) * t ** w if n in at_short else t) for n, t in long)
+
+
 def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
-                       kind: str | None = None, nbytes: float | None = None) -> Topology:
+                       kind: str | None = None, nbytes: float | None = None,
+                       stretch_s: float | None = None) -> Topology:
     """A copy of ``topo`` whose edges of link ``kind`` (default: the kind the profile was
     measured on, e.g. ``loopback`` for gloo between processes of one host) take the profile's
     fitted point-to-point latency (s) and bandwidth (bytes/s), and, where the profile measured
@@ -73,7 +107,8 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
     piecewise fit is chosen: the one holding ``nbytes`` (the typical message size, bytes) when
     given, else the fit over every measured size. Raises ``UserError`` when the topology has
     no edge of that kind, ``ProfileError`` (a ``UserError``) when the fit's latency or
-    bandwidth is non-finite or out of range.
+    bandwidth is non-finite or out of range. ``stretch_s``: the compute a run does between
+    two blocking calls (``collective_curves``).
     """
     prof = profile if isinstance(profile, LinkProfile) else LinkProfile.read(profile)
     kind = kind or prof.link_kind
@@ -89,7 +124,7 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
     # A collective's messages share one group; profiles older than ``host_coll`` rows timed
     # ``host_msg`` that way, so they serve both.
     host_coll = own_coll or host
-    curves = collective_curves(prof)
+    curves = collective_curves(prof, stretch_s)
     kinds = sorted({d["kind"] for _, _, d in topo.graph.edges(data=True)})
     if kind not in kinds:
         raise UserError(f"link profile {prof.path or ''} measures '{kind}' links but the "

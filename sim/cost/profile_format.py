@@ -76,8 +76,13 @@ COLLECTIVE_OPS = (OpKind.ALL_REDUCE, OpKind.ALL_GATHER, OpKind.ALL_TO_ALL, OpKin
 # separate process groups (PipeFusion's hidden states forward, latents back), ``host_coll`` on
 # one group (a ring's K,V rotation, DistriFusion's gathers).
 HOST_OPS = ("host_msg", "host_coll")
+# Blocking collectives timed on CPU ranks after a short stretch of compute rather than after the
+# reference op (``profiles.links --busy`` on gloo; the metadata's ``stretch_s`` holds both
+# stretches' seconds): ``<op>_short``.
+SHORT_SUFFIX = "_short"
+SHORT_OPS = tuple(op + SHORT_SUFFIX for op in COLLECTIVE_OPS)
 LINK_OPS = ("p2p", *HOST_OPS, *COLLECTIVE_OPS,
-            *(op + OpKind.ASYNC_SUFFIX for op in COLLECTIVE_OPS))
+            *(op + OpKind.ASYNC_SUFFIX for op in COLLECTIVE_OPS), *SHORT_OPS)
 
 
 class ProfileError(UserError):
@@ -426,6 +431,24 @@ class LinkProfile(_Profile):
             if s.op not in ("p2p", *HOST_OPS) and s.world < 2:
                 raise ProfileError(f"{where(i)}, column 'world': a collective over {s.world} "
                                    f"rank is no communication; the profile is refused")
+
+    def stretches(self) -> tuple[float, float] | None:
+        """Seconds of compute before each blocking call of the ``<op>_short`` rows and of the
+        plain rows (``stretch_s``: short, reference), or ``None`` when the profile has no
+        ``<op>_short`` rows; ``ProfileError`` when the metadata's values are unusable."""
+        if not any(s.op in SHORT_OPS for s in self.samples):
+            return None
+        st = self.meta.get("stretch_s")
+        where = f"link profile {self.path or '(in memory)'}"
+        try:
+            short, ref = float(st["short"]), float(st["reference"])  # type: ignore[index]
+        except (TypeError, KeyError, ValueError):
+            raise ProfileError(f"{where}: it has {SHORT_SUFFIX} rows but no 'stretch_s' with "
+                               f"'short' and 'reference' seconds; collect it again") from None
+        if not 0.0 < short < ref <= MAX_TIME_S:
+            raise ProfileError(f"{where}: 'stretch_s' must hold 0 < short < reference seconds, "
+                               f"got {short} and {ref}")
+        return short, ref
 
     def collective_table(self, op: str) -> tuple[int, tuple[tuple[int, float], ...]] | None:
         """(ranks, ((bytes per rank, seconds of one call), ...) by size) of collective ``op``
