@@ -340,7 +340,10 @@ def _measure(s: LinkSettings, overlapped: bool = False, after_compute: str | Non
                     for _ in range(CHAIN_CALLS):
                         before()
                     alone = time.perf_counter() - a0
-                    times.append(max(0.0, (t1 - t0) - alone) / CHAIN_CALLS)
+                    # A chain that ran no longer than its stretches alone (the noise of
+                    # processes sharing cores) counts as a call of CHAIN_FLOOR_S: a call is
+                    # never free, and a profile's times must be positive.
+                    times.append(max(CHAIN_FLOOR_S, ((t1 - t0) - alone) / CHAIN_CALLS))
                     spent += t1 - t0
                 else:
                     if before is not None:
@@ -420,6 +423,7 @@ HOST_ROUNDS = 10  # alternating rounds with and without messages (drift hits bot
 # means charged are long-tailed, so twice the rounds of the first (median) version
 HOST_ITERS = 40  # loop iterations per round
 CHAIN_CALLS = 5  # (short stretch, call) iterations per sample of the <op>_short rows
+CHAIN_FLOOR_S = 1e-6  # seconds: the least a chain's call is counted (see _measure)
 
 
 def _dit_layers(layers: int, tokens: int) -> Callable[[], None]:

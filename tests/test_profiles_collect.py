@@ -394,3 +394,39 @@ def test_ascending_link_collection_under_torchrun(tmp_path: Path) -> None:
     for op in HOST_OPS:
         assert [n for n, _ in prof.host_table(op)] == [4096, 32768, 262144, 2 << 20]
     assert all(s.median_s > 0 for s in prof.samples if s.op not in HOST_OPS)
+
+
+def test_short_rows_are_chains_of_stretch_and_call(tmp_path: Path, monkeypatch) -> None:
+    """``after_compute="short"`` times chains of (short op, call) less the short ops alone,
+    per call, as ``<op>_short`` rows; a chain no longer than its stretches (here a one-rank
+    all_reduce, next to nothing, after a sleep whose length jitters) counts the floor, so
+    every time stays positive."""
+    pytest.importorskip("torch")
+    import time
+
+    import torch.distributed as dist
+
+    from profiles import links
+
+    ran = {"stretches": 0}
+
+    def sleepy():
+        def run() -> None:
+            ran["stretches"] += 1
+            time.sleep(2e-4)
+        return run
+
+    monkeypatch.setattr(links, "_short_op", sleepy)
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        s = links.LinkSettings("gloo", "loopback", ("all_reduce",), (1024,), 4, 1, 0.0,
+                               None, False, 1, False)
+        samples, _ = links._measure(s, after_compute="short")
+    finally:
+        dist.destroy_process_group()
+    (row,) = samples
+    assert row.op == "all_reduce_short" and row.repeats == 4
+    assert row.min_s >= links.CHAIN_FLOOR_S and row.median_s > 0
+    # Each sample: CHAIN_CALLS stretches in the chain and as many alone.
+    assert ran["stretches"] == 4 * 2 * links.CHAIN_CALLS
