@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,7 +140,11 @@ def test_mmdit_grid_has_the_small_configurations_at_their_own_shapes(monkeypatch
         return 0
 
     monkeypatch.setattr(profiling.collect, "main", fake_collect)
-    monkeypatch.setattr(profiling, "torchrun", lambda n, argv: None)
+    shipped = (Path(__file__).resolve().parents[1] / "profiles" / "data"
+               / "links_gloo_loopback_w2_busy_cpu-amd-epyc-t1.csv")
+    # Each link launch writes a profile where it is told to (validation pools them).
+    monkeypatch.setattr(profiling, "torchrun", lambda n, argv: shutil.copy(
+        shipped, argv[argv.index("--out") + 1]))
     cases = [c for c in grid_cases("mmdit", 2) if c.model in ("sd3-tiny", "sd3-small")]
     compute, _ = profiling.ensure_profiles(cases, "cpu", tmp_path, fresh=True, progress=False)
     assert asked == {("sd3-tiny", "0"): ("256,512", "1,2,4"),
