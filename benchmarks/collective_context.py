@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from profiles.links import parse_size  # noqa: E402
+from profiles.links import dit_layers, parse_size  # noqa: E402
 from sim.cli import run_main  # noqa: E402
 from sim.errors import UserError  # noqa: E402
 
@@ -73,37 +73,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def _layer():
-    """One pre-norm transformer layer on 64 tokens (batch 2, width 128, 2 heads)."""
-    import torch
-    import torch.nn.functional as F
-
-    g = torch.Generator().manual_seed(0)
-    b, n, h, heads = 2, 64, 128, 2
-    x0 = torch.randn(b, n, h, generator=g)
-    qkv_w, o_w = torch.randn(3 * h, h, generator=g) / h ** 0.5, torch.randn(h, h, generator=g)
-    up_w, down_w = torch.randn(4 * h, h, generator=g), torch.randn(h, 4 * h, generator=g)
-
-    def run() -> None:
-        with torch.inference_mode():
-            y = F.layer_norm(x0, (h,))
-            q, k, v = F.linear(y, qkv_w).view(b, n, 3, heads, h // heads).unbind(2)
-            a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                               v.transpose(1, 2))
-            x = x0 + F.linear(a.transpose(1, 2).reshape(b, n, h), o_w)
-            y = F.layer_norm(x, (h,))
-            F.linear(F.gelu(F.linear(y, up_w)), down_w)
-
-    return run
-
-
 def measure(a: argparse.Namespace) -> list[dict]:
     """Every (op, size, stretch) cell, as the module docstring says."""
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    layer = _layer()
+    layer = dit_layers(1, 64)  # profiles.links._short_op: the <op>_short rows' stretch
     for _ in range(10):
         layer()
     cells = []

@@ -426,7 +426,7 @@ CHAIN_CALLS = 5  # (short stretch, call) iterations per sample of the <op>_short
 CHAIN_FLOOR_S = 1e-6  # seconds: the least a chain's call is counted (see _measure)
 
 
-def _dit_layers(layers: int, tokens: int) -> Callable[[], None]:
+def dit_layers(layers: int, tokens: int) -> Callable[[], None]:
     """``layers`` pre-norm transformer layers (width 128, 2 heads, batch 2) on ``tokens``
     tokens in plain torch, as a callable."""
     import torch
@@ -459,7 +459,7 @@ def _short_op() -> Callable[[], None]:
     """One layer of the reference op on 64 tokens: about 0.7 ms on one core of the 2-core
     EPYC VM (2026-12-01), the compute a tiny model's Ulysses or tensor-parallel block does
     between two of its blocking calls (0.3-0.7 ms for pixart-tiny, sd3-tiny, flux-tiny)."""
-    return _dit_layers(1, 64)
+    return dit_layers(1, 64)
 
 
 def _reference_op() -> Callable[[], None]:
@@ -469,7 +469,7 @@ def _reference_op() -> Callable[[], None]:
     it never was there). Its Python-level op mix is that of a DiT block, so messages disturb
     it as they disturb the executor's blocks (transport threads taking the core, caches
     refilled)."""
-    return _dit_layers(2, 256)
+    return dit_layers(2, 256)
 
 
 def _host_overhead(sizes: tuple[int, ...] = HOST_SIZES, rounds: int = HOST_ROUNDS
