@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -430,3 +431,21 @@ def test_short_rows_are_chains_of_stretch_and_call(tmp_path: Path, monkeypatch) 
     assert row.min_s >= links.CHAIN_FLOOR_S and row.median_s > 0
     # Each sample: CHAIN_CALLS stretches in the chain and as many alone.
     assert ran["stretches"] == 4 * 2 * links.CHAIN_CALLS
+
+
+def test_host_time_is_the_median_round_so_one_stall_does_not_set_it() -> None:
+    """The host time a message costs (``mean_s`` of the host rows) is, of the rounds, the
+    median of each round's difference of means: a round with one 4 ms stall (a transport
+    thread holding the core) moves that round's figure and the grand mean, not the figure
+    charged, while a cost every round pays shows in full."""
+    from profiles.links import per_message_seconds
+
+    alone = [[1e-3] * 40 for _ in range(4)]
+    streaming = [[1.6e-3] * 40 for _ in range(4)]  # 0.3 ms per message endpoint
+    streaming[2][7] += 4e-3
+    med, *rounds = per_message_seconds(alone, streaming)
+    assert med == pytest.approx(0.3e-3)
+    assert statistics.median(rounds) == pytest.approx(0.3e-3)
+    assert rounds[2] == pytest.approx(0.35e-3)
+    grand = (statistics.fmean(sum(streaming, [])) - statistics.fmean(sum(alone, []))) / 2
+    assert grand == pytest.approx(0.3125e-3)

@@ -486,9 +486,10 @@ class LinkProfile(_Profile):
         ``profiles.links --busy`` on CPU ranks); empty when the profile has none (GPU
         transports, older profiles; profiles older than ``host_coll`` timed their
         ``host_msg`` rows with both directions on one group, as ``host_coll`` is now). The
-        difference of the means where the row has one, as the collectives are costed from
-        their mean call (a run pays the sum); of the medians in profiles older than that
-        column. Negative measurements (noise around zero) count as zero."""
+        row's ``mean_s`` where it has one, as the collectives are costed from their mean call
+        (a run pays the sum; since 2026-12-01 the median over the collection's rounds of each
+        round's difference of means, ``profiles.links._host_overhead``); of the medians in
+        profiles older than that column. Negative measurements (noise around zero) count as zero."""
         return tuple((s.nbytes, max(0.0, s.median_s if s.mean_s is None else s.mean_s))
                      for s in self.select(op))
 
