@@ -19,6 +19,7 @@ from sim.host import HostModel
 from sim.memory import MemoryBreakdown, memory_per_rank
 from sim.metrics import Metrics, compute_metrics, source_summary
 from sim.strategies import build_schedule_and_orbits
+from sim.stretch import costed_topology
 from sim.topology import Topology, build_topology
 from sim.trace import ExtendedTrace, Trace, TraceRow, simulated_rows
 
@@ -120,9 +121,11 @@ def _evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
     # steps before the pair.
     length = cfg.warmup + max(short_steps, 4) + (cfg.distrifusion > 1)
     lengthened = False
+    costed: Topology | None = None  # ``topo`` at the run's compute between blocking calls
     while not exact and trace is None and wl.steps > length:
         sched, orbits = build_schedule_and_orbits(replace(wl, steps=length), cfg, coarse=fast)
-        short = simulate(sched, topo, cost, host=host, orbits=orbits)
+        costed = costed or costed_topology(topo, sched, cost)
+        short = simulate(sched, costed, cost, host=host, orbits=orbits)
         trace = periodic_extension(short, length - 3, wl.steps)
         if trace is None and length - 4 > cfg.warmup:
             # The pair before: the last step may change the one before it, not those before.
@@ -133,10 +136,11 @@ def _evaluate(wl: Workload, cfg: ParallelConfig, gpu: GPU, topo: Topology,
             length, lengthened = _retry_length(short, cfg.warmup, length), True
     if trace is None:
         sched, orbits = build_schedule_and_orbits(wl, cfg, coarse=fast)
-        trace = simulate(sched, topo, cost, host=host, orbits=orbits)
+        costed = costed or costed_topology(topo, sched, cost)
+        trace = simulate(sched, costed, cost, host=host, orbits=orbits)
     metrics = compute_metrics(trace, sched.world_size, wl.steps, cfg.warmup)
     memory = memory_per_rank(wl, cfg, sched, gpu)
-    return Prediction(wl, cfg, gpu, topo, metrics, memory, trace, scale,
+    return Prediction(wl, cfg, gpu, costed or topo, metrics, memory, trace, scale,
                       stage_layers=list(sched.stage_layers),
                       cost_sources=source_summary(trace), cost_model=spec.describe(cost))
 

@@ -1,7 +1,7 @@
 """Blocking collectives costed at the compute a run does between its calls: the link
 profile's ``<op>_short`` rows and ``stretch_s``, the interpolation between the two rows
-(``sim.cost.link_profile``), and the stretch a validation case has
-(``validation.predict.blocking_stretch``)."""
+(``sim.cost.link_profile``), the stretch a run has (``sim.stretch``), and predictions taking it
+wherever a link profile is applied (validation and ``sim.predict --link-profile``)."""
 
 from __future__ import annotations
 
@@ -84,12 +84,17 @@ def test_blocking_stretch_of_a_case() -> None:
     from sim.hardware import get_gpu
     from sim.models import get_model
     from sim.schedule import Compute, OpKind
-    from validation.predict import blocking_stretch
+    from sim.strategies import build_schedule
+    from sim.stretch import blocking_stretch as of_schedule
 
     gpu = get_gpu("cpu")
     wl = Workload(get_model("pixart-tiny"), 256, 256, 6, dtype="fp32", text_encoder=False,
                   vae=False)
     cost = ProfileCost(wl, gpu, ComputeProfile.read(COMPUTE))
+
+    def blocking_stretch(w: Workload, cfg: ParallelConfig, c: ProfileCost) -> float | None:
+        return of_schedule(build_schedule(w, cfg), c)
+
     tensor = blocking_stretch(wl, ParallelConfig(2, tensor=2), cost)
     shard = cost.compute_time(Compute(OpKind.BLOCKS, 1, -1, (1, 1), wl.tokens, wl.tokens,
                                       wl.model.batch, shard=2))
@@ -118,3 +123,25 @@ def test_predictions_take_the_stretch_where_the_profile_has_short_rows(tmp_path:
         predict_case(tensor, compute, LINK, "cpu").latency_s)  # as before the short rows
     pipe = Case("pixart-tiny", 256, 6, 2, 2, 1, "pipefusion")
     assert latency(pipe, True) == latency(pipe, False)
+
+
+def test_sim_predict_takes_the_stretch_from_a_link_profile(tmp_path: Path) -> None:
+    """``sim.predict --link-profile`` costs blocking calls at the run's own stretch, as
+    validation does: with short rows a quarter of the plain ones, a tensor-parallel run on
+    the profile's machine comes out faster than from the same profile without them, and
+    ``--link-profile`` of the plain profile predicts exactly as before."""
+    pytest.importorskip("pandas")
+    import sim
+
+    link = tmp_path / LINK.name
+    with_short_rows(0.25).write(link)
+
+    def latency(profile: Path, **degrees: int) -> float:
+        return sim.predict(model="pixart-tiny", gpus=2, gpu="cpu", link="pcie",
+                           resolution=256, steps=6, dtype="fp32", text_encoder=False,
+                           vae=False, profile=str(COMPUTE), link_profile=str(profile),
+                           **degrees).latency_s
+
+    assert latency(link, tensor=2) < 0.99 * latency(LINK, tensor=2)
+    # No blocking collective in PipeFusion: the short rows change nothing there.
+    assert latency(link, pipefusion=2, patches=2) == latency(LINK, pipefusion=2, patches=2)

@@ -17,33 +17,11 @@ from sim.errors import UserError
 from sim.evaluate import Prediction, evaluate
 from sim.hardware import get_gpu
 from sim.models import get_model
-from sim.schedule import Collective, Compute, Recv, Wait
-from sim.strategies import build_schedule
 from sim.topology import build_topology
 from validation.grid import Case
 
-
-def blocking_stretch(wl: Workload, cfg: ParallelConfig, cost: ProfileCost) -> float | None:
-    """Seconds of compute a run does before each of its blocking collective calls, the median
-    over its calls (rank 0's schedule; a merged op of ``count`` calls shares the compute
-    since the rank last blocked among them), or ``None`` without blocking collectives.
-    A Ulysses block's four all-to-alls and a tensor-parallel block's three all-reduces come
-    every few hundred microseconds on a tiny model; CFG's gather once per step."""
-    sched = build_schedule(wl, cfg)
-    since, per_call = 0.0, []
-    for op in sched.ranks[0]:
-        if isinstance(op, Compute):
-            since += cost.compute_time(op)
-        elif isinstance(op, Collective) and not op.asynchronous:
-            per_call += [since / op.count] * op.count
-            since = 0.0
-        elif isinstance(op, (Recv, Wait)):
-            since = 0.0  # the rank blocked here too
-    return statistics.median(per_call) if per_call else None
-
-
 # Whether ``predict_case`` costs blocking collectives at the run's compute between calls
-# (``blocking_stretch``) where the link profile timed them after two stretches.
+# (``sim.stretch``) where the link profile timed them after two stretches.
 STRETCH = True
 
 
@@ -60,8 +38,8 @@ def predict_case(c: Case, compute: dict[tuple[str, int], Path], link: Path | Non
     unscaled. ``scale``, when given, is the pace itself (``probe_pace``).
 
     ``stretch`` (default ``STRETCH``): cost each blocking collective at the compute the run
-    does between its calls (``blocking_stretch``), where the link profile timed the calls
-    after two stretches (``sim.cost.link_profile.collective_curves``)."""
+    does between its calls (``sim.stretch``), where the link profile timed the calls after
+    two stretches (``sim.cost.link_profile.collective_curves``)."""
     gpu = get_gpu("cpu" if device == "cpu" else "h100-sxm")
     wl = Workload(get_model(c.model), c.resolution, c.resolution, c.steps, dtype="fp32",
                   text_encoder=False, vae=False)
@@ -77,9 +55,8 @@ def predict_case(c: Case, compute: dict[tuple[str, int], Path], link: Path | Non
         # states (batch x tokens/M x hidden, fp32).
         m = wl.model
         msg = m.batch * wl.tokens // c.patches * m.hidden * 4
-        use = STRETCH if stretch is None else stretch
-        between = blocking_stretch(wl, cfg, cost) if use and c.nproc > 1 else None
-        topo = apply_link_profile(topo, link, nbytes=msg, stretch_s=between)
+        topo = apply_link_profile(topo, link, nbytes=msg,
+                                  stretch=STRETCH if stretch is None else stretch)
     return evaluate(wl, cfg, gpu, topo, cost)
 
 

@@ -52,7 +52,7 @@ def collective_curves(prof: LinkProfile, stretch_s: float | None = None
     ``all_gather_async``, ...).
 
     ``stretch_s``: the seconds of compute a run does between two of its blocking calls
-    (``validation.predict.blocking_stretch``). Where the profile timed a blocking collective
+    (``sim.stretch.blocking_stretch``). Where the profile timed a blocking collective
     both after its reference op and after a short stretch (``<op>_short`` rows, CPU ranks), its
     curve is then the two interpolated at that stretch: geometrically in the stretch, size by
     size, the short rows at or below their stretch, the plain rows at or above the reference
@@ -91,9 +91,45 @@ def blend_tables(short: tuple[tuple[int, float], ...], long: tuple[tuple[int, fl
     return tuple((n, at_short[n] ** (1 - w) * t ** w if n in at_short else t) for n, t in long)
 
 
+class StretchedCollectives:
+    """The collective curves of a link profile whose blocking calls were timed after two
+    stretches of compute (``<op>_short`` rows, CPU ranks), at the stretch a run has: a run's
+    blocking calls are costed at the compute it does between them (``collective_curves``),
+    which only its schedule tells (``sim.stretch``)."""
+
+    def __init__(self, prof: LinkProfile) -> None:
+        self.prof = prof
+        self._at: dict[float, dict[str, CollectiveCurve]] = {}
+
+    def at(self, stretch_s: float) -> dict[str, CollectiveCurve]:
+        """The curves at ``stretch_s`` seconds of compute before each blocking call."""
+        got = self._at.get(stretch_s)
+        if got is None:
+            got = self._at[stretch_s] = collective_curves(self.prof, stretch_s)
+        return got
+
+
+def at_stretch(topo: Topology, stretch_s: float) -> Topology:
+    """``topo`` with the collective curves of its stretch-dependent edges
+    (``StretchedCollectives``, put there by ``apply_link_profile``) at ``stretch_s`` seconds
+    of compute before each blocking call; ``topo`` itself where it has none."""
+    if not stretched(topo):
+        return topo
+    g: Graph = topo.graph.copy()
+    for _, _, d in g.edges(data=True):
+        if "stretched" in d:
+            d["collectives"] = d["stretched"].at(stretch_s)
+    return Topology(g, list(topo.gpu_nodes), topo.link, topo.nodes)
+
+
+def stretched(topo: Topology) -> bool:
+    """Whether any edge of ``topo`` costs blocking collectives by the compute before them."""
+    return any("stretched" in d for _, _, d in topo.graph.edges(data=True))
+
+
 def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
                        kind: str | None = None, nbytes: float | None = None,
-                       stretch_s: float | None = None) -> Topology:
+                       stretch: bool = True) -> Topology:
     """A copy of ``topo`` whose edges of link ``kind`` (default: the kind the profile was
     measured on, e.g. ``loopback`` for gloo between processes of one host) take the profile's
     fitted point-to-point latency (s) and bandwidth (bytes/s), and, where the profile measured
@@ -107,8 +143,12 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
     piecewise fit is chosen: the one holding ``nbytes`` (the typical message size, bytes) when
     given, else the fit over every measured size. Raises ``UserError`` when the topology has
     no edge of that kind, ``ProfileError`` (a ``UserError``) when the fit's latency or
-    bandwidth is non-finite or out of range. ``stretch_s``: the compute a run does between
-    two blocking calls (``collective_curves``).
+    bandwidth is non-finite or out of range.
+
+    ``stretch``: where the profile timed its blocking collectives after two stretches of
+    compute, the edges also get them as ``StretchedCollectives``, and ``sim.evaluate`` costs
+    each run's blocking calls at the compute it does between them (``sim.stretch``); with
+    ``stretch=False`` (or a profile without ``<op>_short`` rows) the plain rows serve.
     """
     prof = profile if isinstance(profile, LinkProfile) else LinkProfile.read(profile)
     kind = kind or prof.link_kind
@@ -124,7 +164,8 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
     # A collective's messages share one group; profiles older than ``host_coll`` rows timed
     # ``host_msg`` that way, so they serve both.
     host_coll = own_coll or host
-    curves = collective_curves(prof, stretch_s)
+    curves = collective_curves(prof)
+    by_stretch = StretchedCollectives(prof) if stretch and prof.stretches() else None
     kinds = sorted({d["kind"] for _, _, d in topo.graph.edges(data=True)})
     if kind not in kinds:
         raise UserError(f"link profile {prof.path or ''} measures '{kind}' links but the "
@@ -142,4 +183,6 @@ def apply_link_profile(topo: Topology, profile: LinkProfile | str | Path,
                 d["host_coll"] = host_coll
             if curves:
                 d["collectives"] = curves
+            if by_stretch is not None:
+                d["stretched"] = by_stretch
     return Topology(g, list(topo.gpu_nodes), topo.link, topo.nodes)
