@@ -223,3 +223,19 @@ def test_error_per_strategy_family() -> None:
     assert list(got.worst_row) == [1, 6, 0, 8, 5]
     assert row_name(rows[0]) == "pixart-tiny 256px ring2"
     assert row_name(rows[4]) == "pixart-tiny 256px n=2 M=1 W=1"
+
+
+def test_run_spread_names_the_widest_row() -> None:
+    from validation.results import row_name, run_spread
+
+    def row(strategy: str, iqr: float) -> dict:
+        return {"model": "pixart-tiny", "resolution": 256, "nproc": 2, "patches": 1,
+                "warmup": 1, "strategy": strategy, "measured_iqr": iqr}
+
+    rows = [row("ring", 0.10), row("tensor", 1.15), row("ulysses", 0.20), row("cfg", 1.15),
+            row("pipefusion", 0.05)]
+    mid, widest, at = run_spread(rows)
+    # by hand: spreads 0.05, 0.10, 0.20, 1.15, 1.15 -> median 0.20; the first of the two widest
+    assert mid == pytest.approx(0.20)
+    assert widest == pytest.approx(1.15)
+    assert at == 1 and row_name(rows[at]) == "pixart-tiny 256px tensor2"

@@ -49,7 +49,14 @@ from validation.grid import GRIDS, grid_cases, grid_models
 from validation.measure import run_cases, runs_per_launch
 from validation.predict import pace_by_probe, predict_case, probe_calls
 from validation.profiling import ensure_profiles
-from validation.results import family_summary, result_rows, row_name, trace_pairs, write_csv
+from validation.results import (
+    family_summary,
+    result_rows,
+    row_name,
+    run_spread,
+    trace_pairs,
+    write_csv,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     for f in families.itertuples():
         print(f"  {f.Index:<13} {f.configs:>2} configurations: median |error| "
               f"{f.median:.1%}, worst {f.worst:.1%} ({row_name(rows[f.worst_row])})")
+    mid, widest, at = run_spread(rows)
+    print(f"  the runs' own spread (interquartile range over the median run): median "
+          f"{mid:.1%}, widest {widest:.1%} ({row_name(rows[at])})")
     if args.pace == "probe":
         unpaced = pd.Series([r["rel_err_unpaced"] for r in rows]).abs()
         paces = [p for c in cases for p in c.paces]

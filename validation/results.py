@@ -91,6 +91,16 @@ def family_summary(rows: list[dict]) -> pd.DataFrame:
         .loc[order].rename_axis("family")
 
 
+def run_spread(rows: list[dict]) -> tuple[float, float, int]:
+    """How far apart the measured runs of ``rows`` (``result_rows``) lie: the median and the
+    widest ``measured_iqr`` (interquartile range over the median run, a fraction) and the index
+    in ``rows`` of the widest (the first, on a tie). An error no larger than a row's own
+    spread says little about the model; printed beside the errors so a noisy machine shows."""
+    spreads = [r["measured_iqr"] for r in rows]
+    widest = max(range(len(rows)), key=lambda i: (spreads[i], -i))
+    return statistics.median(spreads), spreads[widest], widest
+
+
 def row_name(r: dict) -> str:
     """A result row for people: ``pixart-tiny 256px n=2 M=4`` or ``pixart-small 512px
     ulysses2``."""
