@@ -97,7 +97,7 @@ def run_spread(rows: list[dict]) -> tuple[float, float, int]:
     in ``rows`` of the widest (the first, on a tie). An error no larger than a row's own
     spread says little about the model; printed beside the errors so a noisy machine shows."""
     spreads = [r["measured_iqr"] for r in rows]
-    widest = max(range(len(rows)), key=lambda i: (spreads[i], -i))
+    widest = max(range(len(spreads)), key=spreads.__getitem__)  # max keeps the first of ties
     return statistics.median(spreads), spreads[widest], widest
 
 
