@@ -16,18 +16,25 @@ For each message size from ``--min-bytes`` (1 KiB) to ``--max-bytes`` (256 MiB) 
   slowest rank's (each rank times its own call; the per-call maximum over ranks is kept), as a
   collective has finished only when every rank has.
 
-With ``--busy`` a compute thread runs on every rank while ``p2p`` is timed, and the
-collectives are timed twice: idle (their plain names: a blocking call waits with its rank
-idle) and busy, issued asynchronously and waited for (``<op>_async``: an asynchronous
-collective overlaps the rank's compute, and on CPU processes sharing few cores its transport
-threads compete with that compute). The engine costs each ``Collective`` of the schedule from
-the row of its name (``sim.engine.collective_call``). On gloo the idle rows of ``--busy`` time
-the calls as the executor makes them: one call per sample, after every rank ran the
-reference op (about 6 ms of DiT-like compute; not back to back, which hides the transport's
-wake-up); and, as ``<op>_short``, per call of chains of (0.7 ms of compute, call) less that
-compute alone, as a tiny model's Ulysses or tensor-parallel block calls. The metadata's
-``stretch_s`` holds both stretches' seconds, and the engine interpolates between the two rows
-by the compute a run does between its calls (``sim.cost.link_profile.collective_curves``).
+With ``--busy`` the collectives are timed twice: idle (their plain names: a blocking call
+waits with its rank idle) and busy, issued asynchronously and waited for (``<op>_async``:
+an asynchronous collective overlaps the rank's compute, and on CPU processes sharing few
+cores its transport threads compete with that compute). The engine costs each
+``Collective`` of the schedule from the row of its name (``sim.engine.collective_call``).
+On gloo the idle rows of ``--busy`` time the calls as the executor makes them: one call
+per sample, after every rank ran the reference op (about 6 ms of DiT-like compute; not back
+to back, which hides the transport's wake-up); and, as ``<op>_short``, per call of chains of
+(0.7 ms of compute, call) less that compute alone, as a tiny model's Ulysses or
+tensor-parallel block calls. The metadata's ``stretch_s`` holds both stretches' seconds, and
+the engine interpolates between the two rows by the compute a run does between its calls
+(``sim.cost.link_profile.collective_curves``).
+``p2p`` stays timed with no compute thread under ``--busy`` (since 2026-12-02): the engine
+charges a message's wire time (this row's fit) apart from the host time it costs the ranks
+(``host_msg``), and a message on a run's critical path is one its receiver waits for, idle.
+With a compute thread beside each ping-pong the two processes share the 2-core VM with four
+busy threads, and the rows came out bimodal (0.1 or 1.5 ms at 256 KiB from one collection to
+the next; the large-message fit's latency 0.01-1.8 ms over 20 collections) where PipeFusion's
+messages took 0.34 ms at 128 KiB in a run, receiver waiting, host time included.
 
 Each size: warm-up calls, then timed samples (at least ``--repeats``, more for fast sizes),
 spread over interleaved passes over all sizes in shuffled orders (a slow spell of a shared
@@ -98,7 +105,7 @@ class LinkSettings:
     out: Path | None
     progress: bool
     passes: int = 3  # interleaved passes over all (op, size) pairs, sharing the repeats
-    busy: bool = False  # a compute thread runs on every rank while messages are timed
+    busy: bool = False  # a compute thread runs on every rank while collectives are timed
     order: str = "shuffled"  # passes over all sizes; "ascending": smallest size first
     host_rounds: int = 10  # HOST_ROUNDS: rounds of the host-time loop per size (--busy, gloo)
 
@@ -158,11 +165,12 @@ def parse(argv: list[str] | None) -> LinkSettings:
     ap.add_argument("--out", help="output CSV; unset: links_<backend>_<kind>_w<world>_"
                     "<device>.csv in the current folder")
     ap.add_argument("--busy", action="store_true",
-                    help="keep one compute thread busy on every rank while timing, as the "
-                         "executor's compute does: on CPU processes sharing few cores a "
-                         "message then waits for its receiver to be scheduled; collectives "
-                         "are timed idle first (plain names, as a blocking call waits) and "
-                         "then busy, issued asynchronously (<op>_async rows)")
+                    help="time collectives idle first (plain names, as a blocking call "
+                         "waits) and then with one compute thread busy on every rank, "
+                         "issued asynchronously (<op>_async rows), as the executor's compute "
+                         "overlaps them; p2p stays idle (a message on the critical path is "
+                         "one its receiver waits for); on gloo also the host time per "
+                         "message (host_msg, host_coll rows)")
     ap.add_argument("--order", choices=ORDERS, default="shuffled",
                     help="shuffled: the passes run over all sizes in shuffled orders; "
                          "ascending: every kind of call at one size, smallest size first, so "
@@ -631,8 +639,9 @@ def collect_links(s: LinkSettings) -> LinkProfile | None:
 
 def _collect(s: LinkSettings) -> tuple[list[LinkSample], dict]:
     """Every row of the collection, in groups of sizes: per group the blocking collectives
-    (idle, after compute; ``--busy`` only), then with the busy thread the other rows of
-    ``--ops`` (collectives asynchronous), then the host time per message (``--busy`` on gloo).
+    (idle, after compute; ``--busy`` only), then the ping-pong (``p2p``, never beside the
+    busy thread), then with the busy thread the other rows of ``--ops`` (collectives
+    asynchronous), then the host time per message (``--busy`` on gloo).
     ``--order shuffled``: one group of every size, the host time at ``HOST_SIZES`` last.
     ``--order ascending``: one group per size, smallest first, the host time at its size.
 
@@ -669,6 +678,10 @@ def _collect(s: LinkSettings) -> tuple[list[LinkSample], dict]:
         groups = [(s.sizes, host_sizes)]
     # (Not the ring's rotation: ring attention issues it asynchronously.)
     short = tuple(op for op in idle if op != OpKind.RING_KV) if s.backend == "gloo" else ()
+    # The ping-pong is timed with no compute thread (module docstring), the rest of --ops
+    # with it.
+    quiet = ("p2p",) if s.busy and "p2p" in s.ops else ()
+    busy = tuple(op for op in s.ops if op not in quiet)
     kinds = len(idle) + len(short) + len(s.ops)
     bar = progress_bar(kinds * len(s.sizes) * max(1, s.passes), f"links {s.backend} x{world}",
                        dist.get_rank() == 0 and s.progress, unit="size")
@@ -688,13 +701,19 @@ def _collect(s: LinkSettings) -> tuple[list[LinkSample], dict]:
                         more, _ = _measure(dataclasses.replace(idle_s, ops=short),
                                            after_compute="short", bar=bar)
                         samples += more
-                stop = _busy_thread() if s.busy else None
-                try:
-                    more, info = _measure(group, overlapped=s.busy, bar=bar)
+                if quiet:
+                    more, info = _measure(dataclasses.replace(group, ops=quiet, busy=False),
+                                          bar=bar)
                     samples += more
-                finally:
-                    if stop is not None:
-                        stop()
+                if busy:
+                    stop = _busy_thread() if s.busy else None
+                    try:
+                        more, info = _measure(dataclasses.replace(group, ops=busy),
+                                              overlapped=s.busy, bar=bar)
+                        samples += more
+                    finally:
+                        if stop is not None:
+                            stop()
             if hosts:
                 samples += _host_overhead(hosts, s.host_rounds)
     finally:
@@ -753,7 +772,7 @@ def _profile(s: LinkSettings, samples: list[LinkSample], info: dict, started: fl
         "timing": "time.perf_counter around each sample after a barrier (CUDA synchronised "
                   "after each call); a sample is one call or a run of calls lasting inner_s, "
                   "divided by its length; max over ranks per sample; p2p = half a ping-pong "
-                  "round trip"
+                  "round trip" + (", no compute thread running" if s.busy else "")
                   + ("; blocking collectives (rows without _async): one call per sample "
                      "after each rank ran the reference op, from the last rank's call to "
                      "the last rank's return; <op>_short rows: per call of chains of (short "

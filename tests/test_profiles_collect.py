@@ -307,7 +307,8 @@ def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Pa
     """``--order ascending`` (an experiment; the default is shuffled): every kind of call at
     one size before the next size, smallest first (blocking collectives, then the busy
     rows, then the host time per message where HOST_SIZES has the size), so no sample
-    follows a larger transfer; the file still lists rows by kind, then size."""
+    follows a larger transfer; the file still lists rows by kind, then size. In both orders
+    the ping-pong is timed with no compute thread running, the asynchronous rows with it."""
     pytest.importorskip("torch")
     import torch.distributed as dist
 
@@ -315,10 +316,19 @@ def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Pa
     from sim.cost.profile_format import LinkSample
 
     seen: list[tuple[str, int]] = []
+    busy_now = [False]
+    busy_when: dict[str, set[bool]] = {}
+
+    def fake_busy_thread():
+        assert not busy_now[0]
+        busy_now[0] = True
+        return lambda: busy_now.__setitem__(0, False)
 
     def fake_measure(s, overlapped=False, after_compute=None, bar=None):
         out = []
         for op in s.ops:
+            busy_when.setdefault(op if not overlapped else op + "_async", set()).add(
+                busy_now[0])
             for n in s.sizes:
                 name = op + "_async" if overlapped and op in links.COLLECTIVES else op
                 if after_compute == "short":
@@ -336,7 +346,7 @@ def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Pa
 
     monkeypatch.setattr(links, "_measure", fake_measure)
     monkeypatch.setattr(links, "_host_overhead", fake_host)
-    monkeypatch.setattr(links, "_busy_thread", lambda: (lambda: None))
+    monkeypatch.setattr(links, "_busy_thread", fake_busy_thread)
     sizes = (1024, 16384, 1 << 20, 16 << 20)
     s = links.LinkSettings("gloo", "loopback", ("p2p", "all_to_all"), sizes, 3, 1, 0.0,
                            None, False, 1, True, "ascending", 4)
@@ -375,6 +385,8 @@ def test_ascending_collection_never_times_a_size_after_a_larger_one(tmp_path: Pa
     at_16k = [k for k, n in seen if n == 16384]
     assert at_16k == ["all_to_all", "all_to_all_short", "p2p", "all_to_all_async"]
     assert [k for k, n in seen if n == 2 << 20] == ["host_msg"]
+    assert busy_when == {"all_to_all": {False}, "p2p": {False}, "all_to_all_async": {True}}
+    assert not busy_now[0]  # stopped after the busy rows
     kinds = ["all_to_all", "all_to_all_short", "p2p", "all_to_all_async", *HOST_OPS]
     assert [(x.op, x.nbytes) for x in samples] == sorted(
         ((x.op, x.nbytes) for x in samples), key=lambda k: (kinds.index(k[0]), k[1]))
