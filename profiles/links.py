@@ -681,7 +681,7 @@ def _collect(s: LinkSettings) -> tuple[list[LinkSample], dict]:
     # The ping-pong is timed with no compute thread (module docstring), the rest of --ops
     # with it.
     quiet = ("p2p",) if s.busy and "p2p" in s.ops else ()
-    busy = tuple(op for op in s.ops if op not in quiet)
+    rest = tuple(op for op in s.ops if op not in quiet)
     kinds = len(idle) + len(short) + len(s.ops)
     bar = progress_bar(kinds * len(s.sizes) * max(1, s.passes), f"links {s.backend} x{world}",
                        dist.get_rank() == 0 and s.progress, unit="size")
@@ -705,10 +705,10 @@ def _collect(s: LinkSettings) -> tuple[list[LinkSample], dict]:
                     more, info = _measure(dataclasses.replace(group, ops=quiet, busy=False),
                                           bar=bar)
                     samples += more
-                if busy:
+                if rest:
                     stop = _busy_thread() if s.busy else None
                     try:
-                        more, info = _measure(dataclasses.replace(group, ops=busy),
+                        more, info = _measure(dataclasses.replace(group, ops=rest),
                                               overlapped=s.busy, bar=bar)
                         samples += more
                     finally:
