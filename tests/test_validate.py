@@ -51,6 +51,16 @@ def test_validate_smoke_grid(tmp_path: Path) -> None:
         assert errors == [] and dom.count('class="main-svg"') >= 4
     assert "median |error|" in res.stdout
     assert len(list((out / "traces").glob("*.csv"))) == 3
+    # What the machine's own scatter leaves a perfect model: with one launch each, nothing;
+    # and the launches are kept, one file per configuration, for benchmarks/noise_floor.py.
+    assert "a perfect model on these launches (unpaced; " in res.stdout
+    assert "median |error| 0.0%, worst 0.0%" in res.stdout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import noise_floor
+
+    kept = noise_floor.read_run(out)
+    assert [len(c.runs) for c in kept] == [1, 1, 1]
+    assert [len(c.runs[0]) for c in kept] == [int(r["measured_runs"]) for r in rows]
     # The error of each strategy family, one line each after the summary.
     for family in ("serial", "pipefusion", "ring"):
         assert f"  {family} " in res.stdout

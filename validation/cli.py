@@ -28,6 +28,9 @@ embeddings and returns latents: no text encoder, no VAE). Each launch first perf
 untimed run of the configuration (``--warmup-runs``: a serving process is warm), then as many
 measured runs as fill about half a second (at least one, at most ten); the launches repeat
 ``--repeats`` times, interleaved over the grid, and the median of all measured runs is kept.
+The last lines say how much of the error the machine itself leaves: the runs' own spread, and
+what a perfect model would score on these very launches (``validation.noise``: a bootstrap
+over each configuration's launches).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from sim.outputs import check_folder, write_outputs
 from validation.compare import op_error_summary
 from validation.grid import GRIDS, grid_cases, grid_models
 from validation.measure import run_cases, runs_per_launch
+from validation.noise import grid_floors, summary_line
 from validation.predict import pace_by_probe, predict_case, probe_calls
 from validation.profiling import ensure_profiles
 from validation.results import (
@@ -188,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     mid, widest, at = run_spread(rows)
     print(f"  the runs' own spread (interquartile range over the median run): median "
           f"{mid:.1%}, widest {widest:.1%} ({row_name(rows[at])})")
+    print(f"  {summary_line(grid_floors(cases, args.pace == 'probe'))}")
     if args.pace == "probe":
         unpaced = pd.Series([r["rel_err_unpaced"] for r in rows]).abs()
         paces = [p for c in cases for p in c.paces]

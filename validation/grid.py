@@ -52,7 +52,8 @@ class Case:
     warmup: int
     strategy: str = "pipefusion"  # the parallel degree nproc goes to (one process: serial)
     runs: int = 1  # measured runs per launch (short configurations get more)
-    measured: list[float] = field(default_factory=list)
+    measured: list[float] = field(default_factory=list)  # every launch's runs (seconds)
+    launches: list[list[float]] = field(default_factory=list)  # the same, launch by launch
     # Per launch, the last run's compute-thread CPU seconds over its loop's wall seconds,
     # averaged over the ranks: how much of the loop the ranks spent computing.
     cpu_share: list[float] = field(default_factory=list)

@@ -47,7 +47,8 @@ def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress:
             torchrun(nproc, ["-m", "executor.batch", str(folder), *args])
             for i, c in enumerate(group):
                 d = json.loads((folder / f"run-{i}.json").read_text())
-                c.measured.extend(float(x) for x in d["latencies_s"])
+                c.launches.append([float(x) for x in d["latencies_s"]])
+                c.measured.extend(c.launches[-1])
                 if "pace_probe" in d:
                     c.probes.append(d["pace_probe"])
                 ranks = d["memory_per_rank"]
