@@ -23,13 +23,7 @@ from pathlib import Path
 from sim.cli import run_main
 from sim.errors import UserError
 from validation.noise import DRAWS, Launches, floors
-
-
-def _name(row: dict[str, str]) -> str:
-    if row["strategy"] in ("serial", "pipefusion"):
-        return (f"{row['model']} {row['resolution']}px n={row['nproc']} M={row['patches']} "
-                f"W={row['warmup']}")
-    return f"{row['model']} {row['resolution']}px {row['strategy']}{row['nproc']}"
+from validation.results import row_name
 
 
 def _matches(row: dict[str, str], config: dict) -> bool:
@@ -64,15 +58,15 @@ def read_run(out: Path) -> list[Launches]:
         while (f := out / "runs" / f"n{n}-r{len(runs)}" / f"run-{i}.json").is_file():
             d = json.loads(f.read_text())
             if not _matches(r, d.get("config", {})):
-                raise UserError(f"{f} does not hold {_name(r)} (row {rows.index(r) + 2} of "
+                raise UserError(f"{f} does not hold {row_name(r)} (row {rows.index(r) + 2} of "
                                 f"{table}); the folder was changed after the run")
             runs.append([float(x) for x in d["latencies_s"]])
         if not runs:
-            raise UserError(f"{out}: no launch of {_name(r)} (runs/n{n}-r0/run-{i}.json)")
+            raise UserError(f"{out}: no launch of {row_name(r)} (runs/n{n}-r0/run-{i}.json)")
         paces = [float(p) for p in json.loads(r["pace"])] if r.get("pace") else []
         if paces:  # "[]" when the run was not paced
             runs = runs[: len(paces)]
-        cases.append(Launches(_name(r), r["strategy"], runs, paces[: len(runs)] or None))
+        cases.append(Launches(row_name(r), r["strategy"], runs, paces[: len(runs)] or None))
     return cases
 
 
