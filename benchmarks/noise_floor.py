@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sim.cli import run_main
 from sim.errors import UserError
-from validation.noise import DRAWS, Launches, floors
+from validation.noise import DRAWS, Launches, beyond_line, floors
 from validation.results import row_name
 
 
@@ -37,9 +37,10 @@ def _matches(row: dict[str, str], config: dict) -> bool:
                      or str(config.get("patches")) == row["patches"])
 
 
-def read_run(out: Path) -> list[Launches]:
+def read_run(out: Path) -> tuple[list[Launches], list[dict[str, str]]]:
     """The configurations of the validation run in ``out`` with their launches' runs and
-    paces, or a ``UserError`` saying what is missing."""
+    paces, and the rows of its ``validation.csv``; or a ``UserError`` saying what is
+    missing."""
     table = out / "validation.csv"
     if not table.is_file():
         raise UserError(f"{out}: no validation.csv; give the --out folder of a finished "
@@ -67,15 +68,16 @@ def read_run(out: Path) -> list[Launches]:
         if paces:  # "[]" when the run was not paced
             runs = runs[: len(paces)]
         cases.append(Launches(row_name(r), r["strategy"], runs, paces[: len(runs)] or None))
-    return cases
+    return cases, rows
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def report(name: str, result: dict) -> str:
-    """The text table of one run's ``validation.noise.floors``."""
+def report(name: str, result: dict, errors: list[float]) -> str:
+    """The text table of one run's ``validation.noise.floors``, with the rows whose error
+    (``errors``: the run's own, per row, fractions) stands beyond their scatter."""
     kind = "paced by each launch's probe" if result["paced"] else "one number per row"
     lines = [f"{name}: a perfect model ({kind}), {result['draws']} bootstrap draws of the "
              f"launches",
@@ -88,6 +90,7 @@ def report(name: str, result: dict) -> str:
     top = result["rows_p90"][:5]
     lines.append("  |error| a row exceeds in 10% of draws: "
                  + "; ".join(f"{t['row']} {_pct(t['p90'])}" for t in top))
+    lines.append("  " + beyond_line(result["names"], errors, result["p90"]))
     return "\n".join(lines)
 
 
@@ -101,15 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     if a.draws < 1:
         raise UserError(f"--draws {a.draws}: give at least 1")
     results: dict[str, dict] = {}
+    errors: dict[tuple[str, bool], list[float]] = {}
     for out in a.runs:
-        cases = read_run(out)
+        cases, rows = read_run(out)
+        # Each perfect model is set beside the run's errors of its kind: the paced
+        # prediction's (rel_err of a --pace probe run) or the unpaced one's.
+        errors[(str(out), True)] = [float(r["rel_err"]) for r in rows]
+        errors[(str(out), False)] = [float(r.get("rel_err_unpaced") or r["rel_err"])
+                                     for r in rows]
         results[str(out)] = {"unpaced": floors(cases, False, a.draws, a.seed)}
         if all(c.paces for c in cases):
             results[str(out)]["paced"] = floors(cases, True, a.draws, a.seed)
     if a.json:
         print(json.dumps(results, indent=1))
         return 0
-    print("\n\n".join(report(out, res) for out, by in results.items() for res in by.values()))
+    print("\n\n".join(report(out, res, errors[(out, res["paced"])])
+                      for out, by in results.items() for res in by.values()))
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from validation.noise import Launches, floors, grid_floors, summary_line
+from validation.noise import Launches, beyond_line, floors, grid_floors, summary_line
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -71,6 +71,32 @@ def test_grid_floors_reads_the_cases_of_a_run() -> None:
     assert r["paced"] and r["families"]["ring"]["rows"] == 1
 
 
+def test_rows_beyond_their_scatter_are_counted_and_named_largest_excess_first() -> None:
+    line = beyond_line(["a", "b", "c", "d"], [0.10, -0.30, 0.02, 0.05], [0.05, 0.1, 0.05, 0.05])
+    assert "2 of 4 (about 0 by chance): b -30.0%; a +10.0%" in line
+    assert beyond_line(["a"], [0.01], [0.05]).endswith("0 of 1 (about 0 by chance)")
+    # Per row in the order given, beside the names.
+    r = floors([Launches("x", "cfg", [[1.0], [1.0], [2.0]]),
+                Launches("y", "cfg", [[1.0], [1.0], [1.0]])], paced=False, draws=500)
+    assert r["names"] == ["x", "y"] and r["p90"] == [pytest.approx(0.5), 0.0]
+
+
+def test_the_script_sets_each_table_beside_the_errors_of_its_kind() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "noise_floor.py"),
+                        str(PACED_RUN), "--draws", "200"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    with open(PACED_RUN / "validation.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    beyond = [ln for ln in r.stdout.splitlines() if "beyond their own" in ln]
+    assert len(beyond) == 2  # the unpaced table, then the paced one
+    # The paced model's worst row (pixart-tiny 256 px ulysses2, +20.7 %) is named with the
+    # paced error; the unpaced table names rows with their unpaced errors.
+    worst = max(table, key=lambda t: abs(float(t["rel_err"])))
+    assert f"{float(worst['rel_err']):+.1%}" in beyond[1]
+    assert f"{float(worst['rel_err_unpaced']):+.1%}" in beyond[0]
+
+
 def _fake_run(out: Path, latencies: list[list[float]]) -> None:
     out.mkdir()
     cols = ["model", "resolution", "steps", "nproc", "strategy", "patches", "warmup", "pace"]
@@ -88,13 +114,14 @@ def _fake_run(out: Path, latencies: list[list[float]]) -> None:
 
 def test_a_past_run_is_read_launch_by_launch(tmp_path: Path) -> None:
     _fake_run(tmp_path / "run", [[0.1, 0.12], [0.2], [0.11]])
-    cases = noise_floor.read_run(tmp_path / "run")
+    cases, rows = noise_floor.read_run(tmp_path / "run")
+    assert [r["strategy"] for r in rows] == ["ring"]
     assert [(c.name, c.family, c.runs, c.paces) for c in cases] == [
         ("pixart-tiny 256px ring2", "ring", [[0.1, 0.12], [0.2], [0.11]], None)]
 
 
 def test_a_shipped_paced_run_scored_both_ways() -> None:
-    cases = noise_floor.read_run(PACED_RUN)
+    cases, _ = noise_floor.read_run(PACED_RUN)
     assert len(cases) == 48 and all(len(c.runs) == 3 and len(c.paces) == 3 for c in cases)
     r = floors(cases, paced=True, draws=100)
     assert r["paced"] and r["families"]["all"]["rows"] == 48

@@ -50,7 +50,7 @@ from sim.outputs import check_folder, write_outputs
 from validation.compare import op_error_summary
 from validation.grid import GRIDS, grid_cases, grid_models
 from validation.measure import run_cases, runs_per_launch
-from validation.noise import grid_floors, summary_line
+from validation.noise import beyond_line, grid_floors, summary_line
 from validation.predict import pace_by_probe, predict_case, probe_calls
 from validation.profiling import ensure_profiles
 from validation.results import (
@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in cases:
             pace_by_probe(c, args.device)
     pairs = trace_pairs(cases)
-    rows = result_rows(cases, pairs)
+    floor = grid_floors(cases, args.pace == "probe")
+    rows = result_rows(cases, pairs, floor["p90"])
     families = family_summary(rows)
     elapsed = time.perf_counter() - t0
     outputs = [("--out", out / "validation.csv", lambda p: write_csv(p, rows))]
@@ -192,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     mid, widest, at = run_spread(rows)
     print(f"  the runs' own spread (interquartile range over the median run): median "
           f"{mid:.1%}, widest {widest:.1%} ({row_name(rows[at])})")
-    print(f"  {summary_line(grid_floors(cases, args.pace == 'probe'))}")
+    print(f"  {summary_line(floor)}")
+    errors = [r["rel_err"] for r in rows]
+    print(f"  {beyond_line([row_name(r) for r in rows], errors, floor['p90'])}")
     if args.pace == "probe":
         unpaced = pd.Series([r["rel_err_unpaced"] for r in rows]).abs()
         paces = [p for c in cases for p in c.paces]

@@ -64,9 +64,10 @@ def floors(cases: list[Launches], paced: bool, draws: int = DRAWS, seed: int = 0
 
     Returns ``families``: per family and ``all``, the rows, the median over draws of the
     grid's median and worst |error| (fractions), and the share of draws meeting
-    ``TARGET_MEDIAN``, ``TARGET_WORST`` and both; ``rows_p90``: per configuration, the
-    |error| it exceeds in a tenth of the draws, largest first. ``paced`` is honoured only
-    when every case has its launches' paces."""
+    ``TARGET_MEDIAN``, ``TARGET_WORST`` and both; ``p90``: per configuration in the order
+    given (``names``), the |error| it exceeds in a tenth of the draws; ``rows_p90``: the
+    same with the configurations' names, largest first. ``paced`` is honoured only when
+    every case has its launches' paces."""
     if not cases or any(not c.runs or not all(c.runs) for c in cases):
         raise ValueError("every configuration needs at least one launch with runs")
     paced = paced and all(c.paces for c in cases)
@@ -95,9 +96,11 @@ def floors(cases: list[Launches], paced: bool, draws: int = DRAWS, seed: int = 0
             "meets_both": sum(m <= TARGET_MEDIAN and w <= TARGET_WORST
                               for m, w in pairs) / draws,
         }
-    p90 = [(sorted(e)[int(0.9 * (len(e) - 1))], c.name) for c, e in zip(cases, per_case)]
+    p90 = [sorted(e)[int(0.9 * (len(e) - 1))] for e in per_case]
+    named = sorted(zip(p90, (c.name for c in cases)), reverse=True)
     return {"paced": paced, "draws": draws, "seed": seed, "families": families,
-            "rows_p90": [{"row": n, "p90": p} for p, n in sorted(p90, reverse=True)]}
+            "names": [c.name for c in cases], "p90": p90,
+            "rows_p90": [{"row": n, "p90": p} for p, n in named]}
 
 
 def summary_line(result: dict) -> str:
@@ -119,3 +122,15 @@ def grid_floors(cases: list, paced: bool, draws: int = DRAWS, seed: int = 0) -> 
         runs = c.launches[: len(paces)] if paces else c.launches
         out.append(Launches(c.name, c.family, runs, paces))
     return floors(out, paced, draws, seed)
+
+
+def beyond_line(names: list[str], errors: list[float], p90: list[float]) -> str:
+    """One line naming the rows whose |error| (``errors``, fractions) exceeds what a perfect
+    model's exceeds in a tenth of the draws (``p90``, from ``floors``): rows the machine's
+    scatter explains poorly, though about a tenth of any grid's rows land there by chance."""
+    out = [(abs(e) - q, n, e) for n, e, q in zip(names, errors, p90) if abs(e) > q]
+    out.sort(reverse=True)
+    shown = "; ".join(f"{n} {e:+.1%}" for _, n, e in out[:5]) + ("; ..." if len(out) > 5 else "")
+    return (f"rows beyond their own launches' scatter (|error| above the perfect model's 90th "
+            f"percentile): {len(out)} of {len(names)} (about {len(names) / 10:.0f} by "
+            f"chance){': ' + shown if out else ''}")

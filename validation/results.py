@@ -20,7 +20,7 @@ from validation.grid import Case
 CSV_COLUMNS = ("model", "resolution", "steps", "nproc", "strategy", "patches", "warmup",
                "measured_s", "measured_runs", "measured_iqr", "predicted_s", "rel_err",
                "cpu_share", "predicted_busy_share", "op_errors", "cost_sources", "pace",
-               "predicted_unpaced_s", "rel_err_unpaced")
+               "predicted_unpaced_s", "rel_err_unpaced", "noise_p90")
 
 
 def busy_share(pred: Prediction) -> float:
@@ -40,11 +40,15 @@ def trace_pairs(cases: list[Case]) -> list[pd.DataFrame]:
     return [join_traces(Trace.read_csv(c.trace_path), c.prediction.trace) for c in cases]
 
 
-def result_rows(cases: list[Case], pairs: list[pd.DataFrame]) -> list[dict]:
+def result_rows(cases: list[Case], pairs: list[pd.DataFrame],
+                noise_p90: list[float] | None = None) -> list[dict]:
     """The rows of validation.csv for ``cases`` (measured and predicted) and their ``pairs``
-    (``trace_pairs``): seconds; errors as fractions."""
+    (``trace_pairs``): seconds; errors as fractions. ``noise_p90``, per case, the |error| a
+    perfect model exceeds in a tenth of the bootstrap draws of its launches
+    (``validation.noise.floors``); NaN where not given."""
     rows = []
-    for c, joined in zip(cases, pairs):
+    noise = noise_p90 if noise_p90 is not None else [float("nan")] * len(cases)
+    for c, joined, p90 in zip(cases, pairs, noise):
         meas = statistics.median(c.measured)
         q = statistics.quantiles(c.measured, n=4) if len(c.measured) > 1 else [meas] * 3
         pred = statistics.median(c.predicted)
@@ -71,6 +75,7 @@ def result_rows(cases: list[Case], pairs: list[pd.DataFrame]) -> list[dict]:
             "pace": json.dumps([round(p, 4) for p in c.paces]),
             "predicted_unpaced_s": unpaced,
             "rel_err_unpaced": unpaced / meas - 1,
+            "noise_p90": p90,
         })
     return rows
 
