@@ -351,10 +351,16 @@ def test_validation_csv_and_html_together_or_neither(tmp_path: Path, capsys,
            "measured_runs": 1, "measured_iqr": 0.0, "predicted_s": 1.1, "rel_err": 0.1,
            "cpu_share": 0.9, "predicted_busy_share": 1.0, "op_errors": "{}",
            "cost_sources": "{}"}
-    # The runs create the folder; the results are then written into it.
-    monkeypatch.setattr(cli, "run_cases", lambda cases, out, *a, **k: out.mkdir(parents=True))
+    # The runs create the folder and give each configuration a launch; the results are then
+    # written into it.
+    def run_cases(cases: list, out: Path, *a, **k) -> None:
+        out.mkdir(parents=True)
+        for c in cases:
+            c.launches.append([1.0])
+
+    monkeypatch.setattr(cli, "run_cases", run_cases)
     monkeypatch.setattr(cli, "trace_pairs", lambda cases: [join_traces(Trace(), Trace())])
-    monkeypatch.setattr(cli, "result_rows", lambda cases, pairs: [row])
+    monkeypatch.setattr(cli, "result_rows", lambda cases, pairs, noise: [row])
     monkeypatch.setattr(reports.validation_report, "write_validation_report",
                         lambda path, *a: _enospc("<html>")(None, path))
     out = tmp_path / "val"
