@@ -52,22 +52,20 @@ def read_run(out: Path) -> tuple[list[Launches], list[dict[str, str]]]:
         rows = list(csv.DictReader(fh))
     cases = []
     index: dict[str, int] = {}
-    for r in rows:
+    for line, r in enumerate(rows, start=2):
         n = r["nproc"]
         i = index[n] = index.get(n, -1) + 1  # a launch runs its process count's rows in order
         runs: list[list[float]] = []
         while (f := out / "runs" / f"n{n}-r{len(runs)}" / f"run-{i}.json").is_file():
             d = json.loads(f.read_text())
             if not _matches(r, d.get("config", {})):
-                raise UserError(f"{f} does not hold {row_name(r)} (row {rows.index(r) + 2} of "
+                raise UserError(f"{f} does not hold {row_name(r)} (row {line} of "
                                 f"{table}); the folder was changed after the run")
             runs.append([float(x) for x in d["latencies_s"]])
         if not runs:
             raise UserError(f"{out}: no launch of {row_name(r)} (runs/n{n}-r0/run-{i}.json)")
         paces = [float(p) for p in json.loads(r["pace"])] if r.get("pace") else []
-        if paces:  # "[]" when the run was not paced
-            runs = runs[: len(paces)]
-        cases.append(Launches(row_name(r), r["strategy"], runs, paces[: len(runs)] or None))
+        cases.append(Launches.of(row_name(r), r["strategy"], runs, paces))
     return cases, rows
 
 

@@ -69,6 +69,11 @@ def test_grid_floors_reads_the_cases_of_a_run() -> None:
 
     r = grid_floors([Case()], paced=True, draws=50)
     assert r["paced"] and r["families"]["ring"]["rows"] == 1
+    # Launches and paces are kept in pairs: a launch with no pace is left out, and an
+    # empty list of paces is an unpaced configuration.
+    c = Launches.of("x", "cfg", [[1.0], [2.0], [3.0]], [1.0, 2.0])
+    assert (c.runs, c.paces) == ([[1.0], [2.0]], [1.0, 2.0])
+    assert Launches.of("x", "cfg", [[1.0]], []).paces is None
 
 
 def test_rows_beyond_their_scatter_are_counted_and_named_largest_excess_first() -> None:

@@ -52,8 +52,7 @@ class Case:
     warmup: int
     strategy: str = "pipefusion"  # the parallel degree nproc goes to (one process: serial)
     runs: int = 1  # measured runs per launch (short configurations get more)
-    measured: list[float] = field(default_factory=list)  # every launch's runs (seconds)
-    launches: list[list[float]] = field(default_factory=list)  # the same, launch by launch
+    launches: list[list[float]] = field(default_factory=list)  # measured runs per launch (s)
     # Per launch, the last run's compute-thread CPU seconds over its loop's wall seconds,
     # averaged over the ranks: how much of the loop the ranks spent computing.
     cpu_share: list[float] = field(default_factory=list)
@@ -68,6 +67,11 @@ class Case:
     sources: list[tuple] = field(default_factory=list)
     paces: list[float] = field(default_factory=list)
     unpaced: list[float] = field(default_factory=list)
+
+    @property
+    def measured(self) -> list[float]:
+        """Every launch's measured runs, seconds."""
+        return [t for runs in self.launches for t in runs]
 
     @property
     def family(self) -> str:

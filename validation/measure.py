@@ -48,7 +48,6 @@ def run_cases(cases: list[Case], out: Path, device: str, repeats: int, progress:
             for i, c in enumerate(group):
                 d = json.loads((folder / f"run-{i}.json").read_text())
                 c.launches.append([float(x) for x in d["latencies_s"]])
-                c.measured.extend(c.launches[-1])
                 if "pace_probe" in d:
                     c.probes.append(d["pace_probe"])
                 ranks = d["memory_per_rank"]

@@ -42,6 +42,16 @@ class Launches:
     runs: list[list[float]]
     paces: list[float] | None = None
 
+    @classmethod
+    def of(cls, name: str, family: str, runs: list[list[float]],
+           paces: list[float] | None) -> Launches:
+        """The launches that have both runs and, when any pace is given, a pace (a run
+        stopped between its launches and its pacing leaves one list longer)."""
+        if not paces:  # unpaced: no list, or an empty one
+            return cls(name, family, list(runs))
+        k = min(len(runs), len(paces))
+        return cls(name, family, list(runs[:k]), list(paces[:k]))
+
     def centre(self, paced: bool) -> float:
         """The expected seconds a perfect model predicts (at a pace of 1 when ``paced``)."""
         if paced and self.paces:
@@ -116,12 +126,8 @@ def summary_line(result: dict) -> str:
 def grid_floors(cases: list, paced: bool, draws: int = DRAWS, seed: int = 0) -> dict:
     """``floors`` of a validation run's ``validation.grid.Case`` list (each with its
     ``launches`` and, paced, its ``paces``)."""
-    out = []
-    for c in cases:
-        paces = list(c.paces[: len(c.launches)]) or None
-        runs = c.launches[: len(paces)] if paces else c.launches
-        out.append(Launches(c.name, c.family, runs, paces))
-    return floors(out, paced, draws, seed)
+    return floors([Launches.of(c.name, c.family, c.launches, c.paces) for c in cases],
+                  paced, draws, seed)
 
 
 def beyond_line(names: list[str], errors: list[float], p90: list[float]) -> str:

@@ -41,14 +41,13 @@ def trace_pairs(cases: list[Case]) -> list[pd.DataFrame]:
 
 
 def result_rows(cases: list[Case], pairs: list[pd.DataFrame],
-                noise_p90: list[float] | None = None) -> list[dict]:
+                noise_p90: list[float]) -> list[dict]:
     """The rows of validation.csv for ``cases`` (measured and predicted) and their ``pairs``
     (``trace_pairs``): seconds; errors as fractions. ``noise_p90``, per case, the |error| a
     perfect model exceeds in a tenth of the bootstrap draws of its launches
-    (``validation.noise.floors``); NaN where not given."""
+    (``validation.noise.floors``)."""
     rows = []
-    noise = noise_p90 if noise_p90 is not None else [float("nan")] * len(cases)
-    for c, joined, p90 in zip(cases, pairs, noise):
+    for c, joined, p90 in zip(cases, pairs, noise_p90):
         meas = statistics.median(c.measured)
         q = statistics.quantiles(c.measured, n=4) if len(c.measured) > 1 else [meas] * 3
         pred = statistics.median(c.predicted)
